@@ -1,0 +1,21 @@
+"""``dsosim bench SUBJECT``: benchmarks that report ratios against a reference
+measured in the same run (machines are shared and noisy)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+SUBJECTS = {
+    "opf": "dsosim.runner.bench_opf",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("bench", help="run a benchmark")
+    subjects = parser.add_subparsers(dest="subject", required=True)
+    for subject, module_name in SUBJECTS.items():
+        module = importlib.import_module(module_name)
+        p = subjects.add_parser(subject, help=module.__doc__.splitlines()[0] if module.__doc__ else None)
+        module.add_arguments(p)
+        p.set_defaults(handler=module.run)
