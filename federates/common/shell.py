@@ -1,0 +1,144 @@
+"""The HELICS plumbing every federate shares, and nothing else.
+
+A :class:`FederateShell` creates one message federate with one global endpoint
+named after the federate, moves typed messages (see ``messages``) in and out,
+advances time to explicit instants, and turns any exception into a HELICS
+*global error*, so that every other federate stops within milliseconds and
+the whole federation exits non-zero instead of hanging.
+
+Federates are ``uninterruptible``: they are granted exactly the instants they
+request, which keeps the exchange order inside a market interval fixed (see
+``schedule``). Messages received at a grant are returned sorted by
+(source, arrival order), so processing order never depends on the network.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import helics as h
+
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common.config import HelicsSettings
+
+
+@dataclass
+class Traffic:
+    """Messages and bytes this federate sent to market participants (records
+    sent to the recorder are bookkeeping of the simulator, not counted)."""
+
+    messages: int = 0
+    bytes: int = 0
+
+
+class FederateShell:
+    """One HELICS message federate with a single global endpoint."""
+
+    def __init__(self, name: str, settings: HelicsSettings, *, recorder: str | None) -> None:
+        self.name = name
+        self.recorder = recorder
+        self.traffic = Traffic()
+        self._seq = 0
+        info = h.helicsCreateFederateInfo()
+        h.helicsFederateInfoSetCoreTypeFromString(info, settings.core_type)
+        init = f"--federates=1 --broker_address={settings.broker_address}"
+        if settings.broker_key:
+            init += f" --brokerkey={settings.broker_key}"
+        init += f" --timeout={settings.connect_timeout_s}s"
+        h.helicsFederateInfoSetCoreInitString(info, init)
+        h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_UNINTERRUPTIBLE, True)
+        h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_TERMINATE_ON_ERROR, True)
+        h.helicsFederateInfoSetTimeProperty(info, h.HELICS_PROPERTY_TIME_DELTA, 1e-6)
+        self._fed = h.helicsCreateMessageFederate(name, info)
+        self._endpoint = h.helicsFederateRegisterGlobalEndpoint(self._fed, name, "")
+        self.time = 0.0
+
+    # ----------------------------------------------------------------- time
+    def start(self) -> None:
+        h.helicsFederateEnterExecutingMode(self._fed)
+
+    def advance(self, t: float) -> float:
+        """Block until the federation grants time ``t`` (exactly, we are
+        uninterruptible)."""
+        self.time = h.helicsFederateRequestTime(self._fed, t)
+        return self.time
+
+    # ------------------------------------------------------------- messages
+    def send(self, destination: str, message: msg.Message) -> None:
+        raw = msg.encode(message)
+        h.helicsEndpointSendBytesTo(self._endpoint, raw, destination)
+        if destination != self.recorder:
+            self.traffic.messages += 1
+            self.traffic.bytes += len(raw)
+
+    def record(self, interval: int, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Send rows of a results table to the recorder (if there is one)."""
+        if self.recorder is None or not rows:
+            return
+        self.send(
+            self.recorder,
+            msg.TableRows(self.name, interval, table, tuple(columns), tuple(tuple(r) for r in rows)),
+        )
+
+    def receive(self, allowed_senders: Sequence[str] | None = None) -> list[msg.Message]:
+        """All messages delivered so far, validated, in a deterministic order."""
+        raw: list[tuple[str, int, bytes]] = []
+        while h.helicsEndpointHasMessage(self._endpoint):
+            m = h.helicsEndpointGetMessage(self._endpoint)
+            raw.append((h.helicsMessageGetOriginalSource(m), len(raw), h.helicsMessageGetBytes(m)))
+        raw.sort(key=lambda item: (item[0], item[1]))
+        return [msg.decode(data, source=src, allowed_senders=allowed_senders) for src, _, data in raw]
+
+    # -------------------------------------------------------------- closing
+    def close(self) -> None:
+        h.helicsFederateDisconnect(self._fed)
+        h.helicsFederateFree(self._fed)
+        h.helicsCloseLibrary()
+
+    def fail(self, text: str) -> None:
+        """Raise a global error: every federate in the federation stops."""
+        try:
+            h.helicsFederateGlobalError(self._fed, 1, f"{self.name}: {text}")
+        except h.HelicsException:
+            pass  # already in an error state: the federation knows
+        try:
+            h.helicsFederateFree(self._fed)
+            h.helicsCloseLibrary()
+        except h.HelicsException:
+            pass
+
+
+def run_federate(name: str, shell_factory: Callable[[], FederateShell], body: Callable[[FederateShell], None],
+                 on_error: Callable[[str], None] | None = None) -> int:
+    """Create the shell, run ``body`` and translate failures into a clean,
+    federation-wide stop. Returns the process exit code."""
+    try:
+        shell = shell_factory()
+    except Exception as exc:  # noqa: BLE001 - report any start-up failure plainly
+        print(f"[{name}] could not join the federation: {exc}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        shell.start()
+        body(shell)
+    except h.HelicsException as exc:
+        # Another federate raised a global error (or the broker went away).
+        text = f"stopped by the federation: {exc}"
+        print(f"[{name}] {text}", file=sys.stderr, flush=True)
+        if on_error is not None:
+            on_error(text)
+        shell.fail(text)
+        return 3
+    except Exception as exc:  # noqa: BLE001 - any role failure must stop the federation
+        text = f"{type(exc).__name__}: {exc}"
+        print(f"[{name}] FAILED: {text}", file=sys.stderr, flush=True)
+        traceback.print_exc()
+        if on_error is not None:
+            on_error(text)
+        shell.fail(text)
+        return 1
+    shell.close()
+    return 0
