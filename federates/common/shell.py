@@ -81,7 +81,8 @@ class FederateShell:
             return
         self.send(
             self.recorder,
-            msg.TableRows(self.name, interval, table, tuple(columns), tuple(tuple(r) for r in rows)),
+            msg.TableRows(self.name, interval, table, tuple(columns),
+                          tuple(tuple(_plain(v) for v in r) for r in rows)),
         )
 
     def receive(self, allowed_senders: Sequence[str] | None = None) -> list[msg.Message]:
@@ -110,6 +111,15 @@ class FederateShell:
             h.helicsCloseLibrary()
         except h.HelicsException:
             pass
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays to plain Python values msgpack can encode."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def run_federate(name: str, shell_factory: Callable[[], FederateShell], body: Callable[[FederateShell], None],
