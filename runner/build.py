@@ -1,0 +1,177 @@
+"""Scenario -> federation: the federation config and the HELICS runner file.
+
+``build`` resolves a scenario into ``federation.json`` (every federate's
+section: paths, placed DER fleets, the broker address) and ``runner.json``
+(what ``helics run --path=runner.json`` launches: an in-process broker and one
+process per federate). Nothing about hosts is assumed below this module: the
+broker address, port and key are data, so a later split into one runner file
+per host only has to change how federates are grouped into files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsosim.federates.common.config import (
+    AggregatorConfig,
+    DsoConfig,
+    FederationConfig,
+    HelicsSettings,
+    IsoConfig,
+    IsoInterface,
+    LimitsConfig,
+    RecorderConfig,
+    TimeSettings,
+)
+from dsosim.runner.placement import place_fleet
+from dsosim.runner.scenario import Scenario, ScenarioError, load_scenario
+
+ISO_NAME = "iso"
+RECORDER_NAME = "recorder"
+BROKER_NAME = "dsosim-broker"
+RUNNER_FILE = "runner.json"
+FEDERATION_FILE = "federation.json"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    runner: Path
+    federation: Path
+    results_dir: Path
+    config: FederationConfig
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port P such that P and P+1 are free now (the zmq core uses both)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port >= 65000:
+            continue
+        try:
+            with socket.socket() as s2:
+                s2.bind((host, port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of ports found")
+
+
+def build(
+    scenario_path: str | Path,
+    out_dir: str | Path,
+    *,
+    hours: float | None = None,
+    port: int | None = None,
+    portable: bool = False,
+) -> BuildResult:
+    """Write ``federation.json`` and ``runner.json`` for a scenario into ``out_dir``.
+
+    ``portable`` writes paths relative to ``out_dir`` and ``python`` as the
+    interpreter (for runner files checked into the repository, launched from
+    an activated environment); otherwise absolute paths and this interpreter.
+    """
+    scenario, base = load_scenario(scenario_path)
+    if hours is not None:
+        scenario = scenario.model_copy(update={"hours": hours})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    out_abs = out.resolve()
+
+    def path_for(p: Path) -> str:
+        return os.path.relpath(p, out_abs) if portable else str(p)
+
+    port = port if port is not None else free_port()
+    config = federation_config(scenario, base, port=port, path_for=path_for)
+    federation = out / FEDERATION_FILE
+    federation.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    runner = out / RUNNER_FILE
+    python = "python" if portable else sys.executable
+    runner.write_text(json.dumps(runner_spec(config, python), indent=2) + "\n")
+    return BuildResult(runner, federation, out / config.recorder.results_dir, config)
+
+
+def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: Any) -> FederationConfig:
+    """Resolve a validated scenario into the federation every federate reads."""
+    interval_s = scenario.interval_minutes * 60.0
+    dsos, aggregators = [], []
+    for lda in scenario.ldas:
+        feeder = (base / lda.feeder).resolve()
+        if not feeder.is_file():
+            raise ScenarioError(f"ldas[{lda.name}].feeder: feeder file not found: {feeder}")
+        for agg in lda.aggregators:
+            fleet = place_fleet(feeder, agg, seed=scenario.seed, lda=lda.name)
+            aggregators.append(
+                AggregatorConfig(name=agg.name, dso=lda.name, fleet=fleet, response_error=agg.response_error)
+            )
+        dsos.append(
+            DsoConfig(
+                name=lda.name,
+                iso=ISO_NAME,
+                feeder=path_for(feeder),
+                td_bus=lda.td_bus,
+                scale=lda.scale,
+                load_profile=lda.load_profile,
+                load_forecast_error=lda.load_forecast_error,
+                limits=LimitsConfig(**lda.limits.model_dump()),
+                aggregators=tuple(a.name for a in lda.aggregators),
+            )
+        )
+    case = scenario.transmission.case
+    if case.endswith(".m"):
+        case = path_for((base / case).resolve())
+    iso = IsoConfig(
+        name=ISO_NAME,
+        case=case,
+        load_scale=scenario.transmission.load_scale,
+        line_limit_mw=scenario.transmission.line_limit_mw,
+        load_profile=scenario.transmission.load_profile,
+        interfaces=tuple(IsoInterface(dso=d.name, td_bus=d.td_bus) for d in dsos),
+    )
+    helics = HelicsSettings(
+        broker_address=f"tcp://127.0.0.1:{port}",
+        broker_port=port,
+        broker_key=f"dsosim-{scenario.name}-{port}",
+    )
+    return FederationConfig(
+        name=scenario.name,
+        seed=scenario.seed,
+        model=scenario.model,
+        helics=helics,
+        time=TimeSettings(interval_s=interval_s, n_intervals=scenario.n_intervals),
+        iso=iso,
+        dsos=tuple(dsos),
+        aggregators=tuple(aggregators),
+        recorder=RecorderConfig(name=RECORDER_NAME, results_dir="results"),
+    )
+
+
+def runner_spec(config: FederationConfig, python: str) -> dict[str, Any]:
+    """The ``helics run`` JSON: the broker plus one process per federate."""
+    h = config.helics
+    n = len(config.federate_names())
+    broker = (
+        f"{python} -u -m dsosim.federates.broker --federates {n} --core-type {h.core_type}"
+        f" --port {h.broker_port} --key {h.broker_key} --max-duration {h.max_cosim_duration_s}"
+    )
+    entries = [{"name": BROKER_NAME, "directory": ".", "exec": broker}]
+    kinds = [("iso", config.iso.name)]
+    kinds += [("dso", d.name) for d in config.dsos]
+    kinds += [("aggregator", a.name) for a in config.aggregators]
+    kinds += [("recorder", config.recorder.name)]
+    for kind, name in kinds:
+        entries.append(
+            {
+                "name": name,
+                "directory": ".",
+                "exec": f"{python} -u -m dsosim.federates.{kind} --config {FEDERATION_FILE} --name {name}",
+            }
+        )
+    return {"name": config.name, "federates": entries}

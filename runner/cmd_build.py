@@ -1,0 +1,31 @@
+"""``dsosim build SCENARIO --out DIR``: write the federation config and runner file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsosim.runner.build import build
+from dsosim.runner.scenario import ScenarioError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("build", help="write federation.json and a helics runner.json for a scenario")
+    p.add_argument("scenario")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
+    p.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
+    p.add_argument("--portable", action="store_true",
+                   help="relative paths and `python` as interpreter (for checked-in runner files)")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    try:
+        result = build(args.scenario, args.out, hours=args.hours, port=args.port, portable=args.portable)
+    except (ScenarioError, ValueError, OSError) as exc:
+        print(f"dsosim build: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {result.federation} and {result.runner}")
+    print(f"launch with: helics run --path={result.runner}")
+    return 0

@@ -1,0 +1,141 @@
+"""The user's scenario file (TOML): what to simulate, validated with clear errors.
+
+A scenario names the transmission case, the local distribution areas (LDAs:
+a feeder at a T-D bus of the case, with a scale factor) and the aggregators
+in each LDA with their DER fleets, the horizon and the seed. Relative paths
+are relative to the scenario file. Every field is documented in
+``docs/scenario.md``; a wrong field gets a :class:`ScenarioError` naming the
+file, the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+
+
+class ScenarioError(ValueError):
+    """The scenario file is missing, unreadable or invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Transmission(_Section):
+    case: str = Field("case9", description="MATPOWER case name (case9, case14, ...) or path to a .m file")
+    load_scale: PositiveFloat = Field(1.0, description="multiplies every fixed load of the case")
+    load_profile: Literal["system", "flat"] = Field(
+        "system", description="daily shape applied to the case's fixed loads"
+    )
+    line_limit_mw: PositiveFloat | None = Field(None, description="cap every line rating at this MW")
+
+
+class Limits(_Section):
+    vmin_pu: float = Field(0.95, gt=0.5, lt=1.0)
+    vmax_pu: float = Field(1.05, gt=1.0, lt=1.5)
+    max_loading: float = Field(1.0, gt=0.1, le=2.0, description="fraction of normal rating")
+
+
+class Aggregator(_Section):
+    """A DER aggregator and its fleet, sized relative to the load at each bus."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    buses: tuple[str, ...] = Field((), description="feeder buses it serves; empty = every load bus")
+    pv_share: float = Field(0.3, ge=0, le=5, description="PV rating / bus peak load")
+    battery_share: float = Field(0.2, ge=0, le=5, description="battery power / bus peak load")
+    battery_hours: PositiveFloat = Field(2.0, le=24, description="battery energy / power, h")
+    battery_efficiency: float = Field(0.9, gt=0.5, le=1.0, description="round-trip efficiency")
+    flex_share: float = Field(0.1, ge=0, le=1, description="curtailable share of bus load")
+    flex_value: float = Field(60.0, ge=0, le=10000, description="value of curtailable load, $/MWh")
+    response_error: float = Field(0.0, ge=0, lt=1, description="std of relative response error")
+
+
+class Lda(_Section):
+    """A local distribution area: one feeder model at one T-D bus."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    feeder: str = Field(description="OpenDSS master file (relative to the scenario file)")
+    td_bus: int = Field(description="bus number of the transmission case it connects to")
+    scale: PositiveFloat = Field(
+        1.0, description="number of similar feeders this one stands for at the T-D bus"
+    )
+    load_profile: Literal["residential", "commercial", "flat"] = "residential"
+    load_forecast_error: float = Field(0.02, ge=0, lt=0.5, description="std of relative load error")
+    limits: Limits = Limits()
+    aggregators: tuple[Aggregator, ...] = Field(min_length=1)
+
+
+class Scenario(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = Field(1, ge=0)
+    hours: PositiveFloat = Field(24.0, le=24 * 366)
+    interval_minutes: float = Field(5.0, ge=0.25, le=60)
+    model: Literal["layered"] = Field(
+        "layered", description="DSO organisational model (only the layered/total-DSO model so far)"
+    )
+    transmission: Transmission = Transmission()
+    ldas: tuple[Lda, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Scenario:
+        names = [lda.name for lda in self.ldas] + [a.name for lda in self.ldas for a in lda.aggregators]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"names must be unique across LDAs and aggregators; repeated: {dup}")
+        return self
+
+    @property
+    def n_intervals(self) -> int:
+        return max(1, round(self.hours * 60 / self.interval_minutes))
+
+
+def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
+    """Read and validate a scenario; returns it and its folder (for relative paths)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"{path}: scenario file not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Scenario.model_validate(data), path.resolve().parent
+    except ValidationError as exc:
+        raise ScenarioError(_explain(path, exc)) from None
+
+
+def _explain(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid scenario ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(err["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "?"
+            lines.append(f"  {where}: unknown field; allowed here: {allowed}")
+        elif err["type"] == "literal_error":
+            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
+        else:
+            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The section model a location inside the scenario points into."""
+    model: type[BaseModel] = Scenario
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", (annotation,))
+        nxt = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
