@@ -21,6 +21,7 @@ from dsosim.federates.recorder.summary import summarise
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dsosim.federates.recorder")
     parser.add_argument("--config", required=True)
+    parser.add_argument("--name", default=None)
     args = parser.parse_args(argv)
     config, base = load_federation(args.config)
     rc = config.recorder
