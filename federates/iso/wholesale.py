@@ -1,0 +1,132 @@
+"""The ISO's role: a real-time wholesale market over a transmission case.
+
+Plain Python (no HELICS): each interval it takes the net-demand curves bid
+at T-D buses, adds the case's fixed loads shaped by a daily profile, clears
+the DC-OPF (``dcopf``), and produces the awards, the result rows and the
+settlement ledger. Imbalance at T-D buses (metered flow minus schedule) is
+settled at the LMP of the interval it happened in, once the meter arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dsosim.federates.common import ledger
+from dsosim.federates.common.config import IsoConfig, TimeSettings
+from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.profiles import wholesale_load
+from dsosim.federates.iso.case import load_case
+from dsosim.federates.iso.dcopf import BusCurve, DcOpf, congestion_rent
+
+Rows = list[tuple[object, ...]]
+
+MARKET_COLUMNS = ("interval", "bus", "lmp", "lmp_energy", "lmp_congestion", "fixed_load_mw", "shed_mw")
+GEN_COLUMNS = ("interval", "gen", "bus", "mw")
+ISO_COLUMNS = ("interval", "hours", "status", "generation_cost", "congestion_rent", "shed_mw",
+               "fixed_load_mw", "bids", "binding_lines")
+INTERFACE_COLUMNS = ("interval", "hours", "dso", "td_bus", "lmp", "lmp_energy", "lmp_congestion",
+                     "cleared_mw", "bid_min_mw", "bid_max_mw")
+IMBALANCE_COLUMNS = ("interval", "hours", "dso", "td_bus", "scheduled_mw", "actual_mw",
+                     "imbalance_mw", "price")
+
+
+@dataclass
+class Clearing:
+    """What one interval's clearing produced."""
+
+    status: str
+    awards: dict[str, tuple[int, float, float, float, float]]
+    """dso -> (td_bus, lmp, lmp_energy, lmp_congestion, cleared_mw)"""
+    tables: dict[str, tuple[tuple[str, ...], Rows]] = field(default_factory=dict)
+
+
+class WholesaleMarket:
+    """DC-OPF market clearing with T-D interfaces (one per DSO)."""
+
+    def __init__(self, config: IsoConfig, time: TimeSettings, *, seed: int) -> None:
+        self.config = config
+        self.hours = time.interval_s / 3600.0
+        self.case = load_case(config.case)
+        self.opf = DcOpf(self.case, line_limit_mw=config.line_limit_mw)
+        self.bus_index = {int(b): i for i, b in enumerate(self.case.bus_ids)}
+        for iface in config.interfaces:
+            if iface.td_bus not in self.bus_index:
+                raise ValueError(
+                    f"T-D bus {iface.td_bus} of {iface.dso!r} is not a bus of case {config.case!r} "
+                    f"(buses: {min(self.bus_index)}..{max(self.bus_index)})"
+                )
+        self.interfaces = {i.dso: i.td_bus for i in config.interfaces}
+        if config.load_profile == "flat":
+            self.profile = np.ones(time.n_intervals)
+        else:
+            self.profile = wholesale_load(time.n_intervals, time.interval_s)
+        self._schedules: dict[tuple[int, str], tuple[float, float]] = {}
+
+    def fixed_load(self, interval: int) -> np.ndarray:
+        return self.case.bus_pd_mw * self.config.load_scale * self.profile[interval]
+
+    def clear(self, interval: int, bids: Mapping[str, BidCurve]) -> Clearing:
+        """Clear one interval given exactly one curve per DSO interface."""
+        missing = sorted(set(self.interfaces) - set(bids))
+        if missing:
+            raise ValueError(f"interval {interval}: no bid from {missing}")
+        owners = sorted(bids)
+        curves = [BusCurve(owner=o, bus=self.interfaces[o], curve=bids[o]) for o in owners]
+        fixed = self.fixed_load(interval)
+        res = self.opf.clear(fixed, curves)
+        lmp = res.lmp
+        out = Clearing(status=res.status, awards={})
+        k, h = interval, self.hours
+        pay: list[ledger.Payment] = []
+        iface_rows: Rows = []
+        for o, curve, cleared in zip(owners, curves, res.curve_mw, strict=True):
+            i = self.bus_index[curve.bus]
+            award = (curve.bus, float(lmp[i]), float(res.lmp_energy[i]), float(res.lmp_congestion[i]),
+                     float(cleared))
+            out.awards[o] = award
+            self._schedules[(k, o)] = (float(cleared), float(lmp[i]))
+            iface_rows.append((k, h, o, curve.bus, *award[1:], curve.curve.min_mw, curve.curve.max_mw))
+            pay.append(ledger.Payment(k, "iso", f"dso:{o}", "iso", "energy", float(cleared), float(lmp[i]), h))
+        served = fixed - res.shed_mw
+        for i, bus in enumerate(self.case.bus_ids):
+            if served[i] != 0.0:
+                pay.append(ledger.Payment(k, "iso", f"load:{int(bus)}", "iso", "energy",
+                                          float(served[i]), float(lmp[i]), h))
+        gen_rows: Rows = []
+        for g, (bus, mw) in enumerate(zip(self.case.gen_bus, res.gen_mw, strict=True)):
+            gen_rows.append((k, g, int(bus), float(mw)))
+            if mw != 0.0:
+                pay.append(ledger.Payment(k, "iso", "iso", f"gen:{g}", "energy", float(mw),
+                                          float(lmp[self.bus_index[int(bus)]]), h))
+        out.tables["market"] = (MARKET_COLUMNS, [
+            (k, int(b), float(lmp[i]), float(res.lmp_energy[i]), float(res.lmp_congestion[i]),
+             float(fixed[i]), float(res.shed_mw[i]))
+            for i, b in enumerate(self.case.bus_ids)
+        ])
+        out.tables["generators"] = (GEN_COLUMNS, gen_rows)
+        out.tables["interface"] = (INTERFACE_COLUMNS, iface_rows)
+        out.tables["iso"] = (ISO_COLUMNS, [(
+            k, h, res.status, float(res.total_cost) * h, float(congestion_rent(self.case, res)) * h,
+            float(res.shed_mw.sum()), float(fixed.sum()), len(curves), len(res.binding_branches),
+        )])
+        out.tables["settlements"] = (ledger.COLUMNS, [p.row() for p in pay])
+        return out
+
+    def settle_imbalance(self, interval: int, metered: Mapping[str, float]) -> dict[str, tuple[tuple[str, ...], Rows]]:
+        """Charge each DSO (actual - scheduled) MW at that interval's LMP."""
+        rows: Rows = []
+        pay: list[ledger.Payment] = []
+        for dso in sorted(self.interfaces):
+            if dso not in metered:
+                raise ValueError(f"interval {interval}: no meter reading from {dso!r}")
+            scheduled, price = self._schedules.pop((interval, dso))
+            actual = float(metered[dso])
+            rows.append((interval, self.hours, dso, self.interfaces[dso], scheduled, actual,
+                         actual - scheduled, price))
+            pay.append(ledger.Payment(interval, "iso", f"dso:{dso}", "iso", "imbalance",
+                                      actual - scheduled, price, self.hours))
+        return {"imbalance": (IMBALANCE_COLUMNS, rows),
+                "settlements": (ledger.COLUMNS, [p.row() for p in pay])}

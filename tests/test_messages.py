@@ -1,0 +1,91 @@
+"""Bus messages: round trips, and rejection of malformed or foreign messages."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import pytest
+
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common.curves import PRICE_CAP, BidCurve, CurveError
+
+CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        msg.FleetBid("agg1", 3, (msg.LocatedBid("675", CURVE), msg.LocatedBid("634", BidCurve(0.2)))),
+        msg.InterfaceBid("lda1", 3, 5, CURVE.scaled(20)),
+        msg.Award("iso", 3, 5, 31.25, 30.0, 1.25, -12.5),
+        msg.Dispatch("lda1", 3, {"675": -0.5, "634": 0.1}, {"675": 31.0, "634": 32.5}),
+        msg.Measurement("agg1", 3, {"675": -0.45, "634": 0.1}),
+        msg.Meter("lda1", 3, 5, 48.2),
+        msg.TableRows("iso", 3, "market", ("interval", "lmp"), ((3, 31.25), (3, 30.0))),
+    ],
+)
+def test_round_trip(record: msg.Message) -> None:
+    raw = msg.encode(record)
+    back = msg.decode(raw, source=record.sender)
+    assert back == record
+    assert msg.encode(back) == raw  # deterministic bytes
+
+
+def _raw(**fields: object) -> bytes:
+    base = {"v": msg.SCHEMA_VERSION, "kind": "interface_bid", "sender": "lda1", "interval": 0,
+            "td_bus": 5, "curve": [1.0, [[30.0, 1.0]]]}
+    base.update(fields)
+    return msgpack.packb(base)
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"curve": [math.nan, []]}, "curve.base_mw"),
+        ({"curve": [1.0, [[20.0, 1.0], [30.0, 1.0]]]}, "not monotonic"),
+        ({"curve": [1.0, [[PRICE_CAP * 2, 1.0]]]}, "blocks[0].price"),
+        ({"curve": [1.0, [[30.0, -1.0]]]}, "blocks[0].mw"),
+        ({"curve": [1.0, [[30.0, math.inf]]]}, "blocks[0].mw"),
+        ({"td_bus": "five"}, "td_bus"),
+        ({"interval": -1}, "interval"),
+        ({"v": 99}, "schema version"),
+        ({"kind": "gossip"}, "unknown kind"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_messages_are_rejected_naming_sender_and_field(fields: dict, where: str) -> None:
+    with pytest.raises(msg.MessageError) as err:
+        msg.decode(_raw(**fields), source="lda1")
+    assert "lda1" in str(err.value)
+    assert where in str(err.value)
+
+
+def test_unknown_or_impersonating_sender_rejected() -> None:
+    with pytest.raises(msg.MessageError, match="unknown sender 'lda1'"):
+        msg.decode(_raw(), source="lda1", allowed_senders=["lda2"])
+    with pytest.raises(msg.MessageError, match="claims to be 'lda1'"):
+        msg.decode(_raw(), source="agg9")
+
+
+def test_garbage_bytes_rejected() -> None:
+    with pytest.raises(msg.MessageError, match="payload"):
+        msg.decode(b"\xc1\xff\x00", source="agg1")
+
+
+def test_duplicate_location_rejected() -> None:
+    raw = msgpack.packb({"v": 1, "kind": "fleet_bid", "sender": "a", "interval": 0,
+                         "bids": [["675", [0.0, []]], ["675", [1.0, []]]]})
+    with pytest.raises(msg.MessageError, match="duplicate location"):
+        msg.decode(raw, source="a")
+
+
+def test_curve_quantities_and_combination() -> None:
+    assert CURVE.quantity_at(50.0) == -1.5
+    assert CURVE.quantity_at(30.0) == -0.5
+    assert CURVE.quantity_at(-20.0) == 2.0
+    total = BidCurve.combine([CURVE, BidCurve(1.0, ((25.0, 1.0),))])
+    assert total.base_mw == -0.5
+    assert total.blocks == ((40.0, 1.0), (25.0, 3.0), (-10.0, 0.5))
+    with pytest.raises(CurveError, match="scale"):
+        CURVE.scaled(0.0)
