@@ -69,6 +69,7 @@ class DsoConfig(Strict):
 class AggregatorConfig(Strict):
     name: str
     dso: str
+    buses: tuple[str, ...] = Field(description="feeder buses where its fleet sits (its locations)")
     fleet: dict[str, Any]
     response_error: float = Field(0.0, ge=0, lt=1)
 
