@@ -29,7 +29,7 @@ from dsosim.federates.common.config import (
     RecorderConfig,
     TimeSettings,
 )
-from dsosim.runner.placement import place_fleet
+from dsosim.runner.placement import bus_peak_loads, place_fleet
 from dsosim.runner.scenario import Scenario, ScenarioError, load_scenario
 
 ISO_NAME = "iso"
@@ -106,10 +106,12 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
         feeder = (base / lda.feeder).resolve()
         if not feeder.is_file():
             raise ScenarioError(f"ldas[{lda.name}].feeder: feeder file not found: {feeder}")
+        loads = bus_peak_loads(feeder)
         for agg in lda.aggregators:
-            fleet = place_fleet(feeder, agg, seed=scenario.seed, lda=lda.name)
+            placed = place_fleet(feeder, agg, seed=scenario.seed, lda=lda.name, loads=loads)
             aggregators.append(
-                AggregatorConfig(name=agg.name, dso=lda.name, fleet=fleet, response_error=agg.response_error)
+                AggregatorConfig(name=agg.name, dso=lda.name, buses=tuple(placed["buses"]),
+                                 fleet=placed["spec"], response_error=agg.response_error)
             )
         dsos.append(
             DsoConfig(

@@ -1,0 +1,73 @@
+"""Aggregator federate: hosts a DER fleet on the HELICS bus.
+
+Per interval k (see ``common.schedule``): BID sends one curve per location to
+its market operator; RESPOND reads the dispatch, runs the devices for the
+interval and reports what they actually did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import zlib
+
+from dsosim.federates.aggregator.fleet import Fleet
+from dsosim.federates.aggregator.spec_json import fleet_from_json
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common.config import FederationConfig, load_federation
+from dsosim.federates.common.schedule import Phase, at
+from dsosim.federates.common.shell import FederateShell, run_federate
+
+DER_COLUMNS = ("interval", "aggregator", "battery_charge_mw", "battery_discharge_mw", "battery_soc_mean",
+               "pv_output_mw", "pv_curtailed_mw", "flex_served_mw", "flex_curtailed_mw",
+               "requested_mw", "actual_mw")
+
+
+def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
+    cfg = config.aggregator(name)
+    operator = cfg.dso
+    fleet = Fleet(fleet_from_json(cfg.fleet), interval_s=config.time.interval_s,
+                  n_intervals=config.time.n_intervals, seed=config.seed + zlib.crc32(name.encode()))
+    if tuple(fleet.buses) != tuple(cfg.buses):
+        raise ValueError(f"fleet buses {fleet.buses} differ from the configured locations {cfg.buses}")
+    dt = config.time.interval_s
+    for k in range(config.time.n_intervals):
+        shell.advance(at(k, Phase.BID, dt))
+        bids = fleet.bids(k)
+        shell.send(operator, msg.FleetBid(name, k, tuple(msg.LocatedBid(b, c) for b, c in sorted(bids.items()))))
+
+        shell.advance(at(k, Phase.RESPOND, dt))
+        received = shell.receive(allowed_senders=[operator])
+        dispatch = [m for m in received if isinstance(m, msg.Dispatch) and m.interval == k]
+        if len(dispatch) != 1 or len(received) != 1:
+            raise RuntimeError(f"interval {k}: expected one dispatch from {operator!r}, got "
+                               f"{[(m.KIND, m.interval) for m in received]}")
+        d = dispatch[0]
+        outcome = fleet.dispatch(k, dict(d.setpoints_mw), dict(d.prices))
+        shell.send(operator, msg.Measurement(name, k, outcome.actual_by_bus()))
+        shell.record(k, "ders", DER_COLUMNS, [(
+            k, name, outcome.battery_charge_mw, outcome.battery_discharge_mw,
+            float(outcome.battery_soc.mean()) if outcome.battery_soc.size else float("nan"),
+            outcome.pv_output_mw, outcome.pv_curtailed_mw, outcome.flex_served_mw, outcome.flex_curtailed_mw,
+            float(outcome.requested_mw.sum()), float(outcome.actual_mw.sum()),
+        )])
+        shell.record(k, "traffic", ("interval", "federate", "messages", "bytes"),
+                     [(k, name, shell.traffic.messages, shell.traffic.bytes)])
+        shell.traffic.messages = shell.traffic.bytes = 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dsosim.federates.aggregator")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+    config, _ = load_federation(args.config)
+    return run_federate(
+        args.name,
+        lambda: FederateShell(args.name, config.helics, recorder=config.recorder.name),
+        lambda shell: run(shell, config, args.name),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
