@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                 store.add(m.table, m.columns, m.rows)
             state["interval"] = k
             store.end_interval(k)
+            if k < n and ((k + 1) % rc.flush_every == 0 or k + 1 == n):
+                print(f"[{rc.name}] progress {k + 1}/{n}", flush=True)
         summary = store.finish(complete=True, error=None, summarise=summarise)
         print(f"[{rc.name}] results complete: {summary.get('intervals')} intervals", flush=True)
 
