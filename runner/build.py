@@ -83,7 +83,7 @@ def build(
         scenario = scenario.model_copy(update={"hours": hours})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    out_abs = out.resolve()
+    out_abs = Path(os.path.abspath(out))
 
     def path_for(p: Path) -> str:
         return os.path.relpath(p, out_abs) if portable else str(p)
@@ -103,7 +103,7 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
     interval_s = scenario.interval_minutes * 60.0
     dsos, aggregators = [], []
     for lda in scenario.ldas:
-        feeder = (base / lda.feeder).resolve()
+        feeder = Path(os.path.abspath(base / lda.feeder))
         if not feeder.is_file():
             raise ScenarioError(f"ldas[{lda.name}].feeder: feeder file not found: {feeder}")
         loads = bus_peak_loads(feeder)
@@ -128,7 +128,7 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
         )
     case = scenario.transmission.case
     if case.endswith(".m"):
-        case = path_for((base / case).resolve())
+        case = path_for(Path(os.path.abspath(base / case)))
     iso = IsoConfig(
         name=ISO_NAME,
         case=case,

@@ -10,6 +10,7 @@ file, the field and what is allowed.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -103,7 +104,7 @@ def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return Scenario.model_validate(data), path.resolve().parent
+        return Scenario.model_validate(data), Path(os.path.abspath(path)).parent
     except ValidationError as exc:
         raise ScenarioError(_explain(path, exc)) from None
 

@@ -1,0 +1,48 @@
+"""A misbehaving third-party aggregator for failure tests.
+
+Joins the federation under a real aggregator's name, sends well-formed bids
+(zero flexibility) for a few intervals, then a bid whose price is NaN. The
+DSO must reject it naming this sender and the field, and the federation must
+stop cleanly with the results so far marked incomplete.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import msgpack
+
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common.config import load_federation
+from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.schedule import Phase, at
+from dsosim.federates.common.shell import FederateShell, run_federate
+
+
+def main() -> int:
+    config_path, name, bad_interval = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    config, _ = load_federation(config_path)
+    cfg = config.aggregator(name)
+    dt = config.time.interval_s
+
+    def body(shell: FederateShell) -> None:
+        for k in range(config.time.n_intervals):
+            shell.advance(at(k, Phase.BID, dt))
+            if k == bad_interval:
+                raw = msgpack.packb({"v": 1, "kind": "fleet_bid", "sender": name, "interval": k,
+                                     "bids": [[b, [0.0, [[float("nan"), 1.0]]]] for b in cfg.buses]})
+                import helics as h
+
+                h.helicsEndpointSendBytesTo(shell._endpoint, raw, cfg.dso)  # noqa: SLF001
+            else:
+                shell.send(cfg.dso, msg.FleetBid(name, k, tuple(msg.LocatedBid(b, BidCurve(0.0)) for b in cfg.buses)))
+            shell.advance(at(k, Phase.RESPOND, dt))
+            received = shell.receive()
+            setpoints = received[0].setpoints_mw  # type: ignore[union-attr]
+            shell.send(cfg.dso, msg.Measurement(name, k, dict(setpoints)))
+
+    return run_federate(name, lambda: FederateShell(name, config.helics, recorder=config.recorder.name), body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
