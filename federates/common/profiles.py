@@ -212,7 +212,9 @@ def _cos_zenith(t_s: FloatArray, latitude_deg: float, day_of_year: float) -> Flo
     return math.sin(lat) * np.sin(decl) + math.cos(lat) * np.cos(decl) * np.cos(hour_angle)
 
 
-def _clear_sky_pu(t_s: FloatArray, latitude_deg: float, day_of_year: float, pr: float) -> FloatArray:
+def _clear_sky_pu(
+    t_s: FloatArray, latitude_deg: float, day_of_year: float, pr: float
+) -> FloatArray:
     """Haurwitz (1945) clear-sky global horizontal irradiance,
     ``1098 cos Z exp(-0.057 / cos Z)`` W/m2, as PV output per unit of the
     rating (1000 W/m2 at standard test conditions) times a performance
