@@ -1,0 +1,615 @@
+"""The DSO's feeder model: an OpenDSS circuit behind a small, typed adaptor.
+
+One :class:`Feeder` owns one OpenDSS engine context, so several feeders can live
+in one process (one per LDA). Everything the market roles need goes through four
+calls: :meth:`Feeder.set_load_multipliers` (inflexible load), :meth:`Feeder.attach_der`
+and :meth:`Feeder.set_der_mw` (DER set-points), :meth:`Feeder.solve` (a
+:class:`FeederState`) and :meth:`Feeder.sensitivities` (a :class:`Sensitivities`).
+
+Conventions
+-----------
+* Power is **net demand** in MW, as in :mod:`dsosim.federates.common.curves`:
+  positive = consumption. ``substation_p_mw`` is the power drawn from the source
+  (positive = import into the feeder).
+* Voltages are magnitudes in pu. With ``voltage_basis="ln"`` (default) every node
+  is read line-to-neutral on its bus's line-to-neutral base: right for feeders
+  with a neutral (IEEE 13, 34, 123). With ``voltage_basis="ll"`` every bus with two
+  or more of the phases 1-3 is read line-to-line (pairs 1-2, 2-3, 3-1; node names
+  ``"bus.1.2"``) on the line-to-line base, and single-phase nodes stay
+  line-to-neutral: right for delta feeders such as IEEE 37, whose loads see
+  line-to-line voltages.
+* Branches are the lines and transformers. Loading is the largest phase-conductor
+  current over all terminals divided by that terminal's normal rating (lines:
+  ``normamps``; transformers: the winding's rated current at ``normhkva``, so a
+  1.0 loading is the nameplate when ``normhkva = kva``). Neutral conductors are
+  not rated.
+* Voltage limits apply to the *monitored* nodes: all nodes with a voltage base
+  except those of the source bus and of buses on the regulated winding of a
+  regulator (that terminal is boosted on purpose for line-drop compensation and
+  serves no customer).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import opendssdirect
+
+VoltageBasis = Literal["ln", "ll"]
+
+_DER_PREFIX = "der_"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+_MAX_CONTROL_ITER_ERROR = 485
+
+
+class FeederError(ValueError):
+    """The feeder model cannot be used: compile error, missing file, base case
+    that does not converge, or a call that does not fit the model."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FeederState:
+    """One solved operating point of the feeder.
+
+    ``converged`` is False when the power flow did not converge *or* the control
+    loop (regulators, capacitor controls) gave up; ``control_iterations_exceeded``
+    tells the second case apart (OpenDSS error #485: controls hunting). The
+    numbers are then those of the last iteration and must be read as such.
+    """
+
+    feeder: str
+    converged: bool
+    control_iterations_exceeded: bool
+    message: str
+    """OpenDSS's message when not converged, else empty."""
+    node_names: tuple[str, ...]
+    v_pu: np.ndarray
+    """Voltage magnitude per node, pu (see the module doc for the basis)."""
+    monitored: np.ndarray
+    """Bool per node: the node is subject to the voltage band."""
+    branch_names: tuple[str, ...]
+    loading: np.ndarray
+    """Per branch: largest phase current / normal rating (1.0 = at rating)."""
+    losses_mw: float
+    substation_p_mw: float
+    substation_q_mvar: float
+    der_names: tuple[str, ...]
+    der_mw: np.ndarray
+    """DER net demand set-points, MW, in attach order."""
+    vmin: float
+    vmax: float
+    n_voltage_violations: int
+    """Monitored nodes outside [vmin, vmax]."""
+    n_thermal_violations: int
+    """Branches with loading > 1."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Sensitivities:
+    """Linearisation of the feeder around an operating point, per attached DER.
+
+    Derivatives are with respect to the DER's net demand in MW (positive =
+    more consumption), taken by finite differences of full OpenDSS power flows
+    (``delta_mw`` each way; 2 flows per DER) with regulator taps and capacitor
+    states frozen at the operating point: central differences for voltages and
+    substation power, both one-sided slopes for loadings. Within a control interval the taps do not move, so
+    this is the short-term response; a later tap change shifts the operating
+    point, and the next linearisation takes it in.
+
+    Accuracy: voltages and losses are smooth in the injections, so the error of
+    the linear prediction grows with the square of the change. On IEEE 13 with
+    its base load, 0.5 MW injected at 675 is predicted to ~2e-4 pu (actual change
+    ~0.009 pu), 0.5 + 0.3 MW at 675 and 680 to ~6e-4 pu (change ~0.013 pu),
+    twice that to ~2.4e-3 pu; see ``tests/test_feeder.py``. The OpenDSS
+    convergence tolerance (1e-4) puts a noise floor of ~1e-5/``delta_mw`` on the
+    derivatives: keep ``delta_mw`` around 0.1 MW for MW-size DERs.
+    """
+
+    der_names: tuple[str, ...]
+    node_names: tuple[str, ...]
+    branch_names: tuple[str, ...]
+    dv_dp: np.ndarray
+    """pu per MW, shape (nodes, DERs)."""
+    dloading_dp: np.ndarray
+    """Loading (fraction of rating) per MW, shape (branches, DERs): central."""
+    dloading_dp_up: np.ndarray
+    """One-sided (forward) derivative: the slope for more consumption."""
+    dloading_dp_down: np.ndarray
+    """One-sided (backward) derivative: the slope for more injection. Where a
+    branch current is near zero (a lateral feeding only a DER) loading is
+    ``|current|``, with a kink: ``up`` and ``down`` then differ in sign and the
+    central value means nothing; ``max(L0 + up.dP, L0 + down.dP)`` is the
+    convex model to use (two linear rows)."""
+    dpsub_dp: np.ndarray
+    """MW at the substation per MW at the DER: 1 + marginal loss factor."""
+    delta_mw: float
+    vmin: float
+    vmax: float
+    injection_headroom_mw: np.ndarray
+    """Per DER, alone: extra injection (MW) before a monitored node leaves
+    [vmin, vmax], by the linearisation (inf if none moves toward a limit; 0 if
+    one already outside moves further out)."""
+    consumption_headroom_mw: np.ndarray
+    """Per DER, alone: the same for extra consumption."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadInfo:
+    """One inflexible load as compiled (its base for the multipliers)."""
+
+    name: str
+    bus: str
+    kw: float
+    kvar: float
+
+
+class Feeder:
+    """An OpenDSS feeder in its own engine context.
+
+    Parameters
+    ----------
+    master
+        The master file; ``Redirect``s inside it resolve relative to it.
+    name
+        Name used in messages and results.
+    vmin, vmax
+        Voltage band for the violation counts and the headrooms, pu.
+    voltage_basis
+        ``"ln"`` or ``"ll"`` (see the module doc).
+
+    Raises
+    ------
+    FeederError
+        Missing file, OpenDSS compile error (with OpenDSS's message and file),
+        no circuit, or a base case that does not converge.
+    """
+
+    def __init__(
+        self,
+        master: Path,
+        *,
+        name: str,
+        vmin: float = 0.95,
+        vmax: float = 1.05,
+        voltage_basis: VoltageBasis = "ln",
+    ) -> None:
+        if voltage_basis not in ("ln", "ll"):
+            raise FeederError(f"feeder {name}: voltage_basis must be 'ln' or 'll', got {voltage_basis!r}")
+        if not vmin < vmax:
+            raise FeederError(f"feeder {name}: vmin {vmin} must be below vmax {vmax}")
+        self.name = name
+        self.vmin = float(vmin)
+        self.vmax = float(vmax)
+        self.voltage_basis: VoltageBasis = voltage_basis
+        self.master = Path(master).resolve()
+        if not self.master.is_file():
+            raise FeederError(f"feeder {name}: master file {self.master} does not exist")
+        self._dss: Any = opendssdirect.NewContext()
+        self._dss.Basic.AllowChangeDir(False)
+        self._compile()
+        self._index_loads()
+        self._index_nodes()
+        self._index_branches()
+        self._der_names: list[str] = []
+        self._der_idx: list[int] = []
+        self._der_mw = np.zeros(0)
+        base = self.solve()
+        if not base.converged:
+            raise FeederError(
+                f"feeder {name}: base case of {self.master} does not converge: {base.message}"
+            )
+
+    # ------------------------------------------------------------------ setup
+
+    def _compile(self) -> None:
+        dss = self._dss
+        try:
+            dss.Text.Command(f'compile "{self.master}"')
+        except opendssdirect.DSSException as exc:
+            raise FeederError(
+                f"feeder {self.name}: OpenDSS cannot compile {self.master}: {exc.args[1]}"
+            ) from exc
+        if dss.Circuit.NumBuses() == 0 or dss.Vsources.Count() == 0:
+            raise FeederError(f"feeder {self.name}: {self.master} defines no circuit with a source")
+        # A master file may end with its own Solve or mode settings: snapshot it is.
+        dss.Text.Command("set mode=snapshot")
+        dss.Text.Command("set controlmode=static")
+
+    def _index_loads(self) -> None:
+        dss = self._dss
+        loads: list[LoadInfo] = []
+        for i in range(1, dss.Loads.Count() + 1):
+            dss.Loads.Idx(i)
+            bus = dss.CktElement.BusNames()[0].split(".")[0]
+            loads.append(LoadInfo(dss.Loads.Name(), bus, dss.Loads.kW(), dss.Loads.kvar()))
+        self._loads = tuple(loads)
+        self._base_kw = np.array([ld.kw for ld in loads])
+        self._base_kvar = np.array([ld.kvar for ld in loads])
+
+    def _index_nodes(self) -> None:
+        """Node order, voltage bases, monitored mask and the LL pairs if needed."""
+        dss = self._dss
+        all_nodes = [n.lower() for n in dss.Circuit.AllNodeNames()]
+        position = {n: i for i, n in enumerate(all_nodes)}
+        excluded = self._unmonitored_buses()
+        names: list[str] = []
+        first: list[int] = []
+        second: list[int] = []
+        scale: list[float] = []
+        monitored: list[bool] = []
+        self._bus_kv_ln: dict[str, float] = {}
+        self._bus_phases: dict[str, list[int]] = {}
+        for bus in dss.Circuit.AllBusNames():
+            dss.Circuit.SetActiveBus(bus)
+            kv_ln = dss.Bus.kVBase()
+            phases = [n for n in dss.Bus.Nodes() if 1 <= n <= 3]
+            self._bus_kv_ln[bus.lower()] = kv_ln
+            self._bus_phases[bus.lower()] = phases
+            watch = kv_ln > 0.0 and bus.lower() not in excluded
+            base_v = kv_ln * 1000.0 if kv_ln > 0.0 else math.nan
+            if self.voltage_basis == "ll" and len(phases) >= 2:
+                pairs = [(1, 2), (2, 3), (3, 1)] if len(phases) == 3 else [tuple(phases)]
+                for a, b in pairs:
+                    names.append(f"{bus}.{a}.{b}")
+                    first.append(position[f"{bus}.{a}".lower()])
+                    second.append(position[f"{bus}.{b}".lower()])
+                    scale.append(1.0 / (base_v * math.sqrt(3.0)))
+                    monitored.append(watch)
+            else:
+                for p in phases:
+                    names.append(f"{bus}.{p}")
+                    first.append(position[f"{bus}.{p}".lower()])
+                    second.append(-1)
+                    scale.append(1.0 / base_v)
+                    monitored.append(watch)
+        self._node_names = tuple(names)
+        self._node_first = np.array(first, dtype=np.intp)
+        self._node_second = np.array(second, dtype=np.intp)
+        self._node_scale = np.array(scale)
+        self._monitored = np.array(monitored, dtype=bool)
+        self._monitored.flags.writeable = False
+        self._ll_rows = self._node_second >= 0
+
+    def _unmonitored_buses(self) -> set[str]:
+        dss = self._dss
+        buses: set[str] = set()
+        for name in dss.Vsources.AllNames():
+            dss.Circuit.SetActiveElement(f"Vsource.{name}")
+            buses.add(dss.CktElement.BusNames()[0].split(".")[0].lower())
+        if dss.RegControls.Count():
+            dss.RegControls.First()
+            while True:
+                winding = dss.RegControls.Winding()
+                dss.Circuit.SetActiveElement(f"Transformer.{dss.RegControls.Transformer()}")
+                bus_names = dss.CktElement.BusNames()
+                if 1 <= winding <= len(bus_names):
+                    buses.add(bus_names[winding - 1].split(".")[0].lower())
+                if not dss.RegControls.Next():
+                    break
+        return buses
+
+    def _index_branches(self) -> None:
+        """Positions of phase-conductor currents in ``PDElements.AllCurrentsMagAng``
+        and the rating each is compared with, so loading is one vectorised pass."""
+        dss = self._dss
+        names: list[str] = []
+        picks: list[int] = []
+        ratings: list[float] = []
+        starts: list[int] = []
+        offset = 0
+        for full in dss.PDElements.AllNames():
+            dss.Circuit.SetActiveElement(full)
+            n_cond = dss.CktElement.NumConductors()
+            n_term = dss.CktElement.NumTerminals()
+            cls = full.split(".", 1)[0].lower()
+            if cls in ("line", "transformer"):
+                per_terminal = self._terminal_ratings(full, cls, n_term)
+                n_ph = dss.CktElement.NumPhases()
+                if all(r > 0.0 for r in per_terminal):
+                    names.append(full)
+                    starts.append(len(picks))
+                    for t in range(n_term):
+                        for c in range(n_ph):
+                            picks.append(offset + t * n_cond + c)
+                            ratings.append(per_terminal[t])
+            offset += n_cond * n_term
+        self._branch_names = tuple(names)
+        self._branch_picks = np.array(picks, dtype=np.intp)
+        self._branch_ratings = np.array(ratings)
+        self._branch_starts = np.array(starts, dtype=np.intp)
+
+    def _terminal_ratings(self, full: str, cls: str, n_term: int) -> list[float]:
+        dss = self._dss
+        norm = dss.CktElement.NormalAmps()
+        if cls == "line":
+            return [norm] * n_term
+        dss.Transformers.Name(full.split(".", 1)[1])
+        kva: list[float] = []
+        kv: list[float] = []
+        for w in range(1, dss.Transformers.NumWindings() + 1):
+            dss.Transformers.Wdg(w)
+            kva.append(dss.Transformers.kVA())
+            kv.append(dss.Transformers.kV())
+        # NormalAmps is for winding 1; the others scale with their kVA and kV.
+        return [norm * (kva[w] / kva[0]) * (kv[0] / kv[w]) for w in range(len(kv))]
+
+    # ---------------------------------------------------------- introspection
+
+    @property
+    def buses(self) -> tuple[str, ...]:
+        return tuple(self._dss.Circuit.AllBusNames())
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        """Names of the voltage readings, in the order of ``FeederState.v_pu``."""
+        return self._node_names
+
+    @property
+    def monitored(self) -> np.ndarray:
+        return self._monitored
+
+    def bus_kv_base(self, bus: str) -> float:
+        """Line-to-neutral voltage base of a bus, kV (0 if it has none)."""
+        try:
+            return self._bus_kv_ln[bus.lower()]
+        except KeyError:
+            raise FeederError(f"feeder {self.name}: no bus {bus!r}") from None
+
+    @property
+    def node_kv_base(self) -> np.ndarray:
+        """Base of each voltage reading, kV (line-to-line for LL readings)."""
+        return 1.0 / (self._node_scale * 1000.0)
+
+    @property
+    def loads(self) -> tuple[LoadInfo, ...]:
+        """The inflexible loads as compiled (DER elements are not listed)."""
+        return self._loads
+
+    @property
+    def branch_names(self) -> tuple[str, ...]:
+        return self._branch_names
+
+    @property
+    def branch_ratings(self) -> dict[str, float]:
+        """Normal amps of terminal 1 of each branch."""
+        return {
+            name: float(self._branch_ratings[start])
+            for name, start in zip(self._branch_names, self._branch_starts, strict=True)
+        }
+
+    @property
+    def der_names(self) -> tuple[str, ...]:
+        return tuple(self._der_names)
+
+    # ----------------------------------------------------------------- inputs
+
+    def set_load_multipliers(self, m: np.ndarray | float) -> None:
+        """Scale every inflexible load's compiled kW and kvar by ``m`` (one
+        factor, or one per load in the order of :attr:`loads`)."""
+        given = np.asarray(m, dtype=float)
+        if given.ndim > 1 or (given.ndim == 1 and given.shape != self._base_kw.shape):
+            raise FeederError(
+                f"feeder {self.name}: {given.shape} multipliers for {len(self._loads)} loads"
+            )
+        factors = np.broadcast_to(given, self._base_kw.shape)
+        if not np.all(np.isfinite(factors)) or np.any(factors < 0.0):
+            raise FeederError(f"feeder {self.name}: load multipliers must be finite and >= 0")
+        loads = self._dss.Loads
+        for i, (kw, kvar) in enumerate(zip(self._base_kw * factors, self._base_kvar * factors)):
+            loads.Idx(i + 1)
+            loads.kW(float(kw))  # sets kvar from the power factor ...
+            loads.kvar(float(kvar))  # ... so kvar is set second
+
+    def attach_der(self, name: str, bus: str) -> None:
+        """Create a DER injection element at ``bus`` on all its phases (an equal
+        share per phase), constant power, unity power factor, at 0 MW.
+
+        It is an OpenDSS load ``der_<name>`` whose kW may be negative (injection),
+        with vminpu/vmaxpu 0.85/1.15 so the power set is the power injected over
+        the whole operating range.
+        """
+        if not _NAME_RE.match(name):
+            raise FeederError(f"feeder {self.name}: DER name {name!r} must match {_NAME_RE.pattern}")
+        if name.lower() in (n.lower() for n in self._der_names):
+            raise FeederError(f"feeder {self.name}: DER {name!r} is already attached")
+        key = bus.lower()
+        if key not in self._bus_phases:
+            raise FeederError(f"feeder {self.name}: DER {name!r}: no bus {bus!r}")
+        phases = self._bus_phases[key]
+        kv_ln = self._bus_kv_ln[key]
+        if not phases or kv_ln <= 0.0:
+            raise FeederError(
+                f"feeder {self.name}: DER {name!r}: bus {bus!r} has no phase nodes or no voltage base"
+            )
+        element = f"{_DER_PREFIX}{name}"
+        if element.lower() in (ld.name.lower() for ld in self._loads):
+            raise FeederError(f"feeder {self.name}: DER {name!r} clashes with load {element!r}")
+        kv = kv_ln if len(phases) == 1 else kv_ln * math.sqrt(3.0)
+        nodes = ".".join(str(p) for p in phases)
+        self._dss.Text.Command(
+            f"New Load.{element} bus1={bus}.{nodes} phases={len(phases)} conn=wye kv={kv:.6g} "
+            "kw=0 pf=1 model=1 vminpu=0.85 vmaxpu=1.15"
+        )
+        self._der_names.append(name)
+        self._der_idx.append(self._dss.Loads.Count())
+        self._der_mw = np.zeros(len(self._der_names))
+
+    def set_der_mw(self, values: np.ndarray | Sequence[float]) -> None:
+        """Set every DER's net demand, MW (positive = consumption), attach order."""
+        mw = np.asarray(values, dtype=float)
+        if mw.shape != (len(self._der_names),):
+            raise FeederError(
+                f"feeder {self.name}: {mw.shape} DER values for {len(self._der_names)} DERs"
+            )
+        if not np.all(np.isfinite(mw)):
+            raise FeederError(f"feeder {self.name}: DER set-points must be finite")
+        for idx, value in zip(self._der_idx, mw):
+            self._set_der_kw(idx, value * 1000.0)
+        self._der_mw = mw.copy()
+
+    def _set_der_kw(self, idx: int, kw: float) -> None:
+        loads = self._dss.Loads
+        loads.Idx(idx)
+        loads.kW(float(kw))
+
+    # ---------------------------------------------------------------- solving
+
+    def solve(self, *, controls: bool = True) -> FeederState:
+        """Solve the power flow (snapshot), with regulator and capacitor controls
+        acting, or with them frozen where they are (``controls=False``: the
+        response within one interval, what :meth:`sensitivities` linearises).
+
+        Non-convergence, including OpenDSS #485 (control iterations exceeded), is
+        recorded in the state, never raised; the engine is left ready for the
+        next solve."""
+        dss = self._dss
+        message = ""
+        hunting = False
+        try:
+            if controls:
+                dss.Solution.Solve()
+            else:
+                dss.Solution.SolveNoControl()
+            converged = bool(dss.Solution.Converged())
+            if not converged:
+                message = "power flow did not converge"
+        except opendssdirect.DSSException as exc:
+            converged = False
+            hunting = exc.args[0] == _MAX_CONTROL_ITER_ERROR
+            message = f"OpenDSS #{exc.args[0]}: {exc.args[1]}".strip()
+            self._recover()
+        return self._state(converged, hunting, message)
+
+    def _recover(self) -> None:
+        """After an error every Solve fails (#99) until a command is parsed: parse
+        a harmless one so the next interval starts from a usable engine."""
+        self._dss.Text.Command("get mode")
+
+    def _state(self, converged: bool, hunting: bool, message: str) -> FeederState:
+        v = self._read_voltages()
+        loading = self._read_loading()
+        p_kw, q_kvar = self._dss.Circuit.TotalPower()
+        losses_w = self._dss.Circuit.Losses()[0]
+        watched = v[self._monitored]
+        n_v = int(np.count_nonzero((watched < self.vmin) | (watched > self.vmax)))
+        return FeederState(
+            feeder=self.name,
+            converged=converged,
+            control_iterations_exceeded=hunting,
+            message=message,
+            node_names=self._node_names,
+            v_pu=_frozen(v),
+            monitored=self._monitored,
+            branch_names=self._branch_names,
+            loading=_frozen(loading),
+            losses_mw=losses_w / 1.0e6,
+            substation_p_mw=-p_kw / 1000.0,
+            substation_q_mvar=-q_kvar / 1000.0,
+            der_names=tuple(self._der_names),
+            der_mw=_frozen(self._der_mw.copy()),
+            vmin=self.vmin,
+            vmax=self.vmax,
+            n_voltage_violations=n_v,
+            n_thermal_violations=int(np.count_nonzero(loading > 1.0)),
+        )
+
+    def _read_voltages(self) -> np.ndarray:
+        raw = np.asarray(self._dss.Circuit.AllBusVolts())
+        volts = raw[0::2] + 1j * raw[1::2]
+        first = volts[self._node_first]
+        if self._ll_rows.any():
+            second = np.where(self._ll_rows, volts[self._node_second], 0.0)
+            first = first - second
+        return np.abs(first) * self._node_scale
+
+    def _read_loading(self) -> np.ndarray:
+        if not self._branch_names:
+            return np.zeros(0)
+        mags = np.asarray(self._dss.PDElements.AllCurrentsMagAng())[0::2]
+        ratio = mags[self._branch_picks] / self._branch_ratings
+        return np.maximum.reduceat(ratio, self._branch_starts)
+
+    def _flow_snapshot(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Power flow at frozen controls; voltages, loadings, substation MW."""
+        dss = self._dss
+        dss.Solution.SolveNoControl()
+        return self._read_voltages(), self._read_loading(), -dss.Circuit.TotalPower()[0] / 1000.0
+
+    def sensitivities(
+        self, vmin: float | None = None, vmax: float | None = None, *, delta_mw: float = 0.1
+    ) -> Sensitivities:
+        """Linearise around the current operating point (the last :meth:`solve`)
+        for every attached DER: 2 power flows per DER at frozen controls, then the
+        operating point is restored. ``vmin``/``vmax`` (default: the feeder's)
+        are the band the headrooms are measured against."""
+        lo = self.vmin if vmin is None else float(vmin)
+        hi = self.vmax if vmax is None else float(vmax)
+        if not delta_mw > 0.0:
+            raise FeederError(f"feeder {self.name}: delta_mw must be > 0, got {delta_mw}")
+        n = len(self._der_names)
+        dv = np.zeros((len(self._node_names), n))
+        dl_up = np.zeros((len(self._branch_names), n))
+        dl_down = np.zeros((len(self._branch_names), n))
+        dp = np.zeros(n)
+        try:
+            v0, l0, _ = self._flow_snapshot()
+            for j, idx in enumerate(self._der_idx):
+                kw0 = self._der_mw[j] * 1000.0
+                self._set_der_kw(idx, kw0 + delta_mw * 1000.0)
+                v_up, l_up, p_up = self._flow_snapshot()
+                self._set_der_kw(idx, kw0 - delta_mw * 1000.0)
+                v_dn, l_dn, p_dn = self._flow_snapshot()
+                self._set_der_kw(idx, kw0)
+                dv[:, j] = (v_up - v_dn) / (2.0 * delta_mw)
+                dl_up[:, j] = (l_up - l0) / delta_mw
+                dl_down[:, j] = (l0 - l_dn) / delta_mw
+                dp[j] = (p_up - p_dn) / (2.0 * delta_mw)
+            self._flow_snapshot()
+        except opendssdirect.DSSException as exc:
+            self._recover()
+            raise FeederError(
+                f"feeder {self.name}: power flow failed while linearising: {exc.args[1]}"
+            ) from exc
+        up, down = _headrooms(v0[self._monitored], dv[self._monitored], lo, hi)
+        return Sensitivities(
+            der_names=tuple(self._der_names),
+            node_names=self._node_names,
+            branch_names=self._branch_names,
+            dv_dp=_frozen(dv),
+            dloading_dp=_frozen((dl_up + dl_down) / 2.0),
+            dloading_dp_up=_frozen(dl_up),
+            dloading_dp_down=_frozen(dl_down),
+            dpsub_dp=_frozen(dp),
+            delta_mw=float(delta_mw),
+            vmin=lo,
+            vmax=hi,
+            injection_headroom_mw=_frozen(up),
+            consumption_headroom_mw=_frozen(down),
+        )
+
+
+def _headrooms(
+    v0: np.ndarray, dv: np.ndarray, vmin: float, vmax: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per DER, MW of injection to the first vmax crossing and of consumption to
+    the first vmin crossing (linear, one DER at a time)."""
+    with np.errstate(divide="ignore"):
+        # Net demand up by x moves node k by dv[k] * x.
+        to_vmax = np.where(dv > 1e-12, (vmax - v0)[:, None] / dv, math.inf)
+        to_vmin = np.where(dv < -1e-12, (v0 - vmin)[:, None] / -dv, math.inf)
+        from_vmax = np.where(dv < -1e-12, (vmax - v0)[:, None] / -dv, math.inf)
+        from_vmin = np.where(dv > 1e-12, (v0 - vmin)[:, None] / dv, math.inf)
+    consumption = np.minimum(to_vmax, to_vmin).min(axis=0, initial=math.inf)
+    injection = np.minimum(from_vmax, from_vmin).min(axis=0, initial=math.inf)
+    return np.maximum(injection, 0.0), np.maximum(consumption, 0.0)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a

@@ -1,0 +1,320 @@
+"""The OpenDSS feeder adaptor on the shipped IEEE 13-node feeder and on small
+hand-written circuits (hunting controls, broken files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dsosim.federates.dso.feeder import Feeder, FeederError
+
+ROOT = Path(__file__).resolve().parents[1]
+IEEE13 = ROOT / "configs" / "feeders" / "ieee13" / "Master.dss"
+REFERENCE13 = ROOT.parent / "shared" / "feeders" / "ieee13" / "IEEE13Nodeckt.dss"
+TAP_STEP = 0.1 / 16  # OpenDSS default regulator: +-10 % in 32 steps
+
+
+@pytest.fixture(scope="module")
+def base13() -> Feeder:
+    """A feeder nobody modifies (module scope: compiled once)."""
+    return Feeder(IEEE13, name="ieee13")
+
+
+@pytest.fixture
+def ieee13() -> Feeder:
+    return Feeder(IEEE13, name="ieee13")
+
+
+def test_ieee13_compiles_with_its_published_topology(base13: Feeder) -> None:
+    # 13 nodes of the published diagram + source bus, regulator output and the
+    # bus 670 that carries the distributed load: 16 buses, 41 phase nodes.
+    assert len(base13.buses) == 16
+    assert len(base13.node_names) == 41
+    assert {ld.bus for ld in base13.loads} == {
+        "634", "645", "646", "652", "670", "671", "675", "692", "611"
+    }
+    total_kw = sum(ld.kw for ld in base13.loads)
+    assert total_kw == pytest.approx(3466.0, abs=0.01)  # published spot + distributed kW
+    assert base13.branch_ratings["Line.650632"] == 730.0
+    assert base13.branch_ratings["Line.684652"] == 165.0
+    # 5000 kVA at 115 kV: the nameplate, not OpenDSS's default 110 %.
+    assert base13.branch_ratings["Transformer.sub"] == pytest.approx(5000 / (115 * 3**0.5))
+
+
+def test_ieee13_base_case_voltages_and_regulators(base13: Feeder) -> None:
+    state = base13.solve()
+    assert state.converged and not state.control_iterations_exceeded
+    v = dict(zip(state.node_names, state.v_pu, strict=True))
+    for phase in (1, 2, 3):
+        assert v[f"650.{phase}"] == pytest.approx(1.0, abs=1e-3)
+        # Regulators settled on whole taps within their +-16 range.
+        taps = (v[f"rg60.{phase}"] / v[f"650.{phase}"] - 1.0) / TAP_STEP
+        assert abs(taps - round(taps)) < 0.02
+        assert 0 < round(taps) <= 16
+    watched = state.v_pu[state.monitored]
+    assert 0.955 < watched.min() < 0.965  # 611.c, the far end of phase c
+    assert 1.035 < watched.max() < 1.045  # 675.b
+    assert state.n_voltage_violations == 0
+    # XFM-1 carries more than its phase rating on phase a in the published data.
+    loading = dict(zip(state.branch_names, state.loading, strict=True))
+    assert loading["Transformer.xfm1"] > 1.1
+    assert state.n_thermal_violations == 1
+    assert 3.4 < state.substation_p_mw < 3.7
+    assert 0.09 < state.losses_mw < 0.13
+    assert state.substation_q_mvar > 0.0
+
+
+@pytest.mark.skipif(not REFERENCE13.is_file(), reason="reference IEEE 13 model not available")
+def test_ieee13_matches_the_reference_model() -> None:
+    ours = Feeder(IEEE13, name="ours").solve()
+    theirs = Feeder(REFERENCE13, name="reference").solve()
+    ref = dict(zip(theirs.node_names, theirs.v_pu, strict=True))
+    common = [n for n in ours.node_names if n in ref]
+    assert len(common) == 41
+    diff = np.array([v - ref[n] for n, v in zip(ours.node_names, ours.v_pu) if n in ref])
+    assert np.max(np.abs(diff)) < 0.01
+    assert abs(ours.substation_p_mw - theirs.substation_p_mw) < 0.01
+
+
+def test_line_to_line_readings(base13: Feeder) -> None:
+    ll = Feeder(IEEE13, name="ll", voltage_basis="ll")
+    state = ll.solve()
+    v = dict(zip(state.node_names, state.v_pu, strict=True))
+    assert {"650.1.2", "650.2.3", "650.3.1", "645.2.3", "652.1", "611.3"} <= set(v)
+    assert v["650.1.2"] == pytest.approx(1.0, abs=1e-3)
+    # 645 has phases b, c only: one line-to-line reading, near the LN ones.
+    ln = dict(zip(base13.node_names, base13.solve().v_pu, strict=True))
+    assert v["645.2.3"] == pytest.approx((ln["645.2"] + ln["645.3"]) / 2, abs=0.02)
+    assert ll.node_kv_base[state.node_names.index("650.1.2")] == pytest.approx(4.16)
+
+
+def test_der_injection_changes_substation_power_by_its_size_plus_losses(ieee13: Feeder) -> None:
+    ieee13.attach_der("pv675", "675")
+    before = ieee13.solve(controls=False)
+    ieee13.set_der_mw(np.array([-0.5]))
+    after = ieee13.solve(controls=False)
+    change = after.substation_p_mw - before.substation_p_mw
+    loss_change = after.losses_mw - before.losses_mw
+    assert -0.06 < loss_change < 0.0  # injection near the load relieves the feeder
+    # Exact but for the ~700 kW of constant-Z and constant-I loads, whose draw
+    # follows the voltage rise (about 1 %).
+    assert change == pytest.approx(-0.5 + loss_change, abs=0.01)
+    assert after.der_mw.tolist() == [-0.5]
+
+
+def test_der_power_balance_is_exact_with_constant_power_loads(tmp_path: Path) -> None:
+    master = tmp_path / "pq.dss"
+    master.write_text(
+        "Clear\nNew Circuit.c basekv=12.47 bus1=src\n"
+        "New Line.l bus1=src bus2=b r1=0.5 x1=1.0 units=km length=2 normamps=200\n"
+        "New Load.l bus1=b phases=3 kv=12.47 kw=2000 kvar=600 model=1 vminpu=0.85 vmaxpu=1.15\n"
+        "Set VoltageBases=[12.47]\nCalcVoltageBases\n"
+    )
+    feeder = Feeder(master, name="pq")
+    feeder.attach_der("pv", "b")
+    before = feeder.solve()
+    # To the power-flow tolerance (1e-4 pu voltage mismatch on 2 MW of load).
+    assert before.substation_p_mw == pytest.approx(2.0 + before.losses_mw, abs=5e-4)
+    feeder.set_der_mw(np.array([-1.5]))
+    after = feeder.solve()
+    assert after.substation_p_mw == pytest.approx(0.5 + after.losses_mw, abs=5e-4)
+    assert after.losses_mw < before.losses_mw
+
+
+def test_der_on_a_single_phase_bus_and_on_the_low_voltage_side(ieee13: Feeder) -> None:
+    ieee13.attach_der("ev652", "652")
+    ieee13.attach_der("bat634", "634")
+    base = ieee13.solve(controls=False)
+    ieee13.set_der_mw(np.array([0.1, -0.2]))
+    state = ieee13.solve(controls=False)
+    v0 = dict(zip(base.node_names, base.v_pu, strict=True))
+    v1 = dict(zip(state.node_names, state.v_pu, strict=True))
+    assert v1["652.1"] < v0["652.1"] - 0.003  # consumption on phase a lowers 652
+    assert v1["634.2"] > v0["634.2"] + 0.003  # injection on all three phases at 634
+    assert state.substation_p_mw - base.substation_p_mw == pytest.approx(-0.1, abs=0.01)
+
+
+def test_load_multipliers_scale_each_load(ieee13: Feeder) -> None:
+    state0 = ieee13.solve()
+    ieee13.set_load_multipliers(0.5)
+    half = ieee13.solve()
+    assert 0.45 * state0.substation_p_mw < half.substation_p_mw < 0.55 * state0.substation_p_mw
+    m = np.ones(len(ieee13.loads))
+    m[[i for i, ld in enumerate(ieee13.loads) if ld.name == "671"]] = 0.0
+    ieee13.set_load_multipliers(m)
+    no671 = ieee13.solve()
+    assert state0.substation_p_mw - no671.substation_p_mw == pytest.approx(1.155, abs=0.1)
+    with pytest.raises(FeederError, match="multipliers"):
+        ieee13.set_load_multipliers(np.ones(3))
+    with pytest.raises(FeederError, match=">= 0"):
+        ieee13.set_load_multipliers(-1.0)
+
+
+def test_attach_der_rejects_unknown_bus_and_duplicates(ieee13: Feeder) -> None:
+    with pytest.raises(FeederError, match="no bus 'nowhere'"):
+        ieee13.attach_der("x", "nowhere")
+    ieee13.attach_der("x", "680")
+    with pytest.raises(FeederError, match="already attached"):
+        ieee13.attach_der("X", "675")
+    with pytest.raises(FeederError, match="must match"):
+        ieee13.attach_der("a.b", "675")
+    with pytest.raises(FeederError, match="DER values"):
+        ieee13.set_der_mw(np.array([1.0, 2.0]))
+
+
+def test_two_feeders_in_one_process_are_independent() -> None:
+    a = Feeder(IEEE13, name="a")
+    b = Feeder(IEEE13, name="b")
+    a.set_load_multipliers(0.2)
+    pa = a.solve().substation_p_mw
+    pb = b.solve().substation_p_mw
+    assert pa < 0.3 * pb
+    assert Feeder(IEEE13, name="c").solve().substation_p_mw == pytest.approx(pb, abs=1e-9)
+
+
+def test_solves_are_deterministic(ieee13: Feeder) -> None:
+    first = ieee13.solve()
+    again = Feeder(IEEE13, name="again").solve()
+    assert np.array_equal(first.v_pu, again.v_pu)
+    assert np.array_equal(first.loading, again.loading)
+
+
+def test_state_arrays_are_read_only(base13: Feeder) -> None:
+    state = base13.solve()
+    with pytest.raises(ValueError):
+        state.v_pu[0] = 2.0
+
+
+# --------------------------------------------------------------- sensitivities
+
+
+def test_sensitivities_predict_a_moderate_injection(ieee13: Feeder) -> None:
+    ieee13.attach_der("pv675", "675")
+    ieee13.attach_der("pv680", "680")
+    base = ieee13.solve()
+    sens = ieee13.sensitivities()
+    assert sens.dv_dp.shape == (41, 2)
+    assert sens.dloading_dp.shape == (len(base.branch_names), 2)
+    # Consumption lowers voltages downstream; losses make the head see more.
+    assert np.all(sens.dv_dp[base.monitored][:, 0] < 1e-6)
+    assert np.all((1.0 < sens.dpsub_dp) & (sens.dpsub_dp < 1.1))
+    # Linearising restored the operating point (to the power-flow tolerance).
+    assert np.allclose(ieee13.solve(controls=False).v_pu, base.v_pu, atol=1e-4)
+
+    # Observed on this feeder: 0.5 MW at 675 -> error ~2.1e-4 pu for a ~0.009 pu
+    # change; with 0.3 MW more at 680 -> ~5.6e-4 pu for ~0.013 pu. Bounds 2x that.
+    for change, change_min, bound in (([-0.5, 0.0], 0.005, 4.5e-4), ([-0.5, -0.3], 0.01, 1.2e-3)):
+        ieee13.set_der_mw(np.array(change))
+        after = ieee13.solve(controls=False)
+        predicted = base.v_pu + sens.dv_dp @ change
+        assert np.max(np.abs(after.v_pu - base.v_pu)) > change_min
+        assert np.max(np.abs(predicted - after.v_pu)) < bound
+        p_pred = base.substation_p_mw + sens.dpsub_dp @ change
+        assert abs(p_pred - after.substation_p_mw) < 0.01 * sum(np.abs(change))
+
+
+def test_loading_slopes_are_one_sided_on_a_lateral_that_feeds_only_a_der(ieee13: Feeder) -> None:
+    ieee13.attach_der("bat680", "680")  # nothing else on 671-680: zero current
+    base = ieee13.solve()
+    sens = ieee13.sensitivities()
+    k = base.branch_names.index("Line.671680")
+    assert base.loading[k] < 1e-3
+    up, down = sens.dloading_dp_up[k, 0], sens.dloading_dp_down[k, 0]
+    assert up > 0.1 and down < -0.1  # |current| has a kink at zero
+    for mw in (0.4, -0.4):
+        ieee13.set_der_mw(np.array([mw]))
+        actual = ieee13.solve(controls=False).loading[k]
+        predicted = max(base.loading[k] + up * mw, base.loading[k] + down * mw)
+        assert predicted == pytest.approx(actual, rel=0.02)
+    # A branch carrying load is smooth: both slopes agree.
+    m = base.branch_names.index("Line.650632")
+    assert sens.dloading_dp_up[m, 0] == pytest.approx(sens.dloading_dp_down[m, 0], rel=0.02)
+
+
+def test_headrooms_are_consistent_with_the_linearisation(ieee13: Feeder) -> None:
+    ieee13.attach_der("pv675", "675")
+    state = ieee13.solve()
+    sens = ieee13.sensitivities(0.95, 1.05)
+    up = sens.injection_headroom_mw[0]
+    assert 0.0 < up < np.inf
+    v_at = state.v_pu - sens.dv_dp[:, 0] * up
+    assert v_at[state.monitored].max() == pytest.approx(1.05, abs=1e-4)
+
+
+# ----------------------------------------------------------- failure handling
+
+HUNTING = """\
+Clear
+New Circuit.hunt basekv=12.47 pu=1.0 phases=3 bus1=src MVAsc3=20000 MVAsc1=21000
+New Line.l1 phases=3 bus1=src bus2=b2 r1=0.3 x1=0.6 r0=0.6 x0=1.2 units=km length=3 normamps=400
+New Load.ld bus1=b2 phases=3 kv=12.47 kw=600 kvar=200 model=1 vminpu=0.85 vmaxpu=1.15
+! A capacitor whose step (about 3 V on 120 V) is wider than its control deadband
+! (118-119 V): once the load pulls b2 below 118 V it switches on and off forever.
+New Capacitor.c1 bus1=b2 phases=3 kv=12.47 kvar=3000
+New CapControl.cc capacitor=c1 element=Line.l1 terminal=2 type=voltage ptratio=60
+~ ONsetting=118 OFFsetting=119 delay=1 delayoff=1
+Set VoltageBases=[12.47]
+CalcVoltageBases
+"""
+
+
+def test_hunting_controls_are_recorded_not_raised(tmp_path: Path) -> None:
+    master = tmp_path / "hunt.dss"
+    master.write_text(HUNTING)
+    feeder = Feeder(master, name="hunt")
+    feeder.set_load_multipliers(5.0)
+    state = feeder.solve()
+    assert not state.converged
+    assert state.control_iterations_exceeded
+    assert "#485" in state.message
+    assert len(state.v_pu) == 6  # the last iterate is still reported
+    # The engine is usable again: a load that does not hunt solves cleanly.
+    feeder.set_load_multipliers(1.0)
+    recovered = feeder.solve()
+    assert recovered.converged and not recovered.control_iterations_exceeded
+    assert recovered.message == ""
+
+
+def test_compile_error_names_the_opendss_message_and_file(tmp_path: Path) -> None:
+    master = tmp_path / "bad.dss"
+    master.write_text(
+        "Clear\nNew Circuit.bad basekv=12.47\n"
+        "New Line.l1 bus1=sourcebus bus2=b2 linecode=nosuchcode length=1\n"
+    )
+    with pytest.raises(FeederError) as info:
+        Feeder(master, name="bad")
+    text = str(info.value)
+    assert 'LineCode object "nosuchcode" not found' in text
+    assert "bad.dss" in text and "line: 3" in text
+
+
+def test_missing_redirect_file(tmp_path: Path) -> None:
+    master = tmp_path / "master.dss"
+    master.write_text("Clear\nNew Circuit.c basekv=12.47\nRedirect lines_missing.dss\n")
+    with pytest.raises(FeederError, match=r"Redirect file not found.*lines_missing\.dss"):
+        Feeder(master, name="m")
+
+
+def test_missing_master_file(tmp_path: Path) -> None:
+    with pytest.raises(FeederError, match="does not exist"):
+        Feeder(tmp_path / "nothing.dss", name="m")
+
+
+def test_relative_redirects_do_not_change_the_working_directory(tmp_path: Path) -> None:
+    sub = tmp_path / "feeder"
+    sub.mkdir()
+    (sub / "loads.dss").write_text(
+        "New Load.l bus1=b phases=3 kv=12.47 kw=100 kvar=30 model=1 vminpu=0.85 vmaxpu=1.15\n"
+    )
+    (sub / "master.dss").write_text(
+        "Clear\nNew Circuit.c basekv=12.47 bus1=src\n"
+        "New Line.l bus1=src bus2=b r1=0.1 x1=0.2 units=km length=1 normamps=100\n"
+        "Redirect loads.dss\nSet VoltageBases=[12.47]\nCalcVoltageBases\n"
+    )
+    cwd = Path.cwd()
+    feeder = Feeder(sub / "master.dss", name="c")
+    assert Path.cwd() == cwd
+    assert [ld.name for ld in feeder.loads] == ["l"]
+    assert feeder.solve().substation_p_mw == pytest.approx(0.1, abs=1e-3)
