@@ -277,6 +277,13 @@ def test_hunting_controls_are_recorded_not_raised(tmp_path: Path) -> None:
     assert recovered.message == ""
 
 
+def test_a_base_case_that_does_not_converge_is_refused(tmp_path: Path) -> None:
+    master = tmp_path / "hunt.dss"
+    master.write_text(HUNTING.replace("kw=600 kvar=200", "kw=3000 kvar=1000"))
+    with pytest.raises(FeederError, match=r"base case .*hunt\.dss does not converge.*#485"):
+        Feeder(master, name="hunt")
+
+
 def test_compile_error_names_the_opendss_message_and_file(tmp_path: Path) -> None:
     master = tmp_path / "bad.dss"
     master.write_text(

@@ -98,7 +98,8 @@ class Sensitivities:
     more consumption), taken by finite differences of full OpenDSS power flows
     (``delta_mw`` each way; 2 flows per DER) with regulator taps and capacitor
     states frozen at the operating point: central differences for voltages and
-    substation power, both one-sided slopes for loadings. Within a control interval the taps do not move, so
+    substation power, both one-sided slopes for loadings. Within a control
+    interval the taps do not move, so
     this is the short-term response; a later tap change shifts the operating
     point, and the next linearisation takes it in.
 
@@ -180,7 +181,9 @@ class Feeder:
         voltage_basis: VoltageBasis = "ln",
     ) -> None:
         if voltage_basis not in ("ln", "ll"):
-            raise FeederError(f"feeder {name}: voltage_basis must be 'ln' or 'll', got {voltage_basis!r}")
+            raise FeederError(
+                f"feeder {name}: voltage_basis must be 'ln' or 'll', got {voltage_basis!r}"
+            )
         if not vmin < vmax:
             raise FeederError(f"feeder {name}: vmin {vmin} must be below vmax {vmax}")
         self.name = name
@@ -415,7 +418,9 @@ class Feeder:
         the whole operating range.
         """
         if not _NAME_RE.match(name):
-            raise FeederError(f"feeder {self.name}: DER name {name!r} must match {_NAME_RE.pattern}")
+            raise FeederError(
+                f"feeder {self.name}: DER name {name!r} must match {_NAME_RE.pattern}"
+            )
         if name.lower() in (n.lower() for n in self._der_names):
             raise FeederError(f"feeder {self.name}: DER {name!r} is already attached")
         key = bus.lower()
@@ -425,7 +430,8 @@ class Feeder:
         kv_ln = self._bus_kv_ln[key]
         if not phases or kv_ln <= 0.0:
             raise FeederError(
-                f"feeder {self.name}: DER {name!r}: bus {bus!r} has no phase nodes or no voltage base"
+                f"feeder {self.name}: DER {name!r}: bus {bus!r} has no phase nodes "
+                "or no voltage base"
             )
         element = f"{_DER_PREFIX}{name}"
         if element.lower() in (ld.name.lower() for ld in self._loads):
