@@ -63,6 +63,10 @@ def test_ieee13_base_case_voltages_and_regulators(base13: Feeder) -> None:
     assert state.n_thermal_violations == 1
     assert 3.4 < state.substation_p_mw < 3.7
     assert 0.09 < state.losses_mw < 0.13
+    # 3466 kW as published; the constant-Z and constant-I loads draw a little
+    # less at their voltages (0.96-1.03 pu).
+    assert 3.40 < state.load_mw < 3.466
+    assert base13.load_mw() == state.load_mw
     assert state.substation_q_mvar > 0.0
 
 

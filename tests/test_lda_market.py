@@ -23,7 +23,7 @@ from dsosim.federates.dso.lda_market import (
     LdaClearing,
     LdaError,
     LocatedCurve,
-    NetworkLimits,
+    Limits,
     aggregate_interface_bid,
     build_interface_bid,
     clear_lda,
@@ -31,7 +31,7 @@ from dsosim.federates.dso.lda_market import (
 )
 
 IEEE13 = Path(__file__).resolve().parents[1] / "configs" / "feeders" / "ieee13" / "Master.dss"
-LIMITS = NetworkLimits()
+LIMITS = Limits()
 
 
 def linearised(
@@ -60,7 +60,7 @@ def linearised(
         feeder="tiny", converged=True, control_iterations_exceeded=False, message="",
         node_names=nodes, v_pu=v, monitored=np.ones(len(v), dtype=bool),
         branch_names=branches, loading=load, losses_mw=0.0, substation_p_mw=0.0,
-        substation_q_mvar=0.0, der_names=ders, der_mw=p0, vmin=0.95, vmax=1.05,
+        substation_q_mvar=0.0, load_mw=0.0, der_names=ders, der_mw=p0, vmin=0.95, vmax=1.05,
         n_voltage_violations=0, n_thermal_violations=0,
     )
     sens = Sensitivities(
@@ -137,7 +137,7 @@ def test_thermal_limit_truncates_injection() -> None:
     # |P| <= 4 MW: both extremes are loading 1.0 exactly.
     assert_curve(bid.curve, -4.0, [(60.0, 4.0), (55.0, 4.0)])
     assert bid.n_rows == 0  # screened out: no dispatch can pass the limit
-    tighter = build_interface_bid(curves, state, sens, 0.0, NetworkLimits(max_loading=0.75))
+    tighter = build_interface_bid(curves, state, sens, 0.0, Limits(max_loading=0.75))
     # |P| <= 3 MW: the DSO takes back 1 MW of the must-run discharge at any price,
     # and charging stops at +3.
     assert_curve(tighter.curve, -3.0, [(60.0, 3.0), (55.0, 3.0)])
@@ -307,7 +307,7 @@ def reference_head_demand(
     state: FeederState,
     sens: Sensitivities,
     fixed_mw: float,
-    limits: NetworkLimits,
+    limits: Limits,
 ) -> float:
     """Head net demand at price ``lam`` from a separately written LP (scipy's
     linprog): max sum(price * x) - lam * P_head - penalty * slack over the same
@@ -332,7 +332,7 @@ def reference_head_demand(
     for k in np.flatnonzero(state.monitored):
         grads += [sens.dv_dp[k], -sens.dv_dp[k]]
         values += [state.v_pu[k], -state.v_pu[k]]
-        lims += [limits.vmax, -limits.vmin]
+        lims += [limits.vmax_pu, -limits.vmin_pu]
     for b in range(len(state.branch_names)):
         up, down = sens.dloading_dp_up[b], sens.dloading_dp_down[b]
         scale = max(np.abs(up).max(), np.abs(down).max())
@@ -362,7 +362,7 @@ def test_ieee13_bid_matches_a_price_by_price_reference(
     state = feeder.solve()
     sens = feeder.sensitivities()
     fixed = fixed_head_mw(state)
-    limits = NetworkLimits(vmin=0.955, vmax=1.05)  # 611.c sits at ~0.96 pu
+    limits = Limits(vmin_pu=0.955, vmax_pu=1.05)  # 611.c sits at ~0.96 pu
     bid = build_interface_bid(curves, state, sens, fixed, limits)
     free = BidCurve.combine(c.curve for c in curves)
     # 2.4 MW of must-run injection lifts 675.b over 1.05: the DSO keeps some
@@ -390,7 +390,7 @@ def test_ieee13_clearing_keeps_the_feeder_within_limits(
     state = feeder.solve()
     sens = feeder.sensitivities()
     fixed = fixed_head_mw(state)
-    limits = NetworkLimits(vmin=0.955, vmax=1.05)
+    limits = Limits(vmin_pu=0.955, vmax_pu=1.05)
     bid = aggregate_interface_bid(curves, state, sens, fixed, limits)
     for lmp in (-10.0, 30.0, 50.0):
         award = bid.quantity_at(lmp)
@@ -403,7 +403,7 @@ def test_ieee13_clearing_keeps_the_feeder_within_limits(
         after = feeder.solve(controls=False)
         watched = after.v_pu[after.monitored]
         # Within the band up to the linearisation error (~1e-4 pu observed).
-        assert limits.vmin - 5e-4 < watched.min() and watched.max() < limits.vmax + 5e-4
+        assert limits.vmin_pu - 5e-4 < watched.min() and watched.max() < limits.vmax_pu + 5e-4
         # Head power: losses are quadratic, so the error grows with the DER
         # movement (observed up to 1.6 % of it here).
         moved = np.abs(clearing.der_mw - state.der_mw).sum()
@@ -424,7 +424,7 @@ def test_ieee13_overload_the_ders_cannot_remove_does_not_distort_the_bid() -> No
     state = feeder.solve()
     sens = feeder.sensitivities()
     fixed = fixed_head_mw(state)
-    bid = build_interface_bid(curves, state, sens, fixed, NetworkLimits())
+    bid = build_interface_bid(curves, state, sens, fixed, Limits())
     assert [(c.kind, c.element) for c in bid.relaxed] == [("thermal", "Transformer.xfm1")]
     assert bid.relaxed[0].value == pytest.approx(1.18, abs=0.01)
     # The same bid as if XFM-1 were within its rating (the substation
@@ -432,7 +432,7 @@ def test_ieee13_overload_the_ders_cannot_remove_does_not_distort_the_bid() -> No
     loading = state.loading.copy()
     loading[state.branch_names.index("Transformer.xfm1")] = 0.5
     healthy = dataclasses.replace(state, loading=loading)
-    without = build_interface_bid(curves, healthy, sens, fixed, NetworkLimits())
+    without = build_interface_bid(curves, healthy, sens, fixed, Limits())
     assert without.relaxed == ()
     assert bid.curve == without.curve
 
@@ -444,7 +444,7 @@ def test_ieee13_dlmps_equal_lmp_times_loss_factor_when_nothing_binds(
     state = feeder.solve()
     sens = feeder.sensitivities()
     fixed = fixed_head_mw(state)
-    limits = NetworkLimits(vmin=0.9, vmax=1.1, max_loading=1.5)
+    limits = Limits(vmin_pu=0.9, vmax_pu=1.1, max_loading=1.5)
     bid = build_interface_bid(curves, state, sens, fixed, limits)
     assert bid.relaxed == ()
     lmp = 30.0
@@ -459,7 +459,7 @@ def test_ieee13_market_is_fast(ieee13_market: tuple[Feeder, list[LocatedCurve]])
     state = feeder.solve()
     sens = feeder.sensitivities()
     fixed = fixed_head_mw(state)
-    limits = NetworkLimits(vmin=0.955)
+    limits = Limits(vmin_pu=0.955)
     start = time.perf_counter()
     for _ in range(10):
         bid = aggregate_interface_bid(curves, state, sens, fixed, limits)
@@ -520,7 +520,7 @@ def test_fifty_ders_bid_matches_the_reference_and_dlmps_support_the_dispatch() -
     state = feeder.solve()
     sens = feeder.sensitivities()
     fixed = fixed_head_mw(state)
-    limits = NetworkLimits(vmin=0.955)
+    limits = Limits(vmin_pu=0.955)
     bid = build_interface_bid(curves, state, sens, fixed, limits)
     assert len(bid.curve.blocks) > 50
     breaks = np.array([p for p, _ in bid.curve.blocks])

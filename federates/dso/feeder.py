@@ -79,6 +79,9 @@ class FeederState:
     losses_mw: float
     substation_p_mw: float
     substation_q_mvar: float
+    load_mw: float
+    """Power drawn by the inflexible loads (voltage-dependent models included),
+    by balance: substation import - losses - DER set-points."""
     der_names: tuple[str, ...]
     der_mw: np.ndarray
     """DER net demand set-points, MW, in attach order."""
@@ -390,6 +393,10 @@ class Feeder:
     def der_names(self) -> tuple[str, ...]:
         return tuple(self._der_names)
 
+    def load_mw(self) -> float:
+        """Inflexible load drawn at the last :meth:`solve` (``FeederState.load_mw``)."""
+        return self._last_state.load_mw
+
     # ----------------------------------------------------------------- inputs
 
     def set_load_multipliers(self, m: np.ndarray | float) -> None:
@@ -504,7 +511,9 @@ class Feeder:
         losses_w = self._dss.Circuit.Losses()[0]
         watched = v[self._monitored]
         n_v = int(np.count_nonzero((watched < self.vmin) | (watched > self.vmax)))
-        return FeederState(
+        substation_mw = -p_kw / 1000.0
+        losses_mw = losses_w / 1.0e6
+        self._last_state = FeederState(
             feeder=self.name,
             converged=converged,
             control_iterations_exceeded=hunting,
@@ -514,9 +523,10 @@ class Feeder:
             monitored=self._monitored,
             branch_names=self._branch_names,
             loading=_frozen(loading),
-            losses_mw=losses_w / 1.0e6,
-            substation_p_mw=-p_kw / 1000.0,
+            losses_mw=losses_mw,
+            substation_p_mw=substation_mw,
             substation_q_mvar=-q_kvar / 1000.0,
+            load_mw=substation_mw - losses_mw - float(self._der_mw.sum()),
             der_names=tuple(self._der_names),
             der_mw=_frozen(self._der_mw.copy()),
             vmin=self.vmin,
@@ -524,6 +534,7 @@ class Feeder:
             n_voltage_violations=n_v,
             n_thermal_violations=int(np.count_nonzero(loading > 1.0)),
         )
+        return self._last_state
 
     def _read_voltages(self) -> np.ndarray:
         raw = np.asarray(self._dss.Circuit.AllBusVolts())

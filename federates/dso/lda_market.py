@@ -86,7 +86,7 @@ class LocatedCurve:
 
 
 @dataclass(frozen=True, slots=True)
-class NetworkLimits:
+class Limits:
     """Feeder limits the LDA market enforces, and the prices of breaking them.
 
     ``violation_penalty`` ($/h per pu of voltage, or per unit of loading, beyond a
@@ -97,15 +97,17 @@ class NetworkLimits:
     whenever the network allows it.
     """
 
-    vmin: float = 0.95
-    vmax: float = 1.05
+    vmin_pu: float = 0.95
+    vmax_pu: float = 1.05
     max_loading: float = 1.0
     violation_penalty: float = 1.0e9
     imbalance_penalty: float = 1.0e5
 
     def __post_init__(self) -> None:
-        if not self.vmin < self.vmax:
-            raise LdaError(f"limits: vmin {self.vmin} must be below vmax {self.vmax}")
+        if not self.vmin_pu < self.vmax_pu:
+            raise LdaError(
+                f"limits: vmin_pu {self.vmin_pu} must be below vmax_pu {self.vmax_pu}"
+            )
         if not self.max_loading > 0.0:
             raise LdaError(f"limits: max_loading must be > 0, got {self.max_loading}")
         if not (self.violation_penalty > 0.0 and self.imbalance_penalty > 0.0):
@@ -224,7 +226,7 @@ def _build(
     state: FeederState,
     sens: Sensitivities,
     fixed_mw: float,
-    limits: NetworkLimits,
+    limits: Limits,
 ) -> _Problem:
     _check_inputs(state, sens, fixed_mw)
     der_pos = {name: i for i, name in enumerate(sens.der_names)}
@@ -291,7 +293,7 @@ def _check_inputs(state: FeederState, sens: Sensitivities, fixed_mw: float) -> N
 def _network_rows(
     state: FeederState,
     sens: Sensitivities,
-    limits: NetworkLimits,
+    limits: Limits,
     offset: np.ndarray,
     der_of: np.ndarray,
     size: np.ndarray,
@@ -320,7 +322,11 @@ def _network_rows(
     value = np.concatenate([v0, -v0, l0, l0[kinked]])
     n_v, n_t = len(mon), len(l0) + int(kinked.sum())
     lim = np.concatenate(
-        [np.full(n_v, limits.vmax), np.full(n_v, -limits.vmin), np.full(n_t, limits.max_loading)]
+        [
+            np.full(n_v, limits.vmax_pu),
+            np.full(n_v, -limits.vmin_pu),
+            np.full(n_t, limits.max_loading),
+        ]
     )
     sign = np.concatenate([np.ones(n_v), -np.ones(n_v), np.ones(n_t)])
     kind = np.array(["vmax"] * n_v + ["vmin"] * n_v + ["thermal"] * n_t, dtype=object)
@@ -365,7 +371,7 @@ class _Lp:
     head balance with two imbalance columns. Costs are for *minimisation*."""
 
     def __init__(
-        self, prob: _Problem, limits: NetworkLimits, balance: tuple[float, float] | None
+        self, prob: _Problem, limits: Limits, balance: tuple[float, float] | None
     ) -> None:
         self.prob = prob
         nb = len(prob.price)
@@ -519,7 +525,7 @@ def aggregate_interface_bid(
     state: FeederState,
     sens: Sensitivities,
     fixed_mw: float,
-    limits: NetworkLimits,
+    limits: Limits,
 ) -> BidCurve:
     """One net-demand curve at the feeder head that the feeder can deliver at
     every price (within the linearisation). See :func:`build_interface_bid`."""
@@ -531,7 +537,7 @@ def build_interface_bid(
     state: FeederState,
     sens: Sensitivities,
     fixed_mw: float,
-    limits: NetworkLimits,
+    limits: Limits,
 ) -> InterfaceBid:
     """Parametric LP in the head price ``lambda``.
 
@@ -586,7 +592,7 @@ def build_interface_bid(
 class _Sweep:
     """Optimal dispatch at a head price and the price range it is optimal over."""
 
-    def __init__(self, prob: _Problem, limits: NetworkLimits) -> None:
+    def __init__(self, prob: _Problem, limits: Limits) -> None:
         self.prob = prob
         self.limits = limits
         self.lp: _Lp | None = None
@@ -670,7 +676,7 @@ def clear_lda(
     state: FeederState,
     sens: Sensitivities,
     fixed_mw: float,
-    limits: NetworkLimits,
+    limits: Limits,
 ) -> LdaClearing:
     """Dispatch the blocks so the head net demand meets the ISO's award, at the
     highest bid value the network rows allow, and price every DER location.
