@@ -1,0 +1,859 @@
+"""The ISO's market clearing: a DC optimal power flow with bid curves, on HiGHS.
+
+One :class:`DcOpf` is built per transmission case and re-cleared every market
+interval with new fixed loads and new bid curves. The HiGHS model is built
+once; a re-clear only changes the nodal balance right-hand sides and the
+costs and bounds of a pool of bid columns, then warm-starts from the previous
+basis. That is what makes a 5-minute real-time market over thousands of
+buses and many DER bids cheap enough to run inside a co-simulation step.
+
+Formulation (B-theta, all quantities in MW and $/h)
+---------------------------------------------------
+Variables: bus angles ``theta`` scaled by the base MVA (``theta_mw =
+baseMVA * theta_rad``, so that a branch flow is ``b * (theta_mw[f] -
+theta_mw[t])`` with ``b = 1 / (x * tap)`` in per unit; without the scaling,
+coefficients reach ~1e6 and HiGHS's QP solver fails on case118), generator
+outputs ``pg`` in ``[PMIN, PMAX]``, an epigraph variable per generator with a
+piecewise-linear cost, one column per (bus, price) bid block group ``x`` in
+``[0, mw]``, and at every bus a load-shedding slack ``shed >= 0`` priced at
+the value of lost load and a spill slack ``spill >= 0`` (generation that
+cannot be absorbed) priced at ``-PRICE_FLOOR``.
+
+minimise ``sum cost_g(pg) - sum price_k * x_k + voll * sum shed + spill_price * sum spill``
+
+subject to, at each bus ``i`` (one equality row per bus; its dual is the LMP)::
+
+    sum_{g at i} pg - sum_{k at i} x_k + shed_i - spill_i - (Bbus theta_mw)_i
+        = fixed_load_i + GS_i + sum_{curves at i} base_mw - shift_injection_i
+
+and ``-rate <= flow <= rate`` on every in-service branch with a finite
+rating (one ranged row per branch: both directions), the angle difference
+limits of the case, and ``theta_mw = 0`` at one reference bus per island.
+A phase shifter with angle ``s`` carries ``flow = b * (dtheta - s)``: the
+constant part enters the balance rows as a fixed injection pair.
+
+Why B-theta and not PTDF: the B-theta matrix stays as sparse as the network
+(a few nonzeros per bus), while a PTDF matrix is dense (4582 x 2869 for
+case2869pegase); rebuilding nothing between intervals, the sparse model
+re-solves in milliseconds.
+
+Prices
+------
+``lmp`` is the dual of the nodal balance row, in $/MWh, with the sign of
+"one more MW of load at this bus raises the cost by lmp". ``lmp_energy`` is the
+LMP at the reference bus of the bus's island (in a lossless DC model this is
+the system marginal energy price), and ``lmp_congestion = lmp - lmp_energy``
+(there is no loss component). Slacks make every interval feasible, so an
+interval with too little supply, or a bus islanded from all generation,
+reports ``status == "load_shed"``, the MW shed per bus, and LMP equal to
+the value of lost load where load is shed; a surplus that cannot be absorbed
+reports ``"over_supply"`` with LMP at ``PRICE_FLOOR``.
+
+Degenerate duals: where the optimum is primal-degenerate the price is not
+unique (a generator exactly at a cost breakpoint or at a limit with no
+marginal unit, a bus with neither injection nor withdrawal between two
+congested branches, an island with no load and no generation). HiGHS then
+returns the duals of its final basis: a valid price, inside the interval of
+valid prices, but which one may depend on the starting basis, i.e. on the
+intervals cleared before. :meth:`DcOpf.reset` drops the basis to make a
+clear independent of history. With strictly convex (quadratic) costs and
+no such buses, the LMPs are unique.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+import highspy
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR, BidCurve
+from dsosim.federates.iso.case import PW_LINEAR, REF, TransmissionCase
+
+STATUS_OPTIMAL = "optimal"
+STATUS_LOAD_SHED = "load_shed"
+STATUS_OVER_SUPPLY = "over_supply"
+STATUS_APPROXIMATE = "approximate"
+STATUS_FAILED = "failed"
+
+SLACK_TOL_MW = 1e-6
+"""Shed or spill above this many MW changes the status."""
+
+QP_REGULARIZATION = 1e-10
+"""Hessian regularisation of HiGHS's QP solver (see DcOpf._build_highs)."""
+
+_INF = highspy.kHighsInf
+
+
+@dataclass(frozen=True, slots=True)
+class BusCurve:
+    """A bid curve placed at a transmission bus.
+
+    Parameters
+    ----------
+    owner
+        Who bids (a DSO, an aggregator, a DER); reported back, never priced.
+    bus
+        Case bus number (one of ``TransmissionCase.bus_ids``).
+    curve
+        Net-demand bid curve (see :mod:`dsosim.federates.common.curves`).
+    """
+
+    owner: str
+    bus: int
+    curve: BidCurve
+
+
+@dataclass(frozen=True, eq=False)
+class OpfResult:
+    """The outcome of one market clearing; arrays are read-only.
+
+    Bus arrays are aligned with ``case.bus_ids``, generator arrays with the
+    case's generators (0 MW when out of service), branch arrays with its
+    branches (0 MW when out of service).
+
+    Attributes
+    ----------
+    status
+        ``"optimal"``; ``"load_shed"`` if some load could not be served;
+        ``"over_supply"`` if some injection could not be absorbed;
+        ``"approximate"`` if HiGHS's QP solver did not converge and the
+        result is that of the LP with quadratic costs linearised at the
+        previous dispatch (see ``message``); ``"failed"`` if the solver gave
+        no solution (arrays are then NaN).
+    lmp, lmp_energy, lmp_congestion
+        Locational marginal price and its energy (reference-bus) and
+        congestion components, $/MWh (see the module docstring).
+    gen_mw, branch_flow_mw
+        Dispatch and branch flows (MW, positive from ``F_BUS`` to ``T_BUS``).
+    binding
+        Indices of branches loaded to their rating (in either direction).
+    branch_shadow_price
+        Dual of each branch's flow limit, $/MWh per MW (0 without a limit).
+    total_cost
+        Generator cost, $/h, constant terms included, as MATPOWER and
+        pandapower count it (over in-service generators).
+    objective
+        The optimised quantity: generator cost minus the value of cleared bid
+        blocks plus the cost of shed and spill, $/h.
+    message
+        Empty, or why the result is approximate or failed.
+    curve_mw
+        Net demand cleared for each input curve (``base_mw`` + cleared
+        blocks), same order as the curves. Blocks of several curves at the
+        same bus and price share a marginal clearing pro rata.
+    shed_mw, spill_mw
+        Load shed and surplus spilled at each bus, MW.
+    withdrawal_mw
+        Net withdrawal at each bus by everything but generators: fixed load
+        + shunt + cleared curves - shed + spill. With ``gen_mw`` it settles
+        the market: ``sum(lmp * withdrawal_mw) - sum(lmp[gen] * gen_mw) ==
+        congestion_rent(result)``.
+    solve_seconds
+        Wall time of the HiGHS run.
+    """
+
+    case: TransmissionCase = field(repr=False)
+    status: str
+    lmp: np.ndarray
+    lmp_energy: np.ndarray
+    lmp_congestion: np.ndarray
+    gen_mw: np.ndarray
+    branch_flow_mw: np.ndarray
+    binding: np.ndarray
+    branch_shadow_price: np.ndarray
+    total_cost: float
+    objective: float
+    curve_mw: np.ndarray
+    shed_mw: np.ndarray
+    spill_mw: np.ndarray
+    withdrawal_mw: np.ndarray
+    solve_seconds: float
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+
+
+def congestion_rent(result: OpfResult) -> float:
+    """Merchandising surplus of the network, $/h: ``sum_l flow_l *
+    (lmp[to_l] - lmp[from_l])``.
+
+    It is what the ISO keeps when it charges buyers and pays sellers at
+    their LMPs, so ``sum(lmp * withdrawal_mw) - sum(lmp[gen_bus] * gen_mw)
+    - congestion_rent(result) == 0`` (the balance rows guarantee it).
+    """
+    case = result.case
+    on = case.branch_status
+    flow = result.branch_flow_mw[on]
+    diff = result.lmp[case.branch_to_idx[on]] - result.lmp[case.branch_from_idx[on]]
+    return float(np.sum(flow * diff))
+
+
+@dataclass
+class _BidLayout:
+    """Where this interval's bid blocks sit in the model."""
+
+    block_curve: np.ndarray  # curve index of each block
+    block_group: np.ndarray  # group (column) index of each block
+    block_mw: np.ndarray
+    group_bus: np.ndarray
+    group_price: np.ndarray
+    group_mw: np.ndarray
+    group_cols: np.ndarray
+
+
+class DcOpf:
+    """DC optimal power flow market clearing for one transmission case.
+
+    Parameters
+    ----------
+    case
+        The transmission case; its topology, ratings and costs are fixed for
+        the life of the object (build a new one after an outage).
+    voll
+        Value of lost load, $/MWh: the price of load shedding.
+    spill_price
+        Price of spilling surplus, $/MWh (so the LMP falls to ``-spill_price``
+        where surplus is spilled).
+    binding_tol_mw
+        A branch within this many MW of its rating counts as binding.
+
+    Examples
+    --------
+    >>> from dsosim.federates.iso.case import load_case
+    >>> case = load_case("case9")
+    >>> opf = DcOpf(case)
+    >>> result = opf.clear(case.bus_pd_mw, [])
+    >>> result.status, round(float(result.lmp[0]), 2)
+    ('optimal', 24.04)
+    """
+
+    def __init__(
+        self,
+        case: TransmissionCase,
+        *,
+        voll: float = PRICE_CAP,
+        spill_price: float = -PRICE_FLOOR,
+        binding_tol_mw: float = 1e-5,
+    ) -> None:
+        if not (math.isfinite(voll) and voll > 0.0):
+            raise ValueError(f"voll must be finite and > 0, got {voll!r}")
+        if not (math.isfinite(spill_price) and spill_price >= 0.0):
+            raise ValueError(f"spill_price must be finite and >= 0, got {spill_price!r}")
+        self.case = case
+        self.voll = float(voll)
+        self.spill_price = float(spill_price)
+        self.binding_tol_mw = float(binding_tol_mw)
+        self._bus_pos = {int(b): i for i, b in enumerate(case.bus_ids)}
+        self._prepare_network()
+        self._prepare_generators()
+        self._build_model()
+        self._pool: dict[int, list[int]] = {}
+        self._active_bid_cols = np.zeros(0, dtype=np.int32)
+
+    # ------------------------------------------------------------------ build
+
+    def _prepare_network(self) -> None:
+        case = self.case
+        nb = case.n_bus
+        on = np.flatnonzero(case.branch_status)
+        f, t = case.branch_from_idx[on], case.branch_to_idx[on]
+        b = 1.0 / (case.branch_x[on] * case.branch_tap[on])
+        n_on = len(on)
+        incidence = sp.csr_matrix(
+            (np.r_[np.ones(n_on), -np.ones(n_on)], (np.r_[np.arange(n_on), np.arange(n_on)], np.r_[f, t])),
+            shape=(n_on, nb),
+        )
+        self._br_on = on
+        self._br_b = b
+        self._bf = sp.diags(b) @ incidence  # flow (MW) per unit of theta_mw
+        self._bbus = (incidence.T @ self._bf).tocsc()
+        shift_mw = b * np.deg2rad(case.branch_shift_deg[on]) * case.base_mva
+        self._br_shift_mw = shift_mw  # flow = bf @ theta_mw - shift_mw
+        self._shift_rhs = -(incidence.T @ shift_mw)  # added to the balance right-hand sides
+        self._islands = self._find_islands(f, t)
+
+    def _find_islands(self, f: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Island label per bus, and one reference bus per island (kept in
+        ``self._island_ref``): the case's reference bus if the island has
+        one, else the bus with the most in-service generating capacity."""
+        case = self.case
+        nb = case.n_bus
+        graph = sp.coo_matrix((np.ones(len(f)), (f, t)), shape=(nb, nb))
+        n_islands, labels = connected_components(graph, directed=False)
+        capacity = np.zeros(nb)
+        gen_on = case.gen_status
+        np.add.at(capacity, case.gen_bus_idx[gen_on], np.maximum(case.gen_pmax_mw[gen_on], 0.0))
+        refs = np.empty(n_islands, dtype=np.int64)
+        for island in range(n_islands):
+            members = np.flatnonzero(labels == island)
+            is_ref = members[case.bus_type[members] == REF]
+            if len(is_ref):
+                refs[island] = is_ref[0]
+            else:
+                capped = np.where(np.isfinite(capacity[members]), capacity[members], 1e30)
+                refs[island] = members[int(np.argmax(capped))]
+        self._island_ref = refs
+        return labels
+
+    def _prepare_generators(self) -> None:
+        case = self.case
+        on = np.flatnonzero(case.gen_status)
+        self._gen_on = on
+        self._gen_pwl = on[case.gen_cost_model[on] == PW_LINEAR]
+        poly = case.gen_cost_poly[on]
+        is_poly = case.gen_cost_model[on] != PW_LINEAR
+        self._gen_c2 = np.where(is_poly, poly[:, 0], 0.0)
+        self._gen_c1 = np.where(is_poly, poly[:, 1], 0.0)
+        self._cost_offset = float(np.sum(poly[is_poly, 2]))
+
+    def _build_model(self) -> None:
+        """Assemble the HiGHS model: columns [theta | pg | epigraph | shed | spill],
+        rows [balance | flow limits | angle limits | epigraph segments]."""
+        case = self.case
+        nb, ng, npwl = case.n_bus, len(self._gen_on), len(self._gen_pwl)
+        self._col_theta = 0
+        self._col_pg = nb
+        self._col_epi = nb + ng
+        self._col_shed = nb + ng + npwl
+        self._col_spill = self._col_shed + nb
+        n_col = self._col_spill + nb
+
+        blocks_a: list[sp.spmatrix] = []
+        row_lo: list[np.ndarray] = []
+        row_hi: list[np.ndarray] = []
+
+        # nodal balance
+        gen_bus = case.gen_bus_idx[self._gen_on]
+        cg = sp.csr_matrix((np.ones(ng), (gen_bus, np.arange(ng))), shape=(nb, ng))
+        eye = sp.identity(nb, format="csr")
+        balance = sp.hstack([-self._bbus, cg, sp.csr_matrix((nb, npwl)), eye, -eye])
+        blocks_a.append(balance)
+        zero_rhs = self._balance_rhs(case.bus_pd_mw, np.zeros(nb))
+        row_lo.append(zero_rhs)
+        row_hi.append(zero_rhs.copy())
+
+        # branch flow limits, both directions in one ranged row
+        rate = case.branch_rate_mw[self._br_on]
+        limited = np.flatnonzero(np.isfinite(rate))
+        self._row_flow = nb
+        self._flow_limited = limited
+        blocks_a.append(sp.hstack([self._bf[limited], sp.csr_matrix((len(limited), n_col - nb))]))
+        row_lo.append(-rate[limited] + self._br_shift_mw[limited])
+        row_hi.append(rate[limited] + self._br_shift_mw[limited])
+
+        # angle difference limits (MATPOWER's ANGMIN/ANGMAX on theta_f - theta_t)
+        amin = case.branch_angmin_deg[self._br_on]
+        amax = case.branch_angmax_deg[self._br_on]
+        angled = np.flatnonzero(np.isfinite(amin) | np.isfinite(amax))
+        if len(angled):
+            diff = sp.diags(1.0 / self._br_b[angled]) @ self._bf[angled]  # theta_f - theta_t
+            blocks_a.append(sp.hstack([diff, sp.csr_matrix((len(angled), n_col - nb))]))
+            scale = np.pi / 180.0 * case.base_mva
+            row_lo.append(np.where(np.isfinite(amin[angled]), amin[angled] * scale, -_INF))
+            row_hi.append(np.where(np.isfinite(amax[angled]), amax[angled] * scale, _INF))
+
+        # piecewise-linear cost epigraphs: epi_g - slope * pg >= y_k - slope * x_k
+        epi_rows, epi_lo = self._epigraph_rows(n_col)
+        if epi_rows is not None:
+            blocks_a.append(epi_rows)
+            row_lo.append(epi_lo)
+            row_hi.append(np.full(len(epi_lo), _INF))
+
+        a = sp.vstack(blocks_a).tocsc()
+        a.sort_indices()
+        lower, upper, cost = self._column_data(n_col)
+        self._build_highs(a, np.concatenate(row_lo), np.concatenate(row_hi), lower, upper, cost)
+
+    def _epigraph_rows(self, n_col: int) -> tuple[sp.csr_matrix | None, np.ndarray]:
+        rows, cols, vals, lo = [], [], [], []
+        r = 0
+        pg_pos = {int(g): k for k, g in enumerate(self._gen_on)}
+        for e, g in enumerate(self._gen_pwl):
+            points = self.case.gen_cost_pwl[g]
+            x, y = points[:, 0], points[:, 1]
+            slopes = np.diff(y) / np.diff(x)
+            for k, slope in enumerate(slopes):
+                rows += [r, r]
+                cols += [self._col_epi + e, self._col_pg + pg_pos[int(g)]]
+                vals += [1.0, -slope]
+                lo.append(y[k] - slope * x[k])
+                r += 1
+        if r == 0:
+            return None, np.zeros(0)
+        return sp.csr_matrix((vals, (rows, cols)), shape=(r, n_col)), np.asarray(lo)
+
+    def _column_data(self, n_col: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        case = self.case
+        nb = case.n_bus
+        lower = np.full(n_col, -_INF)
+        upper = np.full(n_col, _INF)
+        cost = np.zeros(n_col)
+        lower[self._island_ref] = 0.0
+        upper[self._island_ref] = 0.0
+        pg = slice(self._col_pg, self._col_epi)
+        lower[pg] = np.clip(case.gen_pmin_mw[self._gen_on], -_INF, _INF)
+        upper[pg] = np.clip(case.gen_pmax_mw[self._gen_on], -_INF, _INF)
+        cost[pg] = self._gen_c1
+        cost[self._col_epi : self._col_shed] = 1.0
+        slack = slice(self._col_shed, self._col_spill + nb)
+        lower[slack] = 0.0
+        cost[self._col_shed : self._col_spill] = self.voll
+        cost[self._col_spill : self._col_spill + nb] = self.spill_price
+        return lower, upper, cost
+
+    def _build_highs(
+        self,
+        a: sp.csc_matrix,
+        row_lo: np.ndarray,
+        row_hi: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        cost: np.ndarray,
+    ) -> None:
+        """One LP instance always; a second, QP instance when some generator
+        has a quadratic cost (see :meth:`_solve_qp` for why two)."""
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = a.shape[1], a.shape[0]
+        lp.col_cost_ = cost
+        lp.col_lower_ = lower
+        lp.col_upper_ = upper
+        lp.row_lower_ = row_lo
+        lp.row_upper_ = row_hi
+        lp.offset_ = self._cost_offset
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = a.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = a.indices.astype(np.int32)
+        lp.a_matrix_.value_ = a.data.astype(float)
+        self._quadratic = np.flatnonzero(self._gen_c2 > 0.0)
+        self._pg_cols = np.arange(self._col_pg, self._col_epi, dtype=np.int32)
+        model = highspy.HighsModel()
+        model.lp_ = lp
+        self._lp = self._new_highs(model)
+        self._qp: highspy.Highs | None = None
+        if len(self._quadratic):
+            model.hessian_ = self._hessian(lp.num_col_)
+            self._qp = self._new_highs(model)
+            self._qp.setOptionValue("qp_allow_hot_start", True)
+            # The default regularisation (1e-7 on every diagonal entry, theta included)
+            # shifts the LMPs by ~1e-5 $/MWh and keeps the solver cycling at degenerate
+            # optima with load shedding; 1e-10 does neither.
+            self._qp.setOptionValue("qp_regularization_value", QP_REGULARIZATION)
+            self._qp.setOptionValue("qp_iteration_limit", max(1000, 20 * len(self._gen_on)))
+        self._instances = [h for h in (self._lp, self._qp) if h is not None]
+        self._pg_prev: np.ndarray | None = None
+
+    def _hessian(self, n_col: int) -> highspy.HighsHessian:
+        """Diagonal Hessian ``2 * c2`` on the generator columns (HiGHS
+        minimises ``c'x + x'Qx/2``)."""
+        cols = (self._col_pg + self._quadratic).astype(np.int32)
+        hessian = highspy.HighsHessian()
+        hessian.dim_ = n_col
+        hessian.format_ = highspy.HessianFormat.kTriangular
+        hessian.start_ = np.searchsorted(cols, np.arange(n_col + 1)).astype(np.int32)
+        hessian.index_ = cols
+        hessian.value_ = 2.0 * self._gen_c2[self._quadratic]
+        return hessian
+
+    def _new_highs(self, model: highspy.HighsModel) -> highspy.Highs:
+        highs = highspy.Highs()
+        highs.setOptionValue("output_flag", False)
+        # Presolve would hide the basis between re-solves and rewrite the duals.
+        highs.setOptionValue("presolve", "off")
+        highs.setOptionValue("random_seed", 0)
+        highs.setOptionValue("threads", 1)
+        status = highs.passModel(model)
+        if status != highspy.HighsStatus.kOk:
+            raise RuntimeError(f"HiGHS rejected the DC-OPF model of case {self.case.name}: {status}")
+        return highs
+
+    # ------------------------------------------------------------------ clear
+
+    def reset(self) -> None:
+        """Forget the solvers' bases and the previous dispatch: the next clear
+        starts cold and does not depend on the intervals cleared before."""
+        for highs in self._instances:
+            highs.clearSolver()
+        self._pg_prev = None
+
+    def clear(self, fixed_load_mw: np.ndarray, curves: Sequence[BusCurve] = ()) -> OpfResult:
+        """Clear one market interval.
+
+        Parameters
+        ----------
+        fixed_load_mw
+            Price-inelastic load at each bus, MW, aligned with
+            ``case.bus_ids`` (``case.bus_pd_mw`` for the case's own loads).
+        curves
+            Bid curves at transmission buses; any number per bus.
+
+        Returns
+        -------
+        OpfResult
+            Never raises on an infeasible interval: see ``status``.
+        """
+        load = np.asarray(fixed_load_mw, dtype=float)
+        if load.shape != (self.case.n_bus,):
+            raise ValueError(
+                f"fixed_load_mw has shape {load.shape}; expected ({self.case.n_bus},), "
+                "aligned with case.bus_ids"
+            )
+        bad = np.flatnonzero(~np.isfinite(load))
+        if len(bad):
+            raise ValueError(f"fixed_load_mw is not finite at bus {self.case.bus_ids[bad[0]]}")
+        base_by_bus, layout = self._place_bids(curves)
+        rhs = self._balance_rhs(load, base_by_bus)
+        nb = self.case.n_bus
+        rows = np.arange(nb, dtype=np.int32)
+        for highs in self._instances:
+            highs.changeRowsBounds(nb, rows, rhs, rhs)
+        started = time.perf_counter()
+        solved = self._solve()
+        elapsed = time.perf_counter() - started
+        if solved is None:
+            return self._failed(load, base_by_bus, len(curves), elapsed)
+        highs, note = solved
+        return self._result(highs, note, load, base_by_bus, curves, layout, elapsed)
+
+    def _balance_rhs(self, load: np.ndarray, base_by_bus: np.ndarray) -> np.ndarray:
+        return load + self.case.bus_gs_mw + base_by_bus + self._shift_rhs
+
+    def _solve(self) -> tuple[highspy.Highs, str] | None:
+        """Solve; return the instance holding the solution and a note (empty
+        when the solution is exact), or None."""
+        if self._qp is None:
+            return (self._lp, "") if _run(self._lp) else None
+        self._set_tangent_costs()
+        if not _run(self._lp):
+            return None  # the QP has the same feasible set: it is infeasible too
+        if self._solve_qp():
+            return self._qp, ""
+        self._pg_prev = np.fromiter(self._lp.getSolution().col_value, dtype=float)[
+            self._col_pg : self._col_epi
+        ]
+        return self._lp, (
+            "HiGHS's QP solver did not converge: dispatch and prices are those of the LP "
+            "with quadratic costs linearised at the previous dispatch"
+        )
+
+    def _set_tangent_costs(self) -> None:
+        """LP costs of quadratic generators: their marginal cost at the
+        previous dispatch (or at a merit-order estimate on the first clear)."""
+        if self._pg_prev is None:
+            self._pg_prev = self._merit_order_guess()
+        q = self._quadratic
+        cost = self._gen_c1[q] + 2.0 * self._gen_c2[q] * self._pg_prev[q]
+        self._lp.changeColsCost(len(q), self._pg_cols[q], cost)
+
+    def _merit_order_guess(self) -> np.ndarray:
+        """Dispatch of an economic dispatch without network, for the first
+        clear only: which units are likely to be marginal (inside their limits)."""
+        lo = self.case.gen_pmin_mw[self._gen_on]
+        hi = self.case.gen_pmax_mw[self._gen_on]
+        demand = float(np.sum(self._current_rhs()))
+        c1, c2 = self._gen_c1, np.maximum(self._gen_c2, 1e-9)
+
+        def output(price: float) -> np.ndarray:
+            return np.clip((price - c1) / (2.0 * c2), lo, hi)
+
+        low, high = -abs(PRICE_FLOOR), self.voll
+        for _ in range(100):
+            mid = 0.5 * (low + high)
+            low, high = (mid, high) if output(mid).sum() < demand else (low, mid)
+        return output(0.5 * (low + high))
+
+    def _current_rhs(self) -> np.ndarray:
+        return np.asarray(self._lp.getLp().row_lower_[: self.case.n_bus])
+
+    def _solve_qp(self) -> bool:
+        """Solve the QP by HiGHS's active-set solver, hot-started at the LP optimum.
+
+        HiGHS's QP solver starts cold from a feasible point of a zero-cost LP
+        (all load shed, here) and can stall on its degeneracy. Hot-started from
+        a feasible point and a basis, it only moves the working set. The LP
+        optimum with tangent costs is such a point; in its basis, quadratic
+        units that were inside their limits at the previous optimum are
+        marked inactive, so one Newton step in their subspace reaches the new
+        optimum when the working set has not changed.
+
+        The shed and spill slacks are the other source of degeneracy (many
+        columns at zero, interchangeable when load is shed). In the QP they
+        are closed (fixed at 0) except where the LP used them; a closed slack
+        whose price says it should be used (LMP above the value of lost load,
+        or below minus the spill price) is opened and the QP solved again, so
+        the final solution is optimal for the full problem.
+        """
+        assert self._qp is not None
+        nb = self.case.n_bus
+        x_lp = np.fromiter(self._lp.getSolution().col_value, dtype=float)
+        open_shed = x_lp[self._col_shed : self._col_spill] > SLACK_TOL_MW
+        open_spill = x_lp[self._col_spill : self._col_spill + nb] > SLACK_TOL_MW
+        for _ in range(5):
+            self._set_qp_slacks(open_shed, open_spill)
+            if not self._run_qp_hot():
+                return False
+            lmp = np.fromiter(self._qp.getSolution().row_dual, dtype=float)[:nb]
+            tol = 1e-6 * max(1.0, self.voll, self.spill_price)  # QP duals are this accurate
+            more_shed = ~open_shed & (lmp > self.voll + tol)
+            more_spill = ~open_spill & (lmp < -self.spill_price - tol)
+            if not (more_shed.any() or more_spill.any()):
+                self._pg_prev = np.fromiter(self._qp.getSolution().col_value, dtype=float)[
+                    self._col_pg : self._col_epi
+                ]
+                return True
+            open_shed |= more_shed
+            open_spill |= more_spill
+        return False
+
+    def _set_qp_slacks(self, open_shed: np.ndarray, open_spill: np.ndarray) -> None:
+        assert self._qp is not None
+        nb = self.case.n_bus
+        cols = np.arange(self._col_shed, self._col_spill + nb, dtype=np.int32)
+        upper = np.where(np.r_[open_shed, open_spill], _INF, 0.0)
+        self._qp.changeColsBounds(len(cols), cols, np.zeros(len(cols)), upper)
+
+    def _run_qp_hot(self) -> bool:
+        """One QP solve from the LP optimum: first with the crafted basis,
+        then with the plain LP basis, then cold."""
+        assert self._qp is not None
+        solution = self._lp.getSolution()
+        basis = self._lp.getBasis()
+        for start in (self._crafted_basis(basis), basis):
+            self._qp.setSolution(solution)
+            self._qp.setBasis(start)
+            if _run(self._qp, retry_cold=False):
+                return True
+        self._qp.clearSolver()
+        return _run(self._qp, retry_cold=False)
+
+    def _crafted_basis(self, basis: highspy.HighsBasis) -> highspy.HighsBasis:
+        assert self._pg_prev is not None
+        lo = self.case.gen_pmin_mw[self._gen_on]
+        hi = self.case.gen_pmax_mw[self._gen_on]
+        tol = 1e-6 * np.maximum(1.0, np.abs(self._pg_prev))
+        interior = self._quadratic[
+            (self._pg_prev[self._quadratic] > lo[self._quadratic] + tol[self._quadratic])
+            & (self._pg_prev[self._quadratic] < hi[self._quadratic] - tol[self._quadratic])
+        ]
+        col_status = list(basis.col_status)
+        at_bound = (highspy.HighsBasisStatus.kLower, highspy.HighsBasisStatus.kUpper)
+        for j in (self._col_pg + interior).tolist():
+            if col_status[j] in at_bound:
+                col_status[j] = highspy.HighsBasisStatus.kNonbasic
+        crafted = highspy.HighsBasis()
+        crafted.col_status = col_status
+        crafted.row_status = list(basis.row_status)
+        crafted.valid = True
+        crafted.alien = False
+        return crafted
+
+    def _place_bids(self, curves: Sequence[BusCurve]) -> tuple[np.ndarray, _BidLayout]:
+        """Sum the curves' base MW per bus and load their blocks into the
+        pool of bid columns: one column per (bus, price) group."""
+        nb = self.case.n_bus
+        base_by_bus = np.zeros(nb)
+        block_curve: list[int] = []
+        block_bus: list[int] = []
+        block_price: list[float] = []
+        block_mw: list[float] = []
+        for c, bid in enumerate(curves):
+            pos = self._bus_pos.get(int(bid.bus)) if isinstance(bid.bus, (int, np.integer)) else None
+            if pos is None:
+                raise ValueError(f"curve {c} of {bid.owner!r}: bus {bid.bus!r} is not a bus of case {self.case.name}")
+            base_by_bus[pos] += bid.curve.base_mw
+            for price, mw in bid.curve.blocks:
+                block_curve.append(c)
+                block_bus.append(pos)
+                block_price.append(price)
+                block_mw.append(mw)
+        bus = np.asarray(block_bus, dtype=np.int64)
+        price = np.asarray(block_price, dtype=float)
+        mw = np.asarray(block_mw, dtype=float)
+        if len(mw):
+            keys = np.stack([bus, price])
+            groups, block_group = np.unique(keys, axis=1, return_inverse=True)
+            block_group = block_group.ravel()
+            group_bus = groups[0].astype(np.int64)
+            group_price = groups[1]
+            group_mw = np.bincount(block_group, weights=mw, minlength=groups.shape[1])
+        else:
+            block_group = np.zeros(0, dtype=np.int64)
+            group_bus = np.zeros(0, dtype=np.int64)
+            group_price = np.zeros(0)
+            group_mw = np.zeros(0)
+        group_cols = self._assign_columns(group_bus)
+        self._load_bid_columns(group_cols, group_price, group_mw)
+        layout = _BidLayout(
+            np.asarray(block_curve, dtype=np.int64), block_group, mw, group_bus, group_price, group_mw, group_cols
+        )
+        return base_by_bus, layout
+
+    def _assign_columns(self, group_bus: np.ndarray) -> np.ndarray:
+        """Column index for each group (groups are sorted by bus); new columns
+        are added to a bus's pool only when it has fewer than it needs."""
+        cols = np.empty(len(group_bus), dtype=np.int32)
+        if len(group_bus) == 0:
+            return cols
+        buses, starts, counts = np.unique(group_bus, return_index=True, return_counts=True)
+        new_bus: list[int] = []
+        for bus, start, count in zip(buses.tolist(), starts.tolist(), counts.tolist()):
+            pool = self._pool.setdefault(bus, [])
+            missing = count - len(pool)
+            if missing > 0:
+                first = self._lp.getNumCol() + len(new_bus)
+                pool.extend(range(first, first + missing))
+                new_bus.extend([bus] * missing)
+            cols[start : start + count] = pool[:count]
+        if new_bus:
+            self._add_bid_columns(np.asarray(new_bus, dtype=np.int32))
+        return cols
+
+    def _add_bid_columns(self, bus: np.ndarray) -> None:
+        n = len(bus)
+        zeros = np.zeros(n)
+        for highs in self._instances:
+            status = highs.addCols(
+                n, zeros, zeros, zeros, n, np.arange(n, dtype=np.int32), bus, -np.ones(n)
+            )
+            if status != highspy.HighsStatus.kOk:
+                raise RuntimeError(f"HiGHS could not add {n} bid columns: {status}")
+
+    def _load_bid_columns(self, cols: np.ndarray, price: np.ndarray, mw: np.ndarray) -> None:
+        """Re-price and re-bound the pool: this interval's groups get
+        ``cost = -price`` and ``[0, mw]``; last interval's other columns are
+        switched off (``[0, 0]``, cost 0)."""
+        stale = np.setdiff1d(self._active_bid_cols, cols, assume_unique=True).astype(np.int32)
+        for highs in self._instances:
+            if len(stale):
+                z = np.zeros(len(stale))
+                highs.changeColsCost(len(stale), stale, z)
+                highs.changeColsBounds(len(stale), stale, z, z)
+            if len(cols):
+                highs.changeColsCost(len(cols), cols, -price)
+                highs.changeColsBounds(len(cols), cols, np.zeros(len(cols)), mw)
+        self._active_bid_cols = np.sort(cols)
+
+    # ------------------------------------------------------------------ results
+
+    def _result(
+        self,
+        highs: highspy.Highs,
+        note: str,
+        load: np.ndarray,
+        base_by_bus: np.ndarray,
+        curves: Sequence[BusCurve],
+        layout: _BidLayout,
+        elapsed: float,
+    ) -> OpfResult:
+        case = self.case
+        nb = case.n_bus
+        solution = highs.getSolution()
+        x = np.fromiter(solution.col_value, dtype=float)
+        duals = np.fromiter(solution.row_dual, dtype=float)
+
+        theta = x[self._col_theta : self._col_theta + nb]
+        gen_mw = np.zeros(case.n_gen)
+        gen_mw[self._gen_on] = x[self._col_pg : self._col_epi]
+        flow = np.zeros(case.n_branch)
+        flow[self._br_on] = self._bf @ theta - self._br_shift_mw
+        shed = np.maximum(x[self._col_shed : self._col_spill], 0.0)
+        spill = np.maximum(x[self._col_spill : self._col_spill + nb], 0.0)
+
+        lmp = duals[:nb].copy()
+        energy = lmp[self._island_ref][self._islands]
+        shadow = np.zeros(case.n_branch)
+        shadow[self._br_on[self._flow_limited]] = duals[self._row_flow : self._row_flow + len(self._flow_limited)]
+
+        group_x = np.clip(x[layout.group_cols], 0.0, layout.group_mw) if len(layout.group_cols) else np.zeros(0)
+        cleared_blocks = (
+            group_x[layout.block_group] * layout.block_mw / layout.group_mw[layout.block_group]
+            if len(layout.block_mw)
+            else np.zeros(0)
+        )
+        curve_mw = np.array([bid.curve.base_mw for bid in curves], dtype=float)
+        if len(cleared_blocks):
+            curve_mw += np.bincount(layout.block_curve, weights=cleared_blocks, minlength=len(curves))
+        bid_by_bus = base_by_bus.copy()
+        if len(cleared_blocks):
+            np.add.at(bid_by_bus, layout.group_bus, group_x)
+        withdrawal = load + case.bus_gs_mw + bid_by_bus - shed + spill
+
+        rate = case.branch_rate_mw
+        binding = np.flatnonzero(
+            case.branch_status & np.isfinite(rate) & (np.abs(flow) >= rate - self.binding_tol_mw)
+        )
+        total_cost = case.generator_cost(gen_mw)
+        status = STATUS_APPROXIMATE if note else STATUS_OPTIMAL
+        if shed.max(initial=0.0) > SLACK_TOL_MW:
+            status = STATUS_LOAD_SHED
+        elif spill.max(initial=0.0) > SLACK_TOL_MW:
+            status = STATUS_OVER_SUPPLY
+        return OpfResult(
+            case=case,
+            status=status,
+            lmp=lmp,
+            lmp_energy=energy,
+            lmp_congestion=lmp - energy,
+            gen_mw=gen_mw,
+            branch_flow_mw=flow,
+            binding=binding,
+            branch_shadow_price=shadow,
+            total_cost=total_cost,
+            objective=total_cost
+            + self.voll * float(shed.sum())
+            + self.spill_price * float(spill.sum())
+            - float(np.dot(layout.group_price, group_x)),
+            curve_mw=curve_mw,
+            shed_mw=shed,
+            spill_mw=spill,
+            withdrawal_mw=withdrawal,
+            solve_seconds=elapsed,
+            message=note,
+        )
+
+    def _failed(self, load: np.ndarray, base_by_bus: np.ndarray, n_curves: int, elapsed: float) -> OpfResult:
+        case = self.case
+        nan_bus = np.full(case.n_bus, np.nan)
+        highs = self._qp if self._qp is not None else self._lp
+        status = highs.modelStatusToString(highs.getModelStatus())
+        return OpfResult(
+            case=case,
+            status=STATUS_FAILED,
+            lmp=nan_bus,
+            lmp_energy=nan_bus.copy(),
+            lmp_congestion=nan_bus.copy(),
+            gen_mw=np.full(case.n_gen, np.nan),
+            branch_flow_mw=np.full(case.n_branch, np.nan),
+            binding=np.zeros(0, dtype=np.int64),
+            branch_shadow_price=np.full(case.n_branch, np.nan),
+            total_cost=math.nan,
+            objective=math.nan,
+            curve_mw=np.full(n_curves, np.nan),
+            shed_mw=nan_bus.copy(),
+            spill_mw=nan_bus.copy(),
+            withdrawal_mw=load + case.bus_gs_mw + base_by_bus,
+            solve_seconds=elapsed,
+            message=f"HiGHS: {status}",
+        )
+
+
+def _run(highs: highspy.Highs, *, retry_cold: bool = True) -> bool:
+    """Run HiGHS; True on an optimal solution. A stale basis can stall a warm
+    start, so an LP that fails warm is retried once from scratch."""
+    highs.run()
+    if highs.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+        return True
+    if not retry_cold:
+        return False
+    highs.clearSolver()
+    highs.run()
+    return highs.getModelStatus() == highspy.HighsModelStatus.kOptimal
