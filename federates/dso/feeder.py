@@ -81,7 +81,7 @@ class FeederState:
     substation_q_mvar: float
     load_mw: float
     """Power drawn by the inflexible loads (voltage-dependent models included),
-    by balance: substation import - losses - DER set-points."""
+    metered at their terminals."""
     der_names: tuple[str, ...]
     der_mw: np.ndarray
     """DER net demand set-points, MW, in attach order."""
@@ -526,7 +526,7 @@ class Feeder:
             losses_mw=losses_mw,
             substation_p_mw=substation_mw,
             substation_q_mvar=-q_kvar / 1000.0,
-            load_mw=substation_mw - losses_mw - float(self._der_mw.sum()),
+            load_mw=self._metered_load_mw(),
             der_names=tuple(self._der_names),
             der_mw=_frozen(self._der_mw.copy()),
             vmin=self.vmin,
@@ -535,6 +535,18 @@ class Feeder:
             n_thermal_violations=int(np.count_nonzero(loading > 1.0)),
         )
         return self._last_state
+
+    def _metered_load_mw(self) -> float:
+        """Active power the inflexible loads actually draw, MW, read from their
+        terminals (differs from the set kW for constant-current or constant-
+        impedance loads, and when a load leaves its vminpu/vmaxpu range)."""
+        loads = self._dss.Loads
+        element = self._dss.CktElement
+        total_kw = 0.0
+        for i in range(1, len(self._loads) + 1):
+            loads.Idx(i)
+            total_kw += sum(element.Powers()[0::2])
+        return total_kw / 1000.0
 
     def _read_voltages(self) -> np.ndarray:
         raw = np.asarray(self._dss.Circuit.AllBusVolts())

@@ -33,8 +33,15 @@ from dsosim.federates.common import ledger
 from dsosim.federates.common.config import DsoConfig, TimeSettings
 from dsosim.federates.common.curves import BidCurve
 from dsosim.federates.common.profiles import commercial_load, residential_load
-from dsosim.federates.dso.feeder import Feeder, FeederState
-from dsosim.federates.dso.lda_market import LdaClearing, Limits, LocatedCurve, aggregate_interface_bid, clear_lda
+from dsosim.federates.dso.feeder import Feeder
+from dsosim.federates.dso.lda_market import (
+    LdaClearing,
+    Limits,
+    LocatedCurve,
+    aggregate_interface_bid,
+    clear_lda,
+    fixed_head_mw,
+)
 
 Rows = list[tuple[object, ...]]
 Tables = dict[str, tuple[tuple[str, ...], Rows]]
@@ -62,7 +69,7 @@ class Location:
 
     @property
     def element(self) -> str:
-        return f"der_{self.aggregator}_{self.bus}".replace(".", "_")
+        return f"{self.aggregator}_{self.bus}".replace(".", "_")
 
 
 class DistributionOperator:
@@ -76,7 +83,8 @@ class DistributionOperator:
         self.scale = config.scale
         self.limits = Limits(vmin_pu=config.limits.vmin_pu, vmax_pu=config.limits.vmax_pu,
                              max_loading=config.limits.max_loading)
-        self.feeder = Feeder(base_dir / config.feeder, name=config.name)
+        self.feeder = Feeder(base_dir / config.feeder, name=config.name,
+                             vmin=config.limits.vmin_pu, vmax=config.limits.vmax_pu)
         self.locations = [Location(a, b) for a in sorted(fleets) for b in sorted(fleets[a])]
         known = set(self.feeder.buses)
         for loc in self.locations:
@@ -103,7 +111,7 @@ class DistributionOperator:
         self.feeder.set_der_mw(self.der_mw)
         state = self.feeder.solve()
         sens = self.feeder.sensitivities()
-        fixed = self._fixed_mw(state, sens)
+        fixed = fixed_head_mw(state)
         feeder_curve = aggregate_interface_bid(curves, state, sens, fixed, self.limits)
         self._pending = {"curves": curves, "state": state, "sens": sens, "fixed": fixed}
         td_curve = feeder_curve.scaled(self.scale)
@@ -112,10 +120,6 @@ class DistributionOperator:
         rows.append((interval, self.name, "iso", "td", td_curve.base_mw,
                      [p for p, _ in td_curve.blocks], [q for _, q in td_curve.blocks]))
         return td_curve, {"bids": (BID_COLUMNS, rows)}
-
-    def _fixed_mw(self, state: FeederState, sens: object) -> float:
-        """Head power the DERs do not control, linearised at the operating point."""
-        return float(state.substation_p_mw - np.dot(sens.dpsub_dp, self.der_mw))  # type: ignore[attr-defined]
 
     def _located(self, fleet_bids: Mapping[str, Mapping[str, BidCurve]]) -> list[LocatedCurve]:
         expected = {loc.aggregator for loc in self.locations}
@@ -171,20 +175,20 @@ class DistributionOperator:
         clearing: LdaClearing = p["clearing"]  # type: ignore[assignment]
         lmp, scheduled = float(p["lmp"]), float(p["scheduled"])  # type: ignore[arg-type]
         td_flow = state.substation_p_mw * self.scale
-        inflexible = self.feeder.inflexible_mw()
+        inflexible = state.load_mw
         k, h, s = interval, self.hours, self.scale
         tables: Tables = {}
         tables["feeder"] = (FEEDER_COLUMNS, [(
             k, h, self.name, s, bool(state.converged), state.substation_p_mw, td_flow, scheduled,
             td_flow - scheduled, state.losses_mw, inflexible, float(der.sum()),
-            float(np.min(state.node_vmag_pu)), float(np.max(state.node_vmag_pu)),
-            float(np.max(state.branch_loading)) if len(state.branch_loading) else 0.0,
-            int(state.voltage_violations), int(state.thermal_violations),
+            float(np.min(state.v_pu[state.monitored])), float(np.max(state.v_pu[state.monitored])),
+            float(np.max(state.loading)) if len(state.loading) else 0.0,
+            int(state.n_voltage_violations), int(state.n_thermal_violations),
         )])
         tables["voltages"] = (VOLTAGE_COLUMNS, [(k, self.name, n, float(v))
-                                                for n, v in zip(state.node_names, state.node_vmag_pu, strict=True)])
+                                                for n, v in zip(state.node_names, state.v_pu, strict=True)])
         tables["branches"] = (BRANCH_COLUMNS, [(k, self.name, n, float(x))
-                                               for n, x in zip(state.branch_names, state.branch_loading, strict=True)])
+                                               for n, x in zip(state.branch_names, state.loading, strict=True)])
         tables["dispatch"] = (DISPATCH_COLUMNS, [
             (k, self.name, loc.aggregator, loc.bus, float(clearing.dispatch_mw[i]), float(der[i]),
              float(der[i] - clearing.dispatch_mw[i]), float(clearing.dlmp[i]), float(clearing.dlmp_energy[i]),

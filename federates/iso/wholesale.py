@@ -49,8 +49,9 @@ class WholesaleMarket:
     def __init__(self, config: IsoConfig, time: TimeSettings, *, seed: int) -> None:
         self.config = config
         self.hours = time.interval_s / 3600.0
-        self.case = load_case(config.case)
-        self.opf = DcOpf(self.case, line_limit_mw=config.line_limit_mw)
+        case = load_case(config.case)
+        self.case = case.with_rating_cap(config.line_limit_mw) if config.line_limit_mw else case
+        self.opf = DcOpf(self.case)
         self.bus_index = {int(b): i for i, b in enumerate(self.case.bus_ids)}
         for iface in config.interfaces:
             if iface.td_bus not in self.bus_index:
@@ -90,7 +91,11 @@ class WholesaleMarket:
             self._schedules[(k, o)] = (float(cleared), float(lmp[i]))
             iface_rows.append((k, h, o, curve.bus, *award[1:], curve.curve.min_mw, curve.curve.max_mw))
             pay.append(ledger.Payment(k, "iso", f"dso:{o}", "iso", "energy", float(cleared), float(lmp[i]), h))
-        served = fixed - res.shed_mw
+        # Everything withdrawn at a bus except the DSO curves: fixed load net of
+        # shedding, shunts, spilled surplus. Charged at the LMP like any load.
+        served = res.withdrawal_mw.copy()
+        for curve, cleared in zip(curves, res.curve_mw, strict=True):
+            served[self.bus_index[curve.bus]] -= cleared
         for i, bus in enumerate(self.case.bus_ids):
             if served[i] != 0.0:
                 pay.append(ledger.Payment(k, "iso", f"load:{int(bus)}", "iso", "energy",
@@ -109,8 +114,8 @@ class WholesaleMarket:
         out.tables["generators"] = (GEN_COLUMNS, gen_rows)
         out.tables["interface"] = (INTERFACE_COLUMNS, iface_rows)
         out.tables["iso"] = (ISO_COLUMNS, [(
-            k, h, res.status, float(res.total_cost) * h, float(congestion_rent(self.case, res)) * h,
-            float(res.shed_mw.sum()), float(fixed.sum()), len(curves), len(res.binding_branches),
+            k, h, res.status, float(res.total_cost) * h, float(congestion_rent(res)) * h,
+            float(res.shed_mw.sum()), float(fixed.sum()), len(curves), len(res.binding),
         )])
         out.tables["settlements"] = (ledger.COLUMNS, [p.row() for p in pay])
         return out
