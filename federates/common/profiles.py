@@ -28,8 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.signal import lfilter
-from scipy.special import ndtr, ndtri
+from statistics import NormalDist
 
 SECONDS_PER_DAY = 86_400.0
 SUBSTEP_S = 60.0
@@ -246,11 +245,27 @@ def _cloud_cover(
     phi = math.exp(-SUBSTEP_S / time_constant_s)
     shocks = rng.standard_normal(n)
     z0 = rng.standard_normal()
-    latent = lfilter([math.sqrt(1.0 - phi * phi)], [1.0, -phi], shocks, zi=[phi * z0])[0]
+    # AR(1) recursion latent[i] = phi * latent[i-1] + sqrt(1 - phi^2) * shock[i],
+    # started from phi * z0 (a plain loop: scipy.signal costs 2 s to import in
+    # every federate process, and a day is only ~1,440 steps).
+    gain = math.sqrt(1.0 - phi * phi)
+    latent = np.empty(n)
+    previous = z0
+    for i, shock in enumerate(shocks.tolist()):
+        previous = phi * previous + gain * shock
+        latent[i] = previous
     grid = start_s + np.arange(n) * SUBSTEP_S
     z = np.interp(t_s, grid, latent)
-    threshold = ndtri(1.0 - cloudiness)
-    return ndtr((z - threshold) / 0.25)
+    threshold = NormalDist().inv_cdf(1.0 - cloudiness) if cloudiness < 1.0 else -math.inf
+    return _normal_cdf((z - threshold) / 0.25)
+
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _normal_cdf(x: FloatArray) -> FloatArray:
+    """Standard normal CDF, elementwise (stdlib erf; avoids importing scipy)."""
+    return 0.5 * (1.0 + _erf(np.asarray(x, dtype=float) / math.sqrt(2.0)).astype(float))
 
 
 def pv_clear_sky(
