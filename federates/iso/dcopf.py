@@ -134,7 +134,9 @@ class OpfResult:
     binding
         Indices of branches loaded to their rating (in either direction).
     branch_shadow_price
-        Dual of each branch's flow limit, $/MWh per MW (0 without a limit).
+        What one more MW of a branch's rating would save, $/MWh (the
+        magnitude of the dual of its flow limit; 0 when not binding or
+        unlimited).
     total_cost
         Generator cost, $/h, constant terms included, as MATPOWER and
         pandapower count it (over in-service generators).
@@ -478,6 +480,12 @@ class DcOpf:
 
     # ------------------------------------------------------------------ clear
 
+    @property
+    def bid_columns(self) -> int:
+        """Size of the pool of bid columns (it grows only when an interval
+        needs more (bus, price) groups at a bus than any interval before)."""
+        return sum(len(pool) for pool in self._pool.values())
+
     def reset(self) -> None:
         """Forget the solvers' bases and the previous dispatch: the next clear
         starts cold and does not depend on the intervals cleared before."""
@@ -771,7 +779,10 @@ class DcOpf:
         lmp = duals[:nb].copy()
         energy = lmp[self._island_ref][self._islands]
         shadow = np.zeros(case.n_branch)
-        shadow[self._br_on[self._flow_limited]] = duals[self._row_flow : self._row_flow + len(self._flow_limited)]
+        # |dual|: a binding upper limit has a dual <= 0, a binding lower one >= 0
+        shadow[self._br_on[self._flow_limited]] = np.abs(
+            duals[self._row_flow : self._row_flow + len(self._flow_limited)]
+        )
 
         group_x = np.clip(x[layout.group_cols], 0.0, layout.group_mw) if len(layout.group_cols) else np.zeros(0)
         cleared_blocks = (
