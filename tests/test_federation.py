@@ -128,6 +128,7 @@ def test_checked_in_runner_is_in_sync(tmp_path: Path) -> None:
     port = json.loads((shipped / "federation.json").read_text())["helics"]["broker_port"]
     out = tmp_path / "configs" / "runs" / "quickstart"
     # build into a folder at the same depth so relative paths compare equal
+    (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "feeders").symlink_to(ROOT / "configs" / "feeders")
     (tmp_path / "configs" / "scenarios").symlink_to(ROOT / "configs" / "scenarios")
     build(tmp_path / "configs" / "scenarios" / "quickstart.toml", out, port=port, portable=True)
