@@ -23,7 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dsosim.federates.recorder.store import mark_incomplete
+from dsosim.federates.recorder.summary import summarise
+
 PROGRESS = re.compile(r"progress (\d+)/(\d+)")
+FAILED_PROCESS = re.compile(r"Process (\S+) has failed")
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,10 @@ def launch(runner: Path, results_dir: Path, *, recorder: str = "recorder",
     summary = _read_summary(results_dir)
     ok = proc.returncode == 0 and summary.get("complete") is True
     failure = None if ok else _failure(folder, output, proc.returncode, summary)
+    if not ok and summary.get("status") != "incomplete" and results_dir.is_dir():
+        # The recorder was killed before it could write its final summary
+        # (helics run kills every process once one fails): do it for it.
+        summary = mark_incomplete(results_dir, failure or "run did not complete", summarise)
     return LaunchOutcome(ok, proc.returncode, wall, summary, failure)
 
 
@@ -110,6 +118,15 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
         return
 
 
+def _exit_code(log: Path) -> str:
+    """A short hint at how a process ended, from the tail of its log."""
+    try:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+    except OSError:
+        return " (killed: no log)"
+    return f" (last output: {tail[0][:200]})" if tail else " (killed by a signal: no output)"
+
+
 def _read_summary(results_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((results_dir / "summary.json").read_text())
@@ -124,6 +141,10 @@ def _failure(folder: Path, output: str, returncode: int, summary: dict[str, Any]
         for line in log.read_text(errors="replace").splitlines():
             if "FAILED:" in line or "could not join" in line:
                 lines.append(f"{log.stem}: {line.strip()}")
+    for name in FAILED_PROCESS.findall(output):
+        if not any(line.startswith(f"{name}:") for line in lines):
+            code = _exit_code(folder / f"{name}.log")
+            lines.insert(0, f"{name}: process failed{code} (helics run then stopped the others)")
     if not lines and summary.get("error"):
         lines.append(str(summary["error"]))
     if not lines:

@@ -1,13 +1,17 @@
 """A misbehaving third-party aggregator for failure tests.
 
-Joins the federation under a real aggregator's name, sends well-formed bids
-(zero flexibility) for a few intervals, then a bid whose price is NaN. The
-DSO must reject it naming this sender and the field, and the federation must
-stop cleanly with the results so far marked incomplete.
+Joins the federation under a real aggregator's name and sends well-formed
+bids (zero flexibility) until interval ``bad_interval``, where it either
+sends a bid whose price is NaN (``nan``: the DSO must reject it naming this
+sender and the field) or dies by SIGKILL (``kill``: a crash with no goodbye,
+as an out-of-memory kill would be). Either way the federation must stop
+promptly with the results so far readable and marked incomplete.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import msgpack
@@ -20,7 +24,7 @@ from dsosim.federates.common.shell import FederateShell, run_federate
 
 
 def main() -> int:
-    config_path, name, bad_interval = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    config_path, name, bad_interval, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     config, _ = load_federation(config_path)
     cfg = config.aggregator(name)
     dt = config.time.interval_s
@@ -28,6 +32,8 @@ def main() -> int:
     def body(shell: FederateShell) -> None:
         for k in range(config.time.n_intervals):
             shell.advance(at(k, Phase.BID, dt))
+            if k == bad_interval and mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
             if k == bad_interval:
                 raw = msgpack.packb({"v": 1, "kind": "fleet_bid", "sender": name, "interval": k,
                                      "bids": [[b, [0.0, [[float("nan"), 1.0]]]] for b in cfg.buses]})

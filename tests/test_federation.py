@@ -103,15 +103,19 @@ def test_same_scenario_same_bytes(tmp_path: Path) -> None:
     assert len(d1) > 10 and d1 == d2
 
 
-def test_malformed_bid_stops_the_federation_cleanly(tmp_path: Path) -> None:
-    def rogue(spec: dict) -> None:
+def _rogue(interval: int, mode: str):  # noqa: ANN202
+    def edit(spec: dict) -> None:
         for fed in spec["federates"]:
             if fed["name"] == "agg_solar":
-                fed["exec"] = f"{fed['exec'].split()[0]} -u {ROOT / 'tests' / 'rogue_aggregator.py'} federation.json agg_solar 4"
+                fed["exec"] = (f"{fed['exec'].split()[0]} -u {ROOT / 'tests' / 'rogue_aggregator.py'} "
+                               f"federation.json agg_solar {interval} {mode}")
                 fed["env"] = {"PYTHONPATH": str(ROOT)}
+    return edit
 
+
+def test_malformed_bid_stops_the_federation_cleanly(tmp_path: Path) -> None:
     start = time.perf_counter()
-    built, outcome = run_scenario(QUICKSTART, tmp_path, hours=1.0, edit_runner=rogue, timeout_s=120)
+    built, outcome = run_scenario(QUICKSTART, tmp_path, hours=1.0, edit_runner=_rogue(4, "nan"), timeout_s=120)
     assert time.perf_counter() - start < 60
     assert not outcome.ok and outcome.returncode != 0
     assert "agg_solar" in outcome.failure and "blocks[0].price" in outcome.failure
@@ -119,6 +123,20 @@ def test_malformed_bid_stops_the_federation_cleanly(tmp_path: Path) -> None:
     assert summary["complete"] is False and "agg_solar" in summary["error"]
     recorded = table(built.results_dir, "interface")["interval"].unique()
     assert sorted(recorded) == [0, 1, 2, 3]
+
+
+def test_killed_federate_stops_the_run_and_keeps_flushed_results(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    built, outcome = run_scenario(QUICKSTART, tmp_path, hours=2.0, edit_runner=_rogue(15, "kill"), timeout_s=120)
+    assert time.perf_counter() - start < 60
+    assert not outcome.ok
+    assert outcome.failure.startswith("agg_solar: process failed")
+    summary = json.loads((built.results_dir / "summary.json").read_text())
+    assert summary["complete"] is False and summary["status"] == "incomplete"
+    assert "agg_solar" in summary["error"]
+    # the first simulated hour was flushed before the crash and stays readable
+    assert summary["intervals"] >= 12
+    assert set(range(12)) <= set(table(built.results_dir, "feeder")["interval"])
 
 
 def test_checked_in_runner_is_in_sync(tmp_path: Path) -> None:

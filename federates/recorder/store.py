@@ -100,6 +100,23 @@ class ResultStore:
         return summary
 
 
+def mark_incomplete(results_dir: str | Path, error: str,
+                    summarise: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """After a run whose recorder was killed before it could finish: summarise
+    the parts already on disk and say the run is incomplete, and why."""
+    folder = Path(results_dir)
+    try:
+        summary = summarise(folder)
+    except Exception as exc:  # noqa: BLE001 - the marker must still be written
+        summary = {"summary_error": f"{type(exc).__name__}: {exc}"}
+    summary.update(complete=False, status="incomplete", error=error)
+    target = folder / SUMMARY
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    os.replace(tmp, target)
+    return summary
+
+
 def _infer(data: dict[str, list[Any]]) -> pa.Table:
     """Arrow table with ints promoted to float where a column mixes them."""
     arrays = {}
