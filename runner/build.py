@@ -29,6 +29,7 @@ from dsosim.federates.common.config import (
     RecorderConfig,
     TimeSettings,
 )
+from dsosim.federates.iso.case import CaseError, load_case
 from dsosim.runner.placement import bus_peak_loads, place_fleet
 from dsosim.runner.scenario import Scenario, ScenarioError, load_scenario
 
@@ -127,8 +128,10 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
             )
         )
     case = scenario.transmission.case
-    if case.endswith(".m"):
-        case = path_for(Path(os.path.abspath(base / case)))
+    case_path = Path(os.path.abspath(base / case)) if case.endswith(".m") else None
+    _check_td_buses(case if case_path is None else str(case_path), dsos)
+    if case_path is not None:
+        case = path_for(case_path)
     iso = IsoConfig(
         name=ISO_NAME,
         case=case,
@@ -153,6 +156,21 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
         aggregators=tuple(aggregators),
         recorder=RecorderConfig(name=RECORDER_NAME, results_dir="results"),
     )
+
+
+def _check_td_buses(case_name: str, dsos: list[DsoConfig]) -> None:
+    """Fail at build time, not mid-run, on a bad case or a T-D bus it lacks."""
+    try:
+        case = load_case(case_name)
+    except (CaseError, OSError) as exc:
+        raise ScenarioError(f"transmission.case: {exc}") from None
+    buses = {int(b) for b in case.bus_ids}
+    for d in dsos:
+        if d.td_bus not in buses:
+            raise ScenarioError(
+                f"ldas[{d.name}].td_bus: bus {d.td_bus} is not in case {case_name!r} "
+                f"(its buses: {sorted(buses)[:12]}{' ...' if len(buses) > 12 else ''})"
+            )
 
 
 def runner_spec(config: FederationConfig, python: str) -> dict[str, Any]:

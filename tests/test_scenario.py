@@ -70,3 +70,33 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
         load_scenario(tmp_path / "nope.toml")
     with pytest.raises(ScenarioError, match="not valid TOML"):
         load_scenario(_write(tmp_path, "name = \n"))
+
+
+def _scenario_with(tmp_path: Path, **replace: str) -> Path:
+    text = QUICKSTART.read_text().replace('"../feeders/', f'"{(ROOT / "configs" / "feeders").as_posix()}/')
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return _write(tmp_path, text)
+
+
+def test_build_rejects_td_bus_missing_from_case(tmp_path: Path) -> None:
+    from dsosim.runner.build import build
+
+    with pytest.raises(ScenarioError, match=r"ldas\[lda5\]\.td_bus: bus 42 is not in case 'case9'"):
+        build(_scenario_with(tmp_path, **{"td_bus = 5": "td_bus = 42"}), tmp_path / "out", port=23999)
+
+
+def test_build_rejects_unknown_case_and_missing_feeder(tmp_path: Path) -> None:
+    from dsosim.runner.build import build
+
+    with pytest.raises(ScenarioError, match="transmission.case: .*case9999"):
+        build(_scenario_with(tmp_path, **{'case = "case9"': 'case = "case9999"'}), tmp_path / "o1", port=23999)
+    with pytest.raises(ScenarioError, match=r"ldas\[lda5\]\.feeder: feeder file not found: .*Nope\.dss"):
+        build(_scenario_with(tmp_path, **{"ieee13/Master.dss": "ieee13/Nope.dss"}), tmp_path / "o2", port=23999)
+
+
+def test_build_rejects_aggregator_bus_without_load(tmp_path: Path) -> None:
+    from dsosim.runner.build import build
+
+    with pytest.raises(ScenarioError, match=r"aggregators\[agg_solar\]\.buses: \['999'\] carry no load"):
+        build(_scenario_with(tmp_path, **{'"675", "692"': '"999", "692"'}), tmp_path / "o3", port=23999)
