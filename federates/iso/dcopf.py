@@ -156,8 +156,12 @@ class OpfResult:
         + shunt + cleared curves - shed + spill. With ``gen_mw`` it settles
         the market: ``sum(lmp * withdrawal_mw) - sum(lmp[gen] * gen_mw) ==
         congestion_rent(result)``.
+    price_setter
+        True at buses where a generator, a bid block group or a slack is
+        strictly inside its limits, so that the LMP there equals its
+        marginal price (see :func:`lmp_is_unique`).
     solve_seconds
-        Wall time of the HiGHS run.
+        Wall time of the HiGHS run(s).
     """
 
     case: TransmissionCase = field(repr=False)
@@ -175,6 +179,7 @@ class OpfResult:
     shed_mw: np.ndarray
     spill_mw: np.ndarray
     withdrawal_mw: np.ndarray
+    price_setter: np.ndarray
     solve_seconds: float
     message: str = ""
 
@@ -198,6 +203,49 @@ def congestion_rent(result: OpfResult) -> float:
     flow = result.branch_flow_mw[on]
     diff = result.lmp[case.branch_to_idx[on]] - result.lmp[case.branch_from_idx[on]]
     return float(np.sum(flow * diff))
+
+
+def lmp_is_unique(result: OpfResult, *, rcond: float = 1e-10) -> np.ndarray:
+    """Which LMPs are fixed by the optimality conditions (True) and which are
+    not (False: any value in some interval is an equally valid price).
+
+    The LMPs are the duals ``lambda`` of the balance rows. Stationarity in the
+    bus angles reads, at every bus, ``sum over unconstrained branches of
+    b * (lambda_k - lambda_other)`` plus a free term per binding branch (its
+    shadow price) ``= 0``: Kirchhoff's current law in a network where
+    unconstrained branches are conductances and binding branches carry any
+    current. A price setter (``result.price_setter``) fixes ``lambda`` at its
+    bus. A bus's LMP is unique when every solution of this homogeneous system
+    vanishes there; e.g. a bus with no load and no generation between two
+    binding branches is not (the case118 bus 9 between lines 8-9 and 9-10).
+    Generators at a limit only bound the price, so they are not counted:
+    the answer errs on the side of "not unique".
+
+    Dense linear algebra: fine up to a few thousand buses.
+    """
+    from scipy.linalg import null_space
+
+    case = result.case
+    nb = case.n_bus
+    on = case.branch_status
+    binding = np.zeros(case.n_branch, dtype=bool)
+    binding[result.binding] = True
+    b = np.where(on, 1.0 / (case.branch_x * case.branch_tap), 0.0)
+    f, t = case.branch_from_idx, case.branch_to_idx
+    free = np.flatnonzero(on & ~binding)
+    bound = np.flatnonzero(on & binding)
+    scale = float(np.median(np.abs(b[on]))) if on.any() else 1.0
+    pins = np.flatnonzero(result.price_setter)
+    m = np.zeros((nb + len(pins), nb + len(bound)))
+    np.add.at(m, (f[free], f[free]), b[free])
+    np.add.at(m, (f[free], t[free]), -b[free])
+    np.add.at(m, (t[free], t[free]), b[free])
+    np.add.at(m, (t[free], f[free]), -b[free])
+    m[f[bound], nb + np.arange(len(bound))] += scale
+    m[t[bound], nb + np.arange(len(bound))] -= scale
+    m[nb + np.arange(len(pins)), pins] = scale
+    basis = null_space(m, rcond=rcond)
+    return ~np.any(np.abs(basis[:nb]) > 1e-8, axis=1)
 
 
 @dataclass
@@ -827,9 +875,28 @@ class DcOpf:
             shed_mw=shed,
             spill_mw=spill,
             withdrawal_mw=withdrawal,
+            price_setter=self._price_setters(gen_mw, layout, group_x, shed, spill),
             solve_seconds=elapsed,
             message=note,
         )
+
+    def _price_setters(
+        self, gen_mw: np.ndarray, layout: _BidLayout, group_x: np.ndarray, shed: np.ndarray, spill: np.ndarray
+    ) -> np.ndarray:
+        case = self.case
+        setter = (shed > SLACK_TOL_MW) | (spill > SLACK_TOL_MW)
+        on = self._gen_on
+        p = gen_mw[on]
+        tol = 1e-6 * np.maximum(1.0, np.abs(p))
+        inside = (p > case.gen_pmin_mw[on] + tol) & (p < case.gen_pmax_mw[on] - tol)
+        for k in np.flatnonzero(inside & (case.gen_cost_model[on] == PW_LINEAR)):
+            breakpoints = case.gen_cost_pwl[on[k]][:, 0]
+            inside[k] = bool(np.all(np.abs(breakpoints - p[k]) > tol[k]))
+        setter[case.gen_bus_idx[on[inside]]] = True
+        if len(group_x):
+            partial = (group_x > SLACK_TOL_MW) & (group_x < layout.group_mw - SLACK_TOL_MW)
+            setter[layout.group_bus[partial]] = True
+        return setter
 
     def _failed(self, load: np.ndarray, base_by_bus: np.ndarray, n_curves: int, elapsed: float) -> OpfResult:
         case = self.case
@@ -852,6 +919,7 @@ class DcOpf:
             shed_mw=nan_bus.copy(),
             spill_mw=nan_bus.copy(),
             withdrawal_mw=load + case.bus_gs_mw + base_by_bus,
+            price_setter=np.zeros(case.n_bus, dtype=bool),
             solve_seconds=elapsed,
             message=f"HiGHS: {status}",
         )
