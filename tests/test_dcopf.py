@@ -205,3 +205,39 @@ def test_load_vector_must_align_with_buses() -> None:
     case = three_bus()
     with pytest.raises(ValueError, match="aligned with case.bus_ids"):
         DcOpf(case).clear(np.zeros(2))
+
+
+# ----------------------------------------------------------------------------- dsosim opf
+
+
+def run_opf_command(argv: list[str]) -> int:
+    import argparse
+
+    from dsosim.runner import cmd_opf
+
+    parser = argparse.ArgumentParser(prog="dsosim")
+    cmd_opf.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+def test_opf_command_writes_one_row_per_bus(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import csv
+
+    out = tmp_path / "lmp.csv"
+    assert run_opf_command(["opf", "case9", "--line-limit-mw", "120", "--out", str(out)]) == 0
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["bus"]) for r in rows] == list(range(1, 10))
+    lmp = np.array([float(r["lmp"]) for r in rows])
+    parts = np.array([float(r["lmp_energy"]) + float(r["lmp_congestion"]) for r in rows])
+    np.testing.assert_allclose(parts, lmp, atol=1e-6)
+    assert np.ptp(lmp) > 1.0  # the 120 MW cap congests case9
+    printed = capsys.readouterr().out
+    assert "status optimal" in printed and "total cost" in printed
+
+
+def test_opf_command_bad_case_exits_2(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert run_opf_command(["opf", "case_no_such_grid", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "no such case" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
