@@ -123,6 +123,7 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
                 scale=lda.scale,
                 load_profile=lda.load_profile,
                 load_forecast_error=lda.load_forecast_error,
+                voltage_basis=lda.voltage_basis,
                 limits=LimitsConfig(**lda.limits.model_dump()),
                 aggregators=tuple(a.name for a in lda.aggregators),
             )

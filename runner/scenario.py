@@ -66,6 +66,9 @@ class Lda(_Section):
     )
     load_profile: Literal["residential", "commercial", "flat"] = "residential"
     load_forecast_error: float = Field(0.02, ge=0, lt=0.5, description="std of relative load error")
+    voltage_basis: Literal["ln", "ll"] = Field(
+        "ln", description="read voltages line-to-neutral (ln) or line-to-line (ll, delta feeders)"
+    )
     limits: Limits = Limits()
     aggregators: tuple[Aggregator, ...] = Field(min_length=1)
 

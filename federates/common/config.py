@@ -62,6 +62,7 @@ class DsoConfig(Strict):
     scale: PositiveFloat
     load_profile: str = "residential"
     load_forecast_error: float = Field(0.02, ge=0, lt=0.5)
+    voltage_basis: Literal["ln", "ll"] = "ln"
     limits: LimitsConfig = LimitsConfig()
     aggregators: tuple[str, ...]
 

@@ -84,7 +84,8 @@ class DistributionOperator:
         self.limits = Limits(vmin_pu=config.limits.vmin_pu, vmax_pu=config.limits.vmax_pu,
                              max_loading=config.limits.max_loading)
         self.feeder = Feeder(base_dir / config.feeder, name=config.name,
-                             vmin=config.limits.vmin_pu, vmax=config.limits.vmax_pu)
+                             vmin=config.limits.vmin_pu, vmax=config.limits.vmax_pu,
+                             voltage_basis=config.voltage_basis)
         self.locations = [Location(a, b) for a in sorted(fleets) for b in sorted(fleets[a])]
         known = set(self.feeder.buses)
         for loc in self.locations:
