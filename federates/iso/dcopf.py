@@ -490,17 +490,41 @@ class DcOpf:
         model.lp_ = lp
         self._lp = self._new_highs(model)
         self._qp: highspy.Highs | None = None
+        self._mirror: _Mirror | None = None
         if len(self._quadratic):
-            model.hessian_ = self._hessian(lp.num_col_)
-            self._qp = self._new_highs(model)
+            self._qp = self._new_highs(self._qp_model(a, lp))
+            self._mirror = _Mirror(self._qp, self._col_shed, lp.num_col_)
             self._qp.setOptionValue("qp_allow_hot_start", True)
             # The default regularisation (1e-7 on every diagonal entry, theta included)
             # shifts the LMPs by ~1e-5 $/MWh and keeps the solver cycling at degenerate
             # optima with load shedding; 1e-10 does neither.
             self._qp.setOptionValue("qp_regularization_value", QP_REGULARIZATION)
             self._qp.setOptionValue("qp_iteration_limit", max(1000, 20 * len(self._gen_on)))
-        self._instances = [h for h in (self._lp, self._qp) if h is not None]
         self._pg_prev: np.ndarray | None = None
+
+    def _qp_model(self, a: sp.csc_matrix, lp: highspy.HighsLp) -> highspy.HighsModel:
+        """The QP: the LP's model without the shed/spill columns (the last ones;
+        see :meth:`_solve_qp`), plus the Hessian. Its active-set solver costs
+        grow with the number of columns, so absent columns are cheaper than
+        columns fixed at zero."""
+        n = self._col_shed
+        sub = a[:, :n].tocsc()
+        qp = highspy.HighsLp()
+        qp.num_col_, qp.num_row_ = n, lp.num_row_
+        qp.col_cost_ = np.asarray(lp.col_cost_)[:n]
+        qp.col_lower_ = np.asarray(lp.col_lower_)[:n]
+        qp.col_upper_ = np.asarray(lp.col_upper_)[:n]
+        qp.row_lower_ = np.asarray(lp.row_lower_)
+        qp.row_upper_ = np.asarray(lp.row_upper_)
+        qp.offset_ = self._cost_offset
+        qp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        qp.a_matrix_.start_ = sub.indptr.astype(np.int32)
+        qp.a_matrix_.index_ = sub.indices.astype(np.int32)
+        qp.a_matrix_.value_ = sub.data.astype(float)
+        model = highspy.HighsModel()
+        model.lp_ = qp
+        model.hessian_ = self._hessian(n)
+        return model
 
     def _hessian(self, n_col: int) -> highspy.HighsHessian:
         """Diagonal Hessian ``2 * c2`` on the generator columns (HiGHS
@@ -537,8 +561,9 @@ class DcOpf:
     def reset(self) -> None:
         """Forget the solvers' bases and the previous dispatch: the next clear
         starts cold and does not depend on the intervals cleared before."""
-        for highs in self._instances:
-            highs.clearSolver()
+        for highs in (self._lp, self._qp):
+            if highs is not None:
+                highs.clearSolver()
         self._pg_prev = None
 
     def clear(self, fixed_load_mw: np.ndarray, curves: Sequence[BusCurve] = ()) -> OpfResult:
@@ -570,36 +595,40 @@ class DcOpf:
         rhs = self._balance_rhs(load, base_by_bus)
         nb = self.case.n_bus
         rows = np.arange(nb, dtype=np.int32)
-        for highs in self._instances:
-            highs.changeRowsBounds(nb, rows, rhs, rhs)
+        self._lp.changeRowsBounds(nb, rows, rhs, rhs)
+        if self._qp is not None:
+            self._qp.changeRowsBounds(nb, rows, rhs, rhs)
         started = time.perf_counter()
         solved = self._solve()
         elapsed = time.perf_counter() - started
         if solved is None:
             return self._failed(load, base_by_bus, len(curves), elapsed)
-        highs, note = solved
-        return self._result(highs, note, load, base_by_bus, curves, layout, elapsed)
+        x, duals, note = solved
+        return self._result(x, duals, note, load, base_by_bus, curves, layout, elapsed)
 
     def _balance_rhs(self, load: np.ndarray, base_by_bus: np.ndarray) -> np.ndarray:
         return load + self.case.bus_gs_mw + base_by_bus + self._shift_rhs
 
-    def _solve(self) -> tuple[highspy.Highs, str] | None:
-        """Solve; return the instance holding the solution and a note (empty
+    def _solve(self) -> tuple[np.ndarray, np.ndarray, str] | None:
+        """Solve; return LP-indexed column values, row duals and a note (empty
         when the solution is exact), or None."""
         if self._qp is None:
-            return (self._lp, "") if _run(self._lp) else None
+            return (*_solution(self._lp), "") if _run(self._lp) else None
         self._set_tangent_costs()
         if not _run(self._lp):
             return None  # the QP has the same feasible set: it is infeasible too
-        if self._solve_qp():
-            return self._qp, ""
-        self._pg_prev = np.fromiter(self._lp.getSolution().col_value, dtype=float)[
-            self._col_pg : self._col_epi
-        ]
-        return self._lp, (
+        solved = self._solve_qp()
+        if solved is not None:
+            x, duals = solved
+            self._pg_prev = x[self._col_pg : self._col_epi]
+            return x, duals, ""
+        x, duals = _solution(self._lp)
+        self._pg_prev = x[self._col_pg : self._col_epi]
+        note = (
             "HiGHS's QP solver did not converge: dispatch and prices are those of the LP "
             "with quadratic costs linearised at the previous dispatch"
         )
+        return x, duals, note
 
     def _set_tangent_costs(self) -> None:
         """LP costs of quadratic generators: their marginal cost at the
@@ -630,7 +659,7 @@ class DcOpf:
     def _current_rhs(self) -> np.ndarray:
         return np.asarray(self._lp.getLp().row_lower_[: self.case.n_bus])
 
-    def _solve_qp(self) -> bool:
+    def _solve_qp(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Solve the QP by HiGHS's active-set solver, hot-started at the LP optimum.
 
         HiGHS's QP solver starts cold from a feasible point of a zero-cost LP
@@ -642,74 +671,88 @@ class DcOpf:
         optimum when the working set has not changed.
 
         The shed and spill slacks are the other source of degeneracy (many
-        columns at zero, interchangeable when load is shed). In the QP they
-        are closed (fixed at 0) except where the LP used them; a closed slack
-        whose price says it should be used (LMP above the value of lost load,
-        or below minus the spill price) is opened and the QP solved again, so
-        the final solution is optimal for the full problem.
+        columns at zero, interchangeable when load is shed). The QP has them
+        only where the LP used them (or holds them in its basis); a missing
+        slack whose price says it should be used (LMP above the value of lost
+        load, or below minus the spill price) is added and the QP solved
+        again, so the final solution is optimal for the full problem.
         """
-        assert self._qp is not None
+        mirror = self._mirror
+        assert self._qp is not None and mirror is not None
         nb = self.case.n_bus
-        x_lp = np.fromiter(self._lp.getSolution().col_value, dtype=float)
-        open_shed = x_lp[self._col_shed : self._col_spill] > SLACK_TOL_MW
-        open_spill = x_lp[self._col_spill : self._col_spill + nb] > SLACK_TOL_MW
+        x_lp, _ = _solution(self._lp)
+        basis = self._lp.getBasis()
+        col_status, row_status = basis.col_status, basis.row_status
+        in_basis = np.zeros(2 * nb, dtype=bool)
+        basic = self._lp.getBasicVariables()[1]
+        basic = basic[(basic >= self._col_shed) & (basic < self._col_spill + nb)]
+        in_basis[basic - self._col_shed] = True
+        slack = slice(self._col_shed, self._col_spill + nb)
+        wanted = (x_lp[slack] > SLACK_TOL_MW) | in_basis
+        starts = (self._crafted_statuses(col_status), col_status)
         for _ in range(5):
-            self._set_qp_slacks(open_shed, open_spill)
-            if not self._run_qp_hot():
-                return False
-            lmp = np.fromiter(self._qp.getSolution().row_dual, dtype=float)[:nb]
+            self._open_qp_slacks(wanted)
+            solved = self._run_qp_hot(x_lp, row_status, starts)
+            if solved is None:
+                return None
+            x, duals = solved
+            lmp = duals[:nb]
             tol = 1e-6 * max(1.0, self.voll, self.spill_price)  # QP duals are this accurate
-            more_shed = ~open_shed & (lmp > self.voll + tol)
-            more_spill = ~open_spill & (lmp < -self.spill_price - tol)
-            if not (more_shed.any() or more_spill.any()):
-                self._pg_prev = np.fromiter(self._qp.getSolution().col_value, dtype=float)[
-                    self._col_pg : self._col_epi
-                ]
-                return True
-            open_shed |= more_shed
-            open_spill |= more_spill
-        return False
+            more = np.r_[lmp > self.voll + tol, lmp < -self.spill_price - tol] & ~wanted
+            if not more.any():
+                return x, duals
+            wanted |= more
+        return None
 
-    def _set_qp_slacks(self, open_shed: np.ndarray, open_spill: np.ndarray) -> None:
-        assert self._qp is not None
+    def _open_qp_slacks(self, wanted: np.ndarray) -> None:
+        """Give the QP the slack columns in ``wanted`` (shed then spill, per
+        bus) with bounds [0, inf); slacks it has but that are not wanted are
+        fixed at 0."""
+        mirror = self._mirror
+        assert mirror is not None
         nb = self.case.n_bus
-        cols = np.arange(self._col_shed, self._col_spill + nb, dtype=np.int32)
-        upper = np.where(np.r_[open_shed, open_spill], _INF, 0.0)
-        self._qp.changeColsBounds(len(cols), cols, np.zeros(len(cols)), upper)
+        lp_cols = np.arange(self._col_shed, self._col_spill + nb)
+        missing = lp_cols[wanted & (mirror.qp_of[lp_cols] < 0)]
+        if len(missing):
+            is_shed = missing < self._col_spill
+            bus = np.where(is_shed, missing - self._col_shed, missing - self._col_spill)
+            cost = np.where(is_shed, self.voll, self.spill_price)
+            value = np.where(is_shed, 1.0, -1.0)
+            mirror.add(missing, cost, np.zeros(len(missing)), np.zeros(len(missing)), bus, value)
+        present = lp_cols[mirror.qp_of[lp_cols] >= 0]
+        upper = np.where(wanted[present - self._col_shed], _INF, 0.0)
+        mirror.change_bounds(present, np.zeros(len(present)), upper)
 
-    def _run_qp_hot(self) -> bool:
+    def _run_qp_hot(
+        self, x_lp: np.ndarray, row_status: list[object], starts: tuple[list[object], list[object]]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """One QP solve from the LP optimum: first with the crafted basis,
         then with the plain LP basis, then cold."""
-        assert self._qp is not None
-        solution = self._lp.getSolution()
-        basis = self._lp.getBasis()
-        for start in (self._crafted_basis(basis), basis):
-            self._qp.setSolution(solution)
-            self._qp.setBasis(start)
+        mirror = self._mirror
+        assert self._qp is not None and mirror is not None
+        row_value = self._lp.getSolution().row_value
+        for col_status in starts:
+            mirror.hot_start(x_lp, row_value, col_status, row_status)
             if _run(self._qp, retry_cold=False):
-                return True
+                return mirror.solution()
         self._qp.clearSolver()
-        return _run(self._qp, retry_cold=False)
+        return mirror.solution() if _run(self._qp, retry_cold=False) else None
 
-    def _crafted_basis(self, basis: highspy.HighsBasis) -> highspy.HighsBasis:
+    def _crafted_statuses(self, col_status: list[object]) -> list[object]:
+        """The LP basis with quadratic units that were inside their limits at
+        the previous optimum marked inactive (``kNonbasic``) instead of at a bound."""
         assert self._pg_prev is not None
-        lo = self.case.gen_pmin_mw[self._gen_on]
-        hi = self.case.gen_pmax_mw[self._gen_on]
-        tol = 1e-6 * np.maximum(1.0, np.abs(self._pg_prev))
-        interior = self._quadratic[
-            (self._pg_prev[self._quadratic] > lo[self._quadratic] + tol[self._quadratic])
-            & (self._pg_prev[self._quadratic] < hi[self._quadratic] - tol[self._quadratic])
-        ]
-        col_status = list(basis.col_status)
+        q = self._quadratic
+        lo = self.case.gen_pmin_mw[self._gen_on][q]
+        hi = self.case.gen_pmax_mw[self._gen_on][q]
+        p = self._pg_prev[q]
+        tol = 1e-6 * np.maximum(1.0, np.abs(p))
+        interior = q[(p > lo + tol) & (p < hi - tol)]
+        crafted = list(col_status)
         at_bound = (highspy.HighsBasisStatus.kLower, highspy.HighsBasisStatus.kUpper)
         for j in (self._col_pg + interior).tolist():
-            if col_status[j] in at_bound:
-                col_status[j] = highspy.HighsBasisStatus.kNonbasic
-        crafted = highspy.HighsBasis()
-        crafted.col_status = col_status
-        crafted.row_status = list(basis.row_status)
-        crafted.valid = True
-        crafted.alien = False
+            if crafted[j] in at_bound:
+                crafted[j] = highspy.HighsBasisStatus.kNonbasic
         return crafted
 
     def _place_bids(self, curves: Sequence[BusCurve]) -> tuple[np.ndarray, _BidLayout]:
@@ -776,33 +819,35 @@ class DcOpf:
     def _add_bid_columns(self, bus: np.ndarray) -> None:
         n = len(bus)
         zeros = np.zeros(n)
-        for highs in self._instances:
-            status = highs.addCols(
-                n, zeros, zeros, zeros, n, np.arange(n, dtype=np.int32), bus, -np.ones(n)
-            )
-            if status != highspy.HighsStatus.kOk:
-                raise RuntimeError(f"HiGHS could not add {n} bid columns: {status}")
+        first = self._lp.getNumCol()
+        _add_columns(self._lp, zeros, zeros, zeros, bus, -np.ones(n))
+        if self._mirror is not None:
+            self._mirror.grow(first + n)
+            self._mirror.add(np.arange(first, first + n), zeros, zeros, zeros, bus, -np.ones(n))
 
     def _load_bid_columns(self, cols: np.ndarray, price: np.ndarray, mw: np.ndarray) -> None:
         """Re-price and re-bound the pool: this interval's groups get
         ``cost = -price`` and ``[0, mw]``; last interval's other columns are
         switched off (``[0, 0]``, cost 0)."""
         stale = np.setdiff1d(self._active_bid_cols, cols, assume_unique=True).astype(np.int32)
-        for highs in self._instances:
-            if len(stale):
-                z = np.zeros(len(stale))
-                highs.changeColsCost(len(stale), stale, z)
-                highs.changeColsBounds(len(stale), stale, z, z)
-            if len(cols):
-                highs.changeColsCost(len(cols), cols, -price)
-                highs.changeColsBounds(len(cols), cols, np.zeros(len(cols)), mw)
+        z = np.zeros(len(stale))
+        changes = ((stale, z, z, z), (cols, -price, np.zeros(len(cols)), mw))
+        for which, cost, lower, upper in changes:
+            if len(which) == 0:
+                continue
+            self._lp.changeColsCost(len(which), which, cost)
+            self._lp.changeColsBounds(len(which), which, lower, upper)
+            if self._mirror is not None:
+                self._mirror.change_costs(which, cost)
+                self._mirror.change_bounds(which, lower, upper)
         self._active_bid_cols = np.sort(cols)
 
     # ------------------------------------------------------------------ results
 
     def _result(
         self,
-        highs: highspy.Highs,
+        x: np.ndarray,
+        duals: np.ndarray,
         note: str,
         load: np.ndarray,
         base_by_bus: np.ndarray,
@@ -812,10 +857,6 @@ class DcOpf:
     ) -> OpfResult:
         case = self.case
         nb = case.n_bus
-        solution = highs.getSolution()
-        x = np.fromiter(solution.col_value, dtype=float)
-        duals = np.fromiter(solution.row_dual, dtype=float)
-
         theta = x[self._col_theta : self._col_theta + nb]
         gen_mw = np.zeros(case.n_gen)
         gen_mw[self._gen_on] = x[self._col_pg : self._col_epi]
@@ -901,8 +942,10 @@ class DcOpf:
     def _failed(self, load: np.ndarray, base_by_bus: np.ndarray, n_curves: int, elapsed: float) -> OpfResult:
         case = self.case
         nan_bus = np.full(case.n_bus, np.nan)
-        highs = self._qp if self._qp is not None else self._lp
-        status = highs.modelStatusToString(highs.getModelStatus())
+        lp_status = self._lp.modelStatusToString(self._lp.getModelStatus())
+        status = lp_status
+        if self._qp is not None and self._lp.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+            status = "QP: " + self._qp.modelStatusToString(self._qp.getModelStatus())
         return OpfResult(
             case=case,
             status=STATUS_FAILED,
@@ -936,3 +979,86 @@ def _run(highs: highspy.Highs, *, retry_cold: bool = True) -> bool:
     highs.clearSolver()
     highs.run()
     return highs.getModelStatus() == highspy.HighsModelStatus.kOptimal
+
+
+def _solution(highs: highspy.Highs) -> tuple[np.ndarray, np.ndarray]:
+    """Column values and row duals of the last solve, as arrays."""
+    solution = highs.getSolution()
+    return (
+        np.fromiter(solution.col_value, dtype=float),
+        np.fromiter(solution.row_dual, dtype=float),
+    )
+
+
+def _add_columns(
+    highs: highspy.Highs, cost: np.ndarray, lower: np.ndarray, upper: np.ndarray, row: np.ndarray, value: np.ndarray
+) -> None:
+    """Add columns with one matrix entry each."""
+    n = len(cost)
+    status = highs.addCols(
+        n, cost, lower, upper, n, np.arange(n, dtype=np.int32), row.astype(np.int32), value.astype(float)
+    )
+    if status != highspy.HighsStatus.kOk:
+        raise RuntimeError(f"HiGHS could not add {n} columns: {status}")
+
+
+class _Mirror:
+    """The QP instance as a copy of the LP one with some LP columns absent.
+
+    Columns are addressed by their LP index; ``qp_of[lp] = qp`` (-1 when
+    absent) and ``lp_of[qp] = lp`` translate.
+    """
+
+    def __init__(self, highs: highspy.Highs, n_present: int, n_lp: int) -> None:
+        self.highs = highs
+        self.qp_of = np.full(n_lp, -1, dtype=np.int64)
+        self.qp_of[:n_present] = np.arange(n_present)
+        self.lp_of = np.arange(n_present, dtype=np.int64)
+
+    def grow(self, n_lp: int) -> None:
+        """The LP now has ``n_lp`` columns (new ones absent until added)."""
+        if n_lp > len(self.qp_of):
+            self.qp_of = np.r_[self.qp_of, np.full(n_lp - len(self.qp_of), -1, dtype=np.int64)]
+
+    def add(
+        self, lp_cols: np.ndarray, cost: np.ndarray, lower: np.ndarray, upper: np.ndarray, row: np.ndarray, value: np.ndarray
+    ) -> None:
+        first = self.highs.getNumCol()
+        _add_columns(self.highs, cost, lower, upper, row, value)
+        self.qp_of[lp_cols] = np.arange(first, first + len(lp_cols))
+        self.lp_of = np.r_[self.lp_of, lp_cols]
+
+    def _cols(self, lp_cols: np.ndarray) -> np.ndarray:
+        cols = self.qp_of[lp_cols]
+        assert np.all(cols >= 0), "column absent from the QP"
+        return cols.astype(np.int32)
+
+    def change_costs(self, lp_cols: np.ndarray, cost: np.ndarray) -> None:
+        self.highs.changeColsCost(len(lp_cols), self._cols(lp_cols), cost)
+
+    def change_bounds(self, lp_cols: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
+        self.highs.changeColsBounds(len(lp_cols), self._cols(lp_cols), lower, upper)
+
+    def hot_start(
+        self, x_lp: np.ndarray, row_value: list[float], col_status: list[object], row_status: list[object]
+    ) -> None:
+        """Start from an LP point and basis. Every LP column absent here must be
+        nonbasic at zero in it (so the two bases have the same size)."""
+        solution = highspy.HighsSolution()
+        solution.col_value = x_lp[self.lp_of].tolist()
+        solution.row_value = row_value
+        solution.value_valid = True
+        self.highs.setSolution(solution)
+        basis = highspy.HighsBasis()
+        basis.col_status = [col_status[j] for j in self.lp_of.tolist()]
+        basis.row_status = row_status
+        basis.valid = True
+        basis.alien = False
+        self.highs.setBasis(basis)
+
+    def solution(self) -> tuple[np.ndarray, np.ndarray]:
+        """Column values at LP indices (0 for absent columns) and row duals."""
+        x_qp, duals = _solution(self.highs)
+        x = np.zeros(len(self.qp_of))
+        x[self.lp_of] = x_qp
+        return x, duals
