@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from dsosim.federates.iso.case import (
     RATE_A,
     SHIFT,
@@ -71,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--intervals",
         type=int,
         default=50,
-        help="dsosim re-clears per case; the first REPEATS use pandapower's loads (default: %(default)s)",
+        help="dsosim re-clears per case; the first REPEATS use pandapower's loads "
+        "(default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the load variation")
     parser.add_argument(
@@ -100,17 +100,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    header = ("case", "pandapower ms (median)", "dsosim re-clear ms (median)", "ratio", "max |LMP diff| $/MWh")
+    header = (
+        "case",
+        "pandapower ms (median)",
+        "dsosim re-clear ms (median)",
+        "ratio",
+        "max |LMP diff| $/MWh",
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append(
-            f"| {r.case} | {r.pandapower_ms:.1f} | {r.dsosim_ms:.2f} | {r.ratio:.0f}x | {r.max_lmp_diff:.2e} |"
+            f"| {r.case} | {r.pandapower_ms:.1f} | {r.dsosim_ms:.2f} | {r.ratio:.0f}x "
+            f"| {r.max_lmp_diff:.2e} |"
         )
     notes = [f"- {r.case}: {r.note}" for r in rows if r.note]
     return "\n".join(lines + notes)
 
 
-def bench_case(name: str, repeats: int, intervals: int, seed: int, cost_seed: int | None) -> BenchRow:
+def bench_case(
+    name: str, repeats: int, intervals: int, seed: int, cost_seed: int | None
+) -> BenchRow:
     tables = read_matpower(name)
     notes: list[str] = []
     if cost_seed is not None and flat_costs(tables):
@@ -120,7 +129,9 @@ def bench_case(name: str, repeats: int, intervals: int, seed: int, cost_seed: in
         notes.append("all generators cost the same: every LMP equals that cost (see --cost-seed)")
     tables, relaxed = feasible_tables(tables)
     if relaxed:
-        notes.append(f"{relaxed} transformer ratings relaxed on both sides (infeasible at nominal load)")
+        notes.append(
+            f"{relaxed} transformer ratings relaxed on both sides (infeasible at nominal load)"
+        )
     case = case_from_tables(tables)
     rng = np.random.default_rng(seed)
     loads = [case.bus_pd_mw * rng.uniform(0.95, 1.05, case.n_bus) for _ in range(intervals)]
@@ -131,7 +142,7 @@ def bench_case(name: str, repeats: int, intervals: int, seed: int, cost_seed: in
     for k, load in enumerate(loads[:repeats]):
         try:
             elapsed, lmp = run_pandapower(net, case.bus_ids, load)
-        except Exception as exc:  # pandapower raises its own OPFNotConverged and others
+        except Exception as exc:  # noqa: BLE001 - OPFNotConverged, LinAlgError, ...: all reported
             notes.append(f"interval {k}: pandapower failed ({type(exc).__name__})")
             pp_lmps.append(None)
             continue
@@ -152,7 +163,9 @@ def bench_case(name: str, repeats: int, intervals: int, seed: int, cost_seed: in
         reference = pp_lmps[k] if k < repeats else None
         if reference is not None:
             diffs.append(float(np.max(np.abs(result.lmp - reference))))
-    return BenchRow(name, statistics.median(pp_ms), statistics.median(ds_ms), max(diffs), "; ".join(notes))
+    return BenchRow(
+        name, statistics.median(pp_ms), statistics.median(ds_ms), max(diffs), "; ".join(notes)
+    )
 
 
 # ----------------------------------------------------------------------------- pandapower side
@@ -171,7 +184,8 @@ def pandapower_net(tables: MatpowerTables) -> Any:
         from pandapower.converter.pypower import from_ppc
     except ImportError as exc:
         raise BenchError(
-            "pandapower is needed for this benchmark (a test dependency): pip install 'dsosim[test]'"
+            "pandapower is needed for this benchmark (a test dependency): "
+            "pip install 'dsosim[test]'"
         ) from exc
     bus = tables.bus.copy()
     bus[:, BASE_KV] = np.where(bus[:, BASE_KV] > 0, bus[:, BASE_KV], 100.0)
@@ -242,7 +256,9 @@ def with_seeded_linear_costs(tables: MatpowerTables, seed: int) -> MatpowerTable
     """Linear costs of 10-60 $/MWh, seeded, as polynomial rows (MODEL 2, NCOST 2)."""
     ng = len(tables.gen)
     c1 = np.random.default_rng(seed).uniform(10.0, 60.0, ng)
-    gencost = np.column_stack([np.full(ng, 2.0), np.zeros(ng), np.zeros(ng), np.full(ng, 2.0), c1, np.zeros(ng)])
+    gencost = np.column_stack(
+        [np.full(ng, 2.0), np.zeros(ng), np.zeros(ng), np.full(ng, 2.0), c1, np.zeros(ng)]
+    )
     return tables.replace(gencost=gencost)
 
 

@@ -12,7 +12,6 @@ import math
 import sys
 
 import numpy as np
-
 from dsosim.federates.iso.case import CaseError, load_case
 from dsosim.federates.iso.dcopf import DcOpf, OpfResult
 
@@ -26,9 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("case", metavar="CASE", help="MATPOWER case name (case9, case118, ...) or .m file")
     parser.add_argument(
-        "--load-scale", type=_positive, default=1.0, metavar="X", help="multiply every bus load by X (default 1)"
+        "case", metavar="CASE", help="MATPOWER case name (case9, case118, ...) or .m file"
+    )
+    parser.add_argument(
+        "--load-scale",
+        type=_positive,
+        default=1.0,
+        metavar="X",
+        help="multiply every bus load by X (default 1)",
     )
     parser.add_argument(
         "--line-limit-mw",
@@ -37,7 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         metavar="Y",
         help="cap every branch rating at Y MW (to congest a case)",
     )
-    parser.add_argument("--out", required=True, metavar="FILE.csv", help="where to write the per-bus prices")
+    parser.add_argument(
+        "--out", required=True, metavar="FILE.csv", help="where to write the per-bus prices"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -66,7 +73,13 @@ def write_csv(path: str, result: OpfResult, load: np.ndarray) -> None:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for i, bus in enumerate(case.bus_ids.tolist()):
-            values = (result.lmp[i], result.lmp_energy[i], result.lmp_congestion[i], load[i], result.shed_mw[i])
+            values = (
+                result.lmp[i],
+                result.lmp_energy[i],
+                result.lmp_congestion[i],
+                load[i],
+                result.shed_mw[i],
+            )
             writer.writerow([bus, *(_number(v) for v in values)])
 
 
@@ -74,8 +87,10 @@ def summary(name: str, result: OpfResult, out: str) -> str:
     lines = [
         f"case {name}: status {result.status}",
         f"total cost {result.total_cost:.2f} $/h",
-        f"LMP {np.nanmin(result.lmp):.2f} .. {np.nanmax(result.lmp):.2f} $/MWh, "
-        f"{len(result.binding)} binding branches, {np.nansum(result.shed_mw):.2f} MW shed",
+        (
+            f"LMP {np.nanmin(result.lmp):.2f} .. {np.nanmax(result.lmp):.2f} $/MWh, "
+            f"{len(result.binding)} binding branches, {np.nansum(result.shed_mw):.2f} MW shed"
+        ),
         f"wrote {result.case.n_bus} rows to {out}",
     ]
     if result.message:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from dsosim.federates.iso.case import CaseError, load_case, pwl_cost
 from dsosim.federates.iso.dcopf import DcOpf
 
@@ -39,7 +38,9 @@ def write_case(
 
     def table(name: str, rows: Sequence[Row]) -> str:
         width = max(len(r) for r in rows)
-        body = "\n".join("\t" + "\t".join(str(v) for v in [*r, *[0] * (width - len(r))]) + ";" for r in rows)
+        body = "\n".join(
+            "\t" + "\t".join(str(v) for v in [*r, *[0] * (width - len(r))]) + ";" for r in rows
+        )
         return f"mpc.{name} = [\n{body}\n];\n"
 
     text = f"function mpc = {path.stem}\nmpc.version = '2';\nmpc.baseMVA = {base_mva};\n"
@@ -64,7 +65,9 @@ def test_library_case_by_name() -> None:
     assert case.gen_bus.tolist() == [1, 2, 3]
     # case9 gen 1: 0.11 P^2 + 5 P + 150
     assert case.gen_cost_poly[0].tolist() == pytest.approx([0.11, 5.0, 150.0])
-    assert case.generator_cost(np.array([100.0, 0.0, 0.0])) == pytest.approx(1100 + 500 + 150 + 600 + 335)
+    assert case.generator_cost(np.array([100.0, 0.0, 0.0])) == pytest.approx(
+        1100 + 500 + 150 + 600 + 335
+    )
     with pytest.raises(ValueError):
         case.bus_pd_mw[0] = 1.0  # arrays are read-only
 
@@ -135,7 +138,9 @@ def test_non_numeric_cell_is_located(tmp_path: Path) -> None:
 
 
 def test_base_mva_may_be_a_quotient(tmp_path: Path) -> None:
-    assert load_case(write_case(tmp_path / "third.m", base_mva="50/3")).base_mva == pytest.approx(50 / 3)
+    assert load_case(write_case(tmp_path / "third.m", base_mva="50/3")).base_mva == pytest.approx(
+        50 / 3
+    )
 
 
 def test_out_of_service_rows_are_ignored(tmp_path: Path) -> None:
@@ -158,7 +163,9 @@ def test_isolated_bus_takes_its_branches_and_generators_out(tmp_path: Path) -> N
     branch = [*BRANCH, [2, 3, 0, 0.1, 0, 0, 0, 0, 0, 0, 1, -360, 360]]
     gen = [GEN[0], [3, 0, 0, 100, -100, 1, 100, 1, 300, 0]]
     gencost = [GENCOST[0], [2, 0, 0, 3, 0, 1, 0]]
-    case = load_case(write_case(tmp_path / "iso4.m", bus=bus, branch=branch, gen=gen, gencost=gencost))
+    case = load_case(
+        write_case(tmp_path / "iso4.m", bus=bus, branch=branch, gen=gen, gencost=gencost)
+    )
     assert case.branch_status.tolist() == [True, True, False]
     assert case.gen_status.tolist() == [True, False]
 

@@ -15,12 +15,16 @@ line 1-3 and 1/3 on the path 1-2-3; from bus 2 to bus 3: 2/3 on 2-3 and
 
 from __future__ import annotations
 
+import argparse
+import csv
+from pathlib import Path
+
 import numpy as np
 import pytest
-
 from dsosim.federates.common.curves import PRICE_CAP, BidCurve
 from dsosim.federates.iso.case import MatpowerTables, TransmissionCase, case_from_tables
 from dsosim.federates.iso.dcopf import BusCurve, DcOpf, OpfResult, congestion_rent
+from dsosim.runner import cmd_opf
 
 LINES = ((1, 2), (1, 3), (2, 3))
 
@@ -30,11 +34,17 @@ def three_bus(
 ) -> TransmissionCase:
     """The 3-bus case; ``costs`` are (c2, c1, c0) of G1 and G2, both 0..200 MW."""
     bus = np.array(
-        [[b, 3 if b == 1 else 1, 150.0 if b == 3 else 0.0, 0, 0, 0, 1, 1, 0, 230, 1, 1.1, 0.9] for b in (1, 2, 3)]
+        [
+            [b, 3 if b == 1 else 1, 150.0 if b == 3 else 0.0, 0, 0, 0, 1, 1, 0, 230, 1, 1.1, 0.9]
+            for b in (1, 2, 3)
+        ]
     )
     gen = np.array([[b, 0, 0, 100, -100, 1, 100, 1, 200.0, 0.0] for b in (1, 2)])
     branch = np.array(
-        [[f, t, 0.0, 0.1, 0.0, rate13 if (f, t) == (1, 3) else 0.0, 0, 0, 0, 0, 1, -360, 360] for f, t in LINES]
+        [
+            [f, t, 0.0, 0.1, 0.0, rate13 if (f, t) == (1, 3) else 0.0, 0, 0, 0, 0, 1, -360, 360]
+            for f, t in LINES
+        ]
     )
     gencost = np.array([[2, 0, 0, 3, *c] for c in costs], dtype=float)
     return case_from_tables(MatpowerTables("three_bus", 100.0, bus, gen, branch, gencost))
@@ -182,7 +192,11 @@ def test_reclearing_reuses_the_model_and_matches_a_fresh_clear() -> None:
         load = case.bus_pd_mw * rng.uniform(0.8, 1.2, case.n_bus)
         n_owners = int(rng.integers(1, 4))
         curves = [
-            BusCurve(f"o{k}", int(rng.integers(1, 4)), BidCurve(0.0, ((float(rng.uniform(15, 40)), 10.0),)))
+            BusCurve(
+                f"o{k}",
+                int(rng.integers(1, 4)),
+                BidCurve(0.0, ((float(rng.uniform(15, 40)), 10.0),)),
+            )
             for k in range(n_owners)
         ]
         warm = opf.clear(load, curves)
@@ -211,9 +225,6 @@ def test_load_vector_must_align_with_buses() -> None:
 
 
 def run_opf_command(argv: list[str]) -> int:
-    import argparse
-
-    from dsosim.runner import cmd_opf
 
     parser = argparse.ArgumentParser(prog="dsosim")
     cmd_opf.add_parser(parser.add_subparsers(dest="command", required=True))
@@ -221,9 +232,9 @@ def run_opf_command(argv: list[str]) -> int:
     return int(args.handler(args))
 
 
-def test_opf_command_writes_one_row_per_bus(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    import csv
-
+def test_opf_command_writes_one_row_per_bus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "lmp.csv"
     assert run_opf_command(["opf", "case9", "--line-limit-mw", "120", "--out", str(out)]) == 0
     with out.open() as handle:
@@ -237,7 +248,7 @@ def test_opf_command_writes_one_row_per_bus(tmp_path, capsys) -> None:  # type: 
     assert "status optimal" in printed and "total cost" in printed
 
 
-def test_opf_command_bad_case_exits_2(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_opf_command_bad_case_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_opf_command(["opf", "case_no_such_grid", "--out", str(tmp_path / "x.csv")]) == 2
     assert "no such case" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()

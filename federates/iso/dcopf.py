@@ -70,10 +70,9 @@ from dataclasses import dataclass, field, fields
 import highspy
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
-
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR, BidCurve
 from dsosim.federates.iso.case import PW_LINEAR, REF, TransmissionCase
+from scipy.sparse.csgraph import connected_components
 
 STATUS_OPTIMAL = "optimal"
 STATUS_LOAD_SHED = "load_shed"
@@ -320,7 +319,10 @@ class DcOpf:
         b = 1.0 / (case.branch_x[on] * case.branch_tap[on])
         n_on = len(on)
         incidence = sp.csr_matrix(
-            (np.r_[np.ones(n_on), -np.ones(n_on)], (np.r_[np.arange(n_on), np.arange(n_on)], np.r_[f, t])),
+            (
+                np.r_[np.ones(n_on), -np.ones(n_on)],
+                (np.r_[np.arange(n_on), np.arange(n_on)], np.r_[f, t]),
+            ),
             shape=(n_on, nb),
         )
         self._br_on = on
@@ -547,7 +549,9 @@ class DcOpf:
         highs.setOptionValue("threads", 1)
         status = highs.passModel(model)
         if status != highspy.HighsStatus.kOk:
-            raise RuntimeError(f"HiGHS rejected the DC-OPF model of case {self.case.name}: {status}")
+            raise RuntimeError(
+                f"HiGHS rejected the DC-OPF model of case {self.case.name}: {status}"
+            )
         return highs
 
     # ------------------------------------------------------------------ clear
@@ -765,9 +769,14 @@ class DcOpf:
         block_price: list[float] = []
         block_mw: list[float] = []
         for c, bid in enumerate(curves):
-            pos = self._bus_pos.get(int(bid.bus)) if isinstance(bid.bus, (int, np.integer)) else None
+            pos = (
+                self._bus_pos.get(int(bid.bus)) if isinstance(bid.bus, (int, np.integer)) else None
+            )
             if pos is None:
-                raise ValueError(f"curve {c} of {bid.owner!r}: bus {bid.bus!r} is not a bus of case {self.case.name}")
+                raise ValueError(
+                    f"curve {c} of {bid.owner!r}: bus {bid.bus!r} "
+                    f"is not a bus of case {self.case.name}"
+                )
             base_by_bus[pos] += bid.curve.base_mw
             for price, mw in bid.curve.blocks:
                 block_curve.append(c)
@@ -792,7 +801,13 @@ class DcOpf:
         group_cols = self._assign_columns(group_bus)
         self._load_bid_columns(group_cols, group_price, group_mw)
         layout = _BidLayout(
-            np.asarray(block_curve, dtype=np.int64), block_group, mw, group_bus, group_price, group_mw, group_cols
+            np.asarray(block_curve, dtype=np.int64),
+            block_group,
+            mw,
+            group_bus,
+            group_price,
+            group_mw,
+            group_cols,
         )
         return base_by_bus, layout
 
@@ -873,7 +888,11 @@ class DcOpf:
             duals[self._row_flow : self._row_flow + len(self._flow_limited)]
         )
 
-        group_x = np.clip(x[layout.group_cols], 0.0, layout.group_mw) if len(layout.group_cols) else np.zeros(0)
+        group_x = (
+            np.clip(x[layout.group_cols], 0.0, layout.group_mw)
+            if len(layout.group_cols)
+            else np.zeros(0)
+        )
         cleared_blocks = (
             group_x[layout.block_group] * layout.block_mw / layout.group_mw[layout.block_group]
             if len(layout.block_mw)
@@ -881,7 +900,9 @@ class DcOpf:
         )
         curve_mw = np.array([bid.curve.base_mw for bid in curves], dtype=float)
         if len(cleared_blocks):
-            curve_mw += np.bincount(layout.block_curve, weights=cleared_blocks, minlength=len(curves))
+            curve_mw += np.bincount(
+                layout.block_curve, weights=cleared_blocks, minlength=len(curves)
+            )
         bid_by_bus = base_by_bus.copy()
         if len(cleared_blocks):
             np.add.at(bid_by_bus, layout.group_bus, group_x)
@@ -922,7 +943,12 @@ class DcOpf:
         )
 
     def _price_setters(
-        self, gen_mw: np.ndarray, layout: _BidLayout, group_x: np.ndarray, shed: np.ndarray, spill: np.ndarray
+        self,
+        gen_mw: np.ndarray,
+        layout: _BidLayout,
+        group_x: np.ndarray,
+        shed: np.ndarray,
+        spill: np.ndarray,
     ) -> np.ndarray:
         case = self.case
         setter = (shed > SLACK_TOL_MW) | (spill > SLACK_TOL_MW)
@@ -939,7 +965,9 @@ class DcOpf:
             setter[layout.group_bus[partial]] = True
         return setter
 
-    def _failed(self, load: np.ndarray, base_by_bus: np.ndarray, n_curves: int, elapsed: float) -> OpfResult:
+    def _failed(
+        self, load: np.ndarray, base_by_bus: np.ndarray, n_curves: int, elapsed: float
+    ) -> OpfResult:
         case = self.case
         nan_bus = np.full(case.n_bus, np.nan)
         lp_status = self._lp.modelStatusToString(self._lp.getModelStatus())
@@ -991,12 +1019,24 @@ def _solution(highs: highspy.Highs) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _add_columns(
-    highs: highspy.Highs, cost: np.ndarray, lower: np.ndarray, upper: np.ndarray, row: np.ndarray, value: np.ndarray
+    highs: highspy.Highs,
+    cost: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    row: np.ndarray,
+    value: np.ndarray,
 ) -> None:
     """Add columns with one matrix entry each."""
     n = len(cost)
     status = highs.addCols(
-        n, cost, lower, upper, n, np.arange(n, dtype=np.int32), row.astype(np.int32), value.astype(float)
+        n,
+        cost,
+        lower,
+        upper,
+        n,
+        np.arange(n, dtype=np.int32),
+        row.astype(np.int32),
+        value.astype(float),
     )
     if status != highspy.HighsStatus.kOk:
         raise RuntimeError(f"HiGHS could not add {n} columns: {status}")
@@ -1021,7 +1061,13 @@ class _Mirror:
             self.qp_of = np.r_[self.qp_of, np.full(n_lp - len(self.qp_of), -1, dtype=np.int64)]
 
     def add(
-        self, lp_cols: np.ndarray, cost: np.ndarray, lower: np.ndarray, upper: np.ndarray, row: np.ndarray, value: np.ndarray
+        self,
+        lp_cols: np.ndarray,
+        cost: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        row: np.ndarray,
+        value: np.ndarray,
     ) -> None:
         first = self.highs.getNumCol()
         _add_columns(self.highs, cost, lower, upper, row, value)
@@ -1040,7 +1086,11 @@ class _Mirror:
         self.highs.changeColsBounds(len(lp_cols), self._cols(lp_cols), lower, upper)
 
     def hot_start(
-        self, x_lp: np.ndarray, row_value: list[float], col_status: list[object], row_status: list[object]
+        self,
+        x_lp: np.ndarray,
+        row_value: list[float],
+        col_status: list[object],
+        row_status: list[object],
     ) -> None:
         """Start from an LP point and basis. Every LP column absent here must be
         nonbasic at zero in it (so the two bases have the same size)."""
