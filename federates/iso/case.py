@@ -362,7 +362,14 @@ def case_from_tables(tables: MatpowerTables) -> TransmissionCase:
     angmin, angmax = _angle_limits(branch)
     for row in np.flatnonzero(status):
         _check_branch_row(
-            name, row, x[row], tap[row], rate[row], branch[row, SHIFT], f_bus[row], t_bus[row]
+            name,
+            int(row),
+            x[row],
+            tap[row],
+            rate[row],
+            branch[row, SHIFT],
+            int(f_bus[row]),
+            int(t_bus[row]),
         )
 
     return TransmissionCase(

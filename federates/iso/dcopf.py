@@ -87,6 +87,7 @@ QP_REGULARIZATION = 1e-10
 """Hessian regularisation of HiGHS's QP solver (see DcOpf._build_highs)."""
 
 _INF = highspy.kHighsInf
+Statuses = list[highspy.HighsBasisStatus]
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,9 +600,9 @@ class DcOpf:
         rhs = self._balance_rhs(load, base_by_bus)
         nb = self.case.n_bus
         rows = np.arange(nb, dtype=np.int32)
-        self._lp.changeRowsBounds(nb, rows, rhs, rhs)
+        self._lp.changeRowsBounds(nb, rows, rhs, rhs)  # type: ignore[attr-defined]
         if self._qp is not None:
-            self._qp.changeRowsBounds(nb, rows, rhs, rhs)
+            self._qp.changeRowsBounds(nb, rows, rhs, rhs)  # type: ignore[attr-defined]
         started = time.perf_counter()
         solved = self._solve()
         elapsed = time.perf_counter() - started
@@ -688,7 +689,7 @@ class DcOpf:
         basis = self._lp.getBasis()
         col_status, row_status = basis.col_status, basis.row_status
         in_basis = np.zeros(2 * nb, dtype=bool)
-        basic = self._lp.getBasicVariables()[1]
+        basic = self._lp.getBasicVariables()[1]  # type: ignore[attr-defined]
         basic = basic[(basic >= self._col_shed) & (basic < self._col_spill + nb)]
         in_basis[basic - self._col_shed] = True
         slack = slice(self._col_shed, self._col_spill + nb)
@@ -728,7 +729,7 @@ class DcOpf:
         mirror.change_bounds(present, np.zeros(len(present)), upper)
 
     def _run_qp_hot(
-        self, x_lp: np.ndarray, row_status: list[object], starts: tuple[list[object], list[object]]
+        self, x_lp: np.ndarray, row_status: Statuses, starts: tuple[Statuses, Statuses]
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """One QP solve from the LP optimum: first with the crafted basis,
         then with the plain LP basis, then cold."""
@@ -742,7 +743,7 @@ class DcOpf:
         self._qp.clearSolver()
         return mirror.solution() if _run(self._qp, retry_cold=False) else None
 
-    def _crafted_statuses(self, col_status: list[object]) -> list[object]:
+    def _crafted_statuses(self, col_status: Statuses) -> Statuses:
         """The LP basis with quadratic units that were inside their limits at
         the previous optimum marked inactive (``kNonbasic``) instead of at a bound."""
         assert self._pg_prev is not None
@@ -786,6 +787,10 @@ class DcOpf:
         bus = np.asarray(block_bus, dtype=np.int64)
         price = np.asarray(block_price, dtype=float)
         mw = np.asarray(block_mw, dtype=float)
+        group_bus: np.ndarray
+        group_price: np.ndarray
+        group_mw: np.ndarray
+        block_group: np.ndarray
         if len(mw):
             keys = np.stack([bus, price])
             groups, block_group = np.unique(keys, axis=1, return_inverse=True)
@@ -1089,8 +1094,8 @@ class _Mirror:
         self,
         x_lp: np.ndarray,
         row_value: list[float],
-        col_status: list[object],
-        row_status: list[object],
+        col_status: Statuses,
+        row_status: Statuses,
     ) -> None:
         """Start from an LP point and basis. Every LP column absent here must be
         nonbasic at zero in it (so the two bases have the same size)."""
