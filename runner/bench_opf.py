@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from dsosim.federates.iso.case import (
     RATE_A,
     SHIFT,

@@ -12,6 +12,7 @@ import math
 import sys
 
 import numpy as np
+
 from dsosim.federates.iso.case import CaseError, load_case
 from dsosim.federates.iso.dcopf import DcOpf, OpfResult
 

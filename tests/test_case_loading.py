@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dsosim.federates.iso.case import CaseError, load_case, pwl_cost
 from dsosim.federates.iso.dcopf import DcOpf
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dsosim.federates.common.curves import PRICE_CAP, BidCurve
 from dsosim.federates.iso.case import MatpowerTables, TransmissionCase, case_from_tables
 from dsosim.federates.iso.dcopf import BusCurve, DcOpf, OpfResult, congestion_rent

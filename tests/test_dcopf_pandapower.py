@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-pytest.importorskip("pandapower")
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from dsosim.federates.iso.case import (
     RATE_A,
@@ -24,8 +24,8 @@ from dsosim.federates.iso.case import (
 )
 from dsosim.federates.iso.dcopf import DcOpf, OpfResult, lmp_is_unique
 from dsosim.runner.bench_opf import pandapower_net, run_pandapower
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+
+pytest.importorskip("pandapower")
 
 # (branches to limit, fraction of their uncongested flow): the most loaded
 # branches that are not bridges are limited, as far as the case stays feasible.

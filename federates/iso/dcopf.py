@@ -37,6 +37,24 @@ Why B-theta and not PTDF: the B-theta matrix stays as sparse as the network
 case2869pegase); rebuilding nothing between intervals, the sparse model
 re-solves in milliseconds.
 
+Quadratic costs
+---------------
+Linear and piecewise-linear costs give an LP, solved by HiGHS's dual simplex
+and warm-started from the previous basis. Quadratic costs give a convex QP,
+for which HiGHS has an active-set solver; started cold it walks from an
+all-shed vertex of a zero-cost LP and can cycle on the degeneracy there. So
+a second HiGHS instance holds the QP, and each clear first solves the LP
+with quadratic costs replaced by their tangents at the previous dispatch
+(warm simplex, a few pivots), then hot-starts the QP from that optimum with
+the units that were inside their limits marked inactive: when the set of
+binding limits has not changed, one Newton step reaches the QP optimum.
+The QP leaves out the shed/spill columns the LP did not use (added back,
+and the QP re-solved, if a price shows they are needed). Should the QP
+solver still fail, the LP solution is returned with status
+``"approximate"`` and a message; it has not happened in the tests and
+stress runs (library cases up to case_ACTIVSg2000, random loads, bids and
+ratings).
+
 Prices
 ------
 ``lmp`` is the dual of the nodal balance row, in $/MWh, with the sign of
@@ -56,8 +74,8 @@ congested branches, an island with no load and no generation). HiGHS then
 returns the duals of its final basis: a valid price, inside the interval of
 valid prices, but which one may depend on the starting basis, i.e. on the
 intervals cleared before. :meth:`DcOpf.reset` drops the basis to make a
-clear independent of history. With strictly convex (quadratic) costs and
-no such buses, the LMPs are unique.
+clear independent of history. :func:`lmp_is_unique` tells which LMPs of a
+result are unique.
 """
 
 from __future__ import annotations
@@ -70,9 +88,10 @@ from dataclasses import dataclass, field, fields
 import highspy
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR, BidCurve
 from dsosim.federates.iso.case import PW_LINEAR, REF, TransmissionCase
-from scipy.sparse.csgraph import connected_components
 
 STATUS_OPTIMAL = "optimal"
 STATUS_LOAD_SHED = "load_shed"
