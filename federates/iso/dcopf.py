@@ -105,6 +105,9 @@ SLACK_TOL_MW = 1e-6
 QP_REGULARIZATION = 1e-10
 """Hessian regularisation of HiGHS's QP solver (see DcOpf._build_highs)."""
 
+QP_FEASIBILITY_TOL = 1e-6
+"""Primal and dual feasibility tolerance of the QP instance (MW, $/MWh)."""
+
 _INF = highspy.kHighsInf
 Statuses = list[highspy.HighsBasisStatus]
 
@@ -521,6 +524,11 @@ class DcOpf:
             # shifts the LMPs by ~1e-5 $/MWh and keeps the solver cycling at degenerate
             # optima with load shedding; 1e-10 does neither.
             self._qp.setOptionValue("qp_regularization_value", QP_REGULARIZATION)
+            # HiGHS checks a hot start and the QP optimum against 1e-7 absolute; on
+            # thousands of buses the LP optimum and the QP's own result miss that by
+            # ~1e-7 MW, and the QP is then restarted cold or reported failed.
+            self._qp.setOptionValue("primal_feasibility_tolerance", QP_FEASIBILITY_TOL)
+            self._qp.setOptionValue("dual_feasibility_tolerance", QP_FEASIBILITY_TOL)
             self._qp.setOptionValue("qp_iteration_limit", max(1000, 20 * len(self._gen_on)))
         self._pg_prev: np.ndarray | None = None
 
