@@ -215,3 +215,23 @@ def test_mixed_cost_models_in_one_table(tmp_path: Path) -> None:
     case = load_case(write_case(tmp_path / "mixed.m", gen=gen, gencost=gencost))
     assert case.gen_cost_model.tolist() == [2, 1]
     assert case.gen_cost_pwl[1].tolist() == [[0.0, 0.0], [100.0, 2500.0]]
+
+
+def test_angle_difference_limits_are_enforced(tmp_path: Path) -> None:
+    # ANGMIN/ANGMAX of +-0.5 degree on both branches: each carries at most
+    # b * 0.5 deg = 10 pu * 0.008727 rad * 100 MVA = 8.73 MW, so of the 100 MW
+    # load 17.45 MW are served and the rest is shed.
+    branch = [[*row[:11], -0.5, 0.5] for row in BRANCH]
+    case = load_case(write_case(tmp_path / "angles.m", branch=branch))
+    assert case.branch_angmax_deg.tolist() == [0.5, 0.5]
+    result = DcOpf(case).clear(case.bus_pd_mw)
+    limit = 10.0 * np.deg2rad(0.5) * 100.0
+    assert result.status == "load_shed"
+    np.testing.assert_allclose(result.branch_flow_mw, [limit, limit], atol=1e-6)
+    assert result.shed_mw.sum() == pytest.approx(100.0 - 2 * limit)
+
+
+def test_zero_angle_limits_mean_unlimited(tmp_path: Path) -> None:
+    branch = [[*row[:11], 0, 0] for row in BRANCH]
+    case = load_case(write_case(tmp_path / "no_angles.m", branch=branch))
+    assert np.isinf(case.branch_angmin_deg).all() and np.isinf(case.branch_angmax_deg).all()

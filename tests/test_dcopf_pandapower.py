@@ -10,6 +10,8 @@ neither load nor generation, and few.
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 from scipy.sparse import coo_matrix
@@ -23,6 +25,7 @@ from dsosim.federates.iso.case import (
     read_matpower,
 )
 from dsosim.federates.iso.dcopf import DcOpf, OpfResult, lmp_is_unique
+from dsosim.runner import bench_opf
 from dsosim.runner.bench_opf import pandapower_net, run_pandapower
 
 pytest.importorskip("pandapower")
@@ -115,3 +118,13 @@ def test_price_between_two_binding_lines_is_flagged_not_compared() -> None:
     assert not unique[case.bus_index(9)]
     assert_prices_agree(case, result, lam)
     assert result.total_cost == pytest.approx(pp_cost, rel=1e-6)
+
+
+def test_benchmark_command_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(cases="case9", repeats=1, intervals=2, seed=3, cost_seed=None)
+    assert bench_opf.run(args) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].startswith("| case | pandapower ms (median) |")
+    row = table.splitlines()[2].split("|")
+    assert row[1].strip() == "case9"
+    assert float(row[5]) < 1e-3  # max |LMP diff|

@@ -243,7 +243,8 @@ def lmp_is_unique(result: OpfResult, *, rcond: float = 1e-10) -> np.ndarray:
     Generators at a limit only bound the price, so they are not counted:
     the answer errs on the side of "not unique".
 
-    Dense linear algebra: fine up to a few thousand buses.
+    Dense linear algebra (an SVD of a matrix of the size of the network):
+    milliseconds for case118, about a minute for case2869pegase.
     """
     from scipy.linalg import null_space
 
