@@ -329,3 +329,88 @@ def test_relative_redirects_do_not_change_the_working_directory(tmp_path: Path) 
     assert Path.cwd() == cwd
     assert [ld.name for ld in feeder.loads] == ["l"]
     assert feeder.solve().substation_p_mw == pytest.approx(0.1, abs=1e-3)
+
+
+# ------------------------------------------------- speed paths and own DERs
+
+
+def test_branch_currents_from_admittances_match_opendss_after_tap_moves(ieee13: Feeder) -> None:
+    # The regulators move their taps as the load changes; the loadings from the
+    # admittance product must follow OpenDSS's own current report.
+    circuit = ieee13._circuit
+    for m in (1.0, 0.3, 1.4):
+        ieee13.set_load_multipliers(m)
+        state = ieee13.solve()
+        mags = np.asarray(circuit.PDElements.AllCurrentsMagAng)[0::2]
+        ratio = mags[ieee13._branch_picks] / ieee13._branch_ratings
+        expected = np.maximum.reduceat(ratio, ieee13._branch_starts)
+        assert ieee13._currents is not None
+        np.testing.assert_allclose(state.loading, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_ders_at_one_bus_share_one_perturbation(ieee13: Feeder) -> None:
+    ieee13.attach_der("a675", "675")
+    ieee13.attach_der("b675", "675")
+    ieee13.attach_der("c680", "680")
+    ieee13.set_der_mw(np.array([-0.2, 0.1, 0.0]))
+    ieee13.solve()
+    sens = ieee13.sensitivities()
+    np.testing.assert_array_equal(sens.dv_dp[:, 0], sens.dv_dp[:, 1])
+    np.testing.assert_array_equal(sens.dloading_dp_up[:, 0], sens.dloading_dp_up[:, 1])
+    assert not np.allclose(sens.dv_dp[:, 0], sens.dv_dp[:, 2])
+    # ... and it is the slope of either DER alone: moving b675 moves the feeder
+    # as the shared column predicts.
+    base = ieee13.solve(controls=False)
+    ieee13.set_der_mw(np.array([-0.2, -0.2, 0.0]))
+    after = ieee13.solve(controls=False)
+    predicted = base.v_pu + sens.dv_dp[:, 1] * -0.3
+    assert np.max(np.abs(after.v_pu - base.v_pu)) > 0.004
+    assert np.max(np.abs(predicted - after.v_pu)) < 4e-4
+
+
+OWN_DERS = """\
+Clear
+New Circuit.own basekv=12.47 pu=1.0 phases=3 bus1=src MVAsc3=20000 MVAsc1=21000
+New Line.l1 phases=3 bus1=src bus2=b2 r1=0.3 x1=0.6 r0=0.6 x0=1.2 units=km length=2 normamps=400
+New Line.l2 phases=1 bus1=b2.2 bus2=b3.2 r1=0.3 x1=0.6 r0=0.6 x0=1.2 units=km length=1 normamps=200
+New Load.ld bus1=b2 phases=3 kv=12.47 kw=900 kvar=300 model=1
+New Load.ld3 bus1=b3.2 phases=1 kv=7.2 kw=100 kvar=30 model=1
+New PVSystem.roof bus1=b3.2 phases=1 kv=7.2 kva=60 pmpp=50 irradiance=1 pf=1
+New Storage.bess bus1=b2 phases=3 kv=12.47 kwrated=300 kwhrated=1200 %stored=40 %reserve=15
+~ %effcharge=95 %effdischarge=95
+Set VoltageBases=[12.47]
+CalcVoltageBases
+"""
+
+
+def test_the_feeders_own_ders_are_discovered(tmp_path: Path) -> None:
+    master = tmp_path / "own.dss"
+    master.write_text(OWN_DERS)
+    feeder = Feeder(master, name="own")
+    pv, bess = feeder.existing_ders
+    assert (pv.kind, pv.element, pv.bus, pv.phases, pv.kw, pv.kva) == ("pv", "PVSystem.roof", "b3", 1, 50.0, 60.0)
+    assert (bess.kind, bess.bus, bess.phases, bess.kw, bess.kwh) == ("storage", "b2", 3, 300.0, 1200.0)
+    assert bess.soc == pytest.approx(0.4) and bess.reserve == pytest.approx(0.15)
+    assert bess.efficiency == pytest.approx(0.9025)
+    assert pv.enabled and bess.enabled
+
+
+def test_own_pv_counts_in_the_inflexible_balance_until_disabled(tmp_path: Path) -> None:
+    master = tmp_path / "own.dss"
+    master.write_text(OWN_DERS)
+    feeder = Feeder(master, name="own")
+    with_pv = feeder.solve()
+    # The PV injects up to its 50 kW Pmpp at b3 (less OpenDSS's default
+    # inverter losses): net inflexible demand is the loads minus it, and the
+    # head still balances with it.
+    assert 1.0 - 0.05 <= with_pv.load_mw < 1.0 - 0.04
+    assert with_pv.substation_p_mw == pytest.approx(with_pv.load_mw + with_pv.losses_mw, abs=1e-4)
+    disabled = feeder.disable(["pvsystem.ROOF", "Storage.bess"])
+    assert [d.element for d in disabled] == ["PVSystem.roof", "Storage.bess"]
+    assert not any(d.enabled for d in feeder.existing_ders)
+    without = feeder.solve()
+    assert without.load_mw == pytest.approx(1.0, abs=2e-3)
+    assert without.substation_p_mw == pytest.approx(without.load_mw + without.losses_mw, abs=1e-4)
+    assert without.substation_p_mw - with_pv.substation_p_mw > 0.04
+    with pytest.raises(FeederError, match=r"no PV system, storage or generator named \['PVSystem.nope'\]"):
+        feeder.disable(["PVSystem.nope"])

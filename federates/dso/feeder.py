@@ -27,6 +27,19 @@ Conventions
   except those of the source bus and of buses on the regulated winding of a
   regulator (that terminal is boosted on purpose for line-drop compensation and
   serves no customer).
+* The feeder's own PV systems, storage elements and generators (``existing_ders``)
+  stay in the circuit as the utility modelled them unless :meth:`Feeder.disable`
+  takes them out (to hand them to an aggregator); while in, their output counts
+  in ``FeederState.load_mw`` (as negative demand when they inject).
+
+Speed
+-----
+The per-interval cost on feeders of thousands of buses is the OpenDSS solves:
+voltages are read as one numpy array, and branch currents come from one sparse
+product of the branch admittances with those voltages (``_BranchCurrents``)
+instead of OpenDSS's per-element current report, which costs more than a solve.
+:meth:`Feeder.sensitivities` perturbs each *bus* that carries DERs once, not each
+DER.
 """
 
 from __future__ import annotations
@@ -34,12 +47,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import opendssdirect
+from scipy import sparse
 
 VoltageBasis = Literal["ln", "ll"]
 
@@ -81,7 +95,8 @@ class FeederState:
     substation_q_mvar: float
     load_mw: float
     """Power drawn by the inflexible loads (voltage-dependent models included),
-    metered at their terminals."""
+    metered at their terminals, net of the feeder's own PV systems, storage
+    and generators still in the circuit (see ``Feeder.existing_ders``)."""
     der_names: tuple[str, ...]
     der_mw: np.ndarray
     """DER net demand set-points, MW, in attach order."""
@@ -99,11 +114,11 @@ class Sensitivities:
 
     Derivatives are with respect to the DER's net demand in MW (positive =
     more consumption), taken by finite differences of full OpenDSS power flows
-    (``delta_mw`` each way; 2 flows per DER) with regulator taps and capacitor
-    states frozen at the operating point: central differences for voltages and
-    substation power, both one-sided slopes for loadings. Within a control
-    interval the taps do not move, so
-    this is the short-term response; a later tap change shifts the operating
+    (``delta_mw`` each way; 2 flows per bus with DERs: DERs at one bus share
+    them) with regulator taps and capacitor states frozen at the operating
+    point: central differences for voltages and substation power, both
+    one-sided slopes for loadings. Within a control interval the taps do not
+    move, so this is the short-term response; a later tap change shifts the operating
     point, and the next linearisation takes it in.
 
     Accuracy: voltages and losses are smooth in the injections, so the error of
@@ -141,6 +156,29 @@ class Sensitivities:
     one already outside moves further out)."""
     consumption_headroom_mw: np.ndarray
     """Per DER, alone: the same for extra consumption."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingDer:
+    """A PV system, storage element or generator the feeder model already has."""
+
+    kind: Literal["pv", "storage", "generator"]
+    element: str
+    """OpenDSS name with its class, e.g. ``"PVSystem.pv1"``."""
+    bus: str
+    phases: int
+    kw: float
+    """PV: ``Pmpp`` (kW at 1 kW/m2); storage: ``kWrated``; generator: ``kW``."""
+    kva: float
+    kwh: float
+    """Storage: ``kWhrated``; 0 otherwise."""
+    soc: float
+    """Storage: state of charge as compiled (0-1); 0 otherwise."""
+    reserve: float
+    """Storage: the reserve it keeps (``%reserve``, 0-1); 0 otherwise."""
+    efficiency: float
+    """Storage: round trip (``%EffCharge`` x ``%EffDischarge``); 1 otherwise."""
+    enabled: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +236,15 @@ class Feeder:
             raise FeederError(f"feeder {name}: master file {self.master} does not exist")
         self._dss: Any = opendssdirect.NewContext()
         self._dss.Basic.AllowChangeDir(False)
+        # The same engine through DSS-Python, whose array reads are numpy arrays.
+        self._circuit: Any = self._dss.to_dss_python().ActiveCircuit
         self._compile()
         self._index_loads()
         self._index_nodes()
         self._index_branches()
+        self._index_existing_ders()
         self._der_names: list[str] = []
+        self._der_buses: list[str] = []
         self._der_idx: list[int] = []
         self._der_mw = np.zeros(0)
         base = self.solve()
@@ -210,6 +252,7 @@ class Feeder:
             raise FeederError(
                 f"feeder {name}: base case of {self.master} does not converge: {base.message}"
             )
+        self._check_branch_currents()
 
     # ------------------------------------------------------------------ setup
 
@@ -301,14 +344,19 @@ class Feeder:
         return buses
 
     def _index_branches(self) -> None:
-        """Positions of phase-conductor currents in ``PDElements.AllCurrentsMagAng``
-        and the rating each is compared with, so loading is one vectorised pass."""
+        """Branches (lines and transformers with a rating), the phase conductors
+        whose current sets their loading and the rating each is compared with,
+        and the sparse admittances that give those currents from the node
+        voltages (:class:`_BranchCurrents`), so loading is one vectorised pass."""
         dss = self._dss
+        position = {n.lower(): i for i, n in enumerate(dss.Circuit.AllNodeNames())}
+        regulated = self._regulated_transformers()
         names: list[str] = []
         picks: list[int] = []
         ratings: list[float] = []
         starts: list[int] = []
         offset = 0
+        currents = _BranchCurrents(len(position))
         for full in dss.PDElements.AllNames():
             dss.Circuit.SetActiveElement(full)
             n_cond = dss.CktElement.NumConductors()
@@ -320,6 +368,9 @@ class Feeder:
                 if all(r > 0.0 for r in per_terminal):
                     names.append(full)
                     starts.append(len(picks))
+                    local = [t * n_cond + c for t in range(n_term) for c in range(n_ph)]
+                    currents.add(full, len(picks), local, self._element_columns(position),
+                                 self._element_yprim(full), moving=full.lower() in regulated)
                     for t in range(n_term):
                         for c in range(n_ph):
                             picks.append(offset + t * n_cond + c)
@@ -329,6 +380,92 @@ class Feeder:
         self._branch_picks = np.array(picks, dtype=np.intp)
         self._branch_ratings = np.array(ratings)
         self._branch_starts = np.array(starts, dtype=np.intp)
+        self._currents: _BranchCurrents | None = currents.finish(len(picks))
+
+    def _element_columns(self, position: dict[str, int]) -> np.ndarray:
+        """Node index (in ``AllNodeNames`` order) of each conductor of the active
+        element, -1 for ground."""
+        element = self._dss.CktElement
+        n_cond = element.NumConductors()
+        order = element.NodeOrder()
+        cols = []
+        for t, bus in enumerate(element.BusNames()):
+            root = bus.split(".")[0].lower()
+            for c in range(n_cond):
+                node = order[t * n_cond + c]
+                cols.append(position[f"{root}.{node}"] if node > 0 else -1)
+        return np.array(cols, dtype=np.intp)
+
+    def _element_yprim(self, full: str) -> np.ndarray:
+        """The primitive admittance matrix of an element, complex, square."""
+        self._dss.Circuit.SetActiveElement(full)
+        flat = np.asarray(self._circuit.ActiveCktElement.Yprim, dtype=float)
+        y = flat[0::2] + 1j * flat[1::2]
+        n = math.isqrt(len(y))
+        return y.reshape(n, n)
+
+    def _regulated_transformers(self) -> set[str]:
+        """Transformers whose taps a RegControl moves (their admittance changes)."""
+        dss = self._dss
+        found: set[str] = set()
+        if dss.RegControls.Count():
+            dss.RegControls.First()
+            while True:
+                found.add(f"transformer.{dss.RegControls.Transformer()}".lower())
+                if not dss.RegControls.Next():
+                    break
+        return found
+
+    def _check_branch_currents(self) -> None:
+        """Compare the sparse branch currents with OpenDSS's own report once, at
+        the base case; an element the admittance product does not reproduce
+        (an exotic model) makes the feeder use OpenDSS's report throughout."""
+        if self._currents is None or not self._branch_names:
+            return
+        fast = self._read_loading()
+        mags = np.asarray(self._circuit.PDElements.AllCurrentsMagAng)[0::2]
+        ratio = mags[self._branch_picks] / self._branch_ratings
+        slow = np.maximum.reduceat(ratio, self._branch_starts)
+        if not np.allclose(fast, slow, rtol=1e-6, atol=1e-6):
+            self._currents = None
+
+    def _index_existing_ders(self) -> None:
+        """The feeder's own PV systems, storage elements and generators."""
+        dss = self._dss
+        found: list[ExistingDer] = []
+        for kind, cls, names in (("pv", "PVSystem", dss.PVsystems.AllNames()),
+                                 ("storage", "Storage", dss.Storages.AllNames()),
+                                 ("generator", "Generator", dss.Generators.AllNames())):
+            for name in names:
+                if name.lower() == "none":  # the API's answer for an empty class
+                    continue
+                full = f"{cls}.{name}"
+                dss.Circuit.SetActiveElement(full)
+                bus = dss.CktElement.BusNames()[0].split(".")[0]
+                prop = {"pv": "pmpp", "storage": "kwrated", "generator": "kw"}[kind]
+                storage = kind == "storage"
+                found.append(ExistingDer(
+                    kind=kind,  # type: ignore[arg-type]
+                    element=full,
+                    bus=bus,
+                    phases=dss.CktElement.NumPhases(),
+                    kw=self._property(full, prop),
+                    kva=self._property(full, "kva"),
+                    kwh=self._property(full, "kwhrated") if storage else 0.0,
+                    soc=self._property(full, "%stored") / 100.0 if storage else 0.0,
+                    reserve=self._property(full, "%reserve") / 100.0 if storage else 0.0,
+                    efficiency=(self._property(full, "%effcharge")
+                                * self._property(full, "%effdischarge") / 1.0e4) if storage else 1.0,
+                    enabled=bool(dss.CktElement.Enabled()),
+                ))
+        self._existing = tuple(found)
+
+    def _property(self, full: str, prop: str) -> float:
+        self._dss.Text.Command(f"? {full}.{prop}")
+        try:
+            return float(self._dss.Text.Result())
+        except ValueError:
+            return 0.0
 
     def _terminal_ratings(self, full: str, cls: str, n_term: int) -> list[float]:
         dss = self._dss
@@ -393,6 +530,33 @@ class Feeder:
     def der_names(self) -> tuple[str, ...]:
         return tuple(self._der_names)
 
+    @property
+    def existing_ders(self) -> tuple[ExistingDer, ...]:
+        """The PV systems, storage elements and generators the model itself
+        defines (``enabled`` tells whether they are still in the circuit)."""
+        return self._existing
+
+    def disable(self, elements: Sequence[str]) -> tuple[ExistingDer, ...]:
+        """Take some of the feeder's own DERs out of the circuit (e.g. to hand
+        them to an aggregator, which then bids and runs them as DERs of its
+        fleet at the same buses). ``elements`` are names as in
+        :attr:`existing_ders` (``"PVSystem.pv1"``; case-insensitive). Returns
+        what was disabled."""
+        by_name = {d.element.lower(): d for d in self._existing}
+        unknown = [e for e in elements if e.lower() not in by_name]
+        if unknown:
+            raise FeederError(
+                f"feeder {self.name}: no PV system, storage or generator named {unknown}; "
+                f"the feeder has {[d.element for d in self._existing]}"
+            )
+        chosen = {e.lower() for e in elements}
+        for e in chosen:
+            self._dss.Text.Command(f"Edit {by_name[e].element} enabled=no")
+        self._existing = tuple(
+            replace(d, enabled=False) if d.element.lower() in chosen else d for d in self._existing
+        )
+        return tuple(d for d in self._existing if d.element.lower() in chosen)
+
     def load_mw(self) -> float:
         """Inflexible load drawn at the last :meth:`solve` (``FeederState.load_mw``)."""
         return self._last_state.load_mw
@@ -450,6 +614,7 @@ class Feeder:
             "kw=0 pf=1 model=1 vminpu=0.85 vmaxpu=1.15"
         )
         self._der_names.append(name)
+        self._der_buses.append(key)
         self._der_idx.append(self._dss.Loads.Count())
         self._der_mw = np.zeros(len(self._der_names))
 
@@ -497,6 +662,8 @@ class Feeder:
             hunting = exc.args[0] == _MAX_CONTROL_ITER_ERROR
             message = f"OpenDSS #{exc.args[0]}: {exc.args[1]}".strip()
             self._recover()
+        if controls and self._currents is not None and self._currents.needs_refresh:
+            self._currents.refresh(self._element_yprim)
         return self._state(converged, hunting, message)
 
     def _recover(self) -> None:
@@ -539,17 +706,22 @@ class Feeder:
     def _metered_load_mw(self) -> float:
         """Active power the inflexible loads actually draw, MW, read from their
         terminals (differs from the set kW for constant-current or constant-
-        impedance loads, and when a load leaves its vminpu/vmaxpu range)."""
+        impedance loads, and when a load leaves its vminpu/vmaxpu range), plus
+        that of the feeder's own DERs still in the circuit."""
         loads = self._dss.Loads
         element = self._dss.CktElement
         total_kw = 0.0
         for i in range(1, len(self._loads) + 1):
             loads.Idx(i)
-            total_kw += sum(element.Powers()[0::2])
+            total_kw += element.TotalPowers()[0]
+        for der in self._existing:
+            if der.enabled:
+                self._dss.Circuit.SetActiveElement(der.element)
+                total_kw += element.TotalPowers()[0]
         return total_kw / 1000.0
 
     def _read_voltages(self) -> np.ndarray:
-        raw = np.asarray(self._dss.Circuit.AllBusVolts())
+        raw = self._circuit.AllBusVolts
         volts = raw[0::2] + 1j * raw[1::2]
         first = volts[self._node_first]
         if self._ll_rows.any():
@@ -560,9 +732,19 @@ class Feeder:
     def _read_loading(self) -> np.ndarray:
         if not self._branch_names:
             return np.zeros(0)
-        mags = np.asarray(self._dss.PDElements.AllCurrentsMagAng())[0::2]
+        if self._currents is not None:
+            raw = self._circuit.AllBusVolts
+            ratio = self._currents.magnitudes(raw[0::2] + 1j * raw[1::2]) / self._branch_ratings
+            return np.maximum.reduceat(ratio, self._branch_starts)
+        mags = np.asarray(self._circuit.PDElements.AllCurrentsMagAng)[0::2]
         ratio = mags[self._branch_picks] / self._branch_ratings
         return np.maximum.reduceat(ratio, self._branch_starts)
+
+    def _ders_by_bus(self) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {}
+        for j, bus in enumerate(self._der_buses):
+            groups.setdefault(bus, []).append(j)
+        return groups
 
     def _flow_snapshot(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Power flow at frozen controls; voltages, loadings, substation MW."""
@@ -574,8 +756,8 @@ class Feeder:
         self, vmin: float | None = None, vmax: float | None = None, *, delta_mw: float = 0.1
     ) -> Sensitivities:
         """Linearise around the current operating point (the last :meth:`solve`)
-        for every attached DER: 2 power flows per DER at frozen controls, then the
-        operating point is restored. ``vmin``/``vmax`` (default: the feeder's)
+        for every attached DER: 2 power flows per bus with DERs, at frozen
+        controls, then the operating point is restored. ``vmin``/``vmax`` (default: the feeder's)
         are the band the headrooms are measured against."""
         lo = self.vmin if vmin is None else float(vmin)
         hi = self.vmax if vmax is None else float(vmax)
@@ -588,17 +770,21 @@ class Feeder:
         dp = np.zeros(n)
         try:
             v0, l0, _ = self._flow_snapshot()
-            for j, idx in enumerate(self._der_idx):
+            # DERs at one bus are the same injection on the same phases: one
+            # perturbation (of the first of them) serves them all.
+            for members in self._ders_by_bus().values():
+                j = members[0]
+                idx = self._der_idx[j]
                 kw0 = self._der_mw[j] * 1000.0
                 self._set_der_kw(idx, kw0 + delta_mw * 1000.0)
                 v_up, l_up, p_up = self._flow_snapshot()
                 self._set_der_kw(idx, kw0 - delta_mw * 1000.0)
                 v_dn, l_dn, p_dn = self._flow_snapshot()
                 self._set_der_kw(idx, kw0)
-                dv[:, j] = (v_up - v_dn) / (2.0 * delta_mw)
-                dl_up[:, j] = (l_up - l0) / delta_mw
-                dl_down[:, j] = (l0 - l_dn) / delta_mw
-                dp[j] = (p_up - p_dn) / (2.0 * delta_mw)
+                dv[:, members] = ((v_up - v_dn) / (2.0 * delta_mw))[:, None]
+                dl_up[:, members] = ((l_up - l0) / delta_mw)[:, None]
+                dl_down[:, members] = ((l0 - l_dn) / delta_mw)[:, None]
+                dp[members] = (p_up - p_dn) / (2.0 * delta_mw)
             self._flow_snapshot()
         except opendssdirect.DSSException as exc:
             self._recover()
@@ -621,6 +807,69 @@ class Feeder:
             injection_headroom_mw=_frozen(up),
             consumption_headroom_mw=_frozen(down),
         )
+
+
+class _BranchCurrents:
+    """Phase-conductor currents of the branches from the node voltages,
+    ``I = Y_b V``: ``Y_b`` stacks the rows of each branch's primitive admittance
+    that belong to its phase conductors (what OpenDSS itself multiplies). Line
+    admittances are fixed; transformers driven by a RegControl are kept apart
+    and re-read after every solve with controls, since their taps move."""
+
+    def __init__(self, n_nodes: int) -> None:
+        self._n_nodes = n_nodes
+        self._n_rows = 0
+        self._fixed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._moving: list[tuple[str, int, list[int], np.ndarray]] = []
+        self._matrix: Any = None
+        self._moving_matrix: Any = None
+
+    def add(self, element: str, row0: int, local_rows: list[int], cols: np.ndarray,
+            yprim: np.ndarray, *, moving: bool) -> None:
+        if moving:
+            self._moving.append((element, row0, local_rows, cols))
+        else:
+            self._fixed.append(_entries(row0, local_rows, cols, yprim))
+
+    def finish(self, n_rows: int) -> _BranchCurrents:
+        self._n_rows = n_rows
+        self._matrix = self._csr(self._fixed)
+        self._fixed = []
+        self._moving_matrix = None
+        return self
+
+    def refresh(self, yprim_of: Any) -> None:
+        """Re-read the admittances of the tap-changing transformers."""
+        if self._moving:
+            self._moving_matrix = self._csr(
+                [_entries(row0, rows, cols, yprim_of(element))
+                 for element, row0, rows, cols in self._moving])
+
+    @property
+    def needs_refresh(self) -> bool:
+        return bool(self._moving)
+
+    def magnitudes(self, volts: np.ndarray) -> np.ndarray:
+        currents = self._matrix @ volts
+        if self._moving_matrix is not None:
+            currents = currents + self._moving_matrix @ volts
+        return np.abs(currents)
+
+    def _csr(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Any:
+        if not parts:
+            return sparse.csr_matrix((self._n_rows, self._n_nodes), dtype=complex)
+        rows, cols, vals = (np.concatenate(x) for x in zip(*parts, strict=True))
+        return sparse.csr_matrix((vals, (rows, cols)), shape=(self._n_rows, self._n_nodes))
+
+
+def _entries(row0: int, local_rows: list[int], cols: np.ndarray,
+             yprim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """COO entries of the rows ``local_rows`` of ``yprim``, placed from global
+    row ``row0``, over the non-ground node columns ``cols``."""
+    live = np.flatnonzero(cols >= 0)
+    block = yprim[np.ix_(local_rows, live)]
+    rows = np.repeat(np.arange(row0, row0 + len(local_rows)), len(live))
+    return rows, np.tile(cols[live], len(local_rows)), block.ravel()
 
 
 def _headrooms(
