@@ -485,6 +485,20 @@ class Feeder:
     # ---------------------------------------------------------- introspection
 
     @property
+    def engine(self) -> Any:
+        """The OpenDSS engine (an ``opendssdirect`` context) holding this circuit,
+        for read-only inspection (``runner.feeder_inspect``). Changing the circuit
+        through it bypasses this adaptor's indexes."""
+        return self._dss
+
+    def bus_phases(self, bus: str) -> tuple[int, ...]:
+        """Phase nodes (1-3) of a bus."""
+        try:
+            return tuple(self._bus_phases[bus.lower()])
+        except KeyError:
+            raise FeederError(f"feeder {self.name}: no bus {bus!r}") from None
+
+    @property
     def buses(self) -> tuple[str, ...]:
         return tuple(self._dss.Circuit.AllBusNames())
 
