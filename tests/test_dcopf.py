@@ -210,6 +210,30 @@ def test_reclearing_reuses_the_model_and_matches_a_fresh_clear() -> None:
     assert opf.bid_columns <= 3 * 3
 
 
+def test_bid_column_pool_is_reused_across_intervals() -> None:
+    # Three blocks at distinct prices need three columns at bus 3; a later
+    # interval with one block leaves two idle (switched off, not deleted), and
+    # the next interval with three blocks reuses them.
+    case = three_bus()
+    opf = DcOpf(case)
+
+    def curves(prices: list[float]) -> list[BusCurve]:
+        return [BusCurve(f"o{k}", 3, BidCurve(0.0, ((p, 10.0),))) for k, p in enumerate(prices)]
+
+    first = opf.clear(case.bus_pd_mw, curves([40.0, 25.0, 5.0]))
+    assert opf.bid_columns == 3
+    # G1 at $10 serves the $40 and $25 blocks, not the $5 one
+    assert first.curve_mw.tolist() == pytest.approx([10.0, 10.0, 0.0])
+    second = opf.clear(case.bus_pd_mw, curves([25.0]))
+    assert opf.bid_columns == 3
+    assert second.curve_mw.tolist() == pytest.approx([10.0])
+    # the idle columns must not clear anything: load is 150 + 10 MW
+    assert second.gen_mw.sum() == pytest.approx(160.0)
+    third = opf.clear(case.bus_pd_mw, curves([5.0, 40.0, 12.0]))
+    assert opf.bid_columns == 3
+    assert third.curve_mw.tolist() == pytest.approx([0.0, 10.0, 10.0])
+
+
 def test_unknown_curve_bus_is_rejected_with_owner() -> None:
     case = three_bus()
     with pytest.raises(ValueError, match="'dso7'.*bus 42"):
