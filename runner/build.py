@@ -30,6 +30,7 @@ from dsosim.federates.common.config import (
     TimeSettings,
 )
 from dsosim.federates.iso.case import CaseError, load_case
+from dsosim.runner.models import load_model
 from dsosim.runner.placement import bus_peak_loads, place_fleet
 from dsosim.runner.scenario import Scenario, ScenarioError, load_scenario
 
@@ -72,6 +73,7 @@ def build(
     hours: float | None = None,
     port: int | None = None,
     portable: bool = False,
+    model: str | None = None,
 ) -> BuildResult:
     """Write ``federation.json`` and ``runner.json`` for a scenario into ``out_dir``.
 
@@ -82,6 +84,8 @@ def build(
     scenario, base = load_scenario(scenario_path)
     if hours is not None:
         scenario = scenario.model_copy(update={"hours": hours})
+    if model is not None:
+        scenario = scenario.model_copy(update={"model": model})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     out_abs = Path(os.path.abspath(out))
@@ -112,7 +116,8 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
             placed = place_fleet(feeder, agg, seed=scenario.seed, lda=lda.name, loads=loads)
             aggregators.append(
                 AggregatorConfig(name=agg.name, dso=lda.name, buses=tuple(placed["buses"]),
-                                 fleet=placed["spec"], response_error=agg.response_error)
+                                 fleet=placed["spec"], response_error=agg.response_error,
+                                 utility_owned=agg.utility_owned)
             )
         dsos.append(
             DsoConfig(
@@ -149,7 +154,7 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
     return FederationConfig(
         name=scenario.name,
         seed=scenario.seed,
-        model=scenario.model,
+        model=load_model(scenario.model),
         helics=helics,
         time=TimeSettings(interval_s=interval_s, n_intervals=scenario.n_intervals),
         iso=iso,
@@ -185,6 +190,7 @@ def runner_spec(config: FederationConfig, python: str) -> dict[str, Any]:
     entries = [{"name": BROKER_NAME, "directory": ".", "exec": broker}]
     kinds = [("iso", config.iso.name)]
     kinds += [("dso", d.name) for d in config.dsos]
+    kinds += [("imo", name) for name in config.independent_names()]
     kinds += [("aggregator", a.name) for a in config.aggregators]
     kinds += [("recorder", config.recorder.name)]
     for kind, name in kinds:

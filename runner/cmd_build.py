@@ -14,6 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("scenario")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
+    p.add_argument("--model", default=None, choices=("baseline", "1", "2", "3", "4", "5", "6", "layered"),
+                   help="override the scenario's organisational model")
     p.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
     p.add_argument("--portable", action="store_true",
                    help="relative paths and `python` as interpreter (for checked-in runner files)")
@@ -22,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def handle(args: argparse.Namespace) -> int:
     try:
-        result = build(args.scenario, args.out, hours=args.hours, port=args.port, portable=args.portable)
+        result = build(args.scenario, args.out, hours=args.hours, model=args.model, port=args.port, portable=args.portable)
     except (ScenarioError, ValueError, OSError) as exc:
         print(f"dsosim build: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("scenario")
     p.add_argument("--out", default=None, help="output folder (default: runs/<scenario file stem>)")
     p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
+    p.add_argument("--model", default=None, choices=("baseline", "1", "2", "3", "4", "5", "6", "layered"),
+                   help="override the scenario's organisational model")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=handle)
 
@@ -37,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def handle(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.scenario).stem
     try:
-        built = build(args.scenario, out, hours=args.hours)
+        built = build(args.scenario, out, hours=args.hours, model=args.model)
     except (ScenarioError, ValueError, OSError) as exc:
         print(f"dsosim run: {exc}", file=sys.stderr)
         return 2

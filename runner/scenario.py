@@ -53,6 +53,7 @@ class Aggregator(_Section):
     flex_share: float = Field(0.1, ge=0, le=1, description="curtailable share of bus load")
     flex_value: float = Field(60.0, ge=0, le=10000, description="value of curtailable load, $/MWh")
     response_error: float = Field(0.0, ge=0, lt=1, description="std of relative response error")
+    utility_owned: bool = Field(False, description="DERs owned by the utility (may not bid where it is DMO)")
 
 
 class Lda(_Section):
@@ -78,8 +79,8 @@ class Scenario(_Section):
     seed: int = Field(1, ge=0)
     hours: PositiveFloat = Field(24.0, le=24 * 366)
     interval_minutes: float = Field(5.0, ge=0.25, le=60)
-    model: Literal["layered"] = Field(
-        "layered", description="DSO organisational model (only the layered/total-DSO model so far)"
+    model: Literal["baseline", "1", "2", "3", "4", "5", "6", "layered"] = Field(
+        "layered", description="DSO organisational model (configs/models/); layered = model 3"
     )
     transmission: Transmission = Transmission()
     ldas: tuple[Lda, ...] = Field(min_length=1)

@@ -45,7 +45,7 @@ def main() -> int:
             shell.advance(at(k, Phase.RESPOND, dt))
             received = shell.receive()
             setpoints = received[0].setpoints_mw  # type: ignore[union-attr]
-            shell.send(cfg.dso, msg.Measurement(name, k, dict(setpoints)))
+            shell.send(cfg.dso, msg.Measurement(name, k, dict(setpoints), dict(setpoints)))
 
     return run_federate(name, lambda: FederateShell(name, config.helics, recorder=config.recorder.name), body)
 

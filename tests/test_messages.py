@@ -20,8 +20,9 @@ CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
         msg.InterfaceBid("lda1", 3, 5, CURVE.scaled(20)),
         msg.Award("iso", 3, 5, 31.25, 30.0, 1.25, -12.5),
         msg.Dispatch("lda1", 3, {"675": -0.5, "634": 0.1}, {"675": 31.0, "634": 32.5}),
-        msg.Measurement("agg1", 3, {"675": -0.45, "634": 0.1}),
-        msg.Meter("lda1", 3, 5, 48.2),
+        msg.Measurement("agg1", 3, {"675": -0.45, "634": 0.1}, {"675": -0.5, "634": 0.1}),
+        msg.Meter("lda1", 3, 5, 48.2, {"agg:agg1": -0.5}),
+        msg.FleetAward("iso", 3, "agg1", {"675": -0.5}, {"675": 30.0}),
         msg.TableRows("iso", 3, "market", ("interval", "lmp"), ((3, 31.25), (3, 30.0))),
     ],
 )
@@ -89,3 +90,14 @@ def test_curve_quantities_and_combination() -> None:
     assert total.blocks == ((40.0, 1.0), (25.0, 3.0), (-10.0, 0.5))
     with pytest.raises(CurveError, match="scale"):
         CURVE.scaled(0.0)
+
+
+def test_grid_model_round_trip_and_shape_check() -> None:
+    model = msg.GridModel("lda1", 2, ("a_675",), ("675.1", "675.2"), ("line.x",), (1.01, 0.99), (0.5,), (-0.2,),
+                          3.4, ((0.01,), (0.012,)), ((0.1,),), ((-0.1,),), (1.02,))
+    raw = msg.encode(model)
+    assert msg.decode(raw, source="lda1") == model
+    bad = msgpack.unpackb(raw)
+    bad["dv_dp"] = [[0.01]]  # one row for two nodes
+    with pytest.raises(msg.MessageError, match="dv_dp: must be a 2 x 1 matrix"):
+        msg.decode(msgpack.packb(bad), source="lda1")

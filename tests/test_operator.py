@@ -1,4 +1,5 @@
-"""The DSO's distribution-operator role on the shipped IEEE 13-node feeder, without HELICS."""
+"""The utility's grid-operator role and the nodal DMO role on the shipped IEEE
+13-node feeder, without HELICS (what the utility federate does in model 3)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 
 from dsosim.federates.common.config import DsoConfig, LimitsConfig, TimeSettings
 from dsosim.federates.common.curves import BidCurve
-from dsosim.federates.dso.operator import DistributionOperator, LdaError
+from dsosim.federates.dso.grid import GridOperator, LdaError
+from dsosim.federates.dso.lda_market import Limits
+from dsosim.federates.dso.nodal_dmo import BidError, NodalDmo
 
 ROOT = Path(__file__).resolve().parents[1]
 TIME = TimeSettings(interval_s=300.0, n_intervals=288)
@@ -17,11 +20,35 @@ FLEETS = {"a1": ("675", "634"), "a2": ("611",)}
 SCALE = 10.0
 
 
-def _operator(error: float = 0.0, vmax: float = 1.05) -> DistributionOperator:
-    config = DsoConfig(name="lda", iso="iso", feeder="configs/feeders/ieee13/Master.dss", td_bus=5,
-                       scale=SCALE, load_forecast_error=error, limits=LimitsConfig(vmax_pu=vmax),
-                       aggregators=("a1", "a2"))
-    return DistributionOperator(config, FLEETS, TIME, seed=3, base_dir=ROOT)
+class _Operator:
+    """Grid operator and nodal DMO held by one utility, as in model 3."""
+
+    def __init__(self, error: float, vmax: float) -> None:
+        config = DsoConfig(name="lda", iso="iso", feeder="configs/feeders/ieee13/Master.dss", td_bus=5,
+                           scale=SCALE, load_forecast_error=error, limits=LimitsConfig(vmax_pu=vmax),
+                           aggregators=("a1", "a2"))
+        self.grid = GridOperator(config, FLEETS, TIME, seed=3, base_dir=ROOT)
+        self.dmo = NodalDmo("lda", self.grid.locations, ["a1", "a2"], scale=SCALE,
+                            limits=Limits(vmax_pu=vmax), hours=TIME.interval_s / 3600)
+        self.award = (0.0, 0.0)
+
+    def interface_bid(self, k, bids):  # noqa: ANN001, ANN201
+        f = self.grid.forecast(k)
+        return self.dmo.interface_bid(k, bids, f.state, f.sens)
+
+    def dispatch(self, k, lmp, cleared):  # noqa: ANN001, ANN201
+        self.award = (lmp, cleared)
+        out, self.dmo_tables = self.dmo.dispatch(k, lmp, cleared)
+        return out
+
+    def measure(self, k, actual):  # noqa: ANN001, ANN201
+        flow, _, tables = self.grid.measure(k, actual, actual, ["a1", "a2"], *self.award, tariff=25.0)
+        tables["settlements"] = (tables["settlements"][0], tables["settlements"][1] + self.dmo_tables["settlements"][1])
+        return flow, tables
+
+
+def _operator(error: float = 0.0, vmax: float = 1.05) -> _Operator:
+    return _Operator(error, vmax)
 
 
 BIDS = {
@@ -37,7 +64,7 @@ def test_interface_bid_is_the_scaled_feeder_curve() -> None:
     assert curve.max_mw - curve.min_mw == pytest.approx(SCALE * flexible, rel=0.05)
     assert curve.min_mw > 0  # the inflexible feeder load dominates the LDA
     bid_rows = tables["bids"][1]
-    assert len(bid_rows) == 4 and bid_rows[-1][2] == "iso"
+    assert len(bid_rows) == 4 and bid_rows[-1][2] == "iso" and bid_rows[0][2] == "dmo:lda"
 
 
 def test_dispatch_meets_the_award_and_the_books_balance() -> None:
@@ -61,7 +88,7 @@ def test_dispatch_meets_the_award_and_the_books_balance() -> None:
     cols, pay = tables["settlements"]
     ledger = [dict(zip(cols, p, strict=True)) for p in pay]
     to_iso = sum(p["amount"] for p in ledger if p["payee"] == "iso")
-    assert to_iso == pytest.approx(25.0 * td_flow * 300 / 3600, rel=1e-9)
+    assert to_iso == pytest.approx(25.0 * award * 300 / 3600, rel=1e-9)
 
 
 def test_voltage_limit_shapes_the_bid() -> None:
@@ -76,9 +103,9 @@ def test_voltage_limit_shapes_the_bid() -> None:
 
 def test_bad_bids_and_measurements_named() -> None:
     op = _operator()
-    with pytest.raises(LdaError, match=r"bids expected from \['a1', 'a2'\]"):
+    with pytest.raises(BidError, match=r"bids expected from \['a1', 'a2'\]"):
         op.interface_bid(0, {"a1": BIDS["a1"]})
-    with pytest.raises(LdaError, match="'a2' bid at \\['675'\\], where it has no registered DERs"):
+    with pytest.raises(BidError, match="'a2' bid at \\['675'\\], where it has no registered DERs"):
         op.interface_bid(0, {**BIDS, "a2": {"611": BidCurve(0.0), "675": BidCurve(0.0)}})
     curve, _ = op.interface_bid(0, BIDS)
     op.dispatch(0, 25.0, curve.quantity_at(25.0))

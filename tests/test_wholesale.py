@@ -7,7 +7,7 @@ import pytest
 
 from dsosim.federates.common.config import IsoConfig, IsoInterface, TimeSettings
 from dsosim.federates.common.curves import BidCurve
-from dsosim.federates.iso.wholesale import WholesaleMarket
+from dsosim.federates.iso.wholesale import IsoBid, WholesaleMarket
 
 TIME = TimeSettings(interval_s=300.0, n_intervals=4)
 
@@ -18,7 +18,9 @@ def _market(line_limit: float | None = None) -> WholesaleMarket:
     return WholesaleMarket(config, TIME, seed=1)
 
 
-BIDS = {"lda5": BidCurve(20.0, ((30.0, 5.0), (22.0, 5.0))), "lda7": BidCurve(-5.0, ((40.0, 3.0),))}
+CURVES = {"lda5": BidCurve(20.0, ((30.0, 5.0), (22.0, 5.0))), "lda7": BidCurve(-5.0, ((40.0, 3.0),))}
+BIDS = [IsoBid(lda, f"dmo:{lda}", lda, c) for lda, c in CURVES.items()]
+HOLDERS = {"lda5": "dmo:lda5", "lda7": "dmo:lda7"}
 
 
 def _table(clearing, name):  # noqa: ANN001, ANN202
@@ -42,41 +44,56 @@ def test_books_close_under_congestion() -> None:
 
 def test_awards_follow_the_bid_curves() -> None:
     clearing = _market().clear(0, BIDS)
-    for dso, curve in BIDS.items():
-        td_bus, lmp, energy, congestion, cleared = clearing.awards[dso]
+    for dso, curve in CURVES.items():
+        a = clearing.awards[dso]
+        lmp, energy, congestion, cleared = a.lmp, a.lmp_energy, a.lmp_congestion, a.cleared_mw
         assert energy + congestion == pytest.approx(lmp)
         # each award is on its curve at its LMP (blocks at the LMP may be split)
         assert curve.quantity_at(lmp + 1e-6) - 1e-9 <= cleared <= curve.quantity_at(lmp - 1e-6) + 1e-9
-    assert clearing.awards["lda5"][4] > 20.0  # some of lda5's blocks clear at ~24 $/MWh
+    assert clearing.awards["lda5"].cleared_mw > 20.0  # some of lda5's blocks clear at ~24 $/MWh
+
+
+def test_many_bids_at_one_bus_share_the_lmp_and_settle_separately() -> None:
+    bids = [*BIDS, IsoBid("agg/675", "agg:agg", "lda5", BidCurve(-1.0, ((50.0, 2.0),)))]
+    clearing = _market().clear(0, bids)
+    assert clearing.awards["agg/675"].lmp == clearing.awards["lda5"].lmp
+    assert clearing.awards["agg/675"].cleared_mw == pytest.approx(1.0)  # its 50 $/MWh block clears
+    parties = {r["party"] for r in _table(clearing, "awards")}
+    assert parties == {"dmo:lda5", "dmo:lda7", "agg:agg"}
+    assert _table(clearing, "interface")[0]["bids"] == 2
 
 
 def test_lmp_rises_with_the_dso_bid() -> None:
     market = _market()
-    low = market.clear(0, BIDS).awards["lda5"][1]
-    more = dict(BIDS, lda5=BidCurve(60.0, BIDS["lda5"].blocks))
-    high = market.clear(1, more).awards["lda5"][1]
+    low = market.clear(0, BIDS).awards["lda5"].lmp
+    more = [IsoBid("lda5", "dmo:lda5", "lda5", BidCurve(60.0, CURVES["lda5"].blocks)), BIDS[1]]
+    high = market.clear(1, more).awards["lda5"].lmp
     assert high > low + 0.1
 
 
 def test_imbalance_settled_at_the_interval_lmp() -> None:
     market = _market()
     clearing = market.clear(0, BIDS)
-    scheduled, lmp = clearing.awards["lda5"][4], clearing.awards["lda5"][1]
-    tables = market.settle_imbalance(0, {"lda5": scheduled + 3.0, "lda7": clearing.awards["lda7"][4]})
+    scheduled, lmp = clearing.awards["lda5"].cleared_mw, clearing.awards["lda5"].lmp
+    metered = {"lda5": (scheduled + 3.0, {"agg:x": 1.0}), "lda7": (clearing.awards["lda7"].cleared_mw, {})}
+    tables = market.settle_imbalance(0, metered, HOLDERS)
     rows = dict((r[2], r) for r in tables["imbalance"][1])
     assert rows["lda5"][6] == pytest.approx(3.0) and rows["lda7"][6] == pytest.approx(0.0)
     cols, pay = tables["settlements"]
-    amount = dict(zip(cols, pay[0], strict=True))["amount"]
-    assert amount == pytest.approx(lmp * 3.0 * 300 / 3600)
+    charged = {(d["payer"], d["dso"] if "dso" in d else None): d["amount"]
+               for d in (dict(zip(cols, p, strict=True)) for p in pay)}
+    # the meter operator allocated 1 MW to an aggregator; the holder pays the rest
+    assert charged[("agg:x", None)] == pytest.approx(lmp * 1.0 * 300 / 3600)
+    assert charged[("dmo:lda5", None)] == pytest.approx(lmp * 2.0 * 300 / 3600)
 
 
 def test_missing_bid_or_meter_is_an_error() -> None:
     market = _market()
     with pytest.raises(ValueError, match=r"no bid from \['lda7'\]"):
-        market.clear(0, {"lda5": BIDS["lda5"]})
+        market.clear(0, BIDS[:1])
     market.clear(0, BIDS)
     with pytest.raises(ValueError, match="no meter reading from 'lda7'"):
-        market.settle_imbalance(0, {"lda5": 1.0})
+        market.settle_imbalance(0, {"lda5": (1.0, {})}, HOLDERS)
 
 
 def test_unknown_td_bus_rejected() -> None:

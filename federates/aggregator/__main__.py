@@ -14,6 +14,7 @@ import zlib
 from dsosim.federates.aggregator.fleet import Fleet
 from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.common import messages as msg
+from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig, load_federation
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, run_federate
@@ -25,7 +26,9 @@ DER_COLUMNS = ("interval", "aggregator", "battery_charge_mw", "battery_discharge
 
 def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
     cfg = config.aggregator(name)
-    operator = cfg.dso
+    bid_to = routes.bid_target(config, cfg)  # None: passive, self-dispatched at the tariff
+    dispatcher = routes.dispatcher_of(config, cfg)
+    utility = cfg.dso
     fleet = Fleet(fleet_from_json(cfg.fleet), interval_s=config.time.interval_s,
                   n_intervals=config.time.n_intervals, seed=config.seed + zlib.crc32(name.encode()))
     if tuple(fleet.buses) != tuple(cfg.buses):
@@ -34,26 +37,30 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
     for k in range(config.time.n_intervals):
         shell.advance(at(k, Phase.BID, dt))
         bids = fleet.bids(k)
-        shell.send(operator, msg.FleetBid(name, k, tuple(msg.LocatedBid(b, c) for b, c in sorted(bids.items()))))
+        if bid_to is not None:
+            shell.send(bid_to, msg.FleetBid(name, k, tuple(msg.LocatedBid(b, c) for b, c in sorted(bids.items()))))
 
         shell.advance(at(k, Phase.RESPOND, dt))
-        received = shell.receive(allowed_senders=[operator])
-        dispatch = [m for m in received if isinstance(m, msg.Dispatch) and m.interval == k]
-        if len(dispatch) != 1 or len(received) != 1:
-            raise RuntimeError(f"interval {k}: expected one dispatch from {operator!r}, got "
-                               f"{[(m.KIND, m.interval) for m in received]}")
-        d = dispatch[0]
-        outcome = fleet.dispatch(k, dict(d.setpoints_mw), dict(d.prices))
-        shell.send(operator, msg.Measurement(name, k, outcome.actual_by_bus()))
+        received = shell.receive(allowed_senders=[dispatcher] if dispatcher else [])
+        if dispatcher is None:
+            tariff = config.model.tariff
+            setpoints = {b: c.quantity_at(tariff) for b, c in bids.items()}
+            prices = dict.fromkeys(bids, tariff)
+        else:
+            dispatch = [m for m in received if isinstance(m, msg.Dispatch) and m.interval == k]
+            if len(dispatch) != 1 or len(received) != 1:
+                raise RuntimeError(f"interval {k}: expected one dispatch from {dispatcher!r}, got "
+                                   f"{[(m.KIND, m.interval) for m in received]}")
+            setpoints, prices = dict(dispatch[0].setpoints_mw), dict(dispatch[0].prices)
+        outcome = fleet.dispatch(k, setpoints, prices)
+        shell.send(utility, msg.Measurement(name, k, outcome.actual_by_bus(), setpoints))
         shell.record(k, "ders", DER_COLUMNS, [(
             k, name, outcome.battery_charge_mw, outcome.battery_discharge_mw,
             float(outcome.battery_soc.mean()) if outcome.battery_soc.size else float("nan"),
             outcome.pv_output_mw, outcome.pv_curtailed_mw, outcome.flex_served_mw, outcome.flex_curtailed_mw,
             float(outcome.requested_mw.sum()), float(outcome.actual_mw.sum()),
         )])
-        shell.record(k, "traffic", ("interval", "federate", "messages", "bytes"),
-                     [(k, name, shell.traffic.messages, shell.traffic.bytes)])
-        shell.traffic.messages = shell.traffic.bytes = 0
+        shell.record_traffic(k)
 
 
 def main(argv: list[str] | None = None) -> int:

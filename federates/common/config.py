@@ -73,6 +73,22 @@ class AggregatorConfig(Strict):
     buses: tuple[str, ...] = Field(description="feeder buses where its fleet sits (its locations)")
     fleet: dict[str, Any]
     response_error: float = Field(0.0, ge=0, lt=1)
+    utility_owned: bool = Field(False, description="owned by the utility (DMO rule applies)")
+
+
+class OrgModel(Strict):
+    """A DSO organisational model: which role holder runs what (see
+    ``configs/models/``). Everything model-specific in the federation follows
+    from these fields through :mod:`dsosim.federates.common.routes`."""
+
+    name: str = Field(description="baseline, 1 ... 6")
+    title: str
+    vision: Literal["none", "grand_central", "layered"]
+    dmo: Literal["none", "iso", "utility", "independent"]
+    derm: Literal["none", "iso", "utility", "independent", "automatic"]
+    local_market: Literal["none", "nodal", "p2p"]
+    utility_ders_may_bid: bool
+    tariff: float = Field(25.0, description="flat retail tariff passive DERs see, $/MWh")
 
 
 class RecorderConfig(Strict):
@@ -84,7 +100,7 @@ class RecorderConfig(Strict):
 class FederationConfig(Strict):
     name: str
     seed: int
-    model: Literal["layered"] = "layered"
+    model: OrgModel
     helics: HelicsSettings
     time: TimeSettings
     iso: IsoConfig
@@ -93,14 +109,25 @@ class FederationConfig(Strict):
     recorder: RecorderConfig
 
     def federate_names(self) -> list[str]:
-        return [self.iso.name, *(d.name for d in self.dsos), *(a.name for a in self.aggregators),
-                self.recorder.name]
+        return [self.iso.name, *(d.name for d in self.dsos), *self.independent_names(),
+                *(a.name for a in self.aggregators), self.recorder.name]
+
+    def independent_names(self) -> list[str]:
+        """Independent market operator federates (one per LDA) if the model has them."""
+        if "independent" not in (self.model.dmo, self.model.derm):
+            return []
+        return [independent_name(d.name) for d in self.dsos]
 
     def dso(self, name: str) -> DsoConfig:
         return next(d for d in self.dsos if d.name == name)
 
     def aggregator(self, name: str) -> AggregatorConfig:
         return next(a for a in self.aggregators if a.name == name)
+
+
+def independent_name(lda: str) -> str:
+    """Federate name of the independent operator of an LDA."""
+    return f"{lda}_imo"
 
 
 def load_federation(path: str | Path) -> tuple[FederationConfig, Path]:

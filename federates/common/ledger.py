@@ -1,16 +1,18 @@
 """Settlement ledger rows: every payment as ``payer -> payee``.
 
-Parties are named ``kind:name`` (``iso``, ``dso:lda1``, ``gen:3``,
-``load:5``, ``agg:agg1``, ``customers:lda1``). A negative amount is a payment
-the other way. Market operators (the ISO, DSOs acting as DMO) are flagged so
-the books can be closed: see ``recorder.summary.settlement_balance``.
+Parties are roles, named ``kind:name``: ``iso``, ``dmo:lda1`` (the market
+operator inside an LDA, whoever holds the role), ``utility:lda1`` (grid
+operator and load-serving entity), ``customers:lda1``, ``agg:agg1``,
+``gen:3``, ``load:5``. A negative amount is a payment the other way. Market
+operators (the ISO and the DMOs) are flagged so the books can be closed: see
+``recorder.summary.settlement_balance``.
 """
 
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass, fields
 
-OPERATOR_PREFIXES = ("iso", "dso:")
+OPERATOR_PREFIXES = ("iso", "dmo:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,4 +39,4 @@ COLUMNS = (*(f.name for f in fields(Payment)), "amount", "payer_is_operator", "p
 
 
 def is_operator(party: str) -> bool:
-    return party == "iso" or party.startswith("dso:")
+    return party == "iso" or party.startswith("dmo:")

@@ -92,23 +92,68 @@ class Dispatch:
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """Aggregator -> DSO: what the fleet actually did, per location (MW)."""
+    """Aggregator -> utility (grid operator): what the fleet actually did, per
+    location (MW), and the set-point it was following."""
 
     KIND: ClassVar[str] = "measurement"
     sender: str
     interval: int
     actual_mw: Mapping[str, float]
+    setpoint_mw: Mapping[str, float]
 
 
 @dataclass(frozen=True, slots=True)
 class Meter:
-    """DSO -> ISO: metered T-D flow of an interval (scaled MW), for imbalance."""
+    """Utility -> ISO: metered T-D flow of an interval (scaled MW) and who is
+    responsible for its deviation from the schedule: ``allocation`` maps a
+    settlement party (``agg:NAME``, ``dmo:LDA``, ``utility:LDA``) to its
+    deviation in MW; the values sum to metered flow minus total schedule."""
 
     KIND: ClassVar[str] = "meter"
     sender: str
     interval: int
     td_bus: int
     actual_mw: float
+    allocation: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetAward:
+    """ISO -> DERM (model 2): what the ISO cleared for one aggregator's
+    locations, before the DERM turns it into set-points."""
+
+    KIND: ClassVar[str] = "fleet_award"
+    sender: str
+    interval: int
+    aggregator: str
+    awards_mw: Mapping[str, float]
+    prices: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class GridModel:
+    """Utility -> independent market operator: the feeder limits it needs for
+    this interval, as the feeder linearised at the forecast operating point.
+
+    Arrays are row-major nested lists: ``dv_dp`` (monitored nodes x DER
+    locations, pu/MW), ``dloading_up``/``dloading_down`` (branches x DER
+    locations, per MW), and per DER location ``dpsub_dp`` and the operating
+    point ``der_mw``; ``v_pu`` and ``loading`` at the operating point."""
+
+    KIND: ClassVar[str] = "grid_model"
+    sender: str
+    interval: int
+    der_names: tuple[str, ...]
+    node_names: tuple[str, ...]
+    branch_names: tuple[str, ...]
+    v_pu: tuple[float, ...]
+    loading: tuple[float, ...]
+    der_mw: tuple[float, ...]
+    substation_p_mw: float
+    dv_dp: tuple[tuple[float, ...], ...]
+    dloading_up: tuple[tuple[float, ...], ...]
+    dloading_down: tuple[tuple[float, ...], ...]
+    dpsub_dp: tuple[float, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +181,12 @@ class Done:
     interval: int
 
 
-Message = FleetBid | InterfaceBid | Award | Dispatch | Measurement | Meter | TableRows | Done
+Message = (FleetBid | InterfaceBid | Award | Dispatch | Measurement | Meter | FleetAward | GridModel
+           | TableRows | Done)
 KINDS: dict[str, type] = {
     cls.KIND: cls
-    for cls in (FleetBid, InterfaceBid, Award, Dispatch, Measurement, Meter, TableRows, Done)
+    for cls in (FleetBid, InterfaceBid, Award, Dispatch, Measurement, Meter, FleetAward, GridModel,
+                TableRows, Done)
 }
 
 
@@ -312,11 +359,53 @@ def _decode_dispatch(r: _Reader, sender: str, interval: int) -> Dispatch:
 
 
 def _decode_measurement(r: _Reader, sender: str, interval: int) -> Measurement:
-    return Measurement(sender, interval, r.number_map("actual_mw"))
+    actual, setpoints = r.number_map("actual_mw"), r.number_map("setpoint_mw")
+    if set(actual) != set(setpoints):
+        raise r.fail("setpoint_mw", "must name exactly the locations of actual_mw")
+    return Measurement(sender, interval, actual, setpoints)
 
 
 def _decode_meter(r: _Reader, sender: str, interval: int) -> Meter:
-    return Meter(sender, interval, r.integer("td_bus"), r.number("actual_mw"))
+    return Meter(sender, interval, r.integer("td_bus"), r.number("actual_mw"), r.number_map("allocation"))
+
+
+def _decode_fleet_award(r: _Reader, sender: str, interval: int) -> FleetAward:
+    awards, prices = r.number_map("awards_mw"), r.number_map("prices")
+    if set(prices) != set(awards):
+        raise r.fail("prices", "must name exactly the locations of awards_mw")
+    return FleetAward(sender, interval, r.text("aggregator"), awards, prices)
+
+
+def _decode_grid_model(r: _Reader, sender: str, interval: int) -> GridModel:
+    names = {k: r.get(k) for k in ("der_names", "node_names", "branch_names")}
+    for key, value in names.items():
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise r.fail(key, "must be a list of names")
+    n_der, n_node, n_branch = (len(names[k]) for k in ("der_names", "node_names", "branch_names"))
+
+    def vector(key: str, n: int) -> tuple[float, ...]:
+        value = r.get(key)
+        if not (isinstance(value, list) and len(value) == n):
+            raise r.fail(key, f"must be a list of {n} numbers")
+        return tuple(r.number(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+    def matrix(key: str, rows: int, cols: int) -> tuple[tuple[float, ...], ...]:
+        value = r.get(key)
+        if not (isinstance(value, list) and len(value) == rows and all(isinstance(x, list) and len(x) == cols for x in value)):
+            raise r.fail(key, f"must be a {rows} x {cols} matrix")
+        for i, row in enumerate(value):
+            for j, v in enumerate(row):
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    raise r.fail(f"{key}[{i}][{j}]", f"must be a finite number, got {v!r}")
+        return tuple(tuple(float(v) for v in row) for row in value)
+
+    return GridModel(
+        sender, interval, tuple(names["der_names"]), tuple(names["node_names"]), tuple(names["branch_names"]),
+        vector("v_pu", n_node), vector("loading", n_branch), vector("der_mw", n_der),
+        r.number("substation_p_mw"),
+        matrix("dv_dp", n_node, n_der), matrix("dloading_up", n_branch, n_der),
+        matrix("dloading_down", n_branch, n_der), vector("dpsub_dp", n_der),
+    )
 
 
 def _decode_rows(r: _Reader, sender: str, interval: int) -> TableRows:
@@ -344,6 +433,8 @@ _DECODERS = {
     Dispatch.KIND: _decode_dispatch,
     Measurement.KIND: _decode_measurement,
     Meter.KIND: _decode_meter,
+    FleetAward.KIND: _decode_fleet_award,
+    GridModel.KIND: _decode_grid_model,
     TableRows.KIND: _decode_rows,
     Done.KIND: _decode_done,
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import helics as h
@@ -26,13 +26,21 @@ from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import HelicsSettings
 
 
+TRAFFIC_COLUMNS = ("interval", "federate", "to", "kind", "messages", "bytes")
+
+
 @dataclass
 class Traffic:
-    """Messages and bytes this federate sent to market participants (records
-    sent to the recorder are bookkeeping of the simulator, not counted)."""
+    """Messages and bytes this federate sent to market participants, per
+    destination and kind (records sent to the recorder are bookkeeping of the
+    simulator, not counted)."""
 
-    messages: int = 0
-    bytes: int = 0
+    counts: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    def add(self, destination: str, kind: str, size: int) -> None:
+        entry = self.counts.setdefault((destination, kind), [0, 0])
+        entry[0] += 1
+        entry[1] += size
 
 
 class FederateShell:
@@ -72,8 +80,7 @@ class FederateShell:
         raw = msg.encode(message)
         h.helicsEndpointSendBytesTo(self._endpoint, raw, destination)
         if destination != self.recorder:
-            self.traffic.messages += 1
-            self.traffic.bytes += len(raw)
+            self.traffic.add(destination, message.KIND, len(raw))
 
     def record(self, interval: int, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Send rows of a results table to the recorder (if there is one)."""
@@ -84,6 +91,13 @@ class FederateShell:
             msg.TableRows(self.name, interval, table, tuple(columns),
                           tuple(tuple(_plain(v) for v in r) for r in rows)),
         )
+
+    def record_traffic(self, interval: int) -> None:
+        """Send this interval's traffic counts to the recorder and reset them."""
+        rows = [(interval, self.name, dest, kind, n, size)
+                for (dest, kind), (n, size) in sorted(self.traffic.counts.items())]
+        self.traffic.counts.clear()
+        self.record(interval, "traffic", TRAFFIC_COLUMNS, rows)
 
     def receive(self, allowed_senders: Sequence[str] | None = None) -> list[msg.Message]:
         """All messages delivered so far, validated, in a deterministic order."""

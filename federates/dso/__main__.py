@@ -1,9 +1,16 @@
-"""DSO federate: hosts one LDA's distribution operator role on the HELICS bus.
+"""Utility federate of one LDA: the grid operator, plus whatever market roles
+the organisational model places at the utility (see ``common.routes``).
 
-Per interval k (see ``common.schedule``): AGGREGATE reads the aggregators'
-bids and sends the LDA curve to the ISO; DISPATCH reads the award and sends
-set-points; MEASURE reads the actual responses, runs the power flow and
-sends the meter reading to the ISO.
+Per interval k (see ``common.schedule``):
+
+* BID: forecast power flow and linearisation; the grid model goes to an
+  independent market operator if the model has one;
+* AGGREGATE: as DMO (models 3, 5) the LDA's bid from the DER bids; without a
+  market inside the LDA (baseline, models 1-2) the utility's own fixed bid;
+* DISPATCH: the ISO's interface award; as DMO the dispatch of the award; as
+  DERM under an ISO-run DER market (model 2) the awards turned into
+  set-points, overridden where the feeder would be violated;
+* MEASURE: the DERs' actual output, the power flow, the meter reading.
 """
 
 from __future__ import annotations
@@ -11,15 +18,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 
 from dsosim.federates.common import messages as msg
+from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig, load_federation
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, run_federate
-from dsosim.federates.dso.operator import DistributionOperator
+from dsosim.federates.dso.derm_override import override
+from dsosim.federates.dso.dmo_factory import make_dmo
+from dsosim.federates.dso.grid import GridOperator
+from dsosim.federates.dso.grid_model import to_message
+from dsosim.federates.dso.lda_market import Limits
 
 
-def _expect(messages: Sequence[msg.Message], kind: type, interval: int, senders: Sequence[str]) -> dict[str, msg.Message]:
+def expect(messages: Sequence[msg.Message], kind: type, interval: int, senders: Sequence[str]) -> dict[str, msg.Message]:
     """Exactly one message of ``kind`` for ``interval`` from each sender."""
     got: dict[str, msg.Message] = {}
     for m in messages:
@@ -36,36 +51,86 @@ def _expect(messages: Sequence[msg.Message], kind: type, interval: int, senders:
     return got
 
 
-def run(shell: FederateShell, config: FederationConfig, name: str, base_dir) -> None:  # noqa: ANN001
+def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Path) -> None:
     cfg = config.dso(name)
     fleets = {a: config.aggregator(a).buses for a in cfg.aggregators}
-    operator = DistributionOperator(cfg, fleets, config.time, seed=config.seed, base_dir=base_dir)
-    aggs = list(cfg.aggregators)
+    grid = GridOperator(cfg, fleets, config.time, seed=config.seed, base_dir=base_dir)
+    in_market = [a for a in cfg.aggregators if routes.bids_in_market(config, config.aggregator(a))]
+    dmo = make_dmo(config, cfg, grid.locations) if routes.local_dmo_of(config, cfg) == name else None
+    is_derm = routes.derm_of(config, cfg) == name and dmo is None  # model 2
+    model_to = routes.grid_model_target(config, cfg)
+    limits = Limits(vmin_pu=cfg.limits.vmin_pu, vmax_pu=cfg.limits.vmax_pu, max_loading=cfg.limits.max_loading)
+    element_index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(grid.locations)}
     dt = config.time.interval_s
     for k in range(config.time.n_intervals):
+        shell.advance(at(k, Phase.BID, dt))
+        forecast = grid.forecast(k)
+        if model_to is not None:
+            shell.send(model_to, to_message(name, k, forecast.state, forecast.sens))
+
         shell.advance(at(k, Phase.AGGREGATE, dt))
-        bids = _expect(shell.receive(allowed_senders=aggs), msg.FleetBid, k, aggs)
-        curve, tables = operator.interface_bid(
-            k, {a: {b.location: b.curve for b in m.bids} for a, m in bids.items()})  # type: ignore[attr-defined]
-        shell.send(cfg.iso, msg.InterfaceBid(name, k, cfg.td_bus, curve))
-        _record(shell, k, tables)
+        if dmo is not None:
+            bids = expect(shell.receive(allowed_senders=in_market), msg.FleetBid, k, in_market)
+            curve, tables = dmo.interface_bid(
+                k, {a: {b.location: b.curve for b in m.bids} for a, m in bids.items()},  # type: ignore[attr-defined]
+                forecast.state, forecast.sens)
+            shell.send(cfg.iso, msg.InterfaceBid(name, k, cfg.td_bus, curve))
+            record(shell, k, tables)
+        elif routes.local_dmo_of(config, cfg) is None:
+            shell.send(cfg.iso, msg.InterfaceBid(name, k, cfg.td_bus, grid.utility_bid(in_market)))
 
         shell.advance(at(k, Phase.DISPATCH, dt))
-        award = _expect(shell.receive(allowed_senders=[cfg.iso]), msg.Award, k, [cfg.iso])[cfg.iso]
-        for agg, (setpoints, prices) in sorted(operator.dispatch(k, award.lmp, award.cleared_mw).items()):  # type: ignore[attr-defined]
-            shell.send(agg, msg.Dispatch(name, k, setpoints, prices))
+        received = shell.receive(allowed_senders=[cfg.iso])
+        awards = [m for m in received if isinstance(m, msg.Award)]
+        award = expect(awards, msg.Award, k, [cfg.iso])[cfg.iso]
+        if dmo is not None:
+            dispatch, tables = dmo.dispatch(k, award.lmp, award.cleared_mw)  # type: ignore[attr-defined]
+            for agg, (setpoints, prices) in sorted(dispatch.items()):
+                shell.send(agg, msg.Dispatch(name, k, setpoints, prices))
+            record(shell, k, tables)
+        if is_derm:
+            by_agg: dict[str, msg.FleetAward] = {}
+            for m in received:
+                if isinstance(m, msg.FleetAward):
+                    if m.interval != k or m.aggregator in by_agg or m.aggregator not in in_market:
+                        raise msg.MessageError(m.sender, "fleet_award.aggregator",
+                                               f"unexpected award for {m.aggregator!r} at interval {m.interval}")
+                    by_agg[m.aggregator] = m
+            missing = sorted(set(in_market) - set(by_agg))
+            if missing:
+                raise RuntimeError(f"interval {k}: no ISO award for {missing}")
+            _override_and_dispatch(shell, k, by_agg, grid, forecast, limits, element_index, grid.scale)
 
         shell.advance(at(k, Phase.MEASURE, dt))
-        got = _expect(shell.receive(allowed_senders=aggs), msg.Measurement, k, aggs)
-        td_flow, tables = operator.measure(k, {a: m.actual_mw for a, m in got.items()})  # type: ignore[attr-defined]
-        shell.send(cfg.iso, msg.Meter(name, k, cfg.td_bus, td_flow))
-        _record(shell, k, tables)
-        shell.record(k, "traffic", ("interval", "federate", "messages", "bytes"),
-                     [(k, name, shell.traffic.messages, shell.traffic.bytes)])
-        shell.traffic.messages = shell.traffic.bytes = 0
+        got = expect(shell.receive(allowed_senders=list(cfg.aggregators)), msg.Measurement, k, cfg.aggregators)
+        td_flow, allocation, tables = grid.measure(
+            k, {a: m.actual_mw for a, m in got.items()}, {a: m.setpoint_mw for a, m in got.items()},  # type: ignore[attr-defined]
+            in_market, award.lmp, award.cleared_mw, tariff=config.model.tariff)
+        shell.send(cfg.iso, msg.Meter(name, k, cfg.td_bus, td_flow, allocation))
+        record(shell, k, tables)
+        shell.record_traffic(k)
 
 
-def _record(shell: FederateShell, k: int, tables: dict) -> None:  # noqa: ANN001
+def _override_and_dispatch(shell: FederateShell, k: int, by_agg: dict, grid: GridOperator, forecast,  # noqa: ANN001
+                           limits: Limits, element_index: dict, scale: float) -> None:
+    """Model 2: ISO awards (scaled, per location) to feasible set-points."""
+    keys = [(agg, bus) for agg in sorted(by_agg) for bus in sorted(by_agg[agg].awards_mw)]
+    awards = np.array([by_agg[a].awards_mw[b] / scale for a, b in keys])
+    # The utility does not see the bids (they went to the ISO): an override may
+    # only curtail an award toward zero (less injection or less consumption),
+    # which every DER can deliver.
+    lo = np.minimum(awards, 0.0)
+    hi = np.maximum(awards, 0.0)
+    setpoints = override(awards, lo, hi, [element_index[key] for key in keys], forecast.state, forecast.sens, limits)
+    rows = []
+    for agg in sorted(by_agg):
+        sp = {b: float(setpoints[keys.index((agg, b))]) for b in sorted(by_agg[agg].awards_mw)}
+        shell.send(agg, msg.Dispatch(shell.name, k, sp, dict(by_agg[agg].prices)))
+        rows += [(k, grid.name, agg, b, by_agg[agg].awards_mw[b] / scale, sp[b]) for b in sp]
+    shell.record(k, "overrides", ("interval", "dso", "aggregator", "location", "award_mw", "setpoint_mw"), rows)
+
+
+def record(shell: FederateShell, k: int, tables: dict) -> None:  # noqa: ANN001
     for table, (cols, rows) in tables.items():
         shell.record(k, table, cols, rows)
 

@@ -1,8 +1,12 @@
 """ISO federate: hosts the wholesale market role on the HELICS bus.
 
-Per interval k (see ``common.schedule``): at CLEAR it reads the DSOs'
-interface bids for k and their meter readings for k-1, settles k-1's
-imbalance, clears k and sends each DSO its award.
+Per interval k (see ``common.schedule``) at CLEAR it reads the bids for k at
+every T-D bus (one per LDA from its market operator in the layered models;
+the utility's plus each aggregator's per-location curves in the grand-central
+models) and the meter readings for k-1, settles k-1's imbalance, clears k,
+and sends: every utility its interface award (LMP and schedule); a separate
+market operator its award; in model 1 (ISO as DERM) every aggregator its
+dispatch; in model 2 the utility (DERM) each aggregator's awards.
 """
 
 from __future__ import annotations
@@ -11,43 +15,103 @@ import argparse
 import sys
 
 from dsosim.federates.common import messages as msg
+from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig, load_federation
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, run_federate
-from dsosim.federates.iso.wholesale import WholesaleMarket
+from dsosim.federates.iso.wholesale import IsoBid, WholesaleMarket
+
+
+def _expected(config: FederationConfig) -> dict[str, tuple[str, str]]:
+    """Bidder federate -> (LDA, settlement party) at every T-D bus."""
+    out = {}
+    for dso in config.dsos:
+        local = routes.local_dmo_of(config, dso)
+        for bidder in routes.td_bidders(config, dso):
+            if bidder == local:
+                out[bidder] = (dso.name, f"dmo:{dso.name}")
+            elif bidder == dso.name:
+                out[bidder] = (dso.name, f"utility:{dso.name}")
+            else:
+                out[bidder] = (dso.name, f"agg:{bidder}")
+    return out
+
+
+def _holder(config: FederationConfig, lda: str) -> str:
+    """Party responsible for an LDA's imbalance beyond what the meter allocates."""
+    return f"dmo:{lda}" if routes.local_dmo_of(config, config.dso(lda)) else f"utility:{lda}"
 
 
 def run(shell: FederateShell, config: FederationConfig) -> None:
     market = WholesaleMarket(config.iso, config.time, seed=config.seed)
-    dsos = sorted(market.interfaces)
+    expected = _expected(config)
+    utilities = [d.name for d in config.dsos]
+    senders = sorted(set(expected) | set(utilities))
+    holders = {d.name: _holder(config, d.name) for d in config.dsos}
     n = config.time.n_intervals
     for k in range(n + 1):
         shell.advance(at(k, Phase.CLEAR, config.time.interval_s))
-        bids, meters = {}, {}
-        for m in shell.receive(allowed_senders=dsos):
-            if isinstance(m, msg.InterfaceBid) and m.interval == k < n:
-                if m.td_bus != market.interfaces[m.sender]:
-                    raise msg.MessageError(m.sender, "interface_bid.td_bus",
-                                           f"{m.td_bus} is not its T-D bus {market.interfaces[m.sender]}")
-                bids[m.sender] = m.curve
-            elif isinstance(m, msg.Meter) and m.interval == k - 1:
-                meters[m.sender] = m.actual_mw
-            else:
+        bids: list[IsoBid] = []
+        got: set[str] = set()
+        meters: dict[str, tuple[float, dict[str, float]]] = {}
+        for m in shell.receive(allowed_senders=senders):
+            if isinstance(m, msg.Meter) and m.interval == k - 1 and m.sender in utilities:
+                meters[m.sender] = (m.actual_mw, dict(m.allocation))
+                continue
+            if m.interval != k or k == n or m.sender not in expected or m.sender in got:
                 raise msg.MessageError(m.sender, f"{m.KIND}.interval",
                                        f"unexpected {m.KIND} for interval {m.interval} at interval {k}")
+            got.add(m.sender)
+            lda, party = expected[m.sender]
+            if isinstance(m, msg.InterfaceBid) and not party.startswith("agg:"):
+                if m.td_bus != market.interfaces[lda]:
+                    raise msg.MessageError(m.sender, "interface_bid.td_bus",
+                                           f"{m.td_bus} is not the T-D bus {market.interfaces[lda]} of {lda}")
+                key = lda if party.startswith("dmo:") else f"{lda}/utility"
+                bids.append(IsoBid(key, party, lda, m.curve))
+            elif isinstance(m, msg.FleetBid) and party.startswith("agg:"):
+                bids.extend(IsoBid(f"{m.sender}/{b.location}", party, lda, b.curve) for b in m.bids)
+            else:
+                raise msg.MessageError(m.sender, "kind", f"{m.KIND} is not what the ISO expects from it")
         if k > 0:
-            for table, (cols, rows) in market.settle_imbalance(k - 1, meters).items():
+            for table, (cols, rows) in market.settle_imbalance(k - 1, meters, holders).items():
                 shell.record(k - 1, table, cols, rows)
         if k == n:
             break
+        missing = sorted(set(expected) - got)
+        if missing:
+            raise RuntimeError(f"interval {k}: no bid from {missing}")
         clearing = market.clear(k, bids)
-        for dso, (td_bus, lmp, energy, congestion, cleared) in sorted(clearing.awards.items()):
-            shell.send(dso, msg.Award(shell.name, k, td_bus, lmp, energy, congestion, cleared))
+        _send_awards(shell, config, k, clearing.awards)
         for table, (cols, rows) in clearing.tables.items():
             shell.record(k, table, cols, rows)
-        shell.record(k, "traffic", ("interval", "federate", "messages", "bytes"),
-                     [(k, shell.name, shell.traffic.messages, shell.traffic.bytes)])
-        shell.traffic.messages = shell.traffic.bytes = 0
+        shell.record_traffic(k)
+
+
+def _send_awards(shell: FederateShell, config: FederationConfig, k: int, awards: dict) -> None:  # noqa: ANN001
+    for dso in config.dsos:
+        lda = dso.name
+        mine = {key: a for key, a in awards.items() if key == lda or key.startswith(f"{lda}/")
+                or key.split("/")[0] in dso.aggregators}
+        any_line = next(iter(mine.values()))
+        total = sum(a.cleared_mw for a in mine.values())
+        interface = msg.Award(shell.name, k, dso.td_bus, any_line.lmp, any_line.lmp_energy,
+                              any_line.lmp_congestion, total)
+        shell.send(lda, interface)  # the utility always learns its interface's price and schedule
+        local = routes.local_dmo_of(config, dso)
+        if local is not None and local != lda:
+            shell.send(local, interface)
+        for agg in dso.aggregators:
+            lines = {key.split("/", 1)[1]: a for key, a in mine.items() if key.split("/")[0] == agg}
+            if not lines:
+                continue
+            setpoints = {loc: a.cleared_mw for loc, a in sorted(lines.items())}
+            prices = {loc: a.lmp for loc, a in sorted(lines.items())}
+            derm = routes.derm_of(config, dso)
+            if derm == shell.name:
+                shell.send(agg, msg.Dispatch(shell.name, k, setpoints, prices))
+            else:
+                shell.send(derm, msg.FleetAward(shell.name, k, agg, setpoints, prices))  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:

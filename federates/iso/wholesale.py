@@ -9,7 +9,7 @@ settled at the LMP of the interval it happened in, once the meter arrives.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,9 +28,36 @@ GEN_COLUMNS = ("interval", "gen", "bus", "mw")
 ISO_COLUMNS = ("interval", "hours", "status", "generation_cost", "congestion_rent", "shed_mw",
                "fixed_load_mw", "bids", "binding_lines")
 INTERFACE_COLUMNS = ("interval", "hours", "dso", "td_bus", "lmp", "lmp_energy", "lmp_congestion",
-                     "cleared_mw", "bid_min_mw", "bid_max_mw")
+                     "cleared_mw", "bid_min_mw", "bid_max_mw", "bids")
+AWARD_COLUMNS = ("interval", "key", "party", "dso", "td_bus", "lmp", "cleared_mw", "bid_min_mw", "bid_max_mw")
 IMBALANCE_COLUMNS = ("interval", "hours", "dso", "td_bus", "scheduled_mw", "actual_mw",
                      "imbalance_mw", "price")
+
+
+@dataclass(frozen=True)
+class IsoBid:
+    """One curve the ISO clears at a T-D bus.
+
+    ``key`` identifies the bid in the award (e.g. ``lda5`` or
+    ``agg_solar/675``); ``party`` is who settles it (``dmo:lda5``,
+    ``utility:lda5``, ``agg:agg_solar``); ``lda`` the interface it belongs to.
+    """
+
+    key: str
+    party: str
+    lda: str
+    curve: BidCurve
+
+
+@dataclass(frozen=True)
+class AwardLine:
+    """What the ISO cleared for one bid."""
+
+    td_bus: int
+    lmp: float
+    lmp_energy: float
+    lmp_congestion: float
+    cleared_mw: float
 
 
 @dataclass
@@ -38,8 +65,7 @@ class Clearing:
     """What one interval's clearing produced."""
 
     status: str
-    awards: dict[str, tuple[int, float, float, float, float]]
-    """dso -> (td_bus, lmp, lmp_energy, lmp_congestion, cleared_mw)"""
+    awards: dict[str, AwardLine]
     tables: dict[str, tuple[tuple[str, ...], Rows]] = field(default_factory=dict)
 
 
@@ -64,34 +90,46 @@ class WholesaleMarket:
             self.profile = np.ones(time.n_intervals)
         else:
             self.profile = wholesale_load(time.n_intervals, time.interval_s)
-        self._schedules: dict[tuple[int, str], tuple[float, float]] = {}
+        self._schedules: dict[tuple[int, str], tuple[str, str, float, float]] = {}
 
     def fixed_load(self, interval: int) -> np.ndarray:
         return self.case.bus_pd_mw * self.config.load_scale * self.profile[interval]
 
-    def clear(self, interval: int, bids: Mapping[str, BidCurve]) -> Clearing:
-        """Clear one interval given exactly one curve per DSO interface."""
-        missing = sorted(set(self.interfaces) - set(bids))
+    def clear(self, interval: int, bids: Sequence[IsoBid]) -> Clearing:
+        """Clear one interval: every bid at its LDA's T-D bus, beside the
+        case's fixed loads. Each LDA must have at least one bid."""
+        missing = sorted(set(self.interfaces) - {b.lda for b in bids})
         if missing:
             raise ValueError(f"interval {interval}: no bid from {missing}")
-        owners = sorted(bids)
-        curves = [BusCurve(owner=o, bus=self.interfaces[o], curve=bids[o]) for o in owners]
+        unknown = sorted({b.lda for b in bids} - set(self.interfaces))
+        if unknown:
+            raise ValueError(f"interval {interval}: bids for unknown LDAs {unknown}")
+        bids = sorted(bids, key=lambda b: b.key)
+        curves = [BusCurve(owner=b.key, bus=self.interfaces[b.lda], curve=b.curve) for b in bids]
         fixed = self.fixed_load(interval)
         res = self.opf.clear(fixed, curves)
         lmp = res.lmp
         out = Clearing(status=res.status, awards={})
         k, h = interval, self.hours
         pay: list[ledger.Payment] = []
-        iface_rows: Rows = []
-        for o, curve, cleared in zip(owners, curves, res.curve_mw, strict=True):
+        award_rows: Rows = []
+        for bid, curve, cleared in zip(bids, curves, res.curve_mw, strict=True):
             i = self.bus_index[curve.bus]
-            award = (curve.bus, float(lmp[i]), float(res.lmp_energy[i]), float(res.lmp_congestion[i]),
-                     float(cleared))
-            out.awards[o] = award
-            self._schedules[(k, o)] = (float(cleared), float(lmp[i]))
-            iface_rows.append((k, h, o, curve.bus, *award[1:], curve.curve.min_mw, curve.curve.max_mw))
-            pay.append(ledger.Payment(k, "iso", f"dso:{o}", "iso", "energy", float(cleared), float(lmp[i]), h))
-        # Everything withdrawn at a bus except the DSO curves: fixed load net of
+            line = AwardLine(curve.bus, float(lmp[i]), float(res.lmp_energy[i]), float(res.lmp_congestion[i]),
+                             float(cleared))
+            out.awards[bid.key] = line
+            self._schedules[(k, bid.key)] = (bid.lda, bid.party, line.cleared_mw, line.lmp)
+            award_rows.append((k, bid.key, bid.party, bid.lda, curve.bus, line.lmp, line.cleared_mw,
+                               bid.curve.min_mw, bid.curve.max_mw))
+            pay.append(ledger.Payment(k, "iso", bid.party, "iso", "energy", line.cleared_mw, line.lmp, h))
+        iface_rows: Rows = []
+        for lda, bus in sorted(self.interfaces.items()):
+            i = self.bus_index[bus]
+            mine = [r for r in award_rows if r[3] == lda]
+            iface_rows.append((k, h, lda, bus, float(lmp[i]), float(res.lmp_energy[i]),
+                               float(res.lmp_congestion[i]), sum(r[6] for r in mine), sum(r[7] for r in mine),
+                               sum(r[8] for r in mine), len(mine)))
+        # Everything withdrawn at a bus except the bids: fixed load net of
         # shedding, shunts, spilled surplus. Charged at the LMP like any load.
         served = res.withdrawal_mw.copy()
         for curve, cleared in zip(curves, res.curve_mw, strict=True):
@@ -113,6 +151,7 @@ class WholesaleMarket:
         ])
         out.tables["generators"] = (GEN_COLUMNS, gen_rows)
         out.tables["interface"] = (INTERFACE_COLUMNS, iface_rows)
+        out.tables["awards"] = (AWARD_COLUMNS, award_rows)
         out.tables["iso"] = (ISO_COLUMNS, [(
             k, h, res.status, float(res.total_cost) * h, float(congestion_rent(res)) * h,
             float(res.shed_mw.sum()), float(fixed.sum()), len(curves), len(res.binding),
@@ -120,18 +159,30 @@ class WholesaleMarket:
         out.tables["settlements"] = (ledger.COLUMNS, [p.row() for p in pay])
         return out
 
-    def settle_imbalance(self, interval: int, metered: Mapping[str, float]) -> dict[str, tuple[tuple[str, ...], Rows]]:
-        """Charge each DSO (actual - scheduled) MW at that interval's LMP."""
+    def settle_imbalance(self, interval: int, metered: Mapping[str, tuple[float, Mapping[str, float]]],
+                         holders: Mapping[str, str]) -> dict[str, tuple[tuple[str, ...], Rows]]:
+        """Settle each LDA's metered T-D flow against its schedules, at that
+        interval's LMP. ``metered[lda] = (flow_mw, allocation)``: the meter
+        operator names parties responsible for part of the deviation (e.g.
+        aggregators off their set-points); the rest is charged to the LDA's
+        schedule holder ``holders[lda]``."""
         rows: Rows = []
         pay: list[ledger.Payment] = []
-        for dso in sorted(self.interfaces):
-            if dso not in metered:
-                raise ValueError(f"interval {interval}: no meter reading from {dso!r}")
-            scheduled, price = self._schedules.pop((interval, dso))
-            actual = float(metered[dso])
-            rows.append((interval, self.hours, dso, self.interfaces[dso], scheduled, actual,
-                         actual - scheduled, price))
-            pay.append(ledger.Payment(interval, "iso", f"dso:{dso}", "iso", "imbalance",
-                                      actual - scheduled, price, self.hours))
+        for lda in sorted(self.interfaces):
+            if lda not in metered:
+                raise ValueError(f"interval {interval}: no meter reading from {lda!r}")
+            keys = sorted(key for (k, key) in self._schedules if k == interval)
+            mine = [self._schedules.pop((interval, key)) for key in keys if self._schedules[(interval, key)][0] == lda]
+            scheduled = sum(m[2] for m in mine)
+            price = mine[0][3] if mine else 0.0
+            actual, allocation = metered[lda]
+            deviation = actual - scheduled
+            rows.append((interval, self.hours, lda, self.interfaces[lda], scheduled, actual, deviation, price))
+            remainder = deviation
+            for party, mw in sorted(allocation.items()):
+                pay.append(ledger.Payment(interval, "iso", party, "iso", "imbalance", mw, price, self.hours))
+                remainder -= mw
+            pay.append(ledger.Payment(interval, "iso", holders[lda], "iso", "imbalance", remainder, price,
+                                      self.hours))
         return {"imbalance": (IMBALANCE_COLUMNS, rows),
                 "settlements": (ledger.COLUMNS, [p.row() for p in pay])}

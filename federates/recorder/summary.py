@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from dsosim.federates.common.ledger import is_operator
+
 
 def read_table(results_dir: str | Path, table: str) -> pd.DataFrame:
     """One result table (all its part files), or an empty frame."""
@@ -58,6 +60,8 @@ def summarise(results_dir: str | Path) -> dict[str, Any]:
     if not traffic.empty:
         out["messages"] = int(traffic["messages"].sum())
         out["bytes"] = int(traffic["bytes"].sum())
+    if not iso.empty:
+        out["iso_bids"] = _r(iso["bids"].mean(), 3)
     return out
 
 
@@ -65,42 +69,39 @@ def settlement_balance(ledger: pd.DataFrame, iso: pd.DataFrame) -> dict[str, Any
     """Close the books.
 
     Every ledger row is a payment ``payer -> payee`` of ``amount`` $ in one
-    ``market``. Market operators (``operator`` column true for their side)
-    keep what buyers pay beyond what sellers receive. For the wholesale market
-    that surplus must equal the congestion rent computed from line flows and
-    price differences (an independent figure the ISO records), plus the
-    imbalance charges it collected; for an LDA market it is the DSO's surplus.
+    ``market``. Market operators (the ISO, the DMOs) keep what buyers pay
+    beyond what sellers receive. For the ISO that must be the congestion rent
+    (computed independently from line flows and LMP differences) plus the
+    imbalance charges it collected; a DMO keeps its surplus (distribution
+    congestion and loss rent, net of the imbalance it was charged).
     ``settlement_residual`` = buyers paid - sellers received - congestion rent
-    - operator surpluses, and is zero when the books close.
+    - imbalance charges - DMO surpluses: zero when the books close. It is not
+    zero by construction: the ISO's and each DMO's ledgers are written by
+    different federates, and the ISO's congestion rent comes from flows.
+    ``unreconciled``: what the ISO says the DMOs paid it for energy minus what
+    the DMOs say they paid.
     """
-    paid = ledger.loc[~ledger["payer_is_operator"], "amount"].sum()
-    received = ledger.loc[~ledger["payee_is_operator"], "amount"].sum()
-    iso_rows = ledger[ledger["market"] == "iso"]
-    imbalance_net = iso_rows.loc[iso_rows["item"] == "imbalance", "amount"].sum()
-    lda = ledger[ledger["market"] != "iso"]
-    dso_in = lda.loc[lda["payee"].str.startswith("dso:"), "amount"].sum()
-    dso_out = lda.loc[lda["payer"].str.startswith("dso:"), "amount"].sum()
-    dso_surplus = dso_in - dso_out
+    payer, payee, amount = ledger["payer"], ledger["payee"], ledger["amount"]
+    payer_op, payee_op = payer.map(is_operator).astype(bool), payee.map(is_operator).astype(bool)
+    paid = amount[~payer_op].sum()
+    received = amount[~payee_op].sum()
+    in_iso = ledger["market"] == "iso"
+    imbalance = amount[in_iso & (ledger["item"] == "imbalance")].sum()
+    to_dmo, from_dmo = payee.str.startswith("dmo:"), payer.str.startswith("dmo:")
+    local = ~in_iso
+    dmo_energy_dmo_view = amount[local & from_dmo & (payee == "iso")].sum()
+    dmo_energy_iso_view = amount[in_iso & from_dmo & (ledger["item"] == "energy")].sum()
+    dmo_imbalance = amount[in_iso & from_dmo & (ledger["item"] == "imbalance")].sum()
+    dmo_surplus = (amount[local & to_dmo].sum() - amount[local & from_dmo].sum() - dmo_imbalance)
     congestion = iso["congestion_rent"].sum() if not iso.empty else 0.0
-    # Reconciliation: the DSO's own record of what it owes the ISO must match
-    # the ISO's record of what it charged the DSO.
-    iso_view = iso_rows.loc[iso_rows["payer"].str.startswith("dso:") | iso_rows["payee"].str.startswith("dso:")]
-    lda_view = lda.loc[lda["payee"].eq("iso") | lda["payer"].eq("iso")]
-    unreconciled = _net(iso_view, "iso") - _net(lda_view, "iso")
-    residual = paid - received - congestion - imbalance_net - dso_surplus
+    residual = paid - received - congestion - imbalance - dmo_surplus
+    aggs_in, aggs_out = payee.str.startswith("agg:"), payer.str.startswith("agg:")
     return {
         "buyers_paid": _r(paid, 2),
         "sellers_received": _r(received, 2),
-        "imbalance_charges": _r(imbalance_net, 2),
-        "dso_surplus": _r(dso_surplus, 2),
-        "der_revenue": _r(-ledger.loc[ledger["payer"].str.startswith("agg:"), "amount"].sum()
-                          + ledger.loc[ledger["payee"].str.startswith("agg:"), "amount"].sum(), 2),
+        "imbalance_charges": _r(imbalance, 2),
+        "dmo_surplus": _r(dmo_surplus, 2),
+        "der_revenue": _r(amount[aggs_in].sum() - amount[aggs_out].sum(), 2),
         "settlement_residual": _r(residual, 4),
-        "unreconciled": _r(unreconciled, 4),
+        "unreconciled": _r(dmo_energy_iso_view - dmo_energy_dmo_view, 4),
     }
-
-
-def _net(rows: pd.DataFrame, party: str) -> float:
-    """Net receipts of ``party`` in these rows."""
-    return float(rows.loc[rows["payee"] == party, "amount"].sum()
-                 - rows.loc[rows["payer"] == party, "amount"].sum())

@@ -1,0 +1,67 @@
+"""Independent market operator federate of one LDA (models 4 and 6).
+
+Hosts the DMO (and DERM) role an independent entity holds. It owns no feeder
+model: each interval the utility sends it the feeder limits as a grid model
+(``GridModel``), and it runs the same market roles the utility would.
+
+Per interval k: AGGREGATE reads the grid model and the DER bids and sends
+the LDA's bid to the ISO; DISPATCH reads the award and sends set-points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common import routes
+from dsosim.federates.common.config import FederationConfig, independent_name, load_federation
+from dsosim.federates.common.schedule import Phase, at
+from dsosim.federates.common.shell import FederateShell, run_federate
+from dsosim.federates.dso.__main__ import expect, record
+from dsosim.federates.dso.dmo_factory import make_dmo
+from dsosim.federates.dso.grid import Location
+from dsosim.federates.dso.grid_model import from_message
+
+
+def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
+    cfg = next(d for d in config.dsos if independent_name(d.name) == name)
+    locations = [Location(a, b) for a in sorted(cfg.aggregators) for b in sorted(config.aggregator(a).buses)]
+    dmo = make_dmo(config, cfg, locations)
+    in_market = [a for a in cfg.aggregators if routes.bids_in_market(config, config.aggregator(a))]
+    dt = config.time.interval_s
+    for k in range(config.time.n_intervals):
+        shell.advance(at(k, Phase.AGGREGATE, dt))
+        received = shell.receive(allowed_senders=[cfg.name, *in_market])
+        grid = expect([m for m in received if isinstance(m, msg.GridModel)], msg.GridModel, k, [cfg.name])[cfg.name]
+        bids = expect([m for m in received if not isinstance(m, msg.GridModel)], msg.FleetBid, k, in_market)
+        state, sens = from_message(grid, vmin=cfg.limits.vmin_pu, vmax=cfg.limits.vmax_pu)  # type: ignore[arg-type]
+        curve, tables = dmo.interface_bid(
+            k, {a: {b.location: b.curve for b in m.bids} for a, m in bids.items()}, state, sens)  # type: ignore[attr-defined]
+        shell.send(cfg.iso, msg.InterfaceBid(name, k, cfg.td_bus, curve))
+        record(shell, k, tables)
+
+        shell.advance(at(k, Phase.DISPATCH, dt))
+        award = expect(shell.receive(allowed_senders=[cfg.iso]), msg.Award, k, [cfg.iso])[cfg.iso]
+        dispatch, tables = dmo.dispatch(k, award.lmp, award.cleared_mw)  # type: ignore[attr-defined]
+        for agg, (setpoints, prices) in sorted(dispatch.items()):
+            shell.send(agg, msg.Dispatch(name, k, setpoints, prices))
+        record(shell, k, tables)
+        shell.record_traffic(k)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dsosim.federates.imo")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+    config, _ = load_federation(args.config)
+    return run_federate(
+        args.name,
+        lambda: FederateShell(args.name, config.helics, recorder=config.recorder.name),
+        lambda shell: run(shell, config, args.name),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
