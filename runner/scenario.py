@@ -15,7 +15,16 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class ScenarioError(ValueError):
@@ -72,6 +81,19 @@ class Lda(_Section):
     )
     limits: Limits = Limits()
     aggregators: tuple[Aggregator, ...] = Field(min_length=1)
+    existing_ders_to: str | None = Field(
+        None,
+        description="aggregator of this LDA that takes over the feeder's own PV systems and "
+        "storage (they leave the feeder model and run in its fleet at the same buses)",
+    )
+
+    @field_validator("existing_ders_to")
+    @classmethod
+    def _existing_ders_owner(cls, value: str | None, info: ValidationInfo) -> str | None:
+        names = [a.name for a in info.data.get("aggregators", ())]
+        if value is not None and value not in names:
+            raise ValueError(f"not an aggregator of this LDA; its aggregators are {names}")
+        return value
 
 
 class Scenario(_Section):
