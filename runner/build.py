@@ -127,6 +127,7 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
                 td_bus=lda.td_bus,
                 scale=lda.scale,
                 load_profile=lda.load_profile,
+                load_scale=lda.load_scale,
                 load_forecast_error=lda.load_forecast_error,
                 voltage_basis=lda.voltage_basis,
                 limits=LimitsConfig(**lda.limits.model_dump()),

@@ -75,6 +75,7 @@ class Lda(_Section):
         1.0, description="number of similar feeders this one stands for at the T-D bus"
     )
     load_profile: Literal["residential", "commercial", "flat"] = "residential"
+    load_scale: float = Field(1.0, gt=0, le=5, description="multiplies the feeder's own loads (season, growth)")
     load_forecast_error: float = Field(0.02, ge=0, lt=0.5, description="std of relative load error")
     voltage_basis: Literal["ln", "ll"] = Field(
         "ln", description="read voltages line-to-neutral (ln) or line-to-line (ll, delta feeders)"

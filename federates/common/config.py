@@ -61,6 +61,7 @@ class DsoConfig(Strict):
     td_bus: int
     scale: PositiveFloat
     load_profile: str = "residential"
+    load_scale: PositiveFloat = 1.0
     load_forecast_error: float = Field(0.02, ge=0, lt=0.5)
     voltage_basis: Literal["ln", "ll"] = "ln"
     limits: LimitsConfig = LimitsConfig()

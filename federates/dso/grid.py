@@ -93,8 +93,8 @@ class GridOperator:
         self.index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(self.locations)}
         n = time.n_intervals
         shapes = {"residential": residential_load, "commercial": commercial_load}
-        self.profile = shapes[config.load_profile](n, time.interval_s) if config.load_profile in shapes \
-            else np.ones(n)
+        shape = shapes[config.load_profile](n, time.interval_s) if config.load_profile in shapes else np.ones(n)
+        self.profile = shape * config.load_scale
         rng = np.random.default_rng([seed, zlib.crc32(config.name.encode())])
         self.load_error = rng.normal(0.0, config.load_forecast_error, n) if config.load_forecast_error \
             else np.zeros(n)
