@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sys
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from dsosim.federates.common.config import (
     RecorderConfig,
     TimeSettings,
 )
+from dsosim.federates.dso.feeder import Feeder, FeederError
 from dsosim.federates.iso.case import CaseError, load_case
+from dsosim.runner import existing_ders
 from dsosim.runner.models import load_model
 from dsosim.runner.placement import bus_peak_loads, place_fleet
 from dsosim.runner.scenario import Scenario, ScenarioError, load_scenario
@@ -49,21 +52,25 @@ class BuildResult:
     config: FederationConfig
 
 
+PORT_RANGE = (20000, 32000)
+"""Broker ports are drawn below Linux's ephemeral range (32768-60999), where
+the federates' own zmq sockets get their ports: a port found free here is not
+taken by a federate of another run a moment later."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port P such that P and P+1 are free now (the zmq core uses both)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port >= 65000:
-            continue
+    """A random port P such that P and P+1 are free now (the zmq core uses both)."""
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randrange(*PORT_RANGE)
         try:
-            with socket.socket() as s2:
+            with socket.socket() as s1, socket.socket() as s2:
+                s1.bind((host, port))
                 s2.bind((host, port + 1))
         except OSError:
             continue
         return port
-    raise RuntimeError("no free pair of ports found")
+    raise RuntimeError(f"no free pair of ports found in {PORT_RANGE}")
 
 
 def build(
@@ -94,7 +101,7 @@ def build(
         return os.path.relpath(p, out_abs) if portable else str(p)
 
     port = port if port is not None else free_port()
-    config = federation_config(scenario, base, port=port, path_for=path_for)
+    config = federation_config(scenario, base, port=port, path_for=path_for, out_dir=out_abs)
     federation = out / FEDERATION_FILE
     federation.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
     runner = out / RUNNER_FILE
@@ -103,17 +110,32 @@ def build(
     return BuildResult(runner, federation, out / config.recorder.results_dir, config)
 
 
-def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: Any) -> FederationConfig:
-    """Resolve a validated scenario into the federation every federate reads."""
+def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: Any,
+                      out_dir: Path | None = None) -> FederationConfig:
+    """Resolve a validated scenario into the federation every federate reads.
+    ``out_dir`` receives the feeder files written for LDAs that hand the
+    feeder's own DERs to an aggregator (``runner.existing_ders``)."""
     interval_s = scenario.interval_minutes * 60.0
     dsos, aggregators = [], []
     for lda in scenario.ldas:
         feeder = Path(os.path.abspath(base / lda.feeder))
         if not feeder.is_file():
             raise ScenarioError(f"ldas[{lda.name}].feeder: feeder file not found: {feeder}")
-        loads = bus_peak_loads(feeder)
+        try:
+            loads = bus_peak_loads(feeder)
+        except FeederError as exc:
+            raise ScenarioError(f"ldas[{lda.name}].feeder: {exc}") from None
+        dso_feeder, handed = feeder, None
+        if lda.existing_ders_to is not None:
+            own = Feeder(feeder, name=lda.name).existing_ders
+            handed = existing_ders.fleet_devices(own)
+            dso_feeder = existing_ders.write_handover_master(
+                path_for(feeder), own, (out_dir or base) / f"feeder_{lda.name}.dss",
+                lda=lda.name, aggregator=lda.existing_ders_to)
         for agg in lda.aggregators:
             placed = place_fleet(feeder, agg, seed=scenario.seed, lda=lda.name, loads=loads)
+            if handed is not None and agg.name == lda.existing_ders_to:
+                placed = existing_ders.merge_into_fleet(placed, handed)
             aggregators.append(
                 AggregatorConfig(name=agg.name, dso=lda.name, buses=tuple(placed["buses"]),
                                  fleet=placed["spec"], response_error=agg.response_error,
@@ -123,7 +145,7 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
             DsoConfig(
                 name=lda.name,
                 iso=ISO_NAME,
-                feeder=path_for(feeder),
+                feeder=path_for(dso_feeder),
                 td_bus=lda.td_bus,
                 scale=lda.scale,
                 load_profile=lda.load_profile,

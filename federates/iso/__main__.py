@@ -70,7 +70,9 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
                 key = lda if party.startswith("dmo:") else f"{lda}/utility"
                 bids.append(IsoBid(key, party, lda, m.curve))
             elif isinstance(m, msg.FleetBid) and party.startswith("agg:"):
-                bids.extend(IsoBid(f"{m.sender}/{b.location}", party, lda, b.curve) for b in m.bids)
+                # a fleet bids for the one modelled feeder; the LDA stands for `scale` of them
+                scale = config.dso(lda).scale
+                bids.extend(IsoBid(f"{m.sender}/{b.location}", party, lda, b.curve.scaled(scale)) for b in m.bids)
             else:
                 raise msg.MessageError(m.sender, "kind", f"{m.KIND} is not what the ISO expects from it")
         if k > 0:
@@ -105,13 +107,14 @@ def _send_awards(shell: FederateShell, config: FederationConfig, k: int, awards:
             lines = {key.split("/", 1)[1]: a for key, a in mine.items() if key.split("/")[0] == agg}
             if not lines:
                 continue
-            setpoints = {loc: a.cleared_mw for loc, a in sorted(lines.items())}
+            awards_mw = {loc: a.cleared_mw for loc, a in sorted(lines.items())}
             prices = {loc: a.lmp for loc, a in sorted(lines.items())}
             derm = routes.derm_of(config, dso)
-            if derm == shell.name:
+            if derm == shell.name:  # the ISO dispatches the modelled feeder's DERs directly
+                setpoints = {loc: mw / dso.scale for loc, mw in awards_mw.items()}
                 shell.send(agg, msg.Dispatch(shell.name, k, setpoints, prices))
             else:
-                shell.send(derm, msg.FleetAward(shell.name, k, agg, setpoints, prices))  # type: ignore[arg-type]
+                shell.send(derm, msg.FleetAward(shell.name, k, agg, awards_mw, prices))  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:
