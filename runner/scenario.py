@@ -48,6 +48,10 @@ class Limits(_Section):
     vmin_pu: float = Field(0.95, gt=0.5, lt=1.0)
     vmax_pu: float = Field(1.05, gt=1.0, lt=1.5)
     max_loading: float = Field(1.0, gt=0.1, le=2.0, description="fraction of normal rating")
+    operating_margin_pu: float = Field(
+        0.005, ge=0, lt=0.05,
+        description="voltage margin a market operator keeps inside the band (forecast and model error)",
+    )
 
 
 class Aggregator(_Section):

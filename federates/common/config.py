@@ -52,6 +52,12 @@ class LimitsConfig(Strict):
     vmin_pu: PositiveFloat = 0.95
     vmax_pu: PositiveFloat = 1.05
     max_loading: PositiveFloat = 1.0
+    operating_margin_pu: float = Field(0.005, ge=0, lt=0.05)
+
+    def planning(self) -> tuple[float, float, float]:
+        """(vmin, vmax, max_loading) a market operator plans within: the
+        voltage band narrowed by the operating margin."""
+        return self.vmin_pu + self.operating_margin_pu, self.vmax_pu - self.operating_margin_pu, self.max_loading
 
 
 class DsoConfig(Strict):

@@ -59,7 +59,8 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
     dmo = make_dmo(config, cfg, grid.locations) if routes.local_dmo_of(config, cfg) == name else None
     is_derm = routes.derm_of(config, cfg) == name and dmo is None  # model 2
     model_to = routes.grid_model_target(config, cfg)
-    limits = Limits(vmin_pu=cfg.limits.vmin_pu, vmax_pu=cfg.limits.vmax_pu, max_loading=cfg.limits.max_loading)
+    vmin, vmax, loading = cfg.limits.planning()
+    limits = Limits(vmin_pu=vmin, vmax_pu=vmax, max_loading=loading)  # the DERM plans with the margin
     element_index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(grid.locations)}
     dt = config.time.interval_s
     for k in range(config.time.n_intervals):

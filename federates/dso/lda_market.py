@@ -485,6 +485,17 @@ class _Lp:
         self.highs.run()
         status = self.highs.getModelStatus()
         if status != highspy.HighsModelStatus.kOptimal:
+            # The warm primal simplex without presolve can stall on the large
+            # penalty costs (status "Unknown"): solve again from scratch with
+            # HiGHS's defaults (presolve, scaling, dual simplex), then go back.
+            self.highs.clearSolver()
+            self.highs.setOptionValue("presolve", "on")
+            self.highs.setOptionValue("simplex_strategy", 1)
+            self.highs.run()
+            status = self.highs.getModelStatus()
+            self.highs.setOptionValue("presolve", "off")
+            self.highs.setOptionValue("simplex_strategy", 4)
+        if status != highspy.HighsModelStatus.kOptimal:
             raise LdaError(f"LDA LP not solved: {self.highs.modelStatusToString(status)}")
         sol = self.highs.getSolution()
         x = np.asarray(sol.col_value)
