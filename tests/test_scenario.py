@@ -53,7 +53,7 @@ def test_out_of_range_and_bad_choice(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as err:
         load_scenario(path)
     text = str(err.value)
-    assert "model: Input should be 'layered'" in text
+    assert "model: Input should be 'baseline', '1', '2', '3', '4', '5', '6' or 'layered'" in text
     assert "ldas.0.scale: Input should be greater than 0" in text
 
 
