@@ -10,6 +10,7 @@ COMMAND_MODULES = (
     "dsosim.runner.cmd_run",
     "dsosim.runner.cmd_opf",
     "dsosim.runner.cmd_bench",
+    "dsosim.runner.cmd_compare",
     "dsosim.runner.cmd_new_scenario",
     "dsosim.runner.cmd_synth_feeder",
 )
