@@ -266,6 +266,9 @@ def read_matpower(name_or_path: str) -> MatpowerTables:
             # matpowercaseframes warns about mixed cost models when it names the
             # gencost columns; gencost is read by position here, so it does not matter.
             warnings.simplefilter("ignore", UserWarning)
+            # and, with pandas 3, about pandas 4 deprecations inside the parser
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             frames = CaseFrames(path)
     except Exception as exc:  # the parser raises many kinds of errors on bad input
         raise CaseError(f"case {label}: cannot parse {path}: {type(exc).__name__}: {exc}") from exc
