@@ -414,3 +414,39 @@ def test_own_pv_counts_in_the_inflexible_balance_until_disabled(tmp_path: Path) 
     assert without.substation_p_mw - with_pv.substation_p_mw > 0.04
     with pytest.raises(FeederError, match=r"no PV system, storage or generator named \['PVSystem.nope'\]"):
         feeder.disable(["PVSystem.nope"])
+
+
+DELTA = """\
+Clear
+New Circuit.delta basekv=69 pu=1.0 phases=3 bus1=src MVAsc3=2000 MVAsc1=2100
+New Transformer.sub phases=3 windings=2 buses=[src b1] conns=[wye delta] kvs=[69 4.8] kvas=[5000 5000] xhl=6
+New Line.l1 phases=3 bus1=b1 bus2=b2 r1=0.2 x1=0.4 r0=0.6 x0=1.2 c1=10 c0=4 units=km length=2 normamps=400
+New Line.l2 phases=2 bus1=b2.1.2 bus2=b3.1.2 r1=0.3 x1=0.5 r0=0.6 x0=1.2 c1=8 c0=3 units=km length=1 normamps=200
+New Load.l2 bus1=b2 phases=3 conn=delta kv=4.8 kw=900 kvar=300 model=1
+New Load.l3 bus1=b3.1.2 phases=1 conn=delta kv=4.8 kw=200 kvar=60 model=1
+Set VoltageBases=[69, 4.8]
+CalcVoltageBases
+"""
+
+
+def test_ders_on_a_three_wire_delta_feeder_connect_line_to_line(tmp_path: Path) -> None:
+    # A phase-to-ground constant-power element on an ungrounded delta feeder
+    # makes the power flow diverge; read line-to-line, DERs connect across the
+    # phases like the loads there, and the linearisation predicts the response.
+    master = tmp_path / "delta.dss"
+    master.write_text(DELTA)
+    feeder = Feeder(master, name="delta", voltage_basis="ll")
+    feeder.attach_der("three", "b2")
+    feeder.attach_der("two", "b3")
+    base = feeder.solve()
+    assert base.converged
+    sens = feeder.sensitivities()
+    assert np.all(np.isfinite(sens.dv_dp)) and np.all(np.isfinite(sens.dpsub_dp))
+    assert np.all((1.0 < sens.dpsub_dp) & (sens.dpsub_dp < 1.1))
+    change = np.array([-0.4, -0.15])
+    feeder.set_der_mw(change)
+    after = feeder.solve(controls=False)
+    assert after.converged
+    assert np.max(np.abs(after.v_pu - base.v_pu)) > 0.005
+    assert np.max(np.abs(base.v_pu + sens.dv_dp @ change - after.v_pu)) < 1e-3
+    assert after.substation_p_mw == pytest.approx(after.load_mw + after.losses_mw - 0.55, abs=1e-3)
