@@ -139,18 +139,16 @@ def test_killed_federate_stops_the_run_and_keeps_flushed_results(tmp_path: Path)
     assert set(range(12)) <= set(table(built.results_dir, "feeder")["interval"])
 
 
-def test_checked_in_runner_is_in_sync(tmp_path: Path) -> None:
-    from dsosim.runner.build import build
+def test_checked_in_runners_are_in_sync(tmp_path: Path) -> None:
+    from dsosim.runner.checked_in import RUNS, regenerate
 
-    shipped = ROOT / "configs" / "runs" / "quickstart"
-    port = json.loads((shipped / "federation.json").read_text())["helics"]["broker_port"]
-    out = tmp_path / "configs" / "runs" / "quickstart"
-    # build into a folder at the same depth so relative paths compare equal
+    # regenerate into a copy of the folder layout, so relative paths compare equal
     (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "feeders").symlink_to(ROOT / "configs" / "feeders")
-    (tmp_path / "configs" / "scenarios").symlink_to(ROOT / "configs" / "scenarios")
-    build(tmp_path / "configs" / "scenarios" / "quickstart.toml", out, port=port, portable=True)
-    for name in ("runner.json", "federation.json"):
-        assert (out / name).read_text() == (shipped / name).read_text(), (
-            f"{name} is stale: regenerate with `dsosim build configs/scenarios/quickstart.toml "
-            f"--out configs/runs/quickstart --portable --port {port}`")
+    for folder in ("feeders", "scenarios", "models"):
+        (tmp_path / "configs" / folder).symlink_to(ROOT / "configs" / folder)
+    regenerate(tmp_path)
+    for run in RUNS:
+        for name in ("runner.json", "federation.json"):
+            fresh, shipped = tmp_path / run.out / name, ROOT / run.out / name
+            assert shipped.is_file() and fresh.read_text() == shipped.read_text(), (
+                f"{run.out}/{name} is stale: run `python -m dsosim.runner.checked_in` from the repository root")
