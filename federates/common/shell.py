@@ -99,6 +99,11 @@ class FederateShell:
         self.traffic.counts.clear()
         self.record(interval, "traffic", TRAFFIC_COLUMNS, rows)
 
+    def record_tables(self, interval: int, tables: dict[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]) -> None:
+        """Send several results tables (name -> (columns, rows)) to the recorder."""
+        for table, (columns, rows) in tables.items():
+            self.record(interval, table, columns, rows)
+
     def receive(self, allowed_senders: Sequence[str] | None = None) -> list[msg.Message]:
         """All messages delivered so far, validated, in a deterministic order."""
         raw: list[tuple[str, int, bytes]] = []
@@ -125,6 +130,23 @@ class FederateShell:
             h.helicsCloseLibrary()
         except h.HelicsException:
             pass
+
+
+def expect(messages: Sequence[msg.Message], kind: type, interval: int, senders: Sequence[str]) -> dict[str, msg.Message]:
+    """Exactly one message of ``kind`` for ``interval`` from each sender."""
+    got: dict[str, msg.Message] = {}
+    for m in messages:
+        if not isinstance(m, kind) or m.interval != interval:
+            raise msg.MessageError(m.sender, f"{m.KIND}.interval",
+                                   f"unexpected {m.KIND} for interval {m.interval}; "
+                                   f"expected {kind.KIND} for interval {interval}")  # type: ignore[attr-defined]
+        if m.sender in got:
+            raise msg.MessageError(m.sender, m.KIND, f"sent twice for interval {interval}")
+        got[m.sender] = m
+    missing = sorted(set(senders) - set(got))
+    if missing:
+        raise RuntimeError(f"interval {interval}: no {kind.KIND} from {missing}")  # type: ignore[attr-defined]
+    return got
 
 
 def _plain(value: Any) -> Any:

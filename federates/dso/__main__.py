@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,29 +25,12 @@ from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig, load_federation
 from dsosim.federates.common.schedule import Phase, at
-from dsosim.federates.common.shell import FederateShell, run_federate
+from dsosim.federates.common.shell import FederateShell, expect, run_federate
 from dsosim.federates.dso.derm_override import override
 from dsosim.federates.dso.dmo_factory import make_dmo
 from dsosim.federates.dso.grid import GridOperator
 from dsosim.federates.dso.grid_model import to_message
 from dsosim.federates.dso.lda_market import Limits
-
-
-def expect(messages: Sequence[msg.Message], kind: type, interval: int, senders: Sequence[str]) -> dict[str, msg.Message]:
-    """Exactly one message of ``kind`` for ``interval`` from each sender."""
-    got: dict[str, msg.Message] = {}
-    for m in messages:
-        if not isinstance(m, kind) or m.interval != interval:
-            raise msg.MessageError(m.sender, f"{m.KIND}.interval",
-                                   f"unexpected {m.KIND} for interval {m.interval}; "
-                                   f"expected {kind.KIND} for interval {interval}")  # type: ignore[attr-defined]
-        if m.sender in got:
-            raise msg.MessageError(m.sender, m.KIND, f"sent twice for interval {interval}")
-        got[m.sender] = m
-    missing = sorted(set(senders) - set(got))
-    if missing:
-        raise RuntimeError(f"interval {interval}: no {kind.KIND} from {missing}")  # type: ignore[attr-defined]
-    return got
 
 
 def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Path) -> None:
@@ -76,7 +58,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
                 k, {a: {b.location: b.curve for b in m.bids} for a, m in bids.items()},  # type: ignore[attr-defined]
                 forecast.state, forecast.sens)
             shell.send(cfg.iso, msg.InterfaceBid(name, k, cfg.td_bus, curve))
-            record(shell, k, tables)
+            shell.record_tables(k, tables)
         elif routes.local_dmo_of(config, cfg) is None:
             shell.send(cfg.iso, msg.InterfaceBid(name, k, cfg.td_bus, grid.utility_bid(in_market)))
 
@@ -88,7 +70,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
             dispatch, tables = dmo.dispatch(k, award.lmp, award.cleared_mw)  # type: ignore[attr-defined]
             for agg, (setpoints, prices) in sorted(dispatch.items()):
                 shell.send(agg, msg.Dispatch(name, k, setpoints, prices))
-            record(shell, k, tables)
+            shell.record_tables(k, tables)
         if is_derm:
             by_agg: dict[str, msg.FleetAward] = {}
             for m in received:
@@ -108,7 +90,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
             k, {a: m.actual_mw for a, m in got.items()}, {a: m.setpoint_mw for a, m in got.items()},  # type: ignore[attr-defined]
             in_market, award.lmp, award.cleared_mw, tariff=config.model.tariff)
         shell.send(cfg.iso, msg.Meter(name, k, cfg.td_bus, td_flow, allocation))
-        record(shell, k, tables)
+        shell.record_tables(k, tables)
         shell.record_traffic(k)
 
 
@@ -129,11 +111,6 @@ def _override_and_dispatch(shell: FederateShell, k: int, by_agg: dict, grid: Gri
         shell.send(agg, msg.Dispatch(shell.name, k, sp, dict(by_agg[agg].prices)))
         rows += [(k, grid.name, agg, b, by_agg[agg].awards_mw[b] / scale, sp[b]) for b in sp]
     shell.record(k, "overrides", ("interval", "dso", "aggregator", "location", "award_mw", "setpoint_mw"), rows)
-
-
-def record(shell: FederateShell, k: int, tables: dict) -> None:  # noqa: ANN001
-    for table, (cols, rows) in tables.items():
-        shell.record(k, table, cols, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

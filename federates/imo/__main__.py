@@ -17,8 +17,7 @@ from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig, independent_name, load_federation
 from dsosim.federates.common.schedule import Phase, at
-from dsosim.federates.common.shell import FederateShell, run_federate
-from dsosim.federates.dso.__main__ import expect, record
+from dsosim.federates.common.shell import FederateShell, expect, run_federate
 from dsosim.federates.dso.dmo_factory import make_dmo
 from dsosim.federates.dso.grid import Location
 from dsosim.federates.dso.grid_model import from_message
@@ -39,14 +38,14 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         curve, tables = dmo.interface_bid(
             k, {a: {b.location: b.curve for b in m.bids} for a, m in bids.items()}, state, sens)  # type: ignore[attr-defined]
         shell.send(cfg.iso, msg.InterfaceBid(name, k, cfg.td_bus, curve))
-        record(shell, k, tables)
+        shell.record_tables(k, tables)
 
         shell.advance(at(k, Phase.DISPATCH, dt))
         award = expect(shell.receive(allowed_senders=[cfg.iso]), msg.Award, k, [cfg.iso])[cfg.iso]
         dispatch, tables = dmo.dispatch(k, award.lmp, award.cleared_mw)  # type: ignore[attr-defined]
         for agg, (setpoints, prices) in sorted(dispatch.items()):
             shell.send(agg, msg.Dispatch(name, k, setpoints, prices))
-        record(shell, k, tables)
+        shell.record_tables(k, tables)
         shell.record_traffic(k)
 
 

@@ -76,8 +76,7 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
             else:
                 raise msg.MessageError(m.sender, "kind", f"{m.KIND} is not what the ISO expects from it")
         if k > 0:
-            for table, (cols, rows) in market.settle_imbalance(k - 1, meters, holders).items():
-                shell.record(k - 1, table, cols, rows)
+            shell.record_tables(k - 1, market.settle_imbalance(k - 1, meters, holders))
         if k == n:
             break
         missing = sorted(set(expected) - got)
@@ -85,8 +84,7 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
             raise RuntimeError(f"interval {k}: no bid from {missing}")
         clearing = market.clear(k, bids)
         _send_awards(shell, config, k, clearing.awards)
-        for table, (cols, rows) in clearing.tables.items():
-            shell.record(k, table, cols, rows)
+        shell.record_tables(k, clearing.tables)
         shell.record_traffic(k)
 
 
