@@ -30,7 +30,9 @@ from dsosim.federates.common.config import (
     RecorderConfig,
     TimeSettings,
 )
+from dsosim.federates.dso.feeder import Feeder, FeederError
 from dsosim.federates.iso.case import CaseError, load_case
+from dsosim.runner import existing_ders
 from dsosim.runner.models import load_model
 from dsosim.runner.placement import bus_peak_loads, place_fleet
 from dsosim.runner.scenario import Scenario, ScenarioError, load_scenario
@@ -99,7 +101,7 @@ def build(
         return os.path.relpath(p, out_abs) if portable else str(p)
 
     port = port if port is not None else free_port()
-    config = federation_config(scenario, base, port=port, path_for=path_for)
+    config = federation_config(scenario, base, port=port, path_for=path_for, out_dir=out_abs)
     federation = out / FEDERATION_FILE
     federation.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
     runner = out / RUNNER_FILE
@@ -108,17 +110,32 @@ def build(
     return BuildResult(runner, federation, out / config.recorder.results_dir, config)
 
 
-def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: Any) -> FederationConfig:
-    """Resolve a validated scenario into the federation every federate reads."""
+def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: Any,
+                      out_dir: Path | None = None) -> FederationConfig:
+    """Resolve a validated scenario into the federation every federate reads.
+    ``out_dir`` receives the feeder files written for LDAs that hand the
+    feeder's own DERs to an aggregator (``runner.existing_ders``)."""
     interval_s = scenario.interval_minutes * 60.0
     dsos, aggregators = [], []
     for lda in scenario.ldas:
         feeder = Path(os.path.abspath(base / lda.feeder))
         if not feeder.is_file():
             raise ScenarioError(f"ldas[{lda.name}].feeder: feeder file not found: {feeder}")
-        loads = bus_peak_loads(feeder)
+        try:
+            loads = bus_peak_loads(feeder)
+        except FeederError as exc:
+            raise ScenarioError(f"ldas[{lda.name}].feeder: {exc}") from None
+        dso_feeder, handed = feeder, None
+        if lda.existing_ders_to is not None:
+            own = Feeder(feeder, name=lda.name).existing_ders
+            handed = existing_ders.fleet_devices(own)
+            dso_feeder = existing_ders.write_handover_master(
+                path_for(feeder), own, (out_dir or base) / f"feeder_{lda.name}.dss",
+                lda=lda.name, aggregator=lda.existing_ders_to)
         for agg in lda.aggregators:
             placed = place_fleet(feeder, agg, seed=scenario.seed, lda=lda.name, loads=loads)
+            if handed is not None and agg.name == lda.existing_ders_to:
+                placed = existing_ders.merge_into_fleet(placed, handed)
             aggregators.append(
                 AggregatorConfig(name=agg.name, dso=lda.name, buses=tuple(placed["buses"]),
                                  fleet=placed["spec"], response_error=agg.response_error,
@@ -128,7 +145,7 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
             DsoConfig(
                 name=lda.name,
                 iso=ISO_NAME,
-                feeder=path_for(feeder),
+                feeder=path_for(dso_feeder),
                 td_bus=lda.td_bus,
                 scale=lda.scale,
                 load_profile=lda.load_profile,
