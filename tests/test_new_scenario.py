@@ -206,3 +206,20 @@ def test_existing_ders_to_must_name_an_aggregator_of_the_lda(tmp_path: Path) -> 
                     'existing_ders_to = "nobody"\n[[ldas.aggregators]]\nname = "g"\n')
     with pytest.raises(ScenarioError, match=r"ldas\.0\.existing_ders_to: .*its aggregators are \['g'\]"):
         load_scenario(path)
+
+
+# ------------------------------------------------------------ the reference
+
+
+def test_docs_scenario_md_documents_every_field_in_its_section() -> None:
+    from dsosim.runner import scenario as schema
+
+    text = (ROOT / "docs" / "scenario.md").read_text()
+    sections = {"## Top level": schema.Scenario, "## `[transmission]`": schema.Transmission,
+                "## `[[ldas]]`": schema.Lda, "### `[ldas.limits]`": schema.Limits,
+                "### `[[ldas.aggregators]]`": schema.Aggregator}
+    starts = sorted((text.index(h), h) for h in sections)
+    for (start, heading), (end, _) in zip(starts, [*starts[1:], (len(text), "")], strict=True):
+        body = text[start:end]
+        missing = [f for f in sections[heading].model_fields if f"| `{f}` |" not in body]
+        assert missing == [], f"docs/scenario.md {heading} lacks {missing}"
