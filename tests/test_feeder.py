@@ -274,6 +274,9 @@ def test_hunting_controls_are_recorded_not_raised(tmp_path: Path) -> None:
     assert state.control_iterations_exceeded
     assert "#485" in state.message
     assert len(state.v_pu) == 6  # the last iterate is still reported
+    # ... and it is a power flow at the capacitor's last position: it balances.
+    assert state.power_flow_converged
+    assert state.substation_p_mw == pytest.approx(state.load_mw + state.losses_mw, abs=1e-3)
     # The engine is usable again: a load that does not hunt solves cleanly.
     feeder.set_load_multipliers(1.0)
     recovered = feeder.solve()
@@ -450,3 +453,23 @@ def test_ders_on_a_three_wire_delta_feeder_connect_line_to_line(tmp_path: Path) 
     assert np.max(np.abs(after.v_pu - base.v_pu)) > 0.005
     assert np.max(np.abs(base.v_pu + sens.dv_dp @ change - after.v_pu)) < 1e-3
     assert after.substation_p_mw == pytest.approx(after.load_mw + after.losses_mw - 0.55, abs=1e-3)
+
+
+def test_a_diverging_power_flow_is_recorded_as_such_and_the_next_one_recovers(tmp_path: Path) -> None:
+    master = tmp_path / "nose.dss"
+    master.write_text(
+        "Clear\nNew Circuit.c basekv=12.47 bus1=src MVAsc3=2000 MVAsc1=2100\n"
+        "New Line.l bus1=src bus2=b r1=0.5 x1=1.0 units=km length=5 normamps=400\n"
+        # constant power at any voltage: past the nose of the P-V curve there is no solution
+        "New Load.l bus1=b phases=3 kv=12.47 kw=1000 kvar=300 model=1 vminpu=0 vmaxpu=10\n"
+        "Set VoltageBases=[12.47]\nCalcVoltageBases\n"
+    )
+    feeder = Feeder(master, name="nose")
+    feeder.set_load_multipliers(60.0)
+    state = feeder.solve()
+    assert not state.converged and not state.power_flow_converged
+    assert not state.control_iterations_exceeded and state.message == "power flow did not converge"
+    feeder.set_load_multipliers(1.0)
+    again = feeder.solve()
+    assert again.converged and again.power_flow_converged
+    assert again.substation_p_mw == pytest.approx(1.0 + again.losses_mw, abs=1e-3)

@@ -106,6 +106,11 @@ class FeederState:
     """Monitored nodes outside [vmin, vmax]."""
     n_thermal_violations: int
     """Branches with loading > 1."""
+    power_flow_converged: bool = True
+    """The last power flow converged. With ``control_iterations_exceeded`` this
+    is the power flow at the controls' last positions: a consistent operating
+    point (balances hold) even though ``converged`` is False. False: the power
+    flow itself diverged and the numbers mean nothing."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -684,16 +689,18 @@ class Feeder:
             hunting = exc.args[0] == _MAX_CONTROL_ITER_ERROR
             message = f"OpenDSS #{exc.args[0]}: {exc.args[1]}".strip()
             self._recover()
+        flow_ok = converged or (hunting and bool(dss.Solution.Converged()))
         if controls and self._currents is not None and self._currents.needs_refresh:
             self._currents.refresh(self._element_yprim)
-        return self._state(converged, hunting, message)
+        return self._state(converged, hunting, message, flow_ok)
 
     def _recover(self) -> None:
         """After an error every Solve fails (#99) until a command is parsed: parse
         a harmless one so the next interval starts from a usable engine."""
         self._dss.Text.Command("get mode")
 
-    def _state(self, converged: bool, hunting: bool, message: str) -> FeederState:
+    def _state(self, converged: bool, hunting: bool, message: str,
+               flow_ok: bool = True) -> FeederState:
         v = self._read_voltages()
         loading = self._read_loading()
         p_kw, q_kvar = self._dss.Circuit.TotalPower()
@@ -722,6 +729,7 @@ class Feeder:
             vmax=self.vmax,
             n_voltage_violations=n_v,
             n_thermal_violations=int(np.count_nonzero(loading > 1.0)),
+            power_flow_converged=flow_ok,
         )
         return self._last_state
 
