@@ -304,8 +304,8 @@ def _with_warnings(report: FeederReport, vmin: float, vmax: float) -> FeederRepo
     bc = report.base_case
     if bc.n_below or bc.n_above:
         notes.append(f"the base case already has {bc.n_below} node(s) below {vmin} pu and "
-                     f"{bc.n_above} above {vmax} pu (V {bc.vmin_pu:.3f}-{bc.vmax_pu:.3f}): "
-                     "the DSO reports them as violations unless the limits are widened")
+                     f"{bc.n_above} above {vmax} pu (V {bc.vmin_pu:.3f}-{bc.vmax_pu:.3f}): limits "
+                     "that exclude it make the DSO's market try to fix it with DERs at any price")
     if bc.n_overloaded:
         notes.append(f"the base case already has {bc.n_overloaded} branch(es) above their normal "
                      f"rating (max loading {bc.max_loading:.2f})")

