@@ -58,7 +58,8 @@ def fleet_devices(ders: Sequence[ExistingDer]) -> dict[str, list[dict[str, Any]]
     return {"pvs": pvs, "batteries": batteries}
 
 
-def merge_into_fleet(placed: dict[str, Any], devices: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def merge_into_fleet(placed: dict[str, Any],
+                     devices: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """``placed`` (``{"buses": [...], "spec": {...}}`` from placement) with the
     devices added to the spec and their buses to the aggregator's locations."""
     spec = dict(placed["spec"])

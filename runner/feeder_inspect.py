@@ -128,7 +128,8 @@ class FeederReport:
         lines = [
             f"circuit {self.circuit}: {len(self.buses)} buses, {self.n_nodes} nodes, "
             f"{self.n_lines} lines, {self.n_transformers} transformers",
-            f"voltage bases (kV, line-to-line): {', '.join(f'{v:g}' for v in self.voltage_bases_kv)}",
+            "voltage bases (kV, line-to-line): "
+            + ", ".join(f"{v:g}" for v in self.voltage_bases_kv),
             f"source: bus {self.source.bus}, {self.source.kv_ll:g} kV, {self.source.pu:g} pu"
             + (f", transformer {self.source.transformer} at the source"
                + (" (delta on the feeder side)" if self.source.feeder_side_delta else "")
@@ -258,7 +259,8 @@ def _regulators(dss: Any) -> tuple[Regulator, ...]:
     found = []
     i = dss.RegControls.First()
     while i:
-        name, xf, winding = dss.RegControls.Name(), dss.RegControls.Transformer(), dss.RegControls.Winding()
+        name, xf = dss.RegControls.Name(), dss.RegControls.Transformer()
+        winding = dss.RegControls.Winding()
         vreg, band = dss.RegControls.ForwardVreg(), dss.RegControls.ForwardBand()
         dss.Circuit.SetActiveElement(f"Transformer.{xf}")
         names = dss.CktElement.BusNames()
@@ -317,8 +319,9 @@ def _with_warnings(report: FeederReport, vmin: float, vmax: float) -> FeederRepo
         notes.append("the feeder has no load: DER fleets cannot be placed by load shares")
     own = [d for d in report.existing_ders if d.enabled and d.kind in ("pv", "storage")]
     if own:
-        notes.append(f"{len(own)} PV system(s)/storage element(s) of the feeder's own: hand them to "
-                     "an aggregator (existing_ders_to), or they stay at their snapshot output all day")
+        notes.append(f"{len(own)} PV system(s)/storage element(s) of the feeder's own: hand "
+                     "them to an aggregator (existing_ders_to), or they stay at their snapshot "
+                     "output all day")
     gens = [d for d in report.existing_ders if d.enabled and d.kind == "generator"]
     if gens:
         notes.append(f"{len(gens)} generator(s) stay in the feeder at their fixed output "

@@ -317,7 +317,8 @@ def render(name: str, seed: int, hours: float, interval_minutes: float, case_arg
         at_bus = float(case.bus_pd_mw[ids.index(a.td_bus)])
         r = a.report
         out += ["", "[[ldas]]", _line("name", a.lda, "LDA name (also its DSO federate's name)")]
-        out.append(_line("feeder", _relative(r.master, base), "OpenDSS master file, relative to this file"))
+        out.append(_line("feeder", _relative(r.master, base),
+                         "OpenDSS master file, relative to this file"))
         out.append(_line("td_bus", a.td_bus,
                          f"bus of {case.name} it connects to ({at_bus:g} MW of load there; buses "
                          f"with load: {', '.join(map(str, load_buses[:10]))}"
@@ -349,9 +350,10 @@ def render(name: str, seed: int, hours: float, interval_minutes: float, case_arg
             f"; widened to hold the base case (highest {bc.vmax_pu:.3f})" if vmax > VMAX
             else f"; the base case's highest is {bc.vmax_pu:.3f}")))
         out.append(_line("max_loading", loading, "fraction of each line's and transformer's normal "
-                         "rating" + (f"; widened to hold the base case (highest {bc.max_loading:.2f})"
-                                     if loading > 1.0 else
-                                     f"; the base case's highest is {bc.max_loading:.2f}")))
+                         "rating" + (
+                             f"; widened to hold the base case (highest {bc.max_loading:.2f})"
+                             if loading > 1.0 else
+                             f"; the base case's highest is {bc.max_loading:.2f}")))
         n_load = len(r.load_buses)
         placed = len({b for _, buses in a.aggregators for b in buses})
         sampled = "" if placed >= n_load else \

@@ -194,8 +194,9 @@ def _device_sites(tree: _Tree, rng: np.random.Generator, n_pv: int, n_storage: i
     load_buses = np.flatnonzero(tree.load_kw > 0)
     pv = tuple(sorted(int(x) for x in rng.choice(load_buses, size=min(n_pv, len(load_buses)),
                                                  replace=False))) if n_pv else ()
-    storage = tuple(sorted(int(x) for x in rng.choice(three[1:], size=min(n_storage, len(three) - 1),
-                                                      replace=False))) if n_storage else ()
+    storage = tuple(sorted(
+        int(x) for x in rng.choice(three[1:], size=min(n_storage, len(three) - 1), replace=False)
+    )) if n_storage else ()
     return _Devices(regulator, capacitor, pv, storage)
 
 
@@ -214,7 +215,10 @@ def _downstream_kw(tree: _Tree, factor: float) -> np.ndarray:
     return total
 
 
-def _pick_code(amps: float, catalogue: tuple[tuple[str, float, float, float, float, float], ...]) -> str:
+_Code = tuple[str, float, float, float, float, float]
+
+
+def _pick_code(amps: float, catalogue: tuple[_Code, ...]) -> str:
     for code in catalogue:
         if code[5] >= _MARGIN * amps:
             return code[0]

@@ -1,6 +1,6 @@
 """Feeders as utilities deliver them, written into a test's folder: a master
 file in a folder tree with relative redirects, Windows line endings, load
-shapes, bus coordinates, regulators and capacitors with controls, the
+shapes read from CSV, bus coordinates, regulators and capacitors with controls, the
 feeder's own PV and storage; and deliberately broken ones."""
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ New RegControl.LTC transformer=SUB winding=2 vreg=123 band=2 ptratio=60
 _LINECODES = """\
 New LineCode.ABC336 nphases=3 r1=0.19 x1=0.41 r0=0.53 x0=1.45 c1=10 c0=4 units=km normamps=530
 New LineCode.ABC1/0 nphases=3 r1=0.61 x1=0.48 r0=0.95 x0=1.55 c1=9 c0=4 units=km normamps=230
-New LineCode.AC2 nphases=2 rmatrix=[0.95 | 0.25 0.95] xmatrix=[0.85 | 0.35 0.85] units=km normamps=180
+New LineCode.AC2 nphases=2 rmatrix=[0.95 | 0.25 0.95] xmatrix=[0.85 | 0.35 0.85]
+~ units=km normamps=180
 New LineCode.B2 nphases=1 rmatrix=[0.96] xmatrix=[0.80] units=km normamps=180
 """
 
@@ -66,9 +67,12 @@ New Storage.BESS_T4 bus1=T4 phases=3 kv=12.47 kwrated=200 kwhrated=800 %stored=6
 """
 
 _LOADSHAPES = """\
-New LoadShape.RES npts=24 interval=1
-~ mult=(0.4 0.35 0.33 0.33 0.35 0.45 0.6 0.7 0.65 0.6 0.6 0.62 0.63 0.62 0.62 0.65 0.75 0.9 1.0 1.0 0.95 0.8 0.6 0.5)
+New LoadShape.RES npts=24 interval=1 mult=(file=Residential.csv)
 """
+
+_SHAPE = "\n".join(str(x) for x in (0.4, 0.35, 0.33, 0.33, 0.35, 0.45, 0.6, 0.7, 0.65, 0.6, 0.6,
+                                    0.62, 0.63, 0.62, 0.62, 0.65, 0.75, 0.9, 1.0, 1.0, 0.95, 0.8,
+                                    0.6, 0.5)) + "\n"
 
 _LOADS = """\
 New Load.T1 bus1=T1 phases=3 kv=12.47 kw=600 kvar=200 model=1 daily=RES
@@ -103,6 +107,7 @@ UTILITY_FILES = {
     "Network/Devices.dss": _DEVICES,
     "Network/BusCoords.csv": _COORDS,
     "Loads/LoadShapes.dss": _LOADSHAPES,
+    "Loads/Residential.csv": _SHAPE,
     "Loads/Loads.dss": _LOADS,
 }
 UTILITY_LOAD_BUSES = ("b1", "b2", "c1", "t1", "t3", "t4", "t5lv")

@@ -73,7 +73,8 @@ def _check_run(scenario_path: Path, built, outcome, hours: float) -> None:  # no
     imb = table(built.results_dir, "imbalance").set_index(["interval", "dso"]).sort_index()
     fd = feeder.set_index(["interval", "dso"]).sort_index()
     np.testing.assert_allclose(imb["actual_mw"], fd["td_flow_mw"], rtol=1e-12)
-    np.testing.assert_allclose(imb["imbalance_mw"], fd["td_flow_mw"] - fd["scheduled_mw"], atol=1e-9)
+    np.testing.assert_allclose(imb["imbalance_mw"], fd["td_flow_mw"] - fd["scheduled_mw"],
+                               atol=1e-9)
     assert {lda.name for lda in scenario.ldas} == set(feeder["dso"])
     # Prices inside the LDAs stay within the bid price range (a limit the feeder
     # breaks whatever the DERs do would show up here at its penalty price).
@@ -81,7 +82,8 @@ def _check_run(scenario_path: Path, built, outcome, hours: float) -> None:  # no
     assert dlmp.between(PRICE_FLOOR, PRICE_CAP).all(), (dlmp.min(), dlmp.max())
 
 
-def _new_and_run(tmp_path: Path, feeders: list[Path], hours: float = HOURS, **kwargs):  # noqa: ANN003, ANN202
+def _new_and_run(tmp_path: Path, feeders: list[Path], hours: float = HOURS,
+                 **kwargs):  # noqa: ANN003, ANN202
     made = write_new_scenario(feeders, tmp_path / "study" / "scenario.toml", **kwargs)
     built, outcome = run_scenario(made.path, tmp_path / "run", hours=hours)
     _check_run(made.path, built, outcome, hours)
@@ -101,7 +103,8 @@ def test_build_hands_the_feeders_own_ders_to_the_named_aggregator(tmp_path: Path
     assert {"bus": "b2", "rating_mw": 0.05} in [{k: p[k] for k in ("bus", "rating_mw")}
                                                 for p in solar["fleet"]["pvs"]]
     (bess,) = [b for b in solar["fleet"]["batteries"] if b["energy_mwh"] == 0.8]
-    assert (bess["bus"], bess["power_mw"], bess["soc_init"], bess["soc_min"]) == ("t4", 0.2, 0.6, 0.2)
+    assert (bess["bus"], bess["power_mw"], bess["soc_init"], bess["soc_min"]) == (
+        "t4", 0.2, 0.6, 0.2)
     # The DSO gets the feeder with those elements disabled (not counted twice).
     dso_feeder = built.federation.parent / config["dsos"][0]["feeder"]
     assert dso_feeder.parent == built.federation.parent
@@ -116,7 +119,8 @@ def test_build_names_the_lda_for_a_broken_feeder(tmp_path: Path) -> None:
     good = utility_feeder(tmp_path / "good")
     made = write_new_scenario([good], tmp_path / "s.toml")
     (tmp_path / "good" / "Loads" / "LoadShapes.dss").unlink()  # lost after the scenario was written
-    with pytest.raises(ScenarioError, match=r"(?s)ldas\[lda_good\]\.feeder: .*Redirect file not found"):
+    with pytest.raises(ScenarioError,
+                       match=r"(?s)ldas\[lda_good\]\.feeder: .*Redirect file not found"):
         build(made.path, tmp_path / "out", port=23999)
 
 

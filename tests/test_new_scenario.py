@@ -87,7 +87,8 @@ def test_limits_are_widened_to_hold_a_base_case_outside_ansi_range_a(tmp_path: P
 
 
 @pytest.mark.parametrize("kind, message", [
-    ("missing_redirect", r'Redirect file not found: "\.\./Loads/LoadShapes\.dss".*Network[/\\]Lines\.dss'),
+    ("missing_redirect",
+     r'Redirect file not found: "\.\./Loads/LoadShapes\.dss".*Network[/\\]Lines\.dss'),
     ("compile_error", r'LineCode object "ABC4/0" not found.*Network[/\\]Lines\.dss", line: 5'),
     ("no_convergence", r"base case of .*Master\.dss does not converge"),
 ])
@@ -123,7 +124,8 @@ def test_scenario_for_the_shipped_feeder(tmp_path: Path) -> None:
 def test_every_written_field_is_commented(tmp_path: Path, utility: Path) -> None:
     made = write_new_scenario([utility], tmp_path / "s.toml")
     lines = made.path.read_text().splitlines()
-    values = [ln for ln in lines if "=" in ln and not ln.startswith("#") and not ln.startswith("    ")]
+    values = [ln for ln in lines
+              if "=" in ln and not ln.startswith("#") and not ln.startswith("    ")]
     uncommented = [ln for i, ln in enumerate(lines) if ln in values and "#" not in ln
                    and not lines[i - 1].startswith("#")]
     assert values and uncommented == []
@@ -157,11 +159,13 @@ def test_large_feeders_get_a_sample_of_der_buses(tmp_path: Path) -> None:
     assert "a seeded sample" in made.path.read_text()
 
 
-def test_several_feeders_at_distinct_buses_of_a_users_case_file(tmp_path: Path, utility: Path) -> None:
+def test_several_feeders_at_distinct_buses_of_a_users_case_file(tmp_path: Path,
+                                                                utility: Path) -> None:
     case = tmp_path / "grid" / "mygrid.m"
     case.parent.mkdir()
     shutil.copy(CASE9_M, case)
-    made = write_new_scenario([utility, IEEE13, IEEE13], tmp_path / "study" / "s.toml", case=str(case))
+    made = write_new_scenario([utility, IEEE13, IEEE13], tmp_path / "study" / "s.toml",
+                              case=str(case))
     scenario, base = load_scenario(made.path)
     assert scenario.transmission.case == "../grid/mygrid.m"
     assert [lda.name for lda in scenario.ldas] == ["lda_u12f3", "lda_ieee13", "lda_ieee13_2"]
@@ -173,7 +177,8 @@ def test_several_feeders_at_distinct_buses_of_a_users_case_file(tmp_path: Path, 
 def test_given_td_buses_are_checked_against_the_case(tmp_path: Path) -> None:
     made = write_new_scenario([IEEE13], tmp_path / "s.toml", case="case14", td_buses=[4])
     assert load_scenario(made.path)[0].ldas[0].td_bus == 4
-    with pytest.raises(NewScenarioError, match=r"--td-bus 42: bus 42 is not in case 'case14' \(its buses: \[1, 2"):
+    with pytest.raises(NewScenarioError,
+                       match=r"--td-bus 42: bus 42 is not in case 'case14' \(its buses: \[1, 2"):
         write_new_scenario([IEEE13], tmp_path / "t.toml", case="case14", td_buses=[42])
     with pytest.raises(NewScenarioError, match="--td-bus: given 1 time"):
         write_new_scenario([IEEE13, IEEE13], tmp_path / "u.toml", td_buses=[4])
@@ -203,7 +208,8 @@ def test_cli_reports_feeder_errors_and_writes_on_success(tmp_path: Path,
     assert 'LineCode object "ABC4/0" not found' in err
     assert not (tmp_path / "s.toml").exists()
     out = tmp_path / "ok.toml"
-    assert cli(["new-scenario", "--feeder", str(IEEE13), "--case", "case14", "--out", str(out)]) == 0
+    args = ["new-scenario", "--feeder", str(IEEE13), "--case", "case14", "--out", str(out)]
+    assert cli(args) == 0
     text = capsys.readouterr().out
     assert f"run it with: dsosim run {out}" in text and "regulators: reg1" in text
     assert load_scenario(out)[0].transmission.case == "case14"
@@ -216,7 +222,8 @@ def test_existing_ders_to_must_name_an_aggregator_of_the_lda(tmp_path: Path) -> 
     path = tmp_path / "s.toml"
     path.write_text('name = "x"\n[[ldas]]\nname = "a"\nfeeder = "f.dss"\ntd_bus = 5\n'
                     'existing_ders_to = "nobody"\n[[ldas.aggregators]]\nname = "g"\n')
-    with pytest.raises(ScenarioError, match=r"ldas\.0\.existing_ders_to: .*its aggregators are \['g'\]"):
+    with pytest.raises(ScenarioError,
+                       match=r"ldas\.0\.existing_ders_to: .*its aggregators are \['g'\]"):
         load_scenario(path)
 
 

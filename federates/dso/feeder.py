@@ -460,7 +460,8 @@ class Feeder:
                     soc=self._property(full, "%stored") / 100.0 if storage else 0.0,
                     reserve=self._property(full, "%reserve") / 100.0 if storage else 0.0,
                     efficiency=(self._property(full, "%effcharge")
-                                * self._property(full, "%effdischarge") / 1.0e4) if storage else 1.0,
+                                * self._property(full, "%effdischarge") / 1.0e4)
+                    if storage else 1.0,
                     enabled=bool(dss.CktElement.Enabled()),
                 ))
         self._existing = tuple(found)
