@@ -8,6 +8,7 @@ import importlib
 
 SUBJECTS = {
     "opf": "dsosim.runner.bench_opf",
+    "ders": "dsosim.runner.bench_ders",
 }
 
 

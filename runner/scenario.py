@@ -55,7 +55,51 @@ class Limits(_Section):
 
 
 class Aggregator(_Section):
-    """A DER aggregator and its fleet, sized relative to the load at each bus."""
+    """A DER aggregator and its fleet: devices sized relative to the load at
+    each bus (the ``*_share`` fields) and/or homes with devices (``homes``).
+    Every field is explained in docs/ders.md."""
+
+    class Homes(_Section):
+        """Homes per bus from the bus's peak load, and penetration shares."""
+
+        home_peak_kw: PositiveFloat = Field(
+            4.0, le=100, description="average peak of a home's base load, kW: homes per bus = "
+            "bus peak load / this")
+        enrolled: float = Field(1.0, ge=0, le=1, description="share of each bus's homes served")
+        counts: dict[str, int] = Field({}, description="homes per bus, overriding the derived count")
+        pv: float = Field(0.0, ge=0, le=1, description="share of homes with rooftop PV")
+        battery: float = Field(0.0, ge=0, le=1, description="share of homes with a battery")
+        ev: float = Field(0.0, ge=0, le=1, description="share of homes with an EV")
+        v2g: float = Field(0.0, ge=0, le=1, description="share of the EVs that can discharge (V2G)")
+        hvac: float = Field(0.0, ge=0, le=1, description="share of homes with an air conditioner "
+                            "(or heat pump, see hvac_mode)")
+        water_heater: float = Field(0.0, ge=0, le=1, description="share with an electric water heater")
+        volt_var: float = Field(0.0, ge=0, le=1, description="share of PV inverters running volt-var")
+        hvac_mode: Literal["cool", "heat"] = "cool"
+        pv_kw: tuple[PositiveFloat, PositiveFloat] = Field((3.0, 8.0), description="PV DC size range")
+        battery_kwh: tuple[PositiveFloat, PositiveFloat] = (5.0, 15.0)
+        ev_kwh_per_day: tuple[PositiveFloat, PositiveFloat] = (4.0, 16.0)
+        comfort_price: tuple[PositiveFloat, PositiveFloat] = Field(
+            (20.0, 100.0), description="premium for comfort at the band edge, $/MWh")
+        override_probability: float = Field(
+            0.0, ge=0, le=1, description="chance per interval that a thermostat is overridden")
+
+    class Weather(_Section):
+        """The fleet's site: clear sky with seeded clouds, or a measured profile."""
+
+        latitude_deg: float = Field(35.0, ge=-66, le=66)
+        longitude_deg: float = Field(0.0, ge=-180, le=180)
+        utc_offset_h: float = Field(0.0, ge=-12, le=14, description="clock time zone")
+        day_of_year: int = Field(172, ge=1, le=365)
+        tilt_deg: float = Field(25.0, ge=0, le=90, description="tilt of PV arrays")
+        albedo: float = Field(0.2, ge=0, le=1)
+        cloudiness: float = Field(0.3, ge=0, le=1, description="share of time overcast")
+        temp_min_c: float = Field(21.0, ge=-40, le=50)
+        temp_max_c: float = Field(33.0, ge=-40, le=55)
+        temp_day_sd_c: float = Field(1.5, ge=0, le=10, description="day-to-day temperature spread")
+        profile: str | None = Field(
+            None, description="measured weather: a file of configs/weather (name) or an "
+            "absolute path to such a CSV")
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
     buses: tuple[str, ...] = Field((), description="feeder buses it serves; empty = every load bus")
@@ -65,8 +109,25 @@ class Aggregator(_Section):
     battery_efficiency: float = Field(0.9, gt=0.5, le=1.0, description="round-trip efficiency")
     flex_share: float = Field(0.1, ge=0, le=1, description="curtailable share of bus load")
     flex_value: float = Field(60.0, ge=0, le=10000, description="value of curtailable load, $/MWh")
+    inflexible_share: float = Field(
+        0.0, ge=0, le=5, description="inflexible load behind its meters (not in the feeder "
+        "model) / bus peak load")
+    commercial_share: float = Field(
+        0.0, ge=0, le=1, description="share of buses whose inflexible load is commercial")
+    homes: Homes | None = Field(None, description="homes and their devices (docs/ders.md)")
+    weather: Weather = Weather()
+    max_blocks: int = Field(16, ge=2, le=200, description="most blocks in one bus curve")
     response_error: float = Field(0.0, ge=0, lt=1, description="std of relative response error")
     utility_owned: bool = Field(False, description="DERs owned by the utility (may not bid where it is DMO)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _homes_replace_share_defaults(cls, data: object) -> object:
+        """With ``homes``, the load-share devices default to none (they can
+        still be added explicitly, e.g. a community battery)."""
+        if isinstance(data, dict) and data.get("homes") is not None:
+            return {"pv_share": 0.0, "battery_share": 0.0, "flex_share": 0.0, **data}
+        return data
 
 
 class Lda(_Section):

@@ -128,3 +128,37 @@ def test_bad_grid_is_rejected() -> None:
         profiles.residential_load(DAY, 0.0)
     with pytest.raises(ValueError, match="n_intervals"):
         profiles.commercial_load(-1, 300.0)
+
+
+# ------------------------------------------------------- weather and usage
+
+
+def test_daily_temperature_hits_its_extremes_at_the_given_hours_and_is_periodic() -> None:
+    hours = np.array([5.0, 10.0, 15.0, 22.0, 29.0])
+    t = profiles.daily_temperature(hours, 20.0, 30.0)
+    assert t[:3].tolist() == pytest.approx([20.0, 25.0, 30.0])  # half way at 10:00
+    assert t[3] == pytest.approx(25.0)  # half way down after 7 of 14 falling hours
+    assert t[4] == pytest.approx(20.0)  # 29 h = 05:00 the next day
+    fine = profiles.daily_temperature(np.linspace(0, 24, 2401), 20.0, 30.0)
+    assert fine.min() == pytest.approx(20.0) and fine.max() == pytest.approx(30.0)
+    assert np.abs(np.diff(fine)).max() < 0.02  # continuous, including midnight
+    with pytest.raises(ValueError):
+        profiles.daily_temperature(hours, 30.0, 20.0)
+
+
+def test_hot_water_draw_averages_one_and_peaks_morning_and_evening() -> None:
+    hours = (np.arange(1440) + 0.5) / 60.0
+    draw = profiles.hot_water_draw(hours)
+    assert draw.mean() == pytest.approx(1.0, abs=1e-9)
+    assert 6.0 <= hours[np.argmax(draw)] <= 8.0
+    assert draw[(hours > 18) & (hours < 21)].max() > 2.0
+    assert draw[(hours > 1) & (hours < 4)].max() < 0.3
+
+
+def test_ar1_paths_are_seeded_unit_variance_and_autocorrelated() -> None:
+    a = profiles.ar1_paths(200, 500, 300.0, 3600.0, 4)
+    np.testing.assert_array_equal(a, profiles.ar1_paths(200, 500, 300.0, 3600.0, 4))
+    assert a.shape == (500, 200)
+    assert a.std() == pytest.approx(1.0, abs=0.05)
+    lag1 = np.mean(a[1:] * a[:-1])
+    assert lag1 == pytest.approx(np.exp(-300.0 / 3600.0), abs=0.03)

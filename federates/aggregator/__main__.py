@@ -2,7 +2,8 @@
 
 Per interval k (see ``common.schedule``): BID sends one curve per location to
 its market operator; RESPOND reads the dispatch, runs the devices for the
-interval and reports what they actually did.
+interval and reports what they actually did; records the ``ders*`` tables
+(``results``).
 """
 
 from __future__ import annotations
@@ -12,16 +13,13 @@ import sys
 import zlib
 
 from dsosim.federates.aggregator.fleet import Fleet
+from dsosim.federates.aggregator.results import der_tables
 from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig, load_federation
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, run_federate
-
-DER_COLUMNS = ("interval", "aggregator", "battery_charge_mw", "battery_discharge_mw", "battery_soc_mean",
-               "pv_output_mw", "pv_curtailed_mw", "flex_served_mw", "flex_curtailed_mw",
-               "requested_mw", "actual_mw")
 
 
 def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
@@ -54,12 +52,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
             setpoints, prices = dict(dispatch[0].setpoints_mw), dict(dispatch[0].prices)
         outcome = fleet.dispatch(k, setpoints, prices)
         shell.send(utility, msg.Measurement(name, k, outcome.actual_by_bus(), setpoints))
-        shell.record(k, "ders", DER_COLUMNS, [(
-            k, name, outcome.battery_charge_mw, outcome.battery_discharge_mw,
-            float(outcome.battery_soc.mean()) if outcome.battery_soc.size else float("nan"),
-            outcome.pv_output_mw, outcome.pv_curtailed_mw, outcome.flex_served_mw, outcome.flex_curtailed_mw,
-            float(outcome.requested_mw.sum()), float(outcome.actual_mw.sum()),
-        )])
+        shell.record_tables(k, der_tables(name, outcome))
         shell.record_traffic(k)
 
 

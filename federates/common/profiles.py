@@ -58,7 +58,7 @@ def _check_grid(n_intervals: int, interval_s: float) -> None:
         raise ValueError(f"interval_s must be finite and > 0, got {interval_s!r}")
 
 
-def _sample_times(n_intervals: int, interval_s: float, start_s: float) -> FloatArray:
+def sample_times(n_intervals: int, interval_s: float, start_s: float) -> FloatArray:
     """Seconds since midnight of day 0 at the sub-samples of each interval,
     shape ``(n_intervals, k)`` with ``k`` samples evenly inside each interval."""
     _check_grid(n_intervals, interval_s)
@@ -74,7 +74,7 @@ def _interval_mean(
     start_s: float,
 ) -> FloatArray:
     """Interval averages of a periodic daily shape given as a function of hour."""
-    hours = (_sample_times(n_intervals, interval_s, start_s) % SECONDS_PER_DAY) / 3600.0
+    hours = (sample_times(n_intervals, interval_s, start_s) % SECONDS_PER_DAY) / 3600.0
     return shape_of_hour(hours).mean(axis=1)
 
 
@@ -198,6 +198,70 @@ def wholesale_load(
     return _with_noise(values, noise, seed)
 
 
+# ------------------------------------------------------- weather and usage
+
+
+def daily_temperature(
+    hours: FloatArray, t_min: float, t_max: float, *, hour_min: float = 5.0, hour_max: float = 15.0
+) -> FloatArray:
+    """Outdoor air temperature over a day, degC, at hours of day ``hours``.
+
+    Two half cosines: rising from ``t_min`` at ``hour_min`` (around dawn)
+    to ``t_max`` at ``hour_max`` (mid afternoon), then falling for the
+    remaining hours back to the next day's minimum: the usual asymmetric
+    shape of a fair-weather day (a slow evening cool-down). Continuous and
+    periodic.
+
+    >>> daily_temperature(np.array([5.0, 15.0, 10.0]), 20.0, 30.0).tolist()
+    [20.0, 30.0, 25.0]
+    """
+    if not t_min <= t_max:
+        raise ValueError(f"t_min {t_min} must not exceed t_max {t_max}")
+    if not 0.0 <= hour_min < hour_max < 24.0:
+        raise ValueError("need 0 <= hour_min < hour_max < 24")
+    rise = hour_max - hour_min
+    since = (np.asarray(hours, dtype=float) - hour_min) % 24.0
+    phase = np.where(since <= rise, since / rise, 1.0 + (since - rise) / (24.0 - rise))
+    return t_min + (t_max - t_min) * 0.5 * (1.0 - np.cos(np.pi * phase))
+
+
+def _hot_water_raw(hour: FloatArray) -> FloatArray:
+    # Showers and kitchen: a sharp morning peak, a broad evening one and a
+    # small midday use; almost nothing at night.
+    return (0.05 + 1.0 * _bump(hour, 7.0, 1.0) + 0.35 * _bump(hour, 12.5, 1.5)
+            + 0.8 * _bump(hour, 19.5, 1.8))
+
+
+_HW_FINE = (np.arange(1440) + 0.5) / 60.0
+_HW_MEAN = float(_hot_water_raw(_HW_FINE).mean())
+
+
+def hot_water_draw(hours: FloatArray) -> FloatArray:
+    """Domestic hot-water use at hours of day ``hours``, per unit of the
+    daily mean (so it averages 1 over a day): morning peak around 07:00,
+    evening peak around 19:30, a midday shoulder. Approximates the shape of
+    typical residential draw profiles (e.g. the ASHRAE / NREL household
+    schedules), not measured data."""
+    return _hot_water_raw(np.asarray(hours, dtype=float)) / _HW_MEAN
+
+
+def ar1_paths(n_paths: int, n_steps: int, step_s: float, time_constant_s: float,
+              seed: int | np.random.SeedSequence | None) -> FloatArray:
+    """``n_paths`` independent stationary Gaussian AR(1) paths (unit
+    variance, correlation ``exp(-step_s / time_constant_s)`` between
+    neighbours), shape ``(n_steps, n_paths)``, drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    phi = math.exp(-step_s / time_constant_s)
+    gain = math.sqrt(1.0 - phi * phi)
+    shocks = rng.standard_normal((n_steps, n_paths))
+    out = np.empty((n_steps, n_paths))
+    previous = rng.standard_normal(n_paths)
+    for i in range(n_steps):
+        previous = phi * previous + gain * shocks[i]
+        out[i] = previous
+    return out
+
+
 # ------------------------------------------------------------------------ PV
 
 
@@ -225,7 +289,7 @@ def _clear_sky_pu(
     return np.minimum(pr * ghi / 1000.0, 1.0)
 
 
-def _cloud_cover(
+def cloud_cover(
     t_s: FloatArray, start_s: float, cloudiness: float, time_constant_s: float, seed: int | None
 ) -> FloatArray:
     """Cloud cover in [0, 1] at times ``t_s``.
@@ -280,7 +344,7 @@ def pv_clear_sky(
 ) -> FloatArray:
     """Clear-sky PV output per unit of rating (no clouds; ``seed`` unused,
     kept for the common signature). See :func:`pv_output`."""
-    t = _sample_times(n_intervals, interval_s, start_s)
+    t = sample_times(n_intervals, interval_s, start_s)
     return _clear_sky_pu(t, latitude_deg, day_of_year, performance_ratio).mean(axis=1)
 
 
@@ -305,7 +369,7 @@ def pv_output(
     losses). Defaults: 35 deg N at the June solstice, giving about 0.85 pu
     at solar noon and zero between about 19:10 and 04:50.
 
-    Clouds: a cover fraction from :func:`_cloud_cover` removes
+    Clouds: a cover fraction from :func:`cloud_cover` removes
     ``cloud_opacity`` of the output when fully overcast. ``cloudiness = 0``
     gives exactly :func:`pv_clear_sky`.
     """
@@ -314,9 +378,9 @@ def pv_output(
             raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     if not (math.isfinite(cloud_time_constant_s) and cloud_time_constant_s > 0.0):
         raise ValueError(f"cloud_time_constant_s must be > 0, got {cloud_time_constant_s!r}")
-    t = _sample_times(n_intervals, interval_s, start_s)
+    t = sample_times(n_intervals, interval_s, start_s)
     clear = _clear_sky_pu(t, latitude_deg, day_of_year, performance_ratio)
     if t.size == 0:
         return clear.mean(axis=1)
-    cover = _cloud_cover(t, start_s, cloudiness, cloud_time_constant_s, seed)
+    cover = cloud_cover(t, start_s, cloudiness, cloud_time_constant_s, seed)
     return (clear * (1.0 - cloud_opacity * cover)).mean(axis=1)
