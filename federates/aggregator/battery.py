@@ -99,19 +99,18 @@ class Batteries:
         horizon = f.shape[1]
         e1 = self.eta1[:, None]
         per_unit = (self.power * dt)[:, None]  # grid MWh of one full-power interval
-
-        def value_of_stored(e: FloatArray) -> FloatArray:  # n_d-th highest expected price
-            return order_stat(f, row, horizon - e * e1 / per_unit)
-
-        def cost_of_room(h: FloatArray) -> FloatArray:  # n_c-th lowest expected price
-            return order_stat(f, row, h / (e1 * per_unit) - 1.0)
-
         mid = (np.arange(k) + 0.5) / k  # tranche midpoints, fraction of the deliverable power
         out = mid * (dmax * dt / self.eta1)[:, None]  # stored MWh removed by mid-tranche
         into = mid * (cmax * dt * self.eta1)[:, None]  # stored MWh added by mid-tranche
         e_col, h_col, eta_col = stored[:, None], room[:, None], self.eta[:, None]
-        d_price = np.maximum(value_of_stored(e_col - out), cost_of_room(h_col + out) / eta_col)
-        c_price = np.minimum(cost_of_room(h_col - into), eta_col * value_of_stored(e_col + into))
+        # positions in the sorted expected prices, all four order statistics in one pass:
+        # the n_d-th highest price values the stored energy, the n_c-th lowest the room
+        value_at = horizon - (e_col - out) * e1 / per_unit, horizon - (e_col + into) * e1 / per_unit
+        cost_at = (h_col + out) / (e1 * per_unit) - 1.0, (h_col - into) / (e1 * per_unit) - 1.0
+        v_out, v_in, c_out, c_in = np.split(
+            order_stat(f, row, np.concatenate([*value_at, *cost_at], axis=1)), 4, axis=1)
+        d_price = np.maximum(v_out, c_out / eta_col)
+        c_price = np.minimum(c_in, eta_col * v_in)
         c_price = np.minimum(c_price, d_price[:, :1])
         price = np.concatenate([d_price, c_price], axis=1)
         mw = np.concatenate([np.repeat((dmax / k)[:, None], k, axis=1),

@@ -120,11 +120,13 @@ class Evs:
         full = np.where(per_full > 0, per_full, 1.0)
         n_later = (need - must * eta * dt) / full  # full-power intervals it will still need
         flex = hi - must
-        # only cars with something to offer ask the outlook
-        c_price = tick.outlook.order_stat_ahead(self.bus, np.where(flex > 0, m, 0), n_later - 1.0)
         back = n_later + dmax * dt / eta / full  # intervals it needs after discharging
-        d_price = tick.outlook.order_stat_ahead(self.bus, np.where(dmax > 0, m, 0),
-                                                back - 1.0) / eta ** 2 + self.wear
+        # one pass for both prices; only cars with something to offer ask the outlook
+        both = tick.outlook.order_stat_ahead(
+            np.concatenate([self.bus, self.bus]),
+            np.concatenate([np.where(flex > 0, m, 0), np.where(dmax > 0, m, 0)]),
+            np.concatenate([n_later, back]) - 1.0)
+        c_price, d_price = both[:n], both[n:] / eta ** 2 + self.wear
         price = np.concatenate([d_price, c_price])
         mw = np.concatenate([dmax, flex])
         owner = np.concatenate([np.arange(n), np.arange(n)]).astype(np.intp)

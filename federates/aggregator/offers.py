@@ -59,7 +59,7 @@ def assemble(interval: int, groups: list[GroupOffer], dev_bus: IntArray, n_bus: 
     mw = np.concatenate([g.mw for g in groups])
     owner = np.concatenate([g.owner + off for g, off in zip(groups, offsets, strict=False)])
     keep = mw > EPS_MW
-    price = np.nan_to_num(np.clip(price[keep], PRICE_FLOOR, PRICE_CAP), nan=PRICE_CAP)
+    price = np.clip(price[keep], PRICE_FLOOR, PRICE_CAP)  # +inf (no later chance) -> the cap
     mw, owner = mw[keep], owner[keep].astype(np.intp)
     bus = dev_bus[owner]
     order = np.lexsort((-price, bus))
