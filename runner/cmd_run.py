@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dsosim.runner.build import build
-from dsosim.runner.launch import launch
+from dsosim.runner.build import BuildResult, build
+from dsosim.runner.launch import build_and_launch
 from dsosim.runner.scenario import ScenarioError
 
 HEADLINES = (
@@ -44,6 +44,11 @@ def handle(args: argparse.Namespace) -> int:
         print(f"dsosim run: {exc}", file=sys.stderr)
         return 2
     n = built.config.time.n_intervals
+    first = [built]
+
+    def make() -> BuildResult:
+        """The build above, then (on a retry) a fresh one on a new port."""
+        return first.pop() if first else build(args.scenario, out, hours=args.hours, model=args.model)
     print(f"running {built.config.name}: {n} intervals, {len(built.config.federate_names())} federates "
           f"(helics run --path={built.runner})", flush=True)
 
@@ -52,7 +57,7 @@ def handle(args: argparse.Namespace) -> int:
             print(f"  {done}/{total} intervals", flush=True)
 
     try:
-        outcome = launch(built.runner, built.results_dir, on_progress=progress)
+        built, outcome = build_and_launch(make, on_progress=progress)
     except KeyboardInterrupt:
         print("dsosim run: interrupted; federation stopped", file=sys.stderr)
         return 130

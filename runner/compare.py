@@ -17,7 +17,7 @@ import pandas as pd
 from dsosim.federates.common.curves import PRICE_CAP
 from dsosim.federates.recorder.summary import read_table
 from dsosim.runner.build import build
-from dsosim.runner.launch import launch
+from dsosim.runner.launch import build_and_launch
 from dsosim.runner.models import MODEL_NAMES, load_model
 
 COLUMNS = (
@@ -34,8 +34,7 @@ def run_models(scenario: Path, out: Path, *, models: Sequence[str] = MODEL_NAMES
     """Run ``scenario`` under each model and return the comparison table."""
     rows = []
     for model in models:
-        built = build(scenario, out / f"model-{model}", hours=hours, model=model)
-        outcome = launch(built.runner, built.results_dir)
+        built, outcome = build_and_launch(lambda m=model: build(scenario, out / f"model-{m}", hours=hours, model=m))
         row = metrics(built.results_dir, model, outcome.summary)
         row["wall_s"] = round(outcome.wall_s, 1)
         if not outcome.ok:

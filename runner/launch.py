@@ -39,6 +39,20 @@ class LaunchOutcome:
     failure: str | None
 
 
+def build_and_launch(make: Callable[[], Any], *, attempts: int = 2, **kwargs: Any) -> tuple[Any, LaunchOutcome]:
+    """Build (``make()`` returns a ``BuildResult`` on a fresh port) and launch;
+    if federates could not even join the broker (a port taken between build
+    and launch on a busy machine) and no interval ran, build again once."""
+    for attempt in range(attempts):
+        built = make()
+        outcome = launch(built.runner, built.results_dir, **kwargs)
+        joined = not (outcome.failure and ("could not join" in outcome.failure
+                                           or "unable to register" in outcome.failure))
+        if outcome.ok or joined or outcome.summary.get("intervals") or attempt == attempts - 1:
+            return built, outcome
+    raise AssertionError("unreachable")
+
+
 def helics_command() -> str:
     """The ``helics`` CLI of this environment (next to this interpreter first)."""
     beside = Path(sys.executable).with_name("helics")

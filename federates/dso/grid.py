@@ -39,7 +39,8 @@ from dsosim.federates.dso.feeder import Feeder, FeederState, Sensitivities
 Rows = list[tuple[object, ...]]
 Tables = dict[str, tuple[tuple[str, ...], Rows]]
 
-FEEDER_COLUMNS = ("interval", "hours", "dso", "scale", "converged", "head_mw", "td_flow_mw",
+FEEDER_COLUMNS = ("interval", "hours", "dso", "scale", "converged", "power_flow_converged",
+                  "control_iterations_exceeded", "forecast_reused", "message", "head_mw", "td_flow_mw",
                   "scheduled_mw", "imbalance_mw", "losses_mw", "inflexible_mw", "der_mw", "vmin_pu",
                   "vmax_pu", "max_loading", "voltage_violations", "thermal_violations")
 VOLTAGE_COLUMNS = ("interval", "dso", "node", "v_pu")
@@ -100,14 +101,23 @@ class GridOperator:
             else np.zeros(n)
         self.der_mw = np.zeros(len(self.locations))  # last measured DER output (operating point)
         self.forecast_point: Forecast | None = None
+        self._forecast_reused = False
 
     # ----------------------------------------------------------- forecast
     def forecast(self, interval: int) -> Forecast:
-        """Solve and linearise the feeder at the interval's forecast point."""
+        """Solve and linearise the feeder at the interval's forecast point.
+
+        If that power flow diverges, its numbers mean nothing: the previous
+        interval's forecast is used again (and the interval's ``feeder`` row
+        says so). After OpenDSS #485 (controls hunting) the power flow at the
+        controls' last positions is valid and is used."""
         self.feeder.set_load_multipliers(self.profile[interval])
         self.feeder.set_der_mw(self.der_mw)
         state = self.feeder.solve()
-        self.forecast_point = Forecast(state, self.feeder.sensitivities())
+        self._forecast_reused = not state.power_flow_converged and self.forecast_point is not None
+        if not self._forecast_reused:
+            self.forecast_point = Forecast(state, self.feeder.sensitivities())
+        assert self.forecast_point is not None
         return self.forecast_point
 
     def utility_bid(self, market_aggregators: Sequence[str]) -> BidCurve:
@@ -162,7 +172,9 @@ class GridOperator:
         monitored = state.v_pu[state.monitored]
         tables: Tables = {
             "feeder": (FEEDER_COLUMNS, [(
-                k, h, self.name, s, bool(state.converged), state.substation_p_mw, td_flow, scheduled_mw,
+                k, h, self.name, s, bool(state.converged), bool(state.power_flow_converged),
+                bool(state.control_iterations_exceeded), self._forecast_reused, state.message,
+                state.substation_p_mw, td_flow, scheduled_mw,
                 td_flow - scheduled_mw, state.losses_mw, state.load_mw, float(der.sum()),
                 float(monitored.min()), float(monitored.max()),
                 float(np.max(state.loading)) if len(state.loading) else 0.0,
