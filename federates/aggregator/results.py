@@ -7,7 +7,9 @@ keep messages small), with stable column types: ``int`` for counts,
 * ``ders_bus``: per bus: the price and set-point received, the set-point
   clipped into the curve, what the fleet did and would have done without a
   market; ``deviation_mw = actual - setpoint``.
-* ``ders``: per bus and device type: devices, no-market baseline, the
+* ``ders``: per bus and device type: devices, no-market baseline (this
+  interval's no-market action from the present state, not a separate
+  no-market trajectory), the
   deliverable range offered, the type's share of the set-point
   (``dispatched_mw``) and what the devices did (``actual_mw``: response
   error and comfort overrides included).
