@@ -760,8 +760,16 @@ def _clearing(
     dispatch = prob.curve_base + np.bincount(
         prob.curve_of, weights=x, minlength=len(prob.curve_base)
     )
-    congestion = prob.rows.grad.T @ mu if nr else np.zeros(len(prob.der_names))
     constraints = _constraints(prob, x, slack, mu)
+    # A row the LP had to break (slack > 0) is priced at the violation penalty:
+    # that dual says "any price" and is no market signal (it made DLMPs of
+    # ~1e9 $/MWh where DERs could only partly relieve an overload). Such rows
+    # are reported as relaxed, like those no dispatch can satisfy, and leave
+    # the DLMPs, as does the imbalance penalty when the award cannot be met.
+    priced = np.where(slack > 1e-7, 0.0, mu)
+    congestion = prob.rows.grad.T @ priced if nr else np.zeros(len(prob.der_names))
+    if len(cols) > nb + nr and float(np.abs(cols[nb + nr :]).max()) > 1e-7:
+        energy = lmp
     scale = 1e-9 * (1.0 + max((abs(p) for p in prob.price), default=0.0))
     return LdaClearing(
         award_mw=float(award_mw),
