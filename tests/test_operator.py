@@ -123,3 +123,23 @@ def test_forecast_error_is_seeded_and_creates_imbalance() -> None:
         flows.append(op.measure(200, {a: dict(s) for a, (s, _) in sp.items()})[0] - award)
     assert flows[0] == flows[1]
     assert abs(flows[0]) > 1e-3 and np.isfinite(flows[0])
+
+
+def test_derm_override_curtails_only_what_the_feeder_cannot_take() -> None:
+    """Model 2: the utility turns ISO awards into set-points within the band."""
+    from dsosim.federates.dso.derm_override import override_awards
+
+    op = _operator()
+    f = op.grid.forecast(144)  # midday
+    index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(op.grid.locations)}
+    limits = Limits(vmax_pu=1.04)  # the midday operating point peaks at ~1.035 pu
+    small = {"a1": {"675": -0.05 * SCALE, "634": 0.02 * SCALE}, "a2": {"611": 0.0}}
+    kept = override_awards(small, scale=SCALE, der_index=index, state=f.state, sens=f.sens, limits=Limits())
+    assert kept["a1"]["675"] == pytest.approx(-0.05) and kept["a1"]["634"] == pytest.approx(0.02)
+    big = {"a1": {"675": -4.0 * SCALE, "634": 0.0}, "a2": {"611": 0.0}}
+    cut = override_awards(big, scale=SCALE, der_index=index, state=f.state, sens=f.sens, limits=limits)
+    injection = cut["a1"]["675"]
+    assert -4.0 < injection < -0.1  # curtailed toward zero, not to zero, never reversed
+    i = index[("a1", "675")]
+    v = f.state.v_pu[f.state.monitored] + f.sens.dv_dp[f.state.monitored][:, i] * (injection - f.state.der_mw[i])
+    assert v.max() == pytest.approx(1.04, abs=1e-6)  # as much as the band allows

@@ -19,16 +19,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig, load_federation
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, expect, run_federate
-from dsosim.federates.dso.derm_override import override
+from dsosim.federates.dso.derm_override import override_awards
 from dsosim.federates.dso.dmo_factory import make_dmo
-from dsosim.federates.dso.grid import GridOperator
+from dsosim.federates.dso.grid import Forecast, GridOperator
 from dsosim.federates.dso.grid_model import to_message
 from dsosim.federates.dso.lda_market import Limits
 
@@ -82,7 +80,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
             missing = sorted(set(in_market) - set(by_agg))
             if missing:
                 raise RuntimeError(f"interval {k}: no ISO award for {missing}")
-            _override_and_dispatch(shell, k, by_agg, grid, forecast, limits, element_index, grid.scale)
+            _override_and_dispatch(shell, k, by_agg, grid, forecast, limits, element_index)
 
         shell.advance(at(k, Phase.MEASURE, dt))
         got = expect(shell.receive(allowed_senders=list(cfg.aggregators)), msg.Measurement, k, cfg.aggregators)
@@ -94,22 +92,15 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
         shell.record_traffic(k)
 
 
-def _override_and_dispatch(shell: FederateShell, k: int, by_agg: dict, grid: GridOperator, forecast,  # noqa: ANN001
-                           limits: Limits, element_index: dict, scale: float) -> None:
-    """Model 2: ISO awards (scaled, per location) to feasible set-points."""
-    keys = [(agg, bus) for agg in sorted(by_agg) for bus in sorted(by_agg[agg].awards_mw)]
-    awards = np.array([by_agg[a].awards_mw[b] / scale for a, b in keys])
-    # The utility does not see the bids (they went to the ISO): an override may
-    # only curtail an award toward zero (less injection or less consumption),
-    # which every DER can deliver.
-    lo = np.minimum(awards, 0.0)
-    hi = np.maximum(awards, 0.0)
-    setpoints = override(awards, lo, hi, [element_index[key] for key in keys], forecast.state, forecast.sens, limits)
+def _override_and_dispatch(shell: FederateShell, k: int, by_agg: dict[str, msg.FleetAward], grid: GridOperator,
+                           forecast: Forecast, limits: Limits, element_index: dict[tuple[str, str], int]) -> None:
+    """Model 2: the ISO's awards, as feasible set-points, to the aggregators."""
+    setpoints = override_awards({a: m.awards_mw for a, m in by_agg.items()}, scale=grid.scale,
+                                der_index=element_index, state=forecast.state, sens=forecast.sens, limits=limits)
     rows = []
     for agg in sorted(by_agg):
-        sp = {b: float(setpoints[keys.index((agg, b))]) for b in sorted(by_agg[agg].awards_mw)}
-        shell.send(agg, msg.Dispatch(shell.name, k, sp, dict(by_agg[agg].prices)))
-        rows += [(k, grid.name, agg, b, by_agg[agg].awards_mw[b] / scale, sp[b]) for b in sp]
+        shell.send(agg, msg.Dispatch(shell.name, k, setpoints[agg], dict(by_agg[agg].prices)))
+        rows += [(k, grid.name, agg, b, by_agg[agg].awards_mw[b] / grid.scale, mw) for b, mw in setpoints[agg].items()]
     shell.record(k, "overrides", ("interval", "dso", "aggregator", "location", "award_mw", "setpoint_mw"), rows)
 
 

@@ -14,7 +14,7 @@ the LDA's deviation from the ISO schedule and is settled as imbalance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import highspy
 import numpy as np
@@ -73,3 +73,18 @@ def override(awards_mw: np.ndarray, lo_mw: np.ndarray, hi_mw: np.ndarray, der_in
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return np.clip(awards_mw, lo_mw, hi_mw)
     return np.asarray(h.getSolution().col_value[:n], dtype=float)
+
+
+def override_awards(awards_mw: Mapping[str, Mapping[str, float]], *, scale: float,
+                    der_index: Mapping[tuple[str, str], int], state: FeederState, sens: Sensitivities,
+                    limits: Limits) -> dict[str, dict[str, float]]:
+    """Set-points per aggregator and location (MW on the modelled feeder) for
+    the ISO's awards (MW at the T-D interface, i.e. times ``scale``)."""
+    keys = [(agg, bus) for agg in sorted(awards_mw) for bus in sorted(awards_mw[agg])]
+    target = np.array([awards_mw[a][b] / scale for a, b in keys])
+    setpoints = override(target, np.minimum(target, 0.0), np.maximum(target, 0.0),
+                         [der_index[key] for key in keys], state, sens, limits)
+    out: dict[str, dict[str, float]] = {}
+    for (agg, bus), mw in zip(keys, setpoints, strict=True):
+        out.setdefault(agg, {})[bus] = float(mw)
+    return out
