@@ -8,7 +8,6 @@ interval and reports what they actually did; records the ``ders*`` tables
 
 from __future__ import annotations
 
-import argparse
 import sys
 import zlib
 
@@ -17,9 +16,9 @@ from dsosim.federates.aggregator.results import der_tables
 from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
-from dsosim.federates.common.config import FederationConfig, load_federation
+from dsosim.federates.common.config import FederationConfig
 from dsosim.federates.common.schedule import Phase, at
-from dsosim.federates.common.shell import FederateShell, run_federate
+from dsosim.federates.common.shell import FederateShell, federate_main
 
 
 def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
@@ -57,16 +56,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dsosim.federates.aggregator")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--name", required=True)
-    args = parser.parse_args(argv)
-    config, _ = load_federation(args.config)
-    return run_federate(
-        args.name,
-        lambda: FederateShell(args.name, config.helics, recorder=config.recorder.name),
-        lambda shell: run(shell, config, args.name),
-    )
+    return federate_main("aggregator", lambda shell, config, name, base: run(shell, config, name), argv)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,18 @@ request, which keeps the exchange order inside a market interval fixed (see
 
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import helics as h
 
 from dsosim.federates.common import messages as msg
-from dsosim.federates.common.config import HelicsSettings
+from dsosim.federates.common.config import FederationConfig, HelicsSettings, load_federation
 
 
 TRAFFIC_COLUMNS = ("interval", "federate", "to", "kind", "messages", "bytes")
@@ -147,6 +149,22 @@ def expect(messages: Sequence[msg.Message], kind: type, interval: int, senders: 
     if missing:
         raise RuntimeError(f"interval {interval}: no {kind.KIND} from {missing}")  # type: ignore[attr-defined]
     return got
+
+
+def federate_main(kind: str, body: Callable[[FederateShell, FederationConfig, str, Path], None],
+                  argv: list[str] | None = None) -> int:
+    """The command line every federate process has: ``--config FILE --name NAME``;
+    runs ``body(shell, config, name, config_folder)`` inside :func:`run_federate`."""
+    parser = argparse.ArgumentParser(prog=f"python -m dsosim.federates.{kind}")
+    parser.add_argument("--config", required=True, help="federation.json written by dsosim build")
+    parser.add_argument("--name", required=True, help="this federate's name in the federation")
+    args = parser.parse_args(argv)
+    config, base = load_federation(args.config)
+    return run_federate(
+        args.name,
+        lambda: FederateShell(args.name, config.helics, recorder=config.recorder.name),
+        lambda shell: body(shell, config, args.name, base),
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -15,15 +15,14 @@ Per interval k (see ``common.schedule``):
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
-from dsosim.federates.common.config import FederationConfig, load_federation
+from dsosim.federates.common.config import FederationConfig
 from dsosim.federates.common.schedule import Phase, at
-from dsosim.federates.common.shell import FederateShell, expect, run_federate
+from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.dso.derm_override import override_awards
 from dsosim.federates.dso.dmo_factory import make_dmo
 from dsosim.federates.dso.grid import Forecast, GridOperator
@@ -105,16 +104,7 @@ def _override_and_dispatch(shell: FederateShell, k: int, by_agg: dict[str, msg.F
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dsosim.federates.dso")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--name", required=True)
-    args = parser.parse_args(argv)
-    config, base = load_federation(args.config)
-    return run_federate(
-        args.name,
-        lambda: FederateShell(args.name, config.helics, recorder=config.recorder.name),
-        lambda shell: run(shell, config, args.name, base),
-    )
+    return federate_main("dso", run, argv)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ the LDA's bid to the ISO; DISPATCH reads the award and sends set-points.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
-from dsosim.federates.common.config import FederationConfig, independent_name, load_federation
+from dsosim.federates.common.config import FederationConfig, independent_name
 from dsosim.federates.common.schedule import Phase, at
-from dsosim.federates.common.shell import FederateShell, expect, run_federate
+from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.dso.dmo_factory import make_dmo
 from dsosim.federates.dso.grid import Location
 from dsosim.federates.dso.grid_model import from_message
@@ -50,16 +49,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dsosim.federates.imo")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--name", required=True)
-    args = parser.parse_args(argv)
-    config, _ = load_federation(args.config)
-    return run_federate(
-        args.name,
-        lambda: FederateShell(args.name, config.helics, recorder=config.recorder.name),
-        lambda shell: run(shell, config, args.name),
-    )
+    return federate_main("imo", lambda shell, config, name, base: run(shell, config, name), argv)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ dispatch; in model 2 the utility (DERM) each aggregator's awards.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
-from dsosim.federates.common.config import FederationConfig, load_federation
+from dsosim.federates.common.config import FederationConfig
 from dsosim.federates.common.schedule import Phase, at
-from dsosim.federates.common.shell import FederateShell, run_federate
+from dsosim.federates.common.shell import FederateShell, federate_main
 from dsosim.federates.iso.wholesale import IsoBid, WholesaleMarket
 
 
@@ -116,17 +115,7 @@ def _send_awards(shell: FederateShell, config: FederationConfig, k: int, awards:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dsosim.federates.iso")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--name", default=None)
-    args = parser.parse_args(argv)
-    config, _ = load_federation(args.config)
-    name = config.iso.name
-    return run_federate(
-        name,
-        lambda: FederateShell(name, config.helics, recorder=config.recorder.name),
-        lambda shell: run(shell, config),
-    )
+    return federate_main("iso", lambda shell, config, name, base: run(shell, config), argv)
 
 
 if __name__ == "__main__":
