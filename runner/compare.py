@@ -69,9 +69,9 @@ def metrics(results: Path, model: str, summary: dict[str, Any]) -> dict[str, Any
     else:
         spread = dispatch.groupby(["interval", "dso"])["dlmp"].agg(lambda s: s.max() - s.min())
         row["dlmp_spread"] = round(float(spread.mean()), 4)
-    ders, feeder = read_table(results, "ders"), read_table(results, "feeder")
-    if not ders.empty and "pv_curtailed_mw" in ders and not feeder.empty:
+    pv, feeder = read_table(results, "ders_pv"), read_table(results, "feeder")
+    if not pv.empty and not feeder.empty:
         # per modelled feeder, times the LDA's scale: the LDA's curtailment
         hours, scale = float(feeder["hours"].iloc[0]), float(feeder["scale"].iloc[0])
-        row["pv_curtailed_mwh"] = round(float(ders["pv_curtailed_mw"].sum()) * hours * scale, 4)
+        row["pv_curtailed_mwh"] = round(float(pv["curtailed_mw"].sum()) * hours * scale, 4)
     return row
