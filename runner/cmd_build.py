@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dsosim.runner.build import build
+from dsosim.runner.models import add_model_argument
 from dsosim.runner.scenario import ScenarioError
 
 
@@ -14,8 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("scenario")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
-    p.add_argument("--model", default=None, choices=("baseline", "1", "2", "3", "4", "5", "6", "layered"),
-                   help="override the scenario's organisational model")
+    add_model_argument(p)
     p.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
     p.add_argument("--portable", action="store_true",
                    help="relative paths and `python` as interpreter (for checked-in runner files)")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dsosim.runner.build import BuildResult, build
 from dsosim.runner.launch import build_and_launch
+from dsosim.runner.models import add_model_argument
 from dsosim.runner.scenario import ScenarioError
 
 HEADLINES = (
@@ -30,8 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("scenario")
     p.add_argument("--out", default=None, help="output folder (default: runs/<scenario file stem>)")
     p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
-    p.add_argument("--model", default=None, choices=("baseline", "1", "2", "3", "4", "5", "6", "layered"),
-                   help="override the scenario's organisational model")
+    add_model_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=handle)
 

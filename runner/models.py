@@ -6,6 +6,7 @@ which market runs inside the LDA; the federation follows from that alone.
 
 from __future__ import annotations
 
+import argparse
 import tomllib
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from dsosim.federates.common.config import OrgModel
 MODELS_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"
 MODEL_NAMES = ("baseline", "1", "2", "3", "4", "5", "6")
 ALIASES = {"layered": "3"}
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model``: override a scenario's organisational model on the command line."""
+    parser.add_argument("--model", default=None, choices=(*MODEL_NAMES, *ALIASES),
+                        help="override the scenario's organisational model")
 
 
 def load_model(name: str) -> OrgModel:

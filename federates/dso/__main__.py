@@ -61,6 +61,10 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
 
         shell.advance(at(k, Phase.DISPATCH, dt))
         received = shell.receive(allowed_senders=[cfg.iso])
+        expected_kinds = (msg.Award, msg.FleetAward) if is_derm else (msg.Award,)
+        for m in received:
+            if not isinstance(m, expected_kinds):
+                raise msg.MessageError(m.sender, "kind", f"{m.KIND} is not what {name} expects at DISPATCH")
         awards = [m for m in received if isinstance(m, msg.Award)]
         award = expect(awards, msg.Award, k, [cfg.iso])[cfg.iso]
         if dmo is not None:

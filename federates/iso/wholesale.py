@@ -168,11 +168,11 @@ class WholesaleMarket:
         schedule holder ``holders[lda]``."""
         rows: Rows = []
         pay: list[ledger.Payment] = []
+        schedules = {key: self._schedules.pop((k, key)) for (k, key) in list(self._schedules) if k == interval}
         for lda in sorted(self.interfaces):
             if lda not in metered:
                 raise ValueError(f"interval {interval}: no meter reading from {lda!r}")
-            keys = sorted(key for (k, key) in self._schedules if k == interval)
-            mine = [self._schedules.pop((interval, key)) for key in keys if self._schedules[(interval, key)][0] == lda]
+            mine = [schedules[key] for key in sorted(schedules) if schedules[key][0] == lda]
             scheduled = sum(m[2] for m in mine)
             price = mine[0][3] if mine else 0.0
             actual, allocation = metered[lda]
