@@ -24,12 +24,16 @@ from dsosim.federates.common.config import (
     DsoConfig,
     FederationConfig,
     HelicsSettings,
+    HilConfig,
+    HilDeviceConfig,
     IsoConfig,
     IsoInterface,
     LimitsConfig,
     RecorderConfig,
     TimeSettings,
 )
+from dsosim.federates.aggregator.spec_json import fleet_from_json
+from dsosim.federates.aggregator.specs import BatterySpec
 from dsosim.federates.dso.feeder import Feeder, FeederError
 from dsosim.federates.iso.case import CaseError, load_case
 from dsosim.runner import existing_ders
@@ -115,7 +119,7 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
     """Resolve a validated scenario into the federation every federate reads.
     ``out_dir`` receives the feeder files written for LDAs that hand the
     feeder's own DERs to an aggregator (``runner.existing_ders``)."""
-    interval_s = scenario.interval_minutes * 60.0
+    interval_s = scenario.interval_s
     dsos, aggregators = [], []
     for lda in scenario.ldas:
         feeder = Path(os.path.abspath(base / lda.feeder))
@@ -169,22 +173,82 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
         load_profile=scenario.transmission.load_profile,
         interfaces=tuple(IsoInterface(dso=d.name, td_bus=d.td_bus) for d in dsos),
     )
+    rt = scenario.real_time
+    try:
+        time = TimeSettings(interval_s=interval_s, n_intervals=scenario.n_intervals,
+                            step_s=scenario.step_s, substep_s=scenario.substep_s,
+                            settle_s=rt.settle_s if rt.enabled else None)
+    except ValueError as exc:
+        raise ScenarioError(f"real_time: {exc}") from None
+    wall_s = time.step * time.n_intervals + (scenario.hil.wait_s if scenario.hil else 0.0)
     helics = HelicsSettings(
         broker_address=f"tcp://127.0.0.1:{port}",
         broker_port=port,
         broker_key=f"dsosim-{scenario.name}-{port}",
+        real_time=rt.enabled,
+        rt_lead_s=rt.rt_lead_s,
+        rt_lag_s=rt.rt_lag_s,
+        # a real-time run lasts its wall time: the hang guard must not cut it short
+        max_cosim_duration_s=max(3600, int(wall_s * 1.5) + 600) if rt.enabled else 3600,
     )
+    hil = hil_config(scenario, base, aggregators, path_for) if scenario.hil else None
     return FederationConfig(
         name=scenario.name,
         seed=scenario.seed,
         model=load_model(scenario.model),
         helics=helics,
-        time=TimeSettings(interval_s=interval_s, n_intervals=scenario.n_intervals),
+        time=time,
         iso=iso,
         dsos=tuple(dsos),
         aggregators=tuple(aggregators),
         recorder=RecorderConfig(name=RECORDER_NAME, results_dir="results"),
+        hil=hil,
     )
+
+
+def hil_config(scenario: Scenario, base: Path, aggregators: list[AggregatorConfig], path_for: Any) -> HilConfig:
+    """The gateway's section: each hardware DER resolved in its fleet (its
+    simulated rating, capacity and initial state), key files checked."""
+    hil = scenario.hil
+    assert hil is not None
+    fleets = {a.name: fleet_from_json(a.fleet) for a in aggregators}
+    devices = []
+    for i, d in enumerate(hil.devices):
+        where = f"hil.devices[{i}] ({d.id})"
+        spec = fleets[d.aggregator]
+        pool = spec.batteries if d.kind == "battery" else spec.pvs
+        here = [s for s in pool if s.bus == d.bus]
+        if d.nth >= len(here):
+            buses = sorted({s.bus for s in pool})
+            raise ScenarioError(f"{where}: aggregator {d.aggregator!r} has {len(here)} {d.kind} "
+                                f"DER(s) at bus {d.bus!r}, so no number {d.nth} (buses with "
+                                f"{d.kind}: {buses})")
+        der = here[d.nth]
+        if isinstance(der, BatterySpec):
+            rated, capacity, soc = der.power_mw * 1e3, der.energy_mwh * 1e3, der.soc_init
+        else:
+            rated, capacity, soc = der.rating_mw * 1e3, None, None
+        devices.append(HilDeviceConfig(id=d.id, aggregator=d.aggregator, kind=d.kind, bus=d.bus,
+                                       nth=d.nth, rated_kw=d.rated_kw, sim_rated_kw=rated,
+                                       sim_capacity_kwh=capacity, soc_init=soc))
+    keys = {}
+    for field in ("curve_secret_key", "curve_authorized_dir"):
+        value = getattr(hil, field)
+        if value is None:
+            continue
+        p = Path(os.path.abspath(base / value))
+        if not p.exists():
+            raise ScenarioError(f"hil.{field}: not found: {p}")
+        keys[field] = path_for(p)
+    host = hil.bind.split("//", 1)[1].rsplit(":", 1)[0]
+    if host not in ("127.0.0.1", "localhost", "[::1]") and not host.startswith("127.") \
+            and not keys and not hil.allow_unauthenticated:
+        raise ScenarioError(f"hil.bind: {hil.bind} is reachable from other machines; set "
+                            f"curve_secret_key and curve_authorized_dir (dsosim hil-keys writes "
+                            f"them) or, on an isolated lab network, allow_unauthenticated = true")
+    return HilConfig(bind=hil.bind, timeout_ms=hil.timeout_ms, heartbeat_s=hil.heartbeat_s,
+                     fallback=hil.fallback, wait_s=hil.wait_s,
+                     allow_unauthenticated=hil.allow_unauthenticated, devices=tuple(devices), **keys)
 
 
 def _check_td_buses(case_name: str, dsos: list[DsoConfig]) -> None:
@@ -215,6 +279,7 @@ def runner_spec(config: FederationConfig, python: str) -> dict[str, Any]:
     kinds += [("dso", d.name) for d in config.dsos]
     kinds += [("imo", name) for name in config.independent_names()]
     kinds += [("aggregator", a.name) for a in config.aggregators]
+    kinds += [("hil", config.hil.name)] if config.hil else []
     kinds += [("recorder", config.recorder.name)]
     for kind, name in kinds:
         entries.append(

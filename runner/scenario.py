@@ -162,16 +162,84 @@ class Lda(_Section):
         return value
 
 
+class RealTime(_Section):
+    """Run the federation in wall-clock time (HELICS real-time mode on every
+    federate); needed for hardware in the loop. See docs/hil.md."""
+
+    enabled: bool = False
+    step_s: PositiveFloat | None = Field(
+        None, description="wall seconds per market interval; default: the interval itself "
+        "(true real time). Shorter compresses time: 1.0 runs a 5-minute market each second")
+    substep_s: PositiveFloat | None = Field(
+        None, description="wall seconds between the exchanges inside an interval; default "
+        "step/10, at most 1 s")
+    settle_s: PositiveFloat | None = Field(
+        None, description="wall seconds hardware gets between its set-point and the read-back; "
+        "default one sub-step")
+    rt_lead_s: float = Field(0.0, ge=0, le=10, description="HELICS rt_lead: how early a grant may "
+                             "come; 0 keeps set-points from reaching hardware before their time")
+    rt_lag_s: float = Field(10.0, gt=0, le=3600, description="HELICS rt_lag: a grant still pending "
+                            "this long after its wall time is forced (breaks the exchange order: "
+                            "a last-resort valve, not a tuning knob)")
+
+
+class HilDevice(_Section):
+    """One DER of an aggregator's fleet run by hardware or the emulator."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                    description="the id the device says in its HELLO")
+    aggregator: str = Field(description="the aggregator whose fleet holds the DER")
+    kind: Literal["battery", "pv"]
+    bus: str = Field(description="feeder bus of the DER")
+    nth: int = Field(0, ge=0, description="which DER of that kind at that bus (0 = the first)")
+    rated_kw: PositiveFloat = Field(description="the hardware's rating, kW: set-points and "
+                                    "measurements scale by rated_kw / the simulated DER's rating")
+
+
+class Hil(_Section):
+    """The hardware-in-the-loop gateway (docs/hil.md)."""
+
+    bind: str = Field("tcp://127.0.0.1:5570", pattern=r"^tcp://[^:]+:[0-9]+$",
+                      description="where the gateway listens; loopback unless CURVE is set up")
+    timeout_ms: float = Field(50.0, gt=0, le=60_000, description="wait for each device answer")
+    heartbeat_s: float = Field(1.0, gt=0, le=60, description="device heartbeat period; a device "
+                               "silent for three periods loses its session")
+    fallback: Literal["hold", "unavailable"] = Field(
+        "hold", description="a device that does not answer: hold its last measured output, or "
+        "treat it as unavailable (no output, no offers) until it answers again")
+    wait_s: float = Field(30.0, ge=0, le=3600, description="before the start, wait this long for "
+                          "every device to connect")
+    curve_secret_key: str | None = Field(None, description="the gateway's ZMQ certificate with its "
+                                         "secret key (relative to the scenario file)")
+    curve_authorized_dir: str | None = Field(None, description="folder of the public certificates "
+                                             "of the devices allowed in")
+    allow_unauthenticated: bool = Field(False, description="allow a non-loopback bind without CURVE")
+    devices: tuple[HilDevice, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Hil:
+        ids = [d.id for d in self.devices]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"device ids must be unique; repeated: {dup}")
+        if (self.curve_secret_key is None) != (self.curve_authorized_dir is None):
+            raise ValueError("CURVE needs both curve_secret_key and curve_authorized_dir")
+        return self
+
+
 class Scenario(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(1, ge=0)
     hours: PositiveFloat = Field(24.0, le=24 * 366)
-    interval_minutes: float = Field(5.0, ge=0.25, le=60)
+    interval_minutes: float = Field(5.0, ge=1 / 60, le=60, description="market interval; down to "
+                                    "1 s (1/60) for control-step lab runs")
     model: Literal["baseline", "1", "2", "3", "4", "5", "6", "layered"] = Field(
         "layered", description="DSO organisational model (configs/models/); layered = model 3"
     )
     transmission: Transmission = Transmission()
     ldas: tuple[Lda, ...] = Field(min_length=1)
+    real_time: RealTime = RealTime()
+    hil: Hil | None = Field(None, description="hardware in the loop (needs real_time.enabled)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> Scenario:
@@ -179,7 +247,32 @@ class Scenario(_Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"names must be unique across LDAs and aggregators; repeated: {dup}")
+        if self.hil is not None:
+            if not self.real_time.enabled:
+                raise ValueError("hil needs real_time.enabled = true (hardware runs in wall-clock time)")
+            aggregators = [a.name for lda in self.ldas for a in lda.aggregators]
+            for i, d in enumerate(self.hil.devices):
+                if d.aggregator not in aggregators:
+                    raise ValueError(f"hil.devices[{i}].aggregator: {d.aggregator!r} is not an "
+                                     f"aggregator of this scenario ({aggregators})")
         return self
+
+    @property
+    def interval_s(self) -> float:
+        return self.interval_minutes * 60.0
+
+    @property
+    def step_s(self) -> float:
+        """Federation seconds per market interval."""
+        rt = self.real_time
+        return rt.step_s if rt.enabled and rt.step_s is not None else self.interval_s
+
+    @property
+    def substep_s(self) -> float:
+        rt = self.real_time
+        if not rt.enabled:
+            return 1.0
+        return rt.substep_s if rt.substep_s is not None else min(1.0, self.step_s / 10)
 
     @property
     def n_intervals(self) -> int:

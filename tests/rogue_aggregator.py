@@ -27,11 +27,10 @@ def main() -> int:
     config_path, name, bad_interval, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     config, _ = load_federation(config_path)
     cfg = config.aggregator(name)
-    dt = config.time.interval_s
 
     def body(shell: FederateShell) -> None:
         for k in range(config.time.n_intervals):
-            shell.advance(at(k, Phase.BID, dt))
+            shell.advance(at(k, Phase.BID, config.time))
             if k == bad_interval and mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             if k == bad_interval:
@@ -42,7 +41,7 @@ def main() -> int:
                 h.helicsEndpointSendBytesTo(shell._endpoint, raw, cfg.dso)  # noqa: SLF001
             else:
                 shell.send(cfg.dso, msg.FleetBid(name, k, tuple(msg.LocatedBid(b, BidCurve(0.0)) for b in cfg.buses)))
-            shell.advance(at(k, Phase.RESPOND, dt))
+            shell.advance(at(k, Phase.REPORT, config.time))
             received = shell.receive()
             setpoints = received[0].setpoints_mw  # type: ignore[union-attr]
             shell.send(cfg.dso, msg.Measurement(name, k, dict(setpoints), dict(setpoints)))

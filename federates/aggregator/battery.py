@@ -73,6 +73,7 @@ class Batteries:
         self.dt_h = dt_h
         self.horizon = horizon
         self.blocks = blocks
+        self._before = self.energy
         self._last: dict[str, FloatArray] = {}
 
     @property
@@ -121,6 +122,7 @@ class Batteries:
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:
         charge, discharge = np.maximum(net, 0.0), np.maximum(-net, 0.0)
         before = self.energy
+        self._before = before
         after = self.decay * before + (charge * self.eta1 - discharge / self.eta1) * self.dt_h
         # The clip only removes floating-point dust: the offer kept power within the bounds.
         self.energy = np.clip(after, self.e_min, self.e_max)
@@ -131,6 +133,19 @@ class Batteries:
             "losses_mw": net - (self.energy - before) / self.dt_h,
         }
         return net
+
+    def sync(self, i: int, mw: float, soc: float | None) -> None:
+        """Battery ``i`` measurably drew ``mw`` and ends at ``soc`` (hardware in
+        the loop): carry on from there, held within the SOC bounds the offers
+        assume. Without a measured SOC the energy follows from ``mw``."""
+        if soc is None:
+            charge, discharge = max(mw, 0.0), max(-mw, 0.0)
+            energy = self.decay[i] * self._before[i] + (charge * self.eta1[i] - discharge / self.eta1[i]) * self.dt_h
+        else:
+            energy = soc * self.capacity[i]
+        self.energy[i] = min(max(energy, self.e_min[i]), self.e_max[i])
+        if self._last:
+            self._last["charge_mw"][i], self._last["discharge_mw"][i] = max(mw, 0.0), max(-mw, 0.0)
 
     def summary(self, n_bus: int) -> dict[str, FloatArray]:
         energy = per_bus_sum(self.bus, self.energy, n_bus)

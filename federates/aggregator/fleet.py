@@ -30,7 +30,7 @@ import numpy as np
 from dsosim.federates.aggregator import offers
 from dsosim.federates.aggregator.battery import Batteries
 from dsosim.federates.aggregator.ev import Evs
-from dsosim.federates.aggregator.group import DeviceGroup, FloatArray, IntArray, Tick
+from dsosim.federates.aggregator.group import DeviceGroup, FloatArray, GroupOffer, IntArray, Tick
 from dsosim.federates.aggregator.loads import CurtailableLoads, InflexibleLoads, ShiftableLoads
 from dsosim.federates.aggregator.prices import Outlook, PriceEstimate
 from dsosim.federates.aggregator.pv import PvSystems
@@ -96,6 +96,27 @@ class DispatchOutcome:
         return float(np.nansum(t.state[name])) if t is not None else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceReading:
+    """What one device measurably did in an interval (hardware in the loop):
+    its net demand (MW, at the simulation's scale) and, for storage, the state
+    of charge it ends with. It replaces the device's modelled output, and the
+    model carries on from the measured state."""
+
+    mw: float
+    soc: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    interval: int
+    setpoints: dict[str, float]
+    requested: FloatArray
+    target: FloatArray
+    dispatched: FloatArray
+    net: FloatArray
+
+
 class Fleet:
     """A vectorised DER fleet; see the module docstring.
 
@@ -130,6 +151,8 @@ class Fleet:
                                   spec.price_smoothing)
         self._voltage = np.ones(len(self._buses))
         self._cache: offers.FleetOffer | None = None
+        self._plan: _Plan | None = None
+        self._unavailable: set[int] = set()
 
     # --- construction
 
@@ -235,6 +258,46 @@ class Fleet:
             if isinstance(g, PvSystems):
                 g.set_voltages(self._voltage)
 
+    # --- single devices (hardware in the loop)
+
+    def device_index(self, kind: str, bus: str, nth: int = 0) -> int:
+        """Fleet-wide index of the ``nth`` device of type ``kind`` at ``bus``
+        (spec order); ``ValueError`` naming what exists otherwise."""
+        group = self.group(kind)
+        g = self.groups.index(group)
+        local = np.flatnonzero(group.bus == self._bus_index[bus]) if bus in self._bus_index \
+            else np.zeros(0, dtype=np.intp)
+        if not 0 <= nth < len(local):
+            raise ValueError(f"no {kind} number {nth} at bus {bus!r}: this fleet has {len(local)} "
+                             f"there (buses with {kind}: "
+                             f"{sorted({self._buses[b] for b in group.bus.tolist()})})")
+        return int(self._spans[g] + local[nth])
+
+    def device_rating(self, index: int) -> tuple[str, float, float | None, float | None]:
+        """(kind, rated MW, energy MWh or None, state of charge now or None) of a device."""
+        g, i = self._locate(index)
+        group = self.groups[g]
+        if isinstance(group, Batteries):
+            return group.kind, float(group.power[i]), float(group.capacity[i]), float(group.soc[i])
+        if isinstance(group, PvSystems):
+            return group.kind, float(group.rating[i]), None, None
+        raise ValueError(f"device {index} is a {group.kind}; only batteries and PV can be hardware")
+
+    def set_available(self, index: int, available: bool) -> None:
+        """An unavailable device offers nothing and is dispatched at zero until
+        it is available again (a fallback for hardware that stopped answering)."""
+        self._locate(index)
+        before = index in self._unavailable
+        (self._unavailable.discard if available else self._unavailable.add)(index)
+        if before == available:
+            self._cache = None
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < int(self._spans[-1]):
+            raise ValueError(f"device index {index} outside 0..{int(self._spans[-1]) - 1}")
+        g = int(np.searchsorted(self._spans, index, side="right") - 1)
+        return g, index - int(self._spans[g])
+
     # --- bidding
 
     def bids(self, interval: int) -> dict[str, BidCurve]:
@@ -266,7 +329,11 @@ class Fleet:
         if self._cache is not None and self._cache.interval == interval:
             return self._cache
         tick = self._tick(interval)
-        self._cache = offers.assemble(interval, [g.offer(tick) for g in self.groups],
+        group_offers = [g.offer(tick) for g in self.groups]
+        for index in sorted(self._unavailable):
+            g, i = self._locate(index)
+            _withdraw(group_offers[g], i)
+        self._cache = offers.assemble(interval, group_offers,
                                       self._dev_bus, len(self._buses), self.spec.max_blocks)
         return self._cache
 
@@ -296,24 +363,20 @@ class Fleet:
             raise ValueError(f"{what} missing for {len(missing)} bus(es): {', '.join(missing[:5])}")
         return index, out
 
-    def dispatch(
-        self, interval: int, setpoints_mw: Mapping[str, float], prices: Mapping[str, float]
-    ) -> DispatchOutcome:
-        """Follow per-bus net-demand set-points for ``interval`` and advance.
+    def plan(self, interval: int, setpoints_mw: Mapping[str, float]) -> FloatArray:
+        """Each device's net demand (MW, fleet order) for per-bus set-points,
+        without advancing: what hardware in the loop is told to do.
+        :meth:`dispatch` with the same set-points then uses this plan."""
+        return self._planned(interval, setpoints_mw).net.copy()
 
-        ``setpoints_mw`` must name every bus in :attr:`buses` (an unknown or
-        missing bus raises ``ValueError``); a set-point outside its curve's
-        range is clipped to it and the difference shows in
-        :attr:`DispatchOutcome.deviation_mw`. ``prices`` ($/MWh, any subset
-        of the buses) update the expected prices.
-        """
+    def _planned(self, interval: int, setpoints_mw: Mapping[str, float]) -> _Plan:
         self._check_interval(interval, "dispatch")
+        wanted = dict(setpoints_mw)
+        if self._plan is not None and self._plan.interval == interval and self._plan.setpoints == wanted:
+            return self._plan
         idx, vals = self._vector(setpoints_mw, "set-point", complete=True)
-        p_idx, p_vals = self._vector(prices, "price", complete=False)
         offer = self._offer(interval)
-        tick = self._tick(interval)
-        n_bus = len(self._buses)
-        requested = np.empty(n_bus)
+        requested = np.empty(len(self._buses))
         requested[idx] = vals
         target = np.clip(requested, offer.bus_lo, offer.bus_hi)
         dispatched = offer.dev_lo + offers.fill(offer, target - offer.bus_lo)
@@ -321,11 +384,45 @@ class Fleet:
         if self.spec.response_error > 0.0 and len(net):
             noise = self._rng.standard_normal(len(net)) * self.spec.response_error
             net = np.clip(net * (1.0 + noise), offer.dev_lo, offer.dev_hi)
+        self._plan = _Plan(interval, wanted, requested, target, dispatched, net)
+        return self._plan
+
+    def dispatch(
+        self, interval: int, setpoints_mw: Mapping[str, float], prices: Mapping[str, float],
+        measured: Mapping[int, DeviceReading] | None = None,
+    ) -> DispatchOutcome:
+        """Follow per-bus net-demand set-points for ``interval`` and advance.
+
+        ``setpoints_mw`` must name every bus in :attr:`buses` (an unknown or
+        missing bus raises ``ValueError``); a set-point outside its curve's
+        range is clipped to it and the difference shows in
+        :attr:`DispatchOutcome.deviation_mw`. ``prices`` ($/MWh, any subset
+        of the buses) update the expected prices. ``measured`` (device index
+        -> reading) replaces the modelled output of devices run by hardware.
+        """
+        self._check_interval(interval, "dispatch")
+        p_idx, p_vals = self._vector(prices, "price", complete=False)
+        plan = self._planned(interval, setpoints_mw)
+        offer = self._offer(interval)
+        tick = self._tick(interval)
+        n_bus = len(self._buses)
+        net, dispatched = plan.net, plan.dispatched
+        readings = dict(measured or {})
+        for index, reading in readings.items():
+            self._locate(index)
+            if not math.isfinite(reading.mw):
+                raise ValueError(f"measured output of device {index} must be finite, got {reading.mw!r}")
         by_type: dict[str, TypeOutcome] = {}
         actual = np.empty(len(net))
         for g, g_offer, a, b in zip(self.groups, offer.groups, self._spans[:-1], self._spans[1:],
                                     strict=True):
             actual[a:b] = g.apply(tick, g_offer, net[a:b])
+            for index in sorted(i for i in readings if a <= i < b):
+                reading = readings[index]
+                actual[index] = reading.mw
+                sync = getattr(g, "sync", None)
+                if sync is not None:
+                    sync(index - a, reading.mw, reading.soc)
             bus = g.bus
 
             def per_bus(x: FloatArray, bus: IntArray = bus) -> FloatArray:
@@ -341,8 +438,8 @@ class Fleet:
         price_by_bus = np.full(n_bus, np.nan)
         price_by_bus[p_idx] = p_vals
         outcome = DispatchOutcome(
-            interval=interval, buses=self._buses, requested_mw=_readonly(requested),
-            target_mw=_readonly(target),
+            interval=interval, buses=self._buses, requested_mw=_readonly(plan.requested.copy()),
+            target_mw=_readonly(plan.target.copy()),
             actual_mw=_readonly(np.bincount(self._dev_bus, actual, minlength=n_bus)),
             baseline_mw=_readonly(np.bincount(self._dev_bus, offer.dev_base, minlength=n_bus)),
             prices=_readonly(price_by_bus), by_type=by_type,
@@ -350,7 +447,16 @@ class Fleet:
         self._est.update(p_idx, p_vals, interval % self._slots)
         self._t += 1
         self._cache = None
+        self._plan = None
         return outcome
+
+
+def _withdraw(offer: GroupOffer, i: int) -> None:
+    """Make device ``i`` of a group offer a fixed zero (no blocks)."""
+    for name in ("lo", "hi", "base", "mw"):
+        setattr(offer, name, np.array(getattr(offer, name), dtype=float))
+    offer.lo[i] = offer.hi[i] = offer.base[i] = 0.0
+    offer.mw[offer.owner == i] = 0.0
 
 
 def _compute_sky(spec: FleetSpec, orientations: list[str]) -> SkyTable:

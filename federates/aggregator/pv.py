@@ -154,6 +154,12 @@ class PvSystems:
                       "curtailed_mw": state["available_mw"] - output}
         return net
 
+    def sync(self, i: int, mw: float, soc: float | None) -> None:
+        """PV system ``i`` measurably injected ``-mw`` (hardware in the loop)."""
+        if self._last:
+            self._last["output_mw"][i] = -mw
+            self._last["curtailed_mw"][i] = self._last["available_mw"][i] + mw
+
     def summary(self, n_bus: int) -> dict[str, FloatArray]:
         out = {"rating_mw": per_bus_sum(self.bus, self.rating, n_bus)}
         for name in ("available_mw", "output_mw", "curtailed_mw", "clipped_mw", "q_mvar"):

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 
 class Strict(BaseModel):
@@ -27,11 +27,53 @@ class HelicsSettings(Strict):
     max_cosim_duration_s: PositiveInt = Field(
         3600, description="broker wall-clock limit: a hung federation ends after this"
     )
+    real_time: bool = Field(False, description="HELICS real-time mode on every federate")
+    rt_lead_s: float = Field(
+        0.0, ge=0, description="a grant may come this long before wall time reaches it (0: "
+        "never early, so hardware never sees a set-point before its time)")
+    rt_lag_s: float = Field(
+        10.0, gt=0, description="HELICS forces a grant pending this long after its wall time; "
+        "forcing breaks the exchange order, so this is a last-resort safety valve")
 
 
 class TimeSettings(Strict):
-    interval_s: float = Field(gt=7, description="market interval length, seconds")
+    """Two clocks: the market interval (``interval_s``, simulated seconds: what
+    energy, profiles and devices see) and the federation step that carries it
+    (``step_s`` HELICS seconds per interval, with sub-steps ``substep_s`` apart;
+    in real-time mode HELICS seconds are wall seconds, so ``interval_s /
+    step_s`` is the time compression). See ``common.schedule``."""
+
+    interval_s: float = Field(gt=0, description="market interval length, simulated seconds")
     n_intervals: PositiveInt
+    step_s: float | None = Field(None, gt=0, description="federation seconds per interval "
+                                 "(default: interval_s)")
+    substep_s: float = Field(1.0, gt=0, description="federation seconds between sub-steps")
+    settle_s: float | None = Field(None, gt=0, description="set-point to read-back of hardware "
+                                   "(default: one sub-step)")
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> TimeSettings:
+        from dsosim.federates.common.schedule import last_offset
+
+        if last_offset(self) >= self.step:
+            raise ValueError(f"the exchanges of one interval need {last_offset(self):g} s of "
+                             f"federation time after its start but an interval is {self.step:g} s "
+                             f"(step_s); shorten substep_s/settle_s or lengthen the step")
+        return self
+
+    @property
+    def step(self) -> float:
+        """Federation seconds per market interval."""
+        return self.interval_s if self.step_s is None else self.step_s
+
+    @property
+    def settle(self) -> float:
+        return self.substep_s if self.settle_s is None else self.settle_s
+
+    @property
+    def time_scale(self) -> float:
+        """Simulated seconds per federation (wall, in real time) second."""
+        return self.interval_s / self.step
 
 
 class IsoInterface(Strict):
@@ -98,6 +140,42 @@ class OrgModel(Strict):
     tariff: float = Field(25.0, description="flat retail tariff passive DERs see, $/MWh")
 
 
+class HilDeviceConfig(Strict):
+    """One DER of an aggregator's fleet run by hardware (or the emulator)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    aggregator: str
+    kind: Literal["battery", "pv"]
+    bus: str
+    nth: int = Field(0, ge=0, description="which device of that kind at that bus (spec order)")
+    rated_kw: PositiveFloat = Field(description="the hardware's rating; set-points and "
+                                    "measurements scale by rated_kw / sim_rated_kw")
+    sim_rated_kw: PositiveFloat = Field(description="rating of the simulated DER it stands for")
+    sim_capacity_kwh: PositiveFloat | None = None
+    soc_init: float | None = Field(None, ge=0, le=1)
+
+    @property
+    def scale(self) -> float:
+        """Hardware kW per simulated kW."""
+        return self.rated_kw / self.sim_rated_kw
+
+
+class HilConfig(Strict):
+    """The hardware-in-the-loop gateway federate (docs/hil.md)."""
+
+    name: str = "hil"
+    bind: str = "tcp://127.0.0.1:5570"
+    timeout_ms: PositiveFloat = 50.0
+    heartbeat_s: PositiveFloat = 1.0
+    fallback: Literal["hold", "unavailable"] = "hold"
+    curve_secret_key: str | None = None
+    curve_authorized_dir: str | None = None
+    allow_unauthenticated: bool = False
+    wait_s: float = Field(30.0, ge=0, description="before the start, wait this long for every "
+                          "device to connect (the whole federation waits)")
+    devices: tuple[HilDeviceConfig, ...] = Field(min_length=1)
+
+
 class RecorderConfig(Strict):
     name: str
     results_dir: str
@@ -114,10 +192,16 @@ class FederationConfig(Strict):
     dsos: tuple[DsoConfig, ...]
     aggregators: tuple[AggregatorConfig, ...]
     recorder: RecorderConfig
+    hil: HilConfig | None = None
 
     def federate_names(self) -> list[str]:
         return [self.iso.name, *(d.name for d in self.dsos), *self.independent_names(),
-                *(a.name for a in self.aggregators), self.recorder.name]
+                *(a.name for a in self.aggregators), *([self.hil.name] if self.hil else []),
+                self.recorder.name]
+
+    def hil_devices_of(self, aggregator: str) -> tuple[HilDeviceConfig, ...]:
+        """The DERs of an aggregator's fleet that hardware runs."""
+        return tuple(d for d in self.hil.devices if d.aggregator == aggregator) if self.hil else ()
 
     def independent_names(self) -> list[str]:
         """Independent market operator federates (one per LDA) if the model has them."""

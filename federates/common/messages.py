@@ -181,12 +181,41 @@ class Done:
     interval: int
 
 
+@dataclass(frozen=True, slots=True)
+class HilSetpoints:
+    """Aggregator -> HIL gateway: the set-point (MW, simulation scale) and bus
+    price of each of its DERs run by hardware, and the state of charge the
+    simulated device starts the interval with (storage only)."""
+
+    KIND: ClassVar[str] = "hil_setpoints"
+    sender: str
+    interval: int
+    setpoints_mw: Mapping[str, float]
+    prices: Mapping[str, float]
+    soc: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class HilReadings:
+    """HIL gateway -> aggregator: what each hardware DER did (MW, simulation
+    scale) and its state of charge, after the fallback policy: a device
+    missing from ``actual_mw`` runs as modelled; one in ``unavailable``
+    delivered nothing and offers nothing until it is back."""
+
+    KIND: ClassVar[str] = "hil_readings"
+    sender: str
+    interval: int
+    actual_mw: Mapping[str, float]
+    soc: Mapping[str, float]
+    unavailable: tuple[str, ...]
+
+
 Message = (FleetBid | InterfaceBid | Award | Dispatch | Measurement | Meter | FleetAward | GridModel
-           | TableRows | Done)
+           | TableRows | Done | HilSetpoints | HilReadings)
 KINDS: dict[str, type] = {
     cls.KIND: cls
     for cls in (FleetBid, InterfaceBid, Award, Dispatch, Measurement, Meter, FleetAward, GridModel,
-                TableRows, Done)
+                TableRows, Done, HilSetpoints, HilReadings)
 }
 
 
@@ -426,7 +455,28 @@ def _decode_done(r: _Reader, sender: str, interval: int) -> Done:
     return Done(sender, interval)
 
 
+def _decode_hil_setpoints(r: _Reader, sender: str, interval: int) -> HilSetpoints:
+    setpoints, prices, soc = r.number_map("setpoints_mw"), r.number_map("prices"), r.number_map("soc")
+    if set(prices) != set(setpoints):
+        raise r.fail("prices", "must name exactly the devices of setpoints_mw")
+    if not set(soc) <= set(setpoints) or not all(0.0 <= x <= 1.0 for x in soc.values()):
+        raise r.fail("soc", "must map devices of setpoints_mw to fractions 0..1")
+    return HilSetpoints(sender, interval, setpoints, prices, soc)
+
+
+def _decode_hil_readings(r: _Reader, sender: str, interval: int) -> HilReadings:
+    actual, soc = r.number_map("actual_mw"), r.number_map("soc")
+    names = r.get("unavailable")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise r.fail("unavailable", "must be a list of device ids")
+    if not all(0.0 <= x <= 1.0 for x in soc.values()):
+        raise r.fail("soc", "must be fractions 0..1")
+    return HilReadings(sender, interval, actual, soc, tuple(names))
+
+
 _DECODERS = {
+    HilSetpoints.KIND: _decode_hil_setpoints,
+    HilReadings.KIND: _decode_hil_readings,
     FleetBid.KIND: _decode_fleet_bid,
     InterfaceBid.KIND: _decode_interface_bid,
     Award.KIND: _decode_award,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from dsosim.federates.common.config import FederationConfig, HelicsSettings, loa
 
 
 TRAFFIC_COLUMNS = ("interval", "federate", "to", "kind", "messages", "bytes")
+REALTIME_COLUMNS = ("interval", "federate", "t_s", "wall_s", "lag_ms")
+"""Real-time tracking: every grant's federation time, the wall time since the
+federate entered executing mode (HELICS's real-time zero) and their
+difference (positive: the grant came late)."""
 
 
 @dataclass
@@ -63,6 +68,13 @@ class FederateShell:
         h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_UNINTERRUPTIBLE, True)
         h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_TERMINATE_ON_ERROR, True)
         h.helicsFederateInfoSetTimeProperty(info, h.HELICS_PROPERTY_TIME_DELTA, 1e-6)
+        self.real_time = settings.real_time
+        if settings.real_time:
+            h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_REALTIME, True)
+            h.helicsFederateInfoSetTimeProperty(info, h.HELICS_PROPERTY_TIME_RT_LEAD, settings.rt_lead_s)
+            h.helicsFederateInfoSetTimeProperty(info, h.HELICS_PROPERTY_TIME_RT_LAG, settings.rt_lag_s)
+        self._wall0 = 0.0
+        self._grants: list[tuple[float, float]] = []
         self._fed = h.helicsCreateMessageFederate(name, info)
         self._endpoint = h.helicsFederateRegisterGlobalEndpoint(self._fed, name, "")
         self.time = 0.0
@@ -70,12 +82,21 @@ class FederateShell:
     # ----------------------------------------------------------------- time
     def start(self) -> None:
         h.helicsFederateEnterExecutingMode(self._fed)
+        self._wall0 = time.perf_counter()
 
     def advance(self, t: float) -> float:
         """Block until the federation grants time ``t`` (exactly, we are
-        uninterruptible)."""
+        uninterruptible). In real time, notes the wall time of the grant."""
         self.time = h.helicsFederateRequestTime(self._fed, t)
+        if self.real_time:
+            self._grants.append((self.time, time.perf_counter() - self._wall0))
         return self.time
+
+    def take_grants(self, interval: int) -> list[tuple[Any, ...]]:
+        """Rows of the ``realtime`` table for the grants since the last call."""
+        rows = [(interval, self.name, t, wall, (wall - t) * 1e3) for t, wall in self._grants]
+        self._grants.clear()
+        return rows
 
     # ------------------------------------------------------------- messages
     def send(self, destination: str, message: msg.Message) -> None:
@@ -94,12 +115,14 @@ class FederateShell:
                           tuple(tuple(_plain(v) for v in r) for r in rows)),
         )
 
-    def record_traffic(self, interval: int) -> None:
-        """Send this interval's traffic counts to the recorder and reset them."""
+    def end_interval(self, interval: int) -> None:
+        """Send this interval's bookkeeping to the recorder and reset it: the
+        traffic counts and, in real time, the wall-clock lag of each grant."""
         rows = [(interval, self.name, dest, kind, n, size)
                 for (dest, kind), (n, size) in sorted(self.traffic.counts.items())]
         self.traffic.counts.clear()
         self.record(interval, "traffic", TRAFFIC_COLUMNS, rows)
+        self.record(interval, "realtime", REALTIME_COLUMNS, self.take_grants(interval))
 
     def record_tables(self, interval: int, tables: dict[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]) -> None:
         """Send several results tables (name -> (columns, rows)) to the recorder."""
@@ -177,15 +200,19 @@ def _plain(value: Any) -> Any:
 
 
 def run_federate(name: str, shell_factory: Callable[[], FederateShell], body: Callable[[FederateShell], None],
-                 on_error: Callable[[str], None] | None = None) -> int:
-    """Create the shell, run ``body`` and translate failures into a clean,
-    federation-wide stop. Returns the process exit code."""
+                 on_error: Callable[[str], None] | None = None,
+                 prepare: Callable[[FederateShell], None] | None = None) -> int:
+    """Create the shell, run ``prepare`` (before executing mode: the whole
+    federation waits for it), then ``body``, and translate failures into a
+    clean, federation-wide stop. Returns the process exit code."""
     try:
         shell = shell_factory()
     except Exception as exc:  # noqa: BLE001 - report any start-up failure plainly
         print(f"[{name}] could not join the federation: {exc}", file=sys.stderr, flush=True)
         return 2
     try:
+        if prepare is not None:
+            prepare(shell)
         shell.start()
         body(shell)
     except h.HelicsException as exc:

@@ -41,14 +41,13 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
     vmin, vmax, loading = cfg.limits.planning()
     limits = Limits(vmin_pu=vmin, vmax_pu=vmax, max_loading=loading)  # the DERM plans with the margin
     element_index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(grid.locations)}
-    dt = config.time.interval_s
     for k in range(config.time.n_intervals):
-        shell.advance(at(k, Phase.BID, dt))
+        shell.advance(at(k, Phase.BID, config.time))
         forecast = grid.forecast(k)
         if model_to is not None:
             shell.send(model_to, to_message(name, k, forecast.state, forecast.sens))
 
-        shell.advance(at(k, Phase.AGGREGATE, dt))
+        shell.advance(at(k, Phase.AGGREGATE, config.time))
         if dmo is not None:
             bids = expect(shell.receive(allowed_senders=in_market), msg.FleetBid, k, in_market)
             curve, tables = dmo.interface_bid(
@@ -59,7 +58,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
         elif routes.local_dmo_of(config, cfg) is None:
             shell.send(cfg.iso, msg.InterfaceBid(name, k, cfg.td_bus, grid.utility_bid(in_market)))
 
-        shell.advance(at(k, Phase.DISPATCH, dt))
+        shell.advance(at(k, Phase.DISPATCH, config.time))
         received = shell.receive(allowed_senders=[cfg.iso])
         expected_kinds = (msg.Award, msg.FleetAward) if is_derm else (msg.Award,)
         for m in received:
@@ -85,14 +84,14 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
                 raise RuntimeError(f"interval {k}: no ISO award for {missing}")
             _override_and_dispatch(shell, k, by_agg, grid, forecast, limits, element_index)
 
-        shell.advance(at(k, Phase.MEASURE, dt))
+        shell.advance(at(k, Phase.MEASURE, config.time))
         got = expect(shell.receive(allowed_senders=list(cfg.aggregators)), msg.Measurement, k, cfg.aggregators)
         td_flow, allocation, tables = grid.measure(
             k, {a: m.actual_mw for a, m in got.items()}, {a: m.setpoint_mw for a, m in got.items()},  # type: ignore[attr-defined]
             in_market, award.lmp, award.cleared_mw, tariff=config.model.tariff)
         shell.send(cfg.iso, msg.Meter(name, k, cfg.td_bus, td_flow, allocation))
         shell.record_tables(k, tables)
-        shell.record_traffic(k)
+        shell.end_interval(k)
 
 
 def _override_and_dispatch(shell: FederateShell, k: int, by_agg: dict[str, msg.FleetAward], grid: GridOperator,

@@ -183,12 +183,12 @@ def decode(raw: bytes, *, from_device: bool) -> Message:
         raise ProtocolError("v", f"protocol version {version!r}; this side speaks {PROTOCOL_VERSION}")
     kinds = FROM_DEVICE if from_device else FROM_GATEWAY
     kind = data.get("type")
-    if kind not in kinds:
+    if not isinstance(kind, str) or kind not in kinds:
         raise ProtocolError("type", f"{kind!r} is not a message a {'device' if from_device else 'gateway'} "
                                     f"sends; expected one of {sorted(kinds)}")
     cls = kinds[kind]
     names = [f.name for f in fields(cls)]
-    extra = sorted(set(data) - {"v", "type"} - set(names))
+    extra = sorted((str(k)[:64] for k in set(data) - {"v", "type"} - set(names)))
     if extra:
         raise ProtocolError(extra[0], f"unknown field in {kind}")
     values: dict[str, Any] = {}

@@ -27,9 +27,8 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
     locations = [Location(a, b) for a in sorted(cfg.aggregators) for b in sorted(config.aggregator(a).buses)]
     dmo = make_dmo(config, cfg, locations)
     in_market = [a for a in cfg.aggregators if routes.bids_in_market(config, config.aggregator(a))]
-    dt = config.time.interval_s
     for k in range(config.time.n_intervals):
-        shell.advance(at(k, Phase.AGGREGATE, dt))
+        shell.advance(at(k, Phase.AGGREGATE, config.time))
         received = shell.receive(allowed_senders=[cfg.name, *in_market])
         grid = expect([m for m in received if isinstance(m, msg.GridModel)], msg.GridModel, k, [cfg.name])[cfg.name]
         bids = expect([m for m in received if not isinstance(m, msg.GridModel)], msg.FleetBid, k, in_market)
@@ -39,13 +38,13 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         shell.send(cfg.iso, msg.InterfaceBid(name, k, cfg.td_bus, curve))
         shell.record_tables(k, tables)
 
-        shell.advance(at(k, Phase.DISPATCH, dt))
+        shell.advance(at(k, Phase.DISPATCH, config.time))
         award = expect(shell.receive(allowed_senders=[cfg.iso]), msg.Award, k, [cfg.iso])[cfg.iso]
         dispatch, tables = dmo.dispatch(k, award.lmp, award.cleared_mw)  # type: ignore[attr-defined]
         for agg, (setpoints, prices) in sorted(dispatch.items()):
             shell.send(agg, msg.Dispatch(name, k, setpoints, prices))
         shell.record_tables(k, tables)
-        shell.record_traffic(k)
+        shell.end_interval(k)
 
 
 def main(argv: list[str] | None = None) -> int:

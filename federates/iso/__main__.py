@@ -49,7 +49,7 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
     holders = {d.name: _holder(config, d.name) for d in config.dsos}
     n = config.time.n_intervals
     for k in range(n + 1):
-        shell.advance(at(k, Phase.CLEAR, config.time.interval_s))
+        shell.advance(at(k, Phase.CLEAR, config.time))
         bids: list[IsoBid] = []
         got: set[str] = set()
         meters: dict[str, tuple[float, dict[str, float]]] = {}
@@ -84,7 +84,7 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
         clearing = market.clear(k, bids)
         _send_awards(shell, config, k, clearing.awards)
         shell.record_tables(k, clearing.tables)
-        shell.record_traffic(k)
+        shell.end_interval(k)
 
 
 def _send_awards(shell: FederateShell, config: FederationConfig, k: int, awards: dict) -> None:  # noqa: ANN001

@@ -13,7 +13,7 @@ import sys
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import load_federation
 from dsosim.federates.common.schedule import Phase, at
-from dsosim.federates.common.shell import FederateShell, run_federate
+from dsosim.federates.common.shell import REALTIME_COLUMNS, FederateShell, run_federate
 from dsosim.federates.recorder.store import ResultStore
 from dsosim.federates.recorder.summary import summarise
 
@@ -34,11 +34,14 @@ def main(argv: list[str] | None = None) -> int:
         # One extra step after the last interval: the ISO settles the last
         # interval's imbalance at the start of the next one.
         for k in range(n + 1):
-            shell.advance(at(k, Phase.RECORD, config.time.interval_s))
+            shell.advance(at(k, Phase.RECORD, config.time))
             for m in shell.receive(allowed_senders=senders):
                 if not isinstance(m, msg.TableRows):
                     raise msg.MessageError(m.sender, "kind", f"recorder only accepts rows, got {m.KIND}")
                 store.add(m.table, m.columns, m.rows)
+            own = shell.take_grants(k)
+            if own:
+                store.add("realtime", REALTIME_COLUMNS, own)
             state["interval"] = k
             store.end_interval(k)
             if k < n and ((k + 1) % rc.flush_every == 0 or k + 1 == n):
