@@ -23,6 +23,10 @@ HEADLINES = (
     ("der_revenue", "DER revenue, $"),
     ("settlement_residual", "settlement residual, $ (0 = books close)"),
     ("messages", "market messages"),
+    ("rt_lag_p99_ms", "real time: grant lag behind wall clock p99, ms"),
+    ("hil_answered", "hardware: device-intervals answered"),
+    ("hil_fallback", "hardware: device-intervals on fallback"),
+    ("hil_rtt_p99_ms", "hardware: set-point round trip p99, ms"),
 )
 
 

@@ -74,6 +74,7 @@ class FederateShell:
             h.helicsFederateInfoSetTimeProperty(info, h.HELICS_PROPERTY_TIME_RT_LEAD, settings.rt_lead_s)
             h.helicsFederateInfoSetTimeProperty(info, h.HELICS_PROPERTY_TIME_RT_LAG, settings.rt_lag_s)
         self._wall0 = 0.0
+        self._started = False
         self._grants: list[tuple[float, float]] = []
         self._fed = h.helicsCreateMessageFederate(name, info)
         self._endpoint = h.helicsFederateRegisterGlobalEndpoint(self._fed, name, "")
@@ -81,12 +82,20 @@ class FederateShell:
 
     # ----------------------------------------------------------------- time
     def start(self) -> None:
+        """Enter executing mode (collective: returns when every federate has).
+        Called by the first :meth:`advance`, so a federate's set-up (feeder
+        compile, fleet build) happens before the federation's clock starts: in
+        real time, HELICS's wall-clock zero is this moment."""
+        if self._started:
+            return
         h.helicsFederateEnterExecutingMode(self._fed)
+        self._started = True
         self._wall0 = time.perf_counter()
 
     def advance(self, t: float) -> float:
         """Block until the federation grants time ``t`` (exactly, we are
         uninterruptible). In real time, notes the wall time of the grant."""
+        self.start()
         self.time = h.helicsFederateRequestTime(self._fed, t)
         if self.real_time:
             self._grants.append((self.time, time.perf_counter() - self._wall0))
@@ -200,21 +209,16 @@ def _plain(value: Any) -> Any:
 
 
 def run_federate(name: str, shell_factory: Callable[[], FederateShell], body: Callable[[FederateShell], None],
-                 on_error: Callable[[str], None] | None = None,
-                 prepare: Callable[[FederateShell], None] | None = None) -> int:
-    """Create the shell, run ``prepare`` (before executing mode: the whole
-    federation waits for it), then ``body``, and translate failures into a
-    clean, federation-wide stop. Returns the process exit code."""
+                 on_error: Callable[[str], None] | None = None) -> int:
+    """Create the shell, run ``body`` and translate failures into a clean,
+    federation-wide stop. Returns the process exit code."""
     try:
         shell = shell_factory()
     except Exception as exc:  # noqa: BLE001 - report any start-up failure plainly
         print(f"[{name}] could not join the federation: {exc}", file=sys.stderr, flush=True)
         return 2
     try:
-        if prepare is not None:
-            prepare(shell)
-        shell.start()
-        body(shell)
+        body(shell)  # the first advance enters executing mode, after the body's set-up
     except h.HelicsException as exc:
         # Another federate raised a global error (or the broker went away).
         text = f"stopped by the federation: {exc}"

@@ -1,8 +1,8 @@
 """HIL gateway federate: lab hardware (or the emulator) stands in for DERs of
 aggregators' fleets (docs/hil.md).
 
-Before the federation starts it binds its ZeroMQ socket and waits up to
-``wait_s`` for every configured device to say HELLO. Then per interval k
+Before its first grant (so the whole federation waits) it binds its ZeroMQ
+socket and waits up to ``wait_s`` for every configured device to say HELLO. Then per interval k
 (see ``common.schedule``):
 
 * ACTUATE: reads each hardware aggregator's ``HilSetpoints``, sends every
@@ -17,15 +17,14 @@ Before the federation starts it binds its ZeroMQ socket and waits up to
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from dsosim.federates.common import messages as msg
-from dsosim.federates.common.config import FederationConfig, HilConfig, load_federation
+from dsosim.federates.common.config import FederationConfig, HilConfig
 from dsosim.federates.common.schedule import Phase, at
-from dsosim.federates.common.shell import FederateShell, expect, run_federate
+from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.hil.gateway import DeviceInfo, Gateway, GatewaySettings
 from dsosim.federates.hil.loop import HIL_COLUMNS, DeviceStep, HardwareLoop
 
@@ -125,36 +124,24 @@ def _report_changes(name: str, k: int, steps: dict[str, DeviceStep], last: dict[
             last[device] = state
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dsosim.federates.hil")
-    parser.add_argument("--config", required=True, help="federation.json written by dsosim build")
-    parser.add_argument("--name", required=True, help="this federate's name in the federation")
-    args = parser.parse_args(argv)
-    config, base = load_federation(args.config)
-    if config.hil is None or config.hil.name != args.name:
-        print(f"[{args.name}] the federation has no HIL gateway named {args.name!r}", file=sys.stderr)
-        return 2
-    hil = config.hil
-    holder: dict[str, Gateway] = {}
-
-    def prepare(shell: FederateShell) -> None:
-        gateway = make_gateway(config, base)
-        holder["gateway"] = gateway
+def body(shell: FederateShell, config: FederationConfig, name: str, base: Path) -> None:
+    """Bind, wait for the devices (before the first grant: the whole federation
+    waits), run, and always close the sockets."""
+    if config.hil is None or config.hil.name != name:
+        raise ValueError(f"the federation has no HIL gateway named {name!r}")
+    gateway = make_gateway(config, base)
+    try:
+        for d in config.hil.devices:
+            gateway.set_soc(d.id, d.soc_init)
         gateway.start()
-        wait_for_devices(gateway, hil, args.name)
+        wait_for_devices(gateway, config.hil, name)
+        run(shell, config, gateway)
+    finally:
+        gateway.close()
 
-    def body(shell: FederateShell) -> None:
-        try:
-            run(shell, config, holder["gateway"])
-        finally:
-            holder["gateway"].close()
 
-    def on_error(text: str) -> None:
-        if "gateway" in holder:
-            holder["gateway"].close()
-
-    return run_federate(args.name, lambda: FederateShell(args.name, config.helics, recorder=config.recorder.name),
-                        body, on_error, prepare)
+def main(argv: list[str] | None = None) -> int:
+    return federate_main("hil", body, argv)
 
 
 if __name__ == "__main__":

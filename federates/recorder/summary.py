@@ -62,6 +62,30 @@ def summarise(results_dir: str | Path) -> dict[str, Any]:
         out["bytes"] = int(traffic["bytes"].sum())
     if not iso.empty:
         out["iso_bids"] = _r(iso["bids"].mean(), 3)
+    out.update(real_time_summary(results_dir))
+    return out
+
+
+def real_time_summary(results_dir: str | Path) -> dict[str, Any]:
+    """Wall-clock tracking and hardware-in-the-loop figures (real-time runs
+    only; they depend on the machine, so deterministic runs have none)."""
+    out: dict[str, Any] = {}
+    rt = read_table(results_dir, "realtime")
+    if not rt.empty:
+        lag = rt["lag_ms"]
+        out["rt_grants"] = len(lag)
+        out["rt_lag_p50_ms"] = _r(lag.quantile(0.5), 3)
+        out["rt_lag_p99_ms"] = _r(lag.quantile(0.99), 3)
+        out["rt_lag_max_ms"] = _r(lag.max(), 3)
+    hil = read_table(results_dir, "hil")
+    if not hil.empty:
+        out["hil_device_intervals"] = len(hil)
+        out["hil_answered"] = int((hil["fallback"] == "none").sum())
+        out["hil_fallback"] = int((hil["fallback"] != "none").sum())
+        rtt = hil["rtt_setpoint_ms"].dropna()
+        if len(rtt):
+            out["hil_rtt_p50_ms"] = _r(rtt.quantile(0.5), 3)
+            out["hil_rtt_p99_ms"] = _r(rtt.quantile(0.99), 3)
     return out
 
 
