@@ -85,6 +85,7 @@ def build(
     port: int | None = None,
     portable: bool = False,
     model: str | None = None,
+    hil_bind: str | None = None,
 ) -> BuildResult:
     """Write ``federation.json`` and ``runner.json`` for a scenario into ``out_dir``.
 
@@ -97,6 +98,10 @@ def build(
         scenario = scenario.model_copy(update={"hours": hours})
     if model is not None:
         scenario = scenario.model_copy(update={"model": model})
+    if hil_bind is not None:
+        if scenario.hil is None:
+            raise ScenarioError(f"{scenario_path}: has no [hil] section to bind")
+        scenario = scenario.model_copy(update={"hil": scenario.hil.model_copy(update={"bind": hil_bind})})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     out_abs = Path(os.path.abspath(out))

@@ -9,6 +9,7 @@ import importlib
 SUBJECTS = {
     "opf": "dsosim.runner.bench_opf",
     "ders": "dsosim.runner.bench_ders",
+    "hil": "dsosim.runner.bench_hil",
 }
 
 

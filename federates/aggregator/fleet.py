@@ -289,8 +289,9 @@ class Fleet:
         self._locate(index)
         before = index in self._unavailable
         (self._unavailable.discard if available else self._unavailable.add)(index)
-        if before == available:
+        if before == available:  # the state changed: offers and plans are stale
             self._cache = None
+            self._plan = None
 
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < int(self._spans[-1]):
