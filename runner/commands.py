@@ -13,6 +13,8 @@ COMMAND_MODULES = (
     "dsosim.runner.cmd_compare",
     "dsosim.runner.cmd_new_scenario",
     "dsosim.runner.cmd_synth_feeder",
+    "dsosim.runner.cmd_hil_device",
+    "dsosim.runner.cmd_hil_keys",
 )
 
 
