@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from dsosim.federates.common.config import (
     AggregatorConfig,
     DsoConfig,
@@ -183,8 +185,9 @@ def federation_config(scenario: Scenario, base: Path, *, port: int, path_for: An
         time = TimeSettings(interval_s=interval_s, n_intervals=scenario.n_intervals,
                             step_s=scenario.step_s, substep_s=scenario.substep_s,
                             settle_s=rt.settle_s if rt.enabled else None)
-    except ValueError as exc:
-        raise ScenarioError(f"real_time: {exc}") from None
+    except ValidationError as exc:
+        reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise ScenarioError(f"real_time: {reason}") from None
     wall_s = time.step * time.n_intervals + (scenario.hil.wait_s if scenario.hil else 0.0)
     helics = HelicsSettings(
         broker_address=f"tcp://127.0.0.1:{port}",

@@ -236,7 +236,8 @@ def test_docs_scenario_md_documents_every_field_in_its_section() -> None:
     text = (ROOT / "docs" / "scenario.md").read_text()
     sections = {"## Top level": schema.Scenario, "## `[transmission]`": schema.Transmission,
                 "## `[[ldas]]`": schema.Lda, "### `[ldas.limits]`": schema.Limits,
-                "### `[[ldas.aggregators]]`": schema.Aggregator}
+                "### `[[ldas.aggregators]]`": schema.Aggregator, "## `[real_time]`": schema.RealTime,
+                "## `[hil]`": schema.Hil, "### `[[hil.devices]]`": schema.HilDevice}
     starts = sorted((text.index(h), h) for h in sections)
     for (start, heading), (end, _) in zip(starts, [*starts[1:], (len(text), "")], strict=True):
         body = text[start:end]

@@ -100,3 +100,57 @@ def test_build_rejects_aggregator_bus_without_load(tmp_path: Path) -> None:
 
     with pytest.raises(ScenarioError, match=r"aggregators\[agg_solar\]\.buses: \['999'\] carry no load"):
         build(_scenario_with(tmp_path, **{'"675", "692"': '"999", "692"'}), tmp_path / "o3", port=23999)
+
+
+# ------------------------------------------------------- real time and hardware
+
+HIL = ROOT / "configs" / "scenarios" / "hil.toml"
+
+
+def _hil_with(tmp_path: Path, **replace: str) -> Path:
+    text = HIL.read_text().replace("../feeders/ieee13/Master.dss",
+                                   str(ROOT / "configs" / "feeders" / "ieee13" / "Master.dss"))
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return _write(tmp_path, text)
+
+
+def test_shipped_hil_scenario_is_valid_and_compresses_time() -> None:
+    scenario, _ = load_scenario(HIL)
+    assert scenario.real_time.enabled and scenario.step_s == 1.0 and scenario.substep_s == 0.1
+    assert [d.id for d in scenario.hil.devices] == ["bat1", "pv1"]
+
+
+def test_hil_needs_real_time_and_known_aggregators(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="hil needs real_time.enabled = true"):
+        load_scenario(_hil_with(tmp_path, **{"enabled = true": "enabled = false"}))
+    with pytest.raises(ScenarioError, match=r"hil.devices\[1\].aggregator: 'agg_x' is not an aggregator"):
+        load_scenario(_hil_with(tmp_path, **{'aggregator = "agg_solar"': 'aggregator = "agg_x"'}))
+    with pytest.raises(ScenarioError, match="device ids must be unique; repeated: \\['bat1'\\]"):
+        load_scenario(_hil_with(tmp_path, **{'id = "pv1"': 'id = "bat1"'}))
+    with pytest.raises(ScenarioError, match="CURVE needs both"):
+        load_scenario(_hil_with(tmp_path, **{"[hil]\n": '[hil]\ncurve_secret_key = "k"\n'}))
+    with pytest.raises(ScenarioError, match="hil.fallback: .*'hold' or 'unavailable'"):
+        load_scenario(_hil_with(tmp_path, **{'fallback = "hold"': 'fallback = "zero"'}))
+
+
+def test_build_resolves_hardware_ders_and_refuses_what_it_cannot(tmp_path: Path) -> None:
+    from dsosim.runner.build import build
+
+    built = build(_hil_with(tmp_path), tmp_path / "ok", port=23999)
+    bat1 = built.config.hil.devices[0]
+    assert bat1.sim_rated_kw > 100 and bat1.sim_capacity_kwh == pytest.approx(4 * bat1.sim_rated_kw)
+    assert bat1.scale == pytest.approx(5.0 / bat1.sim_rated_kw)
+    assert built.config.helics.real_time and built.config.time.time_scale == 300.0
+    assert "dsosim.federates.hil" in built.runner.read_text()
+    with pytest.raises(ScenarioError, match=r"hil.devices\[0\] \(bat1\): .*has 0 battery DER\(s\) at bus '675'"):
+        build(_hil_with(tmp_path, **{'bus = "634"': 'bus = "675"'}), tmp_path / "o1", port=23999)
+    with pytest.raises(ScenarioError, match="hil.bind: tcp://0.0.0.0:5570 is reachable from other machines"):
+        build(_hil_with(tmp_path, **{'bind = "tcp://127.0.0.1:5570"': 'bind = "tcp://0.0.0.0:5570"'}),
+              tmp_path / "o2", port=23999)
+    with pytest.raises(ScenarioError, match="hil.curve_secret_key: not found: .*nokey"):
+        build(_hil_with(tmp_path, **{"[hil]\n": '[hil]\ncurve_secret_key = "nokey"\n'
+                                                'curve_authorized_dir = "."\n'}), tmp_path / "o3", port=23999)
+    with pytest.raises(ScenarioError, match=r"real_time: the last exchange of an interval comes 0.9 s after its start but an interval is only 0.5 s \(step_s\)"):
+        build(_hil_with(tmp_path, **{"step_s = 1.0": "step_s = 0.5"}), tmp_path / "o4", port=23999)

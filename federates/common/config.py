@@ -56,9 +56,9 @@ class TimeSettings(Strict):
         from dsosim.federates.common.schedule import last_offset
 
         if last_offset(self) >= self.step:
-            raise ValueError(f"the exchanges of one interval need {last_offset(self):g} s of "
-                             f"federation time after its start but an interval is {self.step:g} s "
-                             f"(step_s); shorten substep_s/settle_s or lengthen the step")
+            raise ValueError(f"the last exchange of an interval comes {last_offset(self):g} s after "
+                             f"its start but an interval is only {self.step:g} s (step_s); shorten "
+                             f"substep_s/settle_s or lengthen the step")
         return self
 
     @property
