@@ -25,11 +25,9 @@ from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import FederationConfig, HilConfig
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
-from dsosim.federates.hil.gateway import DeviceInfo, Gateway, GatewaySettings
+from dsosim.federates.hil.gateway import COUNTERS, DeviceInfo, Gateway, GatewaySettings
 from dsosim.federates.hil.loop import HIL_COLUMNS, DeviceStep, HardwareLoop
 
-COUNTERS = ("malformed", "oversized", "unknown_device", "late", "no_session", "wrong_kind",
-            "wrong_version", "heartbeats", "hellos", "sessions_expired")
 GATEWAY_COLUMNS = ("interval", "connected", *COUNTERS)
 
 
