@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     from dsosim.runner import commands
 
-    commands.register(sub)
+    commands.register(sub, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     return int(args.handler(args) or 0)
 
