@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from dsosim.runner.build import BuildResult, build, free_port
-from dsosim.runner.launch import LaunchOutcome, build_and_launch
+from dsosim.runner.launch import LaunchOutcome, launch
 from tests.federation import ROOT, SCENARIOS
 
 pytestmark = [pytest.mark.federation, pytest.mark.slow]
@@ -53,19 +53,16 @@ def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
 
 
 class _Federation:
-    """Builds on free ports and launches in a thread (launch blocks)."""
+    """Builds on free ports (here: OpenDSS is not to be used from two threads)
+    and launches in a thread (launch blocks)."""
 
     def __init__(self, scenario: Path, out: Path) -> None:
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.out = out
-        hours = INTERVALS * 5 / 60
-
-        def make() -> BuildResult:
-            return build(scenario, out, hours=hours, port=free_port(), hil_bind=self.address)
-
+        built = build(scenario, out, hours=INTERVALS * 5 / 60, port=free_port(), hil_bind=self.address)
         self.result: tuple[BuildResult, LaunchOutcome] | None = None
         self.thread = threading.Thread(target=lambda: setattr(
-            self, "result", build_and_launch(make, timeout_s=240)), daemon=True)
+            self, "result", (built, launch(built.runner, built.results_dir, timeout_s=240))), daemon=True)
         self.thread.start()
 
     def wait_started(self, timeout_s: float = 60) -> None:
