@@ -37,6 +37,7 @@ from dsosim.federates.common.config import (
 from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.aggregator.specs import BatterySpec
 from dsosim.federates.dso.feeder import Feeder, FeederError
+from dsosim.federates.hil.gateway import is_local_endpoint
 from dsosim.federates.iso.case import CaseError, load_case
 from dsosim.runner import existing_ders
 from dsosim.runner.models import load_model
@@ -248,9 +249,7 @@ def hil_config(scenario: Scenario, base: Path, aggregators: list[AggregatorConfi
         if not p.exists():
             raise ScenarioError(f"hil.{field}: not found: {p}")
         keys[field] = path_for(p)
-    host = hil.bind.split("//", 1)[1].rsplit(":", 1)[0]
-    if host not in ("127.0.0.1", "localhost", "[::1]") and not host.startswith("127.") \
-            and not keys and not hil.allow_unauthenticated:
+    if not is_local_endpoint(hil.bind) and not keys and not hil.allow_unauthenticated:
         raise ScenarioError(f"hil.bind: {hil.bind} is reachable from other machines; set "
                             f"curve_secret_key and curve_authorized_dir (dsosim hil-keys writes "
                             f"them) or, on an isolated lab network, allow_unauthenticated = true")

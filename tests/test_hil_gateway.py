@@ -23,7 +23,7 @@ from dsosim.federates.hil.gateway import (
     Gateway,
     GatewayError,
     GatewaySettings,
-    _is_local,
+    is_local_endpoint,
 )
 from dsosim.federates.hil.protocol import (
     Error,
@@ -427,9 +427,9 @@ def test_curve_admits_authorised_keys_only(make_gateway, connect, tmp_path: Path
 def test_non_loopback_bind_needs_curve_or_an_explicit_opt_in(tmp_path: Path):
     with pytest.raises(GatewayError, match="allow_unauthenticated"):
         Gateway(GatewaySettings(bind="tcp://0.0.0.0:*"), DEVICES).start()
-    assert not _is_local("tcp://*:5570") and not _is_local("tcp://192.168.1.5:5570")
-    assert _is_local("tcp://127.0.0.2:5570") and _is_local("tcp://localhost:1")
-    assert _is_local("tcp://[::1]:5570")
+    assert not is_local_endpoint("tcp://*:5570") and not is_local_endpoint("tcp://192.168.1.5:5570")
+    assert is_local_endpoint("tcp://127.0.0.2:5570") and is_local_endpoint("tcp://localhost:1")
+    assert is_local_endpoint("tcp://[::1]:5570")
 
 
 def test_missing_curve_files_are_named(tmp_path: Path):

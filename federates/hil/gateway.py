@@ -662,7 +662,7 @@ def _check_settings(s: GatewaySettings) -> None:
 
 
 def _check_security(s: GatewaySettings) -> None:
-    if not _is_local(s.bind) and s.curve_secret_key is None and not s.allow_unauthenticated:
+    if not is_local_endpoint(s.bind) and s.curve_secret_key is None and not s.allow_unauthenticated:
         raise GatewayError(
             f"HIL gateway bind {s.bind!r} is not a loopback address: anyone who can reach it could "
             "pose as a device. Configure CURVE (curve_secret_key + curve_authorized_dir) or set "
@@ -710,7 +710,7 @@ def _host(bind: str) -> str:
     return rest.rsplit(":", 1)[0].strip("[]") if ":" in rest else rest
 
 
-def _is_local(bind: str) -> bool:
+def is_local_endpoint(bind: str) -> bool:
     """True for endpoints only this host can reach: tcp on a loopback
     address, ipc and inproc."""
     scheme = bind.partition("://")[0]
