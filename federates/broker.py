@@ -19,13 +19,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--core-type", default="zmq")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--key", default="")
-    parser.add_argument("--interface", default="127.0.0.1",
-                        help="address to listen on (loopback unless told otherwise)")
-    parser.add_argument("--max-duration", type=int, default=3600,
-                        help="wall-clock seconds after which a stuck federation is ended")
+    parser.add_argument(
+        "--interface",
+        default="127.0.0.1",
+        help="address to listen on (loopback unless told otherwise)",
+    )
+    parser.add_argument(
+        "--max-duration",
+        type=int,
+        default=3600,
+        help="wall-clock seconds after which a stuck federation is ended",
+    )
     args = parser.parse_args(argv)
-    init = (f"-f {args.federates} --port={args.port} --local_interface={args.interface}"
-            f" --maxcosimduration={args.max_duration}s")
+    init = (
+        f"-f {args.federates} --port={args.port} --local_interface={args.interface}"
+        f" --maxcosimduration={args.max_duration}s"
+    )
     if args.key:
         init += f" --brokerkey={args.key}"
     broker = h.helicsCreateBroker(args.core_type, "", init)

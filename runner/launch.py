@@ -39,15 +39,19 @@ class LaunchOutcome:
     failure: str | None
 
 
-def build_and_launch(make: Callable[[], Any], *, attempts: int = 2, **kwargs: Any) -> tuple[Any, LaunchOutcome]:
+def build_and_launch(
+    make: Callable[[], Any], *, attempts: int = 2, **kwargs: Any
+) -> tuple[Any, LaunchOutcome]:
     """Build (``make()`` returns a ``BuildResult`` on a fresh port) and launch;
     if federates could not even join the broker (a port taken between build
     and launch on a busy machine) and no interval ran, build again once."""
     for attempt in range(attempts):
         built = make()
         outcome = launch(built.runner, built.results_dir, **kwargs)
-        joined = not (outcome.failure and ("could not join" in outcome.failure
-                                           or "unable to register" in outcome.failure))
+        joined = not (
+            outcome.failure
+            and ("could not join" in outcome.failure or "unable to register" in outcome.failure)
+        )
         if outcome.ok or joined or outcome.summary.get("intervals") or attempt == attempts - 1:
             return built, outcome
     raise AssertionError("unreachable")
@@ -64,8 +68,14 @@ def helics_command() -> str:
     return found
 
 
-def launch(runner: Path, results_dir: Path, *, recorder: str = "recorder",
-           on_progress: Callable[[int, int], None] | None = None, timeout_s: float | None = None) -> LaunchOutcome:
+def launch(
+    runner: Path,
+    results_dir: Path,
+    *,
+    recorder: str = "recorder",
+    on_progress: Callable[[int, int], None] | None = None,
+    timeout_s: float | None = None,
+) -> LaunchOutcome:
     """Run ``helics run --path=runner`` to the end; never leaves processes behind."""
     folder = runner.parent
     for old in folder.glob("*.log"):
@@ -163,5 +173,7 @@ def _failure(folder: Path, output: str, returncode: int, summary: dict[str, Any]
         lines.append(str(summary["error"]))
     if not lines:
         tail = "\n".join(output.strip().splitlines()[-15:])
-        lines.append(f"helics run exited {returncode}; summary complete={summary.get('complete')}\n{tail}")
+        lines.append(
+            f"helics run exited {returncode}; summary complete={summary.get('complete')}\n{tail}"
+        )
     return "\n".join(lines)

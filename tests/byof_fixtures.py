@@ -70,9 +70,38 @@ _LOADSHAPES = """\
 New LoadShape.RES npts=24 interval=1 mult=(file=Residential.csv)
 """
 
-_SHAPE = "\n".join(str(x) for x in (0.4, 0.35, 0.33, 0.33, 0.35, 0.45, 0.6, 0.7, 0.65, 0.6, 0.6,
-                                    0.62, 0.63, 0.62, 0.62, 0.65, 0.75, 0.9, 1.0, 1.0, 0.95, 0.8,
-                                    0.6, 0.5)) + "\n"
+_SHAPE = (
+    "\n".join(
+        str(x)
+        for x in (
+            0.4,
+            0.35,
+            0.33,
+            0.33,
+            0.35,
+            0.45,
+            0.6,
+            0.7,
+            0.65,
+            0.6,
+            0.6,
+            0.62,
+            0.63,
+            0.62,
+            0.62,
+            0.65,
+            0.75,
+            0.9,
+            1.0,
+            1.0,
+            0.95,
+            0.8,
+            0.6,
+            0.5,
+        )
+    )
+    + "\n"
+)
 
 _LOADS = """\
 New Load.T1 bus1=T1 phases=3 kv=12.47 kw=600 kvar=200 model=1 daily=RES
@@ -133,12 +162,15 @@ def broken_feeder(folder: Path, kind: str) -> Path:
         del files["Loads/LoadShapes.dss"]
     elif kind == "compile_error":
         files["Network/Lines.dss"] = files["Network/Lines.dss"].replace(
-            "linecode=ABC1/0 length=0.5", "linecode=ABC4/0 length=0.5")
+            "linecode=ABC1/0 length=0.5", "linecode=ABC4/0 length=0.5"
+        )
     elif kind == "no_convergence":
         # Constant power down to any voltage (vminpu=0): beyond the nose of the
         # P-V curve there is no solution.
-        files["Loads/Loads.dss"] += ("New Load.HUGE bus1=T5 phases=3 kv=12.47 kw=60000 kvar=20000 "
-                                     "model=1 vminpu=0.0 vmaxpu=10\n")
+        files["Loads/Loads.dss"] += (
+            "New Load.HUGE bus1=T5 phases=3 kv=12.47 kw=60000 kvar=20000 "
+            "model=1 vminpu=0.0 vmaxpu=10\n"
+        )
     else:
         raise ValueError(kind)
     return utility_feeder(folder, files)

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from dsosim.runner.build import BuildResult, build, free_port
+from dsosim.runner.build.federation import BuildResult, build, free_port
 from dsosim.runner.launch import LaunchOutcome, build_and_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "configs" / "scenarios"
 
 
-def run_scenario(scenario: Path, out: Path, *, hours: float, timeout_s: float = 300,
-                 edit_runner=None) -> tuple[BuildResult, LaunchOutcome]:  # noqa: ANN001
+def run_scenario(
+    scenario: Path, out: Path, *, hours: float, timeout_s: float = 300, edit_runner=None
+) -> tuple[BuildResult, LaunchOutcome]:
     def make() -> BuildResult:
         built = build(scenario, out, hours=hours, port=free_port())
         if edit_runner is not None:

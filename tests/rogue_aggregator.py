@@ -34,19 +34,33 @@ def main() -> int:
             if k == bad_interval and mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             if k == bad_interval:
-                raw = msgpack.packb({"v": 1, "kind": "fleet_bid", "sender": name, "interval": k,
-                                     "bids": [[b, [0.0, [[float("nan"), 1.0]]]] for b in cfg.buses]})
+                raw = msgpack.packb(
+                    {
+                        "v": 1,
+                        "kind": "fleet_bid",
+                        "sender": name,
+                        "interval": k,
+                        "bids": [[b, [0.0, [[float("nan"), 1.0]]]] for b in cfg.buses],
+                    }
+                )
                 import helics as h
 
-                h.helicsEndpointSendBytesTo(shell._endpoint, raw, cfg.dso)  # noqa: SLF001
+                h.helicsEndpointSendBytesTo(shell._endpoint, raw, cfg.dso)
             else:
-                shell.send(cfg.dso, msg.FleetBid(name, k, tuple(msg.LocatedBid(b, BidCurve(0.0)) for b in cfg.buses)))
+                shell.send(
+                    cfg.dso,
+                    msg.FleetBid(
+                        name, k, tuple(msg.LocatedBid(b, BidCurve(0.0)) for b in cfg.buses)
+                    ),
+                )
             shell.advance(at(k, Phase.REPORT, config.time))
             received = shell.receive()
             setpoints = received[0].setpoints_mw  # type: ignore[union-attr]
             shell.send(cfg.dso, msg.Measurement(name, k, dict(setpoints), dict(setpoints)))
 
-    return run_federate(name, lambda: FederateShell(name, config.helics, recorder=config.recorder.name), body)
+    return run_federate(
+        name, lambda: FederateShell(name, config.helics, recorder=config.recorder.name), body
+    )
 
 
 if __name__ == "__main__":

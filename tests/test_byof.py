@@ -25,10 +25,10 @@ import pytest
 
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
 from dsosim.federates.dso.feeder import Feeder
-from dsosim.runner.build import build
-from dsosim.runner.new_scenario import write_new_scenario
-from dsosim.runner.scenario import ScenarioError, load_scenario
-from dsosim.runner.synthetic_feeder import generate_feeder
+from dsosim.runner.build.federation import build
+from dsosim.runner.build.scenario import ScenarioError, load_scenario
+from dsosim.runner.feeders.new_scenario import write_new_scenario
+from dsosim.runner.feeders.synthetic import generate_feeder
 from tests.byof_fixtures import hunting_feeder, utility_feeder
 from tests.federation import ROOT, run_scenario, table
 
@@ -45,18 +45,19 @@ def _shared(relative: str) -> Path:
     return path
 
 
-def _check_run(scenario_path: Path, built, outcome, hours: float) -> None:  # noqa: ANN001
+def _check_run(scenario_path: Path, built, outcome, hours: float) -> None:
     """Complete; every node of every LDA's feeder recorded at every interval;
     the T-D energy balances."""
     assert outcome.ok, outcome.failure
-    n = int(round(hours * 12))
+    n = round(hours * 12)
     assert outcome.summary["complete"] is True and outcome.summary["intervals"] == n
     scenario, _ = load_scenario(scenario_path)
     volts = table(built.results_dir, "voltages")
     feeder = table(built.results_dir, "feeder")
     for dso in built.config.dsos:
-        model = Feeder(built.federation.parent / dso.feeder, name=dso.name,
-                       voltage_basis=dso.voltage_basis)
+        model = Feeder(
+            built.federation.parent / dso.feeder, name=dso.name, voltage_basis=dso.voltage_basis
+        )
         mine = volts[volts["dso"] == dso.name]
         per_interval = mine.groupby("interval")["node"].apply(frozenset)
         assert len(per_interval) == n
@@ -67,14 +68,16 @@ def _check_run(scenario_path: Path, built, outcome, hours: float) -> None:  # no
         # The feeder head delivers the loads (net of the feeder's own DERs still
         # in), the DERs' actual output and the losses; the T-D flow is that
         # times the scale.
-        np.testing.assert_allclose(f["head_mw"], f["inflexible_mw"] + f["der_mw"] + f["losses_mw"],
-                                   atol=2e-3)
+        np.testing.assert_allclose(
+            f["head_mw"], f["inflexible_mw"] + f["der_mw"] + f["losses_mw"], atol=2e-3
+        )
         np.testing.assert_allclose(f["td_flow_mw"], f["head_mw"] * f["scale"], rtol=1e-12)
     imb = table(built.results_dir, "imbalance").set_index(["interval", "dso"]).sort_index()
     fd = feeder.set_index(["interval", "dso"]).sort_index()
     np.testing.assert_allclose(imb["actual_mw"], fd["td_flow_mw"], rtol=1e-12)
-    np.testing.assert_allclose(imb["imbalance_mw"], fd["td_flow_mw"] - fd["scheduled_mw"],
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        imb["imbalance_mw"], fd["td_flow_mw"] - fd["scheduled_mw"], atol=1e-9
+    )
     assert {lda.name for lda in scenario.ldas} == set(feeder["dso"])
     # Prices inside the LDAs stay within the bid price range (a limit the feeder
     # breaks whatever the DERs do would show up here at its penalty price).
@@ -82,8 +85,7 @@ def _check_run(scenario_path: Path, built, outcome, hours: float) -> None:  # no
     assert dlmp.between(PRICE_FLOOR, PRICE_CAP).all(), (dlmp.min(), dlmp.max())
 
 
-def _new_and_run(tmp_path: Path, feeders: list[Path], hours: float = HOURS,
-                 **kwargs):  # noqa: ANN003, ANN202
+def _new_and_run(tmp_path: Path, feeders: list[Path], hours: float = HOURS, **kwargs):
     made = write_new_scenario(feeders, tmp_path / "study" / "scenario.toml", **kwargs)
     built, outcome = run_scenario(made.path, tmp_path / "run", hours=hours)
     _check_run(made.path, built, outcome, hours)
@@ -100,17 +102,24 @@ def test_build_hands_the_feeders_own_ders_to_the_named_aggregator(tmp_path: Path
     config = json.loads(built.federation.read_text())
     solar = next(a for a in config["aggregators"] if a["name"] == "lda_u12f3_solar")
     assert {"b2", "t4"} <= set(solar["buses"])
-    assert {"bus": "b2", "rating_mw": 0.05} in [{k: p[k] for k in ("bus", "rating_mw")}
-                                                for p in solar["fleet"]["pvs"]]
+    assert {"bus": "b2", "rating_mw": 0.05} in [
+        {k: p[k] for k in ("bus", "rating_mw")} for p in solar["fleet"]["pvs"]
+    ]
     (bess,) = [b for b in solar["fleet"]["batteries"] if b["energy_mwh"] == 0.8]
     assert (bess["bus"], bess["power_mw"], bess["soc_init"], bess["soc_min"]) == (
-        "t4", 0.2, 0.6, 0.2)
+        "t4",
+        0.2,
+        0.6,
+        0.2,
+    )
     # The DSO gets the feeder with those elements disabled (not counted twice).
     dso_feeder = built.federation.parent / config["dsos"][0]["feeder"]
     assert dso_feeder.parent == built.federation.parent
     model = Feeder(dso_feeder, name="dso")
     assert [(d.element, d.enabled) for d in model.existing_ders] == [
-        ("PVSystem.pv_b2", False), ("Storage.bess_t4", False)]
+        ("PVSystem.pv_b2", False),
+        ("Storage.bess_t4", False),
+    ]
     with_them = Feeder(master, name="user").solve()
     assert model.solve().load_mw > with_them.load_mw + 0.04  # the PV no longer offsets the load
 
@@ -119,8 +128,9 @@ def test_build_names_the_lda_for_a_broken_feeder(tmp_path: Path) -> None:
     good = utility_feeder(tmp_path / "good")
     made = write_new_scenario([good], tmp_path / "s.toml")
     (tmp_path / "good" / "Loads" / "LoadShapes.dss").unlink()  # lost after the scenario was written
-    with pytest.raises(ScenarioError,
-                       match=r"(?s)ldas\[lda_good\]\.feeder: .*Redirect file not found"):
+    with pytest.raises(
+        ScenarioError, match=r"(?s)ldas\[lda_good\]\.feeder: .*Redirect file not found"
+    ):
         build(made.path, tmp_path / "out", port=23999)
 
 
@@ -133,8 +143,9 @@ def test_shipped_ieee13(tmp_path: Path) -> None:
 
 
 @pytest.mark.federation
-@pytest.mark.parametrize("relative", ["ieee34/ieee34Mod1.dss", "ieee37/ieee37.dss",
-                                      "ieee123/IEEE123Master.dss"])
+@pytest.mark.parametrize(
+    "relative", ["ieee34/ieee34Mod1.dss", "ieee37/ieee37.dss", "ieee123/IEEE123Master.dss"]
+)
 def test_public_ieee_feeders_as_a_utility_delivers_them(tmp_path: Path, relative: str) -> None:
     made, built, _ = _new_and_run(tmp_path, [_shared(relative)])
     lda = load_scenario(made.path)[0].ldas[0]
@@ -150,7 +161,7 @@ def test_several_ldas_own_ders_and_a_users_case_file(tmp_path: Path) -> None:
     case = tmp_path / "grid" / "mygrid.m"
     case.parent.mkdir()
     shutil.copy(CASE9_M, case)
-    made, built, outcome = _new_and_run(tmp_path, [utility, IEEE13], case=str(case))
+    _made, built, outcome = _new_and_run(tmp_path, [utility, IEEE13], case=str(case))
     assert [d.td_bus for d in built.config.dsos] == [9, 7]
     interface = table(built.results_dir, "interface")
     assert set(interface["dso"]) == {"lda_u12f3", "lda_ieee13"}

@@ -15,7 +15,6 @@ line 1-3 and 1/3 on the path 1-2-3; from bus 2 to bus 3: 2/3 on 2-3 and
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 from dsosim.federates.common.curves import PRICE_CAP, BidCurve
 from dsosim.federates.iso.case import MatpowerTables, TransmissionCase, case_from_tables
 from dsosim.federates.iso.dcopf import BusCurve, DcOpf, OpfResult, congestion_rent
-from dsosim.runner import cmd_opf
+from dsosim.runner import cli
 
 LINES = ((1, 2), (1, 3), (2, 3))
 
@@ -250,11 +249,7 @@ def test_load_vector_must_align_with_buses() -> None:
 
 
 def run_opf_command(argv: list[str]) -> int:
-
-    parser = argparse.ArgumentParser(prog="dsosim")
-    cmd_opf.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.handler(args))
+    return cli.main(argv)
 
 
 def test_opf_command_writes_one_row_per_bus(

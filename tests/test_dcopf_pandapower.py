@@ -25,8 +25,8 @@ from dsosim.federates.iso.case import (
     read_matpower,
 )
 from dsosim.federates.iso.dcopf import DcOpf, OpfResult, lmp_is_unique
-from dsosim.runner import bench_opf
-from dsosim.runner.bench_opf import pandapower_net, run_pandapower
+from dsosim.runner.bench import opf as bench_opf
+from dsosim.runner.bench.opf import pandapower_net, run_pandapower
 
 pytest.importorskip("pandapower")
 
@@ -122,7 +122,7 @@ def test_price_between_two_binding_lines_is_flagged_not_compared() -> None:
 
 def test_benchmark_command_runs(capsys: pytest.CaptureFixture[str]) -> None:
     args = argparse.Namespace(cases="case9", repeats=1, intervals=2, seed=3, cost_seed=None)
-    assert bench_opf.run(args) == 0
+    assert bench_opf.handle(args) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0].startswith("| case | pandapower ms (median) |")
     row = table.splitlines()[2].split("|")

@@ -29,8 +29,13 @@ def _soc(fleet: Fleet) -> float:
 
 def test_soc_follows_hand_calculation_with_split_efficiency() -> None:
     # eta = 0.81 round trip -> 0.9 each way; 1 h intervals; 4 MWh.
-    fleet = _fleet(interval_s=3600.0, n_intervals=4, batteries=(
-        BatterySpec("b", 1.0, 4.0, soc_init=0.5, soc_min=0.0, soc_max=1.0, efficiency=0.81),))
+    fleet = _fleet(
+        interval_s=3600.0,
+        n_intervals=4,
+        batteries=(
+            BatterySpec("b", 1.0, 4.0, soc_init=0.5, soc_min=0.0, soc_max=1.0, efficiency=0.81),
+        ),
+    )
     out = _step(fleet, {"b": 1.0})  # charge 1 MWh from the grid: +0.9 MWh stored
     assert out.total("battery", "charge_mw") == pytest.approx(1.0)
     assert _soc(fleet) == pytest.approx(0.5 + 0.9 / 4.0, abs=1e-12)
@@ -42,8 +47,13 @@ def test_soc_follows_hand_calculation_with_split_efficiency() -> None:
 
 
 def test_round_trip_returns_efficiency_times_energy_charged() -> None:
-    fleet = _fleet(interval_s=3600.0, n_intervals=6, batteries=(
-        BatterySpec("b", 1.0, 4.0, soc_init=0.5, soc_min=0.0, soc_max=1.0, efficiency=0.81),))
+    fleet = _fleet(
+        interval_s=3600.0,
+        n_intervals=6,
+        batteries=(
+            BatterySpec("b", 1.0, 4.0, soc_init=0.5, soc_min=0.0, soc_max=1.0, efficiency=0.81),
+        ),
+    )
     charged = sum(_step(fleet, {"b": 1.0}).actual_mw[0] for _ in range(2))  # 2 MWh in
     delivered = -_step(fleet, {"b": -1.0}).actual_mw[0]
     out = _step(fleet, {"b": -(2.0 * 0.81 - delivered)})  # the rest comes out next hour
@@ -55,25 +65,36 @@ def test_round_trip_returns_efficiency_times_energy_charged() -> None:
 
 def test_self_discharge_of_an_idle_battery_matches_the_daily_rate() -> None:
     # 2 % a day: after 36 hours the stored energy is 0.98 ** 1.5 of what it was.
-    fleet = _fleet(interval_s=900.0, n_intervals=144, batteries=(
-        BatterySpec("b", 1.0, 4.0, soc_init=0.8, soc_min=0.0, soc_max=1.0,
-                    self_discharge=0.02),))
+    fleet = _fleet(
+        interval_s=900.0,
+        n_intervals=144,
+        batteries=(
+            BatterySpec("b", 1.0, 4.0, soc_init=0.8, soc_min=0.0, soc_max=1.0, self_discharge=0.02),
+        ),
+    )
     lost = 0.0
     for _ in range(144):
         lost += _step(fleet, {"b": 0.0}).total("battery", "losses_mw") * 0.25
-    assert _soc(fleet) == pytest.approx(0.8 * 0.98 ** 1.5, rel=1e-12)
-    assert lost == pytest.approx(3.2 * (1 - 0.98 ** 1.5), rel=1e-12)
+    assert _soc(fleet) == pytest.approx(0.8 * 0.98**1.5, rel=1e-12)
+    assert lost == pytest.approx(3.2 * (1 - 0.98**1.5), rel=1e-12)
 
 
 def test_energy_is_conserved_and_soc_never_leaves_its_bounds() -> None:
     rng = np.random.default_rng(0)
     n = 20
     specs = tuple(
-        BatterySpec(f"b{i:02d}", float(rng.uniform(0.1, 1.0)), float(rng.uniform(0.1, 2.0)),
-                    soc_init=0.5, soc_min=0.15, soc_max=0.85,
-                    efficiency=float(rng.uniform(0.7, 1.0)),
-                    self_discharge=float(rng.uniform(0.0, 0.05)))
-        for i in range(n))
+        BatterySpec(
+            f"b{i:02d}",
+            float(rng.uniform(0.1, 1.0)),
+            float(rng.uniform(0.1, 2.0)),
+            soc_init=0.5,
+            soc_min=0.15,
+            soc_max=0.85,
+            efficiency=float(rng.uniform(0.7, 1.0)),
+            self_discharge=float(rng.uniform(0.0, 0.05)),
+        )
+        for i in range(n)
+    )
     dt = 0.25
     fleet = _fleet(interval_s=900.0, n_intervals=400, batteries=specs)
     power = np.array([b.power_mw for b in specs])
@@ -94,8 +115,9 @@ def test_energy_is_conserved_and_soc_never_leaves_its_bounds() -> None:
         conversion = np.where(net > 0, net * (1 - eta1), -net * (1 / eta1 - 1)) * dt
         self_loss = (1 - decay) * before
         np.testing.assert_allclose(net * dt, after - before + conversion + self_loss, atol=1e-12)
-        np.testing.assert_allclose(out.by_type["battery"].state["losses_mw"] * dt,
-                                   conversion + self_loss, atol=1e-12)
+        np.testing.assert_allclose(
+            out.by_type["battery"].state["losses_mw"] * dt, conversion + self_loss, atol=1e-12
+        )
         hit_min |= bool(np.any(np.isclose(soc, 0.15)))
         hit_max |= bool(np.any(np.isclose(soc, 0.85)))
     assert hit_min and hit_max  # the limits were actually reached, so they were tested
@@ -167,8 +189,11 @@ def test_emptier_battery_asks_more_to_discharge_and_fuller_one_less_to_charge() 
 
 @pytest.mark.parametrize("prior", [PRICE_CAP * 0.95, PRICE_FLOOR * 0.95])
 def test_curves_stay_within_price_bounds_with_extreme_expectations(prior: float) -> None:
-    fleet = _fleet(batteries=(BatterySpec("b", 1.0, 2.0, efficiency=0.5),),
-                   shiftable_loads=(ShiftableLoadSpec("b", 1.0, 0.5),), price_prior=prior)
+    fleet = _fleet(
+        batteries=(BatterySpec("b", 1.0, 2.0, efficiency=0.5),),
+        shiftable_loads=(ShiftableLoadSpec("b", 1.0, 0.5),),
+        price_prior=prior,
+    )
     curve = fleet.bids(0)["b"]
     prices = [p for p, _ in curve.blocks]
     assert all(PRICE_FLOOR <= p <= PRICE_CAP for p in prices)
@@ -176,12 +201,15 @@ def test_curves_stay_within_price_bounds_with_extreme_expectations(prior: float)
         assert prices[0] == PRICE_CAP
 
 
-@pytest.mark.parametrize(("factory", "match"), [
-    (lambda: BatterySpec("b", 1.0, 4.0, soc_init=0.95), "soc_init"),
-    (lambda: BatterySpec("b", -1.0, 4.0), "power_mw"),
-    (lambda: BatterySpec("b", 1.0, 4.0, efficiency=1.2), "efficiency"),
-    (lambda: BatterySpec("b", 1.0, 4.0, self_discharge=1.0), "self_discharge"),
-])
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: BatterySpec("b", 1.0, 4.0, soc_init=0.95), "soc_init"),
+        (lambda: BatterySpec("b", -1.0, 4.0), "power_mw"),
+        (lambda: BatterySpec("b", 1.0, 4.0, efficiency=1.2), "efficiency"),
+        (lambda: BatterySpec("b", 1.0, 4.0, self_discharge=1.0), "self_discharge"),
+    ],
+)
 def test_bad_battery_names_the_field(factory, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         factory()

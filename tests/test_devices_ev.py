@@ -13,17 +13,34 @@ from dsosim.federates.aggregator.specs import EvSpec, FleetSpec
 DAY = 288
 DT = 300.0 / 3600.0
 # 7.2 kW charger at 92 %: 0.552 kWh stored per 5-minute interval at full power
-CAR = dict(capacity_mwh=0.06, charge_mw=0.0072, energy_mwh=0.0132, arrival_h=18.0,
-           departure_h=7.0, target_soc=0.9, efficiency=0.92)
+CAR = dict(
+    capacity_mwh=0.06,
+    charge_mw=0.0072,
+    energy_mwh=0.0132,
+    arrival_h=18.0,
+    departure_h=7.0,
+    target_soc=0.9,
+    efficiency=0.92,
+)
 
 
-def _fleet(*evs: EvSpec, n_intervals: int = 2 * DAY, jitter: float = 0.0,
-           energy_jitter: float = 0.0, seed: int = 1, **spec) -> Fleet:
-    return Fleet(FleetSpec(evs=evs, ev_jitter_h=jitter, ev_energy_jitter=energy_jitter, **spec),
-                 interval_s=300.0, n_intervals=n_intervals, seed=seed)
+def _fleet(
+    *evs: EvSpec,
+    n_intervals: int = 2 * DAY,
+    jitter: float = 0.0,
+    energy_jitter: float = 0.0,
+    seed: int = 1,
+    **spec,
+) -> Fleet:
+    return Fleet(
+        FleetSpec(evs=evs, ev_jitter_h=jitter, ev_energy_jitter=energy_jitter, **spec),
+        interval_s=300.0,
+        n_intervals=n_intervals,
+        seed=seed,
+    )
 
 
-def _drive(fleet: Fleet, rule, until: int | None = None) -> list:  # noqa: ANN001
+def _drive(fleet: Fleet, rule, until: int | None = None) -> list:
     """Dispatch every interval with set-points ``rule(t, curve)`` (no prices,
     so the expectations stay the prior); the outcomes."""
     outs = []
@@ -78,12 +95,17 @@ def test_departure_energy_is_met_whenever_feasible_under_any_dispatch(v2g: bool)
     rng = np.random.default_rng(7)
     n = 40
     evs = tuple(
-        EvSpec(f"b{i:02d}", capacity_mwh=float(rng.uniform(0.04, 0.08)),
-               charge_mw=float(rng.choice([0.0036, 0.0072, 0.0115])),
-               energy_mwh=float(rng.uniform(0.004, 0.03)),
-               arrival_h=float(rng.uniform(15, 23)), departure_h=float(rng.uniform(5, 10)),
-               discharge_mw=0.0072 if v2g else 0.0)
-        for i in range(n))
+        EvSpec(
+            f"b{i:02d}",
+            capacity_mwh=float(rng.uniform(0.04, 0.08)),
+            charge_mw=float(rng.choice([0.0036, 0.0072, 0.0115])),
+            energy_mwh=float(rng.uniform(0.004, 0.03)),
+            arrival_h=float(rng.uniform(15, 23)),
+            departure_h=float(rng.uniform(5, 10)),
+            discharge_mw=0.0072 if v2g else 0.0,
+        )
+        for i in range(n)
+    )
     fleet = _fleet(*evs, n_intervals=3 * DAY, jitter=1.5, energy_jitter=0.5, seed=3)
     g = fleet.group("ev")
     e_min = np.array([e.min_soc * e.capacity_mwh for e in evs])
@@ -92,8 +114,11 @@ def test_departure_energy_is_met_whenever_feasible_under_any_dispatch(v2g: bool)
         t = fleet.interval
         bids = fleet.bids(t)
         u = rng.uniform(0, 1, n)  # any set-point inside each car's range
-        out = fleet.dispatch(t, {b: c.min_mw + u[i] * (c.max_mw - c.min_mw)
-                                 for i, (b, c) in enumerate(bids.items())}, {})
+        out = fleet.dispatch(
+            t,
+            {b: c.min_mw + u[i] * (c.max_mw - c.min_mw) for i, (b, c) in enumerate(bids.items())},
+            {},
+        )
         state = out.by_type["ev"].state  # one car per bus: per-bus = per-car
         plugged = state["plugged"] > 0
         assert np.all(state["energy_mwh"][plugged] <= g.e_req[plugged] + 1e-12)  # never past target
@@ -112,7 +137,8 @@ def test_departure_energy_is_met_whenever_feasible_under_any_dispatch(v2g: bool)
             elif g.arrive[i, s] >= 0:  # chased at full power the whole stay
                 shortfalls += 1
                 assert state["shortfall_mwh"][i] == pytest.approx(
-                    need - g.p_c[i] * g.eta[i] * DT * stay, abs=1e-9)
+                    need - g.p_c[i] * g.eta[i] * DT * stay, abs=1e-9
+                )
     assert departures > 2 * n  # three days of sessions were checked
     assert shortfalls < departures // 4
 
@@ -137,7 +163,7 @@ def test_v2g_discharges_only_what_it_can_put_back_and_asks_for_it() -> None:
     curve = fleet.bids(216)["a"]  # just arrived, 13 h to go
     assert curve.base_mw == pytest.approx(-0.0072)
     d_price = curve.blocks[0][0]
-    assert d_price == pytest.approx(20.0 / 0.92 ** 2 + 40.0)
+    assert d_price == pytest.approx(20.0 / 0.92**2 + 40.0)
     # discharge at every chance: near departure it must stop and charge instead
     outs = _drive(fleet, lambda t, c: c.min_mw, until=DAY + 84)
     assert outs[-1].total("ev", "shortfall_mwh") == pytest.approx(0.0, abs=1e-12)

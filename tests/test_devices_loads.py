@@ -37,9 +37,13 @@ def _day(fleet: Fleet) -> np.ndarray:
 
 
 def test_inflexible_load_without_noise_is_its_shape_and_bids_no_flexibility() -> None:
-    f = _fleet(inflexible_loads=(InflexibleLoadSpec("r", 2.0, noise=0.0),
-                                 InflexibleLoadSpec("c", 1.0, shape="commercial", noise=0.0),
-                                 InflexibleLoadSpec("s", 2.0, shift_h=1.0, noise=0.0)))
+    f = _fleet(
+        inflexible_loads=(
+            InflexibleLoadSpec("r", 2.0, noise=0.0),
+            InflexibleLoadSpec("c", 1.0, shape="commercial", noise=0.0),
+            InflexibleLoadSpec("s", 2.0, shift_h=1.0, noise=0.0),
+        )
+    )
     assert all(c.blocks == () and c.base_mw > 0 for c in f.bids(0).values())
     got = _day(f)
     res, com = profiles.residential_load(DAY, 300.0), profiles.commercial_load(DAY, 300.0)
@@ -50,7 +54,10 @@ def test_inflexible_load_without_noise_is_its_shape_and_bids_no_flexibility() ->
 
 def test_inflexible_load_varies_by_seed_around_its_shape() -> None:
     loads = tuple(InflexibleLoadSpec(f"b{i:02d}", 1.0, noise=0.1) for i in range(30))
-    a, b = _day(_fleet(inflexible_loads=loads, seed=1)), _day(_fleet(inflexible_loads=loads, seed=1))
+    a, b = (
+        _day(_fleet(inflexible_loads=loads, seed=1)),
+        _day(_fleet(inflexible_loads=loads, seed=1)),
+    )
     np.testing.assert_array_equal(a, b)
     c = _day(_fleet(inflexible_loads=loads, seed=2))
     assert not np.array_equal(a, c)
@@ -63,8 +70,10 @@ def test_inflexible_load_varies_by_seed_around_its_shape() -> None:
 
 
 def test_curtailable_load_is_served_only_up_to_its_value() -> None:
-    f = _fleet(n_intervals=4, flex_loads=(FlexLoadSpec("l", 2.0, value_per_mwh=90.0,
-                                                       curtailable_share=0.25),))
+    f = _fleet(
+        n_intervals=4,
+        flex_loads=(FlexLoadSpec("l", 2.0, value_per_mwh=90.0, curtailable_share=0.25),),
+    )
     demand = f.bids(0)["l"].max_mw
     out = _at_price(f, 95.0)
     assert out.total("curtailable", "served_mw") == pytest.approx(0.75 * demand)
@@ -75,8 +84,9 @@ def test_curtailable_load_is_served_only_up_to_its_value() -> None:
 
 @pytest.mark.parametrize("rule", ["min", "max"])
 def test_shiftable_load_consumes_its_daily_energy_in_its_window(rule: str) -> None:
-    spec = ShiftableLoadSpec("ev", energy_mwh=0.03, power_mw=0.01,
-                             window_start_h=18.0, window_end_h=7.0)
+    spec = ShiftableLoadSpec(
+        "ev", energy_mwh=0.03, power_mw=0.01, window_start_h=18.0, window_end_h=7.0
+    )
     f = _fleet(n_intervals=3 * DAY, shiftable_loads=(spec,))
     hours = (np.arange(3 * DAY) + 0.5) * 300.0 / 3600.0 % 24.0
     served = np.zeros(3 * DAY)
@@ -86,7 +96,7 @@ def test_shiftable_load_consumes_its_daily_energy_in_its_window(rule: str) -> No
     assert np.all(served[(hours > 7.0) & (hours < 18.0)] == 0.0)
     assert np.all(served <= 0.01 + 1e-15)
     for start in (216, 216 + DAY):  # full windows: 18:00 -> 07:00
-        window = served[start:start + 156]
+        window = served[start : start + 156]
         assert window.sum() * (300.0 / 3600.0) == pytest.approx(0.03, abs=1e-12)
 
 
@@ -98,12 +108,15 @@ def test_shiftable_load_waits_for_cheaper_expected_hours() -> None:
     assert curve.blocks[0][0] == pytest.approx(10.0)  # it would consume in the cheap afternoon
 
 
-@pytest.mark.parametrize(("factory", "match"), [
-    (lambda: FlexLoadSpec("l", 1.0, value_per_mwh=2e4), "value_per_mwh"),
-    (lambda: FlexLoadSpec("l", 1.0, shape="industrial"), "shape"),
-    (lambda: InflexibleLoadSpec("l", 1.0, noise=0.9), "noise"),
-    (lambda: ShiftableLoadSpec("s", 10.0, 1.0, 18.0, 20.0), "energy_mwh"),
-])
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: FlexLoadSpec("l", 1.0, value_per_mwh=2e4), "value_per_mwh"),
+        (lambda: FlexLoadSpec("l", 1.0, shape="industrial"), "shape"),
+        (lambda: InflexibleLoadSpec("l", 1.0, noise=0.9), "noise"),
+        (lambda: ShiftableLoadSpec("s", 10.0, 1.0, 18.0, 20.0), "energy_mwh"),
+    ],
+)
 def test_bad_load_names_the_field(factory, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         factory()

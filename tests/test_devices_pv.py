@@ -24,15 +24,23 @@ SKY = sky_table(CLEAR, ["south", "east", "west", "flat"])
 
 def _flat_sky(poa: float, temp: float) -> SkyTable:
     """A sky of constant irradiance and temperature, for hand calculations."""
-    return SkyTable(step_s=3600.0, offset_s=1800.0, orientations=("south",),
-                    poa_clear=((poa,) * 24,), poa_overcast=((poa,) * 24,),
-                    temp_air_c=(temp,) * 24, clouds=False)
+    return SkyTable(
+        step_s=3600.0,
+        offset_s=1800.0,
+        orientations=("south",),
+        poa_clear=((poa,) * 24,),
+        poa_overcast=((poa,) * 24,),
+        temp_air_c=(temp,) * 24,
+        clouds=False,
+    )
 
 
-def _fleet(*pvs: PvSpec, n_intervals: int = DAY, sky: SkyTable = SKY, site: SiteSpec = CLEAR,
-           seed: int = 1) -> Fleet:
-    return Fleet(FleetSpec(pvs=pvs, sky=sky, site=site), interval_s=300.0,
-                 n_intervals=n_intervals, seed=seed)
+def _fleet(
+    *pvs: PvSpec, n_intervals: int = DAY, sky: SkyTable = SKY, site: SiteSpec = CLEAR, seed: int = 1
+) -> Fleet:
+    return Fleet(
+        FleetSpec(pvs=pvs, sky=sky, site=site), interval_s=300.0, n_intervals=n_intervals, seed=seed
+    )
 
 
 def _run_to(fleet: Fleet, t: int) -> None:
@@ -52,10 +60,10 @@ def test_numpy_models_agree_with_pvlib() -> None:
     t_cell = pv.cell_temperature(poa, temp)
     np.testing.assert_allclose(t_cell, pvlib.temperature.faiman(poa, temp), rtol=1e-12)
     pdc = pv.dc_power(poa, t_cell, pdc0, gamma)
-    np.testing.assert_allclose(pdc, pvlib.pvsystem.pvwatts_dc(poa, t_cell, pdc0, gamma),
-                               rtol=1e-12)
-    np.testing.assert_allclose(pv.ac_power(pdc, pac0),
-                               pvlib.inverter.pvwatts(pdc, pac0 / pv.ETA_INV_NOM), rtol=1e-12)
+    np.testing.assert_allclose(pdc, pvlib.pvsystem.pvwatts_dc(poa, t_cell, pdc0, gamma), rtol=1e-12)
+    np.testing.assert_allclose(
+        pv.ac_power(pdc, pac0), pvlib.inverter.pvwatts(pdc, pac0 / pv.ETA_INV_NOM), rtol=1e-12
+    )
 
 
 def test_output_matches_a_hand_calculation() -> None:
@@ -85,8 +93,9 @@ def test_inverter_clips_an_oversized_array_on_bright_hours() -> None:
 
 
 def test_clear_sky_day_has_the_sun_where_it_should_be() -> None:
-    fleet = _fleet(PvSpec("s", 1.0), PvSpec("e", 1.0, orientation="east"),
-                   PvSpec("w", 1.0, orientation="west"))
+    fleet = _fleet(
+        PvSpec("s", 1.0), PvSpec("e", 1.0, orientation="east"), PvSpec("w", 1.0, orientation="west")
+    )
     out = []
     for t in range(DAY):
         bids = fleet.bids(t)
@@ -114,11 +123,16 @@ def test_clouds_remove_energy_and_are_seeded() -> None:
 
 
 def test_measured_profile_gives_the_measured_day() -> None:
-    site = SiteSpec(latitude_deg=36.1, longitude_deg=-79.95, utc_offset_h=-5.0, day_of_year=201,
-                    profile=str(PROFILE))
+    site = SiteSpec(
+        latitude_deg=36.1,
+        longitude_deg=-79.95,
+        utc_offset_h=-5.0,
+        day_of_year=201,
+        profile=str(PROFILE),
+    )
     sky = sky_table(site, ["flat"])
     assert sky.clouds is False and sky.step_s == 3600.0
-    hours, ghi, _, _, temp = read_profile(PROFILE)
+    _hours, ghi, _, _, temp = read_profile(PROFILE)
     # horizontal plane: the measured global irradiance comes back (beam + diffuse on a
     # flat array; TMY components close to within a few W/m2)
     np.testing.assert_allclose(sky.poa_clear[0], ghi, rtol=0.02, atol=2.5)
@@ -129,11 +143,17 @@ def test_measured_profile_gives_the_measured_day() -> None:
     np.testing.assert_allclose(mid_hour, ghi, atol=0.35 * ghi.max() / 12 + 1.0)
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("hour,ghi,dni,dhi\n0,1,1,1\n", "header"),
-    ("hour,ghi,dni,dhi,temp_air\n" + "".join(f"{h},0,0,0,20\n" for h in range(23)), "24 hourly"),
-    ("hour,ghi,dni,dhi,temp_air\n" + "".join(f"{h},2000,0,0,20\n" for h in range(24)), "1500"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("hour,ghi,dni,dhi\n0,1,1,1\n", "header"),
+        (
+            "hour,ghi,dni,dhi,temp_air\n" + "".join(f"{h},0,0,0,20\n" for h in range(23)),
+            "24 hourly",
+        ),
+        ("hour,ghi,dni,dhi,temp_air\n" + "".join(f"{h},2000,0,0,20\n" for h in range(24)), "1500"),
+    ],
+)
 def test_bad_profiles_are_rejected_by_name(tmp_path: Path, text: str, match: str) -> None:
     path = tmp_path / "w.csv"
     path.write_text(text)
@@ -178,13 +198,17 @@ def test_non_curtailable_pv_cannot_be_turned_down_and_the_deviation_is_reported(
 
 def test_volt_var_follows_the_1547_curve_with_reactive_priority() -> None:
     assert pv.volt_var(np.array([0.90, 0.95, 1.0, 1.05, 1.10])).tolist() == pytest.approx(
-        [0.44, 0.22, 0.0, -0.22, -0.44])
-    f = _fleet(PvSpec("a", 1.0, volt_var=True, profile=(0.99,) * 4),
-               PvSpec("b", 1.0, profile=(0.99,) * 4), n_intervals=4)
+        [0.44, 0.22, 0.0, -0.22, -0.44]
+    )
+    f = _fleet(
+        PvSpec("a", 1.0, volt_var=True, profile=(0.99,) * 4),
+        PvSpec("b", 1.0, profile=(0.99,) * 4),
+        n_intervals=4,
+    )
     assert f.bids(0)["a"].base_mw == pytest.approx(-0.99)  # 1.0 pu: no reactive power
     f.set_voltages({"a": 1.08, "b": 1.08})
     curve = f.bids(0)
-    assert curve["a"].base_mw == pytest.approx(-np.sqrt(1 - 0.44 ** 2))  # 0.898: kVA-limited
+    assert curve["a"].base_mw == pytest.approx(-np.sqrt(1 - 0.44**2))  # 0.898: kVA-limited
     assert curve["b"].base_mw == pytest.approx(-0.99)  # no volt-var
     out = f.dispatch(0, {b: c.base_mw for b, c in curve.items()}, {})
     q = out.by_type["pv"].state["q_mvar"]

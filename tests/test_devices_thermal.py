@@ -27,15 +27,34 @@ HOT_SKY = sky_table(HOT, ["flat"])
 
 def _night_sky(temp: float) -> SkyTable:
     """No sun, constant outdoor temperature: for hand calculations."""
-    return SkyTable(step_s=3600.0, offset_s=1800.0, orientations=("flat",),
-                    poa_clear=((0.0,) * 24,), poa_overcast=((0.0,) * 24,),
-                    temp_air_c=(temp,) * 24, clouds=False)
+    return SkyTable(
+        step_s=3600.0,
+        offset_s=1800.0,
+        orientations=("flat",),
+        poa_clear=((0.0,) * 24,),
+        poa_overcast=((0.0,) * 24,),
+        temp_air_c=(temp,) * 24,
+        clouds=False,
+    )
 
 
-def _fleet(*, hvacs=(), heaters=(), interval_s: float = 300.0, n_intervals: int = DAY,
-           sky: SkyTable = SKY, site: SiteSpec = SITE, seed: int = 1, **spec) -> Fleet:  # noqa: ANN001
-    return Fleet(FleetSpec(hvacs=hvacs, water_heaters=heaters, sky=sky, site=site, **spec),
-                 interval_s=interval_s, n_intervals=n_intervals, seed=seed)
+def _fleet(
+    *,
+    hvacs=(),
+    heaters=(),
+    interval_s: float = 300.0,
+    n_intervals: int = DAY,
+    sky: SkyTable = SKY,
+    site: SiteSpec = SITE,
+    seed: int = 1,
+    **spec,
+) -> Fleet:
+    return Fleet(
+        FleetSpec(hvacs=hvacs, water_heaters=heaters, sky=sky, site=site, **spec),
+        interval_s=interval_s,
+        n_intervals=n_intervals,
+        seed=seed,
+    )
 
 
 def _temps(fleet: Fleet, kind: str) -> np.ndarray:
@@ -47,8 +66,18 @@ def test_air_conditioner_follows_the_hand_calculated_etp_step() -> None:
     # internal gains, COP 3, 2 kW electric for one hour from 23 degC:
     # T_eq = 35 + 0.5 / 0.5 - 3 * 2 / 0.5 = 24; a = exp(-0.5 * 1 / 2)
     # T' = 24 + (23 - 24) a = 23.22120
-    ac = HvacSpec("h", 0.004, cop=3.0, r_c_per_kw=2.0, c_kwh_per_c=2.0, setpoint_c=23.0,
-                  band_c=1.0, internal_gain_kw=0.5, solar_gain_kw=0.0, t_init_c=23.0)
+    ac = HvacSpec(
+        "h",
+        0.004,
+        cop=3.0,
+        r_c_per_kw=2.0,
+        c_kwh_per_c=2.0,
+        setpoint_c=23.0,
+        band_c=1.0,
+        internal_gain_kw=0.5,
+        solar_gain_kw=0.0,
+        t_init_c=23.0,
+    )
     f = _fleet(hvacs=(ac,), interval_s=3600.0, n_intervals=2, sky=_night_sky(35.0))
     out = f.dispatch(0, {"h": 0.002}, {})
     assert out.actual_mw[0] == pytest.approx(0.002)
@@ -67,8 +96,17 @@ def test_water_heater_follows_the_hand_calculated_tank_step() -> None:
     # 190 l: C = 190 * 4.186 / 3600 = 0.220928 kWh/degC; UA 2 W/degC to a 20 degC room,
     # no draw, 4.5 kW at 98 % for 5 minutes from 50 degC:
     # T' = T_eq + (50 - T_eq) exp(-0.002 / 12 / C), T_eq = 20 + 4.41 / 0.002
-    heater = WaterHeaterSpec("w", 0.0045, cop=0.98, tank_l=190.0, ua_w_per_c=2.0,
-                             draw_l_per_day=0.0, setpoint_c=52.0, band_c=4.0, t_init_c=50.0)
+    heater = WaterHeaterSpec(
+        "w",
+        0.0045,
+        cop=0.98,
+        tank_l=190.0,
+        ua_w_per_c=2.0,
+        draw_l_per_day=0.0,
+        setpoint_c=52.0,
+        band_c=4.0,
+        t_init_c=50.0,
+    )
     f = _fleet(heaters=(heater,), n_intervals=2)
     f.dispatch(0, {"w": 0.0045}, {})
     c = 190 * 4.186 / 3600
@@ -79,35 +117,54 @@ def test_water_heater_follows_the_hand_calculated_tank_step() -> None:
 
 
 def _homes(n: int, rng: np.random.Generator) -> tuple[HvacSpec, ...]:
-    return tuple(HvacSpec(f"h{i:02d}", float(rng.uniform(0.004, 0.006)),
-                          cop=float(rng.uniform(2.8, 3.6)), r_c_per_kw=float(rng.uniform(1.5, 3.0)),
-                          c_kwh_per_c=float(rng.uniform(1.5, 3.0)),
-                          setpoint_c=float(rng.uniform(22, 25)), band_c=float(rng.uniform(0.75, 1.5)),
-                          comfort_price=float(rng.uniform(20, 100)))
-                 for i in range(n))
+    return tuple(
+        HvacSpec(
+            f"h{i:02d}",
+            float(rng.uniform(0.004, 0.006)),
+            cop=float(rng.uniform(2.8, 3.6)),
+            r_c_per_kw=float(rng.uniform(1.5, 3.0)),
+            c_kwh_per_c=float(rng.uniform(1.5, 3.0)),
+            setpoint_c=float(rng.uniform(22, 25)),
+            band_c=float(rng.uniform(0.75, 1.5)),
+            comfort_price=float(rng.uniform(20, 100)),
+        )
+        for i in range(n)
+    )
 
 
 def _heaters(n: int, rng: np.random.Generator) -> tuple[WaterHeaterSpec, ...]:
-    return tuple(WaterHeaterSpec(f"w{i:02d}", tank_l=float(rng.choice([150.0, 190.0, 270.0])),
-                                 draw_l_per_day=float(rng.uniform(100, 300)),
-                                 draw_shift_h=float(rng.uniform(-1, 1)))
-                 for i in range(n))
+    return tuple(
+        WaterHeaterSpec(
+            f"w{i:02d}",
+            tank_l=float(rng.choice([150.0, 190.0, 270.0])),
+            draw_l_per_day=float(rng.uniform(100, 300)),
+            draw_shift_h=float(rng.uniform(-1, 1)),
+        )
+        for i in range(n)
+    )
 
 
 @pytest.mark.parametrize("rule", ["random", "min", "max"])
 def test_temperature_stays_in_band_under_any_dispatch_inside_the_offer(rule: str) -> None:
     # A hot spell: the air conditioners can always hold the band, so they must.
     rng = np.random.default_rng(5)
-    f = _fleet(hvacs=_homes(20, rng), heaters=_heaters(20, rng), n_intervals=2 * DAY,
-               sky=HOT_SKY, site=HOT)
+    f = _fleet(
+        hvacs=_homes(20, rng), heaters=_heaters(20, rng), n_intervals=2 * DAY, sky=HOT_SKY, site=HOT
+    )
     hv, wh = f.group("hvac"), f.group("water_heater")
     hi_temp = []
     for t in range(2 * DAY):
         bids = f.bids(t)
-        u = {"random": rng.uniform(0, 1, len(bids)), "min": np.zeros(len(bids)),
-             "max": np.ones(len(bids))}[rule]
-        out = f.dispatch(t, {b: c.min_mw + u[i] * (c.max_mw - c.min_mw)
-                             for i, (b, c) in enumerate(bids.items())}, {})
+        u = {
+            "random": rng.uniform(0, 1, len(bids)),
+            "min": np.zeros(len(bids)),
+            "max": np.ones(len(bids)),
+        }[rule]
+        out = f.dispatch(
+            t,
+            {b: c.min_mw + u[i] * (c.max_mw - c.min_mw) for i, (b, c) in enumerate(bids.items())},
+            {},
+        )
         for g in (hv, wh):
             temp = g.temp  # type: ignore[attr-defined]
             assert np.all(np.abs(temp - g.setpoint) <= g.band + 1e-9), (t, g.kind)  # type: ignore[attr-defined]
@@ -142,8 +199,15 @@ def test_an_undersized_air_conditioner_runs_flat_out_and_reports_the_excursion()
 
 def test_bids_price_the_comfort_of_the_occupant() -> None:
     def curve(t_init: float, comfort: float) -> list[tuple[float, float]]:
-        ac = HvacSpec("h", 0.005, setpoint_c=23.0, band_c=1.0, comfort_price=comfort,
-                      t_init_c=t_init, solar_gain_kw=0.0)
+        ac = HvacSpec(
+            "h",
+            0.005,
+            setpoint_c=23.0,
+            band_c=1.0,
+            comfort_price=comfort,
+            t_init_c=t_init,
+            solar_gain_kw=0.0,
+        )
         f = _fleet(hvacs=(ac,), sky=_night_sky(30.0), price_prior=40.0, thermal_blocks=4)
         return list(f.bids(0)["h"].blocks)
 
@@ -151,8 +215,9 @@ def test_bids_price_the_comfort_of_the_occupant() -> None:
     assert min(p for p, _ in warm) > max(p for p, _ in cool)  # warmer home pays more for power
     assert max(p for p, _ in warm) > 40.0 > min(p for p, _ in cool)
     # the premium scales with the comfort price and vanishes without one
-    spread = [max(p for p, _ in c) - min(p for p, _ in c) for c in (curve(23.0, 30.0),
-                                                                     curve(23.0, 90.0))]
+    spread = [
+        max(p for p, _ in c) - min(p for p, _ in c) for c in (curve(23.0, 30.0), curve(23.0, 90.0))
+    ]
     assert spread[1] == pytest.approx(3.0 * spread[0])
     flat = [p for p, _ in curve(23.0, 0.0)]
     assert len(flat) == 1 and flat[0] == pytest.approx(40.0)  # no premium: one block at p_ref

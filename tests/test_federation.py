@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.federation import SCENARIOS, ROOT, run_scenario, table
+from tests.federation import ROOT, SCENARIOS, run_scenario, table
 
 pytestmark = pytest.mark.federation
 QUICKSTART = SCENARIOS / "quickstart.toml"
@@ -27,13 +27,13 @@ HOURS = 3.0
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def base_run(tmp_path_factory: pytest.TempPathFactory):
     built, outcome = run_scenario(QUICKSTART, tmp_path_factory.mktemp("base"), hours=HOURS)
     assert outcome.ok, outcome.failure
     return built, outcome
 
 
-def test_run_completes_with_every_table(base_run) -> None:  # noqa: ANN001
+def test_run_completes_with_every_table(base_run) -> None:
     built, outcome = base_run
     n = int(HOURS * 12)
     assert outcome.summary["complete"] is True
@@ -41,17 +41,32 @@ def test_run_completes_with_every_table(base_run) -> None:  # noqa: ANN001
     volts = table(built.results_dir, "voltages")
     per_interval = volts.groupby("interval")["node"].nunique()
     assert len(per_interval) == n and per_interval.min() == per_interval.max() > 30
-    for name in ("market", "interface", "imbalance", "feeder", "dispatch", "bids", "ders", "settlements", "traffic"):
+    for name in (
+        "market",
+        "interface",
+        "imbalance",
+        "feeder",
+        "dispatch",
+        "bids",
+        "ders",
+        "settlements",
+        "traffic",
+    ):
         assert len(table(built.results_dir, name)) >= n, name
 
 
-def test_energy_balances_at_the_td_interface(base_run) -> None:  # noqa: ANN001
+def test_energy_balances_at_the_td_interface(base_run) -> None:
     built, _ = base_run
     feeder = table(built.results_dir, "feeder")
     # OpenDSS power balance at the feeder head: loads + DER net demand + losses
-    np.testing.assert_allclose(feeder["head_mw"], feeder["inflexible_mw"] + feeder["der_mw"] + feeder["losses_mw"],
-                               atol=2e-3)
-    np.testing.assert_allclose(feeder["td_flow_mw"], feeder["head_mw"] * feeder["scale"], rtol=1e-12)
+    np.testing.assert_allclose(
+        feeder["head_mw"],
+        feeder["inflexible_mw"] + feeder["der_mw"] + feeder["losses_mw"],
+        atol=2e-3,
+    )
+    np.testing.assert_allclose(
+        feeder["td_flow_mw"], feeder["head_mw"] * feeder["scale"], rtol=1e-12
+    )
     # the ISO settles exactly the imbalance the DSO metered, interval by interval
     imb = table(built.results_dir, "imbalance").set_index("interval").sort_index()
     f = feeder.set_index("interval").sort_index()
@@ -66,7 +81,7 @@ def test_energy_balances_at_the_td_interface(base_run) -> None:  # noqa: ANN001
     assert 0 < rel < 0.1
 
 
-def test_settlements_balance(base_run) -> None:  # noqa: ANN001
+def test_settlements_balance(base_run) -> None:
     built, outcome = base_run
     s = outcome.summary
     assert s["buyers_paid"] > 0
@@ -76,11 +91,14 @@ def test_settlements_balance(base_run) -> None:  # noqa: ANN001
     assert on_disk == s
 
 
-def test_lmp_moves_when_the_dso_bid_moves(base_run, tmp_path: Path) -> None:  # noqa: ANN001
+def test_lmp_moves_when_the_dso_bid_moves(base_run, tmp_path: Path) -> None:
     built, _ = base_run
     bigger = tmp_path / "bigger.toml"
-    bigger.write_text(QUICKSTART.read_text().replace("scale = 10", "scale = 30")
-                      .replace('"../feeders/', f'"{(SCENARIOS.parent / "feeders").as_posix()}/'))
+    bigger.write_text(
+        QUICKSTART.read_text()
+        .replace("scale = 10", "scale = 30")
+        .replace('"../feeders/', f'"{(SCENARIOS.parent / "feeders").as_posix()}/')
+    )
     built2, outcome = run_scenario(bigger, tmp_path / "out", hours=1.0)
     assert outcome.ok, outcome.failure
     a = table(built.results_dir, "interface").set_index("interval")
@@ -91,8 +109,11 @@ def test_lmp_moves_when_the_dso_bid_moves(base_run, tmp_path: Path) -> None:  # 
 
 
 def _digests(results: Path) -> dict[str, str]:
-    return {str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(results.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(results.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_scenario_same_bytes(tmp_path: Path) -> None:
@@ -103,19 +124,24 @@ def test_same_scenario_same_bytes(tmp_path: Path) -> None:
     assert len(d1) > 10 and d1 == d2
 
 
-def _rogue(interval: int, mode: str):  # noqa: ANN202
+def _rogue(interval: int, mode: str):
     def edit(spec: dict) -> None:
         for fed in spec["federates"]:
             if fed["name"] == "agg_solar":
-                fed["exec"] = (f"{fed['exec'].split()[0]} -u {ROOT / 'tests' / 'rogue_aggregator.py'} "
-                               f"federation.json agg_solar {interval} {mode}")
+                fed["exec"] = (
+                    f"{fed['exec'].split()[0]} -u {ROOT / 'tests' / 'rogue_aggregator.py'} "
+                    f"federation.json agg_solar {interval} {mode}"
+                )
                 fed["env"] = {"PYTHONPATH": str(ROOT)}
+
     return edit
 
 
 def test_malformed_bid_stops_the_federation_cleanly(tmp_path: Path) -> None:
     start = time.perf_counter()
-    built, outcome = run_scenario(QUICKSTART, tmp_path, hours=1.0, edit_runner=_rogue(4, "nan"), timeout_s=120)
+    built, outcome = run_scenario(
+        QUICKSTART, tmp_path, hours=1.0, edit_runner=_rogue(4, "nan"), timeout_s=120
+    )
     assert time.perf_counter() - start < 60
     assert not outcome.ok and outcome.returncode != 0
     assert "agg_solar" in outcome.failure and "blocks[0].price" in outcome.failure
@@ -127,7 +153,9 @@ def test_malformed_bid_stops_the_federation_cleanly(tmp_path: Path) -> None:
 
 def test_killed_federate_stops_the_run_and_keeps_flushed_results(tmp_path: Path) -> None:
     start = time.perf_counter()
-    built, outcome = run_scenario(QUICKSTART, tmp_path, hours=2.0, edit_runner=_rogue(15, "kill"), timeout_s=120)
+    built, outcome = run_scenario(
+        QUICKSTART, tmp_path, hours=2.0, edit_runner=_rogue(15, "kill"), timeout_s=120
+    )
     assert time.perf_counter() - start < 60
     assert not outcome.ok
     assert outcome.failure.startswith("agg_solar: process failed")
@@ -140,7 +168,7 @@ def test_killed_federate_stops_the_run_and_keeps_flushed_results(tmp_path: Path)
 
 
 def test_checked_in_runners_are_in_sync(tmp_path: Path) -> None:
-    from dsosim.runner.checked_in import RUNS, regenerate
+    from dsosim.runner.build.checked_in import RUNS, regenerate
 
     # regenerate into a copy of the folder layout, so relative paths compare equal
     (tmp_path / "configs").mkdir()
@@ -151,4 +179,6 @@ def test_checked_in_runners_are_in_sync(tmp_path: Path) -> None:
         for name in ("runner.json", "federation.json"):
             fresh, shipped = tmp_path / run.out / name, ROOT / run.out / name
             assert shipped.is_file() and fresh.read_text() == shipped.read_text(), (
-                f"{run.out}/{name} is stale: run `python -m dsosim.runner.checked_in` from the repository root")
+                f"{run.out}/{name} is stale: run "
+                "`python -m dsosim.runner.build.checked_in` from the repository root"
+            )

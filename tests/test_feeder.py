@@ -33,7 +33,15 @@ def test_ieee13_compiles_with_its_published_topology(base13: Feeder) -> None:
     assert len(base13.buses) == 16
     assert len(base13.node_names) == 41
     assert {ld.bus for ld in base13.loads} == {
-        "634", "645", "646", "652", "670", "671", "675", "692", "611"
+        "634",
+        "645",
+        "646",
+        "652",
+        "670",
+        "671",
+        "675",
+        "692",
+        "611",
     }
     total_kw = sum(ld.kw for ld in base13.loads)
     assert total_kw == pytest.approx(3466.0, abs=0.01)  # published spot + distributed kW
@@ -391,8 +399,21 @@ def test_the_feeders_own_ders_are_discovered(tmp_path: Path) -> None:
     master.write_text(OWN_DERS)
     feeder = Feeder(master, name="own")
     pv, bess = feeder.existing_ders
-    assert (pv.kind, pv.element, pv.bus, pv.phases, pv.kw, pv.kva) == ("pv", "PVSystem.roof", "b3", 1, 50.0, 60.0)
-    assert (bess.kind, bess.bus, bess.phases, bess.kw, bess.kwh) == ("storage", "b2", 3, 300.0, 1200.0)
+    assert (pv.kind, pv.element, pv.bus, pv.phases, pv.kw, pv.kva) == (
+        "pv",
+        "PVSystem.roof",
+        "b3",
+        1,
+        50.0,
+        60.0,
+    )
+    assert (bess.kind, bess.bus, bess.phases, bess.kw, bess.kwh) == (
+        "storage",
+        "b2",
+        3,
+        300.0,
+        1200.0,
+    )
     assert bess.soc == pytest.approx(0.4) and bess.reserve == pytest.approx(0.15)
     assert bess.efficiency == pytest.approx(0.9025)
     assert pv.enabled and bess.enabled
@@ -415,7 +436,9 @@ def test_own_pv_counts_in_the_inflexible_balance_until_disabled(tmp_path: Path) 
     assert without.load_mw == pytest.approx(1.0, abs=2e-3)
     assert without.substation_p_mw == pytest.approx(without.load_mw + without.losses_mw, abs=1e-4)
     assert without.substation_p_mw - with_pv.substation_p_mw > 0.04
-    with pytest.raises(FeederError, match=r"no PV system, storage or generator named \['PVSystem.nope'\]"):
+    with pytest.raises(
+        FeederError, match=r"no PV system, storage or generator named \['PVSystem.nope'\]"
+    ):
         feeder.disable(["PVSystem.nope"])
 
 
@@ -429,7 +452,7 @@ New Load.l2 bus1=b2 phases=3 conn=delta kv=4.8 kw=900 kvar=300 model=1
 New Load.l3 bus1=b3.1.2 phases=1 conn=delta kv=4.8 kw=200 kvar=60 model=1
 Set VoltageBases=[69, 4.8]
 CalcVoltageBases
-"""
+"""  # noqa: E501 (OpenDSS lines as a user writes them)
 
 
 def test_ders_on_a_three_wire_delta_feeder_connect_line_to_line(tmp_path: Path) -> None:
@@ -455,7 +478,9 @@ def test_ders_on_a_three_wire_delta_feeder_connect_line_to_line(tmp_path: Path) 
     assert after.substation_p_mw == pytest.approx(after.load_mw + after.losses_mw - 0.55, abs=1e-3)
 
 
-def test_a_diverging_power_flow_is_recorded_as_such_and_the_next_one_recovers(tmp_path: Path) -> None:
+def test_a_diverging_power_flow_is_recorded_as_such_and_the_next_one_recovers(
+    tmp_path: Path,
+) -> None:
     master = tmp_path / "nose.dss"
     master.write_text(
         "Clear\nNew Circuit.c basekv=12.47 bus1=src MVAsc3=2000 MVAsc1=2100\n"

@@ -3,6 +3,7 @@ validation, determinism, result tables (device physics: tests/test_devices_*).""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -42,13 +43,17 @@ def _mixed_spec(n_bus: int = 6, homes: int = 12, **overrides) -> FleetSpec:
     mix = HomeMix(pv=0.5, battery=0.3, ev=0.4, v2g=0.5, hvac=0.6, water_heater=0.4, volt_var=0.3)
     got = home_devices(dict.fromkeys(buses, homes), mix, SITE, np.random.default_rng(4))
     fields = dict(
-        batteries=tuple(got.batteries), pvs=tuple(got.pvs), evs=tuple(got.evs),
-        hvacs=tuple(got.hvacs), water_heaters=tuple(got.water_heaters),
+        batteries=tuple(got.batteries),
+        pvs=tuple(got.pvs),
+        evs=tuple(got.evs),
+        hvacs=tuple(got.hvacs),
+        water_heaters=tuple(got.water_heaters),
         inflexible_loads=tuple(InflexibleLoadSpec(b, 0.01) for b in buses),
         flex_loads=tuple(FlexLoadSpec(b, 0.01, value_per_mwh=70.0) for b in buses[::2]),
         shiftable_loads=tuple(ShiftableLoadSpec(b, 0.01, 0.003, 22.0, 6.0) for b in buses[1::2]),
         price_prior=tuple(20.0 + 15.0 * np.sin(np.arange(24) / 24 * 2 * np.pi - 2.0)),
-        site=SITE, sky=SKY,
+        site=SITE,
+        sky=SKY,
     )
     return FleetSpec(**{**fields, **overrides})
 
@@ -64,7 +69,7 @@ def _at_price(fleet: Fleet, price: float) -> DispatchOutcome:
 
 def _check_curve(curve: BidCurve, max_blocks: int) -> None:
     prices = [p for p, _ in curve.blocks]
-    assert all(a >= b for a, b in zip(prices, prices[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(prices))
     assert all(PRICE_FLOOR <= p <= PRICE_CAP for p in prices)
     assert all(mw > 0 for _, mw in curve.blocks)
     assert len(curve.blocks) <= max_blocks
@@ -149,8 +154,11 @@ def test_a_thousand_devices_bid_a_bounded_curve_that_is_still_deliverable() -> N
 
 def test_merit_order_at_a_bus_curtails_pv_only_after_load_blocks() -> None:
     profile = (0.5,) * 4
-    f = _fleet(n_intervals=4, pvs=(PvSpec("x", 1.0, curtail_cost=5.0, profile=profile),),
-               flex_loads=(FlexLoadSpec("x", 1.0, value_per_mwh=80.0, curtailable_share=0.5),))
+    f = _fleet(
+        n_intervals=4,
+        pvs=(PvSpec("x", 1.0, curtail_cost=5.0, profile=profile),),
+        flex_loads=(FlexLoadSpec("x", 1.0, value_per_mwh=80.0, curtailable_share=0.5),),
+    )
     curve = f.bids(0)["x"]
     flex_mw = curve.blocks[0][1]
     assert curve.blocks[0][0] == 80.0 and curve.blocks[1] == (-5.0, 0.5)
@@ -194,10 +202,19 @@ def test_outcome_types_add_up_to_the_bus_and_are_read_only() -> None:
         out = _at_price(f, 20.0)
     by_type = sum(t.actual_mw for t in out.by_type.values())
     np.testing.assert_allclose(out.actual_mw, by_type, atol=1e-12)
-    np.testing.assert_allclose(out.baseline_mw, sum(t.baseline_mw for t in out.by_type.values()),
-                               atol=1e-12)
-    assert set(out.by_type) == {"battery", "pv", "ev", "hvac", "water_heater", "inflexible",
-                                "curtailable", "shiftable"}
+    np.testing.assert_allclose(
+        out.baseline_mw, sum(t.baseline_mw for t in out.by_type.values()), atol=1e-12
+    )
+    assert set(out.by_type) == {
+        "battery",
+        "pv",
+        "ev",
+        "hvac",
+        "water_heater",
+        "inflexible",
+        "curtailable",
+        "shiftable",
+    }
     assert set(out.actual_by_bus()) == set(f.buses)
     with pytest.raises(ValueError):
         out.actual_mw[0] = 1.0
@@ -230,13 +247,16 @@ def test_intervals_must_run_in_order() -> None:
         f.bids(2)
 
 
-@pytest.mark.parametrize(("factory", "match"), [
-    (lambda: FleetSpec(price_smoothing=0.0), "price_smoothing"),
-    (lambda: FleetSpec(max_blocks=1), "max_blocks"),
-    (lambda: FleetSpec(override_probability=1.5), "override_probability"),
-    (lambda: Fleet(FleetSpec(), interval_s=7.0, n_intervals=1, seed=0), "divide a day"),
-    (lambda: _fleet(pvs=(PvSpec("p", 1.0, orientation="north"),)), "north"),
-])
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: FleetSpec(price_smoothing=0.0), "price_smoothing"),
+        (lambda: FleetSpec(max_blocks=1), "max_blocks"),
+        (lambda: FleetSpec(override_probability=1.5), "override_probability"),
+        (lambda: Fleet(FleetSpec(), interval_s=7.0, n_intervals=1, seed=0), "divide a day"),
+        (lambda: _fleet(pvs=(PvSpec("p", 1.0, orientation="north"),)), "north"),
+    ],
+)
 def test_bad_configuration_names_the_field(factory, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         factory()
@@ -274,7 +294,7 @@ def test_order_statistics_of_every_window_match_a_brute_force_sort() -> None:
             continue
         window = np.sort(full[b, (41 + np.arange(mm)) % 48])
         x = min(max(p, 0.0), mm - 1)
-        i0 = int(math.floor(x))
+        i0 = math.floor(x)
         i1 = min(i0 + 1, mm - 1)
         assert g == pytest.approx(window[i0] * (1 - (x - i0)) + window[i1] * (x - i0), abs=1e-12)
 
@@ -317,8 +337,15 @@ def test_result_tables_have_stable_columns_and_one_row_per_bus_and_type() -> Non
     assert len(tables["ders_bus"][1]) == n_bus
     assert {r[cols.index("type")] for r in rows} >= {"battery", "pv", "ev", "hvac"}
     assert {r[3] for r in tables["ders_thermal"][1]} == {"hvac", "water_heater"}
-    assert set(kinds) == {"ders", "ders_bus", "ders_battery", "ders_pv", "ders_ev",
-                          "ders_thermal", "ders_load"}
+    assert set(kinds) == {
+        "ders",
+        "ders_bus",
+        "ders_battery",
+        "ders_pv",
+        "ders_ev",
+        "ders_thermal",
+        "ders_load",
+    }
 
 
 def test_spec_json_round_trips_and_omits_defaults() -> None:

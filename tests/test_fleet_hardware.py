@@ -18,8 +18,15 @@ NOON = 144
 
 def _fleet() -> Fleet:
     spec = FleetSpec(
-        batteries=(BatterySpec("a", 1.0, 4.0), BatterySpec("b", 0.5, 1.0), BatterySpec("b", 2.0, 8.0)),
-        pvs=(PvSpec("a", 1.0), PvSpec("b", 2.0)), sky=SKY, site=SITE)
+        batteries=(
+            BatterySpec("a", 1.0, 4.0),
+            BatterySpec("b", 0.5, 1.0),
+            BatterySpec("b", 2.0, 8.0),
+        ),
+        pvs=(PvSpec("a", 1.0), PvSpec("b", 2.0)),
+        sky=SKY,
+        site=SITE,
+    )
     return Fleet(spec, interval_s=300.0, n_intervals=288, seed=3)
 
 

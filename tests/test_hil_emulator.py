@@ -4,6 +4,7 @@ client against a fake gateway ROUTER on loopback, fault injection, and the
 
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 import socket
@@ -240,8 +241,9 @@ class FakeGateway:
         identity, raw = self.sock.recv_multipart()
         return identity, raw
 
-    def recv(self, timeout: float = 2.0, *, skip_heartbeats: bool = True,
-             answer_heartbeats: bool = True) -> Message | None:
+    def recv(
+        self, timeout: float = 2.0, *, skip_heartbeats: bool = True, answer_heartbeats: bool = True
+    ) -> Message | None:
         """The next message (None after ``timeout``); heartbeats answered
         (unless told not to) and skipped (unless asked for)."""
         deadline = time.monotonic() + timeout
@@ -271,16 +273,25 @@ class FakeGateway:
 
 
 def welcome(device: str = "bat1", **overrides: object) -> Welcome:
-    fields: dict[str, object] = dict(device=device, kind="battery", rated_kw=10.0,
-                                     capacity_kwh=20.0, soc=0.6, time_scale=300.0, step_s=1.0,
-                                     timeout_ms=200.0, heartbeat_s=5.0)
+    fields: dict[str, object] = dict(
+        device=device,
+        kind="battery",
+        rated_kw=10.0,
+        capacity_kwh=20.0,
+        soc=0.6,
+        time_scale=300.0,
+        step_s=1.0,
+        timeout_ms=200.0,
+        heartbeat_s=5.0,
+    )
     fields.update(overrides)
     return Welcome(**fields)  # type: ignore[arg-type]
 
 
 def setpoint(seq: int, p_kw: float, device: str = "bat1") -> Setpoint:
-    return Setpoint(device, seq, interval=seq, t_s=12 * 3600.0, duration_s=300.0, p_kw=p_kw,
-                    price=40.0)
+    return Setpoint(
+        device, seq, interval=seq, t_s=12 * 3600.0, duration_s=300.0, p_kw=p_kw, price=40.0
+    )
 
 
 @dataclass
@@ -297,8 +308,9 @@ class Running:
 
 
 @contextmanager
-def emulating(address: str, *devices: str, clock: Callable[[], float] = time.perf_counter,
-              **options: object) -> Iterator[Running]:
+def emulating(
+    address: str, *devices: str, clock: Callable[[], float] = time.perf_counter, **options: object
+) -> Iterator[Running]:
     """The emulator in a thread; stopped and joined on the way out."""
     specs = [DeviceSpec(*d.split(":")) for d in devices or ("bat1",)]
     opts = EmulatorOptions(**{"hello_retry_s": 0.5, **options})  # type: ignore[arg-type]
@@ -308,7 +320,7 @@ def emulating(address: str, *devices: str, clock: Callable[[], float] = time.per
         try:
             with Emulator(address, specs, opts, clock=clock, say=running.said.append) as emulator:
                 emulator.run(stop=running.stop)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:
             running.errors.append(exc)
 
     running.thread = threading.Thread(target=target, daemon=True)
@@ -368,7 +380,7 @@ def test_heartbeats_when_idle(gateway: FakeGateway) -> None:
             assert isinstance(msg, Heartbeat), msg  # no HELLO: the gateway answers
             beats.append(time.monotonic() - t0)
         assert len(beats) >= 4
-        assert all(b - a > 0.05 for a, b in zip(beats, beats[1:]))
+        assert all(b - a > 0.05 for a, b in itertools.pairwise(beats))
 
 
 def test_hello_again_when_the_gateway_goes_quiet(gateway: FakeGateway) -> None:
@@ -394,8 +406,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_waits_quietly_for_a_gateway_that_is_not_there_yet(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_waits_quietly_for_a_gateway_that_is_not_there_yet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(emulator_module, "WAITING_NOTICE_S", 0.3)
     calls = 0
 
@@ -517,14 +528,26 @@ def test_hil_device_help(capsys: pytest.CaptureFixture[str]) -> None:
         cli(["hil-device", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--connect", "--device", "--late-ms", "--silent-after", "--garbage-every",
-                 "--curve-server-key", "--curve-key", "--duration", "--log", "--ramp-s",
-                 "--delay-ms", "--efficiency"):
+    for flag in (
+        "--connect",
+        "--device",
+        "--late-ms",
+        "--silent-after",
+        "--garbage-every",
+        "--curve-server-key",
+        "--curve-key",
+        "--duration",
+        "--log",
+        "--ramp-s",
+        "--delay-ms",
+        "--efficiency",
+    ):
         assert flag in out
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:5570", "tcp://127.0.0.1", "tcp://host:99999",
-                                     "udp://127.0.0.1:5570"])
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:5570", "tcp://127.0.0.1", "tcp://host:99999", "udp://127.0.0.1:5570"]
+)
 def test_hil_device_bad_address(address: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["hil-device", "--connect", address, "--device", "bat1"]) == 2
     err = capsys.readouterr().err
@@ -537,8 +560,15 @@ def test_hil_device_bad_key_files(tmp_path: Path, capsys: pytest.CaptureFixture[
     missing = str(tmp_path / "nope.key")
     cases: list[tuple[list[str], str]] = [
         (["--curve-server-key", missing, "--curve-key", str(keys / "bat1.key_secret")], missing),
-        (["--curve-server-key", str(keys / "gateway.key"), "--curve-key", str(keys / "bat1.key")],
-         "holds no secret key"),
+        (
+            [
+                "--curve-server-key",
+                str(keys / "gateway.key"),
+                "--curve-key",
+                str(keys / "bat1.key"),
+            ],
+            "holds no secret key",
+        ),
         (["--curve-server-key", str(keys / "gateway.key")], "go together"),
     ]
     capsys.readouterr()
@@ -572,33 +602,49 @@ def test_hil_device_runs_logs_and_stops(gateway: FakeGateway, tmp_path: Path) ->
     log = tmp_path / "answers.csv"
     server = _serve(gateway, script)
     t0 = time.monotonic()
-    rc = cli(["hil-device", "--connect", gateway.address, "--device", "bat1", "--duration", "0.6",
-              "--log", str(log)])
+    rc = cli(
+        [
+            "hil-device",
+            "--connect",
+            gateway.address,
+            "--device",
+            "bat1",
+            "--duration",
+            "0.6",
+            "--log",
+            str(log),
+        ]
+    )
     server.join(3)
     assert rc == 0 and not server.is_alive()
     assert 0.55 < time.monotonic() - t0 < 2.0
     rows = log.read_text().splitlines()
     assert rows[0] == "wall_s,device,seq,answer,setpoint_kw,p_kw,soc,status"
-    assert [r.split(",")[1:5] for r in rows[1:]] == [["bat1", "1", "setpoint", "2"],
-                                                    ["bat1", "1", "read", "2"]]
+    assert [r.split(",")[1:5] for r in rows[1:]] == [
+        ["bat1", "1", "setpoint", "2"],
+        ["bat1", "1", "read", "2"],
+    ]
 
 
-def test_hil_device_exits_1_on_reject(gateway: FakeGateway,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_hil_device_exits_1_on_reject(
+    gateway: FakeGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
     def script(gw: FakeGateway) -> None:
         gw.recv()
         gw.send(Reject("bat1", "wrong kind: configured as pv"))
 
     server = _serve(gateway, script)
-    rc = cli(["hil-device", "--connect", gateway.address, "--device", "bat1:battery",
-              "--duration", "5"])
+    rc = cli(
+        ["hil-device", "--connect", gateway.address, "--device", "bat1:battery", "--duration", "5"]
+    )
     server.join(3)
     assert rc == 1
     assert "rejected device 'bat1': wrong kind" in capsys.readouterr().err
 
 
 def test_hil_keys_writes_loadable_pairs_and_refuses_to_overwrite(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys = _keys(tmp_path, "gateway", "bat1")
     out = capsys.readouterr().out
     assert "--curve-server-key" in out and "bat1.key_secret" in out
@@ -614,9 +660,21 @@ def test_hil_keys_writes_loadable_pairs_and_refuses_to_overwrite(
 
 
 def test_hil_device_stops_cleanly_on_sigterm(gateway: FakeGateway) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "dsosim.runner.cli", "hil-device", "--connect",
-                             gateway.address, "--device", "bat1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dsosim.runner.cli",
+            "hil-device",
+            "--connect",
+            gateway.address,
+            "--device",
+            "bat1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert isinstance(gateway.recv(timeout=30.0), Hello)  # imports take a few seconds
         gateway.send(welcome())

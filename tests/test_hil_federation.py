@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dsosim.runner.build import BuildResult, build, free_port
+from dsosim.runner.build.federation import BuildResult, build, free_port
 from dsosim.runner.launch import LaunchOutcome, launch
 from tests.federation import ROOT, SCENARIOS
 
@@ -29,9 +29,13 @@ STEP_S = 0.5
 def _scenario(tmp: Path, *, fallback: str, extra: str = "") -> Path:
     """configs/scenarios/hil.toml at 0.5 s per interval, sub-steps 50 ms."""
     text = (SCENARIOS / "hil.toml").read_text()
-    for old, new in (("step_s = 1.0", f"step_s = {STEP_S}"), ("substep_s = 0.1", "substep_s = 0.05"),
-                     ('fallback = "hold"', f'fallback = "{fallback}"'), ("wait_s = 30", "wait_s = 20"),
-                     ("../feeders/ieee13/Master.dss", str(ROOT / "configs/feeders/ieee13/Master.dss"))):
+    for old, new in (
+        ("step_s = 1.0", f"step_s = {STEP_S}"),
+        ("substep_s = 0.1", "substep_s = 0.05"),
+        ('fallback = "hold"', f'fallback = "{fallback}"'),
+        ("wait_s = 30", "wait_s = 20"),
+        ("../feeders/ieee13/Master.dss", str(ROOT / "configs/feeders/ieee13/Master.dss")),
+    ):
         assert old in text, old
         text = text.replace(old, new)
     text = text.replace("[hil]\n", f"[hil]\n{extra}")
@@ -59,10 +63,16 @@ class _Federation:
     def __init__(self, scenario: Path, out: Path) -> None:
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.out = out
-        built = build(scenario, out, hours=INTERVALS * 5 / 60, port=free_port(), hil_bind=self.address)
+        built = build(
+            scenario, out, hours=INTERVALS * 5 / 60, port=free_port(), hil_bind=self.address
+        )
         self.result: tuple[BuildResult, LaunchOutcome] | None = None
-        self.thread = threading.Thread(target=lambda: setattr(
-            self, "result", (built, launch(built.runner, built.results_dir, timeout_s=240))), daemon=True)
+        self.thread = threading.Thread(
+            target=lambda: setattr(
+                self, "result", (built, launch(built.runner, built.results_dir, timeout_s=240))
+            ),
+            daemon=True,
+        )
         self.thread.start()
 
     def wait_started(self, timeout_s: float = 60) -> None:
@@ -73,7 +83,9 @@ class _Federation:
             if log.exists() and "all devices connected" in log.read_text(errors="replace"):
                 return
             time.sleep(0.05)
-        raise AssertionError(f"the gateway never saw its devices: {log.read_text() if log.exists() else 'no log'}")
+        raise AssertionError(
+            f"the gateway never saw its devices: {log.read_text() if log.exists() else 'no log'}"
+        )
 
     def join(self) -> tuple[BuildResult, LaunchOutcome]:
         self.thread.join(timeout=300)
@@ -82,7 +94,9 @@ class _Federation:
 
 
 def _hil(results: Path) -> pd.DataFrame:
-    return pd.read_parquet(results / "hil").sort_values(["device", "interval"]).reset_index(drop=True)
+    return (
+        pd.read_parquet(results / "hil").sort_values(["device", "interval"]).reset_index(drop=True)
+    )
 
 
 def test_killed_emulator_gets_hold_fallback_and_recovers(tmp_path: Path) -> None:
@@ -120,12 +134,15 @@ def test_killed_emulator_gets_hold_fallback_and_recovers(tmp_path: Path) -> None
         answered = rows[rows["fallback"] == "none"]
         scale = {"bat1": 5.0 / 165.739, "pv1": 3.0 / 604.825}[str(device)]
         assert answered["used_mw"].tolist() == pytest.approx(
-            (answered["measured_kw"] / scale / 1000).tolist(), rel=1e-4)
+            (answered["measured_kw"] / scale / 1000).tolist(), rel=1e-4
+        )
     gateway = pd.read_parquet(built.results_dir / "hil_gateway")
     assert gateway["hellos"].sum() >= 4  # both devices, twice
     # the measured battery output is what the fleet reported to the grid
     ders = pd.read_parquet(built.results_dir / "ders")
-    bat = ders[(ders["aggregator"] == "agg_storage") & (ders["bus"] == "634") & (ders["type"] == "battery")]
+    bat = ders[
+        (ders["aggregator"] == "agg_storage") & (ders["bus"] == "634") & (ders["type"] == "battery")
+    ]
     bat1 = hil[hil["device"] == "bat1"].set_index("interval")
     merged = bat.set_index("interval").join(bat1["used_mw"])
     assert merged["actual_mw"].tolist() == pytest.approx(merged["used_mw"].tolist(), abs=1e-9)
@@ -138,22 +155,48 @@ def test_killed_emulator_gets_hold_fallback_and_recovers(tmp_path: Path) -> None
 
 def test_silent_device_is_unavailable_and_curve_keeps_impostors_out(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
-    subprocess.run([sys.executable, "-m", "dsosim.runner.cli", "hil-keys", str(keys),
-                    "--name", "gateway", "--name", "bat1", "--name", "pv1"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dsosim.runner.cli",
+            "hil-keys",
+            str(keys),
+            "--name",
+            "gateway",
+            "--name",
+            "bat1",
+            "--name",
+            "pv1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     allowed = tmp_path / "authorized"
     allowed.mkdir()
     for name in ("bat1", "pv1"):
         shutil.copy(keys / f"{name}.key", allowed)
-    extra = (f'curve_secret_key = "{keys / "gateway.key_secret"}"\n'
-             f'curve_authorized_dir = "{allowed}"\n')
+    extra = (
+        f'curve_secret_key = "{keys / "gateway.key_secret"}"\ncurve_authorized_dir = "{allowed}"\n'
+    )
     fed = _Federation(_scenario(tmp_path, fallback="unavailable", extra=extra), tmp_path / "run")
     log = tmp_path / "emulator.log"
     devices = []
     for name in ("bat1", "pv1"):
-        devices.append(_emulator(fed.address, log, "--device", name, "--silent-after", "8",
-                                 "--curve-server-key", str(keys / "gateway.key"),
-                                 "--curve-key", str(keys / f"{name}.key_secret")))
+        devices.append(
+            _emulator(
+                fed.address,
+                log,
+                "--device",
+                name,
+                "--silent-after",
+                "8",
+                "--curve-server-key",
+                str(keys / "gateway.key"),
+                "--curve-key",
+                str(keys / f"{name}.key_secret"),
+            )
+        )
     impostor = None
     try:
         fed.wait_started()
@@ -172,11 +215,19 @@ def test_silent_device_is_unavailable_and_curve_keeps_impostors_out(tmp_path: Pa
         silent = rows[rows["interval"] >= 8]
         assert set(silent["fallback"]) == {"unavailable"}
         assert (silent["used_mw"] == 0.0).all()
-    assert pd.read_parquet(built.results_dir / "hil_gateway")["hellos"].sum() == 2  # impostor never heard
+    assert (
+        pd.read_parquet(built.results_dir / "hil_gateway")["hellos"].sum() == 2
+    )  # impostor never heard
     ders = pd.read_parquet(built.results_dir / "ders")
-    bat = ders[(ders["aggregator"] == "agg_storage") & (ders["bus"] == "634") & (ders["type"] == "battery")]
+    bat = ders[
+        (ders["aggregator"] == "agg_storage") & (ders["bus"] == "634") & (ders["type"] == "battery")
+    ]
     later = bat[bat["interval"] > 9]
     # unavailable: no output and nothing offered from the next interval on
-    assert (later["actual_mw"] == 0.0).all() and (later["max_mw"] == 0.0).all() and (later["min_mw"] == 0.0).all()
+    assert (
+        (later["actual_mw"] == 0.0).all()
+        and (later["max_mw"] == 0.0).all()
+        and (later["min_mw"] == 0.0).all()
+    )
     early = bat[bat["interval"] < 8]
     assert (early["max_mw"] > 0.1).all()

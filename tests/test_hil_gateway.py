@@ -54,8 +54,9 @@ QUIET_MS = 250
 class Device:
     """A test device: one DEALER socket speaking the protocol by hand."""
 
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str,
-                 curve: tuple[bytes, bytes, bytes] | None = None) -> None:
+    def __init__(
+        self, ctx: zmq.Context[Any], endpoint: str, curve: tuple[bytes, bytes, bytes] | None = None
+    ) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.linger = 0
         if curve is not None:
@@ -135,7 +136,9 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield executor
 
 
-def setpoint(device: str, seq: int, p_kw: float = -2.5) -> tuple[str, int, int, float, float, float, float]:
+def setpoint(
+    device: str, seq: int, p_kw: float = -2.5
+) -> tuple[str, int, int, float, float, float, float]:
     return (device, seq, seq + 100, 900.0 * seq, 900.0, p_kw, 42.5)
 
 
@@ -165,8 +168,17 @@ def test_hello_gets_welcome_with_the_device_and_the_settings(make_gateway, conne
     assert gateway.endpoint.startswith("tcp://127.0.0.1:") and not gateway.endpoint.endswith("*")
     gateway.set_soc("bat1", 0.4)
     welcome = connect(gateway.endpoint).hello("bat1")
-    assert welcome == Welcome(device="bat1", kind="battery", rated_kw=5.0, capacity_kwh=13.5, soc=0.4,
-                              time_scale=60.0, step_s=15.0, timeout_ms=80.0, heartbeat_s=2.0)
+    assert welcome == Welcome(
+        device="bat1",
+        kind="battery",
+        rated_kw=5.0,
+        capacity_kwh=13.5,
+        soc=0.4,
+        time_scale=60.0,
+        step_s=15.0,
+        timeout_ms=80.0,
+        heartbeat_s=2.0,
+    )
     welcome = connect(gateway.endpoint).hello("pv1", kind="pv")
     assert isinstance(welcome, Welcome)
     assert (welcome.kind, welcome.capacity_kwh, welcome.soc) == ("pv", None, None)
@@ -174,15 +186,31 @@ def test_hello_gets_welcome_with_the_device_and_the_settings(make_gateway, conne
     counted(gateway, hellos=2)
 
 
-@pytest.mark.parametrize(("frame", "reason", "counter"), [
-    ({"v": 1, "type": "hello", "device": "nope"}, "unknown device", "unknown_device"),
-    ({"v": 1, "type": "hello", "device": "bat1", "kind": "pv"}, "wrong kind", "wrong_kind"),
-    ({"v": 2, "type": "hello", "device": "bat1"}, "version", "wrong_version"),
-    ({"v": 1, "type": "heartbeat", "device": "bat1"}, "no session", "no_session"),
-    ({"v": 1, "type": "measurement", "device": "bat1", "seq": 1, "p_kw": 1.0, "soc": None,
-      "status": "ok"}, "no session", "no_session"),
-])
-def test_refused_hello_or_message_before_hello_gets_reject(make_gateway, connect, frame, reason, counter):
+@pytest.mark.parametrize(
+    ("frame", "reason", "counter"),
+    [
+        ({"v": 1, "type": "hello", "device": "nope"}, "unknown device", "unknown_device"),
+        ({"v": 1, "type": "hello", "device": "bat1", "kind": "pv"}, "wrong kind", "wrong_kind"),
+        ({"v": 2, "type": "hello", "device": "bat1"}, "version", "wrong_version"),
+        ({"v": 1, "type": "heartbeat", "device": "bat1"}, "no session", "no_session"),
+        (
+            {
+                "v": 1,
+                "type": "measurement",
+                "device": "bat1",
+                "seq": 1,
+                "p_kw": 1.0,
+                "soc": None,
+                "status": "ok",
+            },
+            "no session",
+            "no_session",
+        ),
+    ],
+)
+def test_refused_hello_or_message_before_hello_gets_reject(
+    make_gateway, connect, frame, reason, counter
+):
     gateway = make_gateway()
     device = connect(gateway.endpoint)
     device.send_map(frame)
@@ -257,7 +285,9 @@ def test_heartbeats_are_answered_and_keep_the_session(make_gateway, connect):
     counted(gateway, hellos=1, heartbeats=beats)
 
 
-def test_heartbeat_and_hello_answered_while_the_caller_waits_in_a_round(make_gateway, connect, pool):
+def test_heartbeat_and_hello_answered_while_the_caller_waits_in_a_round(
+    make_gateway, connect, pool
+):
     gateway = make_gateway(timeout_ms=2000.0)
     battery = connect(gateway.endpoint)
     battery.hello("bat1")
@@ -281,8 +311,10 @@ def test_setpoint_and_read_round_trips(make_gateway, connect, pool):
     battery.hello("bat1")
     pv.hello("pv1")
 
-    future = pool.submit(gateway.setpoints, [setpoint("bat1", 7, -3.2), setpoint("pv1", 7, -1.0),
-                                             setpoint("bat2", 7)])
+    future = pool.submit(
+        gateway.setpoints,
+        [setpoint("bat1", 7, -3.2), setpoint("pv1", 7, -1.0), setpoint("bat2", 7)],
+    )
     sp_bat, sp_pv = battery.recv(), pv.recv()
     assert sp_bat == Setpoint("bat1", 7, 107, 6300.0, 900.0, -3.2, 42.5)
     assert isinstance(sp_pv, Setpoint) and sp_pv.p_kw == -1.0
@@ -306,7 +338,9 @@ def test_setpoint_and_read_round_trips(make_gateway, connect, pool):
     counted(gateway, hellos=2)
 
 
-def test_timeout_then_late_answers_are_dropped_and_the_next_round_is_ok(make_gateway, connect, pool):
+def test_timeout_then_late_answers_are_dropped_and_the_next_round_is_ok(
+    make_gateway, connect, pool
+):
     gateway = make_gateway(timeout_ms=100.0)
     device = connect(gateway.endpoint)
     device.hello("bat1")
@@ -348,24 +382,36 @@ def test_bad_round_arguments_raise_in_the_caller(make_gateway):
 # ------------------------------------------------------------------ bad frames
 
 
-MEASUREMENT = {"v": 1, "type": "measurement", "device": "bat1", "seq": 1, "p_kw": 1.0, "soc": None,
-               "status": "ok"}
+MEASUREMENT = {
+    "v": 1,
+    "type": "measurement",
+    "device": "bat1",
+    "seq": 1,
+    "p_kw": 1.0,
+    "soc": None,
+    "status": "ok",
+}
 
 
-@pytest.mark.parametrize(("frames", "reason"), [
-    ([b"\xc1garbage"], "not msgpack"),
-    ([b""], "not msgpack"),
-    ([msgpack.packb([1, 2])], "expected a map"),
-    ([msgpack.packb({"type": "heartbeat", "device": "bat1"})], "version"),
-    ([msgpack.packb({**MEASUREMENT, "seq": "x"})], "seq"),
-    ([msgpack.packb({**MEASUREMENT, "p_kw": math.nan})], "p_kw"),
-    ([msgpack.packb({**MEASUREMENT, "extra": 1})], "extra"),
-    ([msgpack.packb({"v": 1, "type": [1]})], "type: [1] is not a message a device sends"),
-    ([msgpack.packb({**MEASUREMENT, "device": "pv1"})], "session of 'bat1'"),
-    ([msgpack.packb({**MEASUREMENT, "seq": 99})], "never sent"),
-    ([encode(Heartbeat("bat1")), encode(Heartbeat("bat1"))], "one frame"),
-])
-def test_malformed_frames_get_error_and_the_gateway_keeps_serving(make_gateway, connect, frames, reason):
+@pytest.mark.parametrize(
+    ("frames", "reason"),
+    [
+        ([b"\xc1garbage"], "not msgpack"),
+        ([b""], "not msgpack"),
+        ([msgpack.packb([1, 2])], "expected a map"),
+        ([msgpack.packb({"type": "heartbeat", "device": "bat1"})], "version"),
+        ([msgpack.packb({**MEASUREMENT, "seq": "x"})], "seq"),
+        ([msgpack.packb({**MEASUREMENT, "p_kw": math.nan})], "p_kw"),
+        ([msgpack.packb({**MEASUREMENT, "extra": 1})], "extra"),
+        ([msgpack.packb({"v": 1, "type": [1]})], "type: [1] is not a message a device sends"),
+        ([msgpack.packb({**MEASUREMENT, "device": "pv1"})], "session of 'bat1'"),
+        ([msgpack.packb({**MEASUREMENT, "seq": 99})], "never sent"),
+        ([encode(Heartbeat("bat1")), encode(Heartbeat("bat1"))], "one frame"),
+    ],
+)
+def test_malformed_frames_get_error_and_the_gateway_keeps_serving(
+    make_gateway, connect, frames, reason
+):
     gateway = make_gateway(timeout_ms=2000.0)
     device = connect(gateway.endpoint)
     device.hello("bat1")
@@ -412,7 +458,9 @@ def test_curve_admits_authorised_keys_only(make_gateway, connect, tmp_path: Path
 
     gateway = make_gateway(curve_secret_key=gateway_secret_file, curve_authorized_dir=authorised)
     public, secret = zmq.auth.load_certificate(device_secret_file)
-    assert isinstance(connect(gateway.endpoint, (public, secret, server_public)).hello("bat1"), Welcome)
+    assert isinstance(
+        connect(gateway.endpoint, (public, secret, server_public)).hello("bat1"), Welcome
+    )
 
     public, secret = zmq.auth.load_certificate(keys / "intruder.key_secret")
     intruder = connect(gateway.endpoint, (public, secret, server_public))
@@ -435,12 +483,30 @@ def test_non_loopback_bind_needs_curve_or_an_explicit_opt_in(tmp_path: Path):
 def test_missing_curve_files_are_named(tmp_path: Path):
     _, secret_file = zmq.auth.create_certificates(tmp_path, "gateway")
     for settings, named in [
-        (GatewaySettings(bind=ANY_PORT, curve_secret_key=tmp_path / "no.key_secret",
-                         curve_authorized_dir=tmp_path), "no.key_secret"),
-        (GatewaySettings(bind=ANY_PORT, curve_secret_key=secret_file,
-                         curve_authorized_dir=tmp_path / "missing"), "missing"),
-        (GatewaySettings(bind=ANY_PORT, curve_secret_key=tmp_path / "gateway.key",
-                         curve_authorized_dir=tmp_path), "no secret key"),
+        (
+            GatewaySettings(
+                bind=ANY_PORT,
+                curve_secret_key=tmp_path / "no.key_secret",
+                curve_authorized_dir=tmp_path,
+            ),
+            "no.key_secret",
+        ),
+        (
+            GatewaySettings(
+                bind=ANY_PORT,
+                curve_secret_key=secret_file,
+                curve_authorized_dir=tmp_path / "missing",
+            ),
+            "missing",
+        ),
+        (
+            GatewaySettings(
+                bind=ANY_PORT,
+                curve_secret_key=tmp_path / "gateway.key",
+                curve_authorized_dir=tmp_path,
+            ),
+            "no secret key",
+        ),
     ]:
         with pytest.raises(GatewayError, match=named):
             Gateway(settings, DEVICES).start()

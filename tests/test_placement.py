@@ -10,8 +10,8 @@ import pytest
 
 from dsosim.federates.aggregator.fleet import Fleet
 from dsosim.federates.aggregator.spec_json import fleet_from_json
-from dsosim.runner.placement import bus_peak_loads, place_fleet
-from dsosim.runner.scenario import Aggregator, ScenarioError, load_scenario
+from dsosim.runner.build.placement import bus_peak_loads, place_fleet
+from dsosim.runner.build.scenario import Aggregator, ScenarioError, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 FEEDER = ROOT / "configs" / "feeders" / "ieee13" / "Master.dss"
@@ -19,7 +19,7 @@ LOADS = bus_peak_loads(FEEDER)
 HOMES = {"pv": 0.3, "battery": 0.1, "ev": 0.2, "v2g": 0.25, "hvac": 0.5, "water_heater": 0.3}
 
 
-def _place(seed: int = 7, lda: str = "lda", **fields) -> dict:  # noqa: ANN003
+def _place(seed: int = 7, lda: str = "lda", **fields) -> dict:
     fields.setdefault("name", "agg")
     return place_fleet(FEEDER, Aggregator(**fields), seed=seed, lda=lda, loads=LOADS)
 
@@ -46,8 +46,9 @@ def test_homes_follow_bus_load_and_penetration_shares() -> None:
 
 
 def test_explicit_counts_and_shares_add_up() -> None:
-    spec = _place(buses=["675", "611"], homes={"ev": 0.5, "counts": {"611": 10}},
-                  battery_share=0.3)["spec"]
+    spec = _place(
+        buses=["675", "611"], homes={"ev": 0.5, "counts": {"611": 10}}, battery_share=0.3
+    )["spec"]
     assert _count(spec, "evs", "611") == 5  # half of the 10 given homes
     assert _count(spec, "evs", "675") == round(0.5 * round(843 / 4.0))
     assert _count(spec, "batteries", "675") == 1  # the explicit community battery per bus
@@ -65,8 +66,9 @@ def test_placement_is_seeded_and_independent_of_bus_order() -> None:
 
 
 def test_load_share_sizing_keeps_quickstart_semantics() -> None:
-    spec = _place(buses=["675", "634"], pv_share=0.6, battery_share=0.2, battery_hours=2.0,
-                  flex_share=0.05)["spec"]
+    spec = _place(
+        buses=["675", "634"], pv_share=0.6, battery_share=0.2, battery_hours=2.0, flex_share=0.05
+    )["spec"]
     for d in spec["pvs"]:
         assert 0.8 * 0.6 <= d["rating_mw"] / LOADS[d["bus"]] <= 1.2 * 0.6
     for d in spec["batteries"]:
@@ -76,8 +78,9 @@ def test_load_share_sizing_keeps_quickstart_semantics() -> None:
 
 
 def test_inflexible_load_behind_the_meters_is_a_share_of_bus_peak() -> None:
-    spec = _place(inflexible_share=0.1, commercial_share=1.0, pv_share=0.0, battery_share=0.0,
-                  flex_share=0.0)["spec"]
+    spec = _place(
+        inflexible_share=0.1, commercial_share=1.0, pv_share=0.0, battery_share=0.0, flex_share=0.0
+    )["spec"]
     got = {d["bus"]: d for d in spec["inflexible_loads"]}
     assert set(got) == set(LOADS)
     assert all(got[b]["peak_mw"] == pytest.approx(0.1 * LOADS[b], abs=1e-6) for b in LOADS)
@@ -95,9 +98,16 @@ def test_weather_is_shared_on_a_feeder_and_the_sky_is_precomputed() -> None:
 
 
 def test_measured_weather_profile_by_name() -> None:
-    spec = _place(homes=HOMES, weather={"profile": "greensboro-nc-jul20", "latitude_deg": 36.1,
-                                        "longitude_deg": -79.95, "utc_offset_h": -5,
-                                        "day_of_year": 201})["spec"]
+    spec = _place(
+        homes=HOMES,
+        weather={
+            "profile": "greensboro-nc-jul20",
+            "latitude_deg": 36.1,
+            "longitude_deg": -79.95,
+            "utc_offset_h": -5,
+            "day_of_year": 201,
+        },
+    )["spec"]
     assert spec["site"]["profile"] == "greensboro-nc-jul20"  # a name, not a machine path
     assert spec["site"]["temp_max_c"] == pytest.approx(33.9)  # the measured day's extremes
     assert spec["sky"]["clouds"] is False
@@ -126,6 +136,9 @@ def test_all_ders_scenario_has_every_device_type() -> None:
     kinds = set()
     for agg in scenario.ldas[0].aggregators:
         spec = place_fleet(FEEDER, agg, seed=scenario.seed, lda="lda5", loads=LOADS)["spec"]
-        kinds |= {k for k in ("batteries", "pvs", "evs", "hvacs", "water_heaters",
-                              "inflexible_loads") if spec.get(k)}
+        kinds |= {
+            k
+            for k in ("batteries", "pvs", "evs", "hvacs", "water_heaters", "inflexible_loads")
+            if spec.get(k)
+        }
     assert kinds == {"batteries", "pvs", "evs", "hvacs", "water_heaters", "inflexible_loads"}

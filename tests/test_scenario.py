@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dsosim.runner.scenario import ScenarioError, load_scenario
+from dsosim.runner.build.scenario import ScenarioError, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "scenarios" / "quickstart.toml"
@@ -39,17 +39,27 @@ def test_unknown_field_names_file_field_and_allowed(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as err:
         load_scenario(path)
     text = str(err.value)
-    assert str(path) in text and "sede: unknown field" in text and "seed" in text.split("allowed here:")[1]
+    assert (
+        str(path) in text
+        and "sede: unknown field" in text
+        and "seed" in text.split("allowed here:")[1]
+    )
 
 
 def test_nested_unknown_field_lists_section_fields(tmp_path: Path) -> None:
     path = _write(tmp_path, 'name = "x"\n' + GOOD_LDA + "pv_shar = 0.3\n")
-    with pytest.raises(ScenarioError, match=r"ldas\.0\.aggregators\.0\.pv_shar: unknown field; allowed here: .*pv_share"):
+    with pytest.raises(
+        ScenarioError,
+        match=r"ldas\.0\.aggregators\.0\.pv_shar: unknown field; allowed here: .*pv_share",
+    ):
         load_scenario(path)
 
 
 def test_out_of_range_and_bad_choice(tmp_path: Path) -> None:
-    path = _write(tmp_path, 'name = "x"\nmodel = "p2p"\n' + GOOD_LDA.replace("td_bus = 5", "td_bus = 5\nscale = -2"))
+    path = _write(
+        tmp_path,
+        'name = "x"\nmodel = "p2p"\n' + GOOD_LDA.replace("td_bus = 5", "td_bus = 5\nscale = -2"),
+    )
     with pytest.raises(ScenarioError) as err:
         load_scenario(path)
     text = str(err.value)
@@ -73,33 +83,53 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
 
 
 def _scenario_with(tmp_path: Path, **replace: str) -> Path:
-    text = QUICKSTART.read_text().replace('"../feeders/', f'"{(ROOT / "configs" / "feeders").as_posix()}/')
+    text = QUICKSTART.read_text().replace(
+        '"../feeders/', f'"{(ROOT / "configs" / "feeders").as_posix()}/'
+    )
     for old, new in replace.items():
         text = text.replace(old, new)
     return _write(tmp_path, text)
 
 
 def test_build_rejects_td_bus_missing_from_case(tmp_path: Path) -> None:
-    from dsosim.runner.build import build
+    from dsosim.runner.build.federation import build
 
     with pytest.raises(ScenarioError, match=r"ldas\[lda5\]\.td_bus: bus 42 is not in case 'case9'"):
-        build(_scenario_with(tmp_path, **{"td_bus = 5": "td_bus = 42"}), tmp_path / "out", port=23999)
+        build(
+            _scenario_with(tmp_path, **{"td_bus = 5": "td_bus = 42"}), tmp_path / "out", port=23999
+        )
 
 
 def test_build_rejects_unknown_case_and_missing_feeder(tmp_path: Path) -> None:
-    from dsosim.runner.build import build
+    from dsosim.runner.build.federation import build
 
     with pytest.raises(ScenarioError, match="transmission.case: .*case9999"):
-        build(_scenario_with(tmp_path, **{'case = "case9"': 'case = "case9999"'}), tmp_path / "o1", port=23999)
-    with pytest.raises(ScenarioError, match=r"ldas\[lda5\]\.feeder: feeder file not found: .*Nope\.dss"):
-        build(_scenario_with(tmp_path, **{"ieee13/Master.dss": "ieee13/Nope.dss"}), tmp_path / "o2", port=23999)
+        build(
+            _scenario_with(tmp_path, **{'case = "case9"': 'case = "case9999"'}),
+            tmp_path / "o1",
+            port=23999,
+        )
+    with pytest.raises(
+        ScenarioError, match=r"ldas\[lda5\]\.feeder: feeder file not found: .*Nope\.dss"
+    ):
+        build(
+            _scenario_with(tmp_path, **{"ieee13/Master.dss": "ieee13/Nope.dss"}),
+            tmp_path / "o2",
+            port=23999,
+        )
 
 
 def test_build_rejects_aggregator_bus_without_load(tmp_path: Path) -> None:
-    from dsosim.runner.build import build
+    from dsosim.runner.build.federation import build
 
-    with pytest.raises(ScenarioError, match=r"aggregators\[agg_solar\]\.buses: \['999'\] carry no load"):
-        build(_scenario_with(tmp_path, **{'"675", "692"': '"999", "692"'}), tmp_path / "o3", port=23999)
+    with pytest.raises(
+        ScenarioError, match=r"aggregators\[agg_solar\]\.buses: \['999'\] carry no load"
+    ):
+        build(
+            _scenario_with(tmp_path, **{'"675", "692"': '"999", "692"'}),
+            tmp_path / "o3",
+            port=23999,
+        )
 
 
 # ------------------------------------------------------- real time and hardware
@@ -108,8 +138,9 @@ HIL = ROOT / "configs" / "scenarios" / "hil.toml"
 
 
 def _hil_with(tmp_path: Path, **replace: str) -> Path:
-    text = HIL.read_text().replace("../feeders/ieee13/Master.dss",
-                                   str(ROOT / "configs" / "feeders" / "ieee13" / "Master.dss"))
+    text = HIL.read_text().replace(
+        "../feeders/ieee13/Master.dss", str(ROOT / "configs" / "feeders" / "ieee13" / "Master.dss")
+    )
     for old, new in replace.items():
         assert old in text, old
         text = text.replace(old, new)
@@ -125,7 +156,9 @@ def test_shipped_hil_scenario_is_valid_and_compresses_time() -> None:
 def test_hil_needs_real_time_and_known_aggregators(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="hil needs real_time.enabled = true"):
         load_scenario(_hil_with(tmp_path, **{"enabled = true": "enabled = false"}))
-    with pytest.raises(ScenarioError, match=r"hil.devices\[1\].aggregator: 'agg_x' is not an aggregator"):
+    with pytest.raises(
+        ScenarioError, match=r"hil.devices\[1\].aggregator: 'agg_x' is not an aggregator"
+    ):
         load_scenario(_hil_with(tmp_path, **{'aggregator = "agg_solar"': 'aggregator = "agg_x"'}))
     with pytest.raises(ScenarioError, match="device ids must be unique; repeated: \\['bat1'\\]"):
         load_scenario(_hil_with(tmp_path, **{'id = "pv1"': 'id = "bat1"'}))
@@ -136,7 +169,7 @@ def test_hil_needs_real_time_and_known_aggregators(tmp_path: Path) -> None:
 
 
 def test_build_resolves_hardware_ders_and_refuses_what_it_cannot(tmp_path: Path) -> None:
-    from dsosim.runner.build import build
+    from dsosim.runner.build.federation import build
 
     built = build(_hil_with(tmp_path), tmp_path / "ok", port=23999)
     bat1 = built.config.hil.devices[0]
@@ -144,13 +177,32 @@ def test_build_resolves_hardware_ders_and_refuses_what_it_cannot(tmp_path: Path)
     assert bat1.scale == pytest.approx(5.0 / bat1.sim_rated_kw)
     assert built.config.helics.real_time and built.config.time.time_scale == 300.0
     assert "dsosim.federates.hil" in built.runner.read_text()
-    with pytest.raises(ScenarioError, match=r"hil.devices\[0\] \(bat1\): .*has 0 battery DER\(s\) at bus '675'"):
+    with pytest.raises(
+        ScenarioError, match=r"hil.devices\[0\] \(bat1\): .*has 0 battery DER\(s\) at bus '675'"
+    ):
         build(_hil_with(tmp_path, **{'bus = "634"': 'bus = "675"'}), tmp_path / "o1", port=23999)
-    with pytest.raises(ScenarioError, match="hil.bind: tcp://0.0.0.0:5570 is reachable from other machines"):
-        build(_hil_with(tmp_path, **{'bind = "tcp://127.0.0.1:5570"': 'bind = "tcp://0.0.0.0:5570"'}),
-              tmp_path / "o2", port=23999)
+    with pytest.raises(
+        ScenarioError, match="hil.bind: tcp://0.0.0.0:5570 is reachable from other machines"
+    ):
+        build(
+            _hil_with(tmp_path, **{'bind = "tcp://127.0.0.1:5570"': 'bind = "tcp://0.0.0.0:5570"'}),
+            tmp_path / "o2",
+            port=23999,
+        )
     with pytest.raises(ScenarioError, match="hil.curve_secret_key: not found: .*nokey"):
-        build(_hil_with(tmp_path, **{"[hil]\n": '[hil]\ncurve_secret_key = "nokey"\n'
-                                                'curve_authorized_dir = "."\n'}), tmp_path / "o3", port=23999)
-    with pytest.raises(ScenarioError, match=r"real_time: the last exchange of an interval comes 0.9 s after its start but an interval is only 0.5 s \(step_s\)"):
+        build(
+            _hil_with(
+                tmp_path,
+                **{"[hil]\n": '[hil]\ncurve_secret_key = "nokey"\ncurve_authorized_dir = "."\n'},
+            ),
+            tmp_path / "o3",
+            port=23999,
+        )
+    with pytest.raises(
+        ScenarioError,
+        match=(
+            r"real_time: the last exchange of an interval comes 0.9 s after its start "
+            r"but an interval is only 0.5 s \(step_s\)"
+        ),
+    ):
         build(_hil_with(tmp_path, **{"step_s = 1.0": "step_s = 0.5"}), tmp_path / "o4", port=23999)

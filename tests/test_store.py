@@ -44,6 +44,8 @@ def test_same_rows_same_bytes_and_old_results_removed(tmp_path: Path) -> None:
         _fill(store, 3)
         store.finish(complete=True, error=None, summarise=lambda d: {})
         files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
-        digests.append({p.name + p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
+        digests.append(
+            {p.name + p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+        )
     assert digests[0] == digests[1]
     assert len(list((tmp_path / "market").glob("part-*.parquet"))) == 2

@@ -10,7 +10,7 @@ import pytest
 
 from dsosim.federates.dso.feeder import Feeder
 from dsosim.runner.cli import main as cli
-from dsosim.runner.synthetic_feeder import SyntheticFeederError, generate_feeder
+from dsosim.runner.feeders.synthetic import SyntheticFeederError, generate_feeder
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -52,8 +52,10 @@ def test_unbalanced_with_regulator_capacitor_and_own_ders(tmp_path: Path) -> Non
     assert kinds.count("pv") == 4 and kinds.count("storage") == 2
     single = [n for n in feeder.node_names if n.count(".") == 1]
     phase_of = np.array([int(n.split(".")[1]) for n in single])
-    buses_with = {p: {n.split(".")[0] for n, q in zip(single, phase_of, strict=True) if q == p}
-                  for p in (1, 2, 3)}
+    buses_with = {
+        p: {n.split(".")[0] for n, q in zip(single, phase_of, strict=True) if q == p}
+        for p in (1, 2, 3)
+    }
     one_phase = [b for b in feeder.buses if sum(b in s for s in buses_with.values()) == 1]
     assert len(one_phase) > 40  # single-phase laterals on every phase
     assert all(len(s) > 10 for s in buses_with.values())

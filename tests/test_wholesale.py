@@ -13,17 +13,25 @@ TIME = TimeSettings(interval_s=300.0, n_intervals=4)
 
 
 def _market(line_limit: float | None = None) -> WholesaleMarket:
-    config = IsoConfig(name="iso", case="case9", line_limit_mw=line_limit, load_profile="flat",
-                       interfaces=(IsoInterface(dso="lda5", td_bus=5), IsoInterface(dso="lda7", td_bus=7)))
+    config = IsoConfig(
+        name="iso",
+        case="case9",
+        line_limit_mw=line_limit,
+        load_profile="flat",
+        interfaces=(IsoInterface(dso="lda5", td_bus=5), IsoInterface(dso="lda7", td_bus=7)),
+    )
     return WholesaleMarket(config, TIME, seed=1)
 
 
-CURVES = {"lda5": BidCurve(20.0, ((30.0, 5.0), (22.0, 5.0))), "lda7": BidCurve(-5.0, ((40.0, 3.0),))}
+CURVES = {
+    "lda5": BidCurve(20.0, ((30.0, 5.0), (22.0, 5.0))),
+    "lda7": BidCurve(-5.0, ((40.0, 3.0),)),
+}
 BIDS = [IsoBid(lda, f"dmo:{lda}", lda, c) for lda, c in CURVES.items()]
 HOLDERS = {"lda5": "dmo:lda5", "lda7": "dmo:lda7"}
 
 
-def _table(clearing, name):  # noqa: ANN001, ANN202
+def _table(clearing, name):
     cols, rows = clearing.tables[name]
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
@@ -49,7 +57,9 @@ def test_awards_follow_the_bid_curves() -> None:
         lmp, energy, congestion, cleared = a.lmp, a.lmp_energy, a.lmp_congestion, a.cleared_mw
         assert energy + congestion == pytest.approx(lmp)
         # each award is on its curve at its LMP (blocks at the LMP may be split)
-        assert curve.quantity_at(lmp + 1e-6) - 1e-9 <= cleared <= curve.quantity_at(lmp - 1e-6) + 1e-9
+        assert (
+            curve.quantity_at(lmp + 1e-6) - 1e-9 <= cleared <= curve.quantity_at(lmp - 1e-6) + 1e-9
+        )
     assert clearing.awards["lda5"].cleared_mw > 20.0  # some of lda5's blocks clear at ~24 $/MWh
 
 
@@ -75,13 +85,18 @@ def test_imbalance_settled_at_the_interval_lmp() -> None:
     market = _market()
     clearing = market.clear(0, BIDS)
     scheduled, lmp = clearing.awards["lda5"].cleared_mw, clearing.awards["lda5"].lmp
-    metered = {"lda5": (scheduled + 3.0, {"agg:x": 1.0}), "lda7": (clearing.awards["lda7"].cleared_mw, {})}
+    metered = {
+        "lda5": (scheduled + 3.0, {"agg:x": 1.0}),
+        "lda7": (clearing.awards["lda7"].cleared_mw, {}),
+    }
     tables = market.settle_imbalance(0, metered, HOLDERS)
     rows = dict((r[2], r) for r in tables["imbalance"][1])
     assert rows["lda5"][6] == pytest.approx(3.0) and rows["lda7"][6] == pytest.approx(0.0)
     cols, pay = tables["settlements"]
-    charged = {(d["payer"], d["dso"] if "dso" in d else None): d["amount"]
-               for d in (dict(zip(cols, p, strict=True)) for p in pay)}
+    charged = {
+        (d["payer"], d["dso"] if "dso" in d else None): d["amount"]
+        for d in (dict(zip(cols, p, strict=True)) for p in pay)
+    }
     # the meter operator allocated 1 MW to an aggregator; the holder pays the rest
     assert charged[("agg:x", None)] == pytest.approx(lmp * 1.0 * 300 / 3600)
     assert charged[("dmo:lda5", None)] == pytest.approx(lmp * 2.0 * 300 / 3600)

@@ -57,8 +57,9 @@ class Batteries:
     table = "ders_battery"
     columns = ("soc", "energy_mwh", "capacity_mwh", "charge_mw", "discharge_mw", "losses_mw")
 
-    def __init__(self, specs: Sequence[BatterySpec], bus: IntArray, *, dt_h: float,
-                 horizon: int, blocks: int) -> None:
+    def __init__(
+        self, specs: Sequence[BatterySpec], bus: IntArray, *, dt_h: float, horizon: int, blocks: int
+    ) -> None:
         def col(name: str) -> FloatArray:
             return np.array([getattr(s, name) for s in specs], dtype=float)
 
@@ -109,13 +110,19 @@ class Batteries:
         value_at = horizon - (e_col - out) * e1 / per_unit, horizon - (e_col + into) * e1 / per_unit
         cost_at = (h_col + out) / (e1 * per_unit) - 1.0, (h_col - into) / (e1 * per_unit) - 1.0
         v_out, v_in, c_out, c_in = np.split(
-            order_stat(f, row, np.concatenate([*value_at, *cost_at], axis=1)), 4, axis=1)
+            order_stat(f, row, np.concatenate([*value_at, *cost_at], axis=1)), 4, axis=1
+        )
         d_price = np.maximum(v_out, c_out / eta_col)
         c_price = np.minimum(c_in, eta_col * v_in)
         c_price = np.minimum(c_price, d_price[:, :1])
         price = np.concatenate([d_price, c_price], axis=1)
-        mw = np.concatenate([np.repeat((dmax / k)[:, None], k, axis=1),
-                             np.repeat(((cmax - must) / k)[:, None], k, axis=1)], axis=1)
+        mw = np.concatenate(
+            [
+                np.repeat((dmax / k)[:, None], k, axis=1),
+                np.repeat(((cmax - must) / k)[:, None], k, axis=1),
+            ],
+            axis=1,
+        )
         owner = np.repeat(np.arange(n, dtype=np.intp), 2 * k)
         return GroupOffer(must - dmax, cmax, must, price.ravel(), mw.ravel(), owner)
 
@@ -140,7 +147,10 @@ class Batteries:
         assume. Without a measured SOC the energy follows from ``mw``."""
         if soc is None:
             charge, discharge = max(mw, 0.0), max(-mw, 0.0)
-            energy = self.decay[i] * self._before[i] + (charge * self.eta1[i] - discharge / self.eta1[i]) * self.dt_h
+            energy = (
+                self.decay[i] * self._before[i]
+                + (charge * self.eta1[i] - discharge / self.eta1[i]) * self.dt_h
+            )
         else:
             energy = soc * self.capacity[i]
         self.energy[i] = min(max(energy, self.e_min[i]), self.e_max[i])
@@ -150,8 +160,11 @@ class Batteries:
     def summary(self, n_bus: int) -> dict[str, FloatArray]:
         energy = per_bus_sum(self.bus, self.energy, n_bus)
         capacity = per_bus_sum(self.bus, self.capacity, n_bus)
-        out = {"soc": np.divide(energy, capacity, out=np.full(n_bus, np.nan), where=capacity > 0),
-               "energy_mwh": energy, "capacity_mwh": capacity}
+        out = {
+            "soc": np.divide(energy, capacity, out=np.full(n_bus, np.nan), where=capacity > 0),
+            "energy_mwh": energy,
+            "capacity_mwh": capacity,
+        }
         for name, values in self._last.items():
             out[name] = per_bus_sum(self.bus, values, n_bus)
         return out

@@ -47,11 +47,27 @@ from dsosim.federates.aggregator.specs import EvSpec
 class Evs:
     kind = "ev"
     table = "ders_ev"
-    columns = ("plugged", "energy_mwh", "needed_mwh", "charge_mw", "discharge_mw", "departures",
-               "shortfall_mwh")
+    columns = (
+        "plugged",
+        "energy_mwh",
+        "needed_mwh",
+        "charge_mw",
+        "discharge_mw",
+        "departures",
+        "shortfall_mwh",
+    )
 
-    def __init__(self, specs: Sequence[EvSpec], bus: IntArray, *, n_intervals: int,
-                 interval_s: float, jitter_h: float, energy_jitter: float, seed: int) -> None:
+    def __init__(
+        self,
+        specs: Sequence[EvSpec],
+        bus: IntArray,
+        *,
+        n_intervals: int,
+        interval_s: float,
+        jitter_h: float,
+        energy_jitter: float,
+        seed: int,
+    ) -> None:
         def col(name: str) -> FloatArray:
             return np.array([getattr(s, name) for s in specs], dtype=float)
 
@@ -71,12 +87,21 @@ class Evs:
         arrive = self.arrive[rows, self.sess]
         self.plugged = arrive <= 0
         charged = self.p_c * self.eta * self.dt_h * np.maximum(-arrive, 0)
-        self.energy = np.where(self.plugged,
-                               np.minimum(self.e_arrive[rows, self.sess] + charged, self.e_req), 0.0)
+        self.energy = np.where(
+            self.plugged, np.minimum(self.e_arrive[rows, self.sess] + charged, self.e_req), 0.0
+        )
         self._last: dict[str, FloatArray] = {}
 
-    def _sessions(self, col: Callable[[str], FloatArray], n: int, n_intervals: int,
-                  interval_s: float, jitter_h: float, energy_jitter: float, seed: int) -> None:
+    def _sessions(
+        self,
+        col: Callable[[str], FloatArray],
+        n: int,
+        n_intervals: int,
+        interval_s: float,
+        jitter_h: float,
+        energy_jitter: float,
+        seed: int,
+    ) -> None:
         """Arrival and departure intervals and arrival energy of every daily
         session, from the evening before day 0 to past the end of the run."""
         per_h = 3600.0 / interval_s
@@ -87,7 +112,8 @@ class Evs:
         arr_h = col("arrival_h")[:, None] + jitter_h * rng.standard_normal((n, n_days))
         dep_h = col("departure_h")[:, None] + jitter_h * rng.standard_normal((n, n_days))
         use = col("energy_mwh")[:, None] * np.maximum(
-            1.0 + energy_jitter * rng.standard_normal((n, n_days)), 0.0)
+            1.0 + energy_jitter * rng.standard_normal((n, n_days)), 0.0
+        )
         stay_h = (dep_h - arr_h) % 24.0
         arrive = np.round((day * 24.0 + arr_h) * per_h).astype(np.int64)
         depart = arrive + np.maximum(np.round(stay_h * per_h).astype(np.int64), 1)
@@ -105,8 +131,9 @@ class Evs:
         later = per_full * np.maximum(n_rem - 1, 0)
         must = np.where(self.plugged, np.clip((need - later) / (eta * dt), 0.0, self.p_c), 0.0)
         hi = np.where(self.plugged, np.minimum(self.p_c, need / (eta * dt)), 0.0)
-        dmax = np.minimum(self.p_d, np.minimum((self.energy - self.e_min) * eta / dt,
-                                               (later - need) * eta / dt))
+        dmax = np.minimum(
+            self.p_d, np.minimum((self.energy - self.e_min) * eta / dt, (later - need) * eta / dt)
+        )
         dmax = np.where(self.plugged & (self.p_d > 0.0), np.maximum(dmax, 0.0), 0.0)
         return n_rem, need, must, hi, dmax, per_full
 
@@ -125,8 +152,9 @@ class Evs:
         both = tick.outlook.order_stat_ahead(
             np.concatenate([self.bus, self.bus]),
             np.concatenate([np.where(flex > 0, m, 0), np.where(dmax > 0, m, 0)]),
-            np.concatenate([n_later, back]) - 1.0)
-        c_price, d_price = both[:n], both[n:] / eta ** 2 + self.wear
+            np.concatenate([n_later, back]) - 1.0,
+        )
+        c_price, d_price = both[:n], both[n:] / eta**2 + self.wear
         price = np.concatenate([d_price, c_price])
         mw = np.concatenate([dmax, flex])
         owner = np.concatenate([np.arange(n), np.arange(n)]).astype(np.intp)
@@ -137,20 +165,29 @@ class Evs:
         charge, discharge = np.maximum(net, 0.0), np.maximum(-net, 0.0)
         need_before = np.where(self.plugged, np.maximum(self.e_req - self.energy, 0.0), 0.0)
         self.energy = np.where(
-            self.plugged,
-            self.energy + (charge * self.eta - discharge / self.eta) * self.dt_h, 0.0)
+            self.plugged, self.energy + (charge * self.eta - discharge / self.eta) * self.dt_h, 0.0
+        )
         rows = np.arange(len(self.p_c))
         leaving = self.plugged & (self.depart[rows, self.sess] == t + 1)
         shortfall = np.where(leaving, np.maximum(self.e_req - self.energy, 0.0), 0.0)
-        self._last = {"plugged": self.plugged.copy(), "energy_mwh": self.energy.copy(),
-                      "needed_mwh": need_before, "charge_mw": charge, "discharge_mw": discharge,
-                      "departures": leaving, "shortfall_mwh": shortfall}
+        self._last = {
+            "plugged": self.plugged.copy(),
+            "energy_mwh": self.energy.copy(),
+            "needed_mwh": need_before,
+            "charge_mw": charge,
+            "discharge_mw": discharge,
+            "departures": leaving,
+            "shortfall_mwh": shortfall,
+        }
         # departures at the end of t, arrivals at the start of t + 1
         self.plugged = self.plugged & ~leaving
         self.sess = np.where(leaving, self.sess + 1, self.sess)
         self.energy = np.where(self.plugged, self.energy, 0.0)
-        arriving = ~self.plugged & (self.arrive[rows, self.sess] <= t + 1) \
+        arriving = (
+            ~self.plugged
+            & (self.arrive[rows, self.sess] <= t + 1)
             & (self.depart[rows, self.sess] > t + 1)
+        )
         self.plugged = self.plugged | arriving
         self.energy = np.where(arriving, self.e_arrive[rows, self.sess], self.energy)
         return net

@@ -129,7 +129,8 @@ class Fleet:
         per_day = SECONDS_PER_DAY / interval_s if number else 0.5
         if not (math.isclose(per_day, round(per_day)) and round(per_day) >= 1):
             raise ValueError(
-                f"interval_s must divide a day ({SECONDS_PER_DAY} s), got {interval_s!r}")
+                f"interval_s must divide a day ({SECONDS_PER_DAY} s), got {interval_s!r}"
+            )
         if not (isinstance(n_intervals, int) and n_intervals >= 1):
             raise ValueError(f"n_intervals must be an integer >= 1, got {n_intervals!r}")
         self.spec = spec
@@ -144,11 +145,15 @@ class Fleet:
         self._bus_index = {b: i for i, b in enumerate(self._buses)}
         self.weather = self._weather(spec, seed)
         self.groups = self._groups(spec, seed)
-        self._dev_bus = np.concatenate([g.bus for g in self.groups]) if self.groups \
+        self._dev_bus = (
+            np.concatenate([g.bus for g in self.groups])
+            if self.groups
             else np.zeros(0, dtype=np.intp)
+        )
         self._spans = np.cumsum([0] + [len(g.bus) for g in self.groups])
-        self._est = PriceEstimate(len(self._buses), self._prior_by_slot(spec.price_prior),
-                                  spec.price_smoothing)
+        self._est = PriceEstimate(
+            len(self._buses), self._prior_by_slot(spec.price_prior), spec.price_smoothing
+        )
         self._voltage = np.ones(len(self._buses))
         self._cache: offers.FleetOffer | None = None
         self._plan: _Plan | None = None
@@ -160,53 +165,92 @@ class Fleet:
         return np.array([self._bus_index[d.bus] for d in devices], dtype=np.intp)
 
     def _weather(self, spec: FleetSpec, seed: int) -> Weather | None:
-        needed = sorted({p.orientation for p in spec.pvs if p.profile is None}
-                        | ({"flat"} if spec.hvacs else set()))
+        needed = sorted(
+            {p.orientation for p in spec.pvs if p.profile is None}
+            | ({"flat"} if spec.hvacs else set())
+        )
         if not needed:
             return None
         sky = spec.sky if spec.sky is not None else _compute_sky(spec, needed)
         missing = [o for o in needed if o not in sky.orientations]
         if missing:
-            raise ValueError(f"FleetSpec.sky: no irradiance for orientation(s) {missing}; "
-                             f"it has {sky.orientations}")
+            raise ValueError(
+                f"FleetSpec.sky: no irradiance for orientation(s) {missing}; "
+                f"it has {sky.orientations}"
+            )
         wseed = spec.weather_seed if spec.weather_seed is not None else seed
-        return run_weather(sky, spec.site, n_intervals=self.n_intervals,
-                           interval_s=self.interval_s, seed=wseed)
+        return run_weather(
+            sky, spec.site, n_intervals=self.n_intervals, interval_s=self.interval_s, seed=wseed
+        )
 
     def _groups(self, spec: FleetSpec, seed: int) -> list[DeviceGroup]:
         dt, n, s = self._dt_h, self.n_intervals, self.interval_s
         horizon = max(1, round(spec.horizon_h / dt))
-        thermal = {"dt_h": dt, "blocks": spec.thermal_blocks,
-                   "horizon": max(1, round(spec.thermal_horizon_h / dt)),
-                   "override_probability": spec.override_probability, "seed": seed}
+        thermal = {
+            "dt_h": dt,
+            "blocks": spec.thermal_blocks,
+            "horizon": max(1, round(spec.thermal_horizon_h / dt)),
+            "override_probability": spec.override_probability,
+            "seed": seed,
+        }
         groups: list[DeviceGroup] = []
         if spec.batteries:
-            groups.append(Batteries(spec.batteries, self._bus_array(spec.batteries), dt_h=dt,
-                                    horizon=horizon, blocks=spec.battery_blocks))
+            groups.append(
+                Batteries(
+                    spec.batteries,
+                    self._bus_array(spec.batteries),
+                    dt_h=dt,
+                    horizon=horizon,
+                    blocks=spec.battery_blocks,
+                )
+            )
         if spec.pvs:
-            groups.append(PvSystems(spec.pvs, self._bus_array(spec.pvs), weather=self.weather,
-                                    n_intervals=n))
+            groups.append(
+                PvSystems(spec.pvs, self._bus_array(spec.pvs), weather=self.weather, n_intervals=n)
+            )
         if spec.evs:
-            groups.append(Evs(spec.evs, self._bus_array(spec.evs), n_intervals=n, interval_s=s,
-                              jitter_h=spec.ev_jitter_h, energy_jitter=spec.ev_energy_jitter,
-                              seed=seed))
+            groups.append(
+                Evs(
+                    spec.evs,
+                    self._bus_array(spec.evs),
+                    n_intervals=n,
+                    interval_s=s,
+                    jitter_h=spec.ev_jitter_h,
+                    energy_jitter=spec.ev_energy_jitter,
+                    seed=seed,
+                )
+            )
         if spec.hvacs:
             assert self.weather is not None
-            groups.append(Hvacs(spec.hvacs, self._bus_array(spec.hvacs), weather=self.weather,
-                                **thermal))
+            groups.append(
+                Hvacs(spec.hvacs, self._bus_array(spec.hvacs), weather=self.weather, **thermal)
+            )
         if spec.water_heaters:
-            groups.append(WaterHeaters(spec.water_heaters, self._bus_array(spec.water_heaters),
-                                       interval_s=s, **thermal))
+            groups.append(
+                WaterHeaters(
+                    spec.water_heaters, self._bus_array(spec.water_heaters), interval_s=s, **thermal
+                )
+            )
         if spec.inflexible_loads:
-            groups.append(InflexibleLoads(spec.inflexible_loads,
-                                          self._bus_array(spec.inflexible_loads),
-                                          n_intervals=n, interval_s=s, seed=seed))
+            groups.append(
+                InflexibleLoads(
+                    spec.inflexible_loads,
+                    self._bus_array(spec.inflexible_loads),
+                    n_intervals=n,
+                    interval_s=s,
+                    seed=seed,
+                )
+            )
         if spec.flex_loads:
-            groups.append(CurtailableLoads(spec.flex_loads, self._bus_array(spec.flex_loads),
-                                           interval_s=s))
+            groups.append(
+                CurtailableLoads(spec.flex_loads, self._bus_array(spec.flex_loads), interval_s=s)
+            )
         if spec.shiftable_loads:
-            groups.append(ShiftableLoads(spec.shiftable_loads,
-                                         self._bus_array(spec.shiftable_loads), interval_s=s))
+            groups.append(
+                ShiftableLoads(
+                    spec.shiftable_loads, self._bus_array(spec.shiftable_loads), interval_s=s
+                )
+            )
         return groups
 
     def _prior_by_slot(self, prior: float | tuple[float, ...]) -> FloatArray:
@@ -232,8 +276,9 @@ class Fleet:
         for g in self.groups:
             if g.kind == kind:
                 return g
-        raise KeyError(f"this fleet has no {kind!r} devices; it has "
-                       f"{[g.kind for g in self.groups]}")
+        raise KeyError(
+            f"this fleet has no {kind!r} devices; it has {[g.kind for g in self.groups]}"
+        )
 
     @property
     def battery_soc(self) -> FloatArray:
@@ -265,12 +310,17 @@ class Fleet:
         (spec order); ``ValueError`` naming what exists otherwise."""
         group = self.group(kind)
         g = self.groups.index(group)
-        local = np.flatnonzero(group.bus == self._bus_index[bus]) if bus in self._bus_index \
+        local = (
+            np.flatnonzero(group.bus == self._bus_index[bus])
+            if bus in self._bus_index
             else np.zeros(0, dtype=np.intp)
+        )
         if not 0 <= nth < len(local):
-            raise ValueError(f"no {kind} number {nth} at bus {bus!r}: this fleet has {len(local)} "
-                             f"there (buses with {kind}: "
-                             f"{sorted({self._buses[b] for b in group.bus.tolist()})})")
+            raise ValueError(
+                f"no {kind} number {nth} at bus {bus!r}: this fleet has {len(local)} "
+                f"there (buses with {kind}: "
+                f"{sorted({self._buses[b] for b in group.bus.tolist()})})"
+            )
         return int(self._spans[g] + local[nth])
 
     def device_rating(self, index: int) -> tuple[str, float, float | None, float | None]:
@@ -315,15 +365,23 @@ class Fleet:
 
     def _check_interval(self, interval: int, what: str) -> None:
         if interval != self._t:
-            raise ValueError(f"{what} for interval {interval!r}, but the fleet is at interval "
-                             f"{self._t} (intervals run in order; dispatch advances by one)")
+            raise ValueError(
+                f"{what} for interval {interval!r}, but the fleet is at interval "
+                f"{self._t} (intervals run in order; dispatch advances by one)"
+            )
         if self._t >= self.n_intervals:
             raise ValueError(
-                f"{what} for interval {interval}: the run has {self.n_intervals} intervals")
+                f"{what} for interval {interval}: the run has {self.n_intervals} intervals"
+            )
 
     def _tick(self, t: int) -> Tick:
-        return Tick(t=t, slot=t % self._slots, slots=self._slots, dt_h=self._dt_h,
-                    outlook=Outlook(self._est, t))
+        return Tick(
+            t=t,
+            slot=t % self._slots,
+            slots=self._slots,
+            dt_h=self._dt_h,
+            outlook=Outlook(self._est, t),
+        )
 
     def _offer(self, interval: int) -> offers.FleetOffer:
         self._check_interval(interval, "bids")
@@ -334,8 +392,9 @@ class Fleet:
         for index in sorted(self._unavailable):
             g, i = self._locate(index)
             _withdraw(group_offers[g], i)
-        self._cache = offers.assemble(interval, group_offers,
-                                      self._dev_bus, len(self._buses), self.spec.max_blocks)
+        self._cache = offers.assemble(
+            interval, group_offers, self._dev_bus, len(self._buses), self.spec.max_blocks
+        )
         return self._cache
 
     # --- dispatch
@@ -347,9 +406,11 @@ class Fleet:
         try:
             index = np.array([self._bus_index[bus] for bus in values], dtype=np.intp)
         except KeyError as exc:
-            raise ValueError(f"{what} for unknown bus {exc.args[0]!r}: this fleet has devices at "
-                             f"{len(self._buses)} buses ({', '.join(self._buses[:5])}"
-                             f"{', ...' if len(self._buses) > 5 else ''})") from None
+            raise ValueError(
+                f"{what} for unknown bus {exc.args[0]!r}: this fleet has devices at "
+                f"{len(self._buses)} buses ({', '.join(self._buses[:5])}"
+                f"{', ...' if len(self._buses) > 5 else ''})"
+            ) from None
         raw = list(values.values())
         if not all(type(v) is float for v in raw):  # fast path; ABC checks are slow
             for bus, v in values.items():
@@ -373,7 +434,11 @@ class Fleet:
     def _planned(self, interval: int, setpoints_mw: Mapping[str, float]) -> _Plan:
         self._check_interval(interval, "dispatch")
         wanted = dict(setpoints_mw)
-        if self._plan is not None and self._plan.interval == interval and self._plan.setpoints == wanted:
+        if (
+            self._plan is not None
+            and self._plan.interval == interval
+            and self._plan.setpoints == wanted
+        ):
             return self._plan
         idx, vals = self._vector(setpoints_mw, "set-point", complete=True)
         offer = self._offer(interval)
@@ -389,7 +454,10 @@ class Fleet:
         return self._plan
 
     def dispatch(
-        self, interval: int, setpoints_mw: Mapping[str, float], prices: Mapping[str, float],
+        self,
+        interval: int,
+        setpoints_mw: Mapping[str, float],
+        prices: Mapping[str, float],
         measured: Mapping[int, DeviceReading] | None = None,
     ) -> DispatchOutcome:
         """Follow per-bus net-demand set-points for ``interval`` and advance.
@@ -412,11 +480,14 @@ class Fleet:
         for index, reading in readings.items():
             self._locate(index)
             if not math.isfinite(reading.mw):
-                raise ValueError(f"measured output of device {index} must be finite, got {reading.mw!r}")
+                raise ValueError(
+                    f"measured output of device {index} must be finite, got {reading.mw!r}"
+                )
         by_type: dict[str, TypeOutcome] = {}
         actual = np.empty(len(net))
-        for g, g_offer, a, b in zip(self.groups, offer.groups, self._spans[:-1], self._spans[1:],
-                                    strict=True):
+        for g, g_offer, a, b in zip(
+            self.groups, offer.groups, self._spans[:-1], self._spans[1:], strict=True
+        ):
             actual[a:b] = g.apply(tick, g_offer, net[a:b])
             for index in sorted(i for i in readings if a <= i < b):
                 reading = readings[index]
@@ -430,20 +501,27 @@ class Fleet:
                 return np.bincount(bus, x, minlength=n_bus)
 
             by_type[g.kind] = TypeOutcome(
-                kind=g.kind, table=g.table,
+                kind=g.kind,
+                table=g.table,
                 devices=np.bincount(bus, minlength=n_bus).astype(np.int64),
-                baseline_mw=per_bus(offer.dev_base[a:b]), min_mw=per_bus(offer.dev_lo[a:b]),
-                max_mw=per_bus(offer.dev_hi[a:b]), dispatched_mw=per_bus(dispatched[a:b]),
-                actual_mw=per_bus(actual[a:b]), state=g.summary(n_bus),
+                baseline_mw=per_bus(offer.dev_base[a:b]),
+                min_mw=per_bus(offer.dev_lo[a:b]),
+                max_mw=per_bus(offer.dev_hi[a:b]),
+                dispatched_mw=per_bus(dispatched[a:b]),
+                actual_mw=per_bus(actual[a:b]),
+                state=g.summary(n_bus),
             )
         price_by_bus = np.full(n_bus, np.nan)
         price_by_bus[p_idx] = p_vals
         outcome = DispatchOutcome(
-            interval=interval, buses=self._buses, requested_mw=_readonly(plan.requested.copy()),
+            interval=interval,
+            buses=self._buses,
+            requested_mw=_readonly(plan.requested.copy()),
             target_mw=_readonly(plan.target.copy()),
             actual_mw=_readonly(np.bincount(self._dev_bus, actual, minlength=n_bus)),
             baseline_mw=_readonly(np.bincount(self._dev_bus, offer.dev_base, minlength=n_bus)),
-            prices=_readonly(price_by_bus), by_type=by_type,
+            prices=_readonly(price_by_bus),
+            by_type=by_type,
         )
         self._est.update(p_idx, p_vals, interval % self._slots)
         self._t += 1

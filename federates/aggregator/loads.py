@@ -48,8 +48,15 @@ class InflexibleLoads:
     table = "ders_load"
     columns = ("demand_mw", "served_mw", "unserved_mw")
 
-    def __init__(self, specs: Sequence[InflexibleLoadSpec], bus: IntArray, *, n_intervals: int,
-                 interval_s: float, seed: int) -> None:
+    def __init__(
+        self,
+        specs: Sequence[InflexibleLoadSpec],
+        bus: IntArray,
+        *,
+        n_intervals: int,
+        interval_s: float,
+        seed: int,
+    ) -> None:
         self.bus = bus
         n = len(specs)
         slots = round(86_400.0 / interval_s)
@@ -59,8 +66,13 @@ class InflexibleLoads:
         peak = np.array([s.peak_mw for s in specs], dtype=float)
         noise = np.array([s.noise for s in specs], dtype=float)
         slot = (np.arange(n_intervals)[:, None] - shift[None, :]) % slots
-        z = profiles.ar1_paths(n, n_intervals, interval_s, LOAD_NOISE_TIME_CONSTANT_S,
-                               np.random.SeedSequence([seed, 7]))
+        z = profiles.ar1_paths(
+            n,
+            n_intervals,
+            interval_s,
+            LOAD_NOISE_TIME_CONSTANT_S,
+            np.random.SeedSequence([seed, 7]),
+        )
         self.demand = np.maximum(peak * shapes[kind[None, :], slot] * (1.0 + noise * z), 0.0)
         self._last: FloatArray = np.zeros(n)
 
@@ -93,8 +105,14 @@ class CurtailableLoads:
     def offer(self, tick: Tick) -> GroupOffer:
         demand = self.peak * self.shapes[self.kind_index, tick.slot]
         n = len(demand)
-        return GroupOffer((1.0 - self.share) * demand, demand, demand, self.value,
-                          self.share * demand, np.arange(n, dtype=np.intp))
+        return GroupOffer(
+            (1.0 - self.share) * demand,
+            demand,
+            demand,
+            self.value,
+            self.share * demand,
+            np.arange(n, dtype=np.intp),
+        )
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:
         self._last = {"demand_mw": offer.hi, "served_mw": net, "unserved_mw": offer.hi - net}
@@ -109,17 +127,20 @@ class ShiftableLoads:
     table = "ders_load"
     columns = InflexibleLoads.columns
 
-    def __init__(self, specs: Sequence[ShiftableLoadSpec], bus: IntArray, *,
-                 interval_s: float) -> None:
+    def __init__(
+        self, specs: Sequence[ShiftableLoadSpec], bus: IntArray, *, interval_s: float
+    ) -> None:
         self.bus = bus
         self.slots = round(86_400.0 / interval_s)
         per_h = 3600.0 / interval_s
         self.energy = np.array([s.energy_mwh for s in specs], dtype=float)
         self.power = np.array([s.power_mw for s in specs], dtype=float)
-        self.start = np.array([round(s.window_start_h * per_h) % self.slots for s in specs],
-                              dtype=np.intp)
-        self.end = np.array([round(s.window_end_h * per_h) % self.slots for s in specs],
-                            dtype=np.intp)
+        self.start = np.array(
+            [round(s.window_start_h * per_h) % self.slots for s in specs], dtype=np.intp
+        )
+        self.end = np.array(
+            [round(s.window_end_h * per_h) % self.slots for s in specs], dtype=np.intp
+        )
         self.length = (self.end - self.start - 1) % self.slots + 1
         self.dt_h = interval_s / 3600.0
         # Starting inside a window: owe the share of the energy for what is left of it.
@@ -151,8 +172,14 @@ class ShiftableLoads:
         m = np.where(inside, n_rem - 1, 0)
         price = tick.outlook.order_stat_ahead(self.bus, m, n_later - 1.0)
         self._due = due
-        return GroupOffer(must, np.maximum(hi, must), hi, price, np.maximum(hi - must, 0.0),
-                          np.arange(n, dtype=np.intp))
+        return GroupOffer(
+            must,
+            np.maximum(hi, must),
+            hi,
+            price,
+            np.maximum(hi - must, 0.0),
+            np.arange(n, dtype=np.intp),
+        )
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:
         self.remaining = np.maximum(self._due - net * self.dt_h, 0.0)

@@ -49,8 +49,9 @@ class FleetOffer:
     curve_start: IntArray  # pooled blocks of bus i are [curve_start[i], curve_start[i + 1])
 
 
-def assemble(interval: int, groups: list[GroupOffer], dev_bus: IntArray, n_bus: int,
-             max_blocks: int) -> FleetOffer:
+def assemble(
+    interval: int, groups: list[GroupOffer], dev_bus: IntArray, n_bus: int, max_blocks: int
+) -> FleetOffer:
     offsets = np.cumsum([0] + [len(g.lo) for g in groups])
     dev_lo = np.concatenate([g.lo for g in groups])
     dev_hi = np.concatenate([g.hi for g in groups])
@@ -68,17 +69,26 @@ def assemble(interval: int, groups: list[GroupOffer], dev_bus: IntArray, n_bus: 
     dev_hi = dev_lo + np.bincount(owner, mw, minlength=len(dev_lo))
     c_bus, c_price, c_mw = pool(bus, price, mw, n_bus, max_blocks)
     return FleetOffer(
-        interval=interval, groups=groups, dev_lo=dev_lo, dev_hi=dev_hi, dev_base=dev_base,
+        interval=interval,
+        groups=groups,
+        dev_lo=dev_lo,
+        dev_hi=dev_hi,
+        dev_base=dev_base,
         bus_lo=np.bincount(dev_bus, dev_lo, minlength=n_bus),
         bus_hi=np.bincount(dev_bus, dev_hi, minlength=n_bus),
-        blk_bus=bus, blk_price=price, blk_mw=mw, blk_owner=owner,
-        curve_price=c_price, curve_mw=c_mw,
+        blk_bus=bus,
+        blk_price=price,
+        blk_mw=mw,
+        blk_owner=owner,
+        curve_price=c_price,
+        curve_mw=c_mw,
         curve_start=np.searchsorted(c_bus, np.arange(n_bus + 1)),
     )
 
 
-def pool(bus: IntArray, price: FloatArray, mw: FloatArray, n_bus: int,
-         max_blocks: int) -> tuple[IntArray, FloatArray, FloatArray]:
+def pool(
+    bus: IntArray, price: FloatArray, mw: FloatArray, n_bus: int, max_blocks: int
+) -> tuple[IntArray, FloatArray, FloatArray]:
     """Blocks sorted by bus then price descending -> at most ``max_blocks``
     per bus (see module docstring)."""
     if len(mw) == 0:

@@ -104,15 +104,16 @@ class HomeMix:
                 fail(owner, f"counts[{bus}]", f"must be an integer >= 0, got {n!r}")
 
 
-def homes_per_bus(bus_peak_mw: Mapping[str, float], buses: Sequence[str],
-                  mix: HomeMix) -> dict[str, int]:
+def homes_per_bus(
+    bus_peak_mw: Mapping[str, float], buses: Sequence[str], mix: HomeMix
+) -> dict[str, int]:
     """Homes this aggregator serves at each bus (see module docstring)."""
     out = {}
     for b in buses:
         if b in mix.counts:
             out[b] = int(mix.counts[b])
         else:
-            out[b] = int(round(bus_peak_mw[b] * 1000.0 / mix.home_peak_kw * mix.enrolled))
+            out[b] = round(bus_peak_mw[b] * 1000.0 / mix.home_peak_kw * mix.enrolled)
     return out
 
 
@@ -125,8 +126,9 @@ class HomeDevices:
     water_heaters: list[WaterHeaterSpec] = field(default_factory=list)
 
 
-def home_devices(homes: Mapping[str, int], mix: HomeMix, site: SiteSpec,
-                 rng: np.random.Generator) -> HomeDevices:
+def home_devices(
+    homes: Mapping[str, int], mix: HomeMix, site: SiteSpec, rng: np.random.Generator
+) -> HomeDevices:
     """Draw every home device, bus by bus in sorted order (so the input order
     of ``homes`` does not matter)."""
     out = HomeDevices()
@@ -134,7 +136,7 @@ def home_devices(homes: Mapping[str, int], mix: HomeMix, site: SiteSpec,
         n = homes[bus]
 
         def count(share: float, n: int = n) -> int:
-            return int(round(share * n))
+            return round(share * n)
 
         out.pvs += _pvs(bus, count(mix.pv), mix, rng)
         out.batteries += _batteries(bus, count(mix.battery), mix, rng)
@@ -162,9 +164,16 @@ def _pvs(bus: str, n: int, mix: HomeMix, rng: np.random.Generator) -> list[PvSpe
     ratio = rng.uniform(1.1, 1.3, n)
     orient = rng.choice(len(PV_ORIENTATIONS), n, p=PV_ORIENTATION_SHARES)
     vv = rng.random(n) < mix.volt_var
-    return [PvSpec(bus, _mw(dc[i] / ratio[i]), dc_ac_ratio=_r(ratio[i]),
-                   orientation=PV_ORIENTATIONS[orient[i]], volt_var=bool(vv[i]))
-            for i in range(n)]
+    return [
+        PvSpec(
+            bus,
+            _mw(dc[i] / ratio[i]),
+            dc_ac_ratio=_r(ratio[i]),
+            orientation=PV_ORIENTATIONS[orient[i]],
+            volt_var=bool(vv[i]),
+        )
+        for i in range(n)
+    ]
 
 
 def _batteries(bus: str, n: int, mix: HomeMix, rng: np.random.Generator) -> list[BatterySpec]:
@@ -173,10 +182,19 @@ def _batteries(bus: str, n: int, mix: HomeMix, rng: np.random.Generator) -> list
     eff = rng.uniform(0.85, 0.92, n)
     loss = rng.uniform(0.001, 0.003, n)
     soc = rng.uniform(0.3, 0.7, n)
-    return [BatterySpec(bus, _mw(energy[i] / hours[i]), _mw(energy[i]), soc_init=_r(soc[i]),
-                        soc_min=0.1, soc_max=0.95, efficiency=_r(eff[i]),
-                        self_discharge=_r(loss[i], 5))
-            for i in range(n)]
+    return [
+        BatterySpec(
+            bus,
+            _mw(energy[i] / hours[i]),
+            _mw(energy[i]),
+            soc_init=_r(soc[i]),
+            soc_min=0.1,
+            soc_max=0.95,
+            efficiency=_r(eff[i]),
+            self_discharge=_r(loss[i], 5),
+        )
+        for i in range(n)
+    ]
 
 
 def _evs(bus: str, n: int, mix: HomeMix, rng: np.random.Generator) -> list[EvSpec]:
@@ -188,15 +206,26 @@ def _evs(bus: str, n: int, mix: HomeMix, rng: np.random.Generator) -> list[EvSpe
     target = rng.uniform(0.8, 0.9, n)
     v2g = rng.random(n) < mix.v2g
     wear = rng.uniform(30.0, 60.0, n)
-    return [EvSpec(bus, _mw(cap[i]), _mw(charger[i]), _mw(use[i]), arrival_h=_r(arrive[i]),
-                   departure_h=_r(depart[i]), target_soc=_r(target[i]),
-                   discharge_mw=_mw(charger[i]) if v2g[i] else 0.0, min_soc=0.3,
-                   wear_cost=_r(wear[i], 2))
-            for i in range(n)]
+    return [
+        EvSpec(
+            bus,
+            _mw(cap[i]),
+            _mw(charger[i]),
+            _mw(use[i]),
+            arrival_h=_r(arrive[i]),
+            departure_h=_r(depart[i]),
+            target_soc=_r(target[i]),
+            discharge_mw=_mw(charger[i]) if v2g[i] else 0.0,
+            min_soc=0.3,
+            wear_cost=_r(wear[i], 2),
+        )
+        for i in range(n)
+    ]
 
 
-def _hvacs(bus: str, n: int, mix: HomeMix, site: SiteSpec,
-           rng: np.random.Generator) -> list[HvacSpec]:
+def _hvacs(
+    bus: str, n: int, mix: HomeMix, site: SiteSpec, rng: np.random.Generator
+) -> list[HvacSpec]:
     r = rng.uniform(1.5, 3.0, n)
     c = rng.uniform(1.5, 3.0, n)
     cop = rng.uniform(2.8, 3.6, n)
@@ -213,15 +242,27 @@ def _hvacs(bus: str, n: int, mix: HomeMix, site: SiteSpec,
         setpoint = rng.uniform(19.0, 22.0, n)
         design = (setpoint - site.temp_min_c + 2.0) / r - q_int
     power_kw = np.maximum(oversize * design / cop, 1.0)
-    return [HvacSpec(bus, _mw(power_kw[i]), cop=_r(cop[i]), mode=mix.hvac_mode,  # type: ignore[arg-type]
-                     r_c_per_kw=_r(r[i]), c_kwh_per_c=_r(c[i]), setpoint_c=_r(setpoint[i], 2),
-                     band_c=_r(band[i], 2), comfort_price=_r(comfort[i], 2),
-                     internal_gain_kw=_r(q_int[i]), solar_gain_kw=_r(q_sun[i]))
-            for i in range(n)]
+    return [
+        HvacSpec(
+            bus,
+            _mw(power_kw[i]),
+            cop=_r(cop[i]),
+            mode=mix.hvac_mode,  # type: ignore[arg-type]
+            r_c_per_kw=_r(r[i]),
+            c_kwh_per_c=_r(c[i]),
+            setpoint_c=_r(setpoint[i], 2),
+            band_c=_r(band[i], 2),
+            comfort_price=_r(comfort[i], 2),
+            internal_gain_kw=_r(q_int[i]),
+            solar_gain_kw=_r(q_sun[i]),
+        )
+        for i in range(n)
+    ]
 
 
-def _water_heaters(bus: str, n: int, mix: HomeMix,
-                   rng: np.random.Generator) -> list[WaterHeaterSpec]:
+def _water_heaters(
+    bus: str, n: int, mix: HomeMix, rng: np.random.Generator
+) -> list[WaterHeaterSpec]:
     heat_pump = rng.random(n) < 0.2
     tank = rng.choice([150.0, 190.0, 270.0], n)
     draw = rng.uniform(100.0, 300.0, n)
@@ -229,9 +270,17 @@ def _water_heaters(bus: str, n: int, mix: HomeMix,
     setpoint = rng.uniform(50.0, 55.0, n)
     band = rng.uniform(3.0, 5.0, n)
     comfort = rng.uniform(10.0, 50.0, n)
-    return [WaterHeaterSpec(bus, power_mw=0.001 if heat_pump[i] else 0.0045,
-                            cop=3.0 if heat_pump[i] else 0.98, tank_l=float(tank[i]),
-                            draw_l_per_day=_r(draw[i], 1), draw_shift_h=_r(shift[i], 2),
-                            setpoint_c=_r(setpoint[i], 2), band_c=_r(band[i], 2),
-                            comfort_price=_r(comfort[i], 2))
-            for i in range(n)]
+    return [
+        WaterHeaterSpec(
+            bus,
+            power_mw=0.001 if heat_pump[i] else 0.0045,
+            cop=3.0 if heat_pump[i] else 0.98,
+            tank_l=float(tank[i]),
+            draw_l_per_day=_r(draw[i], 1),
+            draw_shift_h=_r(shift[i], 2),
+            setpoint_c=_r(setpoint[i], 2),
+            band_c=_r(band[i], 2),
+            comfort_price=_r(comfort[i], 2),
+        )
+        for i in range(n)
+    ]

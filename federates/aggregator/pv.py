@@ -52,8 +52,9 @@ def cell_temperature(poa: FloatArray, temp_air: FloatArray) -> FloatArray:
     return temp_air + poa / (FAIMAN_U0 + FAIMAN_U1 * WIND_SPEED)
 
 
-def dc_power(poa: FloatArray, temp_cell: FloatArray, pdc0: FloatArray,
-             gamma: FloatArray) -> FloatArray:
+def dc_power(
+    poa: FloatArray, temp_cell: FloatArray, pdc0: FloatArray, gamma: FloatArray
+) -> FloatArray:
     """PVWatts DC power (pvlib ``pvsystem.pvwatts_dc``), units of ``pdc0``."""
     return pdc0 * poa * 0.001 * (1.0 + gamma * (temp_cell - 25.0))
 
@@ -81,19 +82,29 @@ def volt_var(v_pu: FloatArray) -> FloatArray:
 class PvSystems:
     kind = "pv"
     table = "ders_pv"
-    columns = ("rating_mw", "available_mw", "output_mw", "curtailed_mw", "clipped_mw",
-               "irradiance_w_m2", "cell_temp_c", "q_mvar")
+    columns = (
+        "rating_mw",
+        "available_mw",
+        "output_mw",
+        "curtailed_mw",
+        "clipped_mw",
+        "irradiance_w_m2",
+        "cell_temp_c",
+        "q_mvar",
+    )
 
-    def __init__(self, specs: Sequence[PvSpec], bus: IntArray, *, weather: Weather | None,
-                 n_intervals: int) -> None:
+    def __init__(
+        self, specs: Sequence[PvSpec], bus: IntArray, *, weather: Weather | None, n_intervals: int
+    ) -> None:
         self.bus = bus
         n = len(specs)
         self.rating = np.array([s.rating_mw for s in specs], dtype=float)
         self.pdc0 = self.rating * np.array([s.dc_ac_ratio for s in specs], dtype=float)
         self.gamma = np.array([s.temp_coeff for s in specs], dtype=float)
         self.curtailable = np.array([s.curtailable for s in specs], dtype=bool)
-        self.price = np.clip(np.array([-s.curtail_cost for s in specs], dtype=float),
-                             PRICE_FLOOR, PRICE_CAP)
+        self.price = np.clip(
+            np.array([-s.curtail_cost for s in specs], dtype=float), PRICE_FLOOR, PRICE_CAP
+        )
         self.volt_var = np.array([s.volt_var for s in specs], dtype=bool)
         self.voltage = np.ones(n)
         self.modelled = np.array([s.profile is None for s in specs], dtype=bool)
@@ -101,8 +112,10 @@ class PvSystems:
         if self.modelled.any():
             if weather is None:
                 raise ValueError("PV systems without a profile need the fleet's weather")
-            self.orient = np.array([weather.index(s.orientation) if s.profile is None else 0
-                                    for s in specs], dtype=np.intp)
+            self.orient = np.array(
+                [weather.index(s.orientation) if s.profile is None else 0 for s in specs],
+                dtype=np.intp,
+            )
         else:
             self.orient = np.zeros(n, dtype=np.intp)
         self.profile = np.zeros((n, n_intervals))
@@ -110,8 +123,10 @@ class PvSystems:
             if s.profile is None:
                 continue
             if len(s.profile) < n_intervals:
-                raise ValueError(f"PvSpec(bus={s.bus!r}).profile: {len(s.profile)} values for "
-                                 f"{n_intervals} intervals")
+                raise ValueError(
+                    f"PvSpec(bus={s.bus!r}).profile: {len(s.profile)} values for "
+                    f"{n_intervals} intervals"
+                )
             self.profile[i] = s.profile[:n_intervals]
         self._state: dict[str, FloatArray] = {}
         self._last: dict[str, FloatArray] = {}
@@ -135,23 +150,33 @@ class PvSystems:
             clipped[m] = (free - pac).mean(axis=1)
             poa[m], t_cell[m] = g.mean(axis=1), tc.mean(axis=1)
         q = np.where(self.volt_var, volt_var(self.voltage), 0.0) * self.rating
-        avail = np.minimum(avail, np.sqrt(np.maximum(self.rating ** 2 - q ** 2, 0.0)))
-        return {"available_mw": avail, "clipped_mw": clipped, "irradiance_w_m2": poa,
-                "cell_temp_c": t_cell, "q_mvar": q}
+        avail = np.minimum(avail, np.sqrt(np.maximum(self.rating**2 - q**2, 0.0)))
+        return {
+            "available_mw": avail,
+            "clipped_mw": clipped,
+            "irradiance_w_m2": poa,
+            "cell_temp_c": t_cell,
+            "q_mvar": q,
+        }
 
     def offer(self, tick: Tick) -> GroupOffer:
         self._state = self._available(tick.t)
         avail = self._state["available_mw"]
         curt = self.curtailable & (avail > 0.0)
         owner = np.flatnonzero(curt).astype(np.intp)
-        return GroupOffer(-avail, np.where(self.curtailable, 0.0, -avail), -avail,
-                          self.price[owner], avail[owner], owner)
+        return GroupOffer(
+            -avail,
+            np.where(self.curtailable, 0.0, -avail),
+            -avail,
+            self.price[owner],
+            avail[owner],
+            owner,
+        )
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:
         state = self._state
         output = -net
-        self._last = {**state, "output_mw": output,
-                      "curtailed_mw": state["available_mw"] - output}
+        self._last = {**state, "output_mw": output, "curtailed_mw": state["available_mw"] - output}
         return net
 
     def sync(self, i: int, mw: float, soc: float | None) -> None:
@@ -169,4 +194,3 @@ class PvSystems:
             m = self.modelled
             out[name] = per_bus_mean(self.bus[m], values[m], n_bus)
         return out
-

@@ -29,10 +29,25 @@ from dsosim.federates.aggregator.fleet import DispatchOutcome
 Tables = dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]
 
 KEY = ("interval", "aggregator", "bus")
-BUS_COLUMNS = KEY + ("price", "setpoint_mw", "target_mw", "actual_mw", "baseline_mw",
-                     "deviation_mw")
-TYPE_COLUMNS = KEY + ("type", "devices", "baseline_mw", "min_mw", "max_mw", "dispatched_mw",
-                      "actual_mw")
+BUS_COLUMNS = (
+    *KEY,
+    "price",
+    "setpoint_mw",
+    "target_mw",
+    "actual_mw",
+    "baseline_mw",
+    "deviation_mw",
+)
+TYPE_COLUMNS = (
+    *KEY,
+    "type",
+    "devices",
+    "baseline_mw",
+    "min_mw",
+    "max_mw",
+    "dispatched_mw",
+    "actual_mw",
+)
 KIND_TABLES = ("ders_thermal", "ders_load")
 """Tables shared by several device types, told apart by a ``kind`` column."""
 
@@ -47,24 +62,55 @@ def der_tables(aggregator: str, outcome: DispatchOutcome) -> Tables:
     """Every table row of one interval's outcome."""
     k = outcome.interval
     tables: Tables = {}
-    tables["ders_bus"] = (BUS_COLUMNS, [
-        (k, aggregator, bus, float(outcome.prices[i]), float(outcome.requested_mw[i]),
-         float(outcome.target_mw[i]), float(outcome.actual_mw[i]),
-         float(outcome.baseline_mw[i]), float(outcome.actual_mw[i] - outcome.requested_mw[i]))
-        for i, bus in enumerate(outcome.buses)
-    ])
+    tables["ders_bus"] = (
+        BUS_COLUMNS,
+        [
+            (
+                k,
+                aggregator,
+                bus,
+                float(outcome.prices[i]),
+                float(outcome.requested_mw[i]),
+                float(outcome.target_mw[i]),
+                float(outcome.actual_mw[i]),
+                float(outcome.baseline_mw[i]),
+                float(outcome.actual_mw[i] - outcome.requested_mw[i]),
+            )
+            for i, bus in enumerate(outcome.buses)
+        ],
+    )
     type_rows = []
     for kind, t in outcome.by_type.items():
         at = np.flatnonzero(t.devices > 0)
         for i in at:
-            type_rows.append((k, aggregator, outcome.buses[i], kind, int(t.devices[i]),
-                              float(t.baseline_mw[i]), float(t.min_mw[i]), float(t.max_mw[i]),
-                              float(t.dispatched_mw[i]), float(t.actual_mw[i])))
+            type_rows.append(
+                (
+                    k,
+                    aggregator,
+                    outcome.buses[i],
+                    kind,
+                    int(t.devices[i]),
+                    float(t.baseline_mw[i]),
+                    float(t.min_mw[i]),
+                    float(t.max_mw[i]),
+                    float(t.dispatched_mw[i]),
+                    float(t.actual_mw[i]),
+                )
+            )
         names = tuple(t.state)
         kinded = t.table in KIND_TABLES
         columns = KEY + (("kind",) if kinded else ()) + ("devices",) + names
-        rows = [(k, aggregator, outcome.buses[i], *((kind,) if kinded else ()), int(t.devices[i]),
-                 *(_value(t.state[n][i]) for n in names)) for i in at]
+        rows = [
+            (
+                k,
+                aggregator,
+                outcome.buses[i],
+                *((kind,) if kinded else ()),
+                int(t.devices[i]),
+                *(_value(t.state[n][i]) for n in names),
+            )
+            for i in at
+        ]
         if t.table in tables:
             tables[t.table][1].extend(rows)
         else:

@@ -44,8 +44,9 @@ DECIMALS = 3
 federation config small and is far below any model's accuracy."""
 
 
-def sky_table(site: SiteSpec, orientations: Sequence[str], *,
-              profile_path: str | Path | None = None) -> SkyTable:
+def sky_table(
+    site: SiteSpec, orientations: Sequence[str], *, profile_path: str | Path | None = None
+) -> SkyTable:
     """The site's day of sky for PV arrays of the given ``orientations``.
 
     With ``profile_path`` (or ``site.profile``, read relative to the current
@@ -66,7 +67,9 @@ def sky_table(site: SiteSpec, orientations: Sequence[str], *,
         temp = profiles.daily_temperature(hours, site.temp_min_c, site.temp_max_c)
     clear, overcast = _plane_of_array(site, hours, names, ghi, dni, dhi)
     return SkyTable(
-        step_s=step, offset_s=offset, orientations=names,
+        step_s=step,
+        offset_s=offset,
+        orientations=names,
         poa_clear=tuple(_rounded(r) for r in clear),
         poa_overcast=tuple(_rounded(r) for r in overcast),
         temp_air_c=_rounded(temp),
@@ -79,8 +82,12 @@ def _rounded(values: np.ndarray) -> tuple[float, ...]:
 
 
 def _plane_of_array(
-    site: SiteSpec, hours: np.ndarray, names: tuple[str, ...],
-    ghi: np.ndarray | None, dni: np.ndarray | None, dhi: np.ndarray | None,
+    site: SiteSpec,
+    hours: np.ndarray,
+    names: tuple[str, ...],
+    ghi: np.ndarray | None,
+    dni: np.ndarray | None,
+    dhi: np.ndarray | None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Plane-of-array irradiance per orientation: of the given (measured)
     sky, or of the clear sky when ``ghi`` is None; and of the overcast sky
@@ -104,16 +111,39 @@ def _plane_of_array(
     clear, overcast = [], []
     for name in names:
         tilt, az = _geometry(site, name)
-        poa = _positive(pvlib.irradiance.get_total_irradiance(
-            tilt, az, zenith, azimuth, dni, ghi, dhi, dni_extra=extra, albedo=site.albedo,
-            model="haydavies")["poa_global"])
+        poa = _positive(
+            pvlib.irradiance.get_total_irradiance(
+                tilt,
+                az,
+                zenith,
+                azimuth,
+                dni,
+                ghi,
+                dhi,
+                dni_extra=extra,
+                albedo=site.albedo,
+                model="haydavies",
+            )["poa_global"]
+        )
         clear.append(poa)
         if measured:
             overcast.append(poa)
             continue
-        overcast.append(_positive(pvlib.irradiance.get_total_irradiance(
-            tilt, az, zenith, azimuth, np.zeros_like(ghi_ov), ghi_ov, ghi_ov, albedo=site.albedo,
-            model="isotropic")["poa_global"]))
+        overcast.append(
+            _positive(
+                pvlib.irradiance.get_total_irradiance(
+                    tilt,
+                    az,
+                    zenith,
+                    azimuth,
+                    np.zeros_like(ghi_ov),
+                    ghi_ov,
+                    ghi_ov,
+                    albedo=site.albedo,
+                    model="isotropic",
+                )["poa_global"]
+            )
+        )
     return clear, overcast
 
 

@@ -26,9 +26,14 @@ from dsosim.federates.aggregator.specs import (
 )
 
 DEVICES: dict[str, type] = {
-    "batteries": BatterySpec, "pvs": PvSpec, "evs": EvSpec, "hvacs": HvacSpec,
-    "water_heaters": WaterHeaterSpec, "inflexible_loads": InflexibleLoadSpec,
-    "flex_loads": FlexLoadSpec, "shiftable_loads": ShiftableLoadSpec,
+    "batteries": BatterySpec,
+    "pvs": PvSpec,
+    "evs": EvSpec,
+    "hvacs": HvacSpec,
+    "water_heaters": WaterHeaterSpec,
+    "inflexible_loads": InflexibleLoadSpec,
+    "flex_loads": FlexLoadSpec,
+    "shiftable_loads": ShiftableLoadSpec,
 }
 
 

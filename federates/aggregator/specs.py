@@ -19,7 +19,11 @@ from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
 LoadShape = Literal["residential", "commercial"]
 LOAD_SHAPES: tuple[LoadShape, ...] = ("residential", "commercial")
 ORIENTATIONS: dict[str, float | None] = {
-    "flat": None, "south": 180.0, "east": 90.0, "west": 270.0, "north": 0.0,
+    "flat": None,
+    "south": 180.0,
+    "east": 90.0,
+    "west": 270.0,
+    "north": 0.0,
 }
 """PV orientation -> array azimuth (degrees from north); ``flat`` is horizontal,
 the others are tilted by the site's ``tilt_deg``."""
@@ -58,7 +62,9 @@ def in_range(owner: str, name: str, value: float, lo: float, hi: float) -> None:
 
 def price(owner: str, name: str, value: float) -> None:
     if not (_number(value) and PRICE_FLOOR <= value <= PRICE_CAP):
-        fail(owner, name, f"must be a price in [{PRICE_FLOOR:g}, {PRICE_CAP:g}] $/MWh, got {value!r}")
+        fail(
+            owner, name, f"must be a price in [{PRICE_FLOOR:g}, {PRICE_CAP:g}] $/MWh, got {value!r}"
+        )
 
 
 def hour(owner: str, name: str, value: float) -> None:
@@ -97,8 +103,11 @@ class BatterySpec:
         for name in ("soc_init", "soc_min", "soc_max", "self_discharge"):
             fraction(owner, name, getattr(self, name))
         if not self.soc_min <= self.soc_init <= self.soc_max:
-            fail(owner, "soc_init", f"{self.soc_init} is outside [soc_min, soc_max] = "
-                 f"[{self.soc_min}, {self.soc_max}]")
+            fail(
+                owner,
+                "soc_init",
+                f"{self.soc_init} is outside [soc_min, soc_max] = [{self.soc_min}, {self.soc_max}]",
+            )
         if not (_number(self.efficiency) and 0.0 < self.efficiency <= 1.0):
             fail(owner, "efficiency", f"must be in (0, 1], got {self.efficiency!r}")
         if self.self_discharge >= 1.0:
@@ -133,7 +142,11 @@ class PvSpec:
         positive(owner, "rating_mw", self.rating_mw)
         in_range(owner, "dc_ac_ratio", self.dc_ac_ratio, 0.5, 3.0)
         if self.orientation not in ORIENTATIONS:
-            fail(owner, "orientation", f"must be one of {tuple(ORIENTATIONS)}, got {self.orientation!r}")
+            fail(
+                owner,
+                "orientation",
+                f"must be one of {tuple(ORIENTATIONS)}, got {self.orientation!r}",
+            )
         in_range(owner, "temp_coeff", self.temp_coeff, -0.02, 0.0)
         price(owner, "curtail_cost (as -curtail_cost)", -self.curtail_cost)
         if self.profile is not None:
@@ -181,8 +194,12 @@ class EvSpec:
         if self.min_soc >= self.target_soc:
             fail(owner, "min_soc", f"{self.min_soc} must be below target_soc {self.target_soc}")
         if self.energy_mwh > self.target_soc * self.capacity_mwh:
-            fail(owner, "energy_mwh", f"{self.energy_mwh} MWh a day exceeds what the car holds at "
-                 f"its target ({self.target_soc} x {self.capacity_mwh} MWh)")
+            fail(
+                owner,
+                "energy_mwh",
+                f"{self.energy_mwh} MWh a day exceeds what the car holds at "
+                f"its target ({self.target_soc} x {self.capacity_mwh} MWh)",
+            )
         if not (_number(self.efficiency) and 0.5 < self.efficiency <= 1.0):
             fail(owner, "efficiency", f"must be in (0.5, 1], got {self.efficiency!r}")
         price(owner, "wear_cost", self.wear_cost)
@@ -340,8 +357,12 @@ class ShiftableLoadSpec:
         hour(owner, "window_end_h", self.window_end_h)
         hours = self.window_hours
         if self.energy_mwh > self.power_mw * hours * (1.0 + 1e-12):
-            fail(owner, "energy_mwh", f"{self.energy_mwh} MWh cannot be served at "
-                 f"{self.power_mw} MW in a {hours:g} h window")
+            fail(
+                owner,
+                "energy_mwh",
+                f"{self.energy_mwh} MWh cannot be served at "
+                f"{self.power_mw} MW in a {hours:g} h window",
+            )
 
     @property
     def window_hours(self) -> float:
@@ -350,8 +371,16 @@ class ShiftableLoadSpec:
         return 24.0 if length == 0.0 else length
 
 
-DeviceSpec = (BatterySpec | PvSpec | EvSpec | HvacSpec | WaterHeaterSpec | InflexibleLoadSpec
-              | FlexLoadSpec | ShiftableLoadSpec)
+DeviceSpec = (
+    BatterySpec
+    | PvSpec
+    | EvSpec
+    | HvacSpec
+    | WaterHeaterSpec
+    | InflexibleLoadSpec
+    | FlexLoadSpec
+    | ShiftableLoadSpec
+)
 """Any one device of a fleet."""
 
 
@@ -386,8 +415,9 @@ class SkyTable:
             fail(owner, "temp_air_c", f"{n} values every {self.step_s:g} s do not cover a day")
         for name in ("orientations", "poa_clear", "poa_overcast", "temp_air_c"):
             value = getattr(self, name)
-            object.__setattr__(self, name, tuple(tuple(v) if isinstance(v, (list, tuple)) else v
-                                                 for v in value))
+            object.__setattr__(
+                self, name, tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in value)
+            )
         for o in self.orientations:
             if o not in ORIENTATIONS:
                 fail(owner, "orientations", f"unknown orientation {o!r}")
@@ -494,8 +524,16 @@ class FleetSpec:
     ev_energy_jitter: float = 0.2
     weather_seed: int | None = None
 
-    DEVICE_FIELDS = ("batteries", "pvs", "evs", "hvacs", "water_heaters", "inflexible_loads",
-                     "flex_loads", "shiftable_loads")
+    DEVICE_FIELDS = (
+        "batteries",
+        "pvs",
+        "evs",
+        "hvacs",
+        "water_heaters",
+        "inflexible_loads",
+        "flex_loads",
+        "shiftable_loads",
+    )
 
     def __post_init__(self) -> None:
         for name in self.DEVICE_FIELDS:

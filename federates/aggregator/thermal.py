@@ -73,8 +73,14 @@ WATER_KWH_PER_L_C = 4.186 / 3600.0
 """Heat capacity of water, kWh per litre and degC."""
 
 
-def end_temperature(t0: FloatArray, g: FloatArray, t_src: FloatArray, c: FloatArray,
-                    heat_kw: FloatArray, dt_h: float) -> FloatArray:
+def end_temperature(
+    t0: FloatArray,
+    g: FloatArray,
+    t_src: FloatArray,
+    c: FloatArray,
+    heat_kw: FloatArray,
+    dt_h: float,
+) -> FloatArray:
     """Exact end temperature of ``C dT/dt = G (T_src - T) + heat`` after
     ``dt_h`` hours: the one formula every thermal device uses (see module)."""
     a = np.exp(-g * dt_h / c)
@@ -86,13 +92,35 @@ class ThermalLoads:
     """A group of thermostatic devices of one kind (``hvac`` or ``water_heater``)."""
 
     table = "ders_thermal"
-    columns = ("temp_mean_c", "temp_min_c", "temp_max_c", "out_of_band", "overrides",
-               "power_mw", "ambient_c")
+    columns = (
+        "temp_mean_c",
+        "temp_min_c",
+        "temp_max_c",
+        "out_of_band",
+        "overrides",
+        "power_mw",
+        "ambient_c",
+    )
 
-    def __init__(self, kind: str, bus: IntArray, *, power_mw: FloatArray, cop: FloatArray,
-                 sign: FloatArray, capacity: FloatArray, setpoint: FloatArray, band: FloatArray,
-                 comfort: FloatArray, t_init: FloatArray, dt_h: float, blocks: int,
-                 horizon: int, override_probability: float, seed: int) -> None:
+    def __init__(
+        self,
+        kind: str,
+        bus: IntArray,
+        *,
+        power_mw: FloatArray,
+        cop: FloatArray,
+        sign: FloatArray,
+        capacity: FloatArray,
+        setpoint: FloatArray,
+        band: FloatArray,
+        comfort: FloatArray,
+        t_init: FloatArray,
+        dt_h: float,
+        blocks: int,
+        horizon: int,
+        override_probability: float,
+        seed: int,
+    ) -> None:
         self.kind = kind
         self.bus = bus
         self.p_kw = power_mw * 1000.0
@@ -131,11 +159,13 @@ class ThermalLoads:
         mid, size, owner = tranches(lo_kw, hi_kw, self.blocks)
         t_end = free[:, None] + slope[:, None] * mid
         p_ref = tick.outlook.mean_ahead(self.bus, self.horizon)
-        price = p_ref[:, None] + (self.comfort * self.sign / self.band)[:, None] \
-            * (self.setpoint[:, None] - t_end)
+        price = p_ref[:, None] + (self.comfort * self.sign / self.band)[:, None] * (
+            self.setpoint[:, None] - t_end
+        )
         mw = np.repeat(size / 1000.0, self.blocks)
-        return GroupOffer(lo_kw / 1000.0, hi_kw / 1000.0, base_kw / 1000.0, price.ravel(), mw,
-                          owner)
+        return GroupOffer(
+            lo_kw / 1000.0, hi_kw / 1000.0, base_kw / 1000.0, price.ravel(), mw, owner
+        )
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:
         if self._env is None:
@@ -148,8 +178,13 @@ class ThermalLoads:
         # discomfort is on the side the device works against: too warm for a cooler,
         # too cold for a heater (a home cooler than its band with the AC off is fine)
         off = self.sign * (self.setpoint - self.temp) > self.band + 1e-9
-        self._last = {"temp": self.temp.copy(), "out_of_band": off, "overrides": override,
-                      "power_mw": actual, "ambient": ambient}
+        self._last = {
+            "temp": self.temp.copy(),
+            "out_of_band": off,
+            "overrides": override,
+            "power_mw": actual,
+            "ambient": ambient,
+        }
         self._env = None
         return actual
 
@@ -166,33 +201,51 @@ class ThermalLoads:
         }
 
 
-def _initial(t_init: list[float | None], setpoint: FloatArray, band: FloatArray,
-             rng: np.random.Generator) -> FloatArray:
+def _initial(
+    t_init: list[float | None], setpoint: FloatArray, band: FloatArray, rng: np.random.Generator
+) -> FloatArray:
     """Given initial temperatures, or seeded ones inside the inner half of the band."""
     draw = setpoint + band * rng.uniform(-0.5, 0.5, len(setpoint))
-    return np.array([d if x is None else x for x, d in zip(t_init, draw, strict=True)],
-                    dtype=float)
+    return np.array([d if x is None else x for x, d in zip(t_init, draw, strict=True)], dtype=float)
 
 
 class Hvacs(ThermalLoads):
     """Air conditioners and heat pumps in homes exposed to the fleet's weather."""
 
-    def __init__(self, specs: Sequence[HvacSpec], bus: IntArray, *, weather: Weather,
-                 dt_h: float, blocks: int, horizon: int, override_probability: float,
-                 seed: int) -> None:
+    def __init__(
+        self,
+        specs: Sequence[HvacSpec],
+        bus: IntArray,
+        *,
+        weather: Weather,
+        dt_h: float,
+        blocks: int,
+        horizon: int,
+        override_probability: float,
+        seed: int,
+    ) -> None:
         def col(name: str) -> FloatArray:
             return np.array([getattr(s, name) for s in specs], dtype=float)
 
         setpoint, band = col("setpoint_c"), col("band_c")
         rng = np.random.default_rng([seed, 5])
         super().__init__(
-            "hvac", bus, power_mw=col("power_mw"), cop=col("cop"),
+            "hvac",
+            bus,
+            power_mw=col("power_mw"),
+            cop=col("cop"),
             sign=np.array([1.0 if s.mode == "heat" else -1.0 for s in specs]),
-            capacity=col("c_kwh_per_c"), setpoint=setpoint, band=band,
+            capacity=col("c_kwh_per_c"),
+            setpoint=setpoint,
+            band=band,
             comfort=col("comfort_price"),
             t_init=_initial([s.t_init_c for s in specs], setpoint, band, rng),
-            dt_h=dt_h, blocks=blocks, horizon=horizon,
-            override_probability=override_probability, seed=seed)
+            dt_h=dt_h,
+            blocks=blocks,
+            horizon=horizon,
+            override_probability=override_probability,
+            seed=seed,
+        )
         self.g = 1.0 / col("r_c_per_kw")
         self.q_int, self.q_sun = col("internal_gain_kw"), col("solar_gain_kw")
         self.outdoor = weather.temp_air.mean(axis=1)
@@ -207,21 +260,40 @@ class Hvacs(ThermalLoads):
 class WaterHeaters(ThermalLoads):
     """Storage water heaters with a daily hot-water draw profile."""
 
-    def __init__(self, specs: Sequence[WaterHeaterSpec], bus: IntArray, *, interval_s: float,
-                 dt_h: float, blocks: int, horizon: int, override_probability: float,
-                 seed: int) -> None:
+    def __init__(
+        self,
+        specs: Sequence[WaterHeaterSpec],
+        bus: IntArray,
+        *,
+        interval_s: float,
+        dt_h: float,
+        blocks: int,
+        horizon: int,
+        override_probability: float,
+        seed: int,
+    ) -> None:
         def col(name: str) -> FloatArray:
             return np.array([getattr(s, name) for s in specs], dtype=float)
 
         setpoint, band = col("setpoint_c"), col("band_c")
         rng = np.random.default_rng([seed, 6])
         super().__init__(
-            "water_heater", bus, power_mw=col("power_mw"), cop=col("cop"),
-            sign=np.ones(len(specs)), capacity=col("tank_l") * WATER_KWH_PER_L_C,
-            setpoint=setpoint, band=band, comfort=col("comfort_price"),
+            "water_heater",
+            bus,
+            power_mw=col("power_mw"),
+            cop=col("cop"),
+            sign=np.ones(len(specs)),
+            capacity=col("tank_l") * WATER_KWH_PER_L_C,
+            setpoint=setpoint,
+            band=band,
+            comfort=col("comfort_price"),
             t_init=_initial([s.t_init_c for s in specs], setpoint, band, rng),
-            dt_h=dt_h, blocks=blocks, horizon=horizon,
-            override_probability=override_probability, seed=seed)
+            dt_h=dt_h,
+            blocks=blocks,
+            horizon=horizon,
+            override_probability=override_probability,
+            seed=seed,
+        )
         self.ua = col("ua_w_per_c") / 1000.0
         self.room, self.inlet = col("room_c"), col("inlet_c")
         self.draw_l_h = col("draw_l_per_day") / 24.0  # mean draw, litres per hour

@@ -6,7 +6,8 @@ computed per sample and averaged, because inverter clipping is not linear in
 irradiance. Clouds: the seeded cloud-cover process of
 ``profiles.cloud_cover`` blends the clear and the overcast sky per sample.
 Temperature: the table's daily cycle plus a seeded offset that drifts
-linearly from one midnight to the next (zero over the first day). Days after the first repeat the table's sun (the clear-sky
+linearly from one midnight to the next (zero over the first day). Days after
+the first repeat the table's sun (the clear-sky
 day changes by well under 1 % a day) under new clouds and temperatures.
 """
 
@@ -38,8 +39,9 @@ class Weather:
         try:
             return self.orientations.index(orientation)
         except ValueError:
-            raise ValueError(f"the fleet's sky has no {orientation!r} orientation "
-                             f"(it has {self.orientations})") from None
+            raise ValueError(
+                f"the fleet's sky has no {orientation!r} orientation (it has {self.orientations})"
+            ) from None
 
     def interval_means(self, orientation: str) -> FloatArray:
         """Mean irradiance on ``orientation`` per interval, W/m2."""
@@ -55,8 +57,9 @@ def _periodic(values: FloatArray, step_s: float, offset_s: float, t_s: FloatArra
     return values[i0] * (1.0 - w) + values[(i0 + 1) % n] * w
 
 
-def run_weather(sky: SkyTable, site: SiteSpec, *, n_intervals: int, interval_s: float,
-                seed: int) -> Weather:
+def run_weather(
+    sky: SkyTable, site: SiteSpec, *, n_intervals: int, interval_s: float, seed: int
+) -> Weather:
     """Evaluate ``sky`` over ``n_intervals`` intervals of ``interval_s``, with
     clouds and day-to-day temperature offsets drawn from ``seed``."""
     t = profiles.sample_times(n_intervals, interval_s, 0.0)
@@ -64,8 +67,9 @@ def run_weather(sky: SkyTable, site: SiteSpec, *, n_intervals: int, interval_s: 
     overcast = np.array(sky.poa_overcast, dtype=float)
     poa_clear = np.stack([_periodic(r, sky.step_s, sky.offset_s, t) for r in clear])
     if sky.clouds and site.cloudiness > 0.0 and t.size:
-        cover = profiles.cloud_cover(t, 0.0, site.cloudiness, CLOUD_TIME_CONSTANT_S,
-                                     np.random.SeedSequence([seed, 1]))
+        cover = profiles.cloud_cover(
+            t, 0.0, site.cloudiness, CLOUD_TIME_CONSTANT_S, np.random.SeedSequence([seed, 1])
+        )
         poa_ov = np.stack([_periodic(r, sky.step_s, sky.offset_s, t) for r in overcast])
         poa = poa_clear * (1.0 - cover) + poa_ov * cover
     else:

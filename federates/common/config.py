@@ -29,11 +29,17 @@ class HelicsSettings(Strict):
     )
     real_time: bool = Field(False, description="HELICS real-time mode on every federate")
     rt_lead_s: float = Field(
-        0.0, ge=0, description="a grant may come this long before wall time reaches it (0: "
-        "never early, so hardware never sees a set-point before its time)")
+        0.0,
+        ge=0,
+        description="a grant may come this long before wall time reaches it (0: "
+        "never early, so hardware never sees a set-point before its time)",
+    )
     rt_lag_s: float = Field(
-        10.0, gt=0, description="HELICS forces a grant pending this long after its wall time; "
-        "forcing breaks the exchange order, so this is a last-resort safety valve")
+        10.0,
+        gt=0,
+        description="HELICS forces a grant pending this long after its wall time; "
+        "forcing breaks the exchange order, so this is a last-resort safety valve",
+    )
 
 
 class TimeSettings(Strict):
@@ -45,20 +51,24 @@ class TimeSettings(Strict):
 
     interval_s: float = Field(gt=0, description="market interval length, simulated seconds")
     n_intervals: PositiveInt
-    step_s: float | None = Field(None, gt=0, description="federation seconds per interval "
-                                 "(default: interval_s)")
+    step_s: float | None = Field(
+        None, gt=0, description="federation seconds per interval (default: interval_s)"
+    )
     substep_s: float = Field(1.0, gt=0, description="federation seconds between sub-steps")
-    settle_s: float | None = Field(None, gt=0, description="set-point to read-back of hardware "
-                                   "(default: one sub-step)")
+    settle_s: float | None = Field(
+        None, gt=0, description="set-point to read-back of hardware (default: one sub-step)"
+    )
 
     @model_validator(mode="after")
     def _phases_fit(self) -> TimeSettings:
         from dsosim.federates.common.schedule import last_offset
 
         if last_offset(self) >= self.step:
-            raise ValueError(f"the last exchange of an interval comes {last_offset(self):g} s after "
-                             f"its start but an interval is only {self.step:g} s (step_s); shorten "
-                             f"substep_s/settle_s or lengthen the step")
+            raise ValueError(
+                f"the last exchange of an interval comes {last_offset(self):g} s after "
+                f"its start but an interval is only {self.step:g} s (step_s); shorten "
+                f"substep_s/settle_s or lengthen the step"
+            )
         return self
 
     @property
@@ -99,7 +109,11 @@ class LimitsConfig(Strict):
     def planning(self) -> tuple[float, float, float]:
         """(vmin, vmax, max_loading) a market operator plans within: the
         voltage band narrowed by the operating margin."""
-        return self.vmin_pu + self.operating_margin_pu, self.vmax_pu - self.operating_margin_pu, self.max_loading
+        return (
+            self.vmin_pu + self.operating_margin_pu,
+            self.vmax_pu - self.operating_margin_pu,
+            self.max_loading,
+        )
 
 
 class DsoConfig(Strict):
@@ -148,8 +162,10 @@ class HilDeviceConfig(Strict):
     kind: Literal["battery", "pv"]
     bus: str
     nth: int = Field(0, ge=0, description="which device of that kind at that bus (spec order)")
-    rated_kw: PositiveFloat = Field(description="the hardware's rating; set-points and "
-                                    "measurements scale by rated_kw / sim_rated_kw")
+    rated_kw: PositiveFloat = Field(
+        description="the hardware's rating; set-points and "
+        "measurements scale by rated_kw / sim_rated_kw"
+    )
     sim_rated_kw: PositiveFloat = Field(description="rating of the simulated DER it stands for")
     sim_capacity_kwh: PositiveFloat | None = None
     soc_init: float | None = Field(None, ge=0, le=1)
@@ -171,8 +187,12 @@ class HilConfig(Strict):
     curve_secret_key: str | None = None
     curve_authorized_dir: str | None = None
     allow_unauthenticated: bool = False
-    wait_s: float = Field(30.0, ge=0, description="before the start, wait this long for every "
-                          "device to connect (the whole federation waits)")
+    wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="before the start, wait this long for every "
+        "device to connect (the whole federation waits)",
+    )
     devices: tuple[HilDeviceConfig, ...] = Field(min_length=1)
 
 
@@ -195,9 +215,14 @@ class FederationConfig(Strict):
     hil: HilConfig | None = None
 
     def federate_names(self) -> list[str]:
-        return [self.iso.name, *(d.name for d in self.dsos), *self.independent_names(),
-                *(a.name for a in self.aggregators), *([self.hil.name] if self.hil else []),
-                self.recorder.name]
+        return [
+            self.iso.name,
+            *(d.name for d in self.dsos),
+            *self.independent_names(),
+            *(a.name for a in self.aggregators),
+            *([self.hil.name] if self.hil else []),
+            self.recorder.name,
+        ]
 
     def hil_devices_of(self, aggregator: str) -> tuple[HilDeviceConfig, ...]:
         """The DERs of an aggregator's fleet that hardware runs."""

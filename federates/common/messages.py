@@ -210,12 +210,36 @@ class HilReadings:
     unavailable: tuple[str, ...]
 
 
-Message = (FleetBid | InterfaceBid | Award | Dispatch | Measurement | Meter | FleetAward | GridModel
-           | TableRows | Done | HilSetpoints | HilReadings)
+Message = (
+    FleetBid
+    | InterfaceBid
+    | Award
+    | Dispatch
+    | Measurement
+    | Meter
+    | FleetAward
+    | GridModel
+    | TableRows
+    | Done
+    | HilSetpoints
+    | HilReadings
+)
 KINDS: dict[str, type] = {
     cls.KIND: cls
-    for cls in (FleetBid, InterfaceBid, Award, Dispatch, Measurement, Meter, FleetAward, GridModel,
-                TableRows, Done, HilSetpoints, HilReadings)
+    for cls in (
+        FleetBid,
+        InterfaceBid,
+        Award,
+        Dispatch,
+        Measurement,
+        Meter,
+        FleetAward,
+        GridModel,
+        TableRows,
+        Done,
+        HilSetpoints,
+        HilReadings,
+    )
 }
 
 
@@ -327,7 +351,9 @@ def decode(raw: bytes, *, source: str, allowed_senders: Sequence[str] | None = N
     r = _Reader(source, data)
     version = r.get("v")
     if version != SCHEMA_VERSION:
-        raise r.fail("v", f"schema version {version!r} is not supported (expected {SCHEMA_VERSION})")
+        raise r.fail(
+            "v", f"schema version {version!r} is not supported (expected {SCHEMA_VERSION})"
+        )
     kind = r.get("kind")
     if kind not in KINDS:
         raise r.fail("kind", f"unknown kind {kind!r}; expected one of {sorted(KINDS)}")
@@ -336,7 +362,9 @@ def decode(raw: bytes, *, source: str, allowed_senders: Sequence[str] | None = N
     if sender != source:
         raise r.fail("sender", f"claims to be {sender!r} but arrived from {source!r}")
     if allowed_senders is not None and sender not in allowed_senders:
-        raise r.fail("sender", f"unknown sender {sender!r}; expected one of {sorted(allowed_senders)}")
+        raise r.fail(
+            "sender", f"unknown sender {sender!r}; expected one of {sorted(allowed_senders)}"
+        )
     interval = r.integer("interval")
     if interval < 0:
         raise r.fail("interval", f"must be >= 0, got {interval}")
@@ -395,7 +423,9 @@ def _decode_measurement(r: _Reader, sender: str, interval: int) -> Measurement:
 
 
 def _decode_meter(r: _Reader, sender: str, interval: int) -> Meter:
-    return Meter(sender, interval, r.integer("td_bus"), r.number("actual_mw"), r.number_map("allocation"))
+    return Meter(
+        sender, interval, r.integer("td_bus"), r.number("actual_mw"), r.number_map("allocation")
+    )
 
 
 def _decode_fleet_award(r: _Reader, sender: str, interval: int) -> FleetAward:
@@ -420,7 +450,11 @@ def _decode_grid_model(r: _Reader, sender: str, interval: int) -> GridModel:
 
     def matrix(key: str, rows: int, cols: int) -> tuple[tuple[float, ...], ...]:
         value = r.get(key)
-        if not (isinstance(value, list) and len(value) == rows and all(isinstance(x, list) and len(x) == cols for x in value)):
+        if not (
+            isinstance(value, list)
+            and len(value) == rows
+            and all(isinstance(x, list) and len(x) == cols for x in value)
+        ):
             raise r.fail(key, f"must be a {rows} x {cols} matrix")
         for i, row in enumerate(value):
             for j, v in enumerate(row):
@@ -429,11 +463,19 @@ def _decode_grid_model(r: _Reader, sender: str, interval: int) -> GridModel:
         return tuple(tuple(float(v) for v in row) for row in value)
 
     return GridModel(
-        sender, interval, tuple(names["der_names"]), tuple(names["node_names"]), tuple(names["branch_names"]),
-        vector("v_pu", n_node), vector("loading", n_branch), vector("der_mw", n_der),
+        sender,
+        interval,
+        tuple(names["der_names"]),
+        tuple(names["node_names"]),
+        tuple(names["branch_names"]),
+        vector("v_pu", n_node),
+        vector("loading", n_branch),
+        vector("der_mw", n_der),
         r.number("substation_p_mw"),
-        matrix("dv_dp", n_node, n_der), matrix("dloading_up", n_branch, n_der),
-        matrix("dloading_down", n_branch, n_der), vector("dpsub_dp", n_der),
+        matrix("dv_dp", n_node, n_der),
+        matrix("dloading_up", n_branch, n_der),
+        matrix("dloading_down", n_branch, n_der),
+        vector("dpsub_dp", n_der),
     )
 
 
@@ -456,7 +498,11 @@ def _decode_done(r: _Reader, sender: str, interval: int) -> Done:
 
 
 def _decode_hil_setpoints(r: _Reader, sender: str, interval: int) -> HilSetpoints:
-    setpoints, prices, soc = r.number_map("setpoints_mw"), r.number_map("prices"), r.number_map("soc")
+    setpoints, prices, soc = (
+        r.number_map("setpoints_mw"),
+        r.number_map("prices"),
+        r.number_map("soc"),
+    )
     if set(prices) != set(setpoints):
         raise r.fail("prices", "must name exactly the devices of setpoints_mw")
     if not set(soc) <= set(setpoints) or not all(0.0 <= x <= 1.0 for x in soc.values()):

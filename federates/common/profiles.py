@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from statistics import NormalDist
 
 import numpy as np
 from numpy.typing import NDArray
-from statistics import NormalDist
 
 SECONDS_PER_DAY = 86_400.0
 SUBSTEP_S = 60.0
@@ -228,8 +228,12 @@ def daily_temperature(
 def _hot_water_raw(hour: FloatArray) -> FloatArray:
     # Showers and kitchen: a sharp morning peak, a broad evening one and a
     # small midday use; almost nothing at night.
-    return (0.05 + 1.0 * _bump(hour, 7.0, 1.0) + 0.35 * _bump(hour, 12.5, 1.5)
-            + 0.8 * _bump(hour, 19.5, 1.8))
+    return (
+        0.05
+        + 1.0 * _bump(hour, 7.0, 1.0)
+        + 0.35 * _bump(hour, 12.5, 1.5)
+        + 0.8 * _bump(hour, 19.5, 1.8)
+    )
 
 
 _HW_FINE = (np.arange(1440) + 0.5) / 60.0
@@ -245,8 +249,13 @@ def hot_water_draw(hours: FloatArray) -> FloatArray:
     return _hot_water_raw(np.asarray(hours, dtype=float)) / _HW_MEAN
 
 
-def ar1_paths(n_paths: int, n_steps: int, step_s: float, time_constant_s: float,
-              seed: int | np.random.SeedSequence | None) -> FloatArray:
+def ar1_paths(
+    n_paths: int,
+    n_steps: int,
+    step_s: float,
+    time_constant_s: float,
+    seed: int | np.random.SeedSequence | None,
+) -> FloatArray:
     """``n_paths`` independent stationary Gaussian AR(1) paths (unit
     variance, correlation ``exp(-step_s / time_constant_s)`` between
     neighbours), shape ``(n_steps, n_paths)``, drawn from ``seed``."""
@@ -304,7 +313,7 @@ def cloud_cover(
     if cloudiness == 0.0:
         return np.zeros_like(t_s)
     end = float(t_s.max()) if t_s.size else start_s
-    n = int(math.ceil((end - start_s) / SUBSTEP_S)) + 2
+    n = math.ceil((end - start_s) / SUBSTEP_S) + 2
     rng = np.random.default_rng(seed)
     phi = math.exp(-SUBSTEP_S / time_constant_s)
     shocks = rng.standard_normal(n)

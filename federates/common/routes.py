@@ -7,7 +7,12 @@ code path. Names returned are federate names (HELICS endpoints).
 
 from __future__ import annotations
 
-from dsosim.federates.common.config import AggregatorConfig, DsoConfig, FederationConfig, independent_name
+from dsosim.federates.common.config import (
+    AggregatorConfig,
+    DsoConfig,
+    FederationConfig,
+    independent_name,
+)
 
 
 def _holder(config: FederationConfig, role: str, dso: DsoConfig) -> str | None:
@@ -77,5 +82,9 @@ def td_bidders(config: FederationConfig, dso: DsoConfig) -> list[str]:
         return [local]
     bidders = [dso.name]  # the utility bids its load and losses (and passive DERs)
     if config.model.dmo == "iso":
-        bidders += [a for a in dso.aggregators if bid_target(config, config.aggregator(a)) == config.iso.name]
+        bidders += [
+            a
+            for a in dso.aggregators
+            if bid_target(config, config.aggregator(a)) == config.iso.name
+        ]
     return bidders

@@ -21,12 +21,14 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import helics as h
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import FederationConfig, HelicsSettings, load_federation
+
+M = TypeVar("M", bound=msg.Message)
 
 
 TRAFFIC_COLUMNS = ("interval", "federate", "to", "kind", "messages", "bytes")
@@ -71,8 +73,12 @@ class FederateShell:
         self.real_time = settings.real_time
         if settings.real_time:
             h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_REALTIME, True)
-            h.helicsFederateInfoSetTimeProperty(info, h.HELICS_PROPERTY_TIME_RT_LEAD, settings.rt_lead_s)
-            h.helicsFederateInfoSetTimeProperty(info, h.HELICS_PROPERTY_TIME_RT_LAG, settings.rt_lag_s)
+            h.helicsFederateInfoSetTimeProperty(
+                info, h.HELICS_PROPERTY_TIME_RT_LEAD, settings.rt_lead_s
+            )
+            h.helicsFederateInfoSetTimeProperty(
+                info, h.HELICS_PROPERTY_TIME_RT_LAG, settings.rt_lag_s
+            )
         self._wall0 = 0.0
         self._started = False
         self._grants: list[tuple[float, float]] = []
@@ -114,26 +120,37 @@ class FederateShell:
         if destination != self.recorder:
             self.traffic.add(destination, message.KIND, len(raw))
 
-    def record(self, interval: int, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def record(
+        self, interval: int, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
         """Send rows of a results table to the recorder (if there is one)."""
         if self.recorder is None or not rows:
             return
         self.send(
             self.recorder,
-            msg.TableRows(self.name, interval, table, tuple(columns),
-                          tuple(tuple(_plain(v) for v in r) for r in rows)),
+            msg.TableRows(
+                self.name,
+                interval,
+                table,
+                tuple(columns),
+                tuple(tuple(_plain(v) for v in r) for r in rows),
+            ),
         )
 
     def end_interval(self, interval: int) -> None:
         """Send this interval's bookkeeping to the recorder and reset it: the
         traffic counts and, in real time, the wall-clock lag of each grant."""
-        rows = [(interval, self.name, dest, kind, n, size)
-                for (dest, kind), (n, size) in sorted(self.traffic.counts.items())]
+        rows = [
+            (interval, self.name, dest, kind, n, size)
+            for (dest, kind), (n, size) in sorted(self.traffic.counts.items())
+        ]
         self.traffic.counts.clear()
         self.record(interval, "traffic", TRAFFIC_COLUMNS, rows)
         self.record(interval, "realtime", REALTIME_COLUMNS, self.take_grants(interval))
 
-    def record_tables(self, interval: int, tables: dict[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]) -> None:
+    def record_tables(
+        self, interval: int, tables: dict[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]
+    ) -> None:
         """Send several results tables (name -> (columns, rows)) to the recorder."""
         for table, (columns, rows) in tables.items():
             self.record(interval, table, columns, rows)
@@ -145,7 +162,9 @@ class FederateShell:
             m = h.helicsEndpointGetMessage(self._endpoint)
             raw.append((h.helicsMessageGetOriginalSource(m), len(raw), h.helicsMessageGetBytes(m)))
         raw.sort(key=lambda item: (item[0], item[1]))
-        return [msg.decode(data, source=src, allowed_senders=allowed_senders) for src, _, data in raw]
+        return [
+            msg.decode(data, source=src, allowed_senders=allowed_senders) for src, _, data in raw
+        ]
 
     # -------------------------------------------------------------- closing
     def close(self) -> None:
@@ -166,25 +185,33 @@ class FederateShell:
             pass
 
 
-def expect(messages: Sequence[msg.Message], kind: type, interval: int, senders: Sequence[str]) -> dict[str, msg.Message]:
+def expect(
+    messages: Sequence[msg.Message], kind: type[M], interval: int, senders: Sequence[str]
+) -> dict[str, M]:
     """Exactly one message of ``kind`` for ``interval`` from each sender."""
-    got: dict[str, msg.Message] = {}
+    got: dict[str, M] = {}
     for m in messages:
         if not isinstance(m, kind) or m.interval != interval:
-            raise msg.MessageError(m.sender, f"{m.KIND}.interval",
-                                   f"unexpected {m.KIND} for interval {m.interval}; "
-                                   f"expected {kind.KIND} for interval {interval}")  # type: ignore[attr-defined]
+            raise msg.MessageError(
+                m.sender,
+                f"{m.KIND}.interval",
+                f"unexpected {m.KIND} for interval {m.interval}; "
+                f"expected {kind.KIND} for interval {interval}",
+            )
         if m.sender in got:
             raise msg.MessageError(m.sender, m.KIND, f"sent twice for interval {interval}")
         got[m.sender] = m
     missing = sorted(set(senders) - set(got))
     if missing:
-        raise RuntimeError(f"interval {interval}: no {kind.KIND} from {missing}")  # type: ignore[attr-defined]
+        raise RuntimeError(f"interval {interval}: no {kind.KIND} from {missing}")
     return got
 
 
-def federate_main(kind: str, body: Callable[[FederateShell, FederationConfig, str, Path], None],
-                  argv: list[str] | None = None) -> int:
+def federate_main(
+    kind: str,
+    body: Callable[[FederateShell, FederationConfig, str, Path], None],
+    argv: list[str] | None = None,
+) -> int:
     """The command line every federate process has: ``--config FILE --name NAME``;
     runs ``body(shell, config, name, config_folder)`` inside :func:`run_federate`."""
     parser = argparse.ArgumentParser(prog=f"python -m dsosim.federates.{kind}")
@@ -208,13 +235,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def run_federate(name: str, shell_factory: Callable[[], FederateShell], body: Callable[[FederateShell], None],
-                 on_error: Callable[[str], None] | None = None) -> int:
+def run_federate(
+    name: str,
+    shell_factory: Callable[[], FederateShell],
+    body: Callable[[FederateShell], None],
+    on_error: Callable[[str], None] | None = None,
+) -> int:
     """Create the shell, run ``body`` and translate failures into a clean,
     federation-wide stop. Returns the process exit code."""
     try:
         shell = shell_factory()
-    except Exception as exc:  # noqa: BLE001 - report any start-up failure plainly
+    except Exception as exc:
         print(f"[{name}] could not join the federation: {exc}", file=sys.stderr, flush=True)
         return 2
     try:
@@ -227,7 +258,7 @@ def run_federate(name: str, shell_factory: Callable[[], FederateShell], body: Ca
             on_error(text)
         shell.fail(text)
         return 3
-    except Exception as exc:  # noqa: BLE001 - any role failure must stop the federation
+    except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
         print(f"[{name}] FAILED: {text}", file=sys.stderr, flush=True)
         traceback.print_exc()

@@ -374,8 +374,14 @@ class Feeder:
                     names.append(full)
                     starts.append(len(picks))
                     local = [t * n_cond + c for t in range(n_term) for c in range(n_ph)]
-                    currents.add(full, len(picks), local, self._element_columns(position),
-                                 self._element_yprim(full), moving=full.lower() in regulated)
+                    currents.add(
+                        full,
+                        len(picks),
+                        local,
+                        self._element_columns(position),
+                        self._element_yprim(full),
+                        moving=full.lower() in regulated,
+                    )
                     for t in range(n_term):
                         for c in range(n_ph):
                             picks.append(offset + t * n_cond + c)
@@ -438,9 +444,11 @@ class Feeder:
         """The feeder's own PV systems, storage elements and generators."""
         dss = self._dss
         found: list[ExistingDer] = []
-        for kind, cls, names in (("pv", "PVSystem", dss.PVsystems.AllNames()),
-                                 ("storage", "Storage", dss.Storages.AllNames()),
-                                 ("generator", "Generator", dss.Generators.AllNames())):
+        for kind, cls, names in (
+            ("pv", "PVSystem", dss.PVsystems.AllNames()),
+            ("storage", "Storage", dss.Storages.AllNames()),
+            ("generator", "Generator", dss.Generators.AllNames()),
+        ):
             for name in names:
                 if name.lower() == "none":  # the API's answer for an empty class
                     continue
@@ -449,21 +457,27 @@ class Feeder:
                 bus = dss.CktElement.BusNames()[0].split(".")[0]
                 prop = {"pv": "pmpp", "storage": "kwrated", "generator": "kw"}[kind]
                 storage = kind == "storage"
-                found.append(ExistingDer(
-                    kind=kind,  # type: ignore[arg-type]
-                    element=full,
-                    bus=bus,
-                    phases=dss.CktElement.NumPhases(),
-                    kw=self._property(full, prop),
-                    kva=self._property(full, "kva"),
-                    kwh=self._property(full, "kwhrated") if storage else 0.0,
-                    soc=self._property(full, "%stored") / 100.0 if storage else 0.0,
-                    reserve=self._property(full, "%reserve") / 100.0 if storage else 0.0,
-                    efficiency=(self._property(full, "%effcharge")
-                                * self._property(full, "%effdischarge") / 1.0e4)
-                    if storage else 1.0,
-                    enabled=bool(dss.CktElement.Enabled()),
-                ))
+                found.append(
+                    ExistingDer(
+                        kind=kind,  # type: ignore[arg-type]
+                        element=full,
+                        bus=bus,
+                        phases=dss.CktElement.NumPhases(),
+                        kw=self._property(full, prop),
+                        kva=self._property(full, "kva"),
+                        kwh=self._property(full, "kwhrated") if storage else 0.0,
+                        soc=self._property(full, "%stored") / 100.0 if storage else 0.0,
+                        reserve=self._property(full, "%reserve") / 100.0 if storage else 0.0,
+                        efficiency=(
+                            self._property(full, "%effcharge")
+                            * self._property(full, "%effdischarge")
+                            / 1.0e4
+                        )
+                        if storage
+                        else 1.0,
+                        enabled=bool(dss.CktElement.Enabled()),
+                    )
+                )
         self._existing = tuple(found)
 
     def _property(self, full: str, prop: str) -> float:
@@ -700,8 +714,9 @@ class Feeder:
         a harmless one so the next interval starts from a usable engine."""
         self._dss.Text.Command("get mode")
 
-    def _state(self, converged: bool, hunting: bool, message: str,
-               flow_ok: bool = True) -> FeederState:
+    def _state(
+        self, converged: bool, hunting: bool, message: str, flow_ok: bool = True
+    ) -> FeederState:
         v = self._read_voltages()
         loading = self._read_loading()
         p_kw, q_kvar = self._dss.Circuit.TotalPower()
@@ -876,8 +891,16 @@ class _BranchCurrents:
         self._matrix: Any = None
         self._moving_matrix: Any = None
 
-    def add(self, element: str, row0: int, local_rows: list[int], cols: np.ndarray,
-            yprim: np.ndarray, *, moving: bool) -> None:
+    def add(
+        self,
+        element: str,
+        row0: int,
+        local_rows: list[int],
+        cols: np.ndarray,
+        yprim: np.ndarray,
+        *,
+        moving: bool,
+    ) -> None:
         if moving:
             self._moving.append((element, row0, local_rows, cols))
         else:
@@ -894,8 +917,11 @@ class _BranchCurrents:
         """Re-read the admittances of the tap-changing transformers."""
         if self._moving:
             self._moving_matrix = self._csr(
-                [_entries(row0, rows, cols, yprim_of(element))
-                 for element, row0, rows, cols in self._moving])
+                [
+                    _entries(row0, rows, cols, yprim_of(element))
+                    for element, row0, rows, cols in self._moving
+                ]
+            )
 
     @property
     def needs_refresh(self) -> bool:
@@ -914,8 +940,9 @@ class _BranchCurrents:
         return sparse.csr_matrix((vals, (rows, cols)), shape=(self._n_rows, self._n_nodes))
 
 
-def _entries(row0: int, local_rows: list[int], cols: np.ndarray,
-             yprim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _entries(
+    row0: int, local_rows: list[int], cols: np.ndarray, yprim: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """COO entries of the rows ``local_rows`` of ``yprim``, placed from global
     row ``row0``, over the non-ground node columns ``cols``."""
     live = np.flatnonzero(cols >= 0)

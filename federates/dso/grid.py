@@ -35,33 +35,49 @@ from dsosim.federates.common.config import DsoConfig, TimeSettings
 from dsosim.federates.common.curves import BidCurve
 from dsosim.federates.common.profiles import commercial_load, residential_load
 from dsosim.federates.dso.feeder import Feeder, FeederState, Sensitivities
+from dsosim.federates.markets.location import Location
 
 Rows = list[tuple[object, ...]]
 Tables = dict[str, tuple[tuple[str, ...], Rows]]
 
-FEEDER_COLUMNS = ("interval", "hours", "dso", "scale", "converged", "power_flow_converged",
-                  "control_iterations_exceeded", "forecast_reused", "message", "head_mw", "td_flow_mw",
-                  "scheduled_mw", "imbalance_mw", "losses_mw", "inflexible_mw", "der_mw", "vmin_pu",
-                  "vmax_pu", "max_loading", "voltage_violations", "thermal_violations")
+FEEDER_COLUMNS = (
+    "interval",
+    "hours",
+    "dso",
+    "scale",
+    "converged",
+    "power_flow_converged",
+    "control_iterations_exceeded",
+    "forecast_reused",
+    "message",
+    "head_mw",
+    "td_flow_mw",
+    "scheduled_mw",
+    "imbalance_mw",
+    "losses_mw",
+    "inflexible_mw",
+    "der_mw",
+    "vmin_pu",
+    "vmax_pu",
+    "max_loading",
+    "voltage_violations",
+    "thermal_violations",
+)
 VOLTAGE_COLUMNS = ("interval", "dso", "node", "v_pu")
 BRANCH_COLUMNS = ("interval", "dso", "branch", "loading")
-DER_LOCATION_COLUMNS = ("interval", "dso", "aggregator", "location", "setpoint_mw", "actual_mw", "deviation_mw")
+DER_LOCATION_COLUMNS = (
+    "interval",
+    "dso",
+    "aggregator",
+    "location",
+    "setpoint_mw",
+    "actual_mw",
+    "deviation_mw",
+)
 
 
 class LdaError(ValueError):
     """An aggregator's bid or measurement does not fit the LDA."""
-
-
-@dataclass(frozen=True)
-class Location:
-    """One DER element on the feeder: an aggregator's fleet at one bus."""
-
-    aggregator: str
-    bus: str
-
-    @property
-    def element(self) -> str:
-        return f"{self.aggregator}_{self.bus}".replace(".", "_")
 
 
 @dataclass(frozen=True)
@@ -75,30 +91,50 @@ class Forecast:
 class GridOperator:
     """Feeder, forecast, metering and retail of one LDA."""
 
-    def __init__(self, config: DsoConfig, fleets: Mapping[str, Sequence[str]], time: TimeSettings,
-                 *, seed: int, base_dir: Path) -> None:
+    def __init__(
+        self,
+        config: DsoConfig,
+        fleets: Mapping[str, Sequence[str]],
+        time: TimeSettings,
+        *,
+        seed: int,
+        base_dir: Path,
+    ) -> None:
         self.config = config
         self.name = config.name
         self.hours = time.interval_s / 3600.0
         self.scale = config.scale
-        self.feeder = Feeder(base_dir / config.feeder, name=config.name,
-                             vmin=config.limits.vmin_pu, vmax=config.limits.vmax_pu,
-                             voltage_basis=config.voltage_basis)
+        self.feeder = Feeder(
+            base_dir / config.feeder,
+            name=config.name,
+            vmin=config.limits.vmin_pu,
+            vmax=config.limits.vmax_pu,
+            voltage_basis=config.voltage_basis,
+        )
         self.locations = [Location(a, b) for a in sorted(fleets) for b in sorted(fleets[a])]
         known = set(self.feeder.buses)
         for loc in self.locations:
             if loc.bus not in known:
-                raise LdaError(f"aggregator {loc.aggregator!r} has DERs at bus {loc.bus!r}, "
-                               f"which is not a bus of feeder {config.feeder}")
+                raise LdaError(
+                    f"aggregator {loc.aggregator!r} has DERs at bus {loc.bus!r}, "
+                    f"which is not a bus of feeder {config.feeder}"
+                )
             self.feeder.attach_der(loc.element, loc.bus)
         self.index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(self.locations)}
         n = time.n_intervals
         shapes = {"residential": residential_load, "commercial": commercial_load}
-        shape = shapes[config.load_profile](n, time.interval_s) if config.load_profile in shapes else np.ones(n)
+        shape = (
+            shapes[config.load_profile](n, time.interval_s)
+            if config.load_profile in shapes
+            else np.ones(n)
+        )
         self.profile = shape * config.load_scale
         rng = np.random.default_rng([seed, zlib.crc32(config.name.encode())])
-        self.load_error = rng.normal(0.0, config.load_forecast_error, n) if config.load_forecast_error \
+        self.load_error = (
+            rng.normal(0.0, config.load_forecast_error, n)
+            if config.load_forecast_error
             else np.zeros(n)
+        )
         self.der_mw = np.zeros(len(self.locations))  # last measured DER output (operating point)
         self.forecast_point: Forecast | None = None
         self._forecast_reused = False
@@ -125,33 +161,69 @@ class GridOperator:
         power minus the market DERs at their operating point."""
         assert self.forecast_point is not None, "forecast() first"
         state = self.forecast_point.state
-        market = sum(self.der_mw[i] for i, loc in enumerate(self.locations) if loc.aggregator in market_aggregators)
+        market = sum(
+            self.der_mw[i]
+            for i, loc in enumerate(self.locations)
+            if loc.aggregator in market_aggregators
+        )
         return BidCurve((state.substation_p_mw - market) * self.scale)
 
     # ------------------------------------------------------------- retail
-    def _retail(self, interval: int, load_mw: float, der: np.ndarray, market_aggregators: Sequence[str],
-                lmp: float, tariff: float) -> list[ledger.Payment]:
+    def _retail(
+        self,
+        interval: int,
+        load_mw: float,
+        der: np.ndarray,
+        market_aggregators: Sequence[str],
+        lmp: float,
+        tariff: float,
+    ) -> list[ledger.Payment]:
         market, me, s, h = f"retail:{self.name}", f"utility:{self.name}", self.scale, self.hours
-        pay = [ledger.Payment(interval, market, f"customers:{self.name}", me, "energy", load_mw * s, lmp, h)]
+        pay = [
+            ledger.Payment(
+                interval, market, f"customers:{self.name}", me, "energy", load_mw * s, lmp, h
+            )
+        ]
         for i, loc in enumerate(self.locations):
             if loc.aggregator not in market_aggregators:
-                pay.append(ledger.Payment(interval, market, f"agg:{loc.aggregator}", me, f"tariff@{loc.bus}",
-                                          float(der[i]) * s, tariff, h))
+                pay.append(
+                    ledger.Payment(
+                        interval,
+                        market,
+                        f"agg:{loc.aggregator}",
+                        me,
+                        f"tariff@{loc.bus}",
+                        float(der[i]) * s,
+                        tariff,
+                        h,
+                    )
+                )
         return pay
 
     # ------------------------------------------------------------ measure
-    def measure(self, interval: int, actual: Mapping[str, Mapping[str, float]],
-                setpoints: Mapping[str, Mapping[str, float]], market_aggregators: Sequence[str],
-                lmp: float, scheduled_mw: float, *, tariff: float) -> tuple[float, dict[str, float], Tables]:
+    def measure(
+        self,
+        interval: int,
+        actual: Mapping[str, Mapping[str, float]],
+        setpoints: Mapping[str, Mapping[str, float]],
+        market_aggregators: Sequence[str],
+        lmp: float,
+        scheduled_mw: float,
+        *,
+        tariff: float,
+    ) -> tuple[float, dict[str, float], Tables]:
         """Power flow with the actual response. Returns the metered T-D flow
-        (scaled MW) against the ISO's total schedule at the interface, the deviation allocation (party -> scaled MW) of the
+        (scaled MW) against the ISO's total schedule at the interface, the
+        deviation allocation (party -> scaled MW) of the
         market participants off their set-points, and the result tables."""
         der = np.zeros(len(self.locations))
         target = np.zeros(len(self.locations))
         for agg, values in actual.items():
             for bus, mw in values.items():
                 if (agg, bus) not in self.index:
-                    raise LdaError(f"aggregator {agg!r} reported output at unknown location {bus!r}")
+                    raise LdaError(
+                        f"aggregator {agg!r} reported output at unknown location {bus!r}"
+                    )
                 der[self.index[(agg, bus)]] = mw
                 target[self.index[(agg, bus)]] = setpoints[agg][bus]
         missing = sorted({loc.aggregator for loc in self.locations} - set(actual))
@@ -171,23 +243,69 @@ class GridOperator:
         k, h, s = interval, self.hours, self.scale
         monitored = state.v_pu[state.monitored]
         tables: Tables = {
-            "feeder": (FEEDER_COLUMNS, [(
-                k, h, self.name, s, bool(state.converged), bool(state.power_flow_converged),
-                bool(state.control_iterations_exceeded), self._forecast_reused, state.message,
-                state.substation_p_mw, td_flow, scheduled_mw,
-                td_flow - scheduled_mw, state.losses_mw, state.load_mw, float(der.sum()),
-                float(monitored.min()), float(monitored.max()),
-                float(np.max(state.loading)) if len(state.loading) else 0.0,
-                int(state.n_voltage_violations), int(state.n_thermal_violations),
-            )]),
-            "voltages": (VOLTAGE_COLUMNS, [(k, self.name, n, float(v))
-                                           for n, v in zip(state.node_names, state.v_pu, strict=True)]),
-            "branches": (BRANCH_COLUMNS, [(k, self.name, n, float(x))
-                                          for n, x in zip(state.branch_names, state.loading, strict=True)]),
-            "der_locations": (DER_LOCATION_COLUMNS, [
-                (k, self.name, loc.aggregator, loc.bus, float(target[i]), float(der[i]), float(der[i] - target[i]))
-                for i, loc in enumerate(self.locations)]),
-            "settlements": (ledger.COLUMNS, [p.row() for p in self._retail(k, state.load_mw, der, market_aggregators,
-                                                                          lmp, tariff)]),
+            "feeder": (
+                FEEDER_COLUMNS,
+                [
+                    (
+                        k,
+                        h,
+                        self.name,
+                        s,
+                        bool(state.converged),
+                        bool(state.power_flow_converged),
+                        bool(state.control_iterations_exceeded),
+                        self._forecast_reused,
+                        state.message,
+                        state.substation_p_mw,
+                        td_flow,
+                        scheduled_mw,
+                        td_flow - scheduled_mw,
+                        state.losses_mw,
+                        state.load_mw,
+                        float(der.sum()),
+                        float(monitored.min()),
+                        float(monitored.max()),
+                        float(np.max(state.loading)) if len(state.loading) else 0.0,
+                        int(state.n_voltage_violations),
+                        int(state.n_thermal_violations),
+                    )
+                ],
+            ),
+            "voltages": (
+                VOLTAGE_COLUMNS,
+                [
+                    (k, self.name, n, float(v))
+                    for n, v in zip(state.node_names, state.v_pu, strict=True)
+                ],
+            ),
+            "branches": (
+                BRANCH_COLUMNS,
+                [
+                    (k, self.name, n, float(x))
+                    for n, x in zip(state.branch_names, state.loading, strict=True)
+                ],
+            ),
+            "der_locations": (
+                DER_LOCATION_COLUMNS,
+                [
+                    (
+                        k,
+                        self.name,
+                        loc.aggregator,
+                        loc.bus,
+                        float(target[i]),
+                        float(der[i]),
+                        float(der[i] - target[i]),
+                    )
+                    for i, loc in enumerate(self.locations)
+                ],
+            ),
+            "settlements": (
+                ledger.COLUMNS,
+                [
+                    p.row()
+                    for p in self._retail(k, state.load_mw, der, market_aggregators, lmp, tariff)
+                ],
+            ),
         }
         return td_flow, allocation, tables

@@ -40,14 +40,24 @@ def make_gateway(config: FederationConfig, base: Path) -> Gateway:
         return None if p is None else (base / p).resolve()
 
     settings = GatewaySettings(
-        bind=hil.bind, timeout_ms=hil.timeout_ms, heartbeat_s=hil.heartbeat_s,
-        time_scale=config.time.time_scale, step_s=config.time.step,
-        curve_secret_key=path(hil.curve_secret_key), curve_authorized_dir=path(hil.curve_authorized_dir),
+        bind=hil.bind,
+        timeout_ms=hil.timeout_ms,
+        heartbeat_s=hil.heartbeat_s,
+        time_scale=config.time.time_scale,
+        step_s=config.time.step,
+        curve_secret_key=path(hil.curve_secret_key),
+        curve_authorized_dir=path(hil.curve_authorized_dir),
         allow_unauthenticated=hil.allow_unauthenticated,
     )
-    devices = [DeviceInfo(d.id, d.kind, d.rated_kw,
-                          None if d.sim_capacity_kwh is None else d.sim_capacity_kwh * d.scale)
-               for d in hil.devices]
+    devices = [
+        DeviceInfo(
+            d.id,
+            d.kind,
+            d.rated_kw,
+            None if d.sim_capacity_kwh is None else d.sim_capacity_kwh * d.scale,
+        )
+        for d in hil.devices
+    ]
     return Gateway(settings, devices)
 
 
@@ -55,9 +65,13 @@ def wait_for_devices(gateway: Gateway, hil: HilConfig, name: str) -> None:
     ids = sorted(d.id for d in hil.devices)
     if hil.wait_s <= 0:
         return
-    print(f"[{name}] waiting up to {hil.wait_s:g} s for devices {', '.join(ids)} at {gateway.endpoint} "
-          f"(e.g. dsosim hil-device --connect {gateway.endpoint} "
-          f"{' '.join('--device ' + i for i in ids)})", flush=True)
+    print(
+        f"[{name}] waiting up to {hil.wait_s:g} s for devices {', '.join(ids)} "
+        f"at {gateway.endpoint} "
+        f"(e.g. dsosim hil-device --connect {gateway.endpoint} "
+        f"{' '.join('--device ' + i for i in ids)})",
+        flush=True,
+    )
     deadline = time.monotonic() + hil.wait_s
     while time.monotonic() < deadline:
         if set(ids) <= set(gateway.connected()):
@@ -65,7 +79,9 @@ def wait_for_devices(gateway: Gateway, hil: HilConfig, name: str) -> None:
             return
         time.sleep(0.05)
     missing = sorted(set(ids) - set(gateway.connected()))
-    print(f"[{name}] starting without {missing}: they get the fallback until they connect", flush=True)
+    print(
+        f"[{name}] starting without {missing}: they get the fallback until they connect", flush=True
+    )
 
 
 def run(shell: FederateShell, config: FederationConfig, gateway: Gateway) -> None:
@@ -82,35 +98,56 @@ def run(shell: FederateShell, config: FederationConfig, gateway: Gateway) -> Non
             assert isinstance(m, msg.HilSetpoints)
             mine = {d.id for d in hil.devices if d.aggregator == owner}
             if set(m.setpoints_mw) != mine:
-                raise msg.MessageError(owner, "hil_setpoints.setpoints_mw",
-                                       f"names {sorted(m.setpoints_mw)}; its hardware is {sorted(mine)}")
+                raise msg.MessageError(
+                    owner,
+                    "hil_setpoints.setpoints_mw",
+                    f"names {sorted(m.setpoints_mw)}; its hardware is {sorted(mine)}",
+                )
             for device, mw in m.setpoints_mw.items():
                 wanted[device] = (loop.device_kw(device, mw), m.prices[device])
                 gateway.set_soc(device, m.soc.get(device))
         seq = k + 1
         t_s = k * config.time.interval_s
-        sent = gateway.setpoints([(d, seq, k, t_s, config.time.interval_s, kw, price)
-                                  for d, (kw, price) in sorted(wanted.items())])
+        sent = gateway.setpoints(
+            [
+                (d, seq, k, t_s, config.time.interval_s, kw, price)
+                for d, (kw, price) in sorted(wanted.items())
+            ]
+        )
 
         shell.advance(at(k, Phase.READBACK, config.time))
         read = gateway.read([(d, seq) for d in sorted(wanted)])
         steps = {d: loop.resolve(d, wanted[d][0], sent[d], read[d]) for d in sorted(wanted)}
         for owner in owners:
-            _send_readings(shell, owner, k, [s for d, s in steps.items() if loop.devices[d].aggregator == owner])
+            _send_readings(
+                shell,
+                owner,
+                k,
+                [s for d, s in steps.items() if loop.devices[d].aggregator == owner],
+            )
         _report_changes(shell.name, k, steps, last_status)
         counters = gateway.take_counters()
         shell.record(k, "hil", HIL_COLUMNS, loop.rows(k, steps))
-        shell.record(k, "hil_gateway", GATEWAY_COLUMNS,
-                     [(k, len(gateway.connected()), *(counters.get(c, 0) for c in COUNTERS))])
+        shell.record(
+            k,
+            "hil_gateway",
+            GATEWAY_COLUMNS,
+            [(k, len(gateway.connected()), *(counters.get(c, 0) for c in COUNTERS))],
+        )
         shell.end_interval(k)
 
 
 def _send_readings(shell: FederateShell, owner: str, k: int, steps: list[DeviceStep]) -> None:
-    shell.send(owner, msg.HilReadings(
-        shell.name, k,
-        {s.device: s.used_mw for s in steps if s.used_mw is not None},
-        {s.device: s.soc for s in steps if s.soc is not None},
-        tuple(s.device for s in steps if s.unavailable)))
+    shell.send(
+        owner,
+        msg.HilReadings(
+            shell.name,
+            k,
+            {s.device: s.used_mw for s in steps if s.used_mw is not None},
+            {s.device: s.soc for s in steps if s.soc is not None},
+            tuple(s.device for s in steps if s.unavailable),
+        ),
+    )
 
 
 def _report_changes(name: str, k: int, steps: dict[str, DeviceStep], last: dict[str, str]) -> None:

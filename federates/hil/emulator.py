@@ -105,8 +105,9 @@ class ModelOptions:
         if not 0 < self.efficiency <= 1:
             raise ValueError(f"efficiency must be within (0, 1], got {self.efficiency}")
         if not 0 <= self.soc_min < self.soc_max <= 1:
-            raise ValueError(f"need 0 <= soc_min < soc_max <= 1, got {self.soc_min}, "
-                             f"{self.soc_max}")
+            raise ValueError(
+                f"need 0 <= soc_min < soc_max <= 1, got {self.soc_min}, {self.soc_max}"
+            )
 
 
 # ------------------------------------------------------------------- models
@@ -116,8 +117,9 @@ class _Follower:
     """What both models share: a set-point queue behind the response delay and
     a ramp-limited power. Subclasses say what power they can reach now."""
 
-    def __init__(self, rated_kw: float, time_scale: float, options: ModelOptions,
-                 clock: Clock) -> None:
+    def __init__(
+        self, rated_kw: float, time_scale: float, options: ModelOptions, clock: Clock
+    ) -> None:
         if rated_kw <= 0 or time_scale <= 0:
             raise ValueError("rated_kw and time_scale must be > 0")
         self.rated_kw = rated_kw
@@ -174,8 +176,15 @@ class BatteryModel(_Follower):
     linear in time, so the integration is exact; the moment a limit is hit is
     found by bisection."""
 
-    def __init__(self, rated_kw: float, capacity_kwh: float, soc: float, time_scale: float,
-                 options: ModelOptions = ModelOptions(), clock: Clock = time.perf_counter) -> None:
+    def __init__(
+        self,
+        rated_kw: float,
+        capacity_kwh: float,
+        soc: float,
+        time_scale: float,
+        options: ModelOptions = ModelOptions(),
+        clock: Clock = time.perf_counter,
+    ) -> None:
         super().__init__(rated_kw, time_scale, options, clock)
         if capacity_kwh <= 0:
             raise ValueError("capacity_kwh must be > 0")
@@ -207,8 +216,9 @@ class BatteryModel(_Follower):
     def _evolve(self, t_end: float) -> None:
         t = self._t
         while t < t_end:
-            if (self.p_kw > 0 and self.soc >= self.options.soc_max) or \
-                    (self.p_kw < 0 and self.soc <= self.options.soc_min):
+            if (self.p_kw > 0 and self.soc >= self.options.soc_max) or (
+                self.p_kw < 0 and self.soc <= self.options.soc_min
+            ):
                 self.p_kw = 0.0  # a limit reached exactly at the end of the last segment
             target = self._reachable()
             gap = target - self.p_kw
@@ -282,8 +292,13 @@ class PvModel(_Follower):
     slower than the ramp, so between events the power takes one ramp-limited
     step toward what is available at the step's end."""
 
-    def __init__(self, rated_kw: float, time_scale: float, options: ModelOptions = ModelOptions(),
-                 clock: Clock = time.perf_counter) -> None:
+    def __init__(
+        self,
+        rated_kw: float,
+        time_scale: float,
+        options: ModelOptions = ModelOptions(),
+        clock: Clock = time.perf_counter,
+    ) -> None:
         super().__init__(rated_kw, time_scale, options, clock)
         self._anchor: tuple[float, float] | None = None
         """(wall time, simulation time) of the latest SETPOINT."""
@@ -316,8 +331,12 @@ class PvModel(_Follower):
 Model = BatteryModel | PvModel
 
 
-def build_model(welcome: Welcome, options: ModelOptions, clock: Clock,
-                warn: Callable[[str], None] = lambda _m: None) -> Model:
+def build_model(
+    welcome: Welcome,
+    options: ModelOptions,
+    clock: Clock,
+    warn: Callable[[str], None] = lambda _m: None,
+) -> Model:
     """The model a WELCOME describes. A battery WELCOME without a capacity or a
     SOC gets 1 h of rated power and half full, with a warning."""
     if welcome.kind == "pv":
@@ -392,8 +411,10 @@ class DeviceRejected(RuntimeError):
         self.reason = reason
 
 
-ADDRESS = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*)"
-                     r":(?P<port>\d{1,5})$")
+ADDRESS = re.compile(
+    r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*)"
+    r":(?P<port>\d{1,5})$"
+)
 
 
 def check_address(address: str) -> str:
@@ -402,8 +423,10 @@ def check_address(address: str) -> str:
         return address
     m = ADDRESS.match(address)
     if not m or not 1 <= int(m["port"]) <= 65535:
-        raise ValueError(f"{address!r} is not an address to connect to; expected tcp://HOST:PORT "
-                         f"(e.g. tcp://127.0.0.1:5570)")
+        raise ValueError(
+            f"{address!r} is not an address to connect to; expected tcp://HOST:PORT "
+            f"(e.g. tcp://127.0.0.1:5570)"
+        )
     return address
 
 
@@ -411,8 +434,9 @@ def parse_device(text: str) -> DeviceSpec:
     """``ID`` or ``ID:KIND`` (``:`` cannot occur in an id)."""
     device, _, kind = text.partition(":")
     if not DEVICE_ID.match(device):
-        raise ValueError(f"device id {device!r} must be 1-64 of [A-Za-z0-9_.-], starting with a "
-                         f"letter or digit")
+        raise ValueError(
+            f"device id {device!r} must be 1-64 of [A-Za-z0-9_.-], starting with a letter or digit"
+        )
     if kind and kind not in KINDS:
         raise ValueError(f"device kind {kind!r} must be one of {', '.join(KINDS)}")
     return DeviceSpec(device, kind or None)
@@ -448,10 +472,15 @@ class Emulator:
     """Emulated devices connected to one gateway. Use as a context manager
     (sockets and the CSV log are closed on exit), then :meth:`run`."""
 
-    def __init__(self, address: str, devices: Sequence[DeviceSpec],
-                 options: EmulatorOptions = EmulatorOptions(), *,
-                 clock: Clock = time.perf_counter,
-                 say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        devices: Sequence[DeviceSpec],
+        options: EmulatorOptions = EmulatorOptions(),
+        *,
+        clock: Clock = time.perf_counter,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
         self.address = check_address(address)
         ids = [d.device for d in devices]
         if not ids or len(set(ids)) != len(ids):
@@ -487,8 +516,9 @@ class Emulator:
         if self.options.log_path is not None:
             self._log_file = open(self.options.log_path, "w", newline="", encoding="utf-8")
             self._log = csv.writer(self._log_file)
-            self._log.writerow(["wall_s", "device", "seq", "answer", "setpoint_kw", "p_kw", "soc",
-                                "status"])
+            self._log.writerow(
+                ["wall_s", "device", "seq", "answer", "setpoint_kw", "p_kw", "soc", "status"]
+            )
 
     def _connect(self) -> zmq.Socket:  # type: ignore[type-arg]
         assert self._context is not None
@@ -523,8 +553,7 @@ class Emulator:
 
     # -------------------------------------------------------------- loop
 
-    def run(self, *, duration_s: float | None = None,
-            stop: threading.Event | None = None) -> None:
+    def run(self, *, duration_s: float | None = None, stop: threading.Event | None = None) -> None:
         """Serve until ``duration_s`` wall seconds have passed or ``stop`` is
         set. Raises :class:`DeviceRejected` when the gateway refuses a device."""
         if not self._sessions:
@@ -576,8 +605,10 @@ class Emulator:
             return
         hb = s.welcome.heartbeat_s
         if now - s.last_heard >= SILENCE_PERIODS * hb:
-            self._say(f"{s.spec.device}: nothing from the gateway for {now - s.last_heard:.1f} s "
-                      f"(3 heartbeat periods); saying hello again")
+            self._say(
+                f"{s.spec.device}: nothing from the gateway for {now - s.last_heard:.1f} s "
+                f"(3 heartbeat periods); saying hello again"
+            )
             s.welcome = None
             self._hello(s, now)
         elif now - s.last_sent >= hb:
@@ -594,9 +625,11 @@ class Emulator:
         if s.unsent_since is None:
             s.unsent_since = now
         elif now - s.unsent_since >= WAITING_NOTICE_S:
-            self._say(f"{s.spec.device}: no connection to {self.address} for "
-                      f"{now - s.unsent_since:.1f} s (gateway not running? CURVE keys refused?); "
-                      f"still trying")
+            self._say(
+                f"{s.spec.device}: no connection to {self.address} for "
+                f"{now - s.unsent_since:.1f} s (gateway not running? CURVE keys refused?); "
+                f"still trying"
+            )
             s.unsent_since = now
 
     def _send(self, s: _Session, frame: bytes) -> bool:
@@ -642,11 +675,17 @@ class Emulator:
         physical state (an emulated battery keeps its charge like a real one)
         unless the device it describes changed."""
         if s.spec.kind is not None and w.kind != s.spec.kind:
-            self._say(f"{s.spec.device}: the gateway says kind {w.kind!r}, we said "
-                      f"{s.spec.kind!r}; following the gateway")
+            self._say(
+                f"{s.spec.device}: the gateway says kind {w.kind!r}, we said "
+                f"{s.spec.kind!r}; following the gateway"
+            )
         old = s.model_welcome
-        same = (old is not None and (old.kind, old.rated_kw, old.capacity_kwh, old.time_scale)
-                == (w.kind, w.rated_kw, w.capacity_kwh, w.time_scale))
+        same = old is not None and (old.kind, old.rated_kw, old.capacity_kwh, old.time_scale) == (
+            w.kind,
+            w.rated_kw,
+            w.capacity_kwh,
+            w.time_scale,
+        )
         if s.model is None or not same:
             s.model = build_model(w, self.options.model, self._clock, self._say)
         s.model_welcome = s.welcome = w
@@ -656,8 +695,10 @@ class Emulator:
         extra = ""
         if isinstance(s.model, BatteryModel):
             extra = f", {s.model.capacity_kwh:g} kWh, soc {s.model.soc:.2f}"
-        self._say(f"{s.spec.device}: welcome: {w.kind} {w.rated_kw:g} kW{extra}, time scale "
-                  f"{w.time_scale:g}, heartbeat {w.heartbeat_s:g} s")
+        self._say(
+            f"{s.spec.device}: welcome: {w.kind} {w.rated_kw:g} kW{extra}, time scale "
+            f"{w.time_scale:g}, heartbeat {w.heartbeat_s:g} s"
+        )
 
     def _on_reject(self, s: _Session, r: Reject) -> None:
         """A REJECT of a device that never had a session is final (unknown id,
@@ -667,8 +708,10 @@ class Emulator:
         s.rejects_in_a_row += 1
         if not s.ever_welcomed or s.rejects_in_a_row >= MAX_CONSECUTIVE_REJECTS:
             raise DeviceRejected(s.spec.device, r.reason)
-        self._say(f"{s.spec.device}: rejected ({r.reason}); the gateway may have restarted, "
-                  f"saying hello again")
+        self._say(
+            f"{s.spec.device}: rejected ({r.reason}); the gateway may have restarted, "
+            f"saying hello again"
+        )
         s.welcome = None
         s.late.clear()
         self._hello(s, self._clock())
@@ -704,15 +747,25 @@ class Emulator:
         every = self.options.faults.garbage_every
         garbage = every is not None and s.answers % every == 0
         soc = None if reading.soc is None else min(max(reading.soc, 0.0), 1.0)
-        frame = GARBAGE_FRAME if garbage else encode(
-            Measurement(s.spec.device, seq, reading.p_kw, soc, reading.status))
+        frame = (
+            GARBAGE_FRAME
+            if garbage
+            else encode(Measurement(s.spec.device, seq, reading.p_kw, soc, reading.status))
+        )
         self._send(s, frame)
         if self._log is not None and self._log_file is not None:
-            self._log.writerow([
-                f"{self._clock() - self._start:.4f}", s.spec.device, seq,
-                "garbage" if garbage else what,
-                "" if s.setpoint_kw is None else f"{s.setpoint_kw:.6g}", f"{reading.p_kw:.6g}",
-                "" if soc is None else f"{soc:.6f}", reading.status])
+            self._log.writerow(
+                [
+                    f"{self._clock() - self._start:.4f}",
+                    s.spec.device,
+                    seq,
+                    "garbage" if garbage else what,
+                    "" if s.setpoint_kw is None else f"{s.setpoint_kw:.6g}",
+                    f"{reading.p_kw:.6g}",
+                    "" if soc is None else f"{soc:.6f}",
+                    reading.status,
+                ]
+            )
             self._log_file.flush()
 
 
@@ -729,13 +782,17 @@ def load_curve_keys(server_key_file: str | Path, own_key_file: str | Path) -> Cu
             raise ValueError(f"cannot read {what} {str(path)!r}: {exc}") from None
         for key in (public, secret):
             if key is not None and len(key) != 40:
-                raise ValueError(f"{what} {str(path)!r} holds a key of {len(key)} characters; "
-                                 f"a CURVE key is 40 (Z85)")
+                raise ValueError(
+                    f"{what} {str(path)!r} holds a key of {len(key)} characters; "
+                    f"a CURVE key is 40 (Z85)"
+                )
         return public, secret
 
     server_public, _ = load(server_key_file, "--curve-server-key")
     public, secret = load(own_key_file, "--curve-key")
     if secret is None:
-        raise ValueError(f"--curve-key {str(own_key_file)!r} holds no secret key; give the "
-                         f"device's NAME.key_secret file, not NAME.key")
+        raise ValueError(
+            f"--curve-key {str(own_key_file)!r} holds no secret key; give the "
+            f"device's NAME.key_secret file, not NAME.key"
+        )
     return CurveKeys(server_public, public, secret)

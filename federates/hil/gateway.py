@@ -51,8 +51,19 @@ from dsosim.federates.hil.protocol import (
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("malformed", "oversized", "unknown_device", "late", "no_session", "wrong_kind",
-            "wrong_version", "heartbeats", "hellos", "sessions_expired", "sessions_lost")
+COUNTERS = (
+    "malformed",
+    "oversized",
+    "unknown_device",
+    "late",
+    "no_session",
+    "wrong_kind",
+    "wrong_version",
+    "heartbeats",
+    "hellos",
+    "sessions_expired",
+    "sessions_lost",
+)
 """What :meth:`Gateway.take_counters` reports. ``sessions_lost``: sessions
 ended because ZeroMQ reported the device's connection gone when sending."""
 
@@ -222,7 +233,9 @@ class Gateway:
             if curve is not None:
                 self._auth = ThreadAuthenticator(self._ctx, log=log.getChild("auth"))
                 self._auth.start()
-                self._auth.configure_curve(domain="*", location=str(self.settings.curve_authorized_dir))
+                self._auth.configure_curve(
+                    domain="*", location=str(self.settings.curve_authorized_dir)
+                )
             self._router = self._bind_router(curve)
             pipe_endpoint = f"inproc://hil-gateway-{id(self)}"
             self._pipe = self._ctx.socket(zmq.PAIR)
@@ -237,8 +250,11 @@ class Gateway:
             raise
         self._thread = threading.Thread(target=self._run, name="hil-gateway-io", daemon=True)
         self._thread.start()
-        log.info("HIL gateway listening on %s (%s)", self._endpoint,
-                 "CURVE" if curve is not None else "no authentication")
+        log.info(
+            "HIL gateway listening on %s (%s)",
+            self._endpoint,
+            "CURVE" if curve is not None else "no authentication",
+        )
 
     def close(self) -> None:
         """Stop the I/O thread, close the sockets and the authenticator. Idempotent."""
@@ -312,13 +328,16 @@ class Gateway:
         with self._soc_lock:
             self._soc[device] = None if soc is None else float(soc)
 
-    def setpoints(self, items: Sequence[tuple[str, int, int, float, float, float, float]]
-                  ) -> dict[str, Exchange]:
+    def setpoints(
+        self, items: Sequence[tuple[str, int, int, float, float, float, float]]
+    ) -> dict[str, Exchange]:
         """Send a SETPOINT to each listed device with a session; wait up to
         ``timeout_ms`` (in total, from the first send) for the answers.
         Items: ``(device, seq, interval, t_s, duration_s, p_kw, price)``."""
-        requests = [self._prepare(Setpoint(d, seq, interval, t_s, duration_s, p_kw, price))
-                    for d, seq, interval, t_s, duration_s, p_kw, price in items]
+        requests = [
+            self._prepare(Setpoint(d, seq, interval, t_s, duration_s, p_kw, price))
+            for d, seq, interval, t_s, duration_s, p_kw, price in items
+        ]
         return self._run_round(requests)
 
     def read(self, items: Sequence[tuple[str, int]]) -> dict[str, Exchange]:
@@ -390,13 +409,13 @@ class Gateway:
     def _run(self) -> None:
         try:
             self._serve()
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller, never lost
+        except BaseException as exc:
             self._failure = exc
             log.exception("HIL gateway I/O thread failed")
             try:
                 assert self._io_pipe is not None
                 self._io_pipe.send(_REPLY_FAILED, zmq.NOBLOCK)
-            except Exception:  # noqa: BLE001 - the caller also checks is_alive()
+            except Exception:
                 pass
         finally:
             for sock in (self._router, self._io_pipe):
@@ -462,8 +481,12 @@ class Gateway:
     def _start_round(self, requests: list[_Request]) -> None:
         start = time.perf_counter()
         self._expire_sessions(start)
-        rnd = _Round(order=[r.device for r in requests],
-                     deadline=start + self.settings.timeout_ms / 1000.0, pending={}, results={})
+        rnd = _Round(
+            order=[r.device for r in requests],
+            deadline=start + self.settings.timeout_ms / 1000.0,
+            pending={},
+            results={},
+        )
         self._round = rnd
         for req in requests:
             session = self._by_device.get(req.device)
@@ -502,8 +525,11 @@ class Gateway:
     def _expire_sessions(self, now: float) -> None:
         limit = EXPIRY_HEARTBEATS * self.settings.heartbeat_s
         for session in [s for s in self._by_identity.values() if now - s.last_seen >= limit]:
-            log.info("HIL device %s: session expired (silent for %.1f s)", session.device,
-                     now - session.last_seen)
+            log.info(
+                "HIL device %s: session expired (silent for %.1f s)",
+                session.device,
+                now - session.last_seen,
+            )
             self._counters["sessions_expired"] += 1
             self._end_session(session)
 
@@ -531,8 +557,20 @@ class Gateway:
         with self._soc_lock:
             soc = self._soc[info.id]
         s = self.settings
-        self._send(identity, Welcome(info.id, info.kind, info.rated_kw, info.capacity_kwh, soc,
-                                     s.time_scale, s.step_s, s.timeout_ms, s.heartbeat_s))
+        self._send(
+            identity,
+            Welcome(
+                info.id,
+                info.kind,
+                info.rated_kw,
+                info.capacity_kwh,
+                soc,
+                s.time_scale,
+                s.step_s,
+                s.timeout_ms,
+                s.heartbeat_s,
+            ),
+        )
 
     # frames from devices
 
@@ -555,8 +593,11 @@ class Gateway:
             return
         raw = body[0]
         if len(raw) > MAX_MESSAGE_BYTES:
-            self._refuse(identity, "oversized",
-                         f"size: {len(raw)} bytes, more than {MAX_MESSAGE_BYTES}; not decoded")
+            self._refuse(
+                identity,
+                "oversized",
+                f"size: {len(raw)} bytes, more than {MAX_MESSAGE_BYTES}; not decoded",
+            )
             return
         try:
             message = protocol.decode(raw, from_device=True)
@@ -566,7 +607,7 @@ class Gateway:
             else:
                 self._refuse(identity, "malformed", str(exc))
             return
-        except Exception as exc:  # noqa: BLE001 - a hostile frame must not end the thread
+        except Exception as exc:
             self._refuse(identity, "malformed", f"frame: cannot be read ({type(exc).__name__})")
             return
         if isinstance(message, Hello):
@@ -575,8 +616,11 @@ class Gateway:
             self._counters["no_session"] += 1
             self._send(identity, Reject(message.device, "no session: send hello first"))
         elif message.device != session.device:
-            self._refuse(identity, "malformed", f"device: {message.device!r} on the session of "
-                                                f"{session.device!r}")
+            self._refuse(
+                identity,
+                "malformed",
+                f"device: {message.device!r} on the session of {session.device!r}",
+            )
         elif isinstance(message, Heartbeat):
             self._counters["heartbeats"] += 1
             self._send(identity, Heartbeat(session.device))
@@ -592,8 +636,13 @@ class Gateway:
             self._send(identity, Reject(hello.device, f"unknown device id {hello.device!r}"))
         elif hello.kind is not None and hello.kind != info.kind:
             self._counters["wrong_kind"] += 1
-            self._send(identity, Reject(hello.device, f"wrong kind: {hello.device!r} is a "
-                                                      f"{info.kind}, not a {hello.kind}"))
+            self._send(
+                identity,
+                Reject(
+                    hello.device,
+                    f"wrong kind: {hello.device!r} is a {info.kind}, not a {hello.kind}",
+                ),
+            )
         else:
             self._open_session(identity, info, now)
 
@@ -607,7 +656,11 @@ class Gateway:
             return
         self._counters["wrong_version"] += 1
         device = data.get("device")
-        if data.get("type") == Hello.TYPE and isinstance(device, str) and protocol.DEVICE_ID.match(device):
+        if (
+            data.get("type") == Hello.TYPE
+            and isinstance(device, str)
+            and protocol.DEVICE_ID.match(device)
+        ):
             self._send(identity, Reject(device, f"wrong version: {reason}"))
         else:
             self._send(identity, Error(reason[:500]))
@@ -658,7 +711,9 @@ def _check_settings(s: GatewaySettings) -> None:
     for name in ("timeout_ms", "heartbeat_s", "time_scale", "step_s"):
         value = getattr(s, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 1e9):
-            raise GatewayError(f"HIL gateway setting {name} must be a positive number, got {value!r}")
+            raise GatewayError(
+                f"HIL gateway setting {name} must be a positive number, got {value!r}"
+            )
 
 
 def _check_security(s: GatewaySettings) -> None:
@@ -666,15 +721,25 @@ def _check_security(s: GatewaySettings) -> None:
         raise GatewayError(
             f"HIL gateway bind {s.bind!r} is not a loopback address: anyone who can reach it could "
             "pose as a device. Configure CURVE (curve_secret_key + curve_authorized_dir) or set "
-            "allow_unauthenticated = true to accept that")
+            "allow_unauthenticated = true to accept that"
+        )
     if s.curve_authorized_dir is not None and s.curve_secret_key is None:
         raise GatewayError("HIL gateway: curve_authorized_dir is set but curve_secret_key is not")
 
 
 def _check_device(info: DeviceInfo, s: GatewaySettings) -> None:
     """A device's WELCOME must pass the device's validation."""
-    welcome = Welcome(info.id, info.kind, info.rated_kw, info.capacity_kwh, None,
-                      s.time_scale, s.step_s, s.timeout_ms, s.heartbeat_s)
+    welcome = Welcome(
+        info.id,
+        info.kind,
+        info.rated_kw,
+        info.capacity_kwh,
+        None,
+        s.time_scale,
+        s.step_s,
+        s.timeout_ms,
+        s.heartbeat_s,
+    )
     try:
         protocol.decode(protocol.encode(welcome), from_device=False)
     except (ProtocolError, TypeError) as exc:
@@ -698,8 +763,10 @@ def _load_curve(s: GatewaySettings) -> tuple[bytes, bytes] | None:
         raise GatewayError(f"HIL gateway: {path} holds no secret key (is it the public .key file?)")
     folder = s.curve_authorized_dir
     if folder is None:
-        raise GatewayError("HIL gateway: curve_secret_key needs curve_authorized_dir, the folder "
-                           "of authorised device public keys")
+        raise GatewayError(
+            "HIL gateway: curve_secret_key needs curve_authorized_dir, the folder "
+            "of authorised device public keys"
+        )
     if not Path(folder).is_dir():
         raise GatewayError(f"HIL gateway: authorised keys folder {folder} does not exist")
     return public, secret

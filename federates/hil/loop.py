@@ -29,8 +29,20 @@ from dataclasses import dataclass
 from dsosim.federates.common.config import HilDeviceConfig
 from dsosim.federates.hil.gateway import Exchange
 
-HIL_COLUMNS = ("interval", "device", "aggregator", "status", "device_status", "fallback",
-               "setpoint_kw", "measured_kw", "soc", "used_mw", "rtt_setpoint_ms", "rtt_read_ms")
+HIL_COLUMNS = (
+    "interval",
+    "device",
+    "aggregator",
+    "status",
+    "device_status",
+    "fallback",
+    "setpoint_kw",
+    "measured_kw",
+    "soc",
+    "used_mw",
+    "rtt_setpoint_ms",
+    "rtt_read_ms",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,23 +86,59 @@ class HardwareLoop:
         """The hardware's kW as the simulated DER's MW."""
         return device_kw / self.devices[device].scale / 1000.0
 
-    def resolve(self, device: str, setpoint_kw: float, sent: Exchange, read: Exchange) -> DeviceStep:
+    def resolve(
+        self, device: str, setpoint_kw: float, sent: Exchange, read: Exchange
+    ) -> DeviceStep:
         """The interval's outcome for one device from its two exchanges."""
         failure = next((e.status for e in (sent, read) if e.status != "ok"), "ok")
         m = read.measurement if read.status == "ok" else None
         if m is not None:
             used = self.sim_mw(device, m.p_kw)
             self._last_mw[device] = used
-            return DeviceStep(device, failure, m.status, "none", setpoint_kw, m.p_kw, m.soc, used,
-                              sent.rtt_ms, read.rtt_ms)
+            return DeviceStep(
+                device,
+                failure,
+                m.status,
+                "none",
+                setpoint_kw,
+                m.p_kw,
+                m.soc,
+                used,
+                sent.rtt_ms,
+                read.rtt_ms,
+            )
         if self.fallback == "unavailable":
             used: float | None = 0.0
         else:
             used = self._last_mw.get(device)
-        return DeviceStep(device, failure, None, self.fallback, setpoint_kw, None, None, used,
-                          sent.rtt_ms, read.rtt_ms)
+        return DeviceStep(
+            device,
+            failure,
+            None,
+            self.fallback,
+            setpoint_kw,
+            None,
+            None,
+            used,
+            sent.rtt_ms,
+            read.rtt_ms,
+        )
 
     def rows(self, interval: int, steps: Mapping[str, DeviceStep]) -> list[tuple[object, ...]]:
-        return [(interval, s.device, self.devices[s.device].aggregator, s.status, s.device_status,
-                 s.fallback, s.setpoint_kw, s.measured_kw, s.soc, s.used_mw, s.rtt_setpoint_ms,
-                 s.rtt_read_ms) for s in (steps[d] for d in sorted(steps))]
+        return [
+            (
+                interval,
+                s.device,
+                self.devices[s.device].aggregator,
+                s.status,
+                s.device_status,
+                s.fallback,
+                s.setpoint_kw,
+                s.measured_kw,
+                s.soc,
+                s.used_mw,
+                s.rtt_setpoint_ms,
+                s.rtt_read_ms,
+            )
+            for s in (steps[d] for d in sorted(steps))
+        ]

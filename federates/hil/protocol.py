@@ -156,7 +156,9 @@ class Error:
 
 Message = Hello | Measurement | Heartbeat | Welcome | Reject | Setpoint | Read | Error
 FROM_DEVICE: dict[str, type] = {c.TYPE: c for c in (Hello, Measurement, Heartbeat)}
-FROM_GATEWAY: dict[str, type] = {c.TYPE: c for c in (Welcome, Reject, Setpoint, Read, Heartbeat, Error)}
+FROM_GATEWAY: dict[str, type] = {
+    c.TYPE: c for c in (Welcome, Reject, Setpoint, Read, Heartbeat, Error)
+}
 
 
 def encode(message: Message) -> bytes:
@@ -172,23 +174,35 @@ def decode(raw: bytes, *, from_device: bool) -> Message:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError("size", f"{len(raw)} bytes, more than {MAX_MESSAGE_BYTES}; not decoded")
     try:
-        data = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_bin_len=MAX_MESSAGE_BYTES,
-                               max_str_len=MAX_MESSAGE_BYTES, max_array_len=64, max_map_len=64)
-    except Exception as exc:  # noqa: BLE001 - msgpack raises several types for bad input
+        data = msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=MAX_MESSAGE_BYTES,
+            max_str_len=MAX_MESSAGE_BYTES,
+            max_array_len=64,
+            max_map_len=64,
+        )
+    except Exception as exc:
         raise ProtocolError("frame", f"not msgpack: {type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise ProtocolError("frame", f"expected a map, got {type(data).__name__}")
     version = data.get("v")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError("v", f"protocol version {version!r}; this side speaks {PROTOCOL_VERSION}")
+        raise ProtocolError(
+            "v", f"protocol version {version!r}; this side speaks {PROTOCOL_VERSION}"
+        )
     kinds = FROM_DEVICE if from_device else FROM_GATEWAY
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in kinds:
-        raise ProtocolError("type", f"{kind!r} is not a message a {'device' if from_device else 'gateway'} "
-                                    f"sends; expected one of {sorted(kinds)}")
+        raise ProtocolError(
+            "type",
+            f"{kind!r} is not a message a {'device' if from_device else 'gateway'} "
+            f"sends; expected one of {sorted(kinds)}",
+        )
     cls = kinds[kind]
     names = [f.name for f in fields(cls)]
-    extra = sorted((str(k)[:64] for k in set(data) - {"v", "type"} - set(names)))
+    extra = sorted(str(k)[:64] for k in set(data) - {"v", "type"} - set(names))
     if extra:
         raise ProtocolError(extra[0], f"unknown field in {kind}")
     values: dict[str, Any] = {}
@@ -209,8 +223,11 @@ def decode(raw: bytes, *, from_device: bool) -> Message:
 
 def _device(value: Any, name: str) -> str:
     if not isinstance(value, str) or not DEVICE_ID.match(value):
-        raise ProtocolError(name, f"device id must be 1-64 of [A-Za-z0-9_.-], starting with a "
-                                  f"letter or digit; got {value!r}"[:200])
+        raise ProtocolError(
+            name,
+            f"device id must be 1-64 of [A-Za-z0-9_.-], starting with a "
+            f"letter or digit; got {value!r}"[:200],
+        )
     return value
 
 
@@ -269,9 +286,21 @@ def _status(value: Any, name: str) -> str:
 
 
 _CHECKS = {
-    "device": _device, "kind": _kind, "reason": _text, "seq": _int, "interval": _int,
-    "p_kw": _number, "price": _number, "t_s": _number, "soc": _fraction_or_none,
-    "status": _status, "rated_kw": _positive, "capacity_kwh": _positive_or_none,
-    "time_scale": _positive, "step_s": _positive, "timeout_ms": _positive, "heartbeat_s": _positive,
+    "device": _device,
+    "kind": _kind,
+    "reason": _text,
+    "seq": _int,
+    "interval": _int,
+    "p_kw": _number,
+    "price": _number,
+    "t_s": _number,
+    "soc": _fraction_or_none,
+    "status": _status,
+    "rated_kw": _positive,
+    "capacity_kwh": _positive_or_none,
+    "time_scale": _positive,
+    "step_s": _positive,
+    "timeout_ms": _positive,
+    "heartbeat_s": _positive,
     "duration_s": _positive,
 }

@@ -17,33 +17,34 @@ from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig, independent_name
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
-from dsosim.federates.dso.dmo_factory import make_dmo
-from dsosim.federates.dso.grid import Location
-from dsosim.federates.dso.grid_model import from_message
+from dsosim.federates.markets.dmo_factory import make_dmo
+from dsosim.federates.markets.grid_model import from_message
+from dsosim.federates.markets.host import send_dispatch, send_interface_bid
+from dsosim.federates.markets.location import Location
 
 
 def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
     cfg = next(d for d in config.dsos if independent_name(d.name) == name)
-    locations = [Location(a, b) for a in sorted(cfg.aggregators) for b in sorted(config.aggregator(a).buses)]
+    locations = [
+        Location(a, b) for a in sorted(cfg.aggregators) for b in sorted(config.aggregator(a).buses)
+    ]
     dmo = make_dmo(config, cfg, locations)
     in_market = [a for a in cfg.aggregators if routes.bids_in_market(config, config.aggregator(a))]
     for k in range(config.time.n_intervals):
         shell.advance(at(k, Phase.AGGREGATE, config.time))
         received = shell.receive(allowed_senders=[cfg.name, *in_market])
-        grid = expect([m for m in received if isinstance(m, msg.GridModel)], msg.GridModel, k, [cfg.name])[cfg.name]
-        bids = expect([m for m in received if not isinstance(m, msg.GridModel)], msg.FleetBid, k, in_market)
-        state, sens = from_message(grid, vmin=cfg.limits.vmin_pu, vmax=cfg.limits.vmax_pu)  # type: ignore[arg-type]
-        curve, tables = dmo.interface_bid(
-            k, {a: {b.location: b.curve for b in m.bids} for a, m in bids.items()}, state, sens)  # type: ignore[attr-defined]
-        shell.send(cfg.iso, msg.InterfaceBid(name, k, cfg.td_bus, curve))
-        shell.record_tables(k, tables)
+        grid = expect(
+            [m for m in received if isinstance(m, msg.GridModel)], msg.GridModel, k, [cfg.name]
+        )[cfg.name]
+        bids = expect(
+            [m for m in received if not isinstance(m, msg.GridModel)], msg.FleetBid, k, in_market
+        )
+        state, sens = from_message(grid, vmin=cfg.limits.vmin_pu, vmax=cfg.limits.vmax_pu)
+        send_interface_bid(shell, dmo, k, bids, state, sens, iso=cfg.iso, td_bus=cfg.td_bus)
 
         shell.advance(at(k, Phase.DISPATCH, config.time))
         award = expect(shell.receive(allowed_senders=[cfg.iso]), msg.Award, k, [cfg.iso])[cfg.iso]
-        dispatch, tables = dmo.dispatch(k, award.lmp, award.cleared_mw)  # type: ignore[attr-defined]
-        for agg, (setpoints, prices) in sorted(dispatch.items()):
-            shell.send(agg, msg.Dispatch(name, k, setpoints, prices))
-        shell.record_tables(k, tables)
+        send_dispatch(shell, dmo, k, award)
         shell.end_interval(k)
 
 

@@ -58,22 +58,33 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
                 meters[m.sender] = (m.actual_mw, dict(m.allocation))
                 continue
             if m.interval != k or k == n or m.sender not in expected or m.sender in got:
-                raise msg.MessageError(m.sender, f"{m.KIND}.interval",
-                                       f"unexpected {m.KIND} for interval {m.interval} at interval {k}")
+                raise msg.MessageError(
+                    m.sender,
+                    f"{m.KIND}.interval",
+                    f"unexpected {m.KIND} for interval {m.interval} at interval {k}",
+                )
             got.add(m.sender)
             lda, party = expected[m.sender]
             if isinstance(m, msg.InterfaceBid) and not party.startswith("agg:"):
                 if m.td_bus != market.interfaces[lda]:
-                    raise msg.MessageError(m.sender, "interface_bid.td_bus",
-                                           f"{m.td_bus} is not the T-D bus {market.interfaces[lda]} of {lda}")
+                    raise msg.MessageError(
+                        m.sender,
+                        "interface_bid.td_bus",
+                        f"{m.td_bus} is not the T-D bus {market.interfaces[lda]} of {lda}",
+                    )
                 key = lda if party.startswith("dmo:") else f"{lda}/utility"
                 bids.append(IsoBid(key, party, lda, m.curve))
             elif isinstance(m, msg.FleetBid) and party.startswith("agg:"):
                 # a fleet bids for the one modelled feeder; the LDA stands for `scale` of them
                 scale = config.dso(lda).scale
-                bids.extend(IsoBid(f"{m.sender}/{b.location}", party, lda, b.curve.scaled(scale)) for b in m.bids)
+                bids.extend(
+                    IsoBid(f"{m.sender}/{b.location}", party, lda, b.curve.scaled(scale))
+                    for b in m.bids
+                )
             else:
-                raise msg.MessageError(m.sender, "kind", f"{m.KIND} is not what the ISO expects from it")
+                raise msg.MessageError(
+                    m.sender, "kind", f"{m.KIND} is not what the ISO expects from it"
+                )
         if k > 0:
             shell.record_tables(k - 1, market.settle_imbalance(k - 1, meters, holders))
         if k == n:
@@ -87,15 +98,25 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
         shell.end_interval(k)
 
 
-def _send_awards(shell: FederateShell, config: FederationConfig, k: int, awards: dict) -> None:  # noqa: ANN001
+def _send_awards(shell: FederateShell, config: FederationConfig, k: int, awards: dict) -> None:
     for dso in config.dsos:
         lda = dso.name
-        mine = {key: a for key, a in awards.items() if key == lda or key.startswith(f"{lda}/")
-                or key.split("/")[0] in dso.aggregators}
+        mine = {
+            key: a
+            for key, a in awards.items()
+            if key == lda or key.startswith(f"{lda}/") or key.split("/")[0] in dso.aggregators
+        }
         any_line = next(iter(mine.values()))
         total = sum(a.cleared_mw for a in mine.values())
-        interface = msg.Award(shell.name, k, dso.td_bus, any_line.lmp, any_line.lmp_energy,
-                              any_line.lmp_congestion, total)
+        interface = msg.Award(
+            shell.name,
+            k,
+            dso.td_bus,
+            any_line.lmp,
+            any_line.lmp_energy,
+            any_line.lmp_congestion,
+            total,
+        )
         shell.send(lda, interface)  # the utility always learns its interface's price and schedule
         local = routes.local_dmo_of(config, dso)
         if local is not None and local != lda:

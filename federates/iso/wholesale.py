@@ -23,15 +23,61 @@ from dsosim.federates.iso.dcopf import BusCurve, DcOpf, congestion_rent
 
 Rows = list[tuple[object, ...]]
 
-MARKET_COLUMNS = ("interval", "bus", "lmp", "lmp_energy", "lmp_congestion", "fixed_load_mw", "shed_mw")
+MARKET_COLUMNS = (
+    "interval",
+    "bus",
+    "lmp",
+    "lmp_energy",
+    "lmp_congestion",
+    "fixed_load_mw",
+    "shed_mw",
+)
 GEN_COLUMNS = ("interval", "gen", "bus", "mw")
-ISO_COLUMNS = ("interval", "hours", "status", "generation_cost", "congestion_rent", "shed_mw",
-               "fixed_load_mw", "bids", "binding_lines")
-INTERFACE_COLUMNS = ("interval", "hours", "dso", "td_bus", "lmp", "lmp_energy", "lmp_congestion",
-                     "cleared_mw", "bid_min_mw", "bid_max_mw", "bids")
-AWARD_COLUMNS = ("interval", "key", "party", "dso", "td_bus", "lmp", "cleared_mw", "bid_min_mw", "bid_max_mw")
-IMBALANCE_COLUMNS = ("interval", "hours", "dso", "td_bus", "scheduled_mw", "actual_mw",
-                     "imbalance_mw", "price")
+ISO_COLUMNS = (
+    "interval",
+    "hours",
+    "status",
+    "generation_cost",
+    "congestion_rent",
+    "shed_mw",
+    "fixed_load_mw",
+    "bids",
+    "binding_lines",
+)
+INTERFACE_COLUMNS = (
+    "interval",
+    "hours",
+    "dso",
+    "td_bus",
+    "lmp",
+    "lmp_energy",
+    "lmp_congestion",
+    "cleared_mw",
+    "bid_min_mw",
+    "bid_max_mw",
+    "bids",
+)
+AWARD_COLUMNS = (
+    "interval",
+    "key",
+    "party",
+    "dso",
+    "td_bus",
+    "lmp",
+    "cleared_mw",
+    "bid_min_mw",
+    "bid_max_mw",
+)
+IMBALANCE_COLUMNS = (
+    "interval",
+    "hours",
+    "dso",
+    "td_bus",
+    "scheduled_mw",
+    "actual_mw",
+    "imbalance_mw",
+    "price",
+)
 
 
 @dataclass(frozen=True)
@@ -115,20 +161,50 @@ class WholesaleMarket:
         award_rows: Rows = []
         for bid, curve, cleared in zip(bids, curves, res.curve_mw, strict=True):
             i = self.bus_index[curve.bus]
-            line = AwardLine(curve.bus, float(lmp[i]), float(res.lmp_energy[i]), float(res.lmp_congestion[i]),
-                             float(cleared))
+            line = AwardLine(
+                curve.bus,
+                float(lmp[i]),
+                float(res.lmp_energy[i]),
+                float(res.lmp_congestion[i]),
+                float(cleared),
+            )
             out.awards[bid.key] = line
             self._schedules[(k, bid.key)] = (bid.lda, bid.party, line.cleared_mw, line.lmp)
-            award_rows.append((k, bid.key, bid.party, bid.lda, curve.bus, line.lmp, line.cleared_mw,
-                               bid.curve.min_mw, bid.curve.max_mw))
-            pay.append(ledger.Payment(k, "iso", bid.party, "iso", "energy", line.cleared_mw, line.lmp, h))
+            award_rows.append(
+                (
+                    k,
+                    bid.key,
+                    bid.party,
+                    bid.lda,
+                    curve.bus,
+                    line.lmp,
+                    line.cleared_mw,
+                    bid.curve.min_mw,
+                    bid.curve.max_mw,
+                )
+            )
+            pay.append(
+                ledger.Payment(k, "iso", bid.party, "iso", "energy", line.cleared_mw, line.lmp, h)
+            )
         iface_rows: Rows = []
         for lda, bus in sorted(self.interfaces.items()):
             i = self.bus_index[bus]
             mine = [r for r in award_rows if r[3] == lda]
-            iface_rows.append((k, h, lda, bus, float(lmp[i]), float(res.lmp_energy[i]),
-                               float(res.lmp_congestion[i]), sum(r[6] for r in mine), sum(r[7] for r in mine),
-                               sum(r[8] for r in mine), len(mine)))
+            iface_rows.append(
+                (
+                    k,
+                    h,
+                    lda,
+                    bus,
+                    float(lmp[i]),
+                    float(res.lmp_energy[i]),
+                    float(res.lmp_congestion[i]),
+                    sum(r[6] for r in mine),
+                    sum(r[7] for r in mine),
+                    sum(r[8] for r in mine),
+                    len(mine),
+                )
+            )
         # Everything withdrawn at a bus except the bids: fixed load net of
         # shedding, shunts, spilled surplus. Charged at the LMP like any load.
         served = res.withdrawal_mw.copy()
@@ -136,31 +212,77 @@ class WholesaleMarket:
             served[self.bus_index[curve.bus]] -= cleared
         for i, bus in enumerate(self.case.bus_ids):
             if served[i] != 0.0:
-                pay.append(ledger.Payment(k, "iso", f"load:{int(bus)}", "iso", "energy",
-                                          float(served[i]), float(lmp[i]), h))
+                pay.append(
+                    ledger.Payment(
+                        k,
+                        "iso",
+                        f"load:{int(bus)}",
+                        "iso",
+                        "energy",
+                        float(served[i]),
+                        float(lmp[i]),
+                        h,
+                    )
+                )
         gen_rows: Rows = []
         for g, (bus, mw) in enumerate(zip(self.case.gen_bus, res.gen_mw, strict=True)):
             gen_rows.append((k, g, int(bus), float(mw)))
             if mw != 0.0:
-                pay.append(ledger.Payment(k, "iso", "iso", f"gen:{g}", "energy", float(mw),
-                                          float(lmp[self.bus_index[int(bus)]]), h))
-        out.tables["market"] = (MARKET_COLUMNS, [
-            (k, int(b), float(lmp[i]), float(res.lmp_energy[i]), float(res.lmp_congestion[i]),
-             float(fixed[i]), float(res.shed_mw[i]))
-            for i, b in enumerate(self.case.bus_ids)
-        ])
+                pay.append(
+                    ledger.Payment(
+                        k,
+                        "iso",
+                        "iso",
+                        f"gen:{g}",
+                        "energy",
+                        float(mw),
+                        float(lmp[self.bus_index[int(bus)]]),
+                        h,
+                    )
+                )
+        out.tables["market"] = (
+            MARKET_COLUMNS,
+            [
+                (
+                    k,
+                    int(b),
+                    float(lmp[i]),
+                    float(res.lmp_energy[i]),
+                    float(res.lmp_congestion[i]),
+                    float(fixed[i]),
+                    float(res.shed_mw[i]),
+                )
+                for i, b in enumerate(self.case.bus_ids)
+            ],
+        )
         out.tables["generators"] = (GEN_COLUMNS, gen_rows)
         out.tables["interface"] = (INTERFACE_COLUMNS, iface_rows)
         out.tables["awards"] = (AWARD_COLUMNS, award_rows)
-        out.tables["iso"] = (ISO_COLUMNS, [(
-            k, h, res.status, float(res.total_cost) * h, float(congestion_rent(res)) * h,
-            float(res.shed_mw.sum()), float(fixed.sum()), len(curves), len(res.binding),
-        )])
+        out.tables["iso"] = (
+            ISO_COLUMNS,
+            [
+                (
+                    k,
+                    h,
+                    res.status,
+                    float(res.total_cost) * h,
+                    float(congestion_rent(res)) * h,
+                    float(res.shed_mw.sum()),
+                    float(fixed.sum()),
+                    len(curves),
+                    len(res.binding),
+                )
+            ],
+        )
         out.tables["settlements"] = (ledger.COLUMNS, [p.row() for p in pay])
         return out
 
-    def settle_imbalance(self, interval: int, metered: Mapping[str, tuple[float, Mapping[str, float]]],
-                         holders: Mapping[str, str]) -> dict[str, tuple[tuple[str, ...], Rows]]:
+    def settle_imbalance(
+        self,
+        interval: int,
+        metered: Mapping[str, tuple[float, Mapping[str, float]]],
+        holders: Mapping[str, str],
+    ) -> dict[str, tuple[tuple[str, ...], Rows]]:
         """Settle each LDA's metered T-D flow against its schedules, at that
         interval's LMP. ``metered[lda] = (flow_mw, allocation)``: the meter
         operator names parties responsible for part of the deviation (e.g.
@@ -168,7 +290,11 @@ class WholesaleMarket:
         schedule holder ``holders[lda]``."""
         rows: Rows = []
         pay: list[ledger.Payment] = []
-        schedules = {key: self._schedules.pop((k, key)) for (k, key) in list(self._schedules) if k == interval}
+        schedules = {
+            key: self._schedules.pop((k, key))
+            for (k, key) in list(self._schedules)
+            if k == interval
+        }
         for lda in sorted(self.interfaces):
             if lda not in metered:
                 raise ValueError(f"interval {interval}: no meter reading from {lda!r}")
@@ -177,12 +303,32 @@ class WholesaleMarket:
             price = mine[0][3] if mine else 0.0
             actual, allocation = metered[lda]
             deviation = actual - scheduled
-            rows.append((interval, self.hours, lda, self.interfaces[lda], scheduled, actual, deviation, price))
+            rows.append(
+                (
+                    interval,
+                    self.hours,
+                    lda,
+                    self.interfaces[lda],
+                    scheduled,
+                    actual,
+                    deviation,
+                    price,
+                )
+            )
             remainder = deviation
             for party, mw in sorted(allocation.items()):
-                pay.append(ledger.Payment(interval, "iso", party, "iso", "imbalance", mw, price, self.hours))
+                pay.append(
+                    ledger.Payment(
+                        interval, "iso", party, "iso", "imbalance", mw, price, self.hours
+                    )
+                )
                 remainder -= mw
-            pay.append(ledger.Payment(interval, "iso", holders[lda], "iso", "imbalance", remainder, price,
-                                      self.hours))
-        return {"imbalance": (IMBALANCE_COLUMNS, rows),
-                "settlements": (ledger.COLUMNS, [p.row() for p in pay])}
+            pay.append(
+                ledger.Payment(
+                    interval, "iso", holders[lda], "iso", "imbalance", remainder, price, self.hours
+                )
+            )
+        return {
+            "imbalance": (IMBALANCE_COLUMNS, rows),
+            "settlements": (ledger.COLUMNS, [p.row() for p in pay]),
+        }

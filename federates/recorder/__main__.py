@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
             shell.advance(at(k, Phase.RECORD, config.time))
             for m in shell.receive(allowed_senders=senders):
                 if not isinstance(m, msg.TableRows):
-                    raise msg.MessageError(m.sender, "kind", f"recorder only accepts rows, got {m.KIND}")
+                    raise msg.MessageError(
+                        m.sender, "kind", f"recorder only accepts rows, got {m.KIND}"
+                    )
                 store.add(m.table, m.columns, m.rows)
             own = shell.take_grants(k)
             if own:
@@ -50,11 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{rc.name}] results complete: {summary.get('intervals')} intervals", flush=True)
 
     def on_error(text: str) -> None:
-        store.finish(complete=False, error=f"stopped at interval {state['interval'] + 1}: {text}",
-                     summarise=summarise)
+        store.finish(
+            complete=False,
+            error=f"stopped at interval {state['interval'] + 1}: {text}",
+            summarise=summarise,
+        )
 
-    return run_federate(rc.name, lambda: FederateShell(rc.name, config.helics, recorder=None),
-                        body, on_error)
+    return run_federate(
+        rc.name, lambda: FederateShell(rc.name, config.helics, recorder=None), body, on_error
+    )
 
 
 if __name__ == "__main__":

@@ -84,13 +84,14 @@ class ResultStore:
         tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
         os.replace(tmp, target)
 
-    def finish(self, *, complete: bool, error: str | None,
-               summarise: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    def finish(
+        self, *, complete: bool, error: str | None, summarise: Callable[[Path], dict[str, Any]]
+    ) -> dict[str, Any]:
         """Flush everything and write the final ``summary.json``."""
         self.flush()
         try:
             summary = summarise(self.dir)
-        except Exception as exc:  # noqa: BLE001 - the summary must still be written
+        except Exception as exc:
             summary = {"summary_error": f"{type(exc).__name__}: {exc}"}
         summary["complete"] = complete
         summary["status"] = "complete" if complete else "incomplete"
@@ -100,14 +101,15 @@ class ResultStore:
         return summary
 
 
-def mark_incomplete(results_dir: str | Path, error: str,
-                    summarise: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+def mark_incomplete(
+    results_dir: str | Path, error: str, summarise: Callable[[Path], dict[str, Any]]
+) -> dict[str, Any]:
     """After a run whose recorder was killed before it could finish: summarise
     the parts already on disk and say the run is incomplete, and why."""
     folder = Path(results_dir)
     try:
         summary = summarise(folder)
-    except Exception as exc:  # noqa: BLE001 - the marker must still be written
+    except Exception as exc:
         summary = {"summary_error": f"{type(exc).__name__}: {exc}"}
     summary.update(complete=False, status="incomplete", error=error)
     target = folder / SUMMARY
@@ -122,6 +124,8 @@ def _infer(data: dict[str, list[Any]]) -> pa.Table:
     arrays = {}
     for name, values in data.items():
         if any(isinstance(v, float) for v in values):
-            values = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
+            values = [
+                float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values
+            ]
         arrays[name] = pa.array(values)
     return pa.table(arrays)

@@ -29,8 +29,18 @@ def _r(x: float, digits: int = 6) -> float:
 
 def summarise(results_dir: str | Path) -> dict[str, Any]:
     """Headline metrics; see README "Results" for each field's definition."""
-    t = {name: read_table(results_dir, name) for name in
-         ("iso", "interface", "imbalance", "feeder", "dispatch", "settlements", "traffic")}
+    t = {
+        name: read_table(results_dir, name)
+        for name in (
+            "iso",
+            "interface",
+            "imbalance",
+            "feeder",
+            "dispatch",
+            "settlements",
+            "traffic",
+        )
+    }
     out: dict[str, Any] = {}
     iso, interface, feeder = t["iso"], t["interface"], t["feeder"]
     out["intervals"] = int(iso["interval"].nunique()) if not iso.empty else 0
@@ -116,7 +126,7 @@ def settlement_balance(ledger: pd.DataFrame, iso: pd.DataFrame) -> dict[str, Any
     dmo_energy_dmo_view = amount[local & from_dmo & (payee == "iso")].sum()
     dmo_energy_iso_view = amount[in_iso & from_dmo & (ledger["item"] == "energy")].sum()
     dmo_imbalance = amount[in_iso & from_dmo & (ledger["item"] == "imbalance")].sum()
-    dmo_surplus = (amount[local & to_dmo].sum() - amount[local & from_dmo].sum() - dmo_imbalance)
+    dmo_surplus = amount[local & to_dmo].sum() - amount[local & from_dmo].sum() - dmo_imbalance
     congestion = iso["congestion_rent"].sum() if not iso.empty else 0.0
     residual = paid - received - congestion - imbalance - dmo_surplus
     aggs_in, aggs_out = payee.str.startswith("agg:"), payer.str.startswith("agg:")
