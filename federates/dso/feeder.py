@@ -269,7 +269,11 @@ class Feeder:
             raise FeederError(
                 f"feeder {self.name}: OpenDSS cannot compile {self.master}: {exc.args[1]}"
             ) from exc
-        if dss.Circuit.NumBuses() == 0 or dss.Vsources.Count() == 0:
+        try:
+            empty = dss.Circuit.NumBuses() == 0 or dss.Vsources.Count() == 0
+        except opendssdirect.DSSException:  # "#8888 There is no active circuit"
+            empty = True
+        if empty:
             raise FeederError(f"feeder {self.name}: {self.master} defines no circuit with a source")
         # A master file may end with its own Solve or mode settings: snapshot it is.
         dss.Text.Command("set mode=snapshot")

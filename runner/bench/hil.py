@@ -143,6 +143,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if not args.seconds > 0:
+        print(f"dsosim bench hil: --seconds must be > 0, got {args.seconds:g}", file=sys.stderr)
+        return 2
+    if out.exists() and not out.is_dir():
+        print(f"dsosim bench hil: --out {out}: exists and is not a folder", file=sys.stderr)
+        return 2
     step_s, interval_s = 1.0, 300.0
     hours = max(1, round(args.seconds / step_s)) * interval_s / 3600.0
     print("references (same machine, now):", flush=True)

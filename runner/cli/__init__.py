@@ -74,9 +74,20 @@ def make_parser(argv: Sequence[str] | None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command. Known errors are the command's own (exit code 2);
+    anything unexpected is reported in a few lines with the traceback in a log
+    file (``errors.report_unexpected``, exit code 1), never on the terminal."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = make_parser(argv).parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print(f"dsosim {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from dsosim.runner.cli.errors import report_unexpected
+
+        return report_unexpected(args.command, args, argv, exc)
 
 
 if __name__ == "__main__":

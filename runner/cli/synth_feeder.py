@@ -25,6 +25,9 @@ def handle(args: argparse.Namespace) -> int:
     except SyntheticFeederError as exc:
         print(f"dsosim synth-feeder: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"dsosim synth-feeder: --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(
         f"wrote {made.master}: {made.n_buses} buses, {made.n_loads} loads, "
         f"{made.total_kw / 1000.0:.2f} MW peak"
