@@ -161,7 +161,21 @@ def test_higher_expected_prices_raise_the_discharge_offer() -> None:
     assert all(h > x for h, x in zip(hi, lo))
 
 
-def test_received_prices_are_learned_and_raise_the_discharge_offer() -> None:
+def _charge_prices(fleet: Fleet, bus: str = "b") -> list[float]:
+    curve = fleet.bids(fleet.interval)[bus]
+    out, total = [], 0.0
+    for p, mw in curve.blocks:  # the blocks past the ones that undo the discharge
+        if total >= -curve.base_mw - 1e-12:
+            out.append(p)
+        total += mw
+    return out
+
+
+def test_received_prices_are_learned_and_raise_the_charge_offer() -> None:
+    # Both batteries can buy at 25 all night; the one that learned of a 200
+    # $/MWh evening will pay up to that 25 to fill up (it sells at 200), the
+    # calm one only 0.9 x 25 (it would sell at 25). Discharging now is priced
+    # alike (sell at 25 / 0.9, buy back at 25 before the evening).
     battery = (BatterySpec("b", 0.01, 0.04, soc_init=0.5, soc_min=0.0, soc_max=1.0),)
     calm = _fleet(batteries=battery, n_intervals=3 * DAY)
     spiky = _fleet(batteries=battery, n_intervals=3 * DAY)
@@ -170,7 +184,8 @@ def test_received_prices_are_learned_and_raise_the_discharge_offer() -> None:
         for fleet, price in ((calm, 25.0), (spiky, 200.0 if evening else 25.0)):
             fleet.dispatch(t, {"b": 0.0}, {"b": price})  # hold the battery still
     assert _soc(calm) == _soc(spiky) == 0.5
-    assert min(_discharge_prices(spiky)) > max(_discharge_prices(calm))
+    assert min(_charge_prices(spiky)) == pytest.approx(25.0)
+    assert max(_charge_prices(calm)) == pytest.approx(0.9 * 25.0)
 
 
 def test_emptier_battery_asks_more_to_discharge_and_fuller_one_less_to_charge() -> None:
@@ -213,3 +228,96 @@ def test_curves_stay_within_price_bounds_with_extreme_expectations(prior: float)
 def test_bad_battery_names_the_field(factory, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         factory()
+
+
+# ------------------------------------------------------- arbitrage on a known path
+
+HOURLY_PATH = (
+    16,
+    15,
+    15,
+    15,
+    15,
+    16,
+    19,
+    21,
+    20,
+    19,
+    19,
+    20,
+    19,
+    20,
+    20,
+    21,
+    23,
+    25,
+    26,
+    25,
+    23,
+    21,
+    19,
+    17,
+)
+"""$/MWh per hour: a day of LMPs shaped like the shipped scenario's (night
+valley, morning shoulder, evening peak)."""
+
+
+def _arbitrage(
+    days: int, publish: np.ndarray | None = None, **spec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run a price-taking battery on the path: each interval it does what its
+    own curve says at that price. Returns price, net demand (MW) and SOC."""
+    fleet = _fleet(
+        batteries=(BatterySpec("b", 1.0, 2.0, soc_init=0.5, efficiency=0.9),),
+        n_intervals=days * DAY,
+        **spec,
+    )
+    price = np.tile(np.repeat(np.asarray(HOURLY_PATH, dtype=float), 12), days)
+    if publish is not None:
+        fleet.publish_prices(0, publish.tolist())
+    net, soc = np.zeros(len(price)), np.zeros(len(price))
+    for t, p in enumerate(price):
+        setpoint = fleet.bids(t)["b"].quantity_at(float(p))
+        net[t] = _step(fleet, {"b": setpoint}, float(p)).actual_mw[0]
+        soc[t] = _soc(fleet)
+    return price, net, soc
+
+
+def _check_arbitrage(
+    price: np.ndarray, net: np.ndarray, soc: np.ndarray, *, at_peak: float = 0.99
+) -> None:
+    charge, discharge = np.maximum(net, 0.0), np.maximum(-net, 0.0)
+    # it cycles (MWh): fills from half full (0.8 MWh stored) and empties to 10 %
+    assert charge.sum() / 12 > 0.8 and discharge.sum() / 12 > 1.4
+    bought = float((charge * price).sum() / charge.sum())
+    sold = float((discharge * price).sum() / discharge.sum())
+    # energy comes back at 90 %: selling must beat buying by more than that
+    assert sold * 0.9 > bought
+    # charged in the night valley, discharged at the evening peak
+    assert charge[price <= 16.0].sum() >= 0.99 * charge.sum()
+    assert discharge[price >= 25.0].sum() >= at_peak * discharge.sum()
+    hour = np.arange(len(price)) // 12 % 24
+    assert soc[hour == 5].min() > 0.85 and soc[hour == 21].max() < 0.15  # full by dawn, empty after
+
+
+def test_battery_learns_the_price_path_in_a_day_then_arbitrages() -> None:
+    # a flat prior says nothing about the shape: day 1 teaches it, day 2 uses it
+    price, net, soc = _arbitrage(2, price_prior=25.0)
+    day2 = slice(DAY, 2 * DAY)
+    _check_arbitrage(price[day2], net[day2], soc[day2])
+
+
+def test_battery_arbitrages_published_prices() -> None:
+    # the day-ahead interface: the path itself published before the day
+    fleet_prices = np.repeat(np.asarray(HOURLY_PATH, dtype=float), 12)
+    price, net, soc = _arbitrage(1, publish=fleet_prices)
+    _check_arbitrage(price, net, soc)
+
+
+def test_battery_with_a_load_shaped_prior_arbitrages_on_day_one() -> None:
+    # The prior (20 $/MWh x load / mean load) is 13.7-15.1 at night where 15-16
+    # comes: at midnight the battery sells 0.25 MWh at 16 expecting to buy back
+    # at 13.7, then buys back at 15. The rest of its cycle is the peak.
+    load = tuple(float(x) for x in np.asarray(HOURLY_PATH) - 5.0)  # a published load shape
+    price, net, soc = _arbitrage(1, price_prior=20.0, load_forecast=load)
+    _check_arbitrage(price, net, soc, at_peak=0.85)

@@ -265,17 +265,81 @@ def test_bad_configuration_names_the_field(factory, match: str) -> None:
 # ----------------------------------------------------------- expectations
 
 
-def test_expected_price_is_smoothed_per_bus_and_slot() -> None:
-    f = _fleet(pvs=(PvSpec("a", 1.0), PvSpec("c", 1.0)), price_prior=25.0, price_smoothing=0.2)
+def _hourly(n_days: int = 2, **spec) -> Fleet:
+    return _fleet(
+        pvs=(PvSpec("a", 1.0), PvSpec("c", 1.0)),
+        interval_s=3600.0,
+        n_intervals=24 * n_days,
+        **{"price_prior": 25.0, "price_prior_h": 1.0, **spec},
+    )
+
+
+def test_flat_prior_learns_a_level_and_a_seen_slot_its_price() -> None:
+    f = _hourly()
     f.dispatch(0, {"a": 0.0, "c": 0.0}, {"a": 125.0})
     est = f.expected_prices
-    assert est.shape == (2, DAY)
-    assert est[0, 0] == pytest.approx(45.0)  # 0.8 * 25 + 0.2 * 125
-    assert np.all(est[1] == 25.0) and np.all(est[0, 1:] == 25.0)
-    f.dispatch(1, {"a": 0.0, "c": 0.0}, {"a": 25.0, "c": 75.0})
-    est = f.expected_prices
-    assert est[0, 1] == pytest.approx(25.0) and est[1, 1] == pytest.approx(35.0)
-    assert est[0, 0] == pytest.approx(45.0) and est[1, 0] == pytest.approx(25.0)
+    assert est.shape == (2, 24)
+    assert est[0, 0] == pytest.approx(125.0)  # slot 0 seen: its price
+    # unseen slots: least squares over the prior (one hour of prices at 25) and
+    # the price received (125): beta stays 1 (a flat prior has no slope), level 75
+    assert est[0, 1:] == pytest.approx(np.full(23, 75.0))
+    assert np.all(est[1] == 25.0)  # bus c received nothing: still the prior
+
+
+def test_a_seen_slot_is_smoothed_over_days() -> None:
+    f = _hourly(n_days=3, price_smoothing=0.2)
+    for day, price in enumerate((20.0, 40.0, 70.0)):
+        for h in range(24):
+            f.dispatch(24 * day + h, {"a": 0.0, "c": 0.0}, {"a": price if h == 0 else 30.0})
+        slot0 = f.expected_prices[0, 0]
+        # weight max(0.2, 1/n): the day's price, then their mean, then a third of the way
+        assert slot0 == pytest.approx((20.0, 30.0, 30.0 + (70.0 - 30.0) / 3)[day])
+
+
+def test_shaped_prior_learns_the_slope_of_prices_on_it() -> None:
+    # prices are 4 + 0.5 x(slot) on a prior x that rises through the day; after
+    # the first half day the unseen afternoon is forecast by the weighted least
+    # squares fit of the prices and the prior's pseudo-observations (weighing as
+    # 6 minutes of prices, the share one hour has among 5-minute prices)
+    x = np.linspace(10.0, 40.0, 24)
+    f = _hourly(price_prior=tuple(x), price_memory_h=12.0, price_prior_h=0.1)
+    for h in range(12):
+        f.dispatch(h, {"a": 0.0, "c": 0.0}, {"a": 4.0 + 0.5 * x[h], "c": 4.0 + 0.5 * x[h]})
+    got = f.expected_prices[0, 12:]
+    # independent reference: numpy least squares with the same weights
+    lam = math.exp(-1.0 / 12.0)
+    w = np.concatenate([lam ** (11 - np.arange(12)), [1.0, 1.0]])
+    spread = max(0.1 * x.mean(), 1.0)
+    px = np.concatenate([x[:12], [x.mean() - spread, x.mean() + spread]])
+    py = np.concatenate([4.0 + 0.5 * x[:12], px[12:]])
+    sw = np.sqrt(w * np.concatenate([np.ones(12), [0.05, 0.05]]))
+    coef = np.linalg.lstsq(np.column_stack([np.ones(14), px]) * sw[:, None], py * sw, rcond=None)[0]
+    assert got == pytest.approx(coef[0] + coef[1] * x[12:], rel=1e-9)
+    truth, prior = 4.0 + 0.5 * x[12:], x[12:]
+    assert np.abs(got - truth).max() < 0.2 * np.abs(prior - truth).max()
+
+
+def test_load_forecast_shapes_the_prior() -> None:
+    load = (1.0, 1.0, 2.0, 2.0)  # four 6-hour blocks; mean 1.5
+    f = _hourly(price_prior=30.0, load_forecast=load)
+    assert f.expected_prices[0, :12] == pytest.approx(np.full(12, 20.0))
+    assert f.expected_prices[0, 12:] == pytest.approx(np.full(12, 40.0))
+
+
+def test_published_prices_replace_the_learned_forecast_for_their_intervals() -> None:
+    f = _hourly()
+    f.publish_prices(5, [100.0, 110.0, 120.0])
+    ahead = f.forecast(0, 10)
+    assert ahead[:, 5:8] == pytest.approx(np.array([[100.0, 110.0, 120.0]] * 2))
+    assert np.all(ahead[:, :5] == 25.0) and np.all(ahead[:, 8:] == 25.0)
+    for t in range(6):
+        out = f.dispatch(t, {"a": 0.0, "c": 0.0}, {"a": 25.0, "c": 25.0})
+    assert out.published and out.expected_price.tolist() == [100.0, 100.0]
+    rows = der_tables("agg", out)["price_forecast"][1]
+    assert [r[3:6] for r in rows] == [("published", 100.0, 25.0)] * 2
+    assert rows[0][7] == 120.0  # highest expected over the horizon: the last published
+    with pytest.raises(ValueError, match="finite"):
+        f.publish_prices(7, [float("nan")])
 
 
 def test_order_statistics_of_every_window_match_a_brute_force_sort() -> None:
@@ -340,6 +404,7 @@ def test_result_tables_have_stable_columns_and_one_row_per_bus_and_type() -> Non
     assert set(kinds) == {
         "ders",
         "ders_bus",
+        "price_forecast",
         "ders_battery",
         "ders_pv",
         "ders_ev",

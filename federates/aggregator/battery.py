@@ -13,8 +13,8 @@ The offer only contains powers that keep ``E'`` within the bounds, so
 dispatch never has to clip; a battery that self-discharges at ``soc_min``
 charges just enough to stay there.
 
-Opportunity cost (the fleet keeps an expected price per bus and
-time-of-day slot). Over the next ``horizon_h`` hours of expected prices:
+Opportunity cost (the fleet's price expectations, ``prices``). Over the
+next ``horizon_h`` hours of expected prices:
 
 * the stored energy above ``soc_min`` could be sold in ``n_d`` full-power
   intervals, so its marginal MWh is worth the ``n_d``-th highest expected
@@ -22,6 +22,14 @@ time-of-day slot). Over the next ``horizon_h`` hours of expected prices:
 * the headroom below ``soc_max`` could be filled in ``n_c`` full-power
   intervals, so the marginal charging price is the ``n_c``-th lowest
   expected price ``c``;
+* the windows these order statistics are taken over follow one storage
+  cycle (``Outlook.cycle_windows``): energy held now is valued up to the
+  expected price valley (after it, it could be bought back cheaply), and
+  room is priced up to the expected peak (where its energy would be sold);
+  the energy a discharge gives up is bought back before the peak after the
+  valley, and the energy a charge stores is sold before the valley after
+  the peak. So a battery that expects to refill tonight sells at this
+  evening's peak rather than holding for tomorrow's;
 * discharge now at price ``p`` if ``p >= max(v, c / eta)`` (better than
   selling that energy later, and worth buying back later); charge now if
   ``p <= min(c, eta * v)``.
@@ -97,8 +105,8 @@ class Batteries:
         n, k, dt = len(self.power), self.blocks, self.dt_h
         if n == 0:
             return GroupOffer.fixed(np.zeros(0))
-        f, row = tick.outlook.sorted_ahead(self.bus, self.horizon)
-        horizon = f.shape[1]
+        windows, row = tick.outlook.cycle_windows(self.bus, self.horizon)
+        horizon = windows[0].shape[1]
         e1 = self.eta1[:, None]
         per_unit = (self.power * dt)[:, None]  # grid MWh of one full-power interval
         mid = (np.arange(k) + 0.5) / k  # tranche midpoints, fraction of the deliverable power
@@ -109,9 +117,11 @@ class Batteries:
         # the n_d-th highest price values the stored energy, the n_c-th lowest the room
         value_at = horizon - (e_col - out) * e1 / per_unit, horizon - (e_col + into) * e1 / per_unit
         cost_at = (h_col + out) / (e1 * per_unit) - 1.0, (h_col - into) / (e1 * per_unit) - 1.0
-        v_out, v_in, c_out, c_in = np.split(
-            order_stat(f, row, np.concatenate([*value_at, *cost_at], axis=1)), 4, axis=1
-        )
+        # windows: 0 to the valley, 1 to the peak after it, 2 to the peak, 3 to the valley after it
+        v_out = order_stat(windows[0], row, value_at[0])
+        c_out = order_stat(windows[1], row, cost_at[0])
+        c_in = order_stat(windows[2], row, cost_at[1])
+        v_in = order_stat(windows[3], row, value_at[1])
         d_price = np.maximum(v_out, c_out / eta_col)
         c_price = np.minimum(c_in, eta_col * v_in)
         c_price = np.minimum(c_price, d_price[:, :1])

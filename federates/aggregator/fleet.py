@@ -79,6 +79,14 @@ class DispatchOutcome:
     prices: FloatArray
     """Prices received with the set-points (NaN where none was sent)."""
     by_type: dict[str, TypeOutcome]
+    expected_price: FloatArray = field(default_factory=lambda: np.zeros(0))
+    """What the fleet expected this interval's price to be, before it came."""
+    forecast_low: FloatArray = field(default_factory=lambda: np.zeros(0))
+    """Lowest expected price over the planning horizon after this interval."""
+    forecast_high: FloatArray = field(default_factory=lambda: np.zeros(0))
+    """Highest expected price over the planning horizon after this interval."""
+    published: bool = False
+    """True when this interval's expected price was a published (day-ahead) one."""
 
     @property
     def deviation_mw(self) -> FloatArray:
@@ -151,8 +159,14 @@ class Fleet:
             else np.zeros(0, dtype=np.intp)
         )
         self._spans = np.cumsum([0] + [len(g.bus) for g in self.groups])
+        self._horizon = max(1, round(spec.horizon_h / self._dt_h))
         self._est = PriceEstimate(
-            len(self._buses), self._prior_by_slot(spec.price_prior), spec.price_smoothing
+            len(self._buses),
+            self._prior_by_slot(spec.price_prior, spec.load_forecast),
+            spec.price_smoothing,
+            memory=spec.price_memory_h / self._dt_h,
+            prior_weight=spec.price_prior_h / self._dt_h,
+            n_intervals=n_intervals,
         )
         self._voltage = np.ones(len(self._buses))
         self._cache: offers.FleetOffer | None = None
@@ -185,7 +199,7 @@ class Fleet:
 
     def _groups(self, spec: FleetSpec, seed: int) -> list[DeviceGroup]:
         dt, n, s = self._dt_h, self.n_intervals, self.interval_s
-        horizon = max(1, round(spec.horizon_h / dt))
+        horizon = max(1, round(spec.horizon_h / dt))  # == self._horizon
         thermal = {
             "dt_h": dt,
             "blocks": spec.thermal_blocks,
@@ -253,11 +267,21 @@ class Fleet:
             )
         return groups
 
-    def _prior_by_slot(self, prior: float | tuple[float, ...]) -> FloatArray:
+    def _by_slot(self, shape: tuple[float, ...]) -> FloatArray:
+        values = np.asarray(shape, dtype=float)
+        return values[(np.arange(self._slots) * len(values)) // self._slots]
+
+    def _prior_by_slot(
+        self, prior: float | tuple[float, ...], load: tuple[float, ...] | None
+    ) -> FloatArray:
         if isinstance(prior, (int, float)):
-            return np.full(self._slots, float(prior))
-        shape = np.asarray(prior, dtype=float)
-        return shape[(np.arange(self._slots) * len(shape)) // self._slots]
+            out = np.full(self._slots, float(prior))
+        else:
+            out = self._by_slot(prior)
+        if load is not None:  # prices follow the published system load
+            shape = self._by_slot(load)
+            out = out * shape / shape.mean()
+        return out
 
     # --- public state
 
@@ -289,9 +313,23 @@ class Fleet:
 
     @property
     def expected_prices(self) -> FloatArray:
-        """Expected price per bus (rows, :attr:`buses` order) and time-of-day
-        slot (columns), $/MWh, a copy."""
+        """Learned expected price per bus (rows, :attr:`buses` order) and
+        time-of-day slot (columns), $/MWh, a copy (published prices not
+        included: see :meth:`forecast`)."""
         return self._est.full()
+
+    def forecast(self, first: int, n: int) -> FloatArray:
+        """Expected price per bus (rows) of intervals ``first ... first + n - 1``
+        as the fleet sees them now: published prices where there are any, the
+        learned forecast elsewhere."""
+        return self._est.forecast(np.arange(len(self._buses)), first + np.arange(n))
+
+    def publish_prices(self, first: int, prices: Sequence[float]) -> None:
+        """Plan against these prices for intervals ``first, first + 1, ...``
+        (every bus): the interface a day-ahead market's prices come in by.
+        They replace the learned forecast for those intervals only."""
+        self._est.publish(first, prices)
+        self._cache = None  # offers depend on them
 
     def set_voltages(self, v_pu: Mapping[str, float]) -> None:
         """Give the fleet measured bus voltages (pu) for volt-var inverters;
@@ -513,6 +551,9 @@ class Fleet:
             )
         price_by_bus = np.full(n_bus, np.nan)
         price_by_bus[p_idx] = p_vals
+        everyone = np.arange(n_bus)
+        ahead = tick.outlook.ahead(self._horizon)[self._est.label]
+        published = self._est.published_at(np.array([interval])) is not None
         outcome = DispatchOutcome(
             interval=interval,
             buses=self._buses,
@@ -522,6 +563,10 @@ class Fleet:
             baseline_mw=_readonly(np.bincount(self._dev_bus, offer.dev_base, minlength=n_bus)),
             prices=_readonly(price_by_bus),
             by_type=by_type,
+            expected_price=_readonly(tick.outlook.now(everyone)),
+            forecast_low=_readonly(ahead.min(axis=1)),
+            forecast_high=_readonly(ahead.max(axis=1)),
+            published=published,
         )
         self._est.update(p_idx, p_vals, interval % self._slots)
         self._t += 1

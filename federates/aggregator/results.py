@@ -13,6 +13,11 @@ keep messages small), with stable column types: ``int`` for counts,
   deliverable range offered, the type's share of the set-point
   (``dispatched_mw``) and what the devices did (``actual_mw``: response
   error and comfort overrides included).
+* ``price_forecast``: per bus: the price the fleet expected for this
+  interval before it came (``expected_price``), the price it received,
+  ``source`` (``learned`` or ``published``: a day-ahead price) and the
+  lowest and highest price it expects over its planning horizon after the
+  interval (``prices``: what batteries, EVs and thermostats plan against).
 * ``ders_battery``, ``ders_pv``, ``ders_ev``, ``ders_thermal`` (with
   ``kind``: hvac, water_heater) and ``ders_load`` (``kind``: inflexible,
   curtailable, shiftable): per bus, each type's state and flows.
@@ -37,6 +42,14 @@ BUS_COLUMNS = (
     "actual_mw",
     "baseline_mw",
     "deviation_mw",
+)
+FORECAST_COLUMNS = (
+    *KEY,
+    "source",
+    "expected_price",
+    "price",
+    "horizon_low",
+    "horizon_high",
 )
 TYPE_COLUMNS = (
     *KEY,
@@ -75,6 +88,23 @@ def der_tables(aggregator: str, outcome: DispatchOutcome) -> Tables:
                 float(outcome.actual_mw[i]),
                 float(outcome.baseline_mw[i]),
                 float(outcome.actual_mw[i] - outcome.requested_mw[i]),
+            )
+            for i, bus in enumerate(outcome.buses)
+        ],
+    )
+    source = "published" if outcome.published else "learned"
+    tables["price_forecast"] = (
+        FORECAST_COLUMNS,
+        [
+            (
+                k,
+                aggregator,
+                bus,
+                source,
+                float(outcome.expected_price[i]),
+                float(outcome.prices[i]),
+                float(outcome.forecast_low[i]),
+                float(outcome.forecast_high[i]),
             )
             for i, bus in enumerate(outcome.buses)
         ],

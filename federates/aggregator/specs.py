@@ -477,10 +477,16 @@ class SiteSpec:
 class FleetSpec:
     """Everything an aggregator's fleet is made of, plus its bidding knobs.
 
-    * ``price_prior``: the expected price before any price is received, one
-      number ($/MWh) or a daily shape of any length spread over the day;
-      ``price_smoothing`` is the weight of a new price in the exponential
-      smoothing of its bus's and time-of-day slot's expected price.
+    * Price expectations (``prices``): ``price_prior`` is the expected price
+      before any price is received, one number ($/MWh) or a daily shape of
+      any length spread over the day; ``load_forecast`` (a daily shape, any
+      units) is the ISO's published system load forecast: the prior is then
+      ``price_prior`` times that shape over its mean (prices follow system
+      load). Prices received are learned: a regression on the prior with
+      ``price_memory_h`` of memory, the prior weighing as ``price_prior_h``
+      hours of prices; a time-of-day slot once seen is expected at its
+      exponentially smoothed price (``price_smoothing``: the least weight of
+      a new price).
     * ``horizon_h``: how far ahead batteries value their energy;
       ``battery_blocks``: price tranches per battery and direction;
       ``thermal_blocks`` and ``thermal_horizon_h``: tranches per thermostatic
@@ -513,6 +519,9 @@ class FleetSpec:
     sky: SkyTable | None = None
     price_prior: float | tuple[float, ...] = 25.0
     price_smoothing: float = 0.2
+    load_forecast: tuple[float, ...] | None = None
+    price_memory_h: float = 24.0
+    price_prior_h: float = 1.0
     horizon_h: float = 24.0
     battery_blocks: int = 3
     thermal_blocks: int = 2
@@ -551,6 +560,17 @@ class FleetSpec:
         a = self.price_smoothing
         if not (_number(a) and 0.0 < a <= 1.0):
             fail(owner, "price_smoothing", f"must be in (0, 1], got {a!r}")
+        if self.load_forecast is not None:
+            object.__setattr__(self, "load_forecast", tuple(float(x) for x in self.load_forecast))
+            shape = self.load_forecast
+            if not shape or not all(_number(x) and x >= 0.0 for x in shape) or max(shape) <= 0:
+                fail(
+                    owner,
+                    "load_forecast",
+                    "must be a non-empty daily shape of numbers >= 0, not all 0",
+                )
+        positive(owner, "price_memory_h", self.price_memory_h)
+        positive(owner, "price_prior_h", self.price_prior_h)
         positive(owner, "horizon_h", self.horizon_h)
         positive(owner, "thermal_horizon_h", self.thermal_horizon_h)
         for name, least in (("battery_blocks", 1), ("thermal_blocks", 1), ("max_blocks", 2)):

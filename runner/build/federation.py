@@ -36,6 +36,7 @@ from dsosim.federates.common.config import (
     RecorderConfig,
     TimeSettings,
 )
+from dsosim.federates.common.profiles import wholesale_load
 from dsosim.federates.dso.feeder import Feeder, FeederError
 from dsosim.federates.hil.gateway import is_local_endpoint
 from dsosim.federates.iso.case import CaseError, load_case
@@ -152,7 +153,14 @@ def federation_config(
                 aggregator=lda.existing_ders_to,
             )
         for agg in lda.aggregators:
-            placed = place_fleet(feeder, agg, seed=scenario.seed, lda=lda.name, loads=loads)
+            placed = place_fleet(
+                feeder,
+                agg,
+                seed=scenario.seed,
+                lda=lda.name,
+                loads=loads,
+                load_forecast=_published_load(scenario.transmission.load_profile),
+            )
             if handed is not None and agg.name == lda.existing_ders_to:
                 placed = existing_ders.merge_into_fleet(placed, handed)
             aggregators.append(
@@ -339,3 +347,11 @@ def runner_spec(config: FederationConfig, python: str) -> dict[str, Any]:
             }
         )
     return {"name": config.name, "federates": entries}
+
+
+def _published_load(profile: str) -> tuple[float, ...] | None:
+    """The ISO's published daily system load shape (hourly, per unit of the
+    peak) that fleets shape their price prior with; None for a flat profile."""
+    if profile == "flat":
+        return None
+    return tuple(round(float(x), 6) for x in wholesale_load(24, 3600.0))

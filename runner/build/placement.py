@@ -68,8 +68,11 @@ def place_fleet(
     seed: int,
     lda: str,
     loads: dict[str, float] | None = None,
+    load_forecast: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
-    """The aggregator's fleet as ``FleetSpec`` fields (JSON-ready), and its buses."""
+    """The aggregator's fleet as ``FleetSpec`` fields (JSON-ready), and its buses.
+    ``load_forecast``: the ISO's published daily system load shape, which
+    shapes the fleet's price prior (``FleetSpec``)."""
     loads = bus_peak_loads(feeder_master) if loads is None else loads
     where = f"ldas[{lda}].aggregators[{agg.name}]"
     buses = sorted(agg.buses) if agg.buses else sorted(b for b, mw in loads.items() if mw > 0)
@@ -110,6 +113,7 @@ def place_fleet(
         response_error=agg.response_error,
         max_blocks=agg.max_blocks,
         weather_seed=zlib.crc32(f"{seed}:{lda}".encode()),
+        load_forecast=load_forecast,
         **fields,
     )
     spec = _with_sky(spec, where)
