@@ -15,6 +15,7 @@ request, which keeps the exchange order inside a market interval fixed (see
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 import traceback
@@ -97,6 +98,8 @@ class FederateShell:
         h.helicsFederateEnterExecutingMode(self._fed)
         self._started = True
         self._wall0 = time.perf_counter()
+        # the moment the federation's clock starts (``dsosim bench scale`` reads it)
+        print(f"[{self.name}] executing at {time.time():.3f}", flush=True)
 
     def advance(self, t: float) -> float:
         """Block until the federation grants time ``t`` (exactly, we are
@@ -168,6 +171,8 @@ class FederateShell:
 
     # -------------------------------------------------------------- closing
     def close(self) -> None:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(f"[{self.name}] finished at {time.time():.3f} peak {peak_mb:.1f} MB", flush=True)
         h.helicsFederateDisconnect(self._fed)
         h.helicsFederateFree(self._fed)
         h.helicsCloseLibrary()

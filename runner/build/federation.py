@@ -90,18 +90,27 @@ def build(
     portable: bool = False,
     model: str | None = None,
     hil_bind: str | None = None,
+    first_ldas: int | None = None,
 ) -> BuildResult:
     """Write ``federation.json`` and ``runner.json`` for a scenario into ``out_dir``.
 
     ``portable`` writes paths relative to ``out_dir`` and ``python`` as the
     interpreter (for runner files checked into the repository, launched from
     an activated environment); otherwise absolute paths and this interpreter.
+    ``first_ldas`` keeps only the scenario's first N LDAs (``dsosim bench scale``).
     """
     scenario, base = load_scenario(scenario_path)
     if hours is not None:
         scenario = scenario.model_copy(update={"hours": hours})
     if model is not None:
         scenario = scenario.model_copy(update={"model": model})
+    if first_ldas is not None:
+        if not 1 <= first_ldas <= len(scenario.ldas):
+            raise ScenarioError(
+                f"{scenario_path}: has {len(scenario.ldas)} LDA(s), "
+                f"cannot keep the first {first_ldas}"
+            )
+        scenario = scenario.model_copy(update={"ldas": scenario.ldas[:first_ldas]})
     if hil_bind is not None:
         if scenario.hil is None:
             raise ScenarioError(f"{scenario_path}: has no [hil] section to bind")
