@@ -8,10 +8,36 @@ own section by name. Validated with pydantic, unknown keys are errors.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+
+DEFAULT_START = datetime(2026, 7, 20, 0, 0)
+"""Start of a run when the scenario gives none: a summer Monday, midnight."""
+
+
+
+
+def naive_start(value: datetime) -> datetime:
+    """A start date-time must be local time without a time zone (profiles and
+    the sun are computed in the scenario's local time)."""
+    if value.tzinfo is not None:
+        raise ValueError(
+            f"give the start as local date and time without a time zone "
+            f"(e.g. 2026-07-20T00:00), got {value.isoformat()}"
+        )
+    return value
 
 
 class Strict(BaseModel):
@@ -58,6 +84,15 @@ class TimeSettings(Strict):
     settle_s: float | None = Field(
         None, gt=0, description="set-point to read-back of hardware (default: one sub-step)"
     )
+    start: datetime = Field(
+        DEFAULT_START,
+        description="simulated date and time (local, no time zone) at which interval 0 starts",
+    )
+
+    @field_validator("start")
+    @classmethod
+    def _local_time(cls, value: datetime) -> datetime:
+        return naive_start(value)
 
     @model_validator(mode="after")
     def _phases_fit(self) -> TimeSettings:
@@ -84,6 +119,10 @@ class TimeSettings(Strict):
     def time_scale(self) -> float:
         """Simulated seconds per federation (wall, in real time) second."""
         return self.interval_s / self.step
+
+    def timestamp(self, interval: int) -> datetime:
+        """Simulated date and time at which market interval ``interval`` starts."""
+        return self.start + timedelta(seconds=interval * self.interval_s)
 
 
 class IsoInterface(Strict):

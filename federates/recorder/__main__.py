@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config, base = load_federation(args.config)
     rc = config.recorder
-    store = ResultStore(base / rc.results_dir, flush_every=rc.flush_every)
+    store = ResultStore(
+        base / rc.results_dir, flush_every=rc.flush_every, clock=config.time.timestamp
+    )
     senders = [n for n in config.federate_names() if n != rc.name]
     state = {"interval": -1}
 

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SUMMARY = "summary.json"
+TIMESTAMP = "timestamp"
 
 
 class ResultStore:
     """Buffered, crash-tolerant writer of the run's result tables."""
 
-    def __init__(self, results_dir: str | Path, *, flush_every: int = 12) -> None:
+    def __init__(
+        self,
+        results_dir: str | Path,
+        *,
+        flush_every: int = 12,
+        clock: Callable[[int], datetime] | None = None,
+    ) -> None:
         self.dir = Path(results_dir)
         self.flush_every = flush_every
+        # interval -> simulated date-time: tables with an ``interval`` column
+        # get a ``timestamp`` column right after it, here in one place
+        self.clock = clock
         self._buffers: dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]] = {}
         self._schemas: dict[str, pa.Schema] = {}
         self._parts: dict[str, int] = {}
@@ -47,6 +58,8 @@ class ResultStore:
 
     def add(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         columns = tuple(columns)
+        if self.clock is not None and "interval" in columns and TIMESTAMP not in columns:
+            columns, rows = _with_timestamp(columns, rows, self.clock)
         known = self._buffers.get(table)
         if known is None:
             self._buffers[table] = (columns, [tuple(r) for r in rows])
@@ -117,6 +130,18 @@ def mark_incomplete(
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
     os.replace(tmp, target)
     return summary
+
+
+def _with_timestamp(
+    columns: tuple[str, ...], rows: Sequence[Sequence[Any]], clock: Callable[[int], datetime]
+) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+    """Insert the interval's simulated start time after the ``interval`` column."""
+    at = columns.index("interval") + 1
+    out = []
+    for row in rows:
+        row = tuple(row)
+        out.append((*row[:at], clock(int(row[at - 1])), *row[at:]))
+    return (*columns[:at], TIMESTAMP, *columns[at:]), out
 
 
 def _infer(data: dict[str, list[Any]]) -> pa.Table:

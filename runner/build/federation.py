@@ -218,6 +218,7 @@ def federation_config(
             step_s=scenario.step_s,
             substep_s=scenario.substep_s,
             settle_s=rt.settle_s if rt.enabled else None,
+            start=scenario.start,
         )
     except ValidationError as exc:
         reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +26,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from dsosim.federates.common.config import DEFAULT_START, naive_start
 
 
 class ScenarioError(ValueError):
@@ -304,7 +307,14 @@ class Hil(_Section):
 class Scenario(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(1, ge=0)
-    hours: PositiveFloat = Field(24.0, le=24 * 366)
+    hours: PositiveFloat = Field(
+        24.0, le=24 * 366, description="simulated horizon; beyond 24 h runs several days"
+    )
+    start: datetime = Field(
+        DEFAULT_START,
+        description="local date and time at which the run starts (no time zone); "
+        "every result row carries its interval's timestamp from it",
+    )
     interval_minutes: float = Field(
         5.0,
         ge=1 / 60,
@@ -318,6 +328,11 @@ class Scenario(_Section):
     ldas: tuple[Lda, ...] = Field(min_length=1)
     real_time: RealTime = RealTime()
     hil: Hil | None = Field(None, description="hardware in the loop (needs real_time.enabled)")
+
+    @field_validator("start")
+    @classmethod
+    def _local_start(cls, value: datetime) -> datetime:
+        return naive_start(value)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Scenario:
