@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.federation import ROOT, SCENARIOS, run_scenario, table
@@ -53,6 +54,10 @@ def test_run_completes_with_every_table(base_run) -> None:
         "traffic",
     ):
         assert len(table(built.results_dir, name)) >= n, name
+    # every table with an interval carries its simulated date and time (scenario start)
+    market = table(built.results_dir, "market")
+    start = pd.Timestamp("2026-07-20 00:00")
+    assert (market["timestamp"] == start + pd.to_timedelta(market["interval"] * 300, "s")).all()
 
 
 def test_energy_balances_at_the_td_interface(base_run) -> None:

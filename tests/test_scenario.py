@@ -206,3 +206,17 @@ def test_build_resolves_hardware_ders_and_refuses_what_it_cannot(tmp_path: Path)
         ),
     ):
         build(_hil_with(tmp_path, **{"step_s = 1.0": "step_s = 0.5"}), tmp_path / "o4", port=23999)
+
+
+def test_start_date_time_default_toml_and_text_and_no_time_zone(tmp_path: Path) -> None:
+    scenario, _ = load_scenario(_write(tmp_path, 'name = "s"\n' + GOOD_LDA))
+    assert scenario.start.isoformat() == "2026-07-20T00:00:00"
+    native = 'name = "s"\nstart = 2027-01-05T06:30:00\nhours = 72\n' + GOOD_LDA
+    scenario, _ = load_scenario(_write(tmp_path, native))
+    assert scenario.start.isoformat() == "2027-01-05T06:30:00" and scenario.n_intervals == 864
+    scenario, _ = load_scenario(
+        _write(tmp_path, 'name = "s"\nstart = "2027-01-05T06:30"\n' + GOOD_LDA)
+    )
+    assert scenario.start.hour == 6
+    with pytest.raises(ScenarioError, match="start: .*without a time zone"):
+        load_scenario(_write(tmp_path, 'name = "s"\nstart = 2027-01-05T06:30:00Z\n' + GOOD_LDA))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -49,3 +50,22 @@ def test_same_rows_same_bytes_and_old_results_removed(tmp_path: Path) -> None:
         )
     assert digests[0] == digests[1]
     assert len(list((tmp_path / "market").glob("part-*.parquet"))) == 2
+
+
+def test_timestamp_column_follows_interval(tmp_path: Path) -> None:
+    from dsosim.federates.common.config import TimeSettings
+
+    time = TimeSettings(
+        interval_s=3600.0, n_intervals=30, start=datetime.fromisoformat("2026-07-20T22:00")
+    )
+    store = ResultStore(tmp_path, flush_every=100, clock=time.timestamp)
+    store.add("market", ("interval", "bus", "lmp"), [(0, 1, 20.0), (3, 1, 21.0)])
+    store.add("other", ("bus", "lmp"), [(1, 20.0)])  # no interval: no timestamp
+    store.finish(complete=True, error=None, summarise=lambda d: {})
+    frame = pd.read_parquet(tmp_path / "market")
+    assert list(frame.columns) == ["interval", "timestamp", "bus", "lmp"]
+    assert frame["timestamp"].tolist() == [
+        pd.Timestamp("2026-07-20 22:00"),
+        pd.Timestamp("2026-07-21 01:00"),  # the next day: multi-day runs carry dates
+    ]
+    assert list(pd.read_parquet(tmp_path / "other").columns) == ["bus", "lmp"]

@@ -22,11 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-
 DEFAULT_START = datetime(2026, 7, 20, 0, 0)
 """Start of a run when the scenario gives none: a summer Monday, midnight."""
-
-
 
 
 def naive_start(value: datetime) -> datetime:
