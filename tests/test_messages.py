@@ -9,6 +9,7 @@ import pytest
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.curves import PRICE_CAP, BidCurve, CurveError
+from dsosim.federates.common.parties import Party
 
 CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
 
@@ -23,7 +24,7 @@ CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
         msg.Award("iso", 3, 5, 31.25, 30.0, 1.25, -12.5),
         msg.Dispatch("lda1", 3, {"675": -0.5, "634": 0.1}, {"675": 31.0, "634": 32.5}),
         msg.Measurement("agg1", 3, {"675": -0.45, "634": 0.1}, {"675": -0.5, "634": 0.1}),
-        msg.Meter("lda1", 3, 5, 48.2, {"agg:agg1": -0.5}),
+        msg.Meter("lda1", 3, 5, 48.2, {Party.agg("agg1"): -0.5}),
         msg.FleetAward("iso", 3, "agg1", {"675": -0.5}, {"675": 30.0}),
         msg.TableRows("iso", 3, "market", ("interval", "lmp"), ((3, 31.25), (3, 30.0))),
     ],

@@ -7,7 +7,8 @@ import pytest
 
 from dsosim.federates.common.config import IsoConfig, IsoInterface, TimeSettings
 from dsosim.federates.common.curves import BidCurve
-from dsosim.federates.iso.wholesale import IsoBid, WholesaleMarket
+from dsosim.federates.common.parties import BidKey, Party
+from dsosim.federates.iso.wholesale import AwardLine, Clearing, IsoBid, WholesaleMarket
 
 TIME = TimeSettings(interval_s=300.0, n_intervals=4)
 
@@ -27,8 +28,13 @@ CURVES = {
     "lda5": BidCurve(20.0, ((30.0, 5.0), (22.0, 5.0))),
     "lda7": BidCurve(-5.0, ((40.0, 3.0),)),
 }
-BIDS = [IsoBid(lda, f"dmo:{lda}", lda, c) for lda, c in CURVES.items()]
-HOLDERS = {"lda5": "dmo:lda5", "lda7": "dmo:lda7"}
+BIDS = [IsoBid(BidKey(lda, Party.dmo(lda)), c) for lda, c in CURVES.items()]
+HOLDERS = {"lda5": Party.dmo("lda5"), "lda7": Party.dmo("lda7")}
+
+
+def _awards(clearing: Clearing) -> dict[str, AwardLine]:
+    """Awards by the text form of their keys (as the awards table writes them)."""
+    return {str(key): line for key, line in clearing.awards.items()}
 
 
 def _table(clearing, name):
@@ -53,21 +59,23 @@ def test_books_close_under_congestion() -> None:
 def test_awards_follow_the_bid_curves() -> None:
     clearing = _market().clear(0, BIDS)
     for dso, curve in CURVES.items():
-        a = clearing.awards[dso]
+        a = _awards(clearing)[dso]
         lmp, energy, congestion, cleared = a.lmp, a.lmp_energy, a.lmp_congestion, a.cleared_mw
         assert energy + congestion == pytest.approx(lmp)
         # each award is on its curve at its LMP (blocks at the LMP may be split)
         assert (
             curve.quantity_at(lmp + 1e-6) - 1e-9 <= cleared <= curve.quantity_at(lmp - 1e-6) + 1e-9
         )
-    assert clearing.awards["lda5"].cleared_mw > 20.0  # some of lda5's blocks clear at ~24 $/MWh
+    assert _awards(clearing)["lda5"].cleared_mw > 20.0  # some of lda5's blocks clear at ~24 $/MWh
 
 
 def test_many_bids_at_one_bus_share_the_lmp_and_settle_separately() -> None:
-    bids = [*BIDS, IsoBid("agg/675", "agg:agg", "lda5", BidCurve(-1.0, ((50.0, 2.0),)))]
+    bids = [*BIDS, IsoBid(BidKey("lda5", Party.agg("agg"), "675"), BidCurve(-1.0, ((50.0, 2.0),)))]
     clearing = _market().clear(0, bids)
-    assert clearing.awards["agg/675"].lmp == clearing.awards["lda5"].lmp
-    assert clearing.awards["agg/675"].cleared_mw == pytest.approx(1.0)  # its 50 $/MWh block clears
+    assert _awards(clearing)["agg/675"].lmp == _awards(clearing)["lda5"].lmp
+    assert _awards(clearing)["agg/675"].cleared_mw == pytest.approx(
+        1.0
+    )  # its 50 $/MWh block clears
     parties = {r["party"] for r in _table(clearing, "awards")}
     assert parties == {"dmo:lda5", "dmo:lda7", "agg:agg"}
     assert _table(clearing, "interface")[0]["bids"] == 2
@@ -75,19 +83,19 @@ def test_many_bids_at_one_bus_share_the_lmp_and_settle_separately() -> None:
 
 def test_lmp_rises_with_the_dso_bid() -> None:
     market = _market()
-    low = market.clear(0, BIDS).awards["lda5"].lmp
-    more = [IsoBid("lda5", "dmo:lda5", "lda5", BidCurve(60.0, CURVES["lda5"].blocks)), BIDS[1]]
-    high = market.clear(1, more).awards["lda5"].lmp
+    low = _awards(market.clear(0, BIDS))["lda5"].lmp
+    more = [IsoBid(BIDS[0].key, BidCurve(60.0, CURVES["lda5"].blocks)), BIDS[1]]
+    high = _awards(market.clear(1, more))["lda5"].lmp
     assert high > low + 0.1
 
 
 def test_imbalance_settled_at_the_interval_lmp() -> None:
     market = _market()
     clearing = market.clear(0, BIDS)
-    scheduled, lmp = clearing.awards["lda5"].cleared_mw, clearing.awards["lda5"].lmp
+    scheduled, lmp = _awards(clearing)["lda5"].cleared_mw, _awards(clearing)["lda5"].lmp
     metered = {
-        "lda5": (scheduled + 3.0, {"agg:x": 1.0}),
-        "lda7": (clearing.awards["lda7"].cleared_mw, {}),
+        "lda5": (scheduled + 3.0, {Party.agg("x"): 1.0}),
+        "lda7": (_awards(clearing)["lda7"].cleared_mw, {}),
     }
     tables = market.settle_imbalance(0, metered, HOLDERS)
     rows = dict((r[2], r) for r in tables["imbalance"][1])

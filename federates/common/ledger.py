@@ -1,26 +1,25 @@
 """Settlement ledger rows: every payment as ``payer -> payee``.
 
-Parties are roles, named ``kind:name``: ``iso``, ``dmo:lda1`` (the market
-operator inside an LDA, whoever holds the role), ``utility:lda1`` (grid
-operator and load-serving entity), ``customers:lda1``, ``agg:agg1``,
-``gen:3``, ``load:5``. A negative amount is a payment the other way. Market
-operators (the ISO and the DMOs) are flagged so the books can be closed: see
+Parties are :class:`~dsosim.federates.common.parties.Party` records, written
+to the table in their text form (``iso``, ``dmo:lda1``, ``agg:agg1``, ...). A
+negative amount is a payment the other way. Market operators (the ISO and the
+DMOs) are flagged so the books can be closed: see
 ``recorder.summary.settlement_balance``.
 """
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 
-OPERATOR_PREFIXES = ("iso", "dmo:")
+from dsosim.federates.common.parties import Party
 
 
 @dataclass(frozen=True, slots=True)
 class Payment:
     interval: int
     market: str
-    payer: str
-    payee: str
+    payer: Party
+    payee: Party
     item: str
     mw: float
     price: float
@@ -32,11 +31,19 @@ class Payment:
         return self.price * self.mw * self.hours
 
     def row(self) -> tuple[object, ...]:
-        return (*astuple(self), self.amount, is_operator(self.payer), is_operator(self.payee))
+        return (
+            self.interval,
+            self.market,
+            str(self.payer),
+            str(self.payee),
+            self.item,
+            self.mw,
+            self.price,
+            self.hours,
+            self.amount,
+            self.payer.is_operator,
+            self.payee.is_operator,
+        )
 
 
 COLUMNS = (*(f.name for f in fields(Payment)), "amount", "payer_is_operator", "payee_is_operator")
-
-
-def is_operator(party: str) -> bool:
-    return party == "iso" or party.startswith("dmo:")

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import msgpack
 
 from dsosim.federates.common.curves import BidCurve, CurveError
+from dsosim.federates.common.parties import Party, PartyError
 
 SCHEMA_VERSION = 1
 """Bumped whenever a record's fields change meaning; receivers reject others."""
@@ -106,7 +107,7 @@ class Measurement:
 class Meter:
     """Utility -> ISO: metered T-D flow of an interval (scaled MW) and who is
     responsible for its deviation from the schedule: ``allocation`` maps a
-    settlement party (``agg:NAME``, ``dmo:LDA``, ``utility:LDA``) to its
+    settlement party (on the wire in its text form, ``agg:NAME``) to its
     deviation in MW; the values sum to metered flow minus total schedule."""
 
     KIND: ClassVar[str] = "meter"
@@ -114,7 +115,7 @@ class Meter:
     interval: int
     td_bus: int
     actual_mw: float
-    allocation: Mapping[str, float]
+    allocation: Mapping[Party, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +259,7 @@ def _to_wire(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_to_wire(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: _to_wire(v) for k, v in sorted(value.items())}
+        return {str(k): _to_wire(v) for k, v in sorted(value.items())}
     return value
 
 
@@ -423,9 +424,13 @@ def _decode_measurement(r: _Reader, sender: str, interval: int) -> Measurement:
 
 
 def _decode_meter(r: _Reader, sender: str, interval: int) -> Meter:
-    return Meter(
-        sender, interval, r.integer("td_bus"), r.number("actual_mw"), r.number_map("allocation")
-    )
+    allocation = {}
+    for text, mw in r.number_map("allocation").items():
+        try:
+            allocation[Party.parse(text)] = mw
+        except PartyError as exc:
+            raise r.fail("allocation key", str(exc)) from None
+    return Meter(sender, interval, r.integer("td_bus"), r.number("actual_mw"), allocation)
 
 
 def _decode_fleet_award(r: _Reader, sender: str, interval: int) -> FleetAward:

@@ -33,6 +33,7 @@ import numpy as np
 from dsosim.federates.common import ledger
 from dsosim.federates.common.config import DsoConfig, TimeSettings
 from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.parties import Party
 from dsosim.federates.common.profiles import commercial_load, residential_load
 from dsosim.federates.dso.feeder import Feeder, FeederState, Sensitivities
 from dsosim.federates.markets.location import Location
@@ -178,10 +179,10 @@ class GridOperator:
         lmp: float,
         tariff: float,
     ) -> list[ledger.Payment]:
-        market, me, s, h = f"retail:{self.name}", f"utility:{self.name}", self.scale, self.hours
+        market, me, s, h = f"retail:{self.name}", Party.utility(self.name), self.scale, self.hours
         pay = [
             ledger.Payment(
-                interval, market, f"customers:{self.name}", me, "energy", load_mw * s, lmp, h
+                interval, market, Party.customers(self.name), me, "energy", load_mw * s, lmp, h
             )
         ]
         for i, loc in enumerate(self.locations):
@@ -190,7 +191,7 @@ class GridOperator:
                     ledger.Payment(
                         interval,
                         market,
-                        f"agg:{loc.aggregator}",
+                        Party.agg(loc.aggregator),
                         me,
                         f"tariff@{loc.bus}",
                         float(der[i]) * s,
@@ -211,7 +212,7 @@ class GridOperator:
         scheduled_mw: float,
         *,
         tariff: float,
-    ) -> tuple[float, dict[str, float], Tables]:
+    ) -> tuple[float, dict[Party, float], Tables]:
         """Power flow with the actual response. Returns the metered T-D flow
         (scaled MW) against the ISO's total schedule at the interface, the
         deviation allocation (party -> scaled MW) of the
@@ -235,10 +236,10 @@ class GridOperator:
         state = self.feeder.solve()
         self.der_mw = der
         td_flow = state.substation_p_mw * self.scale
-        allocation: dict[str, float] = {}
+        allocation: dict[Party, float] = {}
         for i, loc in enumerate(self.locations):
             if loc.aggregator in market_aggregators:
-                party = f"agg:{loc.aggregator}"
+                party = Party.agg(loc.aggregator)
                 allocation[party] = allocation.get(party, 0.0) + (der[i] - target[i]) * self.scale
         k, h, s = interval, self.hours, self.scale
         monitored = state.v_pu[state.monitored]

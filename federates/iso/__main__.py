@@ -12,33 +12,35 @@ dispatch; in model 2 the utility (DERM) each aggregator's awards.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig
+from dsosim.federates.common.parties import BidKey, Party, Role
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, federate_main
-from dsosim.federates.iso.wholesale import IsoBid, WholesaleMarket
+from dsosim.federates.iso.wholesale import AwardLine, IsoBid, WholesaleMarket
 
 
-def _expected(config: FederationConfig) -> dict[str, tuple[str, str]]:
+def _expected(config: FederationConfig) -> dict[str, tuple[str, Party]]:
     """Bidder federate -> (LDA, settlement party) at every T-D bus."""
     out = {}
     for dso in config.dsos:
         local = routes.local_dmo_of(config, dso)
         for bidder in routes.td_bidders(config, dso):
             if bidder == local:
-                out[bidder] = (dso.name, f"dmo:{dso.name}")
+                out[bidder] = (dso.name, Party.dmo(dso.name))
             elif bidder == dso.name:
-                out[bidder] = (dso.name, f"utility:{dso.name}")
+                out[bidder] = (dso.name, Party.utility(dso.name))
             else:
-                out[bidder] = (dso.name, f"agg:{bidder}")
+                out[bidder] = (dso.name, Party.agg(bidder))
     return out
 
 
-def _holder(config: FederationConfig, lda: str) -> str:
+def _holder(config: FederationConfig, lda: str) -> Party:
     """Party responsible for an LDA's imbalance beyond what the meter allocates."""
-    return f"dmo:{lda}" if routes.local_dmo_of(config, config.dso(lda)) else f"utility:{lda}"
+    return Party.dmo(lda) if routes.local_dmo_of(config, config.dso(lda)) else Party.utility(lda)
 
 
 def run(shell: FederateShell, config: FederationConfig) -> None:
@@ -52,7 +54,7 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
         shell.advance(at(k, Phase.CLEAR, config.time))
         bids: list[IsoBid] = []
         got: set[str] = set()
-        meters: dict[str, tuple[float, dict[str, float]]] = {}
+        meters: dict[str, tuple[float, dict[Party, float]]] = {}
         for m in shell.receive(allowed_senders=senders):
             if isinstance(m, msg.Meter) and m.interval == k - 1 and m.sender in utilities:
                 meters[m.sender] = (m.actual_mw, dict(m.allocation))
@@ -65,21 +67,19 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
                 )
             got.add(m.sender)
             lda, party = expected[m.sender]
-            if isinstance(m, msg.InterfaceBid) and not party.startswith("agg:"):
+            if isinstance(m, msg.InterfaceBid) and party.role is not Role.AGG:
                 if m.td_bus != market.interfaces[lda]:
                     raise msg.MessageError(
                         m.sender,
                         "interface_bid.td_bus",
                         f"{m.td_bus} is not the T-D bus {market.interfaces[lda]} of {lda}",
                     )
-                key = lda if party.startswith("dmo:") else f"{lda}/utility"
-                bids.append(IsoBid(key, party, lda, m.curve))
-            elif isinstance(m, msg.FleetBid) and party.startswith("agg:"):
+                bids.append(IsoBid(BidKey(lda, party), m.curve))
+            elif isinstance(m, msg.FleetBid) and party.role is Role.AGG:
                 # a fleet bids for the one modelled feeder; the LDA stands for `scale` of them
                 scale = config.dso(lda).scale
                 bids.extend(
-                    IsoBid(f"{m.sender}/{b.location}", party, lda, b.curve.scaled(scale))
-                    for b in m.bids
+                    IsoBid(BidKey(lda, party, b.location), b.curve.scaled(scale)) for b in m.bids
                 )
             else:
                 raise msg.MessageError(
@@ -98,14 +98,12 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
         shell.end_interval(k)
 
 
-def _send_awards(shell: FederateShell, config: FederationConfig, k: int, awards: dict) -> None:
+def _send_awards(
+    shell: FederateShell, config: FederationConfig, k: int, awards: Mapping[BidKey, AwardLine]
+) -> None:
     for dso in config.dsos:
         lda = dso.name
-        mine = {
-            key: a
-            for key, a in awards.items()
-            if key == lda or key.startswith(f"{lda}/") or key.split("/")[0] in dso.aggregators
-        }
+        mine = {key: a for key, a in awards.items() if key.lda == lda}
         any_line = next(iter(mine.values()))
         total = sum(a.cleared_mw for a in mine.values())
         interface = msg.Award(
@@ -122,7 +120,7 @@ def _send_awards(shell: FederateShell, config: FederationConfig, k: int, awards:
         if local is not None and local != lda:
             shell.send(local, interface)
         for agg in dso.aggregators:
-            lines = {key.split("/", 1)[1]: a for key, a in mine.items() if key.split("/")[0] == agg}
+            lines = {key.location: a for key, a in mine.items() if key.party == Party.agg(agg)}
             if not lines:
                 continue
             awards_mw = {loc: a.cleared_mw for loc, a in sorted(lines.items())}

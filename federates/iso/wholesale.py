@@ -17,6 +17,7 @@ import numpy as np
 from dsosim.federates.common import ledger
 from dsosim.federates.common.config import IsoConfig, TimeSettings
 from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.parties import ISO, BidKey, Party
 from dsosim.federates.common.profiles import wholesale_load
 from dsosim.federates.iso.case import load_case
 from dsosim.federates.iso.dcopf import BusCurve, DcOpf, congestion_rent
@@ -82,16 +83,10 @@ IMBALANCE_COLUMNS = (
 
 @dataclass(frozen=True)
 class IsoBid:
-    """One curve the ISO clears at a T-D bus.
+    """One curve the ISO clears at a T-D bus: ``key`` says whose it is (the
+    party that settles it) and at which LDA's interface."""
 
-    ``key`` identifies the bid in the award (e.g. ``lda5`` or
-    ``agg_solar/675``); ``party`` is who settles it (``dmo:lda5``,
-    ``utility:lda5``, ``agg:agg_solar``); ``lda`` the interface it belongs to.
-    """
-
-    key: str
-    party: str
-    lda: str
+    key: BidKey
     curve: BidCurve
 
 
@@ -111,7 +106,7 @@ class Clearing:
     """What one interval's clearing produced."""
 
     status: str
-    awards: dict[str, AwardLine]
+    awards: dict[BidKey, AwardLine]
     tables: dict[str, tuple[tuple[str, ...], Rows]] = field(default_factory=dict)
 
 
@@ -136,7 +131,7 @@ class WholesaleMarket:
             self.profile = np.ones(time.n_intervals)
         else:
             self.profile = wholesale_load(time.n_intervals, time.interval_s)
-        self._schedules: dict[tuple[int, str], tuple[str, str, float, float]] = {}
+        self._schedules: dict[tuple[int, BidKey], tuple[float, float]] = {}
 
     def fixed_load(self, interval: int) -> np.ndarray:
         return self.case.bus_pd_mw * self.config.load_scale * self.profile[interval]
@@ -144,14 +139,16 @@ class WholesaleMarket:
     def clear(self, interval: int, bids: Sequence[IsoBid]) -> Clearing:
         """Clear one interval: every bid at its LDA's T-D bus, beside the
         case's fixed loads. Each LDA must have at least one bid."""
-        missing = sorted(set(self.interfaces) - {b.lda for b in bids})
+        missing = sorted(set(self.interfaces) - {b.key.lda for b in bids})
         if missing:
             raise ValueError(f"interval {interval}: no bid from {missing}")
-        unknown = sorted({b.lda for b in bids} - set(self.interfaces))
+        unknown = sorted({b.key.lda for b in bids} - set(self.interfaces))
         if unknown:
             raise ValueError(f"interval {interval}: bids for unknown LDAs {unknown}")
         bids = sorted(bids, key=lambda b: b.key)
-        curves = [BusCurve(owner=b.key, bus=self.interfaces[b.lda], curve=b.curve) for b in bids]
+        curves = [
+            BusCurve(owner=str(b.key), bus=self.interfaces[b.key.lda], curve=b.curve) for b in bids
+        ]
         fixed = self.fixed_load(interval)
         res = self.opf.clear(fixed, curves)
         lmp = res.lmp
@@ -169,13 +166,13 @@ class WholesaleMarket:
                 float(cleared),
             )
             out.awards[bid.key] = line
-            self._schedules[(k, bid.key)] = (bid.lda, bid.party, line.cleared_mw, line.lmp)
+            self._schedules[(k, bid.key)] = (line.cleared_mw, line.lmp)
             award_rows.append(
                 (
                     k,
-                    bid.key,
-                    bid.party,
-                    bid.lda,
+                    str(bid.key),
+                    str(bid.key.party),
+                    bid.key.lda,
                     curve.bus,
                     line.lmp,
                     line.cleared_mw,
@@ -184,7 +181,7 @@ class WholesaleMarket:
                 )
             )
             pay.append(
-                ledger.Payment(k, "iso", bid.party, "iso", "energy", line.cleared_mw, line.lmp, h)
+                ledger.Payment(k, "iso", bid.key.party, ISO, "energy", line.cleared_mw, line.lmp, h)
             )
         iface_rows: Rows = []
         for lda, bus in sorted(self.interfaces.items()):
@@ -216,8 +213,8 @@ class WholesaleMarket:
                     ledger.Payment(
                         k,
                         "iso",
-                        f"load:{int(bus)}",
-                        "iso",
+                        Party.load(int(bus)),
+                        ISO,
                         "energy",
                         float(served[i]),
                         float(lmp[i]),
@@ -232,8 +229,8 @@ class WholesaleMarket:
                     ledger.Payment(
                         k,
                         "iso",
-                        "iso",
-                        f"gen:{g}",
+                        ISO,
+                        Party.gen(g),
                         "energy",
                         float(mw),
                         float(lmp[self.bus_index[int(bus)]]),
@@ -280,8 +277,8 @@ class WholesaleMarket:
     def settle_imbalance(
         self,
         interval: int,
-        metered: Mapping[str, tuple[float, Mapping[str, float]]],
-        holders: Mapping[str, str],
+        metered: Mapping[str, tuple[float, Mapping[Party, float]]],
+        holders: Mapping[str, Party],
     ) -> dict[str, tuple[tuple[str, ...], Rows]]:
         """Settle each LDA's metered T-D flow against its schedules, at that
         interval's LMP. ``metered[lda] = (flow_mw, allocation)``: the meter
@@ -298,9 +295,9 @@ class WholesaleMarket:
         for lda in sorted(self.interfaces):
             if lda not in metered:
                 raise ValueError(f"interval {interval}: no meter reading from {lda!r}")
-            mine = [schedules[key] for key in sorted(schedules) if schedules[key][0] == lda]
-            scheduled = sum(m[2] for m in mine)
-            price = mine[0][3] if mine else 0.0
+            mine = [schedules[key] for key in sorted(schedules) if key.lda == lda]
+            scheduled = sum(mw for mw, _ in mine)
+            price = mine[0][1] if mine else 0.0
             actual, allocation = metered[lda]
             deviation = actual - scheduled
             rows.append(
@@ -318,14 +315,12 @@ class WholesaleMarket:
             remainder = deviation
             for party, mw in sorted(allocation.items()):
                 pay.append(
-                    ledger.Payment(
-                        interval, "iso", party, "iso", "imbalance", mw, price, self.hours
-                    )
+                    ledger.Payment(interval, "iso", party, ISO, "imbalance", mw, price, self.hours)
                 )
                 remainder -= mw
             pay.append(
                 ledger.Payment(
-                    interval, "iso", holders[lda], "iso", "imbalance", remainder, price, self.hours
+                    interval, "iso", holders[lda], ISO, "imbalance", remainder, price, self.hours
                 )
             )
         return {

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from dsosim.federates.common import ledger
 from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.parties import ISO, Party
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 from dsosim.federates.markets.lda_market import (
     Limits,
@@ -112,7 +113,7 @@ class NodalDmo:
                     (
                         interval,
                         loc.aggregator,
-                        f"dmo:{self.lda}",
+                        str(Party.dmo(self.lda)),
                         loc.bus,
                         c.base_mw,
                         [p for p, _ in c.blocks],
@@ -144,8 +145,8 @@ class NodalDmo:
         tables["bids"][1].append(
             (
                 interval,
-                f"dmo:{self.lda}",
-                "iso",
+                str(Party.dmo(self.lda)),
+                str(ISO),
                 "td",
                 td_curve.base_mw,
                 [p for p, _ in td_curve.blocks],
@@ -189,13 +190,13 @@ class NodalDmo:
         pos = {name: i for i, name in enumerate(sens.der_names)}
         out: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
         rows: Rows = []
-        me, market, h, s = f"dmo:{self.lda}", f"lda:{self.lda}", self.hours, self.scale
+        me, market, h, s = Party.dmo(self.lda), f"lda:{self.lda}", self.hours, self.scale
         pay = [
-            ledger.Payment(interval, market, me, "iso", "energy", cleared_mw, lmp, h),
+            ledger.Payment(interval, market, me, ISO, "energy", cleared_mw, lmp, h),
             ledger.Payment(
                 interval,
                 market,
-                f"utility:{self.lda}",
+                Party.utility(self.lda),
                 me,
                 "energy",
                 float(p["utility_mw"]) * s,
@@ -226,7 +227,7 @@ class NodalDmo:
                 ledger.Payment(
                     interval,
                     market,
-                    f"agg:{loc.aggregator}",
+                    Party.agg(loc.aggregator),
                     me,
                     f"energy@{loc.bus}",
                     (mw - self.firm_mw(loc)) * s,

@@ -37,6 +37,7 @@ import numpy as np
 
 from dsosim.federates.common import ledger
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR, BidCurve
+from dsosim.federates.common.parties import Party
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 from dsosim.federates.markets.nodal_dmo import Located, NodalDmo, Rows, Tables
 
@@ -141,7 +142,7 @@ class P2pDmo(NodalDmo):
         self._block_infeasible(trades, pairs, state, sens, der_index)
         rows: Rows = []
         pay: list[ledger.Payment] = []
-        h, s, me, market = self.hours, self.scale, f"dmo:{self.lda}", f"p2p:{self.lda}"
+        h, s, me, market = self.hours, self.scale, Party.dmo(self.lda), f"p2p:{self.lda}"
         taken_buy = [dict[int, float]() for _ in pairs]
         firm = np.zeros(len(pairs))
         for t in trades:
@@ -172,8 +173,8 @@ class P2pDmo(NodalDmo):
                 ledger.Payment(
                     interval,
                     market,
-                    f"agg:{bloc.aggregator}",
-                    f"agg:{sloc.aggregator}",
+                    Party.agg(bloc.aggregator),
+                    Party.agg(sloc.aggregator),
                     f"trade {bloc.bus}<-{sloc.bus}",
                     t.mw * s,
                     price,
@@ -184,7 +185,7 @@ class P2pDmo(NodalDmo):
                 ledger.Payment(
                     interval,
                     market,
-                    f"agg:{bloc.aggregator}",
+                    Party.agg(bloc.aggregator),
                     me,
                     "loss charge",
                     t.mw * s,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from dsosim.federates.common.ledger import is_operator
+from dsosim.federates.common.parties import OPERATORS, Party, Role
 
 
 def read_table(results_dir: str | Path, table: str) -> pd.DataFrame:
@@ -116,20 +116,22 @@ def settlement_balance(ledger: pd.DataFrame, iso: pd.DataFrame) -> dict[str, Any
     the DMOs say they paid.
     """
     payer, payee, amount = ledger["payer"], ledger["payee"], ledger["amount"]
-    payer_op, payee_op = payer.map(is_operator).astype(bool), payee.map(is_operator).astype(bool)
+    payer_role = payer.map(lambda text: Party.parse(text).role)
+    payee_role = payee.map(lambda text: Party.parse(text).role)
+    payer_op, payee_op = payer_role.isin(OPERATORS), payee_role.isin(OPERATORS)
     paid = amount[~payer_op].sum()
     received = amount[~payee_op].sum()
     in_iso = ledger["market"] == "iso"
     imbalance = amount[in_iso & (ledger["item"] == "imbalance")].sum()
-    to_dmo, from_dmo = payee.str.startswith("dmo:"), payer.str.startswith("dmo:")
+    to_dmo, from_dmo = payee_role == Role.DMO, payer_role == Role.DMO
     local = ~in_iso
-    dmo_energy_dmo_view = amount[local & from_dmo & (payee == "iso")].sum()
+    dmo_energy_dmo_view = amount[local & from_dmo & (payee_role == Role.ISO)].sum()
     dmo_energy_iso_view = amount[in_iso & from_dmo & (ledger["item"] == "energy")].sum()
     dmo_imbalance = amount[in_iso & from_dmo & (ledger["item"] == "imbalance")].sum()
     dmo_surplus = amount[local & to_dmo].sum() - amount[local & from_dmo].sum() - dmo_imbalance
     congestion = iso["congestion_rent"].sum() if not iso.empty else 0.0
     residual = paid - received - congestion - imbalance - dmo_surplus
-    aggs_in, aggs_out = payee.str.startswith("agg:"), payer.str.startswith("agg:")
+    aggs_in, aggs_out = payee_role == Role.AGG, payer_role == Role.AGG
     return {
         "buyers_paid": _r(paid, 2),
         "sellers_received": _r(received, 2),
