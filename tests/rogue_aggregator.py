@@ -18,7 +18,7 @@ import msgpack
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import load_federation
-from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.curves import BidCurve, PlacedCurve
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, run_federate
 
@@ -49,9 +49,7 @@ def main() -> int:
             else:
                 shell.send(
                     cfg.dso,
-                    msg.FleetBid(
-                        name, k, tuple(msg.LocatedBid(b, BidCurve(0.0)) for b in cfg.buses)
-                    ),
+                    msg.FleetBid(name, k, tuple(PlacedCurve(b, BidCurve(0.0)) for b in cfg.buses)),
                 )
             shell.advance(at(k, Phase.REPORT, config.time))
             received = shell.receive()

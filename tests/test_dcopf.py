@@ -118,7 +118,7 @@ def test_demand_bid_sets_the_price() -> None:
     # to its 200 MW limit, so 50 MW of the block clear; the next unit, G2 at
     # $30, is dearer than the block: the block is marginal, LMP = 25.
     case = three_bus()
-    curves = [BusCurve("dso", 3, BidCurve(0.0, ((25.0, 100.0),)))]
+    curves = [BusCurve(3, owner="dso", curve=BidCurve(0.0, ((25.0, 100.0),)))]
     result = DcOpf(case).clear(case.bus_pd_mw, curves)
     np.testing.assert_allclose(result.lmp, 25.0, atol=1e-6)
     assert result.curve_mw.tolist() == pytest.approx([50.0])
@@ -135,7 +135,7 @@ def test_supply_offer_relieves_congestion() -> None:
     # mu of line 1-3: LMP3 = 10 + 2/3 mu => mu = 7.5; bus 2 (1/3 of an
     # injection there flows on 1-3): LMP2 = 10 + mu/3 = 12.5.
     case = three_bus(rate13=80.0)
-    curves = [BusCurve("der", 3, BidCurve(-40.0, ((15.0, 40.0),)))]
+    curves = [BusCurve(3, owner="der", curve=BidCurve(-40.0, ((15.0, 40.0),)))]
     result = DcOpf(case).clear(case.bus_pd_mw, curves)
     assert result.status == "optimal"
     np.testing.assert_allclose(result.lmp, [10.0, 12.5, 15.0], atol=1e-6)
@@ -150,8 +150,8 @@ def test_curves_at_one_bus_share_a_marginal_block_pro_rata() -> None:
     # test, 50 MW clear at $25, split 60:40 => 30 and 20 MW.
     case = three_bus()
     curves = [
-        BusCurve("a", 3, BidCurve(0.0, ((25.0, 60.0),))),
-        BusCurve("b", 3, BidCurve(0.0, ((25.0, 40.0),))),
+        BusCurve(3, owner="a", curve=BidCurve(0.0, ((25.0, 60.0),))),
+        BusCurve(3, owner="b", curve=BidCurve(0.0, ((25.0, 40.0),))),
     ]
     result = DcOpf(case).clear(case.bus_pd_mw, curves)
     assert result.curve_mw.tolist() == pytest.approx([30.0, 20.0])
@@ -193,9 +193,9 @@ def test_reclearing_reuses_the_model_and_matches_a_fresh_clear() -> None:
         n_owners = int(rng.integers(1, 4))
         curves = [
             BusCurve(
-                f"o{k}",
                 int(rng.integers(1, 4)),
-                BidCurve(0.0, ((float(rng.uniform(15, 40)), 10.0),)),
+                owner=f"o{k}",
+                curve=BidCurve(0.0, ((float(rng.uniform(15, 40)), 10.0),)),
             )
             for k in range(n_owners)
         ]
@@ -217,7 +217,10 @@ def test_bid_column_pool_is_reused_across_intervals() -> None:
     opf = DcOpf(case)
 
     def curves(prices: list[float]) -> list[BusCurve]:
-        return [BusCurve(f"o{k}", 3, BidCurve(0.0, ((p, 10.0),))) for k, p in enumerate(prices)]
+        return [
+            BusCurve(3, owner=f"o{k}", curve=BidCurve(0.0, ((p, 10.0),)))
+            for k, p in enumerate(prices)
+        ]
 
     first = opf.clear(case.bus_pd_mw, curves([40.0, 25.0, 5.0]))
     assert opf.bid_columns == 3
@@ -236,7 +239,7 @@ def test_bid_column_pool_is_reused_across_intervals() -> None:
 def test_unknown_curve_bus_is_rejected_with_owner() -> None:
     case = three_bus()
     with pytest.raises(ValueError, match="'dso7'.*bus 42"):
-        DcOpf(case).clear(case.bus_pd_mw, [BusCurve("dso7", 42, BidCurve(1.0))])
+        DcOpf(case).clear(case.bus_pd_mw, [BusCurve(42, owner="dso7", curve=BidCurve(1.0))])
 
 
 def test_load_vector_must_align_with_buses() -> None:

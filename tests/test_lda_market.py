@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
-from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.curves import BidCurve, PlacedCurve
 from dsosim.federates.dso.feeder import Feeder, FeederState, Sensitivities
 from dsosim.federates.markets.lda_market import (
+    DerCurve,
     LdaClearing,
     LdaError,
     Limits,
-    LocatedCurve,
     aggregate_interface_bid,
     build_interface_bid,
     clear_lda,
@@ -32,6 +32,11 @@ from dsosim.federates.markets.lda_market import (
 
 IEEE13 = Path(__file__).resolve().parents[1] / "configs" / "feeders" / "ieee13" / "Master.dss"
 LIMITS = Limits()
+
+
+def _at(owner: str, der: str, curve: BidCurve) -> DerCurve:
+    """``owner``'s curve at DER ``der``."""
+    return PlacedCurve(der, curve, owner=owner)
 
 
 def linearised(
@@ -104,8 +109,8 @@ def assert_curve(curve: BidCurve, base: float, blocks: Sequence[tuple[float, flo
 
 
 TWO = [
-    LocatedCurve("agg1", "d0", BidCurve(0.0, ((50.0, 1.0), (20.0, 1.0)))),
-    LocatedCurve("agg2", "d1", BidCurve(-1.0, ((40.0, 2.0),))),  # battery: discharges above 40
+    _at("agg1", "d0", BidCurve(0.0, ((50.0, 1.0), (20.0, 1.0)))),
+    _at("agg2", "d1", BidCurve(-1.0, ((40.0, 2.0),))),  # battery: discharges above 40
 ]
 
 # ----------------------------------------------------------------- aggregation
@@ -139,8 +144,8 @@ def test_undervoltage_truncates_the_bid() -> None:
     # 2 MW block before 0.95. d1 is elsewhere and keeps its whole block.
     state, sens = linearised([0.97, 1.0], [[-0.02, 0.0], [0.0, -0.001]])
     curves = [
-        LocatedCurve("ev", "d0", BidCurve(0.0, ((30.0, 2.0),))),
-        LocatedCurve("hp", "d1", BidCurve(0.0, ((10.0, 1.0),))),
+        _at("ev", "d0", BidCurve(0.0, ((30.0, 2.0),))),
+        _at("hp", "d1", BidCurve(0.0, ((10.0, 1.0),))),
     ]
     bid = build_interface_bid(curves, state, sens, 1.0, LIMITS)
     assert_curve(bid.curve, 1.0, [(30.0, 1.0), (10.0, 1.0)])
@@ -151,7 +156,7 @@ def test_thermal_limit_truncates_injection() -> None:
     # A battery on a lateral with no other load: loading rises 0.25 per MW
     # either way (a kink at zero current). It offers -4 (discharge) to +4 MW.
     state, sens = linearised([1.0], [[0.0]], loading=[0.0], dl_up=[[0.25]], dl_down=[[-0.25]])
-    curves = [LocatedCurve("bat", "d0", BidCurve(-4.0, ((60.0, 4.0), (55.0, 4.0))))]
+    curves = [_at("bat", "d0", BidCurve(-4.0, ((60.0, 4.0), (55.0, 4.0))))]
     bid = build_interface_bid(curves, state, sens, 0.0, LIMITS)
     # |P| <= 4 MW: both extremes are loading 1.0 exactly.
     assert_curve(bid.curve, -4.0, [(60.0, 4.0), (55.0, 4.0)])
@@ -169,8 +174,8 @@ def test_a_shared_limit_creates_a_step_between_block_prices() -> None:
     # feeder takes A alone (2 MW) for 10 < lambda <= 50, A and B (3 MW) below 10.
     state, sens = linearised([0.97], [[-0.01, -0.005]])
     curves = [
-        LocatedCurve("a", "d0", BidCurve(0.0, ((50.0, 2.0),))),
-        LocatedCurve("b", "d1", BidCurve(0.0, ((30.0, 2.0),))),
+        _at("a", "d0", BidCurve(0.0, ((50.0, 2.0),))),
+        _at("b", "d1", BidCurve(0.0, ((30.0, 2.0),))),
     ]
     curve = aggregate_interface_bid(curves, state, sens, 0.0, LIMITS)
     assert_curve(curve, 0.0, [(50.0, 2.0), (10.0, 1.0)])
@@ -190,7 +195,7 @@ def test_a_violated_limit_a_der_can_relieve_takes_priority() -> None:
     # n0 at 1.06: consumption at d0 lowers it 0.02 pu/MW, so 0.5 MW of d0's
     # 1 MW block is needed at any price; the rest follows the bid.
     state, sens = linearised([1.06], [[-0.02]])
-    curves = [LocatedCurve("ev", "d0", BidCurve(0.0, ((30.0, 1.0),)))]
+    curves = [_at("ev", "d0", BidCurve(0.0, ((30.0, 1.0),)))]
     curve = aggregate_interface_bid(curves, state, sens, 0.0, LIMITS)
     assert_curve(curve, 0.5, [(30.0, 0.5)])
 
@@ -198,9 +203,7 @@ def test_a_violated_limit_a_der_can_relieve_takes_priority() -> None:
 def test_unknown_der_is_an_error_naming_the_owner() -> None:
     state, sens = linearised([1.0], [[0.0]])
     with pytest.raises(LdaError, match="'agg9'.*'nowhere'"):
-        aggregate_interface_bid(
-            [LocatedCurve("agg9", "nowhere", BidCurve(1.0))], state, sens, 0.0, LIMITS
-        )
+        aggregate_interface_bid([_at("agg9", "nowhere", BidCurve(1.0))], state, sens, 0.0, LIMITS)
 
 
 # -------------------------------------------------------------------- clearing
@@ -223,7 +226,7 @@ def test_clearing_meets_the_award_with_the_merit_order() -> None:
 
 def test_clearing_with_a_local_marginal_block_and_loss_factors() -> None:
     state, sens = linearised([1.0, 1.0], [[0.0, 0.0], [0.0, 0.0]], dpsub=[1.25, 1.0])
-    curves = [TWO[0], LocatedCurve("agg2", "d1", BidCurve(-1.0, ((35.0, 2.0),)))]
+    curves = [TWO[0], _at("agg2", "d1", BidCurve(-1.0, ((35.0, 2.0),)))]
     # Head curve: base -1 + (40, 1.25), (35, 2), (16, 1.25). The ISO clears at 35
     # and awards 1.25 MW: d0's 50 $/MWh block (40 at the head) in full, and half
     # of the battery's block, which is marginal.
@@ -241,8 +244,8 @@ def test_a_binding_limit_separates_the_dlmps() -> None:
     # d0 can charge 2 MW but n0 (0.97 pu, -0.02 pu/MW) allows 1 MW; d1 elsewhere.
     state, sens = linearised([0.97, 1.0], [[-0.02, 0.0], [0.0, -0.001]])
     curves = [
-        LocatedCurve("ev", "d0", BidCurve(0.0, ((30.0, 2.0),))),
-        LocatedCurve("hp", "d1", BidCurve(0.0, ((10.0, 2.0),))),
+        _at("ev", "d0", BidCurve(0.0, ((30.0, 2.0),))),
+        _at("hp", "d1", BidCurve(0.0, ((10.0, 2.0),))),
     ]
     # Head curve: 1 + (30, 1), (10, 2). Award 2.5 MW at LMP 10: d1 is marginal.
     clearing = clear_lda(2.5, 10.0, curves, state, sens, 1.0, LIMITS)
@@ -263,8 +266,8 @@ def test_a_binding_limit_separates_the_dlmps() -> None:
 def test_an_award_the_feeder_cannot_deliver_is_reported_as_shortfall() -> None:
     state, sens = linearised([0.97, 1.0], [[-0.02, 0.0], [0.0, -0.001]])
     curves = [
-        LocatedCurve("ev", "d0", BidCurve(0.0, ((30.0, 2.0),))),
-        LocatedCurve("hp", "d1", BidCurve(0.0, ((10.0, 2.0),))),
+        _at("ev", "d0", BidCurve(0.0, ((30.0, 2.0),))),
+        _at("hp", "d1", BidCurve(0.0, ((10.0, 2.0),))),
     ]
     # The feeder can take at most 1 + 1 + 2 = 4 MW; 4.6 awarded.
     clearing = clear_lda(4.6, 5.0, curves, state, sens, 1.0, LIMITS)
@@ -284,8 +287,8 @@ def test_an_award_away_from_the_bid_at_the_lmp_is_priced_by_the_local_margin() -
     # the award is 1.5 MW: A's block (50 $/MWh) is split and sets the price.
     state, sens = linearised([0.97], [[-0.01, -0.005]])
     curves = [
-        LocatedCurve("a", "d0", BidCurve(0.0, ((50.0, 2.0),))),
-        LocatedCurve("b", "d1", BidCurve(0.0, ((30.0, 2.0),))),
+        _at("a", "d0", BidCurve(0.0, ((50.0, 2.0),))),
+        _at("b", "d1", BidCurve(0.0, ((30.0, 2.0),))),
     ]
     clearing = clear_lda(1.5, 25.0, curves, state, sens, 0.0, LIMITS)
     assert clearing.der_mw == pytest.approx([1.5, 0.0], abs=1e-6)
@@ -307,22 +310,22 @@ def test_clearing_rejects_mismatched_inputs() -> None:
 
 
 @pytest.fixture
-def ieee13_market() -> tuple[Feeder, list[LocatedCurve]]:
+def ieee13_market() -> tuple[Feeder, list[DerCurve]]:
     feeder = Feeder(IEEE13, name="ieee13")
     for der, bus in (("pv675", "675"), ("bat680", "680"), ("ev652", "652"), ("bat634", "634")):
         feeder.attach_der(der, bus)
     curves = [
-        LocatedCurve("solar", "pv675", BidCurve(-1.2, ((-5.0, 1.2),))),  # curtails below -5
-        LocatedCurve("storage", "bat680", BidCurve(-1.0, ((45.0, 1.0), (25.0, 1.0)))),
-        LocatedCurve("fleet", "ev652", BidCurve(0.0, ((60.0, 0.05), (35.0, 0.25)))),
-        LocatedCurve("storage", "bat634", BidCurve(-0.2, ((40.0, 0.2), (15.0, 0.2)))),
+        _at("solar", "pv675", BidCurve(-1.2, ((-5.0, 1.2),))),  # curtails below -5
+        _at("storage", "bat680", BidCurve(-1.0, ((45.0, 1.0), (25.0, 1.0)))),
+        _at("fleet", "ev652", BidCurve(0.0, ((60.0, 0.05), (35.0, 0.25)))),
+        _at("storage", "bat634", BidCurve(-0.2, ((40.0, 0.2), (15.0, 0.2)))),
     ]
     return feeder, curves
 
 
 def reference_head_demand(
     lam: float,
-    curves: Sequence[LocatedCurve],
+    curves: Sequence[DerCurve],
     state: FeederState,
     sens: Sensitivities,
     fixed_mw: float,
@@ -336,15 +339,15 @@ def reference_head_demand(
     p0 = np.asarray(state.der_mw)
     price, size, col_der = [], [], []
     base = p0.copy()
-    located = {c.der for c in curves}
+    located = {c.at for c in curves}
     for i, d in enumerate(ders):
         if d in located:
-            base[i] = sum(c.curve.base_mw for c in curves if c.der == d)
+            base[i] = sum(c.curve.base_mw for c in curves if c.at == d)
     for c in curves:
         for p, mw in c.curve.blocks:
             price.append(p)
             size.append(mw)
-            col_der.append(ders.index(c.der))
+            col_der.append(ders.index(c.at))
     sel = np.zeros((len(ders), len(price)))
     sel[col_der, range(len(price))] = 1.0
     grads, values, lims = [], [], []
@@ -375,7 +378,7 @@ def reference_head_demand(
 
 
 def test_ieee13_bid_matches_a_price_by_price_reference(
-    ieee13_market: tuple[Feeder, list[LocatedCurve]],
+    ieee13_market: tuple[Feeder, list[DerCurve]],
 ) -> None:
     feeder, curves = ieee13_market
     state = feeder.solve()
@@ -403,7 +406,7 @@ def test_ieee13_bid_matches_a_price_by_price_reference(
 
 
 def test_ieee13_clearing_keeps_the_feeder_within_limits(
-    ieee13_market: tuple[Feeder, list[LocatedCurve]],
+    ieee13_market: tuple[Feeder, list[DerCurve]],
 ) -> None:
     feeder, curves = ieee13_market
     state = feeder.solve()
@@ -437,8 +440,8 @@ def test_ieee13_overload_the_ders_cannot_remove_does_not_distort_the_bid() -> No
     feeder.attach_der("pv675", "675")
     feeder.attach_der("bat680", "680")
     curves = [
-        LocatedCurve("solar", "pv675", BidCurve(-0.5, ((-5.0, 0.5),))),
-        LocatedCurve("storage", "bat680", BidCurve(-0.5, ((45.0, 0.5), (25.0, 0.5)))),
+        _at("solar", "pv675", BidCurve(-0.5, ((-5.0, 0.5),))),
+        _at("storage", "bat680", BidCurve(-0.5, ((45.0, 0.5), (25.0, 0.5)))),
     ]
     state = feeder.solve()
     sens = feeder.sensitivities()
@@ -457,7 +460,7 @@ def test_ieee13_overload_the_ders_cannot_remove_does_not_distort_the_bid() -> No
 
 
 def test_ieee13_dlmps_equal_lmp_times_loss_factor_when_nothing_binds(
-    ieee13_market: tuple[Feeder, list[LocatedCurve]],
+    ieee13_market: tuple[Feeder, list[DerCurve]],
 ) -> None:
     feeder, curves = ieee13_market
     state = feeder.solve()
@@ -473,7 +476,7 @@ def test_ieee13_dlmps_equal_lmp_times_loss_factor_when_nothing_binds(
     assert np.all(clearing.dlmp_loss > 0.0)
 
 
-def test_ieee13_market_is_fast(ieee13_market: tuple[Feeder, list[LocatedCurve]]) -> None:
+def test_ieee13_market_is_fast(ieee13_market: tuple[Feeder, list[DerCurve]]) -> None:
     feeder, curves = ieee13_market
     state = feeder.solve()
     sens = feeder.sensitivities()
@@ -487,7 +490,7 @@ def test_ieee13_market_is_fast(ieee13_market: tuple[Feeder, list[LocatedCurve]])
     assert per_interval < 0.25  # typically a few ms; generous for shared machines
 
 
-def many_ders(n: int) -> tuple[Feeder, list[LocatedCurve]]:
+def many_ders(n: int) -> tuple[Feeder, list[DerCurve]]:
     """``n`` DERs spread over the IEEE 13 buses: solar (must-run with a
     curtailment block), batteries (discharge/charge blocks), flexible loads."""
     rng = np.random.default_rng(7)
@@ -506,12 +509,12 @@ def many_ders(n: int) -> tuple[Feeder, list[LocatedCurve]]:
         else:
             prices = sorted(rng.integers(5, 100, 3).tolist(), reverse=True)
             curve = BidCurve(0.0, tuple((float(p), size / 3) for p in prices))
-        curves.append(LocatedCurve(f"agg{i % 4}", der, curve))
+        curves.append(_at(f"agg{i % 4}", der, curve))
     return feeder, curves
 
 
 def assert_dlmps_support_the_dispatch(
-    clearing: object, curves: Sequence[LocatedCurve], tol: float = 1e-6
+    clearing: object, curves: Sequence[DerCurve], tol: float = 1e-6
 ) -> int:
     """KKT check: at its DER's DLMP every block is taken if priced above it,
     left if priced below, and split only if priced at it. Returns the number of
@@ -525,12 +528,12 @@ def assert_dlmps_support_the_dispatch(
             x = min(max(taken, 0.0), size)
             taken -= x
             if x > 1e-6 and x < size - 1e-6:
-                assert price == pytest.approx(dlmp[lc.der], abs=tol)
+                assert price == pytest.approx(dlmp[lc.at], abs=tol)
                 split += 1
             elif x >= size - 1e-6:
-                assert price >= dlmp[lc.der] - tol
+                assert price >= dlmp[lc.at] - tol
             else:
-                assert price <= dlmp[lc.der] + tol
+                assert price <= dlmp[lc.at] + tol
     return split
 
 

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from dsosim.federates.common import messages as msg
-from dsosim.federates.common.curves import PRICE_CAP, BidCurve, CurveError
+from dsosim.federates.common.curves import PRICE_CAP, BidCurve, CurveError, PlacedCurve
 from dsosim.federates.common.parties import Party
 
 CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
@@ -17,9 +17,7 @@ CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
 @pytest.mark.parametrize(
     "record",
     [
-        msg.FleetBid(
-            "agg1", 3, (msg.LocatedBid("675", CURVE), msg.LocatedBid("634", BidCurve(0.2)))
-        ),
+        msg.FleetBid("agg1", 3, (PlacedCurve("675", CURVE), PlacedCurve("634", BidCurve(0.2)))),
         msg.InterfaceBid("lda1", 3, 5, CURVE.scaled(20)),
         msg.Award("iso", 3, 5, 31.25, 30.0, 1.25, -12.5),
         msg.Dispatch("lda1", 3, {"675": -0.5, "634": 0.1}, {"675": 31.0, "634": 32.5}),

@@ -84,7 +84,7 @@ def test_many_bids_at_one_bus_share_the_lmp_and_settle_separately() -> None:
 def test_lmp_rises_with_the_dso_bid() -> None:
     market = _market()
     low = _awards(market.clear(0, BIDS))["lda5"].lmp
-    more = [IsoBid(BIDS[0].key, BidCurve(60.0, CURVES["lda5"].blocks)), BIDS[1]]
+    more = [IsoBid(BIDS[0].at, BidCurve(60.0, CURVES["lda5"].blocks)), BIDS[1]]
     high = _awards(market.clear(1, more))["lda5"].lmp
     assert high > low + 0.1
 

@@ -19,7 +19,7 @@ from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig
-from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.curves import BidCurve, PlacedCurve
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
 
@@ -49,7 +49,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         if bid_to is not None:
             shell.send(
                 bid_to,
-                msg.FleetBid(name, k, tuple(msg.LocatedBid(b, c) for b, c in sorted(bids.items()))),
+                msg.FleetBid(name, k, tuple(PlacedCurve(b, c) for b, c in sorted(bids.items()))),
             )
 
         measured: dict[int, DeviceReading] = {}

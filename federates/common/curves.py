@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 PRICE_FLOOR = -1000.0
 """Lowest admissible bid price, $/MWh."""
@@ -136,6 +137,24 @@ class BidCurve:
                 blocks.append((price, step))
                 level = q
         return BidCurve(base_mw, tuple(blocks))
+
+
+Place = TypeVar("Place")
+
+
+@dataclass(frozen=True)  # no slots: a frozen slotted generic cannot be built via its alias
+class PlacedCurve(Generic[Place]):
+    """A bid curve and where it is: the one "curve plus where" record.
+
+    ``at`` is a feeder location or DER element (``str``) inside an LDA, a
+    transmission bus (``int``) in the DC-OPF, or a
+    :class:`~dsosim.federates.common.parties.BidKey` at the ISO. ``owner``
+    names who bids, for error messages; it is never priced.
+    """
+
+    at: Place
+    curve: BidCurve
+    owner: str = ""
 
 
 def _finite(x: object) -> bool:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from dsosim.federates.common.curves import BidCurve, CurveError
+from dsosim.federates.common.curves import BidCurve, CurveError, PlacedCurve
 from dsosim.federates.common.parties import Party, PartyError
 
 SCHEMA_VERSION = 1
@@ -38,21 +38,14 @@ class MessageError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class LocatedBid:
-    """One bid curve at one feeder location (a DER element/bus of a feeder)."""
-
-    location: str
-    curve: BidCurve
-
-
-@dataclass(frozen=True, slots=True)
 class FleetBid:
-    """Aggregator -> market operator: one curve per feeder location it serves."""
+    """Aggregator -> market operator: one curve per feeder location it serves
+    (``at``: a bus of the feeder; on the wire ``[location, curve]``)."""
 
     KIND: ClassVar[str] = "fleet_bid"
     sender: str
     interval: int
-    bids: tuple[LocatedBid, ...]
+    bids: tuple[PlacedCurve[str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +247,8 @@ def _curve_to_wire(curve: BidCurve) -> list[Any]:
 def _to_wire(value: Any) -> Any:
     if isinstance(value, BidCurve):
         return _curve_to_wire(value)
-    if isinstance(value, LocatedBid):
-        return [value.location, _curve_to_wire(value.curve)]
+    if isinstance(value, PlacedCurve):
+        return [value.at, _curve_to_wire(value.curve)]
     if isinstance(value, tuple | list):
         return [_to_wire(v) for v in value]
     if isinstance(value, Mapping):
@@ -388,7 +381,7 @@ def _decode_fleet_bid(r: _Reader, sender: str, interval: int) -> FleetBid:
         if location in seen:
             raise r.fail(f"bids[{i}].location", f"duplicate location {location!r}")
         seen.add(location)
-        bids.append(LocatedBid(location, r.curve(f"bids[{i}].curve", item[1])))
+        bids.append(PlacedCurve(location, r.curve(f"bids[{i}].curve", item[1])))
     return FleetBid(sender, interval, tuple(bids))
 
 

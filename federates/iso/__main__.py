@@ -78,9 +78,7 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
             elif isinstance(m, msg.FleetBid) and party.role is Role.AGG:
                 # a fleet bids for the one modelled feeder; the LDA stands for `scale` of them
                 scale = config.dso(lda).scale
-                bids.extend(
-                    IsoBid(BidKey(lda, party, b.location), b.curve.scaled(scale)) for b in m.bids
-                )
+                bids.extend(IsoBid(BidKey(lda, party, b.at), b.curve.scaled(scale)) for b in m.bids)
             else:
                 raise msg.MessageError(
                     m.sender, "kind", f"{m.KIND} is not what the ISO expects from it"

@@ -16,7 +16,7 @@ import numpy as np
 
 from dsosim.federates.common import ledger
 from dsosim.federates.common.config import IsoConfig, TimeSettings
-from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.curves import PlacedCurve
 from dsosim.federates.common.parties import ISO, BidKey, Party
 from dsosim.federates.common.profiles import wholesale_load
 from dsosim.federates.iso.case import load_case
@@ -81,13 +81,9 @@ IMBALANCE_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class IsoBid:
-    """One curve the ISO clears at a T-D bus: ``key`` says whose it is (the
-    party that settles it) and at which LDA's interface."""
-
-    key: BidKey
-    curve: BidCurve
+IsoBid = PlacedCurve[BidKey]
+"""One curve the ISO clears at a T-D bus: ``at`` is its key, whose it is (the
+party that settles it) and at which LDA's interface."""
 
 
 @dataclass(frozen=True)
@@ -139,16 +135,14 @@ class WholesaleMarket:
     def clear(self, interval: int, bids: Sequence[IsoBid]) -> Clearing:
         """Clear one interval: every bid at its LDA's T-D bus, beside the
         case's fixed loads. Each LDA must have at least one bid."""
-        missing = sorted(set(self.interfaces) - {b.key.lda for b in bids})
+        missing = sorted(set(self.interfaces) - {b.at.lda for b in bids})
         if missing:
             raise ValueError(f"interval {interval}: no bid from {missing}")
-        unknown = sorted({b.key.lda for b in bids} - set(self.interfaces))
+        unknown = sorted({b.at.lda for b in bids} - set(self.interfaces))
         if unknown:
             raise ValueError(f"interval {interval}: bids for unknown LDAs {unknown}")
-        bids = sorted(bids, key=lambda b: b.key)
-        curves = [
-            BusCurve(owner=str(b.key), bus=self.interfaces[b.key.lda], curve=b.curve) for b in bids
-        ]
+        bids = sorted(bids, key=lambda b: b.at)
+        curves = [BusCurve(self.interfaces[b.at.lda], b.curve, owner=str(b.at)) for b in bids]
         fixed = self.fixed_load(interval)
         res = self.opf.clear(fixed, curves)
         lmp = res.lmp
@@ -157,23 +151,23 @@ class WholesaleMarket:
         pay: list[ledger.Payment] = []
         award_rows: Rows = []
         for bid, curve, cleared in zip(bids, curves, res.curve_mw, strict=True):
-            i = self.bus_index[curve.bus]
+            i = self.bus_index[curve.at]
             line = AwardLine(
-                curve.bus,
+                curve.at,
                 float(lmp[i]),
                 float(res.lmp_energy[i]),
                 float(res.lmp_congestion[i]),
                 float(cleared),
             )
-            out.awards[bid.key] = line
-            self._schedules[(k, bid.key)] = (line.cleared_mw, line.lmp)
+            out.awards[bid.at] = line
+            self._schedules[(k, bid.at)] = (line.cleared_mw, line.lmp)
             award_rows.append(
                 (
                     k,
-                    str(bid.key),
-                    str(bid.key.party),
-                    bid.key.lda,
-                    curve.bus,
+                    str(bid.at),
+                    str(bid.at.party),
+                    bid.at.lda,
+                    curve.at,
                     line.lmp,
                     line.cleared_mw,
                     bid.curve.min_mw,
@@ -181,7 +175,7 @@ class WholesaleMarket:
                 )
             )
             pay.append(
-                ledger.Payment(k, "iso", bid.key.party, ISO, "energy", line.cleared_mw, line.lmp, h)
+                ledger.Payment(k, "iso", bid.at.party, ISO, "energy", line.cleared_mw, line.lmp, h)
             )
         iface_rows: Rows = []
         for lda, bus in sorted(self.interfaces.items()):
@@ -206,7 +200,7 @@ class WholesaleMarket:
         # shedding, shunts, spilled surplus. Charged at the LMP like any load.
         served = res.withdrawal_mw.copy()
         for curve, cleared in zip(curves, res.curve_mw, strict=True):
-            served[self.bus_index[curve.bus]] -= cleared
+            served[self.bus_index[curve.at]] -= cleared
         for i, bus in enumerate(self.case.bus_ids):
             if served[i] != 0.0:
                 pay.append(

@@ -26,7 +26,7 @@ def send_interface_bid(
     td_bus: int,
 ) -> None:
     """AGGREGATE: the LDA's one bid at the T-D interface, from its fleets' bids."""
-    fleet_bids = {a: {b.location: b.curve for b in m.bids} for a, m in bids.items()}
+    fleet_bids = {a: {b.at: b.curve for b in m.bids} for a, m in bids.items()}
     curve, tables = dmo.interface_bid(k, fleet_bids, state, sens)
     shell.send(iso, msg.InterfaceBid(shell.name, k, td_bus, curve))
     shell.record_tables(k, tables)

@@ -52,10 +52,14 @@ from typing import Literal
 import highspy
 import numpy as np
 
-from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR, BidCurve
+from dsosim.federates.common.blocks import PlacementError, flatten
+from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR, BidCurve, PlacedCurve
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 
 ConstraintKind = Literal["vmax", "vmin", "thermal"]
+DerCurve = PlacedCurve[str]
+"""An aggregator's bid at one DER element of the feeder (MW at the DER):
+``at`` is the element, ``owner`` the aggregator."""
 
 _EPS_PRICE = 1e-4
 """$/MWh: the price sweep evaluates this far below each breakpoint, where the
@@ -74,15 +78,6 @@ difference is curvature over ``delta_mw`` and the central slope is used."""
 class LdaError(ValueError):
     """Inputs that do not fit together (unknown DER, mismatched state) or an LP
     that HiGHS could not solve."""
-
-
-@dataclass(frozen=True, slots=True)
-class LocatedCurve:
-    """An aggregator's bid for one DER element of the feeder (MW at the DER)."""
-
-    owner: str
-    der: str
-    curve: BidCurve
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +215,7 @@ class _Problem:
 
 
 def _build(
-    curves: Sequence[LocatedCurve],
+    curves: Sequence[DerCurve],
     state: FeederState,
     sens: Sensitivities,
     fixed_mw: float,
@@ -228,48 +223,30 @@ def _build(
 ) -> _Problem:
     _check_inputs(state, sens, fixed_mw)
     der_pos = {name: i for i, name in enumerate(sens.der_names)}
-    n_der = len(sens.der_names)
     p0 = np.asarray(state.der_mw, dtype=float)
-    has_curve = np.zeros(n_der, dtype=bool)
-    der_base = p0.copy()
-    price: list[float] = []
-    size: list[float] = []
-    der_of: list[int] = []
-    curve_of: list[int] = []
-    for c, located in enumerate(curves):
-        if located.der not in der_pos:
-            raise LdaError(
-                f"curve of {located.owner!r} is located at DER {located.der!r}, "
-                f"which is not attached to feeder {state.feeder} ({', '.join(sens.der_names)})"
-            )
-        i = der_pos[located.der]
-        if not has_curve[i]:
-            has_curve[i] = True
-            der_base[i] = 0.0
-        der_base[i] += located.curve.base_mw
-        for p, mw in located.curve.blocks:
-            price.append(p)
-            size.append(mw)
-            der_of.append(i)
-            curve_of.append(c)
+    try:
+        blocks = flatten(curves, der_pos, "DER", f"feeder {state.feeder} ({', '.join(der_pos)})")
+    except PlacementError as exc:
+        raise LdaError(str(exc)) from None
+    der_base = np.where(blocks.has_curve, blocks.base_mw, p0)
     dpsub = np.asarray(sens.dpsub_dp, dtype=float)
     if np.any(dpsub <= 0.0):
         raise LdaError(f"dPsub/dP must be > 0 at every DER, got {dpsub}")
-    der_of_a = np.array(der_of, dtype=np.intp)
+    der_of_a = blocks.place
     offset = der_base - p0  # dP of each DER with no block taken
     head0 = float(fixed_mw + p0.sum() + dpsub @ offset)
-    size_a = np.array(size)
+    size_a = blocks.mw
     rows, stuck = _network_rows(state, sens, limits, offset, der_of_a, size_a)
     return _Problem(
         der_names=sens.der_names,
-        price=np.array(price),
+        price=blocks.price,
         size=size_a,
         der_of=der_of_a,
-        curve_of=np.array(curve_of, dtype=np.intp),
+        curve_of=blocks.curve,
         weight=dpsub[der_of_a],
         head0=head0,
         der_base=der_base,
-        curve_base=np.array([lc.curve.base_mw for lc in curves]),
+        curve_base=np.array([c.curve.base_mw for c in curves]),
         dpsub=dpsub,
         rows=rows,
         stuck=stuck,
@@ -528,7 +505,7 @@ def _constraints(
 
 
 def aggregate_interface_bid(
-    curves: Sequence[LocatedCurve],
+    curves: Sequence[DerCurve],
     state: FeederState,
     sens: Sensitivities,
     fixed_mw: float,
@@ -540,7 +517,7 @@ def aggregate_interface_bid(
 
 
 def build_interface_bid(
-    curves: Sequence[LocatedCurve],
+    curves: Sequence[DerCurve],
     state: FeederState,
     sens: Sensitivities,
     fixed_mw: float,
@@ -679,7 +656,7 @@ def _curve_from_points(points: list[tuple[float, float]], base_mw: float) -> Bid
 def clear_lda(
     award_mw: float,
     lmp: float,
-    curves: Sequence[LocatedCurve],
+    curves: Sequence[DerCurve],
     state: FeederState,
     sens: Sensitivities,
     fixed_mw: float,

@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from dsosim.federates.common import ledger
-from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.curves import BidCurve, PlacedCurve
 from dsosim.federates.common.parties import ISO, Party
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 from dsosim.federates.markets.lda_market import (
     Limits,
-    LocatedCurve,
     build_interface_bid,
     clear_lda,
     fixed_head_mw,
@@ -124,10 +123,10 @@ class NodalDmo:
             )
         }
         pairs = self.local_stage(interval, pairs, state, sens, tables)
-        curves = [LocatedCurve(owner=loc.aggregator, der=loc.element, curve=c) for loc, c in pairs]
+        curves = [PlacedCurve(loc.element, c, owner=loc.aggregator) for loc, c in pairs]
         fixed = fixed_head_mw(state)
         built = build_interface_bid(curves, state, sens, fixed, self.limits)
-        bidding = {c.der for c in curves}
+        bidding = {c.at for c in curves}
         passive = sum(
             mw
             for name, mw in zip(state.der_names, state.der_mw, strict=True)

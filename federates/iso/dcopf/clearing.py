@@ -90,6 +90,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from dsosim.federates.common.blocks import flatten
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
 from dsosim.federates.iso.case import PW_LINEAR, REF, TransmissionCase
 from dsosim.federates.iso.dcopf.result import BusCurve, OpfResult
@@ -641,30 +642,8 @@ class DcOpf:
     def _place_bids(self, curves: Sequence[BusCurve]) -> tuple[np.ndarray, _BidLayout]:
         """Sum the curves' base MW per bus and load their blocks into the
         pool of bid columns: one column per (bus, price) group."""
-        nb = self.case.n_bus
-        base_by_bus = np.zeros(nb)
-        block_curve: list[int] = []
-        block_bus: list[int] = []
-        block_price: list[float] = []
-        block_mw: list[float] = []
-        for c, bid in enumerate(curves):
-            pos = (
-                self._bus_pos.get(int(bid.bus)) if isinstance(bid.bus, (int, np.integer)) else None
-            )
-            if pos is None:
-                raise ValueError(
-                    f"curve {c} of {bid.owner!r}: bus {bid.bus!r} "
-                    f"is not a bus of case {self.case.name}"
-                )
-            base_by_bus[pos] += bid.curve.base_mw
-            for price, mw in bid.curve.blocks:
-                block_curve.append(c)
-                block_bus.append(pos)
-                block_price.append(price)
-                block_mw.append(mw)
-        bus = np.asarray(block_bus, dtype=np.int64)
-        price = np.asarray(block_price, dtype=float)
-        mw = np.asarray(block_mw, dtype=float)
+        blocks = flatten(curves, self._bus_pos, "bus", f"case {self.case.name}")
+        base_by_bus, bus, price, mw = blocks.base_mw, blocks.place, blocks.price, blocks.mw
         group_bus: np.ndarray
         group_price: np.ndarray
         group_mw: np.ndarray
@@ -684,7 +663,7 @@ class DcOpf:
         group_cols = self._assign_columns(group_bus)
         self._load_bid_columns(group_cols, group_price, group_mw)
         layout = _BidLayout(
-            np.asarray(block_curve, dtype=np.int64),
+            blocks.curve,
             block_group,
             mw,
             group_bus,

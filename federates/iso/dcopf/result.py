@@ -8,27 +8,12 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.curves import PlacedCurve
 from dsosim.federates.iso.case import TransmissionCase
 
-
-@dataclass(frozen=True, slots=True)
-class BusCurve:
-    """A bid curve placed at a transmission bus.
-
-    Parameters
-    ----------
-    owner
-        Who bids (a DSO, an aggregator, a DER); reported back, never priced.
-    bus
-        Case bus number (one of ``TransmissionCase.bus_ids``).
-    curve
-        Net-demand bid curve (see :mod:`dsosim.federates.common.curves`).
-    """
-
-    owner: str
-    bus: int
-    curve: BidCurve
+BusCurve = PlacedCurve[int]
+"""A bid curve at a transmission bus: ``at`` is the case bus number (one of
+``TransmissionCase.bus_ids``), ``owner`` who bids (reported, never priced)."""
 
 
 @dataclass(frozen=True, eq=False)
