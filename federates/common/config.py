@@ -46,6 +46,14 @@ class HelicsSettings(Strict):
     broker_address: str = Field(description="e.g. tcp://127.0.0.1:23500")
     broker_port: int = Field(ge=1024, le=65535)
     broker_key: str = ""
+    broker_interface: str = Field(
+        "127.0.0.1", description="address the broker listens on (several hosts: its host's)"
+    )
+    interfaces: dict[str, str] = Field(
+        default_factory=dict,
+        description="federate -> the address of its host, which its core advertises to the "
+        "broker (several hosts; absent: loopback)",
+    )
     connect_timeout_s: PositiveInt = 30
     max_cosim_duration_s: PositiveInt = Field(
         3600, description="broker wall-clock limit: a hung federation ends after this"

@@ -66,6 +66,8 @@ class FederateShell:
         init = f"--federates=1 --broker_address={settings.broker_address}"
         if settings.broker_key:
             init += f" --brokerkey={settings.broker_key}"
+        if name in settings.interfaces:  # on another host: say where the broker reaches us
+            init += f" --local_interface=tcp://{settings.interfaces[name]}"
         init += f" --timeout={settings.connect_timeout_s}s"
         h.helicsFederateInfoSetCoreInitString(info, init)
         h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_UNINTERRUPTIBLE, True)

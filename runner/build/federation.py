@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from dsosim.federates.dso.feeder import Feeder, FeederError
 from dsosim.federates.hil.gateway import is_local_endpoint
 from dsosim.federates.iso.case import CaseError, load_case
 from dsosim.runner.build import existing_ders
+from dsosim.runner.build.hosts import HostsFile, assign, load_hosts, place, write_host_files
 from dsosim.runner.build.models import load_model
 from dsosim.runner.build.placement import bus_peak_loads, place_fleet
 from dsosim.runner.build.scenario import Scenario, ScenarioError, load_scenario
@@ -91,6 +93,7 @@ def build(
     model: str | None = None,
     hil_bind: str | None = None,
     first_ldas: int | None = None,
+    hosts: str | Path | None = None,
 ) -> BuildResult:
     """Write ``federation.json`` and ``runner.json`` for a scenario into ``out_dir``.
 
@@ -98,7 +101,11 @@ def build(
     interpreter (for runner files checked into the repository, launched from
     an activated environment); otherwise absolute paths and this interpreter.
     ``first_ldas`` keeps only the scenario's first N LDAs (``dsosim bench scale``).
+    ``hosts`` (a hosts file, ``runner.build.hosts``) spreads the federation over
+    several machines: one folder per host under ``out_dir``; the result's
+    ``runner`` is then the broker host's.
     """
+    plan = load_hosts(hosts) if hosts is not None else None
     scenario, base = load_scenario(scenario_path)
     if hours is not None:
         scenario = scenario.model_copy(update={"hours": hours})
@@ -120,18 +127,35 @@ def build(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     out_abs = Path(os.path.abspath(out))
+    # with hosts, federation.json lives one folder down (out/<host>/)
+    relative_to = out_abs / "host" if plan is not None else out_abs
 
     def path_for(p: Path) -> str:
-        return os.path.relpath(p, out_abs) if portable else str(p)
+        return os.path.relpath(p, relative_to) if portable else str(p)
 
-    port = port if port is not None else free_port()
+    if port is None:
+        port = plan.broker.port if plan is not None else free_port()
     config = federation_config(scenario, base, port=port, path_for=path_for, out_dir=out_abs)
+    python = "python" if portable else sys.executable
+    if plan is not None:
+        config = place(config, plan, port)
+        runners = write_host_files(config, plan, out, python)
+        home = out / plan.host(_recorder_host(config, plan)).name
+        return BuildResult(
+            runners[plan.broker.host],
+            home / FEDERATION_FILE,
+            home / config.recorder.results_dir,
+            config,
+        )
     federation = out / FEDERATION_FILE
     federation.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
     runner = out / RUNNER_FILE
-    python = "python" if portable else sys.executable
     runner.write_text(json.dumps(runner_spec(config, python), indent=2) + "\n")
     return BuildResult(runner, federation, out / config.recorder.results_dir, config)
+
+
+def _recorder_host(config: FederationConfig, plan: HostsFile) -> str:
+    return assign(plan, config.federate_names())[config.recorder.name]
 
 
 def federation_config(
@@ -330,15 +354,24 @@ def _check_td_buses(case_name: str, dsos: list[DsoConfig]) -> None:
             )
 
 
-def runner_spec(config: FederationConfig, python: str) -> dict[str, Any]:
-    """The ``helics run`` JSON: the broker plus one process per federate."""
+def runner_spec(
+    config: FederationConfig,
+    python: str,
+    *,
+    only: Sequence[str] | None = None,
+    with_broker: bool = True,
+) -> dict[str, Any]:
+    """The ``helics run`` JSON: the broker plus one process per federate
+    (``only`` these federates, and the broker or not, for one of several hosts)."""
     h = config.helics
     n = len(config.federate_names())
     broker = (
         f"{python} -u -m dsosim.federates.broker --federates {n} --core-type {h.core_type}"
         f" --port {h.broker_port} --key {h.broker_key} --max-duration {h.max_cosim_duration_s}"
     )
-    entries = [{"name": BROKER_NAME, "directory": ".", "exec": broker}]
+    if h.broker_interface != "127.0.0.1":
+        broker += f" --interface {h.broker_interface}"
+    entries = [{"name": BROKER_NAME, "directory": ".", "exec": broker}] if with_broker else []
     kinds = [("iso", config.iso.name)]
     kinds += [("dso", d.name) for d in config.dsos]
     kinds += [("imo", name) for name in config.independent_names()]
@@ -346,6 +379,8 @@ def runner_spec(config: FederationConfig, python: str) -> dict[str, Any]:
     kinds += [("hil", config.hil.name)] if config.hil else []
     kinds += [("recorder", config.recorder.name)]
     for kind, name in kinds:
+        if only is not None and name not in only:
+            continue
         entries.append(
             {
                 "name": name,
