@@ -109,7 +109,10 @@ class LocalBus:
         if serialised:
             from dsosim.federates.recorder.store import ResultStore
 
-            self._store = ResultStore(results_dir, flush_every=config.recorder.flush_every)
+            # as the recorder makes it (a test holds the tables byte-identical)
+            self._store = ResultStore(
+                results_dir, flush_every=config.recorder.flush_every, clock=config.time.timestamp
+            )
         self.interval_cpu: dict[int, float] = {}
         self.interval_wall: dict[int, float] = {}
 
