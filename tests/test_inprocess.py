@@ -33,7 +33,7 @@ def test_in_process_tables_are_byte_identical_to_the_federation(tmp_path: Path) 
 
 def test_first_ldas_keeps_a_prefix_and_refuses_too_many(tmp_path: Path) -> None:
     built = build(SCENARIOS / "study.toml", tmp_path / "a", port=23000, first_ldas=2)
-    assert [d.name for d in built.config.dsos] == ["lda1_ieee123", "lda2_synth140"]
+    assert [d.name for d in built.config.dsos] == ["lda1_synth120", "lda2_synth140"]
     assert len(built.config.aggregators) == 4
     with pytest.raises(ScenarioError, match="has 8 LDA"):
         build(SCENARIOS / "study.toml", tmp_path / "b", port=23000, first_ldas=9)
