@@ -17,6 +17,11 @@ What is kept, and how the DC model reads it
   polynomial (``MODEL`` 2) of order at most two, stored as ``c2, c1, c0``,
   or piecewise linear (``MODEL`` 1), stored as breakpoints. Only the first
   ``ng`` gencost rows are read (extra rows are reactive power costs).
+* generator ramp rates, for the day-ahead market: ``RAMP_30`` (MW in 30
+  minutes) x 2, else ``RAMP_AGC`` (MW/min) x 60, else ``RAMP_10`` (MW in 10
+  minutes) x 6, as MW per hour (``gen_ramp_mw_per_h``); NaN where the case
+  gives none of them (zero or absent columns: most library cases, case118
+  included), and the market then applies its default.
 * branches: from/to bus, reactance ``BR_X``, off-nominal tap ratio (``TAP``,
   0 meaning 1), phase shift ``SHIFT`` in degrees, long-term rating
   ``RATE_A`` in MVA read as MW (0 meaning unlimited, stored as ``inf``),
@@ -45,6 +50,7 @@ import numpy as np
 # MATPOWER column indices (0-based), from MATPOWER's idx_bus/idx_gen/idx_brch/idx_cost.
 BUS_I, BUS_TYPE, PD, GS = 0, 1, 2, 4
 GEN_BUS, GEN_STATUS, PMAX, PMIN = 0, 7, 8, 9
+RAMP_AGC, RAMP_10, RAMP_30 = 16, 17, 18
 F_BUS, T_BUS, BR_X, RATE_A, TAP, SHIFT, BR_STATUS, ANGMIN, ANGMAX = 0, 1, 3, 5, 8, 9, 10, 11, 12
 MODEL, NCOST, COST = 0, 3, 4
 PW_LINEAR, POLYNOMIAL = 1, 2
@@ -135,6 +141,8 @@ class TransmissionCase:
     branch_status: np.ndarray
     branch_angmin_deg: np.ndarray
     branch_angmax_deg: np.ndarray
+    gen_ramp_mw_per_h: np.ndarray | None = None
+    """MW per hour each generator can move (see the module docstring); NaN: not given."""
     gen_bus_idx: np.ndarray = field(init=False, repr=False)
     branch_from_idx: np.ndarray = field(init=False, repr=False)
     branch_to_idx: np.ndarray = field(init=False, repr=False)
@@ -398,7 +406,20 @@ def case_from_tables(tables: MatpowerTables) -> TransmissionCase:
         branch_status=status,
         branch_angmin_deg=angmin,
         branch_angmax_deg=angmax,
+        gen_ramp_mw_per_h=_ramp_rates(gen),
     )
+
+
+def _ramp_rates(gen: np.ndarray) -> np.ndarray:
+    """MW per hour from MATPOWER's ramp columns (NaN where none is given)."""
+    rate = np.full(len(gen), np.nan)
+    # lowest priority first: each later source overrides where it is given
+    for column, per_hour in ((RAMP_10, 6.0), (RAMP_AGC, 60.0), (RAMP_30, 2.0)):
+        if gen.shape[1] > column:
+            value = gen[:, column] * per_hour
+            given = np.isfinite(value) & (value > 0.0)
+            rate[given] = value[given]
+    return rate
 
 
 # --------------------------------------------------------------------------- helpers

@@ -108,8 +108,51 @@ from dsosim.federates.iso.dcopf.status import (
 )
 
 
+@dataclass(frozen=True, eq=False)
+class PeriodModel:
+    """The single-period LP as assembled (before any bids), for models that
+    repeat it over several periods (the day-ahead market).
+
+    Columns ``[theta | pg | epigraph | shed | spill]`` at the offsets below;
+    rows ``[balance (one per bus) | flow limits | angle limits | epigraphs]``.
+    ``gen_*`` describe the ``pg`` columns (in-service generators, case order);
+    flows are ``bf @ theta - br_shift_mw`` over branches ``br_on``, and rows
+    ``row_flow + i`` limit branch ``br_on[flow_limited[i]]``.
+    """
+
+    a: sp.csc_matrix
+    row_lo: np.ndarray
+    row_hi: np.ndarray
+    col_lo: np.ndarray
+    col_hi: np.ndarray
+    cost: np.ndarray
+    col_pg: int
+    col_epi: int
+    col_shed: int
+    col_spill: int
+    gen_on: np.ndarray
+    gen_c1: np.ndarray
+    gen_c2: np.ndarray
+    cost_offset: float
+    row_flow: int
+    flow_limited: np.ndarray
+    br_on: np.ndarray
+    bf: sp.csr_matrix
+    br_shift_mw: np.ndarray
+    island_ref: np.ndarray
+    islands: np.ndarray
+
+    @property
+    def n_col(self) -> int:
+        return int(self.a.shape[1])
+
+    @property
+    def n_row(self) -> int:
+        return int(self.a.shape[0])
+
+
 @dataclass
-class _BidLayout:
+class BidLayout:
     """Where this interval's bid blocks sit in the model."""
 
     block_curve: np.ndarray  # curve index of each block
@@ -285,7 +328,31 @@ class DcOpf:
         a = sp.vstack(blocks_a).tocsc()
         a.sort_indices()
         lower, upper, cost = self._column_data(n_col)
-        self._build_highs(a, np.concatenate(row_lo), np.concatenate(row_hi), lower, upper, cost)
+        lo, hi = np.concatenate(row_lo), np.concatenate(row_hi)
+        self.period_model = PeriodModel(
+            a=a,
+            row_lo=lo,
+            row_hi=hi,
+            col_lo=lower,
+            col_hi=upper,
+            cost=cost,
+            col_pg=self._col_pg,
+            col_epi=self._col_epi,
+            col_shed=self._col_shed,
+            col_spill=self._col_spill,
+            gen_on=self._gen_on,
+            gen_c1=self._gen_c1,
+            gen_c2=self._gen_c2,
+            cost_offset=self._cost_offset,
+            row_flow=self._row_flow,
+            flow_limited=self._flow_limited,
+            br_on=self._br_on,
+            bf=self._bf.tocsr(),
+            br_shift_mw=self._br_shift_mw,
+            island_ref=self._island_ref,
+            islands=self._islands,
+        )
+        self._build_highs(a, lo, hi, lower, upper, cost)
 
     def _epigraph_rows(self, n_col: int) -> tuple[sp.csr_matrix | None, np.ndarray]:
         rows, cols, vals, lo = [], [], [], []
@@ -482,6 +549,11 @@ class DcOpf:
     def _balance_rhs(self, load: np.ndarray, base_by_bus: np.ndarray) -> np.ndarray:
         return load + self.case.bus_gs_mw + base_by_bus + self._shift_rhs
 
+    def balance_rhs(self, load: np.ndarray, base_by_bus: np.ndarray) -> np.ndarray:
+        """Right-hand sides of the nodal balance rows for fixed load ``load`` and
+        the curves' fixed parts ``base_by_bus`` (MW per bus)."""
+        return self._balance_rhs(load, base_by_bus)
+
     def _solve(self) -> tuple[np.ndarray, np.ndarray, str] | None:
         """Solve; return LP-indexed column values, row duals and a note (empty
         when the solution is exact), or None."""
@@ -639,9 +711,9 @@ class DcOpf:
                 crafted[j] = highspy.HighsBasisStatus.kNonbasic
         return crafted
 
-    def _place_bids(self, curves: Sequence[BusCurve]) -> tuple[np.ndarray, _BidLayout]:
-        """Sum the curves' base MW per bus and load their blocks into the
-        pool of bid columns: one column per (bus, price) group."""
+    def group_bids(self, curves: Sequence[BusCurve]) -> tuple[np.ndarray, BidLayout]:
+        """Sum the curves' base MW per bus and pool their blocks into one
+        group per (bus, price); the layout's ``group_cols`` is left empty."""
         blocks = flatten(curves, self._bus_pos, "bus", f"case {self.case.name}")
         base_by_bus, bus, price, mw = blocks.base_mw, blocks.place, blocks.price, blocks.mw
         group_bus: np.ndarray
@@ -660,17 +732,23 @@ class DcOpf:
             group_bus = np.zeros(0, dtype=np.int64)
             group_price = np.zeros(0)
             group_mw = np.zeros(0)
-        group_cols = self._assign_columns(group_bus)
-        self._load_bid_columns(group_cols, group_price, group_mw)
-        layout = _BidLayout(
+        layout = BidLayout(
             blocks.curve,
             block_group,
             mw,
             group_bus,
             group_price,
             group_mw,
-            group_cols,
+            np.zeros(0, dtype=np.int32),
         )
+        return base_by_bus, layout
+
+    def _place_bids(self, curves: Sequence[BusCurve]) -> tuple[np.ndarray, BidLayout]:
+        """Group the curves' blocks and load them into the pool of bid
+        columns: one column per (bus, price) group."""
+        base_by_bus, layout = self.group_bids(curves)
+        layout.group_cols = self._assign_columns(layout.group_bus)
+        self._load_bid_columns(layout.group_cols, layout.group_price, layout.group_mw)
         return base_by_bus, layout
 
     def _assign_columns(self, group_bus: np.ndarray) -> np.ndarray:
@@ -721,6 +799,25 @@ class DcOpf:
 
     # ------------------------------------------------------------------ results
 
+    def result_from_solution(
+        self,
+        x: np.ndarray,
+        duals: np.ndarray,
+        note: str,
+        load: np.ndarray,
+        base_by_bus: np.ndarray,
+        curves: Sequence[BusCurve],
+        layout: BidLayout,
+        elapsed: float,
+        held: np.ndarray | None = None,
+    ) -> OpfResult:
+        """The result of one period from a solution of this period's columns
+        (``x``: the :class:`PeriodModel` columns, then the bid columns at
+        ``layout.group_cols``) and rows (``duals``). ``held``: in-service
+        generators (by position among ``PeriodModel.gen_on``) held by a
+        constraint outside the period (a ramp limit), which set no price."""
+        return self._result(x, duals, note, load, base_by_bus, curves, layout, elapsed, held)
+
     def _result(
         self,
         x: np.ndarray,
@@ -729,8 +826,9 @@ class DcOpf:
         load: np.ndarray,
         base_by_bus: np.ndarray,
         curves: Sequence[BusCurve],
-        layout: _BidLayout,
+        layout: BidLayout,
         elapsed: float,
+        held: np.ndarray | None = None,
     ) -> OpfResult:
         case = self.case
         nb = case.n_bus
@@ -799,7 +897,7 @@ class DcOpf:
             shed_mw=shed,
             spill_mw=spill,
             withdrawal_mw=withdrawal,
-            price_setter=self._price_setters(gen_mw, layout, group_x, shed, spill),
+            price_setter=self._price_setters(gen_mw, layout, group_x, shed, spill, held),
             solve_seconds=elapsed,
             message=note,
         )
@@ -807,10 +905,11 @@ class DcOpf:
     def _price_setters(
         self,
         gen_mw: np.ndarray,
-        layout: _BidLayout,
+        layout: BidLayout,
         group_x: np.ndarray,
         shed: np.ndarray,
         spill: np.ndarray,
+        held: np.ndarray | None = None,
     ) -> np.ndarray:
         case = self.case
         setter = (shed > SLACK_TOL_MW) | (spill > SLACK_TOL_MW)
@@ -818,6 +917,8 @@ class DcOpf:
         p = gen_mw[on]
         tol = 1e-6 * np.maximum(1.0, np.abs(p))
         inside = (p > case.gen_pmin_mw[on] + tol) & (p < case.gen_pmax_mw[on] - tol)
+        if held is not None:
+            inside &= ~held
         for k in np.flatnonzero(inside & (case.gen_cost_model[on] == PW_LINEAR)):
             breakpoints = case.gen_cost_pwl[on[k]][:, 0]
             inside[k] = bool(np.all(np.abs(breakpoints - p[k]) > tol[k]))
