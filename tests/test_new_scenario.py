@@ -257,7 +257,7 @@ def test_docs_scenario_md_documents_every_field_in_its_section() -> None:
         "## Top level": schema.Scenario,
         "## `[transmission]`": schema.Transmission,
         "## `[[ldas]]`": schema.Lda,
-        "### `[ldas.limits]`": schema.Limits,
+        "### `[ldas.limits]`": schema.LimitsConfig,
         "### `[[ldas.aggregators]]`": schema.Aggregator,
         "## `[real_time]`": schema.RealTime,
         "## `[hil]`": schema.Hil,

@@ -10,7 +10,7 @@ import pytest
 
 from dsosim.federates.common.config import DsoConfig, LimitsConfig, TimeSettings
 from dsosim.federates.common.curves import BidCurve
-from dsosim.federates.dso.grid import GridOperator, LdaError
+from dsosim.federates.dso.grid import GridError, GridOperator
 from dsosim.federates.markets.lda_market import Limits
 from dsosim.federates.markets.nodal_dmo import BidError, NodalDmo
 
@@ -135,7 +135,7 @@ def test_bad_bids_and_measurements_named() -> None:
         op.interface_bid(0, {**BIDS, "a2": {"611": BidCurve(0.0), "675": BidCurve(0.0)}})
     curve, _ = op.interface_bid(0, BIDS)
     op.dispatch(0, 25.0, curve.quantity_at(25.0))
-    with pytest.raises(LdaError, match="unknown location '999'"):
+    with pytest.raises(GridError, match="unknown location '999'"):
         op.measure(0, {"a1": {"999": 0.0}, "a2": {}})
 
 

@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from dsosim.federates.aggregator.fleet import DispatchOutcome
-
-Tables = dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]
+from dsosim.federates.common.tables import Tables
 
 KEY = ("interval", "aggregator", "bus")
 BUS_COLUMNS = (

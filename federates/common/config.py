@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from dsosim.federates.common.schedule import last_offset
+
 DEFAULT_START = datetime(2026, 7, 20, 0, 0)
 """Start of a run when the scenario gives none: a summer Monday, midnight."""
 
@@ -101,8 +103,6 @@ class TimeSettings(Strict):
 
     @model_validator(mode="after")
     def _phases_fit(self) -> TimeSettings:
-        from dsosim.federates.common.schedule import last_offset
-
         if last_offset(self) >= self.step:
             raise ValueError(
                 f"the last exchange of an interval comes {last_offset(self):g} s after "
@@ -145,19 +145,19 @@ class IsoConfig(Strict):
 
 
 class LimitsConfig(Strict):
-    vmin_pu: PositiveFloat = 0.95
-    vmax_pu: PositiveFloat = 1.05
-    max_loading: PositiveFloat = 1.0
-    operating_margin_pu: float = Field(0.005, ge=0, lt=0.05)
+    """An LDA's feeder limits: the scenario's ``[ldas.limits]`` as written."""
 
-    def planning(self) -> tuple[float, float, float]:
-        """(vmin, vmax, max_loading) a market operator plans within: the
-        voltage band narrowed by the operating margin."""
-        return (
-            self.vmin_pu + self.operating_margin_pu,
-            self.vmax_pu - self.operating_margin_pu,
-            self.max_loading,
-        )
+    vmin_pu: float = Field(0.95, gt=0.5, lt=1.0)
+    vmax_pu: float = Field(1.05, ge=1.0, lt=1.5)
+    max_loading: float = Field(1.0, gt=0.1, le=2.0, description="fraction of normal rating")
+    operating_margin_pu: float = Field(
+        0.005,
+        ge=0,
+        lt=0.05,
+        description=(
+            "voltage margin a market operator keeps inside the band (forecast and model error)"
+        ),
+    )
 
 
 class DsoConfig(Strict):

@@ -28,10 +28,22 @@ sub-step where it produces them; the recorder reads them all at RECORD.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from dsosim.federates.common.config import TimeSettings
+
+class Clock(Protocol):
+    """The clocks a schedule needs (``config.TimeSettings`` has them): the
+    federation seconds per interval, between sub-steps and from set-point to
+    read-back."""
+
+    @property
+    def step(self) -> float: ...
+
+    @property
+    def substep_s(self) -> float: ...
+
+    @property
+    def settle(self) -> float: ...
 
 
 class Phase(IntEnum):
@@ -49,17 +61,17 @@ class Phase(IntEnum):
     RECORD = 9
 
 
-def offset(phase: Phase, time: TimeSettings) -> float:
+def offset(phase: Phase, time: Clock) -> float:
     """Federation seconds from an interval's start to ``phase``."""
     base = int(phase) * time.substep_s
     return base + (time.settle - time.substep_s if phase >= Phase.READBACK else 0.0)
 
 
-def last_offset(time: TimeSettings) -> float:
+def last_offset(time: Clock) -> float:
     """Offset of the last sub-step (it must fall inside the step)."""
     return offset(Phase.RECORD, time)
 
 
-def at(interval: int, phase: Phase, time: TimeSettings) -> float:
+def at(interval: int, phase: Phase, time: Clock) -> float:
     """Federation time (s) of ``phase`` in market interval ``interval``."""
     return interval * time.step + offset(phase, time)

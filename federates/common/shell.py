@@ -19,7 +19,7 @@ import resource
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -155,7 +155,7 @@ class FederateShell:
         self.record(interval, "realtime", REALTIME_COLUMNS, self.take_grants(interval))
 
     def record_tables(
-        self, interval: int, tables: dict[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]
+        self, interval: int, tables: Mapping[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]
     ) -> None:
         """Send several results tables (name -> (columns, rows)) to the recorder."""
         for table, (columns, rows) in tables.items():

@@ -41,10 +41,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
     )
     is_derm = routes.derm_of(config, cfg) == name and dmo is None  # model 2
     model_to = routes.grid_model_target(config, cfg)
-    vmin, vmax, loading = cfg.limits.planning()
-    limits = Limits(
-        vmin_pu=vmin, vmax_pu=vmax, max_loading=loading
-    )  # the DERM plans with the margin
+    limits = Limits.planning(cfg.limits)  # the DERM plans with the margin
     element_index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(grid.locations)}
     for k in range(config.time.n_intervals):
         shell.advance(at(k, Phase.BID, config.time))

@@ -35,11 +35,9 @@ from dsosim.federates.common.config import DsoConfig, TimeSettings
 from dsosim.federates.common.curves import BidCurve
 from dsosim.federates.common.parties import Party
 from dsosim.federates.common.profiles import commercial_load, residential_load
+from dsosim.federates.common.tables import Tables
 from dsosim.federates.dso.feeder import Feeder, FeederState, Sensitivities
 from dsosim.federates.markets.location import Location
-
-Rows = list[tuple[object, ...]]
-Tables = dict[str, tuple[tuple[str, ...], Rows]]
 
 FEEDER_COLUMNS = (
     "interval",
@@ -77,7 +75,7 @@ DER_LOCATION_COLUMNS = (
 )
 
 
-class LdaError(ValueError):
+class GridError(ValueError):
     """An aggregator's bid or measurement does not fit the LDA."""
 
 
@@ -116,7 +114,7 @@ class GridOperator:
         known = set(self.feeder.buses)
         for loc in self.locations:
             if loc.bus not in known:
-                raise LdaError(
+                raise GridError(
                     f"aggregator {loc.aggregator!r} has DERs at bus {loc.bus!r}, "
                     f"which is not a bus of feeder {config.feeder}"
                 )
@@ -222,14 +220,14 @@ class GridOperator:
         for agg, values in actual.items():
             for bus, mw in values.items():
                 if (agg, bus) not in self.index:
-                    raise LdaError(
+                    raise GridError(
                         f"aggregator {agg!r} reported output at unknown location {bus!r}"
                     )
                 der[self.index[(agg, bus)]] = mw
                 target[self.index[(agg, bus)]] = setpoints[agg][bus]
         missing = sorted({loc.aggregator for loc in self.locations} - set(actual))
         if missing:
-            raise LdaError(f"{self.name}: no measurement from {missing}")
+            raise GridError(f"{self.name}: no measurement from {missing}")
         multiplier = self.profile[interval] * (1.0 + self.load_error[interval])
         self.feeder.set_load_multipliers(multiplier)
         self.feeder.set_der_mw(der)

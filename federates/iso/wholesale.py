@@ -19,10 +19,9 @@ from dsosim.federates.common.config import IsoConfig, TimeSettings
 from dsosim.federates.common.curves import PlacedCurve
 from dsosim.federates.common.parties import ISO, BidKey, Party
 from dsosim.federates.common.profiles import wholesale_load
+from dsosim.federates.common.tables import Rows, Tables
 from dsosim.federates.iso.case import load_case
 from dsosim.federates.iso.dcopf import BusCurve, DcOpf, congestion_rent
-
-Rows = list[tuple[object, ...]]
 
 MARKET_COLUMNS = (
     "interval",
@@ -103,7 +102,7 @@ class Clearing:
 
     status: str
     awards: dict[BidKey, AwardLine]
-    tables: dict[str, tuple[tuple[str, ...], Rows]] = field(default_factory=dict)
+    tables: Tables = field(default_factory=dict)
 
 
 class WholesaleMarket:
@@ -273,7 +272,7 @@ class WholesaleMarket:
         interval: int,
         metered: Mapping[str, tuple[float, Mapping[Party, float]]],
         holders: Mapping[str, Party],
-    ) -> dict[str, tuple[tuple[str, ...], Rows]]:
+    ) -> Tables:
         """Settle each LDA's metered T-D flow against its schedules, at that
         interval's LMP. ``metered[lda] = (flow_mw, allocation)``: the meter
         operator names parties responsible for part of the deviation (e.g.

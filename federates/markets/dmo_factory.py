@@ -17,8 +17,7 @@ def make_dmo(config: FederationConfig, dso: DsoConfig, locations: Sequence[Locat
     market participants (utility-owned DERs excluded where the utility is DMO)."""
     bidders = [a for a in dso.aggregators if routes.bids_in_market(config, config.aggregator(a))]
     mine = [loc for loc in locations if loc.aggregator in bidders]
-    vmin, vmax, loading = dso.limits.planning()
-    limits = Limits(vmin_pu=vmin, vmax_pu=vmax, max_loading=loading)
+    limits = Limits.planning(dso.limits)
     cls = P2pDmo if config.model.local_market == "p2p" else NodalDmo
     return cls(
         dso.name,

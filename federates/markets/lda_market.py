@@ -53,6 +53,7 @@ import highspy
 import numpy as np
 
 from dsosim.federates.common.blocks import PlacementError, flatten
+from dsosim.federates.common.config import LimitsConfig
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR, BidCurve, PlacedCurve
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 
@@ -106,6 +107,16 @@ class Limits:
         if not (self.violation_penalty > 0.0 and self.imbalance_penalty > 0.0):
             raise LdaError("limits: penalties must be > 0")
 
+    @classmethod
+    def planning(cls, config: LimitsConfig) -> Limits:
+        """The limits a market operator plans within: the LDA's voltage band
+        narrowed by its operating margin."""
+        return cls(
+            vmin_pu=config.vmin_pu + config.operating_margin_pu,
+            vmax_pu=config.vmax_pu - config.operating_margin_pu,
+            max_loading=config.max_loading,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class NetworkConstraint:
@@ -124,7 +135,7 @@ class NetworkConstraint:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class InterfaceBid:
+class AggregatedBid:
     """The feeder's bid at the T-D interface and how it was built."""
 
     curve: BidCurve
@@ -522,7 +533,7 @@ def build_interface_bid(
     sens: Sensitivities,
     fixed_mw: float,
     limits: Limits,
-) -> InterfaceBid:
+) -> AggregatedBid:
     """Parametric LP in the head price ``lambda``.
 
     For each ``lambda`` the DSO takes the dispatch that maximises
@@ -564,7 +575,7 @@ def build_interface_bid(
         slope, bottom = below, next_bottom
 
     curve = _curve_from_points(points, base)
-    return InterfaceBid(
+    return AggregatedBid(
         curve=curve,
         fixed_mw=float(fixed_mw),
         relaxed=tuple(sweep.relaxed.values()) + prob.stuck,

@@ -15,21 +15,21 @@ distribution congestion and loss rent).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from dsosim.federates.common import ledger
 from dsosim.federates.common.curves import BidCurve, PlacedCurve
 from dsosim.federates.common.parties import ISO, Party
+from dsosim.federates.common.tables import Rows, Tables
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 from dsosim.federates.markets.lda_market import (
+    DerCurve,
     Limits,
     build_interface_bid,
     clear_lda,
     fixed_head_mw,
 )
 from dsosim.federates.markets.location import Location as Located
-
-Rows = list[tuple[object, ...]]
-Tables = dict[str, tuple[tuple[str, ...], Rows]]
 
 BID_COLUMNS = ("interval", "bidder", "receiver", "location", "base_mw", "prices", "mws")
 DISPATCH_COLUMNS = (
@@ -75,6 +75,18 @@ def located_curves(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """What the interface bid of an interval leaves for its dispatch."""
+
+    pairs: list[tuple[Located, BidCurve]]
+    curves: list[DerCurve]
+    state: FeederState
+    sens: Sensitivities
+    fixed_mw: float
+    utility_mw: float
+
+
 class NodalDmo:
     """Nodal distribution market: aggregate, then dispatch with DLMPs."""
 
@@ -94,7 +106,7 @@ class NodalDmo:
         self.scale = scale
         self.limits = limits
         self.hours = hours
-        self._pending: dict[str, object] = {}
+        self._pending: _Pending | None = None
 
     def interface_bid(
         self,
@@ -132,14 +144,9 @@ class NodalDmo:
             for name, mw in zip(state.der_names, state.der_mw, strict=True)
             if name not in bidding
         )
-        self._pending = {
-            "pairs": pairs,
-            "curves": curves,
-            "state": state,
-            "sens": sens,
-            "fixed": built.fixed_mw,
-            "utility_mw": built.fixed_mw + float(passive),
-        }
+        self._pending = _Pending(
+            pairs, curves, state, sens, built.fixed_mw, float(built.fixed_mw + float(passive))
+        )
         td_curve = built.curve.scaled(self.scale)
         tables["bids"][1].append(
             (
@@ -176,17 +183,12 @@ class NodalDmo:
         """Set-points and DLMPs per aggregator meeting the ISO's award, and the
         DMO's ledger for the interval."""
         p = self._pending
+        if p is None:
+            raise RuntimeError(f"{self.lda}: dispatch before the interval's interface bid")
         clearing = clear_lda(
-            cleared_mw / self.scale,
-            lmp,
-            p["curves"],
-            p["state"],
-            p["sens"],  # type: ignore[arg-type]
-            p["fixed"],
-            self.limits,
-        )  # type: ignore[arg-type]
-        sens: Sensitivities = p["sens"]  # type: ignore[assignment]
-        pos = {name: i for i, name in enumerate(sens.der_names)}
+            cleared_mw / self.scale, lmp, p.curves, p.state, p.sens, p.fixed_mw, self.limits
+        )
+        pos = {name: i for i, name in enumerate(p.sens.der_names)}
         out: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
         rows: Rows = []
         me, market, h, s = Party.dmo(self.lda), f"lda:{self.lda}", self.hours, self.scale
@@ -198,12 +200,12 @@ class NodalDmo:
                 Party.utility(self.lda),
                 me,
                 "energy",
-                float(p["utility_mw"]) * s,
+                p.utility_mw * s,
                 lmp,
                 h,
             ),
-        ]  # type: ignore[arg-type]
-        for loc, _ in p["pairs"]:  # type: ignore[attr-defined]
+        ]
+        for loc, _ in p.pairs:
             i = pos[loc.element]
             mw, price = float(clearing.der_mw[i]), float(clearing.dlmp[i])
             setpoints, prices = out.setdefault(loc.aggregator, ({}, {}))

@@ -57,9 +57,10 @@ import numpy as np
 from dsosim.federates.common import ledger
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR, BidCurve
 from dsosim.federates.common.parties import Party
+from dsosim.federates.common.tables import Rows, Tables
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 from dsosim.federates.markets.lda_market import Limits
-from dsosim.federates.markets.nodal_dmo import Located, NodalDmo, Rows, Tables
+from dsosim.federates.markets.nodal_dmo import Located, NodalDmo
 
 TRADE_COLUMNS = (
     "interval",

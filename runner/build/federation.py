@@ -33,7 +33,6 @@ from dsosim.federates.common.config import (
     HilDeviceConfig,
     IsoConfig,
     IsoInterface,
-    LimitsConfig,
     RecorderConfig,
     TimeSettings,
 )
@@ -217,7 +216,7 @@ def federation_config(
                 load_scale=lda.load_scale,
                 load_forecast_error=lda.load_forecast_error,
                 voltage_basis=lda.voltage_basis,
-                limits=LimitsConfig(**lda.limits.model_dump()),
+                limits=lda.limits,
                 aggregators=tuple(a.name for a in lda.aggregators),
             )
         )

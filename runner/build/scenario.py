@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from dsosim.federates.common.config import DEFAULT_START, naive_start
+from dsosim.federates.common.config import DEFAULT_START, LimitsConfig, naive_start
 
 
 class ScenarioError(ValueError):
@@ -48,20 +48,6 @@ class Transmission(_Section):
     )
     line_limit_mw: PositiveFloat | None = Field(
         None, description="cap every line rating at this MW"
-    )
-
-
-class Limits(_Section):
-    vmin_pu: float = Field(0.95, gt=0.5, lt=1.0)
-    vmax_pu: float = Field(1.05, gt=1.0, lt=1.5)
-    max_loading: float = Field(1.0, gt=0.1, le=2.0, description="fraction of normal rating")
-    operating_margin_pu: float = Field(
-        0.005,
-        ge=0,
-        lt=0.05,
-        description=(
-            "voltage margin a market operator keeps inside the band (forecast and model error)"
-        ),
     )
 
 
@@ -183,7 +169,7 @@ class Lda(_Section):
     voltage_basis: Literal["ln", "ll"] = Field(
         "ln", description="read voltages line-to-neutral (ln) or line-to-line (ll, delta feeders)"
     )
-    limits: Limits = Limits()
+    limits: LimitsConfig = LimitsConfig()
     aggregators: tuple[Aggregator, ...] = Field(min_length=1)
     existing_ders_to: str | None = Field(
         None,

@@ -159,8 +159,8 @@ def limits_for(report: FeederReport) -> tuple[float, float, float]:
     help would make the DSO's market price it at its violation penalty."""
     bc = report.base_case
     margin = (
-        float(schema.Limits.model_fields["operating_margin_pu"].default)
-        if "operating_margin_pu" in schema.Limits.model_fields
+        float(schema.LimitsConfig.model_fields["operating_margin_pu"].default)
+        if "operating_margin_pu" in schema.LimitsConfig.model_fields
         else 0.0
     )
     vmin, vmax, loading = VMIN, VMAX, 1.0
