@@ -10,6 +10,7 @@ import pytest
 
 from dsosim.federates.common.config import DsoConfig, LimitsConfig, TimeSettings
 from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.scale import TdScale
 from dsosim.federates.dso.grid import GridError, GridOperator
 from dsosim.federates.markets.lda_market import Limits
 from dsosim.federates.markets.nodal_dmo import BidError, NodalDmo
@@ -161,12 +162,12 @@ def test_derm_override_curtails_only_what_the_feeder_cannot_take() -> None:
     limits = Limits(vmax_pu=1.04)  # the midday operating point peaks at ~1.035 pu
     small = {"a1": {"675": -0.05 * SCALE, "634": 0.02 * SCALE}, "a2": {"611": 0.0}}
     kept = override_awards(
-        small, scale=SCALE, der_index=index, state=f.state, sens=f.sens, limits=Limits()
+        small, scale=TdScale(SCALE), der_index=index, state=f.state, sens=f.sens, limits=Limits()
     )
     assert kept["a1"]["675"] == pytest.approx(-0.05) and kept["a1"]["634"] == pytest.approx(0.02)
     big = {"a1": {"675": -4.0 * SCALE, "634": 0.0}, "a2": {"611": 0.0}}
     cut = override_awards(
-        big, scale=SCALE, der_index=index, state=f.state, sens=f.sens, limits=limits
+        big, scale=TdScale(SCALE), der_index=index, state=f.state, sens=f.sens, limits=limits
     )
     injection = cut["a1"]["675"]
     assert -4.0 < injection < -0.1  # curtailed toward zero, not to zero, never reversed

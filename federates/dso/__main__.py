@@ -127,7 +127,7 @@ def _override_and_dispatch(
     """Model 2: the ISO's awards, as feasible set-points, to the aggregators."""
     setpoints = override_awards(
         {a: m.awards_mw for a, m in by_agg.items()},
-        scale=grid.scale,
+        scale=grid.td,
         der_index=element_index,
         state=forecast.state,
         sens=forecast.sens,
@@ -137,7 +137,7 @@ def _override_and_dispatch(
     for agg in sorted(by_agg):
         shell.send(agg, msg.Dispatch(shell.name, k, setpoints[agg], dict(by_agg[agg].prices)))
         rows += [
-            (k, grid.name, agg, b, by_agg[agg].awards_mw[b] / grid.scale, mw)
+            (k, grid.name, agg, b, grid.td.to_feeder(by_agg[agg].awards_mw[b]), mw)
             for b, mw in setpoints[agg].items()
         ]
     shell.record(

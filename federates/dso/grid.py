@@ -35,6 +35,7 @@ from dsosim.federates.common.config import DsoConfig, TimeSettings
 from dsosim.federates.common.curves import BidCurve
 from dsosim.federates.common.parties import Party
 from dsosim.federates.common.profiles import commercial_load, residential_load
+from dsosim.federates.common.scale import TdScale
 from dsosim.federates.common.tables import Tables
 from dsosim.federates.dso.feeder import Feeder, FeederState, Sensitivities
 from dsosim.federates.markets.location import Location
@@ -102,7 +103,7 @@ class GridOperator:
         self.config = config
         self.name = config.name
         self.hours = time.interval_s / 3600.0
-        self.scale = config.scale
+        self.td = TdScale(config.scale)
         self.feeder = Feeder(
             base_dir / config.feeder,
             name=config.name,
@@ -165,7 +166,7 @@ class GridOperator:
             for i, loc in enumerate(self.locations)
             if loc.aggregator in market_aggregators
         )
-        return BidCurve((state.substation_p_mw - market) * self.scale)
+        return BidCurve(self.td.to_td(state.substation_p_mw - market))
 
     # ------------------------------------------------------------- retail
     def _retail(
@@ -177,10 +178,17 @@ class GridOperator:
         lmp: float,
         tariff: float,
     ) -> list[ledger.Payment]:
-        market, me, s, h = f"retail:{self.name}", Party.utility(self.name), self.scale, self.hours
+        market, me, td, h = f"retail:{self.name}", Party.utility(self.name), self.td, self.hours
         pay = [
             ledger.Payment(
-                interval, market, Party.customers(self.name), me, "energy", load_mw * s, lmp, h
+                interval,
+                market,
+                Party.customers(self.name),
+                me,
+                "energy",
+                td.to_td(load_mw),
+                lmp,
+                h,
             )
         ]
         for i, loc in enumerate(self.locations):
@@ -192,7 +200,7 @@ class GridOperator:
                         Party.agg(loc.aggregator),
                         me,
                         f"tariff@{loc.bus}",
-                        float(der[i]) * s,
+                        td.to_td(float(der[i])),
                         tariff,
                         h,
                     )
@@ -233,13 +241,13 @@ class GridOperator:
         self.feeder.set_der_mw(der)
         state = self.feeder.solve()
         self.der_mw = der
-        td_flow = state.substation_p_mw * self.scale
+        td_flow = self.td.to_td(state.substation_p_mw)
         allocation: dict[Party, float] = {}
         for i, loc in enumerate(self.locations):
             if loc.aggregator in market_aggregators:
                 party = Party.agg(loc.aggregator)
-                allocation[party] = allocation.get(party, 0.0) + (der[i] - target[i]) * self.scale
-        k, h, s = interval, self.hours, self.scale
+                allocation[party] = allocation.get(party, 0.0) + self.td.to_td(der[i] - target[i])
+        k, h, s = interval, self.hours, self.td.factor
         monitored = state.v_pu[state.monitored]
         tables: Tables = {
             "feeder": (

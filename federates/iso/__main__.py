@@ -18,6 +18,7 @@ from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig
 from dsosim.federates.common.parties import BidKey, Party, Role
+from dsosim.federates.common.scale import TdScale
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, federate_main
 from dsosim.federates.iso.wholesale import AwardLine, IsoBid, WholesaleMarket
@@ -77,8 +78,10 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
                 bids.append(IsoBid(BidKey(lda, party), m.curve))
             elif isinstance(m, msg.FleetBid) and party.role is Role.AGG:
                 # a fleet bids for the one modelled feeder; the LDA stands for `scale` of them
-                scale = config.dso(lda).scale
-                bids.extend(IsoBid(BidKey(lda, party, b.at), b.curve.scaled(scale)) for b in m.bids)
+                td = TdScale(config.dso(lda).scale)
+                bids.extend(
+                    IsoBid(BidKey(lda, party, b.at), td.curve_to_td(b.curve)) for b in m.bids
+                )
             else:
                 raise msg.MessageError(
                     m.sender, "kind", f"{m.KIND} is not what the ISO expects from it"
@@ -124,11 +127,13 @@ def _send_awards(
             awards_mw = {loc: a.cleared_mw for loc, a in sorted(lines.items())}
             prices = {loc: a.lmp for loc, a in sorted(lines.items())}
             derm = routes.derm_of(config, dso)
+            if derm is None:
+                raise RuntimeError(f"{agg} bid at the ISO but {lda} has no DERM to dispatch it")
             if derm == shell.name:  # the ISO dispatches the modelled feeder's DERs directly
-                setpoints = {loc: mw / dso.scale for loc, mw in awards_mw.items()}
+                setpoints = {loc: TdScale(dso.scale).to_feeder(mw) for loc, mw in awards_mw.items()}
                 shell.send(agg, msg.Dispatch(shell.name, k, setpoints, prices))
             else:
-                shell.send(derm, msg.FleetAward(shell.name, k, agg, awards_mw, prices))  # type: ignore[arg-type]
+                shell.send(derm, msg.FleetAward(shell.name, k, agg, awards_mw, prices))
 
 
 def main(argv: list[str] | None = None) -> int:

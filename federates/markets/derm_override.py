@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 import highspy
 import numpy as np
 
+from dsosim.federates.common.scale import TdScale
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 from dsosim.federates.markets.lda_market import Limits
 
@@ -92,7 +93,7 @@ def override(
 def override_awards(
     awards_mw: Mapping[str, Mapping[str, float]],
     *,
-    scale: float,
+    scale: TdScale,
     der_index: Mapping[tuple[str, str], int],
     state: FeederState,
     sens: Sensitivities,
@@ -101,7 +102,7 @@ def override_awards(
     """Set-points per aggregator and location (MW on the modelled feeder) for
     the ISO's awards (MW at the T-D interface, i.e. times ``scale``)."""
     keys = [(agg, bus) for agg in sorted(awards_mw) for bus in sorted(awards_mw[agg])]
-    target = np.array([awards_mw[a][b] / scale for a, b in keys])
+    target = np.array([scale.to_feeder(awards_mw[a][b]) for a, b in keys])
     setpoints = override(
         target,
         np.minimum(target, 0.0),

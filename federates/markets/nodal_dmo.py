@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from dsosim.federates.common import ledger
 from dsosim.federates.common.curves import BidCurve, PlacedCurve
 from dsosim.federates.common.parties import ISO, Party
+from dsosim.federates.common.scale import TdScale
 from dsosim.federates.common.tables import Rows, Tables
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 from dsosim.federates.markets.lda_market import (
@@ -103,7 +104,7 @@ class NodalDmo:
         self.lda = lda
         self.locations = list(locations)
         self.bidders = sorted(bidders)
-        self.scale = scale
+        self.td = TdScale(scale)
         self.limits = limits
         self.hours = hours
         self._pending: _Pending | None = None
@@ -147,7 +148,7 @@ class NodalDmo:
         self._pending = _Pending(
             pairs, curves, state, sens, built.fixed_mw, float(built.fixed_mw + float(passive))
         )
-        td_curve = built.curve.scaled(self.scale)
+        td_curve = self.td.curve_to_td(built.curve)
         tables["bids"][1].append(
             (
                 interval,
@@ -186,12 +187,12 @@ class NodalDmo:
         if p is None:
             raise RuntimeError(f"{self.lda}: dispatch before the interval's interface bid")
         clearing = clear_lda(
-            cleared_mw / self.scale, lmp, p.curves, p.state, p.sens, p.fixed_mw, self.limits
+            self.td.to_feeder(cleared_mw), lmp, p.curves, p.state, p.sens, p.fixed_mw, self.limits
         )
         pos = {name: i for i, name in enumerate(p.sens.der_names)}
         out: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
         rows: Rows = []
-        me, market, h, s = Party.dmo(self.lda), f"lda:{self.lda}", self.hours, self.scale
+        me, market, h, td = Party.dmo(self.lda), f"lda:{self.lda}", self.hours, self.td
         pay = [
             ledger.Payment(interval, market, me, ISO, "energy", cleared_mw, lmp, h),
             ledger.Payment(
@@ -200,7 +201,7 @@ class NodalDmo:
                 Party.utility(self.lda),
                 me,
                 "energy",
-                p.utility_mw * s,
+                td.to_td(p.utility_mw),
                 lmp,
                 h,
             ),
@@ -231,7 +232,7 @@ class NodalDmo:
                     Party.agg(loc.aggregator),
                     me,
                     f"energy@{loc.bus}",
-                    (mw - self.firm_mw(loc)) * s,
+                    td.to_td(mw - self.firm_mw(loc)),
                     price,
                     h,
                 )

@@ -223,7 +223,7 @@ class P2pDmo(NodalDmo):
     ) -> list[tuple[Located, BidCurve]]:
         rows: Rows = []
         pay: list[ledger.Payment] = []
-        h, s, me, market = self.hours, self.scale, Party.dmo(self.lda), f"p2p:{self.lda}"
+        h, td, me, market = self.hours, self.td, Party.dmo(self.lda), f"p2p:{self.lda}"
         taken = [dict[int, float]() for _ in pairs]
         firm = np.zeros(len(pairs))
         for t in trades:
@@ -241,7 +241,7 @@ class P2pDmo(NodalDmo):
                     sloc.bus,
                     t.mw,
                     seller_price,
-                    loss * t.mw * s * h,
+                    td.to_td(loss * t.mw) * h,
                     t.blocked_mw,
                     price,
                     p_ref,
@@ -262,7 +262,7 @@ class P2pDmo(NodalDmo):
                     Party.agg(bloc.aggregator),
                     Party.agg(sloc.aggregator),
                     f"trade {bloc.bus}<-{sloc.bus}",
-                    t.mw * s,
+                    td.to_td(t.mw),
                     seller_price,
                     h,
                 )
@@ -274,7 +274,7 @@ class P2pDmo(NodalDmo):
                     Party.agg(bloc.aggregator),
                     me,
                     "loss charge",
-                    t.mw * s,
+                    td.to_td(t.mw),
                     loss,
                     h,
                 )
