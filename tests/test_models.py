@@ -21,6 +21,7 @@ not bid in the market it operates, so it stays passive.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -165,3 +166,33 @@ def test_comparison_outputs(comparison) -> None:
     assert [p.name for p in plots] == list(PLOTS) and all(p.stat().st_size > 10_000 for p in plots)
     html = write_html(out, table.reset_index(), str(SCENARIO), plots).read_text()
     assert html.count("data:image/png;base64,") == len(PLOTS) and "settlement_residual" in html
+
+
+def _readme_tables() -> dict[str, str]:
+    """The README's Results table: table name (or ``prefix*``) -> its description."""
+    text = (SCENARIOS.parents[1] / "README.md").read_text()
+    section = text.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+    out = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            names, description = line.split(" | ")[0], line.split(" | ")[1]
+            for name in re.findall(r"`([a-z_*]+)`", names):
+                out[name] = description
+    return out
+
+
+def test_readme_lists_every_table_a_run_writes(comparison) -> None:
+    out, _ = comparison
+    written = {p.name for p in out.glob("model-*/results/*") if p.is_dir()}
+    listed = _readme_tables()
+
+    def listed_as(table: str) -> str | None:
+        return next(
+            (n for n in listed if n == table or (n.endswith("*") and table.startswith(n[:-1]))),
+            None,
+        )
+
+    assert sorted(t for t in written if listed_as(t) is None) == []
+    # a listed table these seven runs do not write says which runs write it
+    unwritten = [n for n in listed if not any(listed_as(t) == n for t in written)]
+    assert all(listed[n].startswith("(") for n in unwritten), unwritten

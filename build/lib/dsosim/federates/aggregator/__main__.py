@@ -1,0 +1,144 @@
+"""Aggregator federate: hosts a DER fleet on the HELICS bus.
+
+Per interval k (see ``common.schedule``): BID sends one curve per location to
+its market operator; REPORT reads the dispatch, runs the devices for the
+interval and reports what they actually did; records the ``ders*`` tables
+(``results``). A fleet with DERs run by hardware reads the dispatch earlier,
+at RESPOND, sends those DERs' set-points to the HIL gateway, and at REPORT
+uses the gateway's readings as their output.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+
+from dsosim.federates.aggregator.fleet import DeviceReading, Fleet
+from dsosim.federates.aggregator.results import der_tables
+from dsosim.federates.aggregator.spec_json import fleet_from_json
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common import routes
+from dsosim.federates.common.config import FederationConfig
+from dsosim.federates.common.curves import BidCurve, PlacedCurve
+from dsosim.federates.common.schedule import Phase, at
+from dsosim.federates.common.shell import FederateShell, expect, federate_main
+
+
+def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
+    cfg = config.aggregator(name)
+    bid_to = routes.bid_target(config, cfg)  # None: passive, self-dispatched at the tariff
+    dispatcher = routes.dispatcher_of(config, cfg)
+    utility = cfg.dso
+    fleet = Fleet(
+        fleet_from_json(cfg.fleet),
+        interval_s=config.time.interval_s,
+        n_intervals=config.time.n_intervals,
+        seed=config.seed + zlib.crc32(name.encode()),
+    )
+    if tuple(fleet.buses) != tuple(cfg.buses):
+        raise ValueError(
+            f"fleet buses {fleet.buses} differ from the configured locations {cfg.buses}"
+        )
+    hardware = {
+        d.id: (fleet.device_index(d.kind, d.bus, d.nth), d.bus) for d in config.hil_devices_of(name)
+    }
+    gateway = config.hil.name if hardware and config.hil else None
+    for k in range(config.time.n_intervals):
+        shell.advance(at(k, Phase.BID, config.time))
+        bids = fleet.bids(k)
+        if bid_to is not None:
+            shell.send(
+                bid_to,
+                msg.FleetBid(name, k, tuple(PlacedCurve(b, c) for b, c in sorted(bids.items()))),
+            )
+
+        measured: dict[int, DeviceReading] = {}
+        if gateway is not None:
+            shell.advance(at(k, Phase.RESPOND, config.time))
+            setpoints, prices = _dispatch(shell, config, dispatcher, bids, k)
+            _send_hardware_setpoints(shell, gateway, fleet, hardware, k, setpoints, prices)
+            shell.advance(at(k, Phase.REPORT, config.time))
+            measured = _hardware_readings(shell, gateway, fleet, hardware, k)
+        else:
+            shell.advance(at(k, Phase.REPORT, config.time))
+            setpoints, prices = _dispatch(shell, config, dispatcher, bids, k)
+        outcome = fleet.dispatch(k, setpoints, prices, measured)
+        shell.send(utility, msg.Measurement(name, k, outcome.actual_by_bus(), setpoints))
+        shell.record_tables(k, der_tables(name, outcome))
+        shell.end_interval(k)
+
+
+def _dispatch(
+    shell: FederateShell,
+    config: FederationConfig,
+    dispatcher: str | None,
+    bids: dict[str, BidCurve],
+    k: int,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """This interval's set-points and prices: from the dispatcher, or (passive
+    fleets) what the bids do at the flat tariff."""
+    received = shell.receive(allowed_senders=[dispatcher] if dispatcher else [])
+    if dispatcher is None:
+        tariff = config.model.tariff
+        return {b: c.quantity_at(tariff) for b, c in bids.items()}, dict.fromkeys(bids, tariff)
+    dispatch = [m for m in received if isinstance(m, msg.Dispatch) and m.interval == k]
+    if len(dispatch) != 1 or len(received) != 1:
+        raise RuntimeError(
+            f"interval {k}: expected one dispatch from {dispatcher!r}, got "
+            f"{[(m.KIND, m.interval) for m in received]}"
+        )
+    return dict(dispatch[0].setpoints_mw), dict(dispatch[0].prices)
+
+
+def _send_hardware_setpoints(
+    shell: FederateShell,
+    gateway: str,
+    fleet: Fleet,
+    hardware: dict[str, tuple[int, str]],
+    k: int,
+    setpoints: dict[str, float],
+    prices: dict[str, float],
+) -> None:
+    """Each hardware DER's share of its bus set-point, as the fleet plans it."""
+    plan = fleet.plan(k, setpoints)
+    soc = {}
+    for device, (index, _) in hardware.items():
+        _, _, _, device_soc = fleet.device_rating(index)
+        if device_soc is not None:
+            soc[device] = device_soc
+    shell.send(
+        gateway,
+        msg.HilSetpoints(
+            shell.name,
+            k,
+            {d: float(plan[i]) for d, (i, _) in hardware.items()},
+            {d: float(prices[bus]) for d, (_, bus) in hardware.items()},
+            soc,
+        ),
+    )
+
+
+def _hardware_readings(
+    shell: FederateShell, gateway: str, fleet: Fleet, hardware: dict[str, tuple[int, str]], k: int
+) -> dict[int, DeviceReading]:
+    """The gateway's readings as fleet measurements; availability follows them."""
+    got = expect(shell.receive(allowed_senders=[gateway]), msg.HilReadings, k, [gateway])[gateway]
+    assert isinstance(got, msg.HilReadings)
+    unknown = sorted((set(got.actual_mw) | set(got.unavailable)) - set(hardware))
+    if unknown:
+        raise msg.MessageError(
+            gateway, "hil_readings", f"devices {unknown} are not hardware of {shell.name}"
+        )
+    for device, (index, _) in hardware.items():
+        fleet.set_available(index, device not in got.unavailable)
+    return {hardware[d][0]: DeviceReading(mw, got.soc.get(d)) for d, mw in got.actual_mw.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return federate_main(
+        "aggregator", lambda shell, config, name, base: run(shell, config, name), argv
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""PV systems: output from irradiance and temperature, inverter efficiency
+and clipping, curtailment offers, optional volt-var.
+
+Per 60 s sample of the fleet's weather (``weather``), for an array of DC
+rating ``P_dc0 = dc_ac_ratio * rating`` on its orientation's plane-of-array
+irradiance ``G``:
+
+* cell temperature, Faiman model: ``T_c = T_air + G / (u0 + u1 * wind)``
+  (``u0 = 25``, ``u1 = 6.84``, wind 1 m/s);
+* DC power, PVWatts: ``P_dc = P_dc0 * G / 1000 * (1 + gamma (T_c - 25))``;
+* AC power, PVWatts inverter: part-load efficiency
+  ``eta = eta_nom / eta_ref * (-0.0162 z - 0.0059 / z + 0.9858)``,
+  ``z = P_dc / (rating / eta_nom)``, clipped at the rating.
+
+These are the pvlib functions ``temperature.faiman``, ``pvsystem.pvwatts_dc``
+and ``inverter.pvwatts`` written out in numpy (the tests check they agree),
+so that a federate does not import pvlib. Output is averaged over the
+interval after clipping. With ``volt_var`` the inverter absorbs or injects
+reactive power along the IEEE 1547-2018 category B curve at the bus's last
+known voltage, with reactive priority: active power is held to
+``sqrt(S^2 - Q^2)`` with ``S`` the rating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from dsosim.federates.aggregator.group import (
+    FloatArray,
+    GroupOffer,
+    IntArray,
+    Tick,
+    per_bus_mean,
+    per_bus_sum,
+)
+from dsosim.federates.aggregator.specs import PvSpec
+from dsosim.federates.aggregator.weather import Weather
+from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
+
+FAIMAN_U0, FAIMAN_U1, WIND_SPEED = 25.0, 6.84, 1.0
+ETA_INV_NOM, ETA_INV_REF = 0.96, 0.9637
+VOLT_VAR_V = (0.92, 0.98, 1.02, 1.08)
+"""IEEE 1547-2018 category B default volt-var curve: voltages (pu) ..."""
+VOLT_VAR_Q = (0.44, 0.0, 0.0, -0.44)
+"""... and reactive power (pu of the rating, + = injection)."""
+
+
+def cell_temperature(poa: FloatArray, temp_air: FloatArray) -> FloatArray:
+    """Faiman cell temperature, degC (pvlib ``temperature.faiman``)."""
+    return temp_air + poa / (FAIMAN_U0 + FAIMAN_U1 * WIND_SPEED)
+
+
+def dc_power(
+    poa: FloatArray, temp_cell: FloatArray, pdc0: FloatArray, gamma: FloatArray
+) -> FloatArray:
+    """PVWatts DC power (pvlib ``pvsystem.pvwatts_dc``), units of ``pdc0``."""
+    return pdc0 * poa * 0.001 * (1.0 + gamma * (temp_cell - 25.0))
+
+
+def ac_power(pdc: FloatArray, pac0: FloatArray) -> FloatArray:
+    """PVWatts inverter AC power, clipped at ``pac0`` (pvlib ``inverter.pvwatts``
+    with DC input rating ``pac0 / eta_nom``)."""
+    return np.minimum(ac_unclipped(pdc, pac0), pac0)
+
+
+def ac_unclipped(pdc: FloatArray, pac0: FloatArray) -> FloatArray:
+    """AC power the inverter of rating ``pac0`` would give without its output
+    limit (its efficiency curve only); the excess over ``pac0`` is clipped."""
+    zeta = pdc / (pac0 / ETA_INV_NOM)
+    inv = np.divide(0.0059, zeta, out=np.zeros_like(zeta), where=zeta != 0.0)
+    eta = ETA_INV_NOM / ETA_INV_REF * (-0.0162 * zeta - inv + 0.9858)
+    return np.maximum(eta * pdc, 0.0)
+
+
+def volt_var(v_pu: FloatArray) -> FloatArray:
+    """Reactive power, pu of the rating, of the category B volt-var curve."""
+    return np.interp(v_pu, VOLT_VAR_V, VOLT_VAR_Q)
+
+
+class PvSystems:
+    kind = "pv"
+    table = "ders_pv"
+    columns = (
+        "rating_mw",
+        "available_mw",
+        "output_mw",
+        "curtailed_mw",
+        "clipped_mw",
+        "irradiance_w_m2",
+        "cell_temp_c",
+        "q_mvar",
+    )
+
+    def __init__(
+        self, specs: Sequence[PvSpec], bus: IntArray, *, weather: Weather | None, n_intervals: int
+    ) -> None:
+        self.bus = bus
+        n = len(specs)
+        self.rating = np.array([s.rating_mw for s in specs], dtype=float)
+        self.pdc0 = self.rating * np.array([s.dc_ac_ratio for s in specs], dtype=float)
+        self.gamma = np.array([s.temp_coeff for s in specs], dtype=float)
+        self.curtailable = np.array([s.curtailable for s in specs], dtype=bool)
+        self.price = np.clip(
+            np.array([-s.curtail_cost for s in specs], dtype=float), PRICE_FLOOR, PRICE_CAP
+        )
+        self.volt_var = np.array([s.volt_var for s in specs], dtype=bool)
+        self.voltage = np.ones(n)
+        self.modelled = np.array([s.profile is None for s in specs], dtype=bool)
+        self.weather = weather
+        if self.modelled.any():
+            if weather is None:
+                raise ValueError("PV systems without a profile need the fleet's weather")
+            self.orient = np.array(
+                [weather.index(s.orientation) if s.profile is None else 0 for s in specs],
+                dtype=np.intp,
+            )
+        else:
+            self.orient = np.zeros(n, dtype=np.intp)
+        self.profile = np.zeros((n, n_intervals))
+        for i, s in enumerate(specs):
+            if s.profile is None:
+                continue
+            if len(s.profile) < n_intervals:
+                raise ValueError(
+                    f"PvSpec(bus={s.bus!r}).profile: {len(s.profile)} values for "
+                    f"{n_intervals} intervals"
+                )
+            self.profile[i] = s.profile[:n_intervals]
+        self._state: dict[str, FloatArray] = {}
+        self._last: dict[str, FloatArray] = {}
+
+    def set_voltages(self, v_pu_by_bus: FloatArray) -> None:
+        """Last known voltage (pu) at every bus of the fleet, for volt-var."""
+        self.voltage = v_pu_by_bus[self.bus]
+
+    def _available(self, t: int) -> dict[str, FloatArray]:
+        n = len(self.rating)
+        avail = self.rating * self.profile[:, t]
+        poa, t_cell, clipped = np.zeros(n), np.full(n, np.nan), np.zeros(n)
+        m = self.modelled
+        if m.any() and self.weather is not None:
+            g = self.weather.poa[self.orient[m], t, :]  # (devices, samples)
+            tc = cell_temperature(g, self.weather.temp_air[t][None, :])
+            pdc = dc_power(g, tc, self.pdc0[m, None], self.gamma[m, None])
+            free = ac_unclipped(pdc, self.rating[m, None])
+            pac = np.minimum(free, self.rating[m, None])
+            avail[m] = pac.mean(axis=1)
+            clipped[m] = (free - pac).mean(axis=1)
+            poa[m], t_cell[m] = g.mean(axis=1), tc.mean(axis=1)
+        q = np.where(self.volt_var, volt_var(self.voltage), 0.0) * self.rating
+        avail = np.minimum(avail, np.sqrt(np.maximum(self.rating**2 - q**2, 0.0)))
+        return {
+            "available_mw": avail,
+            "clipped_mw": clipped,
+            "irradiance_w_m2": poa,
+            "cell_temp_c": t_cell,
+            "q_mvar": q,
+        }
+
+    def offer(self, tick: Tick) -> GroupOffer:
+        self._state = self._available(tick.t)
+        avail = self._state["available_mw"]
+        curt = self.curtailable & (avail > 0.0)
+        owner = np.flatnonzero(curt).astype(np.intp)
+        return GroupOffer(
+            -avail,
+            np.where(self.curtailable, 0.0, -avail),
+            -avail,
+            self.price[owner],
+            avail[owner],
+            owner,
+        )
+
+    def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:
+        state = self._state
+        output = -net
+        self._last = {**state, "output_mw": output, "curtailed_mw": state["available_mw"] - output}
+        return net
+
+    def sync(self, i: int, mw: float, soc: float | None) -> None:
+        """PV system ``i`` measurably injected ``-mw`` (hardware in the loop)."""
+        if self._last:
+            self._last["output_mw"][i] = -mw
+            self._last["curtailed_mw"][i] = self._last["available_mw"][i] + mw
+
+    def summary(self, n_bus: int) -> dict[str, FloatArray]:
+        out = {"rating_mw": per_bus_sum(self.bus, self.rating, n_bus)}
+        for name in ("available_mw", "output_mw", "curtailed_mw", "clipped_mw", "q_mvar"):
+            out[name] = per_bus_sum(self.bus, self._last[name], n_bus)
+        for name in ("irradiance_w_m2", "cell_temp_c"):
+            values = self._last[name]
+            m = self.modelled
+            out[name] = per_bus_mean(self.bus[m], values[m], n_bus)
+        return out

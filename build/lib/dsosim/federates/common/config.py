@@ -1,0 +1,297 @@
+"""The federation config: what the runner generates and every federate reads.
+
+One JSON file per run holds the whole resolved federation (paths absolute or
+relative to the file, devices placed, ports chosen); each federate picks its
+own section by name. Validated with pydantic, unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from dsosim.federates.common.schedule import last_offset
+
+DEFAULT_START = datetime(2026, 7, 20, 0, 0)
+"""Start of a run when the scenario gives none: a summer Monday, midnight."""
+
+
+def naive_start(value: datetime) -> datetime:
+    """A start date-time must be local time without a time zone (profiles and
+    the sun are computed in the scenario's local time)."""
+    if value.tzinfo is not None:
+        raise ValueError(
+            f"give the start as local date and time without a time zone "
+            f"(e.g. 2026-07-20T00:00), got {value.isoformat()}"
+        )
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HelicsSettings(Strict):
+    core_type: Literal["zmq", "tcp", "tcp_ss", "ipc"] = "zmq"
+    broker_address: str = Field(description="e.g. tcp://127.0.0.1:23500")
+    broker_port: int = Field(ge=1024, le=65535)
+    broker_key: str = ""
+    broker_interface: str = Field(
+        "127.0.0.1", description="address the broker listens on (several hosts: its host's)"
+    )
+    interfaces: dict[str, str] = Field(
+        default_factory=dict,
+        description="federate -> the address of its host, which its core advertises to the "
+        "broker (several hosts; absent: loopback)",
+    )
+    connect_timeout_s: PositiveInt = 30
+    max_cosim_duration_s: PositiveInt = Field(
+        3600, description="broker wall-clock limit: a hung federation ends after this"
+    )
+    real_time: bool = Field(False, description="HELICS real-time mode on every federate")
+    rt_lead_s: float = Field(
+        0.0,
+        ge=0,
+        description="a grant may come this long before wall time reaches it (0: "
+        "never early, so hardware never sees a set-point before its time)",
+    )
+    rt_lag_s: float = Field(
+        10.0,
+        gt=0,
+        description="HELICS forces a grant pending this long after its wall time; "
+        "forcing breaks the exchange order, so this is a last-resort safety valve",
+    )
+
+
+class TimeSettings(Strict):
+    """Two clocks: the market interval (``interval_s``, simulated seconds: what
+    energy, profiles and devices see) and the federation step that carries it
+    (``step_s`` HELICS seconds per interval, with sub-steps ``substep_s`` apart;
+    in real-time mode HELICS seconds are wall seconds, so ``interval_s /
+    step_s`` is the time compression). See ``common.schedule``."""
+
+    interval_s: float = Field(gt=0, description="market interval length, simulated seconds")
+    n_intervals: PositiveInt
+    step_s: float | None = Field(
+        None, gt=0, description="federation seconds per interval (default: interval_s)"
+    )
+    substep_s: float = Field(1.0, gt=0, description="federation seconds between sub-steps")
+    settle_s: float | None = Field(
+        None, gt=0, description="set-point to read-back of hardware (default: one sub-step)"
+    )
+    start: datetime = Field(
+        DEFAULT_START,
+        description="simulated date and time (local, no time zone) at which interval 0 starts",
+    )
+
+    @field_validator("start")
+    @classmethod
+    def _local_time(cls, value: datetime) -> datetime:
+        return naive_start(value)
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> TimeSettings:
+        if last_offset(self) >= self.step:
+            raise ValueError(
+                f"the last exchange of an interval comes {last_offset(self):g} s after "
+                f"its start but an interval is only {self.step:g} s (step_s); shorten "
+                f"substep_s/settle_s or lengthen the step"
+            )
+        return self
+
+    @property
+    def step(self) -> float:
+        """Federation seconds per market interval."""
+        return self.interval_s if self.step_s is None else self.step_s
+
+    @property
+    def settle(self) -> float:
+        return self.substep_s if self.settle_s is None else self.settle_s
+
+    @property
+    def time_scale(self) -> float:
+        """Simulated seconds per federation (wall, in real time) second."""
+        return self.interval_s / self.step
+
+    def timestamp(self, interval: int) -> datetime:
+        """Simulated date and time at which market interval ``interval`` starts."""
+        return self.start + timedelta(seconds=interval * self.interval_s)
+
+
+class IsoInterface(Strict):
+    dso: str
+    td_bus: int
+
+
+class IsoConfig(Strict):
+    name: str
+    case: str
+    load_scale: PositiveFloat = 1.0
+    line_limit_mw: PositiveFloat | None = None
+    load_profile: str = "system"
+    interfaces: tuple[IsoInterface, ...]
+
+
+class LimitsConfig(Strict):
+    """An LDA's feeder limits: the scenario's ``[ldas.limits]`` as written."""
+
+    vmin_pu: float = Field(0.95, gt=0.5, lt=1.0)
+    vmax_pu: float = Field(1.05, ge=1.0, lt=1.5)
+    max_loading: float = Field(1.0, gt=0.1, le=2.0, description="fraction of normal rating")
+    operating_margin_pu: float = Field(
+        0.005,
+        ge=0,
+        lt=0.05,
+        description=(
+            "voltage margin a market operator keeps inside the band (forecast and model error)"
+        ),
+    )
+
+
+class DsoConfig(Strict):
+    name: str
+    iso: str
+    feeder: str
+    td_bus: int
+    scale: PositiveFloat
+    load_profile: str = "residential"
+    load_scale: PositiveFloat = 1.0
+    load_forecast_error: float = Field(0.02, ge=0, lt=0.5)
+    voltage_basis: Literal["ln", "ll"] = "ln"
+    limits: LimitsConfig = LimitsConfig()
+    aggregators: tuple[str, ...]
+
+
+class AggregatorConfig(Strict):
+    name: str
+    dso: str
+    buses: tuple[str, ...] = Field(description="feeder buses where its fleet sits (its locations)")
+    fleet: dict[str, Any]
+    response_error: float = Field(0.0, ge=0, lt=1)
+    utility_owned: bool = Field(False, description="owned by the utility (DMO rule applies)")
+
+
+class OrgModel(Strict):
+    """A DSO organisational model: which role holder runs what (see
+    ``configs/models/``). Everything model-specific in the federation follows
+    from these fields through :mod:`dsosim.federates.common.routes`."""
+
+    name: str = Field(description="baseline, 1 ... 6")
+    title: str
+    vision: Literal["none", "grand_central", "layered"]
+    dmo: Literal["none", "iso", "utility", "independent"]
+    derm: Literal["none", "iso", "utility", "independent", "automatic"]
+    local_market: Literal["none", "nodal", "p2p"]
+    utility_ders_may_bid: bool
+    tariff: float = Field(25.0, description="flat retail tariff passive DERs see, $/MWh")
+
+
+class HilDeviceConfig(Strict):
+    """One DER of an aggregator's fleet run by hardware (or the emulator)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    aggregator: str
+    kind: Literal["battery", "pv"]
+    bus: str
+    nth: int = Field(0, ge=0, description="which device of that kind at that bus (spec order)")
+    rated_kw: PositiveFloat = Field(
+        description="the hardware's rating; set-points and "
+        "measurements scale by rated_kw / sim_rated_kw"
+    )
+    sim_rated_kw: PositiveFloat = Field(description="rating of the simulated DER it stands for")
+    sim_capacity_kwh: PositiveFloat | None = None
+    soc_init: float | None = Field(None, ge=0, le=1)
+
+    @property
+    def scale(self) -> float:
+        """Hardware kW per simulated kW."""
+        return self.rated_kw / self.sim_rated_kw
+
+
+class HilConfig(Strict):
+    """The hardware-in-the-loop gateway federate (docs/hil.md)."""
+
+    name: str = "hil"
+    bind: str = "tcp://127.0.0.1:5570"
+    timeout_ms: PositiveFloat = 50.0
+    heartbeat_s: PositiveFloat = 1.0
+    fallback: Literal["hold", "unavailable"] = "hold"
+    curve_secret_key: str | None = None
+    curve_authorized_dir: str | None = None
+    allow_unauthenticated: bool = False
+    wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="before the start, wait this long for every "
+        "device to connect (the whole federation waits)",
+    )
+    devices: tuple[HilDeviceConfig, ...] = Field(min_length=1)
+
+
+class RecorderConfig(Strict):
+    name: str
+    results_dir: str
+    flush_every: PositiveInt = 12
+
+
+class FederationConfig(Strict):
+    name: str
+    seed: int
+    model: OrgModel
+    helics: HelicsSettings
+    time: TimeSettings
+    iso: IsoConfig
+    dsos: tuple[DsoConfig, ...]
+    aggregators: tuple[AggregatorConfig, ...]
+    recorder: RecorderConfig
+    hil: HilConfig | None = None
+
+    def federate_names(self) -> list[str]:
+        return [
+            self.iso.name,
+            *(d.name for d in self.dsos),
+            *self.independent_names(),
+            *(a.name for a in self.aggregators),
+            *([self.hil.name] if self.hil else []),
+            self.recorder.name,
+        ]
+
+    def hil_devices_of(self, aggregator: str) -> tuple[HilDeviceConfig, ...]:
+        """The DERs of an aggregator's fleet that hardware runs."""
+        return tuple(d for d in self.hil.devices if d.aggregator == aggregator) if self.hil else ()
+
+    def independent_names(self) -> list[str]:
+        """Independent market operator federates (one per LDA) if the model has them."""
+        if "independent" not in (self.model.dmo, self.model.derm):
+            return []
+        return [independent_name(d.name) for d in self.dsos]
+
+    def dso(self, name: str) -> DsoConfig:
+        return next(d for d in self.dsos if d.name == name)
+
+    def aggregator(self, name: str) -> AggregatorConfig:
+        return next(a for a in self.aggregators if a.name == name)
+
+
+def independent_name(lda: str) -> str:
+    """Federate name of the independent operator of an LDA."""
+    return f"{lda}_imo"
+
+
+def load_federation(path: str | Path) -> tuple[FederationConfig, Path]:
+    """Read a federation config; returns it and the folder relative paths
+    inside it are resolved against."""
+    path = Path(path).resolve()
+    return FederationConfig.model_validate(json.loads(path.read_text())), path.parent

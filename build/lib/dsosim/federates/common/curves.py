@@ -1,0 +1,161 @@
+"""Price-quantity bid curves: the one shape every bid in dsosim takes.
+
+Convention (used by every role and message):
+
+* quantities are **net demand** in MW: positive = withdrawal from the grid,
+  negative = injection. A battery discharging or a PV system producing is a
+  negative quantity.
+* a curve is a fixed part ``base_mw`` (taken at any price, up to the price
+  cap) plus **blocks** ``(price, mw)``: "increase my net demand by ``mw``
+  if the price is at or below ``price``". Blocks are sorted by price,
+  highest first (non-increasing), and ``mw > 0``.
+
+So the net demand at price ``p`` is ``base_mw + sum(mw for price >= p)``:
+a non-increasing step function of price. A supply offer fits the same form:
+a battery that would discharge 1 MW above $40/MWh bids ``base_mw = -1`` and
+a block ``(40, 1)`` (it takes the MW back, i.e. does not discharge, when the
+price is at or below $40/MWh).
+
+Prices are in $/MWh and must lie in ``[PRICE_FLOOR, PRICE_CAP]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+PRICE_FLOOR = -1000.0
+"""Lowest admissible bid price, $/MWh."""
+PRICE_CAP = 10000.0
+"""Highest admissible bid price, $/MWh; also the value of lost load used
+when a market interval cannot be served."""
+MAX_ABS_MW = 1.0e5
+"""Largest magnitude of any quantity in a curve, MW: a sanity bound that
+catches unit mistakes (kW sent as MW) without limiting any real system."""
+
+
+class CurveError(ValueError):
+    """A bid curve breaks the convention; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class BidCurve:
+    """Net-demand bid curve: ``base_mw`` plus price-ordered blocks.
+
+    Examples
+    --------
+    >>> c = BidCurve(base_mw=-1.0, blocks=((40.0, 1.0), (20.0, 2.0)))
+    >>> c.quantity_at(50.0), c.quantity_at(30.0), c.quantity_at(10.0)
+    (-1.0, 0.0, 2.0)
+    """
+
+    base_mw: float
+    blocks: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`CurveError` naming the first offending field."""
+        if not _finite(self.base_mw):
+            raise CurveError("base_mw", f"must be a finite number, got {self.base_mw!r}")
+        if abs(self.base_mw) > MAX_ABS_MW:
+            raise CurveError("base_mw", f"|{self.base_mw}| MW exceeds {MAX_ABS_MW:g} MW")
+        previous = math.inf
+        total = abs(self.base_mw)
+        for i, block in enumerate(self.blocks):
+            if len(block) != 2:
+                raise CurveError(f"blocks[{i}]", "must be a (price, mw) pair")
+            price, mw = block
+            if not _finite(price):
+                raise CurveError(f"blocks[{i}].price", f"must be finite, got {price!r}")
+            if not PRICE_FLOOR <= price <= PRICE_CAP:
+                raise CurveError(
+                    f"blocks[{i}].price",
+                    f"{price} $/MWh is outside [{PRICE_FLOOR:g}, {PRICE_CAP:g}]",
+                )
+            if not _finite(mw) or mw <= 0.0:
+                raise CurveError(f"blocks[{i}].mw", f"must be finite and > 0, got {mw!r}")
+            if price > previous:
+                raise CurveError(
+                    f"blocks[{i}].price",
+                    f"curve is not monotonic: {price} follows {previous} "
+                    "(block prices must be non-increasing)",
+                )
+            previous = price
+            total += mw
+        if total > MAX_ABS_MW:
+            raise CurveError("blocks", f"total quantity {total:g} MW exceeds {MAX_ABS_MW:g} MW")
+
+    @property
+    def min_mw(self) -> float:
+        """Net demand at the price cap (the least the bidder will take)."""
+        return self.base_mw
+
+    @property
+    def max_mw(self) -> float:
+        """Net demand at the price floor (the most the bidder will take)."""
+        return self.base_mw + sum(mw for _, mw in self.blocks)
+
+    def quantity_at(self, price: float) -> float:
+        """Net demand, MW, at a given price (blocks priced >= price are taken)."""
+        return self.base_mw + sum(mw for p, mw in self.blocks if p >= price)
+
+    def scaled(self, factor: float) -> BidCurve:
+        """The same curve with every quantity multiplied by ``factor`` (> 0)."""
+        if not (_finite(factor) and factor > 0.0):
+            raise CurveError("scale", f"must be finite and > 0, got {factor!r}")
+        return BidCurve(self.base_mw * factor, tuple((p, mw * factor) for p, mw in self.blocks))
+
+    @staticmethod
+    def combine(curves: Iterable[BidCurve]) -> BidCurve:
+        """Horizontal sum of curves (blocks merged, equal prices pooled)."""
+        base = 0.0
+        pooled: dict[float, float] = {}
+        for curve in curves:
+            base += curve.base_mw
+            for price, mw in curve.blocks:
+                pooled[price] = pooled.get(price, 0.0) + mw
+        return BidCurve(base, tuple(sorted(pooled.items(), key=lambda b: -b[0])))
+
+    @staticmethod
+    def from_points(points: Sequence[tuple[float, float]], base_mw: float) -> BidCurve:
+        """Build a curve from ``(price, net_demand_mw)`` points of a demand
+        function sampled at decreasing prices, starting from ``base_mw`` at the
+        price cap. Quantity increments below 1e-9 MW are dropped."""
+        blocks: list[tuple[float, float]] = []
+        level = base_mw
+        for price, q in points:
+            step = q - level
+            if step > 1e-9:
+                blocks.append((price, step))
+                level = q
+        return BidCurve(base_mw, tuple(blocks))
+
+
+Place = TypeVar("Place")
+
+
+@dataclass(frozen=True)  # no slots: a frozen slotted generic cannot be built via its alias
+class PlacedCurve(Generic[Place]):
+    """A bid curve and where it is: the one "curve plus where" record.
+
+    ``at`` is a feeder location or DER element (``str``) inside an LDA, a
+    transmission bus (``int``) in the DC-OPF, or a
+    :class:`~dsosim.federates.common.parties.BidKey` at the ISO. ``owner``
+    names who bids, for error messages; it is never priced.
+    """
+
+    at: Place
+    curve: BidCurve
+    owner: str = ""
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -1,0 +1,534 @@
+"""Every message that crosses the HELICS bus, as typed, versioned records.
+
+A message is a frozen dataclass. On the wire it is a msgpack map with the
+schema version ``v``, its ``kind``, the ``sender`` federate, the market
+``interval`` and the record's own fields. :func:`decode` validates everything
+on arrival and raises :class:`MessageError` naming the sender and the field,
+so a malformed bid is rejected, never silently used.
+
+Units: MW (net demand, positive = withdrawal), $/MWh, seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+from dsosim.federates.common.curves import BidCurve, CurveError, PlacedCurve
+from dsosim.federates.common.parties import Party, PartyError
+
+SCHEMA_VERSION = 1
+"""Bumped whenever a record's fields change meaning; receivers reject others."""
+
+
+class MessageError(ValueError):
+    """A message failed validation. ``sender`` and ``field`` say where."""
+
+    def __init__(self, sender: str, field_name: str, message: str) -> None:
+        super().__init__(f"message from {sender!r} rejected: {field_name}: {message}")
+        self.sender = sender
+        self.field = field_name
+
+
+# --------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class FleetBid:
+    """Aggregator -> market operator: one curve per feeder location it serves
+    (``at``: a bus of the feeder; on the wire ``[location, curve]``)."""
+
+    KIND: ClassVar[str] = "fleet_bid"
+    sender: str
+    interval: int
+    bids: tuple[PlacedCurve[str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceBid:
+    """DSO -> ISO: the LDA's single net-demand curve at its T-D bus (scaled)."""
+
+    KIND: ClassVar[str] = "interface_bid"
+    sender: str
+    interval: int
+    td_bus: int
+    curve: BidCurve
+
+
+@dataclass(frozen=True, slots=True)
+class Award:
+    """ISO -> DSO: the cleared net demand at the T-D bus and its LMP."""
+
+    KIND: ClassVar[str] = "award"
+    sender: str
+    interval: int
+    td_bus: int
+    lmp: float
+    lmp_energy: float
+    lmp_congestion: float
+    cleared_mw: float
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """DERM -> aggregator: net-demand set-points and prices per location."""
+
+    KIND: ClassVar[str] = "dispatch"
+    sender: str
+    interval: int
+    setpoints_mw: Mapping[str, float]
+    prices: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """Aggregator -> utility (grid operator): what the fleet actually did, per
+    location (MW), and the set-point it was following."""
+
+    KIND: ClassVar[str] = "measurement"
+    sender: str
+    interval: int
+    actual_mw: Mapping[str, float]
+    setpoint_mw: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """Utility -> ISO: metered T-D flow of an interval (scaled MW) and who is
+    responsible for its deviation from the schedule: ``allocation`` maps a
+    settlement party (on the wire in its text form, ``agg:NAME``) to its
+    deviation in MW; the values sum to metered flow minus total schedule."""
+
+    KIND: ClassVar[str] = "meter"
+    sender: str
+    interval: int
+    td_bus: int
+    actual_mw: float
+    allocation: Mapping[Party, float]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetAward:
+    """ISO -> DERM (model 2): what the ISO cleared for one aggregator's
+    locations, before the DERM turns it into set-points."""
+
+    KIND: ClassVar[str] = "fleet_award"
+    sender: str
+    interval: int
+    aggregator: str
+    awards_mw: Mapping[str, float]
+    prices: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class GridModel:
+    """Utility -> independent market operator: the feeder limits it needs for
+    this interval, as the feeder linearised at the forecast operating point.
+
+    Arrays are row-major nested lists: ``dv_dp`` (monitored nodes x DER
+    locations, pu/MW), ``dloading_up``/``dloading_down`` (branches x DER
+    locations, per MW), and per DER location ``dpsub_dp`` and the operating
+    point ``der_mw``; ``v_pu`` and ``loading`` at the operating point."""
+
+    KIND: ClassVar[str] = "grid_model"
+    sender: str
+    interval: int
+    der_names: tuple[str, ...]
+    node_names: tuple[str, ...]
+    branch_names: tuple[str, ...]
+    v_pu: tuple[float, ...]
+    loading: tuple[float, ...]
+    der_mw: tuple[float, ...]
+    substation_p_mw: float
+    dv_dp: tuple[tuple[float, ...], ...]
+    dloading_up: tuple[tuple[float, ...], ...]
+    dloading_down: tuple[tuple[float, ...], ...]
+    dpsub_dp: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TableRows:
+    """Any federate -> recorder: rows for one results table.
+
+    ``columns`` names the row fields; values are scalars, strings or lists of
+    numbers (stored as Parquet list columns).
+    """
+
+    KIND: ClassVar[str] = "rows"
+    sender: str
+    interval: int
+    table: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Any federate -> recorder: the sender finished its last interval."""
+
+    KIND: ClassVar[str] = "done"
+    sender: str
+    interval: int
+
+
+@dataclass(frozen=True, slots=True)
+class HilSetpoints:
+    """Aggregator -> HIL gateway: the set-point (MW, simulation scale) and bus
+    price of each of its DERs run by hardware, and the state of charge the
+    simulated device starts the interval with (storage only)."""
+
+    KIND: ClassVar[str] = "hil_setpoints"
+    sender: str
+    interval: int
+    setpoints_mw: Mapping[str, float]
+    prices: Mapping[str, float]
+    soc: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class HilReadings:
+    """HIL gateway -> aggregator: what each hardware DER did (MW, simulation
+    scale) and its state of charge, after the fallback policy: a device
+    missing from ``actual_mw`` runs as modelled; one in ``unavailable``
+    delivered nothing and offers nothing until it is back."""
+
+    KIND: ClassVar[str] = "hil_readings"
+    sender: str
+    interval: int
+    actual_mw: Mapping[str, float]
+    soc: Mapping[str, float]
+    unavailable: tuple[str, ...]
+
+
+Message = (
+    FleetBid
+    | InterfaceBid
+    | Award
+    | Dispatch
+    | Measurement
+    | Meter
+    | FleetAward
+    | GridModel
+    | TableRows
+    | Done
+    | HilSetpoints
+    | HilReadings
+)
+KINDS: dict[str, type] = {
+    cls.KIND: cls
+    for cls in (
+        FleetBid,
+        InterfaceBid,
+        Award,
+        Dispatch,
+        Measurement,
+        Meter,
+        FleetAward,
+        GridModel,
+        TableRows,
+        Done,
+        HilSetpoints,
+        HilReadings,
+    )
+}
+
+
+# -------------------------------------------------------------------- encoding
+
+
+def _curve_to_wire(curve: BidCurve) -> list[Any]:
+    return [curve.base_mw, [list(b) for b in curve.blocks]]
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, BidCurve):
+        return _curve_to_wire(value)
+    if isinstance(value, PlacedCurve):
+        return [value.at, _curve_to_wire(value.curve)]
+    if isinstance(value, tuple | list):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _to_wire(v) for k, v in sorted(value.items())}
+    return value
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a record to msgpack bytes (deterministic: maps are sorted)."""
+    payload: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": message.KIND}
+    for f in fields(message):
+        payload[f.name] = _to_wire(getattr(message, f.name))
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+# -------------------------------------------------------------------- decoding
+
+
+@dataclass
+class _Reader:
+    sender: str
+    data: Mapping[str, Any]
+    kind: str = field(default="")
+
+    def fail(self, name: str, message: str) -> MessageError:
+        return MessageError(self.sender, f"{self.kind}.{name}" if self.kind else name, message)
+
+    def get(self, name: str) -> Any:
+        if name not in self.data:
+            raise self.fail(name, "missing")
+        return self.data[name]
+
+    def number(self, name: str, value: Any | None = None) -> float:
+        value = self.get(name) if value is None else value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(name, f"must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise self.fail(name, f"must be finite, got {value!r}")
+        return float(value)
+
+    def integer(self, name: str) -> int:
+        value = self.get(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(name, f"must be an integer, got {value!r}")
+        return value
+
+    def text(self, name: str, value: Any | None = None) -> str:
+        value = self.get(name) if value is None else value
+        if not isinstance(value, str) or not value:
+            raise self.fail(name, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def curve(self, name: str, value: Any) -> BidCurve:
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], list)):
+            raise self.fail(name, "must be [base_mw, [[price, mw], ...]]")
+        base = self.number(f"{name}.base_mw", value[0])
+        blocks = []
+        for i, block in enumerate(value[1]):
+            if not (isinstance(block, list) and len(block) == 2):
+                raise self.fail(f"{name}.blocks[{i}]", "must be a [price, mw] pair")
+            blocks.append(
+                (
+                    self.number(f"{name}.blocks[{i}].price", block[0]),
+                    self.number(f"{name}.blocks[{i}].mw", block[1]),
+                )
+            )
+        try:
+            return BidCurve(base, tuple(blocks))
+        except CurveError as exc:
+            raise self.fail(f"{name}.{exc.field}", str(exc).split(": ", 1)[1]) from None
+
+    def number_map(self, name: str) -> dict[str, float]:
+        value = self.get(name)
+        if not isinstance(value, dict):
+            raise self.fail(name, "must be a map of location -> number")
+        return {
+            self.text(f"{name} key", k): self.number(f"{name}[{k}]", v) for k, v in value.items()
+        }
+
+
+def decode(raw: bytes, *, source: str, allowed_senders: Sequence[str] | None = None) -> Message:
+    """Parse and validate one message received from HELICS endpoint ``source``.
+
+    ``source`` is the endpoint HELICS says the message came from; the record's
+    ``sender`` must match it (a federate cannot speak for another) and, when
+    ``allowed_senders`` is given, be one of them.
+    """
+    try:
+        data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise MessageError(source, "payload", f"not valid msgpack ({exc})") from None
+    if not isinstance(data, dict):
+        raise MessageError(source, "payload", "must be a map")
+    r = _Reader(source, data)
+    version = r.get("v")
+    if version != SCHEMA_VERSION:
+        raise r.fail(
+            "v", f"schema version {version!r} is not supported (expected {SCHEMA_VERSION})"
+        )
+    kind = r.get("kind")
+    if kind not in KINDS:
+        raise r.fail("kind", f"unknown kind {kind!r}; expected one of {sorted(KINDS)}")
+    r.kind = kind
+    sender = r.text("sender")
+    if sender != source:
+        raise r.fail("sender", f"claims to be {sender!r} but arrived from {source!r}")
+    if allowed_senders is not None and sender not in allowed_senders:
+        raise r.fail(
+            "sender", f"unknown sender {sender!r}; expected one of {sorted(allowed_senders)}"
+        )
+    interval = r.integer("interval")
+    if interval < 0:
+        raise r.fail("interval", f"must be >= 0, got {interval}")
+    extra = set(data) - {"v", "kind"} - {f.name for f in fields(KINDS[kind])}
+    if extra:
+        raise r.fail(sorted(extra)[0], "unexpected field")
+    return _DECODERS[kind](r, sender, interval)
+
+
+def _decode_fleet_bid(r: _Reader, sender: str, interval: int) -> FleetBid:
+    items = r.get("bids")
+    if not isinstance(items, list):
+        raise r.fail("bids", "must be a list of [location, curve]")
+    bids = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if not (isinstance(item, list) and len(item) == 2):
+            raise r.fail(f"bids[{i}]", "must be [location, curve]")
+        location = r.text(f"bids[{i}].location", item[0])
+        if location in seen:
+            raise r.fail(f"bids[{i}].location", f"duplicate location {location!r}")
+        seen.add(location)
+        bids.append(PlacedCurve(location, r.curve(f"bids[{i}].curve", item[1])))
+    return FleetBid(sender, interval, tuple(bids))
+
+
+def _decode_interface_bid(r: _Reader, sender: str, interval: int) -> InterfaceBid:
+    return InterfaceBid(sender, interval, r.integer("td_bus"), r.curve("curve", r.get("curve")))
+
+
+def _decode_award(r: _Reader, sender: str, interval: int) -> Award:
+    return Award(
+        sender,
+        interval,
+        r.integer("td_bus"),
+        r.number("lmp"),
+        r.number("lmp_energy"),
+        r.number("lmp_congestion"),
+        r.number("cleared_mw"),
+    )
+
+
+def _decode_dispatch(r: _Reader, sender: str, interval: int) -> Dispatch:
+    setpoints = r.number_map("setpoints_mw")
+    prices = r.number_map("prices")
+    if set(prices) != set(setpoints):
+        raise r.fail("prices", "must name exactly the locations of setpoints_mw")
+    return Dispatch(sender, interval, setpoints, prices)
+
+
+def _decode_measurement(r: _Reader, sender: str, interval: int) -> Measurement:
+    actual, setpoints = r.number_map("actual_mw"), r.number_map("setpoint_mw")
+    if set(actual) != set(setpoints):
+        raise r.fail("setpoint_mw", "must name exactly the locations of actual_mw")
+    return Measurement(sender, interval, actual, setpoints)
+
+
+def _decode_meter(r: _Reader, sender: str, interval: int) -> Meter:
+    allocation = {}
+    for text, mw in r.number_map("allocation").items():
+        try:
+            allocation[Party.parse(text)] = mw
+        except PartyError as exc:
+            raise r.fail("allocation key", str(exc)) from None
+    return Meter(sender, interval, r.integer("td_bus"), r.number("actual_mw"), allocation)
+
+
+def _decode_fleet_award(r: _Reader, sender: str, interval: int) -> FleetAward:
+    awards, prices = r.number_map("awards_mw"), r.number_map("prices")
+    if set(prices) != set(awards):
+        raise r.fail("prices", "must name exactly the locations of awards_mw")
+    return FleetAward(sender, interval, r.text("aggregator"), awards, prices)
+
+
+def _decode_grid_model(r: _Reader, sender: str, interval: int) -> GridModel:
+    names = {k: r.get(k) for k in ("der_names", "node_names", "branch_names")}
+    for key, value in names.items():
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise r.fail(key, "must be a list of names")
+    n_der, n_node, n_branch = (len(names[k]) for k in ("der_names", "node_names", "branch_names"))
+
+    def vector(key: str, n: int) -> tuple[float, ...]:
+        value = r.get(key)
+        if not (isinstance(value, list) and len(value) == n):
+            raise r.fail(key, f"must be a list of {n} numbers")
+        return tuple(r.number(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+    def matrix(key: str, rows: int, cols: int) -> tuple[tuple[float, ...], ...]:
+        value = r.get(key)
+        if not (
+            isinstance(value, list)
+            and len(value) == rows
+            and all(isinstance(x, list) and len(x) == cols for x in value)
+        ):
+            raise r.fail(key, f"must be a {rows} x {cols} matrix")
+        for i, row in enumerate(value):
+            for j, v in enumerate(row):
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    raise r.fail(f"{key}[{i}][{j}]", f"must be a finite number, got {v!r}")
+        return tuple(tuple(float(v) for v in row) for row in value)
+
+    return GridModel(
+        sender,
+        interval,
+        tuple(names["der_names"]),
+        tuple(names["node_names"]),
+        tuple(names["branch_names"]),
+        vector("v_pu", n_node),
+        vector("loading", n_branch),
+        vector("der_mw", n_der),
+        r.number("substation_p_mw"),
+        matrix("dv_dp", n_node, n_der),
+        matrix("dloading_up", n_branch, n_der),
+        matrix("dloading_down", n_branch, n_der),
+        vector("dpsub_dp", n_der),
+    )
+
+
+def _decode_rows(r: _Reader, sender: str, interval: int) -> TableRows:
+    table = r.text("table")
+    columns = r.get("columns")
+    if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        raise r.fail("columns", "must be a list of column names")
+    rows = r.get("rows")
+    if not isinstance(rows, list):
+        raise r.fail("rows", "must be a list of rows")
+    for i, row in enumerate(rows):
+        if not (isinstance(row, list) and len(row) == len(columns)):
+            raise r.fail(f"rows[{i}]", f"must have {len(columns)} values")
+    return TableRows(sender, interval, table, tuple(columns), tuple(tuple(row) for row in rows))
+
+
+def _decode_done(r: _Reader, sender: str, interval: int) -> Done:
+    return Done(sender, interval)
+
+
+def _decode_hil_setpoints(r: _Reader, sender: str, interval: int) -> HilSetpoints:
+    setpoints, prices, soc = (
+        r.number_map("setpoints_mw"),
+        r.number_map("prices"),
+        r.number_map("soc"),
+    )
+    if set(prices) != set(setpoints):
+        raise r.fail("prices", "must name exactly the devices of setpoints_mw")
+    if not set(soc) <= set(setpoints) or not all(0.0 <= x <= 1.0 for x in soc.values()):
+        raise r.fail("soc", "must map devices of setpoints_mw to fractions 0..1")
+    return HilSetpoints(sender, interval, setpoints, prices, soc)
+
+
+def _decode_hil_readings(r: _Reader, sender: str, interval: int) -> HilReadings:
+    actual, soc = r.number_map("actual_mw"), r.number_map("soc")
+    names = r.get("unavailable")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise r.fail("unavailable", "must be a list of device ids")
+    if not all(0.0 <= x <= 1.0 for x in soc.values()):
+        raise r.fail("soc", "must be fractions 0..1")
+    return HilReadings(sender, interval, actual, soc, tuple(names))
+
+
+_DECODERS = {
+    HilSetpoints.KIND: _decode_hil_setpoints,
+    HilReadings.KIND: _decode_hil_readings,
+    FleetBid.KIND: _decode_fleet_bid,
+    InterfaceBid.KIND: _decode_interface_bid,
+    Award.KIND: _decode_award,
+    Dispatch.KIND: _decode_dispatch,
+    Measurement.KIND: _decode_measurement,
+    Meter.KIND: _decode_meter,
+    FleetAward.KIND: _decode_fleet_award,
+    GridModel.KIND: _decode_grid_model,
+    TableRows.KIND: _decode_rows,
+    Done.KIND: _decode_done,
+}

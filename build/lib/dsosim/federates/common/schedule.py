@@ -1,0 +1,77 @@
+"""The order of exchanges inside one market interval, defined once.
+
+Interval ``k`` starts at federation time ``t_k = k * step`` (``TimeSettings``:
+``step`` = the interval length itself unless the run compresses time). Each
+exchange happens at a fixed sub-step inside the interval; a message sent at
+sub-step ``p`` is read by its receiver at a later sub-step (HELICS delivers a
+message sent at time t at the receiver's next grant after t). Federates are
+uninterruptible and request exactly these instants, so the order is
+deterministic and needs no wall-clock sleeps::
+
+    t_k+0  BID        aggregators -> market operator     FleetBid
+    t_k+1  AGGREGATE  DSO: feeder-constrained LDA curve  InterfaceBid -> ISO
+    t_k+2  CLEAR      ISO: DC-OPF, LMPs                  Award -> DSO
+    t_k+3  DISPATCH   DSO: LDA clearing, DLMPs           Dispatch -> aggregators
+    t_k+4  RESPOND    aggregators with hardware: per-device set-points -> HIL gateway
+    t_k+5  ACTUATE    HIL gateway: SETPOINT to devices (answers: round trip)
+    t_k+5+s READBACK  HIL gateway: READ devices          HilReadings -> aggregators
+    t_k+6+s REPORT    aggregators: device physics        Measurement -> DSO
+    t_k+7+s MEASURE   DSO: OpenDSS power flow            Meter -> ISO (settled at t_k+1 +2)
+    t_k+8+s RECORD    recorder: writes the interval's rows
+
+(sub-steps ``substep_s`` apart, 1 s by default; ``s`` is the settle time the
+hardware gets between its set-point and the read-back, one sub-step by
+default). Every federate also sends its result rows to the recorder at the
+sub-step where it produces them; the recorder reads them all at RECORD.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """The clocks a schedule needs (``config.TimeSettings`` has them): the
+    federation seconds per interval, between sub-steps and from set-point to
+    read-back."""
+
+    @property
+    def step(self) -> float: ...
+
+    @property
+    def substep_s(self) -> float: ...
+
+    @property
+    def settle(self) -> float: ...
+
+
+class Phase(IntEnum):
+    """Sub-steps inside a market interval, in order."""
+
+    BID = 0
+    AGGREGATE = 1
+    CLEAR = 2
+    DISPATCH = 3
+    RESPOND = 4
+    ACTUATE = 5
+    READBACK = 6
+    REPORT = 7
+    MEASURE = 8
+    RECORD = 9
+
+
+def offset(phase: Phase, time: Clock) -> float:
+    """Federation seconds from an interval's start to ``phase``."""
+    base = int(phase) * time.substep_s
+    return base + (time.settle - time.substep_s if phase >= Phase.READBACK else 0.0)
+
+
+def last_offset(time: Clock) -> float:
+    """Offset of the last sub-step (it must fall inside the step)."""
+    return offset(Phase.RECORD, time)
+
+
+def at(interval: int, phase: Phase, time: Clock) -> float:
+    """Federation time (s) of ``phase`` in market interval ``interval``."""
+    return interval * time.step + offset(phase, time)

@@ -1,0 +1,277 @@
+"""The HELICS plumbing every federate shares, and nothing else.
+
+A :class:`FederateShell` creates one message federate with one global endpoint
+named after the federate, moves typed messages (see ``messages``) in and out,
+advances time to explicit instants, and turns any exception into a HELICS
+*global error*, so that every other federate stops within milliseconds and
+the whole federation exits non-zero instead of hanging.
+
+Federates are ``uninterruptible``: they are granted exactly the instants they
+request, which keeps the exchange order inside a market interval fixed (see
+``schedule``). Messages received at a grant are returned sorted by
+(source, arrival order), so processing order never depends on the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import helics as h
+
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common.config import FederationConfig, HelicsSettings, load_federation
+
+M = TypeVar("M", bound=msg.Message)
+
+
+TRAFFIC_COLUMNS = ("interval", "federate", "to", "kind", "messages", "bytes")
+REALTIME_COLUMNS = ("interval", "federate", "t_s", "wall_s", "lag_ms")
+"""Real-time tracking: every grant's federation time, the wall time since the
+federate entered executing mode (HELICS's real-time zero) and their
+difference (positive: the grant came late)."""
+
+
+@dataclass
+class Traffic:
+    """Messages and bytes this federate sent to market participants, per
+    destination and kind (records sent to the recorder are bookkeeping of the
+    simulator, not counted)."""
+
+    counts: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    def add(self, destination: str, kind: str, size: int) -> None:
+        entry = self.counts.setdefault((destination, kind), [0, 0])
+        entry[0] += 1
+        entry[1] += size
+
+
+class FederateShell:
+    """One HELICS message federate with a single global endpoint."""
+
+    def __init__(self, name: str, settings: HelicsSettings, *, recorder: str | None) -> None:
+        self.name = name
+        self.recorder = recorder
+        self.traffic = Traffic()
+        self._seq = 0
+        info = h.helicsCreateFederateInfo()
+        h.helicsFederateInfoSetCoreTypeFromString(info, settings.core_type)
+        init = f"--federates=1 --broker_address={settings.broker_address}"
+        if settings.broker_key:
+            init += f" --brokerkey={settings.broker_key}"
+        if name in settings.interfaces:  # on another host: say where the broker reaches us
+            init += f" --local_interface=tcp://{settings.interfaces[name]}"
+        init += f" --timeout={settings.connect_timeout_s}s"
+        h.helicsFederateInfoSetCoreInitString(info, init)
+        h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_UNINTERRUPTIBLE, True)
+        h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_TERMINATE_ON_ERROR, True)
+        h.helicsFederateInfoSetTimeProperty(info, h.HELICS_PROPERTY_TIME_DELTA, 1e-6)
+        self.real_time = settings.real_time
+        if settings.real_time:
+            h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_REALTIME, True)
+            h.helicsFederateInfoSetTimeProperty(
+                info, h.HELICS_PROPERTY_TIME_RT_LEAD, settings.rt_lead_s
+            )
+            h.helicsFederateInfoSetTimeProperty(
+                info, h.HELICS_PROPERTY_TIME_RT_LAG, settings.rt_lag_s
+            )
+        self._wall0 = 0.0
+        self._started = False
+        self._grants: list[tuple[float, float]] = []
+        self._fed = h.helicsCreateMessageFederate(name, info)
+        self._endpoint = h.helicsFederateRegisterGlobalEndpoint(self._fed, name, "")
+        self.time = 0.0
+
+    # ----------------------------------------------------------------- time
+    def start(self) -> None:
+        """Enter executing mode (collective: returns when every federate has).
+        Called by the first :meth:`advance`, so a federate's set-up (feeder
+        compile, fleet build) happens before the federation's clock starts: in
+        real time, HELICS's wall-clock zero is this moment."""
+        if self._started:
+            return
+        h.helicsFederateEnterExecutingMode(self._fed)
+        self._started = True
+        self._wall0 = time.perf_counter()
+        # the moment the federation's clock starts (``dsosim bench scale`` reads it)
+        print(f"[{self.name}] executing at {time.time():.3f}", flush=True)
+
+    def advance(self, t: float) -> float:
+        """Block until the federation grants time ``t`` (exactly, we are
+        uninterruptible). In real time, notes the wall time of the grant."""
+        self.start()
+        self.time = h.helicsFederateRequestTime(self._fed, t)
+        if self.real_time:
+            self._grants.append((self.time, time.perf_counter() - self._wall0))
+        return self.time
+
+    def take_grants(self, interval: int) -> list[tuple[Any, ...]]:
+        """Rows of the ``realtime`` table for the grants since the last call."""
+        rows = [(interval, self.name, t, wall, (wall - t) * 1e3) for t, wall in self._grants]
+        self._grants.clear()
+        return rows
+
+    # ------------------------------------------------------------- messages
+    def send(self, destination: str, message: msg.Message) -> None:
+        raw = msg.encode(message)
+        h.helicsEndpointSendBytesTo(self._endpoint, raw, destination)
+        if destination != self.recorder:
+            self.traffic.add(destination, message.KIND, len(raw))
+
+    def record(
+        self, interval: int, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Send rows of a results table to the recorder (if there is one)."""
+        if self.recorder is None or not rows:
+            return
+        self.send(
+            self.recorder,
+            msg.TableRows(
+                self.name,
+                interval,
+                table,
+                tuple(columns),
+                tuple(tuple(_plain(v) for v in r) for r in rows),
+            ),
+        )
+
+    def end_interval(self, interval: int) -> None:
+        """Send this interval's bookkeeping to the recorder and reset it: the
+        traffic counts and, in real time, the wall-clock lag of each grant."""
+        rows = [
+            (interval, self.name, dest, kind, n, size)
+            for (dest, kind), (n, size) in sorted(self.traffic.counts.items())
+        ]
+        self.traffic.counts.clear()
+        self.record(interval, "traffic", TRAFFIC_COLUMNS, rows)
+        self.record(interval, "realtime", REALTIME_COLUMNS, self.take_grants(interval))
+
+    def record_tables(
+        self, interval: int, tables: Mapping[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]
+    ) -> None:
+        """Send several results tables (name -> (columns, rows)) to the recorder."""
+        for table, (columns, rows) in tables.items():
+            self.record(interval, table, columns, rows)
+
+    def receive(self, allowed_senders: Sequence[str] | None = None) -> list[msg.Message]:
+        """All messages delivered so far, validated, in a deterministic order."""
+        raw: list[tuple[str, int, bytes]] = []
+        while h.helicsEndpointHasMessage(self._endpoint):
+            m = h.helicsEndpointGetMessage(self._endpoint)
+            raw.append((h.helicsMessageGetOriginalSource(m), len(raw), h.helicsMessageGetBytes(m)))
+        raw.sort(key=lambda item: (item[0], item[1]))
+        return [
+            msg.decode(data, source=src, allowed_senders=allowed_senders) for src, _, data in raw
+        ]
+
+    # -------------------------------------------------------------- closing
+    def close(self) -> None:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(f"[{self.name}] finished at {time.time():.3f} peak {peak_mb:.1f} MB", flush=True)
+        h.helicsFederateDisconnect(self._fed)
+        h.helicsFederateFree(self._fed)
+        h.helicsCloseLibrary()
+
+    def fail(self, text: str) -> None:
+        """Raise a global error: every federate in the federation stops."""
+        try:
+            h.helicsFederateGlobalError(self._fed, 1, f"{self.name}: {text}")
+        except h.HelicsException:
+            pass  # already in an error state: the federation knows
+        try:
+            h.helicsFederateFree(self._fed)
+            h.helicsCloseLibrary()
+        except h.HelicsException:
+            pass
+
+
+def expect(
+    messages: Sequence[msg.Message], kind: type[M], interval: int, senders: Sequence[str]
+) -> dict[str, M]:
+    """Exactly one message of ``kind`` for ``interval`` from each sender."""
+    got: dict[str, M] = {}
+    for m in messages:
+        if not isinstance(m, kind) or m.interval != interval:
+            raise msg.MessageError(
+                m.sender,
+                f"{m.KIND}.interval",
+                f"unexpected {m.KIND} for interval {m.interval}; "
+                f"expected {kind.KIND} for interval {interval}",
+            )
+        if m.sender in got:
+            raise msg.MessageError(m.sender, m.KIND, f"sent twice for interval {interval}")
+        got[m.sender] = m
+    missing = sorted(set(senders) - set(got))
+    if missing:
+        raise RuntimeError(f"interval {interval}: no {kind.KIND} from {missing}")
+    return got
+
+
+def federate_main(
+    kind: str,
+    body: Callable[[FederateShell, FederationConfig, str, Path], None],
+    argv: list[str] | None = None,
+) -> int:
+    """The command line every federate process has: ``--config FILE --name NAME``;
+    runs ``body(shell, config, name, config_folder)`` inside :func:`run_federate`."""
+    parser = argparse.ArgumentParser(prog=f"python -m dsosim.federates.{kind}")
+    parser.add_argument("--config", required=True, help="federation.json written by dsosim build")
+    parser.add_argument("--name", required=True, help="this federate's name in the federation")
+    args = parser.parse_args(argv)
+    config, base = load_federation(args.config)
+    return run_federate(
+        args.name,
+        lambda: FederateShell(args.name, config.helics, recorder=config.recorder.name),
+        lambda shell: body(shell, config, args.name, base),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays to plain Python values msgpack can encode."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def run_federate(
+    name: str,
+    shell_factory: Callable[[], FederateShell],
+    body: Callable[[FederateShell], None],
+    on_error: Callable[[str], None] | None = None,
+) -> int:
+    """Create the shell, run ``body`` and translate failures into a clean,
+    federation-wide stop. Returns the process exit code."""
+    try:
+        shell = shell_factory()
+    except Exception as exc:
+        print(f"[{name}] could not join the federation: {exc}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        body(shell)  # the first advance enters executing mode, after the body's set-up
+    except h.HelicsException as exc:
+        # Another federate raised a global error (or the broker went away).
+        text = f"stopped by the federation: {exc}"
+        print(f"[{name}] {text}", file=sys.stderr, flush=True)
+        if on_error is not None:
+            on_error(text)
+        shell.fail(text)
+        return 3
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        print(f"[{name}] FAILED: {text}", file=sys.stderr, flush=True)
+        traceback.print_exc()
+        if on_error is not None:
+            on_error(text)
+        shell.fail(text)
+        return 1
+    shell.close()
+    return 0

@@ -1,0 +1,156 @@
+"""Utility federate of one LDA: the grid operator, plus whatever market roles
+the organisational model places at the utility (see ``common.routes``).
+
+Per interval k (see ``common.schedule``):
+
+* BID: forecast power flow and linearisation; the grid model goes to an
+  independent market operator if the model has one;
+* AGGREGATE: as DMO (models 3, 5) the LDA's bid from the DER bids; without a
+  market inside the LDA (baseline, models 1-2) the utility's own fixed bid;
+* DISPATCH: the ISO's interface award; as DMO the dispatch of the award; as
+  DERM under an ISO-run DER market (model 2) the awards turned into
+  set-points, overridden where the feeder would be violated;
+* MEASURE: the DERs' actual output, the power flow, the meter reading.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common import routes
+from dsosim.federates.common.config import FederationConfig
+from dsosim.federates.common.schedule import Phase, at
+from dsosim.federates.common.shell import FederateShell, expect, federate_main
+from dsosim.federates.dso.grid import Forecast, GridOperator
+from dsosim.federates.markets.derm_override import override_awards
+from dsosim.federates.markets.dmo_factory import make_dmo
+from dsosim.federates.markets.grid_model import to_message
+from dsosim.federates.markets.host import send_dispatch, send_interface_bid
+from dsosim.federates.markets.lda_market import Limits
+
+
+def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Path) -> None:
+    cfg = config.dso(name)
+    fleets = {a: config.aggregator(a).buses for a in cfg.aggregators}
+    grid = GridOperator(cfg, fleets, config.time, seed=config.seed, base_dir=base_dir)
+    in_market = [a for a in cfg.aggregators if routes.bids_in_market(config, config.aggregator(a))]
+    dmo = (
+        make_dmo(config, cfg, grid.locations) if routes.local_dmo_of(config, cfg) == name else None
+    )
+    is_derm = routes.derm_of(config, cfg) == name and dmo is None  # model 2
+    model_to = routes.grid_model_target(config, cfg)
+    limits = Limits.planning(cfg.limits)  # the DERM plans with the margin
+    element_index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(grid.locations)}
+    for k in range(config.time.n_intervals):
+        shell.advance(at(k, Phase.BID, config.time))
+        forecast = grid.forecast(k)
+        if model_to is not None:
+            shell.send(model_to, to_message(name, k, forecast.state, forecast.sens))
+
+        shell.advance(at(k, Phase.AGGREGATE, config.time))
+        if dmo is not None:
+            bids = expect(shell.receive(allowed_senders=in_market), msg.FleetBid, k, in_market)
+            send_interface_bid(
+                shell, dmo, k, bids, forecast.state, forecast.sens, iso=cfg.iso, td_bus=cfg.td_bus
+            )
+        elif routes.local_dmo_of(config, cfg) is None:
+            shell.send(cfg.iso, msg.InterfaceBid(name, k, cfg.td_bus, grid.utility_bid(in_market)))
+
+        shell.advance(at(k, Phase.DISPATCH, config.time))
+        received = shell.receive(allowed_senders=[cfg.iso])
+        expected_kinds = (msg.Award, msg.FleetAward) if is_derm else (msg.Award,)
+        for m in received:
+            if not isinstance(m, expected_kinds):
+                raise msg.MessageError(
+                    m.sender, "kind", f"{m.KIND} is not what {name} expects at DISPATCH"
+                )
+        awards = [m for m in received if isinstance(m, msg.Award)]
+        award = expect(awards, msg.Award, k, [cfg.iso])[cfg.iso]
+        if dmo is not None:
+            send_dispatch(shell, dmo, k, award)
+        if is_derm:
+            by_agg = _fleet_awards(received, k, in_market)
+            _override_and_dispatch(shell, k, by_agg, grid, forecast, limits, element_index)
+
+        shell.advance(at(k, Phase.MEASURE, config.time))
+        got = expect(
+            shell.receive(allowed_senders=list(cfg.aggregators)),
+            msg.Measurement,
+            k,
+            cfg.aggregators,
+        )
+        td_flow, allocation, tables = grid.measure(
+            k,
+            {a: m.actual_mw for a, m in got.items()},
+            {a: m.setpoint_mw for a, m in got.items()},
+            in_market,
+            award.lmp,
+            award.cleared_mw,
+            tariff=config.model.tariff,
+        )
+        shell.send(cfg.iso, msg.Meter(name, k, cfg.td_bus, td_flow, allocation))
+        shell.record_tables(k, tables)
+        shell.end_interval(k)
+
+
+def _fleet_awards(
+    received: list[msg.Message], k: int, in_market: list[str]
+) -> dict[str, msg.FleetAward]:
+    """Model 2: exactly one ISO award per market aggregator for interval ``k``."""
+    by_agg: dict[str, msg.FleetAward] = {}
+    for m in received:
+        if isinstance(m, msg.FleetAward):
+            if m.interval != k or m.aggregator in by_agg or m.aggregator not in in_market:
+                raise msg.MessageError(
+                    m.sender,
+                    "fleet_award.aggregator",
+                    f"unexpected award for {m.aggregator!r} at interval {m.interval}",
+                )
+            by_agg[m.aggregator] = m
+    missing = sorted(set(in_market) - set(by_agg))
+    if missing:
+        raise RuntimeError(f"interval {k}: no ISO award for {missing}")
+    return by_agg
+
+
+def _override_and_dispatch(
+    shell: FederateShell,
+    k: int,
+    by_agg: dict[str, msg.FleetAward],
+    grid: GridOperator,
+    forecast: Forecast,
+    limits: Limits,
+    element_index: dict[tuple[str, str], int],
+) -> None:
+    """Model 2: the ISO's awards, as feasible set-points, to the aggregators."""
+    setpoints = override_awards(
+        {a: m.awards_mw for a, m in by_agg.items()},
+        scale=grid.td,
+        der_index=element_index,
+        state=forecast.state,
+        sens=forecast.sens,
+        limits=limits,
+    )
+    rows = []
+    for agg in sorted(by_agg):
+        shell.send(agg, msg.Dispatch(shell.name, k, setpoints[agg], dict(by_agg[agg].prices)))
+        rows += [
+            (k, grid.name, agg, b, grid.td.to_feeder(by_agg[agg].awards_mw[b]), mw)
+            for b, mw in setpoints[agg].items()
+        ]
+    shell.record(
+        k,
+        "overrides",
+        ("interval", "dso", "aggregator", "location", "award_mw", "setpoint_mw"),
+        rows,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return federate_main("dso", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The utility's role as grid operator (DGO) and load-serving entity of one LDA,
+in plain Python (no HELICS). It is the same in every organisational model:
+
+* **forecast**: at the start of each interval it sets the feeder to the
+  interval's *forecast* load with the DERs at their last measured output,
+  solves OpenDSS and linearises the feeder there (the grid model a market
+  operator inside the LDA needs);
+* **bid**: where no market runs inside the LDA (baseline, models 1-2) it bids
+  the LDA's forecast net demand that no DER bid covers (inflexible load,
+  losses, passive DERs) to the ISO as a fixed quantity;
+* **measure**: with the *actual* load (forecast times a seeded error) and the
+  DERs' actual response it solves OpenDSS and reports voltages, loadings,
+  losses, violations and the metered T-D flow, with each market participant's
+  deviation from its set-point (its share of the imbalance);
+* **retail**: customers pay it the T-D LMP for what they actually consumed;
+  DERs outside any market (passive) pay, or are paid, the flat tariff for
+  their net demand (net metering).
+
+``scale``: the modelled feeder stands for ``scale`` similar feeders under the
+same T-D substation. Everything at the T-D interface (bids, awards, metered
+flow, money) is multiplied by it; feeder physics stay per feeder.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dsosim.federates.common import ledger
+from dsosim.federates.common.config import DsoConfig, TimeSettings
+from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.parties import Party
+from dsosim.federates.common.profiles import commercial_load, residential_load
+from dsosim.federates.common.scale import TdScale
+from dsosim.federates.common.tables import Tables
+from dsosim.federates.dso.feeder import Feeder, FeederState, Sensitivities
+from dsosim.federates.markets.location import Location
+
+FEEDER_COLUMNS = (
+    "interval",
+    "hours",
+    "dso",
+    "scale",
+    "converged",
+    "power_flow_converged",
+    "control_iterations_exceeded",
+    "forecast_reused",
+    "message",
+    "head_mw",
+    "td_flow_mw",
+    "scheduled_mw",
+    "imbalance_mw",
+    "losses_mw",
+    "inflexible_mw",
+    "der_mw",
+    "vmin_pu",
+    "vmax_pu",
+    "max_loading",
+    "voltage_violations",
+    "thermal_violations",
+)
+VOLTAGE_COLUMNS = ("interval", "dso", "node", "v_pu")
+BRANCH_COLUMNS = ("interval", "dso", "branch", "loading")
+DER_LOCATION_COLUMNS = (
+    "interval",
+    "dso",
+    "aggregator",
+    "location",
+    "setpoint_mw",
+    "actual_mw",
+    "deviation_mw",
+)
+
+
+class GridError(ValueError):
+    """An aggregator's bid or measurement does not fit the LDA."""
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """The feeder at the forecast operating point of an interval."""
+
+    state: FeederState
+    sens: Sensitivities
+
+
+class GridOperator:
+    """Feeder, forecast, metering and retail of one LDA."""
+
+    def __init__(
+        self,
+        config: DsoConfig,
+        fleets: Mapping[str, Sequence[str]],
+        time: TimeSettings,
+        *,
+        seed: int,
+        base_dir: Path,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.hours = time.interval_s / 3600.0
+        self.td = TdScale(config.scale)
+        self.feeder = Feeder(
+            base_dir / config.feeder,
+            name=config.name,
+            vmin=config.limits.vmin_pu,
+            vmax=config.limits.vmax_pu,
+            voltage_basis=config.voltage_basis,
+        )
+        self.locations = [Location(a, b) for a in sorted(fleets) for b in sorted(fleets[a])]
+        known = set(self.feeder.buses)
+        for loc in self.locations:
+            if loc.bus not in known:
+                raise GridError(
+                    f"aggregator {loc.aggregator!r} has DERs at bus {loc.bus!r}, "
+                    f"which is not a bus of feeder {config.feeder}"
+                )
+            self.feeder.attach_der(loc.element, loc.bus)
+        self.index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(self.locations)}
+        n = time.n_intervals
+        shapes = {"residential": residential_load, "commercial": commercial_load}
+        shape = (
+            shapes[config.load_profile](n, time.interval_s)
+            if config.load_profile in shapes
+            else np.ones(n)
+        )
+        self.profile = shape * config.load_scale
+        rng = np.random.default_rng([seed, zlib.crc32(config.name.encode())])
+        self.load_error = (
+            rng.normal(0.0, config.load_forecast_error, n)
+            if config.load_forecast_error
+            else np.zeros(n)
+        )
+        self.der_mw = np.zeros(len(self.locations))  # last measured DER output (operating point)
+        self.forecast_point: Forecast | None = None
+        self._forecast_reused = False
+
+    # ----------------------------------------------------------- forecast
+    def forecast(self, interval: int) -> Forecast:
+        """Solve and linearise the feeder at the interval's forecast point.
+
+        If that power flow diverges, its numbers mean nothing: the previous
+        interval's forecast is used again (and the interval's ``feeder`` row
+        says so). After OpenDSS #485 (controls hunting) the power flow at the
+        controls' last positions is valid and is used."""
+        self.feeder.set_load_multipliers(self.profile[interval])
+        self.feeder.set_der_mw(self.der_mw)
+        state = self.feeder.solve()
+        self._forecast_reused = not state.power_flow_converged and self.forecast_point is not None
+        if not self._forecast_reused:
+            self.forecast_point = Forecast(state, self.feeder.sensitivities())
+        assert self.forecast_point is not None
+        return self.forecast_point
+
+    def utility_bid(self, market_aggregators: Sequence[str]) -> BidCurve:
+        """Fixed T-D bid (scaled) for what no DER bid covers: the forecast head
+        power minus the market DERs at their operating point."""
+        assert self.forecast_point is not None, "forecast() first"
+        state = self.forecast_point.state
+        market = sum(
+            self.der_mw[i]
+            for i, loc in enumerate(self.locations)
+            if loc.aggregator in market_aggregators
+        )
+        return BidCurve(self.td.to_td(state.substation_p_mw - market))
+
+    # ------------------------------------------------------------- retail
+    def _retail(
+        self,
+        interval: int,
+        load_mw: float,
+        der: np.ndarray,
+        market_aggregators: Sequence[str],
+        lmp: float,
+        tariff: float,
+    ) -> list[ledger.Payment]:
+        market, me, td, h = f"retail:{self.name}", Party.utility(self.name), self.td, self.hours
+        pay = [
+            ledger.Payment(
+                interval,
+                market,
+                Party.customers(self.name),
+                me,
+                "energy",
+                td.to_td(load_mw),
+                lmp,
+                h,
+            )
+        ]
+        for i, loc in enumerate(self.locations):
+            if loc.aggregator not in market_aggregators:
+                pay.append(
+                    ledger.Payment(
+                        interval,
+                        market,
+                        Party.agg(loc.aggregator),
+                        me,
+                        f"tariff@{loc.bus}",
+                        td.to_td(float(der[i])),
+                        tariff,
+                        h,
+                    )
+                )
+        return pay
+
+    # ------------------------------------------------------------ measure
+    def measure(
+        self,
+        interval: int,
+        actual: Mapping[str, Mapping[str, float]],
+        setpoints: Mapping[str, Mapping[str, float]],
+        market_aggregators: Sequence[str],
+        lmp: float,
+        scheduled_mw: float,
+        *,
+        tariff: float,
+    ) -> tuple[float, dict[Party, float], Tables]:
+        """Power flow with the actual response. Returns the metered T-D flow
+        (scaled MW) against the ISO's total schedule at the interface, the
+        deviation allocation (party -> scaled MW) of the
+        market participants off their set-points, and the result tables."""
+        der = np.zeros(len(self.locations))
+        target = np.zeros(len(self.locations))
+        for agg, values in actual.items():
+            for bus, mw in values.items():
+                if (agg, bus) not in self.index:
+                    raise GridError(
+                        f"aggregator {agg!r} reported output at unknown location {bus!r}"
+                    )
+                der[self.index[(agg, bus)]] = mw
+                target[self.index[(agg, bus)]] = setpoints[agg][bus]
+        missing = sorted({loc.aggregator for loc in self.locations} - set(actual))
+        if missing:
+            raise GridError(f"{self.name}: no measurement from {missing}")
+        multiplier = self.profile[interval] * (1.0 + self.load_error[interval])
+        self.feeder.set_load_multipliers(multiplier)
+        self.feeder.set_der_mw(der)
+        state = self.feeder.solve()
+        self.der_mw = der
+        td_flow = self.td.to_td(state.substation_p_mw)
+        allocation: dict[Party, float] = {}
+        for i, loc in enumerate(self.locations):
+            if loc.aggregator in market_aggregators:
+                party = Party.agg(loc.aggregator)
+                allocation[party] = allocation.get(party, 0.0) + self.td.to_td(der[i] - target[i])
+        k, h, s = interval, self.hours, self.td.factor
+        monitored = state.v_pu[state.monitored]
+        tables: Tables = {
+            "feeder": (
+                FEEDER_COLUMNS,
+                [
+                    (
+                        k,
+                        h,
+                        self.name,
+                        s,
+                        bool(state.converged),
+                        bool(state.power_flow_converged),
+                        bool(state.control_iterations_exceeded),
+                        self._forecast_reused,
+                        state.message,
+                        state.substation_p_mw,
+                        td_flow,
+                        scheduled_mw,
+                        td_flow - scheduled_mw,
+                        state.losses_mw,
+                        state.load_mw,
+                        float(der.sum()),
+                        float(monitored.min()),
+                        float(monitored.max()),
+                        float(np.max(state.loading)) if len(state.loading) else 0.0,
+                        int(state.n_voltage_violations),
+                        int(state.n_thermal_violations),
+                    )
+                ],
+            ),
+            "voltages": (
+                VOLTAGE_COLUMNS,
+                [
+                    (k, self.name, n, float(v))
+                    for n, v in zip(state.node_names, state.v_pu, strict=True)
+                ],
+            ),
+            "branches": (
+                BRANCH_COLUMNS,
+                [
+                    (k, self.name, n, float(x))
+                    for n, x in zip(state.branch_names, state.loading, strict=True)
+                ],
+            ),
+            "der_locations": (
+                DER_LOCATION_COLUMNS,
+                [
+                    (
+                        k,
+                        self.name,
+                        loc.aggregator,
+                        loc.bus,
+                        float(target[i]),
+                        float(der[i]),
+                        float(der[i] - target[i]),
+                    )
+                    for i, loc in enumerate(self.locations)
+                ],
+            ),
+            "settlements": (
+                ledger.COLUMNS,
+                [
+                    p.row()
+                    for p in self._retail(k, state.load_mw, der, market_aggregators, lmp, tariff)
+                ],
+            ),
+        }
+        return td_flow, allocation, tables

@@ -1,0 +1,183 @@
+"""HIL gateway federate: lab hardware (or the emulator) stands in for DERs of
+aggregators' fleets (docs/hil.md).
+
+Before its first grant (so the whole federation waits) it binds its ZeroMQ
+socket and waits up to ``wait_s`` for every configured device to say HELLO. Then per interval k
+(see ``common.schedule``):
+
+* ACTUATE: reads each hardware aggregator's ``HilSetpoints``, sends every
+  device its SETPOINT (scaled to the hardware) and waits for the answers
+  (the round trip);
+* READBACK (one settle period later): READs every device; the answers, or the
+  fallback (``loop``), go back to the aggregators as ``HilReadings``;
+* records the ``hil`` table (per device: status, fallback, set-point, measured
+  power and SOC, round trips) and ``hil_gateway`` (per interval: sessions and
+  refused frames).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common.config import FederationConfig, HilConfig
+from dsosim.federates.common.schedule import Phase, at
+from dsosim.federates.common.shell import FederateShell, expect, federate_main
+from dsosim.federates.hil.gateway import COUNTERS, DeviceInfo, Gateway, GatewaySettings
+from dsosim.federates.hil.loop import HIL_COLUMNS, DeviceStep, HardwareLoop
+
+GATEWAY_COLUMNS = ("interval", "connected", *COUNTERS)
+
+
+def make_gateway(config: FederationConfig, base: Path) -> Gateway:
+    """The gateway role for this federation (not started)."""
+    hil = config.hil
+    assert hil is not None
+
+    def path(p: str | None) -> Path | None:
+        return None if p is None else (base / p).resolve()
+
+    settings = GatewaySettings(
+        bind=hil.bind,
+        timeout_ms=hil.timeout_ms,
+        heartbeat_s=hil.heartbeat_s,
+        time_scale=config.time.time_scale,
+        step_s=config.time.step,
+        curve_secret_key=path(hil.curve_secret_key),
+        curve_authorized_dir=path(hil.curve_authorized_dir),
+        allow_unauthenticated=hil.allow_unauthenticated,
+    )
+    devices = [
+        DeviceInfo(
+            d.id,
+            d.kind,
+            d.rated_kw,
+            None if d.sim_capacity_kwh is None else d.sim_capacity_kwh * d.scale,
+        )
+        for d in hil.devices
+    ]
+    return Gateway(settings, devices)
+
+
+def wait_for_devices(gateway: Gateway, hil: HilConfig, name: str) -> None:
+    ids = sorted(d.id for d in hil.devices)
+    if hil.wait_s <= 0:
+        return
+    print(
+        f"[{name}] waiting up to {hil.wait_s:g} s for devices {', '.join(ids)} "
+        f"at {gateway.endpoint} "
+        f"(e.g. dsosim hil-device --connect {gateway.endpoint} "
+        f"{' '.join('--device ' + i for i in ids)})",
+        flush=True,
+    )
+    deadline = time.monotonic() + hil.wait_s
+    while time.monotonic() < deadline:
+        if set(ids) <= set(gateway.connected()):
+            print(f"[{name}] all devices connected", flush=True)
+            return
+        time.sleep(0.05)
+    missing = sorted(set(ids) - set(gateway.connected()))
+    print(
+        f"[{name}] starting without {missing}: they get the fallback until they connect", flush=True
+    )
+
+
+def run(shell: FederateShell, config: FederationConfig, gateway: Gateway) -> None:
+    hil = config.hil
+    assert hil is not None
+    loop = HardwareLoop(hil.devices, hil.fallback)
+    owners = sorted({d.aggregator for d in hil.devices})
+    last_status: dict[str, str] = {}
+    for k in range(config.time.n_intervals):
+        shell.advance(at(k, Phase.ACTUATE, config.time))
+        got = expect(shell.receive(allowed_senders=owners), msg.HilSetpoints, k, owners)
+        wanted: dict[str, tuple[float, float]] = {}
+        for owner, m in got.items():
+            assert isinstance(m, msg.HilSetpoints)
+            mine = {d.id for d in hil.devices if d.aggregator == owner}
+            if set(m.setpoints_mw) != mine:
+                raise msg.MessageError(
+                    owner,
+                    "hil_setpoints.setpoints_mw",
+                    f"names {sorted(m.setpoints_mw)}; its hardware is {sorted(mine)}",
+                )
+            for device, mw in m.setpoints_mw.items():
+                wanted[device] = (loop.device_kw(device, mw), m.prices[device])
+                gateway.set_soc(device, m.soc.get(device))
+        seq = k + 1
+        t_s = k * config.time.interval_s
+        sent = gateway.setpoints(
+            [
+                (d, seq, k, t_s, config.time.interval_s, kw, price)
+                for d, (kw, price) in sorted(wanted.items())
+            ]
+        )
+
+        shell.advance(at(k, Phase.READBACK, config.time))
+        read = gateway.read([(d, seq) for d in sorted(wanted)])
+        steps = {d: loop.resolve(d, wanted[d][0], sent[d], read[d]) for d in sorted(wanted)}
+        for owner in owners:
+            _send_readings(
+                shell,
+                owner,
+                k,
+                [s for d, s in steps.items() if loop.devices[d].aggregator == owner],
+            )
+        _report_changes(shell.name, k, steps, last_status)
+        counters = gateway.take_counters()
+        shell.record(k, "hil", HIL_COLUMNS, loop.rows(k, steps))
+        shell.record(
+            k,
+            "hil_gateway",
+            GATEWAY_COLUMNS,
+            [(k, len(gateway.connected()), *(counters.get(c, 0) for c in COUNTERS))],
+        )
+        shell.end_interval(k)
+
+
+def _send_readings(shell: FederateShell, owner: str, k: int, steps: list[DeviceStep]) -> None:
+    shell.send(
+        owner,
+        msg.HilReadings(
+            shell.name,
+            k,
+            {s.device: s.used_mw for s in steps if s.used_mw is not None},
+            {s.device: s.soc for s in steps if s.soc is not None},
+            tuple(s.device for s in steps if s.unavailable),
+        ),
+    )
+
+
+def _report_changes(name: str, k: int, steps: dict[str, DeviceStep], last: dict[str, str]) -> None:
+    """One log line whenever a device's state changes (not every interval)."""
+    for device, s in steps.items():
+        state = s.status if s.fallback == "none" else f"{s.status}, fallback {s.fallback}"
+        if last.get(device) != state:
+            print(f"[{name}] interval {k}: {device} {state}", flush=True)
+            last[device] = state
+
+
+def body(shell: FederateShell, config: FederationConfig, name: str, base: Path) -> None:
+    """Bind, wait for the devices (before the first grant: the whole federation
+    waits), run, and always close the sockets."""
+    if config.hil is None or config.hil.name != name:
+        raise ValueError(f"the federation has no HIL gateway named {name!r}")
+    gateway = make_gateway(config, base)
+    try:
+        for d in config.hil.devices:
+            gateway.set_soc(d.id, d.soc_init)
+        gateway.start()
+        wait_for_devices(gateway, config.hil, name)
+        run(shell, config, gateway)
+    finally:
+        gateway.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return federate_main("hil", body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Independent market operator federate of one LDA (models 4 and 6).
+
+Hosts the DMO (and DERM) role an independent entity holds. It owns no feeder
+model: each interval the utility sends it the feeder limits as a grid model
+(``GridModel``), and it runs the same market roles the utility would.
+
+Per interval k: AGGREGATE reads the grid model and the DER bids and sends
+the LDA's bid to the ISO; DISPATCH reads the award and sends set-points.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common import routes
+from dsosim.federates.common.config import FederationConfig, independent_name
+from dsosim.federates.common.schedule import Phase, at
+from dsosim.federates.common.shell import FederateShell, expect, federate_main
+from dsosim.federates.markets.dmo_factory import make_dmo
+from dsosim.federates.markets.grid_model import from_message
+from dsosim.federates.markets.host import send_dispatch, send_interface_bid
+from dsosim.federates.markets.location import Location
+
+
+def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
+    cfg = next(d for d in config.dsos if independent_name(d.name) == name)
+    locations = [
+        Location(a, b) for a in sorted(cfg.aggregators) for b in sorted(config.aggregator(a).buses)
+    ]
+    dmo = make_dmo(config, cfg, locations)
+    in_market = [a for a in cfg.aggregators if routes.bids_in_market(config, config.aggregator(a))]
+    for k in range(config.time.n_intervals):
+        shell.advance(at(k, Phase.AGGREGATE, config.time))
+        received = shell.receive(allowed_senders=[cfg.name, *in_market])
+        grid = expect(
+            [m for m in received if isinstance(m, msg.GridModel)], msg.GridModel, k, [cfg.name]
+        )[cfg.name]
+        bids = expect(
+            [m for m in received if not isinstance(m, msg.GridModel)], msg.FleetBid, k, in_market
+        )
+        state, sens = from_message(grid, vmin=cfg.limits.vmin_pu, vmax=cfg.limits.vmax_pu)
+        send_interface_bid(shell, dmo, k, bids, state, sens, iso=cfg.iso, td_bus=cfg.td_bus)
+
+        shell.advance(at(k, Phase.DISPATCH, config.time))
+        award = expect(shell.receive(allowed_senders=[cfg.iso]), msg.Award, k, [cfg.iso])[cfg.iso]
+        send_dispatch(shell, dmo, k, award)
+        shell.end_interval(k)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return federate_main("imo", lambda shell, config, name, base: run(shell, config, name), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

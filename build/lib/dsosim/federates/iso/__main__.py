@@ -1,0 +1,144 @@
+"""ISO federate: hosts the wholesale market role on the HELICS bus.
+
+Per interval k (see ``common.schedule``) at CLEAR it reads the bids for k at
+every T-D bus (one per LDA from its market operator in the layered models;
+the utility's plus each aggregator's per-location curves in the grand-central
+models) and the meter readings for k-1, settles k-1's imbalance, clears k,
+and sends: every utility its interface award (LMP and schedule); a separate
+market operator its award; in model 1 (ISO as DERM) every aggregator its
+dispatch; in model 2 the utility (DERM) each aggregator's awards.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common import routes
+from dsosim.federates.common.config import FederationConfig
+from dsosim.federates.common.parties import BidKey, Party, Role
+from dsosim.federates.common.scale import TdScale
+from dsosim.federates.common.schedule import Phase, at
+from dsosim.federates.common.shell import FederateShell, federate_main
+from dsosim.federates.iso.wholesale import AwardLine, IsoBid, WholesaleMarket
+
+
+def _expected(config: FederationConfig) -> dict[str, tuple[str, Party]]:
+    """Bidder federate -> (LDA, settlement party) at every T-D bus."""
+    out = {}
+    for dso in config.dsos:
+        local = routes.local_dmo_of(config, dso)
+        for bidder in routes.td_bidders(config, dso):
+            if bidder == local:
+                out[bidder] = (dso.name, Party.dmo(dso.name))
+            elif bidder == dso.name:
+                out[bidder] = (dso.name, Party.utility(dso.name))
+            else:
+                out[bidder] = (dso.name, Party.agg(bidder))
+    return out
+
+
+def _holder(config: FederationConfig, lda: str) -> Party:
+    """Party responsible for an LDA's imbalance beyond what the meter allocates."""
+    return Party.dmo(lda) if routes.local_dmo_of(config, config.dso(lda)) else Party.utility(lda)
+
+
+def run(shell: FederateShell, config: FederationConfig) -> None:
+    market = WholesaleMarket(config.iso, config.time, seed=config.seed)
+    expected = _expected(config)
+    utilities = [d.name for d in config.dsos]
+    senders = sorted(set(expected) | set(utilities))
+    holders = {d.name: _holder(config, d.name) for d in config.dsos}
+    n = config.time.n_intervals
+    for k in range(n + 1):
+        shell.advance(at(k, Phase.CLEAR, config.time))
+        bids: list[IsoBid] = []
+        got: set[str] = set()
+        meters: dict[str, tuple[float, dict[Party, float]]] = {}
+        for m in shell.receive(allowed_senders=senders):
+            if isinstance(m, msg.Meter) and m.interval == k - 1 and m.sender in utilities:
+                meters[m.sender] = (m.actual_mw, dict(m.allocation))
+                continue
+            if m.interval != k or k == n or m.sender not in expected or m.sender in got:
+                raise msg.MessageError(
+                    m.sender,
+                    f"{m.KIND}.interval",
+                    f"unexpected {m.KIND} for interval {m.interval} at interval {k}",
+                )
+            got.add(m.sender)
+            lda, party = expected[m.sender]
+            if isinstance(m, msg.InterfaceBid) and party.role is not Role.AGG:
+                if m.td_bus != market.interfaces[lda]:
+                    raise msg.MessageError(
+                        m.sender,
+                        "interface_bid.td_bus",
+                        f"{m.td_bus} is not the T-D bus {market.interfaces[lda]} of {lda}",
+                    )
+                bids.append(IsoBid(BidKey(lda, party), m.curve))
+            elif isinstance(m, msg.FleetBid) and party.role is Role.AGG:
+                # a fleet bids for the one modelled feeder; the LDA stands for `scale` of them
+                td = TdScale(config.dso(lda).scale)
+                bids.extend(
+                    IsoBid(BidKey(lda, party, b.at), td.curve_to_td(b.curve)) for b in m.bids
+                )
+            else:
+                raise msg.MessageError(
+                    m.sender, "kind", f"{m.KIND} is not what the ISO expects from it"
+                )
+        if k > 0:
+            shell.record_tables(k - 1, market.settle_imbalance(k - 1, meters, holders))
+        if k == n:
+            break
+        missing = sorted(set(expected) - got)
+        if missing:
+            raise RuntimeError(f"interval {k}: no bid from {missing}")
+        clearing = market.clear(k, bids)
+        _send_awards(shell, config, k, clearing.awards)
+        shell.record_tables(k, clearing.tables)
+        shell.end_interval(k)
+
+
+def _send_awards(
+    shell: FederateShell, config: FederationConfig, k: int, awards: Mapping[BidKey, AwardLine]
+) -> None:
+    for dso in config.dsos:
+        lda = dso.name
+        mine = {key: a for key, a in awards.items() if key.lda == lda}
+        any_line = next(iter(mine.values()))
+        total = sum(a.cleared_mw for a in mine.values())
+        interface = msg.Award(
+            shell.name,
+            k,
+            dso.td_bus,
+            any_line.lmp,
+            any_line.lmp_energy,
+            any_line.lmp_congestion,
+            total,
+        )
+        shell.send(lda, interface)  # the utility always learns its interface's price and schedule
+        local = routes.local_dmo_of(config, dso)
+        if local is not None and local != lda:
+            shell.send(local, interface)
+        for agg in dso.aggregators:
+            lines = {key.location: a for key, a in mine.items() if key.party == Party.agg(agg)}
+            if not lines:
+                continue
+            awards_mw = {loc: a.cleared_mw for loc, a in sorted(lines.items())}
+            prices = {loc: a.lmp for loc, a in sorted(lines.items())}
+            derm = routes.derm_of(config, dso)
+            if derm is None:
+                raise RuntimeError(f"{agg} bid at the ISO but {lda} has no DERM to dispatch it")
+            if derm == shell.name:  # the ISO dispatches the modelled feeder's DERs directly
+                setpoints = {loc: TdScale(dso.scale).to_feeder(mw) for loc, mw in awards_mw.items()}
+                shell.send(agg, msg.Dispatch(shell.name, k, setpoints, prices))
+            else:
+                shell.send(derm, msg.FleetAward(shell.name, k, agg, awards_mw, prices))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return federate_main("iso", lambda shell, config, name, base: run(shell, config), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The shell side of hosting a DMO: the same two exchanges whichever federate
+holds the market (the utility in models 3 and 5, the independent operator in
+4 and 6). The market role itself (``NodalDmo`` / ``P2pDmo``) stays plain
+Python; this module only moves its inputs and outputs through the shell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common.shell import FederateShell
+from dsosim.federates.dso.feeder import FeederState, Sensitivities
+from dsosim.federates.markets.nodal_dmo import NodalDmo
+
+
+def send_interface_bid(
+    shell: FederateShell,
+    dmo: NodalDmo,
+    k: int,
+    bids: Mapping[str, msg.FleetBid],
+    state: FeederState,
+    sens: Sensitivities,
+    *,
+    iso: str,
+    td_bus: int,
+) -> None:
+    """AGGREGATE: the LDA's one bid at the T-D interface, from its fleets' bids."""
+    fleet_bids = {a: {b.at: b.curve for b in m.bids} for a, m in bids.items()}
+    curve, tables = dmo.interface_bid(k, fleet_bids, state, sens)
+    shell.send(iso, msg.InterfaceBid(shell.name, k, td_bus, curve))
+    shell.record_tables(k, tables)
+
+
+def send_dispatch(shell: FederateShell, dmo: NodalDmo, k: int, award: msg.Award) -> None:
+    """DISPATCH: set-points and DLMPs that meet the ISO's award, to each aggregator."""
+    dispatch, tables = dmo.dispatch(k, award.lmp, award.cleared_mw)
+    for agg, (setpoints, prices) in sorted(dispatch.items()):
+        shell.send(agg, msg.Dispatch(shell.name, k, setpoints, prices))
+    shell.record_tables(k, tables)

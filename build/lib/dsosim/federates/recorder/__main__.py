@@ -1,0 +1,69 @@
+"""Recorder federate: receives result rows from every federate and writes them.
+
+Reads everything sent during interval k at sub-step RECORD, flushes Parquet
+parts every ``flush_every`` intervals, and on any stop (clean or not) writes
+what it has and a ``summary.json`` saying whether the run is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common.config import load_federation
+from dsosim.federates.common.schedule import Phase, at
+from dsosim.federates.common.shell import REALTIME_COLUMNS, FederateShell, run_federate
+from dsosim.federates.recorder.store import ResultStore
+from dsosim.federates.recorder.summary import summarise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dsosim.federates.recorder")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args(argv)
+    config, base = load_federation(args.config)
+    rc = config.recorder
+    store = ResultStore(
+        base / rc.results_dir, flush_every=rc.flush_every, clock=config.time.timestamp
+    )
+    senders = [n for n in config.federate_names() if n != rc.name]
+    state = {"interval": -1}
+
+    def body(shell: FederateShell) -> None:
+        n = config.time.n_intervals
+        # One extra step after the last interval: the ISO settles the last
+        # interval's imbalance at the start of the next one.
+        for k in range(n + 1):
+            shell.advance(at(k, Phase.RECORD, config.time))
+            for m in shell.receive(allowed_senders=senders):
+                if not isinstance(m, msg.TableRows):
+                    raise msg.MessageError(
+                        m.sender, "kind", f"recorder only accepts rows, got {m.KIND}"
+                    )
+                store.add(m.table, m.columns, m.rows)
+            own = shell.take_grants(k)
+            if own:
+                store.add("realtime", REALTIME_COLUMNS, own)
+            state["interval"] = k
+            store.end_interval(k)
+            if k < n and ((k + 1) % rc.flush_every == 0 or k + 1 == n):
+                print(f"[{rc.name}] progress {k + 1}/{n}", flush=True)
+        summary = store.finish(complete=True, error=None, summarise=summarise)
+        print(f"[{rc.name}] results complete: {summary.get('intervals')} intervals", flush=True)
+
+    def on_error(text: str) -> None:
+        store.finish(
+            complete=False,
+            error=f"stopped at interval {state['interval'] + 1}: {text}",
+            summarise=summarise,
+        )
+
+    return run_federate(
+        rc.name, lambda: FederateShell(rc.name, config.helics, recorder=None), body, on_error
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Results on disk: one Parquet dataset per table, plus ``summary.json``.
+
+Rows arrive table by table and are buffered; every ``flush_every`` intervals
+(and on any stop, clean or not) the buffer is written as a new part file
+``<table>/part-NNNNN.parquet``. A crash therefore loses at most the unflushed
+intervals, and ``summary.json`` says ``"complete": false`` until the run
+really finished. ``pandas.read_parquet(results_dir / table)`` reads a table.
+
+Files are written deterministically (no timestamps, fixed column order and
+types), so the same run gives byte-identical results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SUMMARY = "summary.json"
+TIMESTAMP = "timestamp"
+
+
+class ResultStore:
+    """Buffered, crash-tolerant writer of the run's result tables."""
+
+    def __init__(
+        self,
+        results_dir: str | Path,
+        *,
+        flush_every: int = 12,
+        clock: Callable[[int], datetime] | None = None,
+    ) -> None:
+        self.dir = Path(results_dir)
+        self.flush_every = flush_every
+        # interval -> simulated date-time: tables with an ``interval`` column
+        # get a ``timestamp`` column right after it, here in one place
+        self.clock = clock
+        self._buffers: dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]] = {}
+        self._schemas: dict[str, pa.Schema] = {}
+        self._parts: dict[str, int] = {}
+        self._prepare()
+
+    def _prepare(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # Results of an earlier run in the same folder would mix with ours.
+        for child in self.dir.iterdir():
+            if child.is_dir() and any(child.glob("part-*.parquet")):
+                shutil.rmtree(child)
+        (self.dir / SUMMARY).unlink(missing_ok=True)
+        self.write_summary({"complete": False, "status": "running"})
+
+    def add(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        columns = tuple(columns)
+        if self.clock is not None and "interval" in columns and TIMESTAMP not in columns:
+            columns, rows = _with_timestamp(columns, rows, self.clock)
+        known = self._buffers.get(table)
+        if known is None:
+            self._buffers[table] = (columns, [tuple(r) for r in rows])
+            return
+        if known[0] != columns:
+            raise ValueError(f"table {table!r}: columns {columns} differ from {known[0]}")
+        known[1].extend(tuple(r) for r in rows)
+
+    def end_interval(self, interval: int) -> None:
+        if (interval + 1) % self.flush_every == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        for table in sorted(self._buffers):
+            columns, rows = self._buffers[table]
+            if not rows:
+                continue
+            data = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
+            schema = self._schemas.get(table)
+            arrow = pa.table(data, schema=schema) if schema else _infer(data)
+            self._schemas.setdefault(table, arrow.schema)
+            part = self._parts.get(table, 0)
+            folder = self.dir / table
+            folder.mkdir(exist_ok=True)
+            target = folder / f"part-{part:05d}.parquet"
+            tmp = target.with_suffix(".tmp")
+            pq.write_table(arrow, tmp, compression="zstd")
+            os.replace(tmp, target)
+            self._parts[table] = part + 1
+            rows.clear()
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        target = self.dir / SUMMARY
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        os.replace(tmp, target)
+
+    def finish(
+        self, *, complete: bool, error: str | None, summarise: Callable[[Path], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Flush everything and write the final ``summary.json``."""
+        self.flush()
+        try:
+            summary = summarise(self.dir)
+        except Exception as exc:
+            summary = {"summary_error": f"{type(exc).__name__}: {exc}"}
+        summary["complete"] = complete
+        summary["status"] = "complete" if complete else "incomplete"
+        if error:
+            summary["error"] = error
+        self.write_summary(summary)
+        return summary
+
+
+def mark_incomplete(
+    results_dir: str | Path, error: str, summarise: Callable[[Path], dict[str, Any]]
+) -> dict[str, Any]:
+    """After a run whose recorder was killed before it could finish: summarise
+    the parts already on disk and say the run is incomplete, and why."""
+    folder = Path(results_dir)
+    try:
+        summary = summarise(folder)
+    except Exception as exc:
+        summary = {"summary_error": f"{type(exc).__name__}: {exc}"}
+    summary.update(complete=False, status="incomplete", error=error)
+    target = folder / SUMMARY
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    os.replace(tmp, target)
+    return summary
+
+
+def _with_timestamp(
+    columns: tuple[str, ...], rows: Sequence[Sequence[Any]], clock: Callable[[int], datetime]
+) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+    """Insert the interval's simulated start time after the ``interval`` column."""
+    at = columns.index("interval") + 1
+    out = []
+    for row in rows:
+        row = tuple(row)
+        out.append((*row[:at], clock(int(row[at - 1])), *row[at:]))
+    return (*columns[:at], TIMESTAMP, *columns[at:]), out
+
+
+def _infer(data: dict[str, list[Any]]) -> pa.Table:
+    """Arrow table with ints promoted to float where a column mixes them."""
+    arrays = {}
+    for name, values in data.items():
+        if any(isinstance(v, float) for v in values):
+            values = [
+                float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values
+            ]
+        arrays[name] = pa.array(values)
+    return pa.table(arrays)

@@ -1,0 +1,143 @@
+"""Headline metrics of a run, computed from the result tables on disk.
+
+Used by the recorder when it finishes (``summary.json``) and by the runner to
+print a short report. Every figure is derived from the recorded tables, so a
+reader can recompute it with pandas.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dsosim.federates.common.parties import OPERATORS, Party, Role
+
+
+def read_table(results_dir: str | Path, table: str) -> pd.DataFrame:
+    """One result table (all its part files), or an empty frame."""
+    folder = Path(results_dir) / table
+    if not folder.is_dir() or not any(folder.glob("part-*.parquet")):
+        return pd.DataFrame()
+    return pd.read_parquet(folder)
+
+
+def _r(x: float, digits: int = 6) -> float:
+    return float(round(float(x), digits))
+
+
+def summarise(results_dir: str | Path) -> dict[str, Any]:
+    """Headline metrics; see README "Results" for each field's definition."""
+    t = {
+        name: read_table(results_dir, name)
+        for name in (
+            "iso",
+            "interface",
+            "imbalance",
+            "feeder",
+            "dispatch",
+            "settlements",
+            "traffic",
+        )
+    }
+    out: dict[str, Any] = {}
+    iso, interface, feeder = t["iso"], t["interface"], t["feeder"]
+    out["intervals"] = int(iso["interval"].nunique()) if not iso.empty else 0
+    if not iso.empty:
+        hours = iso["hours"]
+        out["generation_cost"] = _r((iso["generation_cost"]).sum(), 2)
+        out["congestion_rent"] = _r(iso["congestion_rent"].sum(), 2)
+        out["shed_mwh"] = _r((iso["shed_mw"] * hours).sum())
+        out["infeasible_intervals"] = int((iso["status"] != "optimal").sum())
+    if not interface.empty:
+        out["mean_td_lmp"] = _r(interface["lmp"].mean(), 4)
+        out["td_energy_mwh"] = _r((interface["cleared_mw"] * interface["hours"]).sum())
+    imb = t["imbalance"]
+    if not imb.empty:
+        out["imbalance_mwh"] = _r((imb["imbalance_mw"].abs() * imb["hours"]).sum())
+    if not feeder.empty:
+        out["losses_mwh"] = _r((feeder["losses_mw"] * feeder["scale"] * feeder["hours"]).sum())
+        out["voltage_violations"] = int(feeder["voltage_violations"].sum())
+        out["thermal_violations"] = int(feeder["thermal_violations"].sum())
+        out["nonconverged_intervals"] = int((~feeder["converged"]).sum())
+        out["vmin_pu"] = _r(feeder["vmin_pu"].min())
+        out["vmax_pu"] = _r(feeder["vmax_pu"].max())
+    s = t["settlements"]
+    if not s.empty:
+        out.update(settlement_balance(s, iso))
+    traffic = t["traffic"]
+    if not traffic.empty:
+        out["messages"] = int(traffic["messages"].sum())
+        out["bytes"] = int(traffic["bytes"].sum())
+    if not iso.empty:
+        out["iso_bids"] = _r(iso["bids"].mean(), 3)
+    out.update(real_time_summary(results_dir))
+    return out
+
+
+def real_time_summary(results_dir: str | Path) -> dict[str, Any]:
+    """Wall-clock tracking and hardware-in-the-loop figures (real-time runs
+    only; they depend on the machine, so deterministic runs have none)."""
+    out: dict[str, Any] = {}
+    rt = read_table(results_dir, "realtime")
+    if not rt.empty:
+        lag = rt["lag_ms"]
+        out["rt_grants"] = len(lag)
+        out["rt_lag_p50_ms"] = _r(lag.quantile(0.5), 3)
+        out["rt_lag_p99_ms"] = _r(lag.quantile(0.99), 3)
+        out["rt_lag_max_ms"] = _r(lag.max(), 3)
+    hil = read_table(results_dir, "hil")
+    if not hil.empty:
+        out["hil_device_intervals"] = len(hil)
+        out["hil_answered"] = int((hil["fallback"] == "none").sum())
+        out["hil_fallback"] = int((hil["fallback"] != "none").sum())
+        rtt = hil["rtt_setpoint_ms"].dropna()
+        if len(rtt):
+            out["hil_rtt_p50_ms"] = _r(rtt.quantile(0.5), 3)
+            out["hil_rtt_p99_ms"] = _r(rtt.quantile(0.99), 3)
+    return out
+
+
+def settlement_balance(ledger: pd.DataFrame, iso: pd.DataFrame) -> dict[str, Any]:
+    """Close the books.
+
+    Every ledger row is a payment ``payer -> payee`` of ``amount`` $ in one
+    ``market``. Market operators (the ISO, the DMOs) keep what buyers pay
+    beyond what sellers receive. For the ISO that must be the congestion rent
+    (computed independently from line flows and LMP differences) plus the
+    imbalance charges it collected; a DMO keeps its surplus (distribution
+    congestion and loss rent, net of the imbalance it was charged).
+    ``settlement_residual`` = buyers paid - sellers received - congestion rent
+    - imbalance charges - DMO surpluses: zero when the books close. It is not
+    zero by construction: the ISO's and each DMO's ledgers are written by
+    different federates, and the ISO's congestion rent comes from flows.
+    ``unreconciled``: what the ISO says the DMOs paid it for energy minus what
+    the DMOs say they paid.
+    """
+    payer, payee, amount = ledger["payer"], ledger["payee"], ledger["amount"]
+    payer_role = payer.map(lambda text: Party.parse(text).role)
+    payee_role = payee.map(lambda text: Party.parse(text).role)
+    payer_op, payee_op = payer_role.isin(OPERATORS), payee_role.isin(OPERATORS)
+    paid = amount[~payer_op].sum()
+    received = amount[~payee_op].sum()
+    in_iso = ledger["market"] == "iso"
+    imbalance = amount[in_iso & (ledger["item"] == "imbalance")].sum()
+    to_dmo, from_dmo = payee_role == Role.DMO, payer_role == Role.DMO
+    local = ~in_iso
+    dmo_energy_dmo_view = amount[local & from_dmo & (payee_role == Role.ISO)].sum()
+    dmo_energy_iso_view = amount[in_iso & from_dmo & (ledger["item"] == "energy")].sum()
+    dmo_imbalance = amount[in_iso & from_dmo & (ledger["item"] == "imbalance")].sum()
+    dmo_surplus = amount[local & to_dmo].sum() - amount[local & from_dmo].sum() - dmo_imbalance
+    congestion = iso["congestion_rent"].sum() if not iso.empty else 0.0
+    residual = paid - received - congestion - imbalance - dmo_surplus
+    aggs_in, aggs_out = payee_role == Role.AGG, payer_role == Role.AGG
+    return {
+        "buyers_paid": _r(paid, 2),
+        "sellers_received": _r(received, 2),
+        "imbalance_charges": _r(imbalance, 2),
+        "dmo_surplus": _r(dmo_surplus, 2),
+        "der_revenue": _r(amount[aggs_in].sum() - amount[aggs_out].sum(), 2),
+        "settlement_residual": _r(residual, 4),
+        "unreconciled": _r(dmo_energy_iso_view - dmo_energy_dmo_view, 4),
+    }

@@ -1,0 +1,136 @@
+"""Run one scenario under every organisational model and compare them.
+
+Each model runs as its own federation through ``helics run`` (same case,
+same seed, same DER fleets), one after another, into ``DIR/model-<m>/``.
+The comparison is computed from each run's result tables only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dsosim.federates.common.curves import PRICE_CAP
+from dsosim.federates.recorder.summary import read_table
+from dsosim.runner.build.federation import build
+from dsosim.runner.build.models import MODEL_NAMES, load_model
+from dsosim.runner.launch import build_and_launch
+
+COLUMNS = (
+    "model",
+    "title",
+    "vision",
+    "complete",
+    "total_cost",
+    "generation_cost",
+    "der_revenue",
+    "mean_lmp",
+    "dlmp_spread",
+    "voltage_violations",
+    "thermal_violations",
+    "vmin_pu",
+    "vmax_pu",
+    "losses_mwh",
+    "imbalance_mwh",
+    "pv_curtailed_mwh",
+    "settlement_residual",
+    "buyers_paid",
+    "sellers_received",
+    "congestion_rent",
+    "imbalance_charges",
+    "dmo_surplus",
+    "messages",
+    "bytes",
+    "messages_per_interval",
+    "bytes_per_interval",
+    "iso_bids",
+    "wall_s",
+)
+
+
+def run_models(
+    scenario: Path,
+    out: Path,
+    *,
+    models: Sequence[str] = MODEL_NAMES,
+    hours: float | None = None,
+    on_done: Callable[[str, dict[str, Any]], None] | None = None,
+) -> pd.DataFrame:
+    """Run ``scenario`` under each model and return the comparison table."""
+    rows = []
+    for model in models:
+        built, outcome = build_and_launch(
+            lambda m=model: build(scenario, out / f"model-{m}", hours=hours, model=m)
+        )
+        row = metrics(built.results_dir, model, outcome.summary)
+        row["wall_s"] = round(outcome.wall_s, 1)
+        if not outcome.ok:
+            row["complete"] = False
+            row["failure"] = outcome.failure
+        rows.append(row)
+        if on_done is not None:
+            on_done(model, row)
+    table = pd.DataFrame(rows)
+    return table[
+        [c for c in COLUMNS if c in table.columns] + [c for c in table.columns if c not in COLUMNS]
+    ]
+
+
+def metrics(results: Path, model: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """One comparison row from a run's tables (see docs/models.md for each column)."""
+    org = load_model(model)
+    row: dict[str, Any] = {
+        "model": model,
+        "title": org.title,
+        "vision": org.vision,
+        "complete": bool(summary.get("complete")),
+    }
+    for key in (
+        "generation_cost",
+        "der_revenue",
+        "voltage_violations",
+        "thermal_violations",
+        "vmin_pu",
+        "vmax_pu",
+        "losses_mwh",
+        "imbalance_mwh",
+        "settlement_residual",
+        "buyers_paid",
+        "sellers_received",
+        "congestion_rent",
+        "imbalance_charges",
+        "dmo_surplus",
+        "messages",
+        "bytes",
+        "iso_bids",
+    ):
+        row[key] = summary.get(key, math.nan)
+    row["mean_lmp"] = summary.get("mean_td_lmp", math.nan)
+    # total cost: what the system spent producing energy plus the value of any
+    # load it could not serve
+    row["total_cost"] = round(
+        summary.get("generation_cost", math.nan) + summary.get("shed_mwh", 0.0) * PRICE_CAP, 2
+    )
+    intervals = max(1, int(summary.get("intervals", 0)))
+    row["messages_per_interval"] = (
+        round(row["messages"] / intervals, 2) if row["messages"] == row["messages"] else math.nan
+    )
+    row["bytes_per_interval"] = (
+        round(row["bytes"] / intervals, 1) if row["bytes"] == row["bytes"] else math.nan
+    )
+    dispatch = read_table(results, "dispatch")
+    if dispatch.empty:
+        row["dlmp_spread"] = math.nan  # no distribution prices in this model
+    else:
+        spread = dispatch.groupby(["interval", "dso"])["dlmp"].agg(lambda s: s.max() - s.min())
+        row["dlmp_spread"] = round(float(spread.mean()), 4)
+    pv, feeder = read_table(results, "ders_pv"), read_table(results, "feeder")
+    if not pv.empty and not feeder.empty:
+        # per modelled feeder, times the LDA's scale: the LDA's curtailment
+        hours, scale = float(feeder["hours"].iloc[0]), float(feeder["scale"].iloc[0])
+        row["pv_curtailed_mwh"] = round(float(pv["curtailed_mw"].sum()) * hours * scale, 4)
+    return row

@@ -1,0 +1,105 @@
+"""DER fleet speed: one interval's bid construction plus dispatch for an N-device aggregator.
+
+The fleet is a seeded mix of home devices in the proportions of
+``configs/scenarios/all-ders.toml`` (per 100 homes: 30 PV, 10 batteries, 20
+EVs of which a quarter V2G, 50 air conditioners, 30 water heaters) spread
+over ``--buses`` feeder buses, plus one inflexible load per bus; the homes
+are as many as needed for ``--devices`` devices. Each timed interval is
+``Fleet.bids`` (every device's offer, the bus curves as ``BidCurve``
+objects) and ``Fleet.dispatch`` (fill, physics, per-bus results), with
+set-points read off the curves at a price that follows a daily shape plus
+noise, and per-bus prices that differ slightly (as DLMPs do). Building the
+set-points is the market's work and is not timed. The weather (pvlib) is
+prepared before timing starts, as the federation build does.
+
+The last line gives the median wall time per interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from dsosim.federates.aggregator.fleet import Fleet
+from dsosim.federates.aggregator.population import HomeMix, home_devices
+from dsosim.federates.aggregator.solar import sky_table
+from dsosim.federates.aggregator.specs import FleetSpec, InflexibleLoadSpec, SiteSpec
+
+MIX = HomeMix(pv=0.3, battery=0.1, ev=0.2, v2g=0.25, hvac=0.5, water_heater=0.3)
+DEVICES_PER_HOME = MIX.pv + MIX.battery + MIX.ev + MIX.hvac + MIX.water_heater
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--devices", type=int, default=1000, help="devices in the fleet (default 1000)"
+    )
+    parser.add_argument("--buses", type=int, default=9, help="feeder buses they sit at (default 9)")
+    parser.add_argument(
+        "--intervals", type=int, default=288, help="timed 5-minute intervals (default 288, one day)"
+    )
+    parser.add_argument("--seed", type=int, default=1)
+
+
+def build_fleet(devices: int, buses: int, *, seed: int, n_intervals: int) -> Fleet:
+    """A mixed fleet of about ``devices`` devices over ``buses`` buses."""
+    names = [f"b{i:03d}" for i in range(buses)]
+    homes_total = max(1, round((devices - buses) / DEVICES_PER_HOME))
+    per_bus = np.full(buses, homes_total // buses)
+    per_bus[: homes_total % buses] += 1
+    site = SiteSpec()
+    got = home_devices(
+        dict(zip(names, per_bus.tolist(), strict=True)), MIX, site, np.random.default_rng(seed)
+    )
+    inflexible = tuple(InflexibleLoadSpec(b, 0.05, shape="residential") for b in names)
+    spec = FleetSpec(
+        batteries=tuple(got.batteries),
+        pvs=tuple(got.pvs),
+        evs=tuple(got.evs),
+        hvacs=tuple(got.hvacs),
+        water_heaters=tuple(got.water_heaters),
+        inflexible_loads=inflexible,
+        site=site,
+        sky=sky_table(site, ["south", "east", "west", "flat"]),
+    )
+    return Fleet(spec, interval_s=300.0, n_intervals=n_intervals, seed=seed)
+
+
+def handle(args: argparse.Namespace) -> int:
+    if args.devices < args.buses or args.buses < 1 or args.intervals < 1:
+        print(
+            "error: need --buses >= 1, --devices >= --buses and --intervals >= 1", file=sys.stderr
+        )
+        return 2
+    fleet = build_fleet(args.devices, args.buses, seed=args.seed, n_intervals=args.intervals)
+    counts = {g.kind: len(g.bus) for g in fleet.groups}
+    print(
+        f"fleet: {sum(counts.values())} devices at {len(fleet.buses)} buses: "
+        + ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    )
+    rng = np.random.default_rng(args.seed)
+    times, blocks = [], 0
+    for k in range(args.intervals):
+        price = 30.0 + 20.0 * np.sin(2 * np.pi * (k / 288.0 - 0.25)) + rng.normal(0.0, 5.0)
+        start = time.perf_counter()
+        bids = fleet.bids(k)
+        elapsed = time.perf_counter() - start
+        setpoints = {b: c.quantity_at(price) for b, c in bids.items()}
+        prices = {b: float(price + 0.5 * i / len(bids)) for i, b in enumerate(bids)}
+        start = time.perf_counter()
+        fleet.dispatch(k, setpoints, prices)
+        times.append(elapsed + time.perf_counter() - start)
+        blocks = max(blocks, max(len(c.blocks) for c in bids.values()))
+    ms = sorted(t * 1000.0 for t in times)
+    print(
+        f"bus curves: at most {blocks} blocks; p10 {ms[len(ms) // 10]:.2f} ms, "
+        f"p90 {ms[(9 * len(ms)) // 10]:.2f} ms, max {ms[-1]:.2f} ms"
+    )
+    print(
+        f"ders: median {statistics.median(ms):.2f} ms per interval (bids + dispatch, "
+        f"{sum(counts.values())} devices, {len(fleet.buses)} buses, {args.intervals} intervals)"
+    )
+    return 0
