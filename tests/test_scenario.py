@@ -220,3 +220,18 @@ def test_start_date_time_default_toml_and_text_and_no_time_zone(tmp_path: Path) 
     assert scenario.start.hour == 6
     with pytest.raises(ScenarioError, match="start: .*without a time zone"):
         load_scenario(_write(tmp_path, 'name = "s"\nstart = 2027-01-05T06:30:00Z\n' + GOOD_LDA))
+
+
+def test_transmission_events_are_validated_in_the_scenario_and_at_build(tmp_path: Path) -> None:
+    from dsosim.runner.build.federation import build
+
+    event = '\n[[transmission.events]]\nkind = "generator_outage"\nstart_hour = 1\nend_hour = 2\n'
+    with pytest.raises(ScenarioError, match=r"transmission\.events\.0.*needs gen"):
+        load_scenario(_scenario_with(tmp_path, **{"[[ldas]]": event + "\n[[ldas]]"}))
+    bad = event + "gen = 7\n"
+    with pytest.raises(
+        ScenarioError, match=r"transmission\.events\[0\]\.gen: 7 is not a generator"
+    ):
+        build(
+            _scenario_with(tmp_path, **{"[[ldas]]": bad + "\n[[ldas]]"}), tmp_path / "o", port=23999
+        )

@@ -135,6 +135,45 @@ class IsoInterface(Strict):
     td_bus: int
 
 
+class TransmissionEvent(Strict):
+    """A change to the transmission system over ``[start_hour, end_hour)`` of
+    the run (hours from its first interval); see ``federates/iso/events.py``
+    and docs/scenario.md."""
+
+    kind: Literal["generator_outage", "load_scale", "supply_offer"]
+    start_hour: float = Field(ge=0, description="hours from the run's first interval")
+    end_hour: float = Field(gt=0, description="the event ends here (exclusive)")
+    name: str | None = Field(None, description="label in the results (default event<i>)")
+    gen: int | None = Field(None, ge=0, description="generator_outage: row of the case's gen table")
+    factor: PositiveFloat | None = Field(None, description="load_scale: multiplies fixed loads")
+    bus: int | None = Field(None, description="supply_offer: case bus number")
+    mw: PositiveFloat | None = Field(None, description="supply_offer: MW offered")
+    price: float | None = Field(
+        None, ge=-1000.0, le=10000.0, description="supply_offer: offer price, $/MWh"
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> TransmissionEvent:
+        if self.end_hour <= self.start_hour:
+            raise ValueError(f"end_hour {self.end_hour} must be after start_hour {self.start_hour}")
+        needs = {
+            "generator_outage": ("gen",),
+            "load_scale": ("factor",),
+            "supply_offer": ("bus", "mw", "price"),
+        }[self.kind]
+        missing = [f for f in needs if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} event needs {', '.join(missing)}")
+        extra = [
+            f
+            for f in ("gen", "factor", "bus", "mw", "price")
+            if f not in needs and getattr(self, f) is not None
+        ]
+        if extra:
+            raise ValueError(f"a {self.kind} event takes no {', '.join(extra)}")
+        return self
+
+
 class IsoConfig(Strict):
     name: str
     case: str
@@ -142,6 +181,7 @@ class IsoConfig(Strict):
     line_limit_mw: PositiveFloat | None = None
     load_profile: str = "system"
     interfaces: tuple[IsoInterface, ...]
+    events: tuple[TransmissionEvent, ...] = ()
 
 
 class LimitsConfig(Strict):

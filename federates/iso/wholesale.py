@@ -17,11 +17,12 @@ import numpy as np
 from dsosim.federates.common import ledger
 from dsosim.federates.common.config import IsoConfig, TimeSettings
 from dsosim.federates.common.curves import PlacedCurve
-from dsosim.federates.common.parties import ISO, BidKey, Party
+from dsosim.federates.common.parties import ISO, BidKey, Party, Role
 from dsosim.federates.common.profiles import wholesale_load
 from dsosim.federates.common.tables import Rows, Tables
 from dsosim.federates.iso.case import load_case
 from dsosim.federates.iso.dcopf import BusCurve, DcOpf, congestion_rent
+from dsosim.federates.iso.events import EventError, EventSchedule, without
 
 MARKET_COLUMNS = (
     "interval",
@@ -43,6 +44,7 @@ ISO_COLUMNS = (
     "fixed_load_mw",
     "bids",
     "binding_lines",
+    "events",
 )
 INTERFACE_COLUMNS = (
     "interval",
@@ -114,6 +116,11 @@ class WholesaleMarket:
         case = load_case(config.case)
         self.case = case.with_rating_cap(config.line_limit_mw) if config.line_limit_mw else case
         self.opf = DcOpf(self.case)
+        try:
+            self.events = EventSchedule(self.case, config.events, time.interval_s)
+        except EventError as exc:
+            raise ValueError(f"ISO {config.name!r}: {exc}") from None
+        self._opfs: dict[frozenset[int], DcOpf] = {frozenset(): self.opf}
         self.bus_index = {int(b): i for i, b in enumerate(self.case.bus_ids)}
         for iface in config.interfaces:
             if iface.td_bus not in self.bus_index:
@@ -129,7 +136,14 @@ class WholesaleMarket:
         self._schedules: dict[tuple[int, BidKey], tuple[float, float]] = {}
 
     def fixed_load(self, interval: int) -> np.ndarray:
-        return self.case.bus_pd_mw * self.config.load_scale * self.profile[interval]
+        factor = self.events.at(interval).load_factor
+        return self.case.bus_pd_mw * self.config.load_scale * self.profile[interval] * factor
+
+    def _opf_for(self, outages: frozenset[int]) -> DcOpf:
+        """The market model with these generators out (built on first use)."""
+        if outages not in self._opfs:
+            self._opfs[outages] = DcOpf(without(self.case, outages))
+        return self._opfs[outages]
 
     def clear(self, interval: int, bids: Sequence[IsoBid]) -> Clearing:
         """Clear one interval: every bid at its LDA's T-D bus, beside the
@@ -142,14 +156,16 @@ class WholesaleMarket:
             raise ValueError(f"interval {interval}: bids for unknown LDAs {unknown}")
         bids = sorted(bids, key=lambda b: b.at)
         curves = [BusCurve(self.interfaces[b.at.lda], b.curve, owner=str(b.at)) for b in bids]
+        now = self.events.at(interval)
+        supply = [BusCurve(bus, c, owner=name) for name, bus, c in now.supply]
         fixed = self.fixed_load(interval)
-        res = self.opf.clear(fixed, curves)
+        res = self._opf_for(now.outages).clear(fixed, curves + supply)
         lmp = res.lmp
         out = Clearing(status=res.status, awards={})
         k, h = interval, self.hours
         pay: list[ledger.Payment] = []
         award_rows: Rows = []
-        for bid, curve, cleared in zip(bids, curves, res.curve_mw, strict=True):
+        for bid, curve, cleared in zip(bids, curves, res.curve_mw[: len(curves)], strict=True):
             i = self.bus_index[curve.at]
             line = AwardLine(
                 curve.at,
@@ -198,8 +214,22 @@ class WholesaleMarket:
         # Everything withdrawn at a bus except the bids: fixed load net of
         # shedding, shunts, spilled surplus. Charged at the LMP like any load.
         served = res.withdrawal_mw.copy()
-        for curve, cleared in zip(curves, res.curve_mw, strict=True):
+        for curve, cleared in zip(curves + supply, res.curve_mw, strict=True):
             served[self.bus_index[curve.at]] -= cleared
+        for curve, cleared in zip(supply, res.curve_mw[len(curves) :], strict=True):
+            if cleared != 0.0:  # an event's supply is paid the LMP like a generator
+                pay.append(
+                    ledger.Payment(
+                        k,
+                        "iso",
+                        ISO,
+                        Party(Role.GEN, f"event-{curve.owner}"),
+                        "energy",
+                        -float(cleared),
+                        float(lmp[self.bus_index[curve.at]]),
+                        h,
+                    )
+                )
         for i, bus in enumerate(self.case.bus_ids):
             if served[i] != 0.0:
                 pay.append(
@@ -261,6 +291,7 @@ class WholesaleMarket:
                     float(fixed.sum()),
                     len(curves),
                     len(res.binding),
+                    ",".join(now.names),
                 )
             ],
         )

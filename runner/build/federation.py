@@ -35,11 +35,13 @@ from dsosim.federates.common.config import (
     IsoInterface,
     RecorderConfig,
     TimeSettings,
+    TransmissionEvent,
 )
 from dsosim.federates.common.profiles import wholesale_load
 from dsosim.federates.dso.feeder import Feeder, FeederError
 from dsosim.federates.hil.gateway import is_local_endpoint
 from dsosim.federates.iso.case import CaseError, load_case
+from dsosim.federates.iso.events import EventError, check_events
 from dsosim.runner.build import existing_ders
 from dsosim.runner.build.hosts import HostsFile, assign, load_hosts, place, write_host_files
 from dsosim.runner.build.models import load_model
@@ -223,6 +225,7 @@ def federation_config(
     case = scenario.transmission.case
     case_path = Path(os.path.abspath(base / case)) if case.endswith(".m") else None
     _check_td_buses(case if case_path is None else str(case_path), dsos)
+    _check_events(case if case_path is None else str(case_path), scenario.transmission.events)
     if case_path is not None:
         case = path_for(case_path)
     iso = IsoConfig(
@@ -232,6 +235,7 @@ def federation_config(
         line_limit_mw=scenario.transmission.line_limit_mw,
         load_profile=scenario.transmission.load_profile,
         interfaces=tuple(IsoInterface(dso=d.name, td_bus=d.td_bus) for d in dsos),
+        events=scenario.transmission.events,
     )
     rt = scenario.real_time
     try:
@@ -336,6 +340,17 @@ def hil_config(
         devices=tuple(devices),
         **keys,
     )
+
+
+def _check_events(case_name: str, events: tuple[TransmissionEvent, ...]) -> None:
+    """Fail at build time on an event the case cannot have (unknown generator
+    or bus): the ISO would refuse it at start-up."""
+    if not events:
+        return
+    try:
+        check_events(load_case(case_name), events)
+    except EventError as exc:
+        raise ScenarioError(str(exc)) from None
 
 
 def _check_td_buses(case_name: str, dsos: list[DsoConfig]) -> None:

@@ -27,7 +27,12 @@ from pydantic import (
     model_validator,
 )
 
-from dsosim.federates.common.config import DEFAULT_START, LimitsConfig, naive_start
+from dsosim.federates.common.config import (
+    DEFAULT_START,
+    LimitsConfig,
+    TransmissionEvent,
+    naive_start,
+)
 
 
 class ScenarioError(ValueError):
@@ -48,6 +53,9 @@ class Transmission(_Section):
     )
     line_limit_mw: PositiveFloat | None = Field(
         None, description="cap every line rating at this MW"
+    )
+    events: tuple[TransmissionEvent, ...] = Field(
+        (), description="generator outages, load steps and extra supply during the run"
     )
 
 
