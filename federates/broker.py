@@ -12,6 +12,8 @@ import sys
 
 import helics as h
 
+from dsosim.federates.common.usage import finished_line, stamp
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dsosim.federates.broker")
@@ -41,9 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if not h.helicsBrokerIsConnected(broker):
         print(f"broker could not start on port {args.port}", file=sys.stderr)
         return 1
+    print(f"[broker] {stamp('executing')}", flush=True)  # for dsosim bench scale
     h.helicsBrokerWaitForDisconnect(broker, -1)
     h.helicsBrokerFree(broker)
     h.helicsCloseLibrary()
+    print(f"[broker] {finished_line()}", flush=True)
     return 0
 
 

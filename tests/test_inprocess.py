@@ -25,7 +25,7 @@ def test_in_process_tables_are_byte_identical_to_the_federation(tmp_path: Path) 
     built, outcome = run_scenario(SCENARIOS / "quickstart.toml", tmp_path / "fed", hours=1)
     assert outcome.ok, outcome.failure
     got = measure(built.federation, "serialised", tmp_path / "one")
-    assert got["intervals"] == 11 and got["cpu_per_interval_s"] > 0
+    assert got["intervals"] == 12 and got["cpu_per_interval_s"] > 0
     federation = _parts(built.results_dir)
     assert len(federation) >= 10
     assert _parts(tmp_path / "one") == federation

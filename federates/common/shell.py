@@ -15,7 +15,6 @@ request, which keeps the exchange order inside a market interval fixed (see
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 import traceback
@@ -29,6 +28,7 @@ from helics.capi import ffi as _ffi
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import FederationConfig, HelicsSettings, load_federation
+from dsosim.federates.common.usage import finished_line, stamp
 
 M = TypeVar("M", bound=msg.Message)
 
@@ -102,7 +102,7 @@ class FederateShell:
         self._started = True
         self._wall0 = time.perf_counter()
         # the moment the federation's clock starts (``dsosim bench scale`` reads it)
-        print(f"[{self.name}] executing at {time.time():.3f}", flush=True)
+        print(f"[{self.name}] {stamp('executing')}", flush=True)
 
     def advance(self, t: float) -> float:
         """Block until the federation grants time ``t`` (exactly, we are
@@ -174,8 +174,7 @@ class FederateShell:
 
     # -------------------------------------------------------------- closing
     def close(self) -> None:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        print(f"[{self.name}] finished at {time.time():.3f} peak {peak_mb:.1f} MB", flush=True)
+        print(f"[{self.name}] {finished_line()}", flush=True)
         h.helicsFederateDisconnect(self._fed)
         h.helicsFederateFree(self._fed)
         h.helicsCloseLibrary()

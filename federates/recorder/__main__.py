@@ -14,6 +14,7 @@ from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import load_federation
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import REALTIME_COLUMNS, FederateShell, run_federate
+from dsosim.federates.common.usage import stamp
 from dsosim.federates.recorder.store import ResultStore
 from dsosim.federates.recorder.summary import summarise
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             store.end_interval(k)
             if k < n and ((k + 1) % rc.flush_every == 0 or k + 1 == n):
                 print(f"[{rc.name}] progress {k + 1}/{n}", flush=True)
+        print(f"[{rc.name}] {stamp('intervals done')}", flush=True)  # dsosim bench scale
         summary = store.finish(complete=True, error=None, summarise=summarise)
         print(f"[{rc.name}] results complete: {summary.get('intervals')} intervals", flush=True)
 

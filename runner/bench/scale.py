@@ -1,22 +1,23 @@
 """Federation overhead at scale: the federation per interval against its role calls in one process.
 
 For each LDA count N in ``--ldas`` the scenario (default the study scenario)
-is cut to its first N LDAs and measured four ways, in the same run:
+is cut to its first N LDAs and run three ways for ``--hours``, in the same
+run of the bench:
 
 * **federation**: the real thing, every federate its own process under
-  ``helics run``. It runs twice, for ``--short-hours`` and ``--hours``; the
-  difference of the two runs' CPU (every process, from the kernel's
-  accounting of reaped children) and wall time, divided by the difference of
-  their intervals, is the cost per interval without start-up and shut-down.
-  Wall time runs from the moment the federation entered executing mode to
-  the last federate's end (each federate logs both), so ``helics run``'s
-  once-a-second polling does not count. Start-up is the time from launching
-  ``helics run`` to entering executing mode; peak memory is the sum of every
-  federate process's high-water mark (each logs its own; the broker's is
-  not counted).
+  ``helics run``. Each federate and the broker log their CPU time and the
+  wall clock when the federation enters executing mode (after their set-up)
+  and at their end (the recorder: when the last interval is written, before
+  the run's summary); the sum of the CPU between the two, divided by the
+  intervals, is the federation's CPU per interval. Wall per interval runs
+  from entering executing mode to the last of those ends. Start-up is the
+  time from launching ``helics run`` to entering executing mode; peak
+  memory is the sum of every federate process's high-water mark (each logs
+  its own; the broker's is not counted).
 * **roles**: the same federates' ``run`` functions in one process, on an
   in-process bus, messages handed over as objects, rows dropped
-  (``runner.bench.inprocess``): the role calls alone, the reference.
+  (``runner.bench.inprocess``), timed from the first grant to the end: the
+  role calls alone, the reference.
 * **serialised**: as roles, plus every message msgpack-encoded and decoded
   and the rows written to Parquet as the recorder writes them (its tables
   are byte-identical to the federation's; a test checks this).
@@ -32,7 +33,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,8 +42,10 @@ from pathlib import Path
 from typing import Any
 
 STUDY = Path(__file__).resolve().parents[2] / "configs" / "scenarios" / "study.toml"
-EXECUTING = re.compile(r"executing at (\d+\.\d+)")
-FINISHED = re.compile(r"finished at (\d+\.\d+) peak (\d+\.\d+) MB")
+STAMP = re.compile(
+    r"\[(\S+)\] (executing|intervals done|finished) at (\d+\.\d+) cpu (\d+\.\d+) s"
+    r"(?: peak (\d+\.\d+) MB)?"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scenario", default=str(STUDY), help="scenario whose first N LDAs are run (study.toml)"
     )
     parser.add_argument(
-        "--hours", type=float, default=2.0, help="simulated hours of the long run (default 2)"
-    )
-    parser.add_argument(
-        "--short-hours", type=float, default=0.5, help="of the short run (default 0.5)"
+        "--hours", type=float, default=2.0, help="simulated hours of every run (default 2)"
     )
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temp folder)")
 
@@ -73,31 +72,40 @@ class FederationRun:
 
 
 def run_federation(scenario: str, ldas: int, hours: float, out: Path) -> FederationRun:
-    """Build and launch the first ``ldas`` LDAs for ``hours``; CPU of every process."""
+    """Build and launch the first ``ldas`` LDAs for ``hours``; read every log."""
     from dsosim.runner.build.federation import build
     from dsosim.runner.launch import launch
 
     built = build(scenario, out, hours=hours, first_ldas=ldas)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     outcome = launch(built.runner, built.results_dir, timeout_s=3600)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if not outcome.ok:
         raise RuntimeError(f"the federation failed: {outcome.failure}")
-    logs = [log.read_text(errors="replace") for log in out.glob("*.log")]
-    executing = [float(m.group(1)) for text in logs for m in EXECUTING.finditer(text)]
-    finished = [(float(m.group(1)), float(m.group(2))) for t in logs for m in FINISHED.finditer(t)]
-    names = built.config.federate_names()
-    if len(executing) != len(names) or len(finished) != len(names):
-        raise RuntimeError(f"expected {len(names)} federates to log their start and end")
-    # helics run and the broker count in the CPU (kernel accounting), not in the memory
+    stamps: dict[tuple[str, str], tuple[float, float, float]] = {}
+    for log in out.glob("*.log"):
+        for m in STAMP.finditer(log.read_text(errors="replace")):
+            stamps[(m.group(1), m.group(2))] = (
+                float(m.group(3)),
+                float(m.group(4)),
+                float(m.group(5) or 0.0),
+            )
+    names = [*built.config.federate_names(), "broker"]
+    missing = [(n, e) for n in names for e in ("executing", "finished") if (n, e) not in stamps]
+    if missing:
+        raise RuntimeError(f"federates did not log their times: {missing}")
+
+    def end(name: str) -> tuple[float, float, float]:
+        # the recorder's summary of the whole run is a one-off, not per interval
+        return stamps.get((name, "intervals done"), stamps[(name, "finished")])
+
+    start = max(stamps[(n, "executing")][0] for n in names)
     return FederationRun(
         intervals=built.config.time.n_intervals,
-        wall_s=max(t for t, _ in finished) - max(executing),
-        cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-        startup_s=max(executing) - t0,
-        peak_rss_mb=sum(mb for _, mb in finished),
-        processes=len(names) + 1,
+        wall_s=max(end(n)[0] for n in names) - start,
+        cpu_s=sum(end(n)[1] - stamps[(n, "executing")][1] for n in names),
+        startup_s=start - t0,
+        peak_rss_mb=sum(stamps[(n, "finished")][2] for n in names if n != "broker"),
+        processes=len(names),
     )
 
 
@@ -129,28 +137,26 @@ def devices_of(federation: Path) -> int:
     )
 
 
-def measure(scenario: str, ldas: int, hours: float, short: float, out: Path) -> dict[str, Any]:
-    long_run = run_federation(scenario, ldas, hours, out / f"ldas-{ldas}" / "long")
-    short_run = run_federation(scenario, ldas, short, out / f"ldas-{ldas}" / "short")
-    n = long_run.intervals - short_run.intervals
-    federation = out / f"ldas-{ldas}" / "long" / "federation.json"
+def measure(scenario: str, ldas: int, hours: float, out: Path) -> dict[str, Any]:
+    run = run_federation(scenario, ldas, hours, out / f"ldas-{ldas}")
+    federation = out / f"ldas-{ldas}" / "federation.json"
     roles = run_inprocess(federation, "roles")
     serialised = run_inprocess(federation, "serialised")
-    cpu = (long_run.cpu_s - short_run.cpu_s) / n
+    cpu = run.cpu_s / run.intervals
     return {
         "ldas": ldas,
         "devices": devices_of(federation),
-        "processes": long_run.processes,
+        "processes": run.processes,
         "fed_cpu_ms": cpu * 1e3,
-        "fed_wall_ms": (long_run.wall_s - short_run.wall_s) / n * 1e3,
+        "fed_wall_ms": run.wall_s / run.intervals * 1e3,
         "roles_cpu_ms": roles["cpu_per_interval_s"] * 1e3,
         "roles_wall_ms": roles["wall_per_interval_s"] * 1e3,
         "serialised_cpu_ms": serialised["cpu_per_interval_s"] * 1e3,
         "ratio": cpu / roles["cpu_per_interval_s"],
         "ratio_serialised": cpu / serialised["cpu_per_interval_s"],
-        "startup_s": long_run.startup_s,
+        "startup_s": run.startup_s,
         "roles_startup_s": roles["startup_s"],
-        "fed_peak_mb": long_run.peak_rss_mb,
+        "fed_peak_mb": run.peak_rss_mb,
         "roles_peak_mb": roles["peak_rss_mb"],
     }
 
@@ -176,13 +182,19 @@ def handle(args: argparse.Namespace) -> int:
     try:
         counts = [int(x) for x in args.ldas.split(",") if x.strip()]
     except ValueError:
-        print(f"dsosim bench scale: --ldas {args.ldas!r}: give LDA counts like 1,2,4,8")
+        print(
+            f"dsosim bench scale: --ldas {args.ldas!r}: give LDA counts like 1,2,4,8",
+            file=sys.stderr,
+        )
         return 2
     if not counts or min(counts) < 1:
-        print(f"dsosim bench scale: --ldas {args.ldas!r}: give LDA counts of at least 1")
+        print(
+            f"dsosim bench scale: --ldas {args.ldas!r}: give LDA counts of at least 1",
+            file=sys.stderr,
+        )
         return 2
-    if not 0 < args.short_hours < args.hours:
-        print("dsosim bench scale: need 0 < --short-hours < --hours")
+    if args.hours <= 0:
+        print("dsosim bench scale: --hours must be positive", file=sys.stderr)
         return 2
     tmp = None
     if args.out is None:
@@ -191,17 +203,14 @@ def handle(args: argparse.Namespace) -> int:
     else:
         out = Path(args.out)
     print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min)")
-    print(
-        f"{Path(args.scenario).name}: federation {args.short_hours:g} h and {args.hours:g} h "
-        f"(per interval = difference / difference of intervals); one process {args.hours:g} h"
-    )
+    print(f"{Path(args.scenario).name}, {args.hours:g} h; per interval, after set-up:")
     print(" | ".join(title for _, title, _ in COLUMNS))
     from dsosim.runner.build.scenario import ScenarioError
 
     rows = []
     try:
         for count in counts:
-            row = measure(args.scenario, count, args.hours, args.short_hours, out)
+            row = measure(args.scenario, count, args.hours, out)
             rows.append(row)
             print(" | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS), flush=True)
     except ScenarioError as exc:
