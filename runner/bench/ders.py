@@ -12,15 +12,18 @@ noise, and per-bus prices that differ slightly (as DLMPs do). Building the
 set-points is the market's work and is not timed. The weather (pvlib) is
 prepared before timing starts, as the federation build does.
 
-The last line gives the median wall time per interval.
+It prints the fleet's memory (resident growth while building it, and the
+process's peak). The last line gives the median wall time per interval.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -68,13 +71,28 @@ def build_fleet(devices: int, buses: int, *, seed: int, n_intervals: int) -> Fle
     return Fleet(spec, interval_s=300.0, n_intervals=n_intervals, seed=seed)
 
 
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
 def handle(args: argparse.Namespace) -> int:
     if args.devices < args.buses or args.buses < 1 or args.intervals < 1:
         print(
             "error: need --buses >= 1, --devices >= --buses and --intervals >= 1", file=sys.stderr
         )
         return 2
+    rss_before = _rss_mb()
+    built_at = time.perf_counter()
     fleet = build_fleet(args.devices, args.buses, seed=args.seed, n_intervals=args.intervals)
+    build_s = time.perf_counter() - built_at
+    fleet_mb = _rss_mb() - rss_before
     counts = {g.kind: len(g.bus) for g in fleet.groups}
     print(
         f"fleet: {sum(counts.values())} devices at {len(fleet.buses)} buses: "
@@ -97,6 +115,11 @@ def handle(args: argparse.Namespace) -> int:
     print(
         f"bus curves: at most {blocks} blocks; p10 {ms[len(ms) // 10]:.2f} ms, "
         f"p90 {ms[(9 * len(ms)) // 10]:.2f} ms, max {ms[-1]:.2f} ms"
+    )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(
+        f"memory: fleet {fleet_mb:.0f} MB (resident growth while building it, {build_s:.1f} s), "
+        f"process peak {peak_mb:.0f} MB"
     )
     print(
         f"ders: median {statistics.median(ms):.2f} ms per interval (bids + dispatch, "
