@@ -84,6 +84,9 @@ def _cases(f: dict[str, Path], tmp: Path) -> list[list[str]]:
         cases.append(["compare", str(f[key]), "--out", out, "--hours", "0.5"])
     cases.append(["run", str(f["wrong_types"]), "--out", str(f["a_file"])])
     cases.append(["build", str(f["unknown_feeder"]), "--out", str(f["a_file"])])
+    quickstart = str(Path(__file__).resolve().parents[1] / "configs/scenarios/quickstart.toml")
+    for key in ("missing", "garbage_toml", "a_dir", "wrong_types"):
+        cases.append(["build", quickstart, "--hosts", str(f[key]), "--out", out])
     for key in ("missing", "bad_dss", "empty_dss", "no_circuit_dss", "binary_dss", "a_dir"):
         path = str(f[key]).replace(".toml", ".dss")
         cases.append(["new-scenario", "--feeder", path, "--out", str(tmp / "s.toml"), "--force"])
@@ -138,6 +141,11 @@ def _cases(f: dict[str, Path], tmp: Path) -> list[list[str]]:
         ["bench", "ders", "--devices", "-5", "--intervals", "1"],
         ["bench", "ders", "--buses", "0", "--intervals", "1"],
         ["bench", "hil", "--seconds", "-1", "--out", str(f["a_file"])],
+        ["bench", "scale", "--ldas", "0"],
+        ["bench", "scale", "--ldas", "one,two"],
+        ["bench", "scale", "--ldas", "1", "--hours", "0"],
+        ["bench", "scale", "--ldas", "9", "--hours", "0.1"],
+        ["bench", "scale", "--ldas", "1", "--scenario", str(f["garbage_toml"])],
     ]
     return cases
 
