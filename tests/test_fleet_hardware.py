@@ -91,7 +91,26 @@ def test_unavailable_device_offers_nothing_until_back() -> None:
 
 def test_measured_values_are_validated() -> None:
     f = _fleet()
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="range"):
         f.dispatch(0, {"a": 0.0, "b": 0.0}, {}, measured={0: DeviceReading(math.nan)})
     with pytest.raises(ValueError, match="outside"):
         f.dispatch(0, {"a": 0.0, "b": 0.0}, {}, measured={99: DeviceReading(0.0)})
+
+
+def test_device_range_is_what_the_device_can_do_and_bounds_readings() -> None:
+    f = _fleet()
+    bat, pv = f.device_index("battery", "a"), f.device_index("pv", "a")
+    # a 1 MW / 4 MWh battery half full: full power both ways; PV at midnight: nothing
+    assert f.device_range(0, bat) == pytest.approx((-1.0, 1.0))
+    assert f.device_range(0, pv) == (0.0, 0.0)
+    with pytest.raises(ValueError, match=r"device 0 must lie in its range \[-1, 1\]"):
+        f.dispatch(0, {"a": 0.0, "b": 0.0}, {}, measured={bat: DeviceReading(1.5)})
+    with pytest.raises(ValueError, match="soc of device 0"):
+        f.dispatch(0, {"a": 0.0, "b": 0.0}, {}, measured={bat: DeviceReading(0.5, 1.2)})
+    for t in range(NOON):
+        f.dispatch(t, {b: c.base_mw for b, c in f.bids(t).items()}, {})
+    lo, hi = f.device_range(NOON, pv)
+    assert hi == 0.0 and -1.0 <= lo < -0.1  # production up to what the sun gives, never demand
+    # withdrawing the device (unavailable) does not change what it physically can do
+    f.set_available(bat, False)
+    assert f.device_range(NOON, bat)[1] > 0.1

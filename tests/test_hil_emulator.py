@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
 import pytest
 import zmq
 import zmq.auth
@@ -288,9 +289,19 @@ def welcome(device: str = "bat1", **overrides: object) -> Welcome:
     return Welcome(**fields)  # type: ignore[arg-type]
 
 
-def setpoint(seq: int, p_kw: float, device: str = "bat1") -> Setpoint:
+def setpoint(
+    seq: int, p_kw: float, device: str = "bat1", lo_kw: float = -10.0, hi_kw: float = 10.0
+) -> Setpoint:
     return Setpoint(
-        device, seq, interval=seq, t_s=12 * 3600.0, duration_s=300.0, p_kw=p_kw, price=40.0
+        device,
+        seq,
+        interval=seq,
+        t_s=12 * 3600.0,
+        duration_s=300.0,
+        p_kw=p_kw,
+        price=40.0,
+        lo_kw=lo_kw,
+        hi_kw=hi_kw,
     )
 
 
@@ -346,7 +357,7 @@ def test_welcome_configures_and_setpoint_and_read_are_answered(gateway: FakeGate
         gateway.send(setpoint(17, -4.0))
         m = gateway.recv()
         # answered at once, before the 20 ms response delay has passed
-        assert m == Measurement("bat1", 17, 0.0, 0.6, "limited")
+        assert m == Measurement("bat1", 17, 0.0, 0.6, "limited", "setpoint")
         time.sleep(0.35)
         gateway.send(Read("bat1", 17))
         m = gateway.recv()
@@ -499,6 +510,75 @@ def test_garbage_every_nth_answer(gateway: FakeGateway) -> None:
             except ProtocolError:
                 kinds.append("garbage")
         assert kinds == [1, "garbage", 3, "garbage"]
+
+
+def test_faulty_readings_start_after_n_set_points(gateway: FakeGateway) -> None:
+    faults = Faults(power_factor=1000.0, soc_offset=0.5, faults_after=1)
+    with emulating(gateway.address, faults=faults, model=ModelOptions(delay_ms=0, ramp_s=0)):
+        gateway.open_session(soc=0.6)
+        gateway.send(setpoint(1, 2.0))
+        first = gateway.recv()
+        assert isinstance(first, Measurement) and first.soc == pytest.approx(0.6, abs=1e-3)
+        assert abs(first.p_kw) <= 2.0
+        gateway.send(setpoint(2, 3.0))
+        gateway.send(Read("bat1", 2))
+        gateway.recv()
+        read = gateway.recv()
+        assert isinstance(read, Measurement) and read.answers == "read"
+        assert read.p_kw == pytest.approx(3000.0)  # W reported as kW
+        assert read.soc is not None and read.soc > 1.0  # a jump beyond 0..1
+    with emulating(gateway.address, faults=Faults(report_kw=1e8)):
+        gateway.open_session()
+        gateway.send(setpoint(1, 1.0))
+        m = gateway.recv()
+        assert isinstance(m, Measurement) and m.p_kw == 1e8
+
+
+def test_v2_welcome_sets_the_soc_limits_and_setpoint_the_sun(gateway: FakeGateway) -> None:
+    no_ramp = ModelOptions(delay_ms=0, ramp_s=0)
+    with emulating(gateway.address, "bat1", "pv1", model=no_ramp):
+        gateway.open_session("bat1", soc=0.89, soc_min=0.1, soc_max=0.9, efficiency=0.81)
+        gateway.open_session("pv1", kind="pv", rated_kw=3.0, capacity_kwh=None, soc=None)
+        gateway.send(setpoint(1, 10.0))
+        gateway.recv()
+        time.sleep(0.3)  # 90 simulated s at 10 kW x 0.9: 0.011 of 20 kWh, the limit comes first
+        gateway.send(Read("bat1", 1))
+        m = gateway.recv()
+        assert isinstance(m, Measurement)
+        assert m.soc == pytest.approx(0.9, abs=1e-9) and m.p_kw == 0.0
+        # noon on a clear sky would give 3 kW; the simulation's sun this interval gives 1.2
+        gateway.send(setpoint(1, -3.0, "pv1", lo_kw=-1.2, hi_kw=0.0))
+        gateway.recv()
+        time.sleep(0.05)
+        gateway.send(Read("pv1", 1))
+        pv = gateway.recv()
+        assert isinstance(pv, Measurement) and pv.p_kw == pytest.approx(-1.2)
+
+
+def test_a_busy_reject_is_retried_not_final(gateway: FakeGateway) -> None:
+    with emulating(gateway.address) as run:
+        assert isinstance(gateway.recv(), Hello)
+        gateway.send(Reject("bat1", "busy: 'bat1' has a live session", retry_s=0.3))
+        t0 = time.monotonic()
+        assert isinstance(gateway.recv(), Hello)
+        assert time.monotonic() - t0 >= 0.25
+        gateway.send(welcome())
+        gateway.send(setpoint(1, 1.0))
+        assert isinstance(gateway.recv(), Measurement)
+    assert not run.errors
+
+
+def test_a_v1_emulator_speaks_version_1(gateway: FakeGateway) -> None:
+    with emulating(gateway.address, protocol=1):
+        got = gateway.recv_raw()
+        assert got is not None and msgpack.unpackb(got[1])["v"] == 1
+        gateway.identity["bat1"] = got[0]
+        gateway.sock.send_multipart([got[0], encode(welcome(), 1)])
+        gateway.sock.send_multipart([got[0], encode(setpoint(3, 1.0), 1)])
+        got = gateway.recv_raw()
+        assert got is not None
+        frame = msgpack.unpackb(got[1])
+        assert frame["v"] == 1 and frame["seq"] == 3 and "answers" not in frame
 
 
 def _keys(tmp_path: Path, *names: str) -> Path:

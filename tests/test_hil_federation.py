@@ -5,6 +5,8 @@ CURVE authentication keeping a plaintext impostor out."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import signal
@@ -75,12 +77,15 @@ class _Federation:
         )
         self.thread.start()
 
-    def wait_started(self, timeout_s: float = 60) -> None:
-        """Until the gateway says every device is connected (the clock starts)."""
+    def wait_started(self, timeout_s: float = 90) -> None:
+        """Until the gateway has run its first interval with every device
+        connected (on a busy machine the other federates' set-up can take
+        seconds after the devices connect)."""
         log = self.out / "hil.log"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if log.exists() and "all devices connected" in log.read_text(errors="replace"):
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if "all devices connected" in text and "interval 0: " in text:
                 return
             time.sleep(0.05)
         raise AssertionError(
@@ -231,3 +236,201 @@ def test_silent_device_is_unavailable_and_curve_keeps_impostors_out(tmp_path: Pa
     )
     early = bat[bat["interval"] < 8]
     assert (early["max_mw"] > 0.1).all()
+
+
+# (device, aggregator, kind, bus, emulator fault flags, words of the reason)
+FAULTY = [
+    ("bat1", "agg_storage", "battery", "634", ["--power-factor", "1000"], "beyond the rating"),
+    ("bat2", "agg_storage", "battery", "645", ["--report-kw", "1e8"], "beyond the rating 5 kW"),
+    ("bat3", "agg_storage", "battery", "646", ["--soc-offset", "0.36"], "state of charge"),
+    ("bat4", "agg_storage", "battery", "671", ["--report-kw", "7.5"], "beyond the rating 5 kW"),
+    ("bat5", "agg_solar", "battery", "675", ["--soc-offset", "1.0"], "outside 0..1"),
+    ("pv1", "agg_solar", "pv", "675", ["--report-kw", "-12100"], "available power [0, 0]"),
+    ("pv2", "agg_solar", "pv", "611", ["--report-kw", "2"], "PV consuming 2 kW"),
+]
+FAULTS_AFTER = 4
+
+
+def _faulty_scenario(tmp: Path, policy: str) -> Path:
+    path = _scenario(tmp, fallback="hold", extra=f'implausible = "{policy}"\n')
+    text = path.read_text()
+    text = text[: text.index("[[hil.devices]]")]
+    for device, aggregator, kind, bus, _, _ in FAULTY:
+        text += (
+            f'[[hil.devices]]\nid = "{device}"\naggregator = "{aggregator}"\nkind = "{kind}"\n'
+            f'bus = "{bus}"\nrated_kw = {5.0 if kind == "battery" else 3.0}\n\n'
+        )
+    path.write_text(text)
+    return path
+
+
+def _run_faulty(tmp: Path, policy: str) -> tuple[BuildResult, LaunchOutcome]:
+    fed = _Federation(_faulty_scenario(tmp, policy), tmp / "run")
+    log = tmp / "emulator.log"
+    procs = [
+        _emulator(fed.address, log, "--device", device, "--faults-after", str(FAULTS_AFTER), *flags)
+        for device, *_, flags, _ in FAULTY
+    ]
+    try:
+        fed.wait_started()
+        return fed.join()
+    finally:
+        for p in procs:
+            _kill(p, signal.SIGINT)
+
+
+def _books_close(built: BuildResult, outcome: LaunchOutcome) -> None:
+    s = outcome.summary
+    assert outcome.ok, outcome.failure
+    assert s["intervals"] == INTERVALS
+    assert abs(s["settlement_residual"]) <= 1e-6 * s["buyers_paid"]
+    assert s["nonconverged_intervals"] == 0
+    ledger = pd.read_parquet(built.results_dir / "settlements")
+    assert ledger["amount"].map(math.isfinite).all()
+    assert ledger["amount"].abs().max() < 1e6  # nothing absurd: a 13-bus feeder's dollars
+
+
+def _check_faulty(hil: pd.DataFrame, ders: pd.DataFrame, policy: str) -> None:
+    for device, aggregator, kind, bus, _, words in FAULTY:
+        rows = hil[hil["device"] == device].set_index("interval")
+        before, after = rows.loc[: FAULTS_AFTER - 1], rows.loc[FAULTS_AFTER:]
+        assert (before["status"] == "ok").all(), (device, before["status"].tolist())
+        flagged = after[after["status"] == "implausible"]
+        if device == "bat1":  # W reported as kW: implausible whenever the battery moves
+            moving = after[after["measured_kw"].abs() > 5.25]
+            assert len(moving) >= 3, (device, after["measured_kw"].tolist())
+            flagged = flagged.loc[moving.index.intersection(flagged.index)]
+            assert len(flagged) == len(moving), (device, after["status"].tolist())
+        else:
+            assert len(flagged) == len(after), (device, after["status"].tolist())
+        assert flagged["reason"].str.contains(words, regex=False).all(), (device, words)
+        if device == "bat3":  # the jump itself: more than the power since the last reading
+            assert "state of charge moved" in rows.loc[FAULTS_AFTER, "reason"]
+        assert set(flagged["fallback"]) == {"clip" if policy == "clip" else "hold"}
+        # what the simulation took is finite and what the simulated DER could do
+        used = rows["used_mw"].dropna()
+        assert used.map(math.isfinite).all()
+        assert (used >= rows.loc[used.index, "lo_mw"] - 1e-12).all()
+        assert (used <= rows.loc[used.index, "hi_mw"] + 1e-12).all()
+        assert rows["used_soc"].dropna().between(0.1, 0.9).all()
+        mine = ders[(ders["aggregator"] == aggregator) & (ders["bus"] == bus)]
+        mine = mine[mine["type"] == kind].set_index("interval")
+        if kind == "pv":  # a PV at night produces nothing, whatever it says
+            assert (mine.loc[FAULTS_AFTER:, "actual_mw"] == 0.0).all(), device
+
+
+def test_implausible_readings_are_flagged_and_treated_as_missing(tmp_path: Path) -> None:
+    built, outcome = _run_faulty(tmp_path, "missing")
+    _books_close(built, outcome)
+    hil = _hil(built.results_dir)
+    _check_faulty(hil, pd.read_parquet(built.results_dir / "ders"), "missing")
+    # missing + hold: the last plausible output stands (clipped to today's range), never
+    # the absurd one
+    bat2 = hil[hil["device"] == "bat2"].set_index("interval")
+    last_good = bat2.loc[FAULTS_AFTER - 1, "used_mw"]
+    held = bat2.loc[FAULTS_AFTER:]
+    assert (held["used_mw"] == held["used_mw"].clip(lower=held["lo_mw"], upper=held["hi_mw"])).all()
+    assert held["used_mw"].abs().max() <= abs(last_good) + 1e-12
+
+
+def test_implausible_readings_clipped_to_the_physical_bound(tmp_path: Path) -> None:
+    built, outcome = _run_faulty(tmp_path, "clip")
+    _books_close(built, outcome)
+    hil = _hil(built.results_dir)
+    _check_faulty(hil, pd.read_parquet(built.results_dir / "ders"), "clip")
+    bat2 = hil[hil["device"] == "bat2"].set_index("interval").loc[FAULTS_AFTER:]
+    assert (bat2["used_mw"] == bat2["hi_mw"]).all()  # 1e8 kW of charging: as much as it can
+
+
+def test_v1_and_v2_devices_side_by_side_and_no_takeover(tmp_path: Path) -> None:
+    """bat1 speaks protocol 1, pv1 protocol 2; a second connection claiming
+    bat1 (answering 4 kW, which bat1 never does at night) is refused while bat1's
+    session lives."""
+    fed = _Federation(_scenario(tmp_path, fallback="hold"), tmp_path / "run")
+    log = tmp_path / "emulator.log"
+    procs = [
+        _emulator(fed.address, log, "--device", "bat1", "--protocol", "1"),
+        _emulator(fed.address, log, "--device", "pv1:pv"),
+    ]
+    try:
+        fed.wait_started()
+        procs.append(
+            _emulator(fed.address, tmp_path / "thief.log", "--device", "bat1", "--report-kw", "4")
+        )
+        built, outcome = fed.join()
+    finally:
+        for p in procs:
+            _kill(p, signal.SIGINT)
+    assert outcome.ok, outcome.failure
+    hil = _hil(built.results_dir)
+    for device, version in (("bat1", 1), ("pv1", 2)):
+        rows = hil[hil["device"] == device]
+        assert (rows["status"] == "ok").all(), (device, rows["status"].tolist())
+        assert (rows["protocol"] == version).all(), device
+    assert (hil[hil["device"] == "bat1"]["measured_kw"] != 4.0).all()  # never the thief's
+    gateway = pd.read_parquet(built.results_dir / "hil_gateway")
+    assert gateway["takeover_refused"].sum() >= 3  # it kept trying, as told (retry_s)
+    thief = (tmp_path / "thief.log").read_text()
+    assert "busy: 'bat1' has a live session from another connection" in thief
+
+
+def _tables(results: Path) -> dict[str, pd.DataFrame]:
+    return {
+        d.name: pd.read_parquet(d)
+        for d in sorted(results.iterdir())
+        if d.is_dir() and d.name != "realtime"  # the wall clock: a replay has none
+    }
+
+
+def test_replay_reproduces_a_recorded_run_deterministically(tmp_path: Path) -> None:
+    fed = _Federation(_scenario(tmp_path, fallback="hold"), tmp_path / "run")
+    log = tmp_path / "emulator.log"
+    # bat1 jumps its state of charge after 6 set-points: implausible, fallback
+    procs = [
+        _emulator(
+            fed.address, log, "--device", "bat1", "--soc-offset", "0.3", "--faults-after", "6"
+        ),
+        _emulator(fed.address, log, "--device", "pv1"),
+    ]
+    try:
+        fed.wait_started()
+        time.sleep(12 * STEP_S)
+        _kill(procs.pop())  # pv1 unplugged for the rest of the run: hold
+        built, outcome = fed.join()
+    finally:
+        for p in procs:
+            _kill(p, signal.SIGINT)
+    assert outcome.ok, outcome.failure
+    recorded = _tables(built.results_dir)
+    hil = recorded["hil"]
+    assert set(hil["status"]) >= {"ok", "implausible", "disconnected"}  # every path replayed
+    replays = []
+    for name in ("replay1", "replay2"):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dsosim.runner.cli",
+                "replay",
+                str(tmp_path / "run"),
+                "--out",
+                str(tmp_path / name),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        replays.append(tmp_path / name / "results")
+    again = _tables(replays[0])
+    assert sorted(again) == sorted(recorded)
+    for table, frame in recorded.items():
+        pd.testing.assert_frame_equal(again[table], frame, check_exact=True, obj=table)
+    # two replays: byte-identical result files
+    for part in sorted(replays[0].rglob("*.parquet")):
+        twin = replays[1] / part.relative_to(replays[0])
+        assert part.read_bytes() == twin.read_bytes(), part
+    summary = json.loads((replays[0] / "summary.json").read_text())
+    for key in ("settlement_residual", "der_revenue", "hil_answered", "hil_fallback"):
+        assert summary[key] == outcome.summary[key], key

@@ -85,7 +85,7 @@ class Device:
 
     def answer(self, request: Message, p_kw: float, soc: float | None = None) -> None:
         assert isinstance(request, (Setpoint, Read))
-        self.send(Measurement(request.device, request.seq, p_kw, soc, "ok"))
+        self.send(Measurement(request.device, request.seq, p_kw, soc, "ok", request.TYPE))
 
 
 @pytest.fixture(autouse=True)
@@ -178,6 +178,7 @@ def test_hello_gets_welcome_with_the_device_and_the_settings(make_gateway, conne
         step_s=15.0,
         timeout_ms=80.0,
         heartbeat_s=2.0,
+        origin="T00:00:00",
     )
     welcome = connect(gateway.endpoint).hello("pv1", kind="pv")
     assert isinstance(welcome, Welcome)
@@ -191,7 +192,11 @@ def test_hello_gets_welcome_with_the_device_and_the_settings(make_gateway, conne
     [
         ({"v": 1, "type": "hello", "device": "nope"}, "unknown device", "unknown_device"),
         ({"v": 1, "type": "hello", "device": "bat1", "kind": "pv"}, "wrong kind", "wrong_kind"),
-        ({"v": 2, "type": "hello", "device": "bat1"}, "version", "wrong_version"),
+        ({"v": 3, "type": "hello", "device": "bat1"}, "version 3 is not spoken", "wrong_version"),
+        ({"v": 2, "type": "hello", "device": "bat 1"}, "device id must be", "malformed"),
+        ({"v": 2, "type": "hello", "device": "bat1", "kind": "ev"}, "kind: expected", "malformed"),
+        ({"v": 2, "type": "hello"}, "device: missing from hello", "malformed"),
+        ({"v": 2, "type": "hello", "device": "bat1", "x": 1}, "x: unknown field", "malformed"),
         ({"v": 1, "type": "heartbeat", "device": "bat1"}, "no session", "no_session"),
         (
             {
@@ -215,11 +220,13 @@ def test_refused_hello_or_message_before_hello_gets_reject(
     device = connect(gateway.endpoint)
     device.send_map(frame)
     reject = device.recv()
-    assert isinstance(reject, Reject)
-    assert reject.device == frame["device"] and reason in reject.reason
+    assert isinstance(reject, Reject), reject
+    valid_id = frame.get("device") in ("bat1", "nope")
+    assert reject.device == (frame["device"] if valid_id else None) and reason in reject.reason
+    assert reject.retry_s is None  # final: the configuration disagrees
     assert gateway.connected() == []
     expected = {counter: 1}
-    if frame["type"] == "hello" and frame["v"] == 1:
+    if frame["type"] == "hello":
         expected["hellos"] = 1
     counted(gateway, **expected)
 
@@ -234,25 +241,39 @@ def test_other_version_on_a_non_hello_frame_gets_error(make_gateway, connect):
     counted(gateway, hellos=1, wrong_version=1)
 
 
-def test_a_reconnecting_device_replaces_its_session(make_gateway, connect, pool):
-    gateway = make_gateway(timeout_ms=2000.0)
+def test_a_hello_for_a_live_session_is_refused_until_it_expires(make_gateway, connect, pool):
+    gateway = make_gateway(timeout_ms=2000.0, heartbeat_s=0.2)
     old = connect(gateway.endpoint)
     assert isinstance(old.hello("bat1"), Welcome)
-    new = connect(gateway.endpoint)
-    assert isinstance(new.hello("bat1"), Welcome)
-    assert gateway.connected() == ["bat1"]
-
+    thief = connect(gateway.endpoint)
+    reject = thief.hello("bat1")
+    assert isinstance(reject, Reject) and reject.device == "bat1"
+    assert reject.reason.startswith("busy: 'bat1' has a live session from another connection")
+    assert reject.retry_s is not None and 0.1 <= reject.retry_s <= 0.7
+    # the live session keeps its set-points; the other connection gets nothing
     future = pool.submit(gateway.setpoints, [setpoint("bat1", 1)])
-    request = new.recv()
-    new.answer(request, -2.4)
+    request = old.recv()
+    old.answer(request, -2.4)
     assert_answered(result(future)["bat1"], 1, -2.4)
-    assert old.quiet()  # the set-point went to the new connection only
-
+    assert thief.quiet()
+    counted(gateway, hellos=2, takeover_refused=1)
+    # once the old connection has been silent for three heartbeat periods it is gone
+    time.sleep(0.65)
+    assert isinstance(thief.hello("bat1"), Welcome)
+    assert gateway.connected() == ["bat1"]
     old.send(Heartbeat("bat1"))
     reject = old.recv()
     assert isinstance(reject, Reject) and "no session" in reject.reason
+    counted(gateway, hellos=1, sessions_expired=1, no_session=1)
+
+
+def test_the_same_connection_saying_hello_again_keeps_its_session(make_gateway, connect):
+    gateway = make_gateway()
+    device = connect(gateway.endpoint)
+    assert isinstance(device.hello("bat1"), Welcome)
+    assert isinstance(device.hello("bat1"), Welcome)
     assert gateway.connected() == ["bat1"]
-    counted(gateway, hellos=2, no_session=1)
+    counted(gateway, hellos=2)
 
 
 def test_a_silent_session_expires_after_three_heartbeat_periods(make_gateway, connect):
@@ -316,7 +337,8 @@ def test_setpoint_and_read_round_trips(make_gateway, connect, pool):
         [setpoint("bat1", 7, -3.2), setpoint("pv1", 7, -1.0), setpoint("bat2", 7)],
     )
     sp_bat, sp_pv = battery.recv(), pv.recv()
-    assert sp_bat == Setpoint("bat1", 7, 107, 6300.0, 900.0, -3.2, 42.5)
+    # without a range from the caller, the rating is the range
+    assert sp_bat == Setpoint("bat1", 7, 107, 6300.0, 900.0, -3.2, 42.5, -5.0, 5.0)
     assert isinstance(sp_pv, Setpoint) and sp_pv.p_kw == -1.0
     battery.answer(sp_bat, 0.4, soc=0.5)
     pv.answer(sp_pv, -0.9)
@@ -383,13 +405,14 @@ def test_bad_round_arguments_raise_in_the_caller(make_gateway):
 
 
 MEASUREMENT = {
-    "v": 1,
+    "v": 2,
     "type": "measurement",
     "device": "bat1",
     "seq": 1,
     "p_kw": 1.0,
     "soc": None,
     "status": "ok",
+    "answers": "setpoint",
 }
 
 

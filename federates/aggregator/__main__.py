@@ -99,13 +99,15 @@ def _send_hardware_setpoints(
     setpoints: dict[str, float],
     prices: dict[str, float],
 ) -> None:
-    """Each hardware DER's share of its bus set-point, as the fleet plans it."""
+    """Each hardware DER's share of its bus set-point, as the fleet plans it,
+    and what the simulated DER can physically do (the plausibility bound)."""
     plan = fleet.plan(k, setpoints)
     soc = {}
     for device, (index, _) in hardware.items():
         _, _, _, device_soc = fleet.device_rating(index)
         if device_soc is not None:
             soc[device] = device_soc
+    ranges = {d: fleet.device_range(k, i) for d, (i, _) in hardware.items()}
     shell.send(
         gateway,
         msg.HilSetpoints(
@@ -114,6 +116,8 @@ def _send_hardware_setpoints(
             {d: float(plan[i]) for d, (i, _) in hardware.items()},
             {d: float(prices[bus]) for d, (_, bus) in hardware.items()},
             soc,
+            {d: lo for d, (lo, _) in ranges.items()},
+            {d: hi for d, (_, hi) in ranges.items()},
         ),
     )
 

@@ -172,6 +172,8 @@ class Fleet:
         self._cache: offers.FleetOffer | None = None
         self._plan: _Plan | None = None
         self._unavailable: set[int] = set()
+        self._range = (np.zeros(0), np.zeros(0))
+        """Each device's physical net-demand range this interval (see :meth:`device_range`)."""
 
     # --- construction
 
@@ -381,6 +383,16 @@ class Fleet:
             self._cache = None
             self._plan = None
 
+    def device_range(self, interval: int, index: int) -> tuple[float, float]:
+        """(least, most) net demand, MW, device ``index`` can physically have in
+        ``interval`` from its present state: a battery within its power and
+        what its state of charge allows, a PV system between its available
+        power and 0; always including 0. A measured reading (:meth:`dispatch`)
+        must lie inside it."""
+        self._offer(interval)
+        self._locate(index)
+        return float(self._range[0][index]), float(self._range[1][index])
+
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < int(self._spans[-1]):
             raise ValueError(f"device index {index} outside 0..{int(self._spans[-1]) - 1}")
@@ -427,6 +439,11 @@ class Fleet:
             return self._cache
         tick = self._tick(interval)
         group_offers = [g.offer(tick) for g in self.groups]
+        # what each device can physically do, before the unavailable ones are withdrawn;
+        # idling (0) is always possible, whatever a must-run or must-charge offer says
+        lo = np.concatenate([np.zeros(0), *(o.lo for o in group_offers)])
+        hi = np.concatenate([np.zeros(0), *(o.hi for o in group_offers)])
+        self._range = (np.minimum(lo, 0.0), np.maximum(hi, 0.0))
         for index in sorted(self._unavailable):
             g, i = self._locate(index)
             _withdraw(group_offers[g], i)
@@ -516,11 +533,7 @@ class Fleet:
         net, dispatched = plan.net, plan.dispatched
         readings = dict(measured or {})
         for index, reading in readings.items():
-            self._locate(index)
-            if not math.isfinite(reading.mw):
-                raise ValueError(
-                    f"measured output of device {index} must be finite, got {reading.mw!r}"
-                )
+            _check_reading(index, reading, self.device_range(interval, index))
         by_type: dict[str, TypeOutcome] = {}
         actual = np.empty(len(net))
         for g, g_offer, a, b in zip(
@@ -573,6 +586,20 @@ class Fleet:
         self._cache = None
         self._plan = None
         return outcome
+
+
+def _check_reading(index: int, reading: DeviceReading, bounds: tuple[float, float]) -> None:
+    """A measured reading the device cannot have produced is a bug upstream
+    (the HIL gateway checks plausibility and clips before sending)."""
+    lo, hi = bounds
+    slack = 1e-9 * max(1.0, abs(lo), abs(hi))
+    if not (math.isfinite(reading.mw) and lo - slack <= reading.mw <= hi + slack):
+        raise ValueError(
+            f"measured output of device {index} must lie in its range [{lo:.6g}, {hi:.6g}] "
+            f"MW this interval, got {reading.mw!r}"
+        )
+    if reading.soc is not None and not (math.isfinite(reading.soc) and 0 <= reading.soc <= 1):
+        raise ValueError(f"measured soc of device {index} must be within 0..1, got {reading.soc!r}")
 
 
 def _withdraw(offer: GroupOffer, i: int) -> None:

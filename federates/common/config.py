@@ -253,6 +253,9 @@ class HilDeviceConfig(Strict):
     sim_rated_kw: PositiveFloat = Field(description="rating of the simulated DER it stands for")
     sim_capacity_kwh: PositiveFloat | None = None
     soc_init: float | None = Field(None, ge=0, le=1)
+    soc_min: float | None = Field(None, ge=0, le=1, description="simulated battery's SOC limits")
+    soc_max: float | None = Field(None, ge=0, le=1)
+    efficiency: float | None = Field(None, gt=0, le=1, description="round trip (batteries)")
 
     @property
     def scale(self) -> float:
@@ -268,6 +271,9 @@ class HilConfig(Strict):
     timeout_ms: PositiveFloat = 50.0
     heartbeat_s: PositiveFloat = 1.0
     fallback: Literal["hold", "unavailable"] = "hold"
+    implausible: Literal["clip", "missing"] = "missing"
+    power_tolerance: float = Field(0.05, ge=0, le=1)
+    soc_tolerance: float = Field(0.02, ge=0, le=1)
     curve_secret_key: str | None = None
     curve_authorized_dir: str | None = None
     allow_unauthenticated: bool = False
@@ -278,6 +284,18 @@ class HilConfig(Strict):
         "device to connect (the whole federation waits)",
     )
     devices: tuple[HilDeviceConfig, ...] = Field(min_length=1)
+    replay: str | None = Field(
+        None,
+        description="results folder of a recorded HIL run: the gateway plays back its "
+        "device answers (hil_answers) instead of serving devices (dsosim replay)",
+    )
+
+
+class LedgerBoundConfig(Strict):
+    """The settlement sanity bound (``ledger.SanityBound``), derived from the case at build."""
+
+    max_mw: PositiveFloat
+    max_price: PositiveFloat
 
 
 class RecorderConfig(Strict):
@@ -297,6 +315,9 @@ class FederationConfig(Strict):
     aggregators: tuple[AggregatorConfig, ...]
     recorder: RecorderConfig
     hil: HilConfig | None = None
+    ledger_bound: LedgerBoundConfig | None = Field(
+        None, description="payments beyond it are refused from the books (recorder)"
+    )
 
     def federate_names(self) -> list[str]:
         return [

@@ -9,6 +9,8 @@ DMOs) are flagged so the books can be closed: see
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from dsosim.federates.common.parties import Party
@@ -47,3 +49,88 @@ class Payment:
 
 
 COLUMNS = (*(f.name for f in fields(Payment)), "amount", "payer_is_operator", "payee_is_operator")
+
+
+@dataclass(frozen=True, slots=True)
+class SanityBound:
+    """What no payment of a federation can exceed, derived from its case at
+    build: ``max_mw`` is twice the case's installed generation plus its load
+    (no flow of energy in the federation comes near it), ``max_price`` the
+    widest price any market may set (the bid-curve price cap and floor, and
+    the ISO's value of lost load). A payment beyond them is a bug or bad data,
+    never a result."""
+
+    max_mw: float
+    max_price: float
+
+    def amount(self, hours: float) -> float:
+        """The largest amount a payment over ``hours`` can have."""
+        return self.max_mw * self.max_price * hours
+
+
+def refusal(
+    row: Sequence[object], bound: SanityBound | None, columns: Sequence[str] = COLUMNS
+) -> str | None:
+    """Why a settlement row is refused, naming the parties and the interval;
+    None if it is acceptable. Refused: any non-finite or non-numeric amount,
+    MW, price or hours; hours <= 0; and, with a ``bound``, MW, price or
+    amount beyond it."""
+    values = dict(zip(columns, row, strict=False))
+    who = (
+        f"interval {values.get('interval')!r}: {values.get('payer')!r} -> "
+        f"{values.get('payee')!r} ({values.get('market')!r} {values.get('item')!r})"
+    )
+    numbers: dict[str, float] = {}
+    for name in ("mw", "price", "hours", "amount"):
+        v = values.get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"{who}: {name} {v!r} is not a finite number"
+        numbers[name] = float(v)
+    if numbers["hours"] <= 0:
+        return f"{who}: hours {numbers['hours']!r} must be > 0"
+    if bound is None:
+        return None
+    limits = {
+        "mw": bound.max_mw,
+        "price": bound.max_price,
+        "amount": bound.amount(numbers["hours"]),
+    }
+    for name, limit in limits.items():
+        if abs(numbers[name]) > limit:
+            return (
+                f"{who}: {name} {numbers[name]:.6g} beyond the sanity bound {limit:.6g} "
+                f"derived from the case"
+            )
+    return None
+
+
+REFUSED_COLUMNS = ("interval", "market", "payer", "payee", "item", "reason")
+"""The ``ledger_refused`` table: payments the recorder kept out of the books."""
+
+
+def screen(
+    rows: Sequence[Sequence[object]],
+    bound: SanityBound | None,
+    columns: Sequence[str] = COLUMNS,
+) -> tuple[list[Sequence[object]], list[tuple[object, ...]]]:
+    """Split settlement rows into accepted ones and refused ones
+    (:data:`REFUSED_COLUMNS`)."""
+    good: list[Sequence[object]] = []
+    refused: list[tuple[object, ...]] = []
+    for row in rows:
+        why = refusal(row, bound, columns)
+        if why is None:
+            good.append(row)
+            continue
+        v = dict(zip(columns, row, strict=False))
+        refused.append(
+            (
+                v.get("interval") if isinstance(v.get("interval"), int) else -1,
+                str(v.get("market")),
+                str(v.get("payer")),
+                str(v.get("payee")),
+                str(v.get("item")),
+                why,
+            )
+        )
+    return good, refused

@@ -178,8 +178,11 @@ class Done:
 @dataclass(frozen=True, slots=True)
 class HilSetpoints:
     """Aggregator -> HIL gateway: the set-point (MW, simulation scale) and bus
-    price of each of its DERs run by hardware, and the state of charge the
-    simulated device starts the interval with (storage only)."""
+    price of each of its DERs run by hardware, the state of charge the
+    simulated device starts the interval with (storage only), and the range
+    ``[lo_mw, hi_mw]`` of net demand the simulated device can physically have
+    this interval (rating, state of charge, sun): the plausibility bound of
+    the measurement."""
 
     KIND: ClassVar[str] = "hil_setpoints"
     sender: str
@@ -187,6 +190,8 @@ class HilSetpoints:
     setpoints_mw: Mapping[str, float]
     prices: Mapping[str, float]
     soc: Mapping[str, float]
+    lo_mw: Mapping[str, float]
+    hi_mw: Mapping[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,7 +510,13 @@ def _decode_hil_setpoints(r: _Reader, sender: str, interval: int) -> HilSetpoint
         raise r.fail("prices", "must name exactly the devices of setpoints_mw")
     if not set(soc) <= set(setpoints) or not all(0.0 <= x <= 1.0 for x in soc.values()):
         raise r.fail("soc", "must map devices of setpoints_mw to fractions 0..1")
-    return HilSetpoints(sender, interval, setpoints, prices, soc)
+    lo, hi = r.number_map("lo_mw"), r.number_map("hi_mw")
+    if set(lo) != set(setpoints) or set(hi) != set(setpoints):
+        raise r.fail("lo_mw", "lo_mw and hi_mw must name exactly the devices of setpoints_mw")
+    bad = sorted(d for d in lo if not lo[d] <= 0.0 <= hi[d])
+    if bad:
+        raise r.fail("lo_mw", f"{bad[0]}: need lo_mw <= 0 <= hi_mw")
+    return HilSetpoints(sender, interval, setpoints, prices, soc, lo, hi)
 
 
 def _decode_hil_readings(r: _Reader, sender: str, interval: int) -> HilReadings:

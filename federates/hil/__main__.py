@@ -26,7 +26,9 @@ from dsosim.federates.common.config import FederationConfig, HilConfig
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.hil.gateway import COUNTERS, DeviceInfo, Gateway, GatewaySettings
-from dsosim.federates.hil.loop import HIL_COLUMNS, DeviceStep, HardwareLoop
+from dsosim.federates.hil.loop import HIL_COLUMNS, Bounds, DeviceStep, HardwareLoop
+from dsosim.federates.hil.protocol import Setpoint
+from dsosim.federates.hil.replay import ANSWER_COLUMNS, ReplayGateway, answer_rows
 
 GATEWAY_COLUMNS = ("interval", "connected", *COUNTERS)
 
@@ -55,6 +57,9 @@ def make_gateway(config: FederationConfig, base: Path) -> Gateway:
             d.kind,
             d.rated_kw,
             None if d.sim_capacity_kwh is None else d.sim_capacity_kwh * d.scale,
+            d.soc_min,
+            d.soc_max,
+            d.efficiency,
         )
         for d in hil.devices
     ]
@@ -84,16 +89,17 @@ def wait_for_devices(gateway: Gateway, hil: HilConfig, name: str) -> None:
     )
 
 
-def run(shell: FederateShell, config: FederationConfig, gateway: Gateway) -> None:
+def run(shell: FederateShell, config: FederationConfig, gateway: Gateway | ReplayGateway) -> None:
     hil = config.hil
     assert hil is not None
-    loop = HardwareLoop(hil.devices, hil.fallback)
+    loop = HardwareLoop(hil, config.time.interval_s)
     owners = sorted({d.aggregator for d in hil.devices})
     last_status: dict[str, str] = {}
     for k in range(config.time.n_intervals):
         shell.advance(at(k, Phase.ACTUATE, config.time))
         got = expect(shell.receive(allowed_senders=owners), msg.HilSetpoints, k, owners)
         wanted: dict[str, tuple[float, float]] = {}
+        bounds: dict[str, Bounds] = {}
         for owner, m in got.items():
             assert isinstance(m, msg.HilSetpoints)
             mine = {d.id for d in hil.devices if d.aggregator == owner}
@@ -105,19 +111,38 @@ def run(shell: FederateShell, config: FederationConfig, gateway: Gateway) -> Non
                 )
             for device, mw in m.setpoints_mw.items():
                 wanted[device] = (loop.device_kw(device, mw), m.prices[device])
+                bounds[device] = Bounds(m.lo_mw[device], m.hi_mw[device])
                 gateway.set_soc(device, m.soc.get(device))
         seq = k + 1
         t_s = k * config.time.interval_s
         sent = gateway.setpoints(
             [
-                (d, seq, k, t_s, config.time.interval_s, kw, price)
+                Setpoint(
+                    d,
+                    seq,
+                    k,
+                    t_s,
+                    config.time.interval_s,
+                    kw,
+                    price,
+                    loop.device_kw(d, bounds[d].lo_mw) + 0.0,
+                    loop.device_kw(d, bounds[d].hi_mw) + 0.0,
+                )
                 for d, (kw, price) in sorted(wanted.items())
             ]
         )
 
         shell.advance(at(k, Phase.READBACK, config.time))
         read = gateway.read([(d, seq) for d in sorted(wanted)])
-        steps = {d: loop.resolve(d, wanted[d][0], sent[d], read[d]) for d in sorted(wanted)}
+        shell.record(
+            k,
+            "hil_answers",
+            ANSWER_COLUMNS,
+            answer_rows(k, "setpoint", seq, sent) + answer_rows(k, "read", seq, read),
+        )
+        steps = {
+            d: loop.resolve(d, k, wanted[d][0], bounds[d], sent[d], read[d]) for d in sorted(wanted)
+        }
         for owner in owners:
             _send_readings(
                 shell,
@@ -144,7 +169,7 @@ def _send_readings(shell: FederateShell, owner: str, k: int, steps: list[DeviceS
             shell.name,
             k,
             {s.device: s.used_mw for s in steps if s.used_mw is not None},
-            {s.device: s.soc for s in steps if s.soc is not None},
+            {s.device: s.used_soc for s in steps if s.used_soc is not None},
             tuple(s.device for s in steps if s.unavailable),
         ),
     )
@@ -154,6 +179,8 @@ def _report_changes(name: str, k: int, steps: dict[str, DeviceStep], last: dict[
     """One log line whenever a device's state changes (not every interval)."""
     for device, s in steps.items():
         state = s.status if s.fallback == "none" else f"{s.status}, fallback {s.fallback}"
+        if s.reason and s.status == "implausible":
+            state += f" ({s.reason})"
         if last.get(device) != state:
             print(f"[{name}] interval {k}: {device} {state}", flush=True)
             last[device] = state
@@ -164,6 +191,13 @@ def body(shell: FederateShell, config: FederationConfig, name: str, base: Path) 
     waits), run, and always close the sockets."""
     if config.hil is None or config.hil.name != name:
         raise ValueError(f"the federation has no HIL gateway named {name!r}")
+    if config.hil.replay is not None:
+        replay = ReplayGateway(
+            (base / config.hil.replay).resolve(), [d.id for d in config.hil.devices]
+        )
+        print(f"[{name}] replaying the device answers recorded in {config.hil.replay}", flush=True)
+        run(shell, config, replay)
+        return
     gateway = make_gateway(config, base)
     try:
         for d in config.hil.devices:

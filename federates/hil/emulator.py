@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -40,6 +40,8 @@ import zmq
 from dsosim.federates.hil.protocol import (
     DEVICE_ID,
     KINDS,
+    PROTOCOL_VERSION,
+    VERSIONS,
     Error,
     Heartbeat,
     Hello,
@@ -192,6 +194,12 @@ class BatteryModel(_Follower):
         self.soc = min(max(soc, 0.0), 1.0)
         self._eta_one_way = math.sqrt(options.efficiency)
 
+    def configure(self, options: ModelOptions) -> None:
+        """New SOC limits and efficiency (a v2 WELCOME after a reconnect)."""
+        self._advance()
+        self.options = options
+        self._eta_one_way = math.sqrt(options.efficiency)
+
     def measure(self) -> Reading:
         self._advance()
         limited = abs(self.p_kw - self.commanded_kw) > self.tolerance_kw
@@ -302,15 +310,22 @@ class PvModel(_Follower):
         super().__init__(rated_kw, time_scale, options, clock)
         self._anchor: tuple[float, float] | None = None
         """(wall time, simulation time) of the latest SETPOINT."""
+        self._available: float | None = None
+        """The available power a v2 SETPOINT said (None: the clear sky)."""
 
-    def set_time(self, t_s: float) -> None:
-        """The simulation time now (from a SETPOINT)."""
+    def set_time(self, t_s: float, available_kw: float | None = None) -> None:
+        """The simulation time now (from a SETPOINT) and, from a v2 SETPOINT,
+        the simulated PV system's available power this interval: the emulated
+        sun then follows the simulation's weather instead of a clear sky."""
         now = self._advance()
         self._anchor = (now, t_s)
+        self._available = None if available_kw is None else min(available_kw, self.rated_kw)
 
     def available_kw(self, wall: float | None = None) -> float:
         if self._anchor is None:
             return 0.0
+        if self._available is not None:
+            return self._available
         wall = self._clock() if wall is None else wall
         t_s = self._anchor[1] + (wall - self._anchor[0]) * self.time_scale
         return self.rated_kw * clear_sky_fraction(t_s)
@@ -339,6 +354,7 @@ def build_model(
 ) -> Model:
     """The model a WELCOME describes. A battery WELCOME without a capacity or a
     SOC gets 1 h of rated power and half full, with a warning."""
+    options = _welcome_options(welcome, options)
     if welcome.kind == "pv":
         return PvModel(welcome.rated_kw, welcome.time_scale, options, clock)
     capacity = welcome.capacity_kwh
@@ -350,6 +366,18 @@ def build_model(
         soc = 0.5
         warn(f"{welcome.device}: WELCOME has no soc; starting half full")
     return BatteryModel(welcome.rated_kw, capacity, soc, welcome.time_scale, options, clock)
+
+
+def _welcome_options(welcome: Welcome, options: ModelOptions) -> ModelOptions:
+    """A v2 WELCOME says the simulated battery's SOC limits and efficiency:
+    the emulated battery takes them (a v1 WELCOME leaves the options as they are)."""
+    changes: dict[str, float] = {}
+    if welcome.soc_min is not None and welcome.soc_max is not None:
+        if welcome.soc_min < welcome.soc_max:
+            changes.update(soc_min=welcome.soc_min, soc_max=welcome.soc_max)
+    if welcome.efficiency is not None:
+        changes["efficiency"] = welcome.efficiency
+    return replace(options, **changes) if changes else options
 
 
 # ------------------------------------------------------------------- client
@@ -366,8 +394,23 @@ class Faults:
     heartbeats continue, so the device stays connected but useless."""
     garbage_every: int | None = None
     """Every Nth answer is a garbage frame instead of a MEASUREMENT."""
+    power_factor: float = 1.0
+    """Report the power times this (1000: firmware reporting W as kW)."""
+    report_kw: float | None = None
+    """Report this power, whatever the device does (an absurd meter)."""
+    soc_offset: float = 0.0
+    """Report the state of charge plus this (a jump; may leave 0..1)."""
+    faults_after: int = 0
+    """The three reading faults above start with set-point ``faults_after + 1``."""
 
     def __post_init__(self) -> None:
+        for name in ("power_factor", "soc_offset"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        if self.report_kw is not None and not math.isfinite(self.report_kw):
+            raise ValueError(f"report_kw must be finite, got {self.report_kw}")
+        if self.faults_after < 0:
+            raise ValueError(f"faults_after must be >= 0, got {self.faults_after}")
         if not (self.late_ms >= 0 and math.isfinite(self.late_ms)):
             raise ValueError(f"late_ms must be >= 0, got {self.late_ms}")
         if self.silent_after is not None and self.silent_after < 0:
@@ -400,6 +443,12 @@ class EmulatorOptions:
     log_path: Path | None = None
     hello_retry_s: float = 1.0
     """HELLO again after this long without a WELCOME."""
+    protocol: int = PROTOCOL_VERSION
+    """The protocol version to speak (1 to stand in for an old device)."""
+
+    def __post_init__(self) -> None:
+        if self.protocol not in VERSIONS:
+            raise ValueError(f"protocol version must be one of {VERSIONS}, got {self.protocol!r}")
 
 
 class DeviceRejected(RuntimeError):
@@ -612,13 +661,13 @@ class Emulator:
             s.welcome = None
             self._hello(s, now)
         elif now - s.last_sent >= hb:
-            self._send(s, encode(Heartbeat(s.spec.device)))
+            self._send(s, self._encode(Heartbeat(s.spec.device)))
 
     def _hello(self, s: _Session, now: float) -> None:
         """Say HELLO; retry in ``hello_retry_s`` if no WELCOME comes, or soon
         if it could not go out (no connection: nothing is queued, see
         ``_connect``)."""
-        if self._send(s, encode(Hello(s.spec.device, s.spec.kind))):
+        if self._send(s, self._encode(Hello(s.spec.device, s.spec.kind))):
             s.next_hello, s.unsent_since = now + self.options.hello_retry_s, None
             return
         s.next_hello = now + UNSENT_RETRY_S
@@ -631,6 +680,9 @@ class Emulator:
                 f"still trying"
             )
             s.unsent_since = now
+
+    def _encode(self, message: Any) -> bytes:
+        return encode(message, self.options.protocol)
 
     def _send(self, s: _Session, frame: bytes) -> bool:
         """Send without blocking; False if there is no connection to send on.
@@ -688,6 +740,8 @@ class Emulator:
         )
         if s.model is None or not same:
             s.model = build_model(w, self.options.model, self._clock, self._say)
+        elif isinstance(s.model, BatteryModel):
+            s.model.configure(_welcome_options(w, self.options.model))
         s.model_welcome = s.welcome = w
         s.ever_welcomed = True
         s.rejects_in_a_row = 0
@@ -705,6 +759,14 @@ class Emulator:
         wrong kind or version): raise. One that had a session most likely
         sent a heartbeat to a restarted gateway that does not know it yet:
         say HELLO again, and give up after a few REJECTs in a row."""
+        if r.retry_s is not None or r.reason.startswith("busy:"):
+            # our id still has a live session (our own, from before a restart):
+            # not final, say hello again when the gateway says
+            self._say(f"{s.spec.device}: {r.reason}")
+            s.welcome = None
+            s.late.clear()
+            s.next_hello = self._clock() + (r.retry_s or self.options.hello_retry_s)
+            return
         s.rejects_in_a_row += 1
         if not s.ever_welcomed or s.rejects_in_a_row >= MAX_CONSECUTIVE_REJECTS:
             raise DeviceRejected(s.spec.device, r.reason)
@@ -721,7 +783,7 @@ class Emulator:
         s.setpoints += 1
         s.setpoint_kw = sp.p_kw
         if isinstance(s.model, PvModel):
-            s.model.set_time(sp.t_s)
+            s.model.set_time(sp.t_s, None if sp.lo_kw is None else max(-sp.lo_kw, 0.0))
         s.model.command(sp.p_kw)
         self._request(s, sp.seq, "setpoint")
 
@@ -742,15 +804,17 @@ class Emulator:
         with --garbage-every, a garbage frame)."""
         if s.model is None:
             return
-        reading = s.model.measure()
+        reading = _misreport(s.model.measure(), self.options.faults, s.setpoints)
         s.answers += 1
         every = self.options.faults.garbage_every
         garbage = every is not None and s.answers % every == 0
-        soc = None if reading.soc is None else min(max(reading.soc, 0.0), 1.0)
+        soc = reading.soc
         frame = (
             GARBAGE_FRAME
             if garbage
-            else encode(Measurement(s.spec.device, seq, reading.p_kw, soc, reading.status))
+            else self._encode(
+                Measurement(s.spec.device, seq, reading.p_kw, soc, reading.status, what)  # type: ignore[arg-type]
+            )
         )
         self._send(s, frame)
         if self._log is not None and self._log_file is not None:
@@ -767,6 +831,15 @@ class Emulator:
                 ]
             )
             self._log_file.flush()
+
+
+def _misreport(reading: Reading, faults: Faults, setpoints: int) -> Reading:
+    """What a faulty meter or firmware reports instead of ``reading``."""
+    if setpoints <= faults.faults_after:
+        return reading
+    p = faults.report_kw if faults.report_kw is not None else reading.p_kw * faults.power_factor
+    soc = None if reading.soc is None else reading.soc + faults.soc_offset
+    return Reading(p, soc, reading.status)
 
 
 def load_curve_keys(server_key_file: str | Path, own_key_file: str | Path) -> CurveKeys:

@@ -26,11 +26,10 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
@@ -63,9 +62,12 @@ COUNTERS = (
     "hellos",
     "sessions_expired",
     "sessions_lost",
+    "takeover_refused",
 )
 """What :meth:`Gateway.take_counters` reports. ``sessions_lost``: sessions
-ended because ZeroMQ reported the device's connection gone when sending."""
+ended because ZeroMQ reported the device's connection gone when sending.
+``takeover_refused``: HELLOs for a device with a live session from another
+connection (see :meth:`Gateway._on_hello`)."""
 
 ROUTER_MAX_MSG_SIZE = 65536
 """Hard bound set on the ROUTER (ZMQ_MAXMSGSIZE): libzmq drops a connection
@@ -99,6 +101,10 @@ class DeviceInfo:
     """``battery`` or ``pv``."""
     rated_kw: float
     capacity_kwh: float | None
+    soc_min: float | None = None
+    soc_max: float | None = None
+    efficiency: float | None = None
+    """Round trip (batteries); with the SOC limits it goes into a v2 WELCOME."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ class GatewaySettings:
     """Folder of the authorised devices' public certificate files."""
     allow_unauthenticated: bool = False
     """Needed to bind a non-loopback address without CURVE."""
+    origin: str = "T00:00:00"
+    """The simulated clock at ``t_s = 0`` (goes into a v2 WELCOME)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,8 @@ class Exchange:
     rtt_ms: float | None
     """Request sent -> matching measurement received; None without an answer."""
     measurement: Measurement | None
+    version: int | None = None
+    """The protocol version of the session that answered."""
 
 
 # ---------------------------------------------------------------- I/O thread state
@@ -140,6 +150,10 @@ class _Session:
     identity: bytes
     last_seen: float
     """perf_counter of the last frame from this connection."""
+    version: int = protocol.PROTOCOL_VERSION
+    """The protocol version of the session's HELLO: every frame to it uses it."""
+    key: str | None = None
+    """The peer's CURVE public key (Z85), None without CURVE."""
 
 
 @dataclass
@@ -150,6 +164,8 @@ class _Pending:
 
 @dataclass
 class _Round:
+    request: str
+    """``setpoint`` or ``read``: what a v2 answer must say it answers."""
     order: list[str]
     deadline: float
     pending: dict[str, _Pending]
@@ -163,7 +179,8 @@ class _Request:
 
     device: str
     seq: int
-    frame: bytes
+    frames: dict[int, bytes]
+    """The request encoded in each protocol version."""
 
 
 # ---------------------------------------------------------------- public class
@@ -328,21 +345,24 @@ class Gateway:
         with self._soc_lock:
             self._soc[device] = None if soc is None else float(soc)
 
-    def setpoints(
-        self, items: Sequence[tuple[str, int, int, float, float, float, float]]
-    ) -> dict[str, Exchange]:
+    def setpoints(self, items: Sequence[Setpoint | tuple[Any, ...]]) -> dict[str, Exchange]:
         """Send a SETPOINT to each listed device with a session; wait up to
         ``timeout_ms`` (in total, from the first send) for the answers.
-        Items: ``(device, seq, interval, t_s, duration_s, p_kw, price)``."""
-        requests = [
-            self._prepare(Setpoint(d, seq, interval, t_s, duration_s, p_kw, price))
-            for d, seq, interval, t_s, duration_s, p_kw, price in items
-        ]
-        return self._run_round(requests)
+        Items: :class:`Setpoint` records, or tuples of their fields ``(device,
+        seq, interval, t_s, duration_s, p_kw, price[, lo_kw, hi_kw])``.
+        Without ``lo_kw``/``hi_kw`` a v2 device gets the rating as the range."""
+        requests = []
+        for item in items:
+            sp = item if isinstance(item, Setpoint) else Setpoint(*item)
+            if sp.lo_kw is None or sp.hi_kw is None:
+                rated = self._known(sp.device).rated_kw
+                sp = replace(sp, lo_kw=-rated, hi_kw=rated)
+            requests.append(self._prepare(sp))
+        return self._run_round("setpoint", requests)
 
     def read(self, items: Sequence[tuple[str, int]]) -> dict[str, Exchange]:
         """Send a READ ``(device, seq)`` to each listed device; as :meth:`setpoints`."""
-        return self._run_round([self._prepare(Read(d, seq)) for d, seq in items])
+        return self._run_round("read", [self._prepare(Read(d, seq)) for d, seq in items])
 
     def connected(self) -> list[str]:
         """Device ids with an open session, sorted."""
@@ -362,18 +382,21 @@ class Gateway:
         """Encode a request and check it passes the device's own validation,
         so a NaN or out-of-range value fails here, in the caller."""
         self._known(message.device)
-        frame = protocol.encode(message)
-        try:
-            protocol.decode(frame, from_device=False)
-        except ProtocolError as exc:
-            raise ValueError(f"{message.TYPE} for {message.device!r}: {exc}") from None
-        return _Request(message.device, message.seq, frame)
+        frames = {}
+        for version in protocol.VERSIONS:
+            frame = protocol.encode(message, version)
+            try:
+                protocol.decode(frame, from_device=False)
+            except ProtocolError as exc:
+                raise ValueError(f"{message.TYPE} for {message.device!r}: {exc}") from None
+            frames[version] = frame
+        return _Request(message.device, message.seq, frames)
 
-    def _run_round(self, requests: list[_Request]) -> dict[str, Exchange]:
+    def _run_round(self, request: str, requests: list[_Request]) -> dict[str, Exchange]:
         devices = [r.device for r in requests]
         if len(set(devices)) != len(devices):
             raise ValueError(f"a device is listed twice in one round: {devices}")
-        return self._call(("round", requests))  # type: ignore[no-any-return]
+        return self._call(("round", request, requests))  # type: ignore[no-any-return]
 
     def _call(self, command: tuple[Any, ...]) -> Any:
         """One request/answer with the I/O thread over the inproc pipe."""
@@ -465,7 +488,7 @@ class Gateway:
         if name == "stop":
             return False
         if name == "round":
-            self._start_round(command[1])
+            self._start_round(command[1], command[2])
         elif name == "connected":
             self._expire_sessions(time.perf_counter())
             self._answer(sorted(self._by_device))
@@ -478,10 +501,11 @@ class Gateway:
 
     # rounds
 
-    def _start_round(self, requests: list[_Request]) -> None:
+    def _start_round(self, request: str, requests: list[_Request]) -> None:
         start = time.perf_counter()
         self._expire_sessions(start)
         rnd = _Round(
+            request=request,
             order=[r.device for r in requests],
             deadline=start + self.settings.timeout_ms / 1000.0,
             pending={},
@@ -494,7 +518,7 @@ class Gateway:
                 rnd.results[req.device] = Exchange(req.device, "disconnected", None, None)
                 continue
             self._last_seq[req.device] = req.seq
-            outcome = self._send_raw(session.identity, req.frame)
+            outcome = self._send_raw(session.identity, req.frames[session.version])
             if outcome == "sent":
                 rnd.pending[req.device] = _Pending(req.seq, time.perf_counter())
             elif outcome == "full":  # the device is not reading: it will not answer in time
@@ -539,51 +563,64 @@ class Gateway:
             del self._by_device[session.device]
         self._abandon(session.device)
 
-    def _open_session(self, identity: bytes, info: DeviceInfo, now: float) -> None:
+    def _open_session(
+        self, identity: bytes, info: DeviceInfo, now: float, version: int, key: str | None
+    ) -> None:
+        """HELLO accepted (see :meth:`_on_hello`): open or refresh the session, WELCOME."""
         old = self._by_device.get(info.id)
         same = self._by_identity.get(identity)
         if old is not None and old.identity != identity:
-            log.info("HIL device %s: new connection replaces its session", info.id)
+            log.info(
+                "HIL device %s: its CURVE key reconnects; the new connection takes over", info.id
+            )
             self._end_session(old)
         if same is not None and same.device != info.id:
             self._end_session(same)
         if old is not None and old.identity == identity:
-            old.last_seen = now  # the same connection said hello again: keep its session
+            old.last_seen, old.version = now, version  # hello again on the same connection
         else:
-            session = _Session(info.id, identity, now)
+            session = _Session(info.id, identity, now, version, key)
             self._by_identity[identity] = session
             self._by_device[info.id] = session
-            log.info("HIL device %s: session opened", info.id)
+            log.info("HIL device %s: session opened (protocol v%d)", info.id, version)
         with self._soc_lock:
             soc = self._soc[info.id]
         s = self.settings
-        self._send(
-            identity,
-            Welcome(
-                info.id,
-                info.kind,
-                info.rated_kw,
-                info.capacity_kwh,
-                soc,
-                s.time_scale,
-                s.step_s,
-                s.timeout_ms,
-                s.heartbeat_s,
-            ),
+        welcome = Welcome(
+            info.id,
+            info.kind,
+            info.rated_kw,
+            info.capacity_kwh,
+            soc,
+            s.time_scale,
+            s.step_s,
+            s.timeout_ms,
+            s.heartbeat_s,
+            info.soc_min,
+            info.soc_max,
+            info.efficiency,
+            s.origin,
         )
+        self._send_raw(identity, protocol.encode(welcome, version))
 
     # frames from devices
 
     def _drain_router(self) -> None:
         assert self._router is not None
+        curve = self._auth is not None
         for _ in range(_MAX_FRAMES_PER_WAKE):
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                if curve:  # zero-copy frames carry the peer's authenticated key
+                    parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    key = parts[-1].get("User-Id") if len(parts) > 1 else None
+                    frames = [bytes(f.buffer) for f in parts]
+                else:
+                    frames, key = self._router.recv_multipart(zmq.NOBLOCK), None
             except zmq.Again:
                 return
-            self._on_frames(frames, time.perf_counter())
+            self._on_frames(frames, time.perf_counter(), key)
 
-    def _on_frames(self, frames: list[bytes], now: float) -> None:
+    def _on_frames(self, frames: list[bytes], now: float, key: str | None = None) -> None:
         identity, body = frames[0], frames[1:]
         session = self._by_identity.get(identity)
         if session is not None:
@@ -600,26 +637,35 @@ class Gateway:
             )
             return
         try:
-            message = protocol.decode(raw, from_device=True)
+            version, message = protocol.decode_versioned(raw, from_device=True)
         except ProtocolError as exc:
-            if exc.field == "v":
-                self._on_bad_version(identity, raw, str(exc))
-            else:
-                self._refuse(identity, "malformed", str(exc))
+            self._on_refused_frame(identity, raw, exc)
             return
         except Exception as exc:
             self._refuse(identity, "malformed", f"frame: cannot be read ({type(exc).__name__})")
             return
         if isinstance(message, Hello):
-            self._on_hello(identity, message, now)
+            self._on_hello(identity, message, now, version, key)
         elif session is None:
             self._counters["no_session"] += 1
-            self._send(identity, Reject(message.device, "no session: send hello first"))
+            self._send_raw(
+                identity,
+                protocol.encode(Reject(message.device, "no session: send hello first"), version),
+            )
         elif message.device != session.device:
             self._refuse(
                 identity,
                 "malformed",
                 f"device: {message.device!r} on the session of {session.device!r}",
+                _seq_of(message),
+            )
+        elif version != session.version:
+            self._refuse(
+                identity,
+                "wrong_version",
+                f"v: version {version} frame on a version {session.version} session "
+                f"(say hello again to change versions)",
+                _seq_of(message),
             )
         elif isinstance(message, Heartbeat):
             self._counters["heartbeats"] += 1
@@ -628,66 +674,137 @@ class Gateway:
             assert isinstance(message, Measurement)
             self._on_measurement(identity, message, now)
 
-    def _on_hello(self, identity: bytes, hello: Hello, now: float) -> None:
+    def _on_hello(
+        self, identity: bytes, hello: Hello, now: float, version: int, key: str | None
+    ) -> None:
+        """A valid HELLO: REJECT an unknown id, a wrong kind, or a device whose
+        live session belongs to another connection (unless that connection
+        authenticated with the same CURVE key: the same device reconnecting);
+        otherwise open the session."""
         self._counters["hellos"] += 1
         info = self._devices.get(hello.device)
         if info is None:
             self._counters["unknown_device"] += 1
-            self._send(identity, Reject(hello.device, f"unknown device id {hello.device!r}"))
-        elif hello.kind is not None and hello.kind != info.kind:
-            self._counters["wrong_kind"] += 1
-            self._send(
-                identity,
-                Reject(
-                    hello.device,
-                    f"wrong kind: {hello.device!r} is a {info.kind}, not a {hello.kind}",
-                ),
-            )
-        else:
-            self._open_session(identity, info, now)
-
-    def _on_bad_version(self, identity: bytes, raw: bytes, reason: str) -> None:
-        """Another protocol version: a HELLO gets REJECT, anything else ERROR.
-        A map without an integer ``v`` is just malformed."""
-        data = msgpack.unpackb(raw, raw=False)  # decode() already read it as a map
-        version = data.get("v")
-        if isinstance(version, bool) or not isinstance(version, int):
-            self._refuse(identity, "malformed", reason)
+            self._reject(identity, version, hello.device, f"unknown device id {hello.device!r}")
             return
-        self._counters["wrong_version"] += 1
+        if hello.kind is not None and hello.kind != info.kind:
+            self._counters["wrong_kind"] += 1
+            self._reject(
+                identity,
+                version,
+                hello.device,
+                f"wrong kind: {hello.device!r} is a {info.kind}, not a {hello.kind}",
+            )
+            return
+        self._expire_sessions(now)
+        live = self._by_device.get(info.id)
+        if live is not None and live.identity != identity and (key is None or key != live.key):
+            self._counters["takeover_refused"] += 1
+            left = EXPIRY_HEARTBEATS * self.settings.heartbeat_s - (now - live.last_seen)
+            retry = max(left, 0.0) + 0.1
+            self._reject(
+                identity,
+                version,
+                hello.device,
+                f"busy: {hello.device!r} has a live session from another connection; it "
+                f"expires after {EXPIRY_HEARTBEATS * self.settings.heartbeat_s:g} s of silence "
+                f"(in {max(left, 0.0):.1f} s if silent now): say hello again then",
+                retry_s=retry,
+            )
+            return
+        self._open_session(identity, info, now, version, key)
+
+    def _reject(
+        self,
+        identity: bytes,
+        version: int,
+        device: str | None,
+        reason: str,
+        retry_s: float | None = None,
+    ) -> None:
+        if version == 1 and device is None:  # v1 REJECT must name a device: ERROR instead
+            self._send_raw(identity, protocol.encode(Error(reason[:500]), 1))
+            return
+        self._send_raw(identity, protocol.encode(Reject(device, reason[:500], retry_s), version))
+
+    def _on_refused_frame(self, identity: bytes, raw: bytes, exc: ProtocolError) -> None:
+        """A frame that failed validation. A HELLO (any frame whose ``type`` is
+        ``hello``) gets REJECT with the reason, in the frame's version if the
+        gateway speaks it, else the newest; anything else gets ERROR naming
+        the device and seq when they can be read."""
+        try:
+            data = protocol.unpack(raw)
+        except ProtocolError:
+            data = {}
+        raw_version = data.get("v")
+        known = not isinstance(raw_version, bool) and raw_version in protocol.VERSIONS
+        version = raw_version if known else protocol.PROTOCOL_VERSION
         device = data.get("device")
-        if (
-            data.get("type") == Hello.TYPE
-            and isinstance(device, str)
-            and protocol.DEVICE_ID.match(device)
-        ):
-            self._send(identity, Reject(device, f"wrong version: {reason}"))
-        else:
-            self._send(identity, Error(reason[:500]))
+        device = device if isinstance(device, str) and protocol.DEVICE_ID.match(device) else None
+        wrong_version = exc.field == "v" and isinstance(raw_version, int) and not known
+        counter = "wrong_version" if wrong_version else "malformed"
+        if data.get("type") == Hello.TYPE:
+            self._counters[counter] += 1
+            self._counters["hellos"] += 1
+            self._reject(identity, version, device, f"hello refused: {exc}")
+            return
+        seq = data.get("seq")
+        seq = (
+            seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**53 else None
+        )
+        self._refuse(identity, counter, str(exc), seq, device)
 
     def _on_measurement(self, identity: bytes, m: Measurement, now: float) -> None:
         rnd = self._round
         pending = rnd.pending.get(m.device) if rnd is not None else None
         last = self._last_seq.get(m.device)
-        if rnd is not None and pending is not None and m.seq == pending.seq:
+        answers_this = m.answers is None or (rnd is not None and m.answers == rnd.request)
+        if rnd is not None and pending is not None and m.seq == pending.seq and answers_this:
             del rnd.pending[m.device]
-            rnd.results[m.device] = Exchange(m.device, "ok", (now - pending.sent_at) * 1000.0, m)
+            session = self._by_device.get(m.device)
+            rnd.results[m.device] = Exchange(
+                m.device,
+                "ok",
+                (now - pending.sent_at) * 1000.0,
+                m,
+                None if session is None else session.version,
+            )
             self._maybe_finish_round(now)
         elif last is not None and m.seq <= last:
-            self._counters["late"] += 1  # an answer to a round already over (or a repeat)
+            # an answer to a round already over (or a repeat); v2 also names the
+            # request, so a late set-point answer is never taken for the read-back
+            self._counters["late"] += 1
         else:
-            self._refuse(identity, "malformed", f"seq: {m.seq} was never sent to {m.device!r}")
+            self._refuse(
+                identity, "malformed", f"seq: {m.seq} was never sent to {m.device!r}", m.seq
+            )
 
     # sending
 
-    def _refuse(self, identity: bytes, counter: str, reason: str) -> None:
+    def _refuse(
+        self,
+        identity: bytes,
+        counter: str,
+        reason: str,
+        seq: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        """ERROR for a refused frame, in the connection's session version (v2
+        without a session): v2 names the device and seq it refers to."""
         self._counters[counter] += 1
         log.debug("HIL gateway refused a frame (%s): %s", counter, reason)
-        self._send(identity, Error(reason[:500]))
+        session = self._by_identity.get(identity)
+        version = session.version if session is not None else protocol.PROTOCOL_VERSION
+        if session is not None:
+            device = session.device
+        self._send_raw(identity, protocol.encode(Error(reason[:500], device, seq), version))
 
     def _send(self, identity: bytes, message: protocol.Message) -> None:
-        """Answers are best effort: a peer gone or not reading misses them."""
-        self._send_raw(identity, protocol.encode(message))
+        """Answers are best effort: a peer gone or not reading misses them.
+        In the version of the connection's session (the newest without one)."""
+        session = self._by_identity.get(identity)
+        version = session.version if session is not None else protocol.PROTOCOL_VERSION
+        self._send_raw(identity, protocol.encode(message, version))
 
     def _send_raw(self, identity: bytes, frame: bytes) -> str:
         """Never blocks: ``sent``, ``full`` (the peer's queue is full: it is
@@ -705,6 +822,11 @@ class Gateway:
 
 
 # ---------------------------------------------------------------- configuration checks
+
+
+def _seq_of(message: protocol.Message) -> int | None:
+    seq = getattr(message, "seq", None)
+    return seq if isinstance(seq, int) else None
 
 
 def _check_settings(s: GatewaySettings) -> None:

@@ -1,48 +1,75 @@
 """What one interval of hardware in the loop means for the simulation, per
-device: scaling between the simulated DER and the hardware, and the fallback
-when the hardware does not answer (plain Python, no sockets, no HELICS).
+device: scaling between the simulated DER and the hardware, the plausibility
+check of what the device says, and the fallback when there is no usable
+answer (plain Python, no sockets, no HELICS).
 
 Per device and interval the gateway has two exchanges (``gateway.Exchange``):
 the set-point (answered at once: the round trip) and the read-back one settle
 period later, whose measurement is the DER's output. Then:
 
-* read-back answered: the measured power (scaled back to the simulated DER)
-  and state of charge are the DER's output and state (``fallback = none``),
-  whatever the device's own status says (``device_status``);
+* read-back answered and plausible (``plausibility``): the measured power
+  (scaled back to the simulated DER) and state of charge are the DER's output
+  and state (``fallback = none``), clipped to what the simulated DER can do
+  (within the tolerances that clip is measurement noise), whatever the
+  device's own status says (``device_status``);
+* answered but implausible (``status = implausible``, every failed check in
+  ``reason``): the scenario's ``implausible`` policy applies:
+
+  - ``clip``: the reading clipped to the physical bound is used
+    (``fallback = clip``);
+  - ``missing``: the reading is discarded and the fallback below applies;
+
 * no answer (``timeout``) or no session (``disconnected``): the scenario's
   fallback applies and is flagged:
 
-  - ``hold``: the last measured power stands for this interval and the
-    simulated storage integrates it (before any measurement, the simulated
-    DER runs as modelled);
+  - ``hold``: the last used power stands for this interval, clipped to what
+    the simulated DER can do now, and the simulated storage integrates it
+    (before any measurement, the simulated DER runs as modelled);
   - ``unavailable``: the DER delivers nothing this interval and offers
     nothing until the device answers again.
 
-Recovery needs no action: the next answered read-back ends the fallback.
+Whatever the device sends, ``used_mw`` is finite and inside the simulated
+DER's range for the interval. Recovery needs no action: the next usable
+read-back ends the fallback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dsosim.federates.common.config import HilDeviceConfig
+from dsosim.federates.common.config import HilConfig, HilDeviceConfig
 from dsosim.federates.hil.gateway import Exchange
+from dsosim.federates.hil.plausibility import Accepted, Envelope, Tolerances, check
+from dsosim.federates.hil.protocol import Measurement
 
 HIL_COLUMNS = (
     "interval",
     "device",
     "aggregator",
     "status",
+    "reason",
     "device_status",
     "fallback",
     "setpoint_kw",
     "measured_kw",
     "soc",
     "used_mw",
+    "used_soc",
+    "lo_mw",
+    "hi_mw",
     "rtt_setpoint_ms",
     "rtt_read_ms",
+    "protocol",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What the simulated DER can do this interval (from its fleet), MW."""
+
+    lo_mw: float
+    hi_mw: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +78,27 @@ class DeviceStep:
 
     device: str
     status: str
-    """ok, or the first failure of the interval: timeout / disconnected."""
+    """ok, or what went wrong: implausible, or the first failure of the
+    interval's exchanges (timeout / disconnected)."""
+    reason: str | None
+    """Why, in words (None when ok)."""
     device_status: str | None
     fallback: str
-    """none, hold or unavailable."""
+    """none, clip, hold or unavailable."""
     setpoint_kw: float
     measured_kw: float | None
     soc: float | None
+    """As measured."""
     used_mw: float | None
     """Output fed to the simulation (None: the simulated DER runs as modelled)."""
+    used_soc: float | None
+    """State of charge fed to the simulation (None: it follows from the output)."""
     rtt_setpoint_ms: float | None
     rtt_read_ms: float | None
+    bounds: Bounds
+    """What the simulated DER could do this interval."""
+    protocol: int | None = None
+    """Protocol version of the device's answer (None: no answer)."""
 
     @property
     def unavailable(self) -> bool:
@@ -69,14 +106,20 @@ class DeviceStep:
 
 
 class HardwareLoop:
-    """Scaling and fallback for the configured hardware DERs."""
+    """Scaling, plausibility and fallback for the configured hardware DERs."""
 
-    def __init__(self, devices: Sequence[HilDeviceConfig], fallback: str) -> None:
-        if fallback not in ("hold", "unavailable"):
-            raise ValueError(f"fallback must be 'hold' or 'unavailable', got {fallback!r}")
-        self.devices = {d.id: d for d in devices}
-        self.fallback = fallback
+    def __init__(self, hil: HilConfig, interval_s: float) -> None:
+        if hil.fallback not in ("hold", "unavailable"):
+            raise ValueError(f"fallback must be 'hold' or 'unavailable', got {hil.fallback!r}")
+        if hil.implausible not in ("clip", "missing"):
+            raise ValueError(f"implausible must be 'clip' or 'missing', got {hil.implausible!r}")
+        self.devices: dict[str, HilDeviceConfig] = {d.id: d for d in hil.devices}
+        self.fallback = hil.fallback
+        self.implausible = hil.implausible
+        self.tolerances = Tolerances(hil.power_tolerance, hil.soc_tolerance)
+        self.interval_h = interval_s / 3600.0
         self._last_mw: dict[str, float] = {}
+        self._accepted: dict[str, Accepted] = {}
 
     def device_kw(self, device: str, sim_mw: float) -> float:
         """A simulated DER's MW as the hardware's kW."""
@@ -86,42 +129,101 @@ class HardwareLoop:
         """The hardware's kW as the simulated DER's MW."""
         return device_kw / self.devices[device].scale / 1000.0
 
+    def envelope(self, device: str, bounds: Bounds) -> Envelope:
+        d = self.devices[device]
+        capacity = None if d.sim_capacity_kwh is None else d.sim_capacity_kwh * d.scale
+        return Envelope(
+            d.kind,
+            d.rated_kw,
+            self.device_kw(device, bounds.lo_mw) + 0.0,  # no -0 in the reasons
+            self.device_kw(device, bounds.hi_mw) + 0.0,
+            capacity,
+            0.0 if d.soc_min is None else d.soc_min,
+            1.0 if d.soc_max is None else d.soc_max,
+            1.0 if d.efficiency is None else d.efficiency,
+        )
+
     def resolve(
-        self, device: str, setpoint_kw: float, sent: Exchange, read: Exchange
+        self,
+        device: str,
+        interval: int,
+        setpoint_kw: float,
+        bounds: Bounds,
+        sent: Exchange,
+        read: Exchange,
     ) -> DeviceStep:
         """The interval's outcome for one device from its two exchanges."""
         failure = next((e.status for e in (sent, read) if e.status != "ok"), "ok")
+        rtt = (sent.rtt_ms, read.rtt_ms)
         m = read.measurement if read.status == "ok" else None
-        if m is not None:
-            used = self.sim_mw(device, m.p_kw)
-            self._last_mw[device] = used
-            return DeviceStep(
-                device,
-                failure,
-                m.status,
-                "none",
-                setpoint_kw,
-                m.p_kw,
-                m.soc,
-                used,
-                sent.rtt_ms,
-                read.rtt_ms,
+        if m is None:
+            reason = {
+                "timeout": "no answer in time",
+                "disconnected": "no session",
+            }.get(read.status, read.status if failure == "ok" else failure)
+            return self._fallback(device, setpoint_kw, bounds, failure, reason, None, rtt)
+        verdict = check(
+            self.envelope(device, bounds),
+            m.p_kw,
+            m.soc,
+            interval=interval,
+            interval_h=self.interval_h,
+            previous=self._accepted.get(device),
+            tol=self.tolerances,
+        )
+        if not verdict.plausible and self.implausible == "missing":
+            return self._fallback(
+                device, setpoint_kw, bounds, "implausible", verdict.reason, m, rtt
             )
-        if self.fallback == "unavailable":
-            used: float | None = 0.0
-        else:
-            used = self._last_mw.get(device)
+        self._accepted[device] = Accepted(interval, verdict.p_kw, verdict.soc)
+        used = min(max(self.sim_mw(device, verdict.p_kw), bounds.lo_mw), bounds.hi_mw)
+        self._last_mw[device] = used
+        plausible = verdict.plausible
         return DeviceStep(
             device,
-            failure,
-            None,
+            failure if plausible else "implausible",
+            None if plausible else verdict.reason,
+            m.status,
+            "none" if plausible else "clip",
+            setpoint_kw,
+            m.p_kw,
+            m.soc,
+            used,
+            verdict.soc,
+            *rtt,
+            bounds,
+            read.version,
+        )
+
+    def _fallback(
+        self,
+        device: str,
+        setpoint_kw: float,
+        bounds: Bounds,
+        status: str,
+        reason: str,
+        m: Measurement | None,
+        rtt: tuple[float | None, float | None],
+    ) -> DeviceStep:
+        used: float | None
+        if self.fallback == "unavailable":
+            used = 0.0
+        else:
+            last = self._last_mw.get(device)
+            used = None if last is None else min(max(last, bounds.lo_mw), bounds.hi_mw)
+        return DeviceStep(
+            device,
+            status,
+            reason,
+            None if m is None else m.status,
             self.fallback,
             setpoint_kw,
-            None,
-            None,
+            None if m is None else m.p_kw,
+            None if m is None else m.soc,
             used,
-            sent.rtt_ms,
-            read.rtt_ms,
+            None,
+            *rtt,
+            bounds,
         )
 
     def rows(self, interval: int, steps: Mapping[str, DeviceStep]) -> list[tuple[object, ...]]:
@@ -131,14 +233,19 @@ class HardwareLoop:
                 s.device,
                 self.devices[s.device].aggregator,
                 s.status,
+                s.reason,
                 s.device_status,
                 s.fallback,
                 s.setpoint_kw,
                 s.measured_kw,
                 s.soc,
                 s.used_mw,
+                s.used_soc,
+                s.bounds.lo_mw,
+                s.bounds.hi_mw,
                 s.rtt_setpoint_ms,
                 s.rtt_read_ms,
+                s.protocol,
             )
             for s in (steps[d] for d in sorted(steps))
         ]

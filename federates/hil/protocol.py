@@ -1,4 +1,4 @@
-"""The hardware-in-the-loop wire protocol, version 1 (spec: ``docs/hil.md``).
+"""The hardware-in-the-loop wire protocol, versions 1 and 2 (spec: ``docs/hil.md``).
 
 Both ends use this module: the gateway federate (``gateway``) and the device
 emulator (``emulator``). It has no HELICS and no sockets in it: records,
@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
 import msgpack
 
-PROTOCOL_VERSION = 1
-"""Bumped whenever a message's fields change meaning; the other side rejects
-other versions (a HELLO with another version gets a REJECT)."""
+PROTOCOL_VERSION = 2
+"""The newest version, spoken by default. Bumped whenever a message's fields
+change; a HELLO in a version the gateway does not speak gets a REJECT."""
+
+VERSIONS = (1, 2)
+"""Versions the gateway speaks; each session speaks the version of its HELLO."""
+
+ANSWERS = ("setpoint", "read")
 
 MAX_MESSAGE_BYTES = 4096
 """Larger frames are refused before they are decoded (and counted)."""
@@ -65,10 +70,14 @@ class Measurement:
     p_kw: float
     """Power now, kW, positive = consumption."""
     soc: float | None
-    """State of charge 0..1 (batteries); None for devices without storage."""
+    """State of charge 0..1 (batteries); None for devices without storage.
+    Any finite number passes the protocol: a value outside 0..1 is refused by
+    the plausibility check, which says so in the results."""
     status: Literal["ok", "limited", "fault"]
     """ok: following the set-point; limited: cannot (ramp, SOC, sun);
     fault: the device is in a fault state (its power is still reported)."""
+    answers: Literal["setpoint", "read"] | None = None
+    """v2: the type of the request answered (with ``seq``, it names it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,14 @@ class Welcome:
     timeout_ms: float
     """How long the gateway waits for an answer."""
     heartbeat_s: float
+    soc_min: float | None = None
+    """v2: the simulated battery's state-of-charge limits (nil for PV)."""
+    soc_max: float | None = None
+    efficiency: float | None = None
+    """v2: the simulated battery's round-trip efficiency (nil for PV)."""
+    origin: str | None = None
+    """v2: the simulated clock at ``t_s = 0``: ISO 8601 local date and time,
+    or ``T00:00:00`` (a midnight) when the scenario has no date."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +129,14 @@ class Reject:
     or a message sent before HELLO); ``reason`` says which."""
 
     TYPE: ClassVar[str] = "reject"
-    device: str
+    device: str | None
+    """The HELLO's device id (v2: nil when the HELLO had no valid id)."""
     reason: str
+    retry_s: float | None = None
+    """v2: nil when the refusal is final (the configuration disagrees: stop);
+    a number when the device should say HELLO again after that many seconds
+    (its id has a live session from another connection). In v1 the reason of
+    such a REJECT starts with ``busy:``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +155,11 @@ class Setpoint:
     p_kw: float
     price: float
     """Price at the device's bus for this interval, $/MWh."""
+    lo_kw: float | None = None
+    """v2: the least net demand the simulated DER can have this interval (kW,
+    device scale; a PV system: minus its available power)."""
+    hi_kw: float | None = None
+    """v2: the most (a battery: what its state of charge allows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +180,11 @@ class Error:
 
     TYPE: ClassVar[str] = "error"
     reason: str
+    device: str | None = None
+    """v2: the device of the refused frame (its session's, or the frame's),
+    nil when unknown."""
+    seq: int | None = None
+    """v2: the refused frame's ``seq``, nil when it had none that could be read."""
 
 
 Message = Hello | Measurement | Heartbeat | Welcome | Reject | Setpoint | Read | Error
@@ -161,16 +194,54 @@ FROM_GATEWAY: dict[str, type] = {
 }
 
 
-def encode(message: Message) -> bytes:
-    payload: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": message.TYPE}
-    for f in fields(message):  # type: ignore[arg-type]
-        payload[f.name] = getattr(message, f.name)
+V2_ONLY: dict[str, tuple[str, ...]] = {
+    "measurement": ("answers",),
+    "welcome": ("soc_min", "soc_max", "efficiency", "origin"),
+    "setpoint": ("lo_kw", "hi_kw"),
+    "error": ("device", "seq"),
+    "reject": ("retry_s",),
+}
+"""Fields a version-1 frame does not have (and must not carry)."""
+
+OMITTABLE = {("hello", "kind")}
+"""The only field that may be left out (v1 and v2); every other field is
+always sent, as nil when it has no value."""
+
+NULLABLE = {
+    ("hello", "kind"),
+    ("measurement", "soc"),
+    ("welcome", "capacity_kwh"),
+    ("welcome", "soc"),
+    ("welcome", "soc_min"),
+    ("welcome", "soc_max"),
+    ("welcome", "efficiency"),
+    ("welcome", "origin"),
+    ("reject", "device"),
+    ("reject", "retry_s"),
+    ("error", "device"),
+    ("error", "seq"),
+}
+"""Fields that may be nil. In v1, ``reject.device`` may not."""
+
+
+def field_names(cls: type, version: int) -> list[str]:
+    """The fields of a message type in one protocol version, in order."""
+    skip = V2_ONLY.get(cls.TYPE, ()) if version == 1 else ()  # type: ignore[attr-defined]
+    return [f.name for f in fields(cls) if f.name not in skip]
+
+
+def encode(message: Message, version: int = PROTOCOL_VERSION) -> bytes:
+    """One frame in ``version`` (v2-only fields are left out of a v1 frame)."""
+    if version not in VERSIONS:
+        raise ValueError(f"protocol version {version!r}; known: {VERSIONS}")
+    payload: dict[str, Any] = {"v": version, "type": message.TYPE}
+    for name in field_names(type(message), version):
+        payload[name] = getattr(message, name)
     return msgpack.packb(payload, use_bin_type=True)
 
 
-def decode(raw: bytes, *, from_device: bool) -> Message:
-    """Validate one frame. ``from_device`` selects which side's messages are
-    allowed. Raises :class:`ProtocolError` naming the field."""
+def unpack(raw: bytes) -> dict[Any, Any]:
+    """The msgpack map of a frame, bounded; ProtocolError if it is not one."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError("size", f"{len(raw)} bytes, more than {MAX_MESSAGE_BYTES}; not decoded")
     try:
@@ -187,35 +258,55 @@ def decode(raw: bytes, *, from_device: bool) -> Message:
         raise ProtocolError("frame", f"not msgpack: {type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise ProtocolError("frame", f"expected a map, got {type(data).__name__}")
+    return data
+
+
+def decode(raw: bytes, *, from_device: bool) -> Message:
+    """Validate one frame. ``from_device`` selects which side's messages are
+    allowed. Raises :class:`ProtocolError` naming the field."""
+    return decode_versioned(raw, from_device=from_device)[1]
+
+
+def decode_versioned(raw: bytes, *, from_device: bool) -> tuple[int, Message]:
+    """As :func:`decode`, with the frame's protocol version."""
+    data = unpack(raw)
     version = data.get("v")
-    if version != PROTOCOL_VERSION:
+    if isinstance(version, bool) or version not in VERSIONS:
         raise ProtocolError(
-            "v", f"protocol version {version!r}; this side speaks {PROTOCOL_VERSION}"
+            "v", f"protocol version {version!r} is not spoken here; this side speaks {VERSIONS}"
         )
     kinds = FROM_DEVICE if from_device else FROM_GATEWAY
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in kinds:
         raise ProtocolError(
             "type",
-            f"{kind!r} is not a message a {'device' if from_device else 'gateway'} "
+            f"{kind!r}"[:80] + f" is not a message a {'device' if from_device else 'gateway'} "
             f"sends; expected one of {sorted(kinds)}",
         )
     cls = kinds[kind]
-    names = [f.name for f in fields(cls)]
+    names = field_names(cls, version)
     extra = sorted(str(k)[:64] for k in set(data) - {"v", "type"} - set(names))
     if extra:
-        raise ProtocolError(extra[0], f"unknown field in {kind}")
+        raise ProtocolError(extra[0], f"unknown field in a version {version} {kind}")
     values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in data:
-            if f.default is MISSING:
-                raise ProtocolError(f.name, f"missing from {kind}")
-            values[f.name] = f.default
+    for name in names:
+        if name not in data:
+            if (kind, name) not in OMITTABLE:
+                raise ProtocolError(name, f"missing from {kind} (send nil for no value)")
+            values[name] = None
             continue
-        values[f.name] = _CHECKS[f.name](data[f.name], f.name)
-    if cls is Welcome and values["kind"] is None:
-        raise ProtocolError("kind", f"expected one of {KINDS}, got None")
-    return cls(**values)  # type: ignore[no-any-return]
+        value = data[name]
+        if (
+            value is None
+            and (kind, name) in NULLABLE
+            and not (version == 1 and (kind, name) == ("reject", "device"))
+        ):
+            values[name] = None
+            continue
+        values[name] = _CHECKS[name](value, name)
+    if cls is Welcome:
+        _fraction_or_none(values["soc"], "soc")
+    return version, cls(**values)
 
 
 # ------------------------------------------------------------------ checkers
@@ -238,8 +329,6 @@ def _text(value: Any, name: str) -> str:
 
 
 def _kind(value: Any, name: str) -> str | None:
-    if value is None and name == "kind":
-        return None
     if value not in KINDS:
         raise ProtocolError(name, f"expected one of {KINDS}, got {value!r}"[:200])
     return str(value)
@@ -275,8 +364,24 @@ def _fraction_or_none(value: Any, name: str) -> float | None:
     return x
 
 
-def _positive_or_none(value: Any, name: str) -> float | None:
-    return None if value is None else _positive(value, name)
+def _fraction(value: Any, name: str) -> float:
+    x = _number(value, name)
+    if not 0.0 <= x <= 1.0:
+        raise ProtocolError(name, f"must be within 0..1, got {x!r}")
+    return x
+
+
+def _efficiency(value: Any, name: str) -> float:
+    x = _fraction(value, name)
+    if x <= 0:
+        raise ProtocolError(name, f"must be > 0, got {x!r}")
+    return x
+
+
+def _answers(value: Any, name: str) -> str:
+    if value not in ANSWERS:
+        raise ProtocolError(name, f"expected one of {ANSWERS}, got {value!r}"[:200])
+    return str(value)
 
 
 def _status(value: Any, name: str) -> str:
@@ -294,10 +399,18 @@ _CHECKS = {
     "p_kw": _number,
     "price": _number,
     "t_s": _number,
-    "soc": _fraction_or_none,
+    "soc": _number,
+    "answers": _answers,
+    "soc_min": _fraction,
+    "soc_max": _fraction,
+    "efficiency": _efficiency,
+    "origin": _text,
+    "lo_kw": _number,
+    "retry_s": _positive,
+    "hi_kw": _number,
     "status": _status,
     "rated_kw": _positive,
-    "capacity_kwh": _positive_or_none,
+    "capacity_kwh": _positive,
     "time_scale": _positive,
     "step_s": _positive,
     "timeout_ms": _positive,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dsosim.federates.common import ledger
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import load_federation
 from dsosim.federates.common.schedule import Phase, at
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     senders = [n for n in config.federate_names() if n != rc.name]
     state = {"interval": -1}
+    lb = config.ledger_bound
+    bound = None if lb is None else ledger.SanityBound(lb.max_mw, lb.max_price)
 
     def body(shell: FederateShell) -> None:
         n = config.time.n_intervals
@@ -43,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise msg.MessageError(
                         m.sender, "kind", f"recorder only accepts rows, got {m.KIND}"
                     )
-                store.add(m.table, m.columns, m.rows)
+                if m.table == "settlements":
+                    _add_settlements(store, m, bound, rc.name)
+                else:
+                    store.add(m.table, m.columns, m.rows)
             own = shell.take_grants(k)
             if own:
                 store.add("realtime", REALTIME_COLUMNS, own)
@@ -65,6 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     return run_federate(
         rc.name, lambda: FederateShell(rc.name, config.helics, recorder=None), body, on_error
     )
+
+
+def _add_settlements(
+    store: ResultStore, m: msg.TableRows, bound: ledger.SanityBound | None, name: str
+) -> None:
+    """The books take only finite payments within the case's sanity bound;
+    the others go to ``ledger_refused`` (party, interval, reason), and the
+    summary then reports no settlement residual."""
+    good, refused = ledger.screen(m.rows, bound, m.columns)
+    store.add(m.table, m.columns, good)
+    if refused:
+        store.add("ledger_refused", ledger.REFUSED_COLUMNS, refused)
+        for row in refused[:3]:
+            print(f"[{name}] refused from the books ({m.sender}): {row[-1]}", flush=True)
 
 
 if __name__ == "__main__":

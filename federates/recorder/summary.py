@@ -7,6 +7,7 @@ reader can recompute it with pandas.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,10 @@ def read_table(results_dir: str | Path, table: str) -> pd.DataFrame:
     if not folder.is_dir() or not any(folder.glob("part-*.parquet")):
         return pd.DataFrame()
     return pd.read_parquet(folder)
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _r(x: float, digits: int = 6) -> float:
@@ -66,6 +71,12 @@ def summarise(results_dir: str | Path) -> dict[str, Any]:
     s = t["settlements"]
     if not s.empty:
         out.update(settlement_balance(s, iso))
+    refused = read_table(results_dir, "ledger_refused")
+    invalid = int((~s["amount"].map(_finite)).sum()) if "amount" in s else 0
+    if len(refused) or invalid:
+        # the books hold (or had to refuse) invalid amounts: they do not close
+        out["settlement_residual"] = None
+        out["ledger_refused"] = len(refused) + invalid
     traffic = t["traffic"]
     if not traffic.empty:
         out["messages"] = int(traffic["messages"].sum())

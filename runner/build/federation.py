@@ -33,10 +33,12 @@ from dsosim.federates.common.config import (
     HilDeviceConfig,
     IsoConfig,
     IsoInterface,
+    LedgerBoundConfig,
     RecorderConfig,
     TimeSettings,
     TransmissionEvent,
 )
+from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
 from dsosim.federates.common.profiles import wholesale_load
 from dsosim.federates.dso.feeder import Feeder, FeederError
 from dsosim.federates.hil.gateway import is_local_endpoint
@@ -224,7 +226,9 @@ def federation_config(
         )
     case = scenario.transmission.case
     case_path = Path(os.path.abspath(base / case)) if case.endswith(".m") else None
-    _check_td_buses(case if case_path is None else str(case_path), dsos)
+    ledger_bound = _check_td_buses(
+        case if case_path is None else str(case_path), dsos, scenario.transmission.load_scale
+    )
     _check_events(case if case_path is None else str(case_path), scenario.transmission.events)
     if case_path is not None:
         case = path_for(case_path)
@@ -273,6 +277,7 @@ def federation_config(
         aggregators=tuple(aggregators),
         recorder=RecorderConfig(name=RECORDER_NAME, results_dir="results"),
         hil=hil,
+        ledger_bound=ledger_bound,
     )
 
 
@@ -298,10 +303,17 @@ def hil_config(
                 f"{d.kind}: {buses})"
             )
         der = here[d.nth]
+        storage: dict[str, float] = {}
         if isinstance(der, BatterySpec):
-            rated, capacity, soc = der.power_mw * 1e3, der.energy_mwh * 1e3, der.soc_init
+            rated, capacity = der.power_mw * 1e3, der.energy_mwh * 1e3
+            storage = {
+                "soc_init": der.soc_init,
+                "soc_min": der.soc_min,
+                "soc_max": der.soc_max,
+                "efficiency": der.efficiency,
+            }
         else:
-            rated, capacity, soc = der.rating_mw * 1e3, None, None
+            rated, capacity = der.rating_mw * 1e3, None
         devices.append(
             HilDeviceConfig(
                 id=d.id,
@@ -312,7 +324,7 @@ def hil_config(
                 rated_kw=d.rated_kw,
                 sim_rated_kw=rated,
                 sim_capacity_kwh=capacity,
-                soc_init=soc,
+                **storage,
             )
         )
     keys = {}
@@ -335,6 +347,9 @@ def hil_config(
         timeout_ms=hil.timeout_ms,
         heartbeat_s=hil.heartbeat_s,
         fallback=hil.fallback,
+        implausible=hil.implausible,
+        power_tolerance=hil.power_tolerance,
+        soc_tolerance=hil.soc_tolerance,
         wait_s=hil.wait_s,
         allow_unauthenticated=hil.allow_unauthenticated,
         devices=tuple(devices),
@@ -353,8 +368,9 @@ def _check_events(case_name: str, events: tuple[TransmissionEvent, ...]) -> None
         raise ScenarioError(str(exc)) from None
 
 
-def _check_td_buses(case_name: str, dsos: list[DsoConfig]) -> None:
-    """Fail at build time, not mid-run, on a bad case or a T-D bus it lacks."""
+def _check_td_buses(case_name: str, dsos: list[DsoConfig], load_scale: float) -> LedgerBoundConfig:
+    """Fail at build time, not mid-run, on a bad case or a T-D bus it lacks;
+    the settlement sanity bound derived from the case (``ledger.SanityBound``)."""
     try:
         case = load_case(case_name)
     except (CaseError, OSError) as exc:
@@ -366,6 +382,12 @@ def _check_td_buses(case_name: str, dsos: list[DsoConfig]) -> None:
                 f"ldas[{d.name}].td_bus: bus {d.td_bus} is not in case {case_name!r} "
                 f"(its buses: {sorted(buses)[:12]}{' ...' if len(buses) > 12 else ''})"
             )
+    generation = float(case.gen_pmax_mw[case.gen_status > 0].clip(min=0.0).sum())
+    load = float(abs(case.bus_pd_mw).sum()) * load_scale
+    return LedgerBoundConfig(
+        max_mw=2.0 * max(generation + load, 1.0),
+        max_price=max(PRICE_CAP, abs(PRICE_FLOOR)),
+    )
 
 
 def runner_spec(

@@ -274,6 +274,27 @@ class Hil(_Section):
         le=3600,
         description="before the start, wait this long for every device to connect",
     )
+    implausible: Literal["clip", "missing"] = Field(
+        "missing",
+        description="a measurement the device cannot have produced (docs/hil.md "
+        "'Plausibility'): clip it to the physical bound, or treat it as missing "
+        "(the fallback applies)",
+    )
+    power_tolerance: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="how far (fraction of the rating) a measured power may lie outside "
+        "what the simulated device can do this interval before it is implausible",
+    )
+    soc_tolerance: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="how far (fraction of the capacity) a measured state of charge may lie "
+        "outside the simulated limits, or from what the measured power explains, "
+        "before it is implausible",
+    )
     curve_secret_key: str | None = Field(
         None,
         description="the gateway's ZMQ certificate with its "

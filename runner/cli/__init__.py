@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "emulate HIL devices (battery, PV) that connect to a HIL gateway",
     ),
     "hil-keys": ("hil_keys", "write CURVE key pairs for the HIL gateway and its devices"),
+    "replay": ("replay", "rerun a recorded HIL run as a pure simulation with the recorded answers"),
 }
 
 

@@ -106,6 +106,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="F",
         help="battery round-trip efficiency, (0, 1] (default 0.9)",
     )
+    p.add_argument(
+        "--protocol",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="protocol version to speak (1: stand in for an old device; default 2)",
+    )
     f = p.add_argument_group("fault injection")
     f.add_argument(
         "--late-ms",
@@ -125,6 +132,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_count(1),
         metavar="N",
         help="every Nth answer is a garbage frame instead of a measurement",
+    )
+    f.add_argument(
+        "--power-factor",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="report the power times F (1000: firmware reporting W as kW; 1.5: a bad meter)",
+    )
+    f.add_argument(
+        "--report-kw",
+        type=float,
+        metavar="KW",
+        help="report this power whatever the device does (1e8; a PV at night reporting -12100)",
+    )
+    f.add_argument(
+        "--soc-offset",
+        type=float,
+        default=0.0,
+        metavar="D",
+        help="report the state of charge plus D (a jump; beyond 0..1 if D takes it there)",
+    )
+    f.add_argument(
+        "--faults-after",
+        type=_count(0),
+        default=0,
+        metavar="N",
+        help="the three faults above start with set-point N+1 (default: from the first)",
     )
     s = p.add_argument_group("security (CURVE)")
     s.add_argument(
@@ -161,12 +195,20 @@ def _options(args: argparse.Namespace) -> EmulatorOptions:
     except ValueError as exc:
         raise ValueError(f"--efficiency: {exc}") from None
     faults = Faults(
-        late_ms=args.late_ms, silent_after=args.silent_after, garbage_every=args.garbage_every
+        late_ms=args.late_ms,
+        silent_after=args.silent_after,
+        garbage_every=args.garbage_every,
+        power_factor=args.power_factor,
+        report_kw=args.report_kw,
+        soc_offset=args.soc_offset,
+        faults_after=args.faults_after,
     )
     log = Path(args.log) if args.log else None
     if log is not None and not log.parent.is_dir():
         raise ValueError(f"--log {args.log!r}: folder {str(log.parent)!r} does not exist")
-    return EmulatorOptions(model=model, faults=faults, curve=curve, log_path=log)
+    return EmulatorOptions(
+        model=model, faults=faults, curve=curve, log_path=log, protocol=args.protocol
+    )
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ HEADLINES = (
     ("thermal_violations", "branch-intervals above rating"),
     ("der_revenue", "DER revenue, $"),
     ("settlement_residual", "settlement residual, $ (0 = books close)"),
+    ("ledger_refused", "payments refused from the books (ledger_refused)"),
     ("messages", "market messages"),
     ("rt_lag_p99_ms", "real time: grant lag behind wall clock p99, ms"),
     ("hil_answered", "hardware: device-intervals answered"),

@@ -1,0 +1,179 @@
+"""Plausibility of device measurements and the policies applied to them
+(federates/hil/plausibility.py, loop.py): every implausible case of issue 15
+flagged with its reason, clipped or treated as missing, and nothing absurd
+ever reaching the simulation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dsosim.federates.common.config import HilConfig, HilDeviceConfig
+from dsosim.federates.hil.gateway import Exchange
+from dsosim.federates.hil.loop import Bounds, HardwareLoop
+from dsosim.federates.hil.plausibility import Accepted, Envelope, Tolerances, check
+from dsosim.federates.hil.protocol import Measurement
+
+TOL = Tolerances(power=0.05, soc=0.02)
+H = 5 / 60  # a 5-minute interval, hours
+# a 5 kW / 20 kWh battery standing for 166 kW / 664 kWh, SOC limits 0.1..0.9, 90 % round trip
+BAT = Envelope("battery", 5.0, -5.0, 5.0, 20.0, 0.1, 0.9, 0.9)
+PV_NIGHT = Envelope("pv", 3.0, 0.0, 0.0)
+PV_DAY = Envelope("pv", 3.0, -2.0, 0.0)
+
+
+def _check(env: Envelope, p: float, soc: float | None = None, previous=None):
+    return check(env, p, soc, interval=10, interval_h=H, previous=previous, tol=TOL)
+
+
+def test_power_within_rating_and_tolerance_is_plausible_and_clipped_to_the_range() -> None:
+    v = _check(BAT, 5.2, 0.5)  # 4 % over the rating: noise, used at the bound
+    assert v.plausible and v.p_kw == 5.0 and v.soc == 0.5
+    v = _check(BAT, -3.1, 0.5)
+    assert v.plausible and v.p_kw == -3.1
+
+
+@pytest.mark.parametrize(
+    ("p", "words"),
+    [
+        (100.0, "power 100 kW beyond the rating 5 kW"),  # W/kW firmware confusion
+        (7.5, "power 7.5 kW beyond the rating 5 kW"),  # 1.5x the rating
+        (1e8, "power 1e+08 kW beyond the rating 5 kW"),
+    ],
+)
+def test_battery_power_beyond_its_rating_is_implausible(p: float, words: str) -> None:
+    v = _check(BAT, p, 0.5)
+    assert not v.plausible and words in v.reason
+    assert v.p_kw == 5.0  # the physical bound, if the policy clips
+
+
+def test_battery_power_beyond_what_its_soc_allows_is_used_clipped() -> None:
+    # instantaneous power within the rating is possible (still ramping down from the
+    # last set-point); over the interval the state of charge bounds the average
+    nearly_full = Envelope("battery", 5.0, -5.0, 0.4, 20.0, 0.1, 0.9, 0.9)
+    v = _check(nearly_full, 4.0, 0.89)
+    assert v.plausible and v.p_kw == 0.4
+
+
+def test_pv_at_night_producing_megawatts_or_consuming_is_implausible() -> None:
+    v = _check(PV_NIGHT, -12100.0)
+    assert "beyond the rating 3 kW" in v.reason
+    assert "outside the simulated available power [0, 0] kW" in v.reason
+    assert v.p_kw == 0.0
+    v = _check(PV_DAY, 2.0)
+    assert v.reason == "PV consuming 2 kW (a PV system only produces)" and v.p_kw == 0.0
+    assert _check(PV_DAY, 0.1).plausible  # standby draw within 5 % of the rating
+    v = _check(PV_DAY, -2.5)  # more than the simulated sun gives
+    assert "available power [-2, 0]" in v.reason and v.p_kw == -2.0
+    assert _check(PV_DAY, -2.1).plausible  # within 0.15 kW
+
+
+def test_soc_outside_0_1_and_outside_the_simulated_limits() -> None:
+    v = _check(BAT, 0.0, 1.3)
+    assert v.reason == "state of charge 1.3 outside 0..1" and v.soc == 0.9
+    v = _check(BAT, 0.0, 0.95)
+    assert "outside the simulated limits 0.1..0.9" in v.reason and v.soc == 0.9
+    v = _check(BAT, 0.0, 0.9189)  # within the 0.02 tolerance: used at the limit
+    assert v.plausible and v.soc == 0.9
+
+
+def test_soc_jump_the_power_cannot_explain_is_implausible() -> None:
+    previous = Accepted(9, 2.0, 0.54)
+    v = _check(BAT, 2.0, 0.90, previous)  # 0.36 of 20 kWh in 5 min at 2 kW
+    assert "moved 0.5400 -> 0.9000 (+0.3600) since interval 9" in v.reason
+    explained = 2.0 * math.sqrt(0.9) * H / 20.0  # 0.0079
+    assert f"+{explained:.4f}..+{explained:.4f}" in v.reason
+    assert v.soc == pytest.approx(0.54 + explained)  # clipped to what the power explains
+    # what the power explains, within the tolerance, is plausible
+    assert _check(BAT, 2.0, 0.54 + explained + 0.015, previous).plausible
+    # discharging loses 1/sqrt(eta) of the grid energy from storage
+    d = -4.0 / math.sqrt(0.9) * H / 20.0
+    assert _check(BAT, -4.0, 0.54 + d, Accepted(9, -4.0, 0.54)).plausible
+    assert not _check(BAT, -4.0, 0.54 + d - 0.03, Accepted(9, -4.0, 0.54)).plausible
+
+
+def test_after_missed_readings_the_whole_rating_explains_the_change() -> None:
+    previous = Accepted(6, 0.0, 0.5)  # four intervals ago
+    most = 5.0 * math.sqrt(0.9) * 4 * H / 20.0  # 0.0791
+    assert _check(BAT, 0.0, 0.5 + most, previous).plausible
+    assert not _check(BAT, 0.0, 0.5 + most + 0.05, previous).plausible
+
+
+def _loop(implausible: str, fallback: str = "hold") -> HardwareLoop:
+    hil = HilConfig(
+        fallback=fallback,
+        implausible=implausible,
+        devices=(
+            HilDeviceConfig(
+                id="bat1",
+                aggregator="agg",
+                kind="battery",
+                bus="634",
+                rated_kw=5.0,
+                sim_rated_kw=166.0,
+                sim_capacity_kwh=664.0,
+                soc_init=0.5,
+                soc_min=0.1,
+                soc_max=0.9,
+                efficiency=0.9,
+            ),
+        ),
+    )
+    return HardwareLoop(hil, 300.0)
+
+
+def _answer(p: float, soc: float | None, seq: int = 1) -> tuple[Exchange, Exchange]:
+    m = Measurement("bat1", seq, p, soc, "ok")
+    return Exchange("bat1", "ok", 0.5, m), Exchange("bat1", "ok", 0.4, m)
+
+
+RANGE = Bounds(-0.166, 0.166)
+
+
+@pytest.mark.parametrize("absurd", [100.0, 1e8, -1e9])
+def test_missing_policy_discards_the_reading_and_holds_the_last_plausible(absurd: float) -> None:
+    loop = _loop("missing")
+    good = loop.resolve("bat1", 0, 2.0, RANGE, *_answer(2.0, 0.5))
+    assert good.status == "ok" and good.used_mw == pytest.approx(2.0 / 5.0 * 0.166)
+    bad = loop.resolve("bat1", 1, 2.0, RANGE, *_answer(absurd, 0.5, 2))
+    assert (bad.status, bad.fallback) == ("implausible", "hold")
+    assert "beyond the rating 5 kW" in (bad.reason or "")
+    assert bad.measured_kw == absurd  # the raw answer stays in the table
+    assert bad.used_mw == good.used_mw and bad.used_soc is None
+    # the hold never re-uses an absurd value, and follows the range (here: a full battery)
+    full = Bounds(-0.166, 0.0)
+    again = loop.resolve("bat1", 2, 2.0, full, *_answer(absurd, 0.5, 3))
+    assert again.used_mw == 0.0
+
+
+def test_clip_policy_uses_the_physical_bound_and_flags_it() -> None:
+    loop = _loop("clip")
+    step = loop.resolve("bat1", 0, 5.0, RANGE, *_answer(100.0, 1.3))
+    assert (step.status, step.fallback) == ("implausible", "clip")
+    assert "beyond the rating" in (step.reason or "") and "outside 0..1" in (step.reason or "")
+    assert step.used_mw == pytest.approx(0.166) and step.used_soc == 0.9
+
+
+def test_unavailable_fallback_for_an_implausible_reading_is_zero() -> None:
+    loop = _loop("missing", "unavailable")
+    step = loop.resolve("bat1", 0, 2.0, RANGE, *_answer(-1e8, 0.5))
+    assert (step.status, step.fallback, step.used_mw) == ("implausible", "unavailable", 0.0)
+    assert step.unavailable
+
+
+def test_soc_jump_policy_missing_keeps_the_previous_accepted_reading() -> None:
+    loop = _loop("missing")
+    loop.resolve("bat1", 0, 2.0, RANGE, *_answer(2.0, 0.54))
+    jump = loop.resolve("bat1", 1, 2.0, RANGE, *_answer(2.0, 0.90, 2))
+    assert jump.status == "implausible" and "state of charge moved" in (jump.reason or "")
+    # the next reading is checked against the last accepted one (two intervals back)
+    after = loop.resolve("bat1", 2, 2.0, RANGE, *_answer(2.0, 0.55, 3))
+    assert after.status == "ok" and after.used_soc == 0.55
+
+
+def test_no_answer_has_a_reason() -> None:
+    loop = _loop("missing")
+    none = Exchange("bat1", "timeout", None, None)
+    step = loop.resolve("bat1", 0, 2.0, RANGE, Exchange("bat1", "ok", 0.3, None), none)
+    assert (step.status, step.reason, step.used_mw) == ("timeout", "no answer in time", None)

@@ -1,0 +1,104 @@
+"""Books that cannot lie: the ledger refuses non-finite and absurd payments,
+naming parties and interval, and the summary never reports a closing residual
+when an amount is invalid."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dsosim.federates.common import ledger
+from dsosim.federates.recorder.store import ResultStore
+from dsosim.federates.recorder.summary import summarise
+
+BOUND = ledger.SanityBound(max_mw=2000.0, max_price=10000.0)
+H = 1 / 12
+
+
+def _row(mw: float, price: float = 30.0, hours: float = H, interval: int = 11) -> tuple:
+    return ledger.Payment(
+        interval, "dmo:lda5", "agg:agg_storage", "dmo:lda5", "energy", mw, price, hours
+    ).row()
+
+
+def test_ordinary_payments_pass() -> None:
+    assert ledger.refusal(_row(0.166), BOUND) is None
+    assert ledger.refusal(_row(-1999.0, -1000.0), BOUND) is None
+
+
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        (_row(math.nan), "mw nan is not a finite number"),
+        (_row(0.1, math.inf), "price inf is not a finite number"),
+        (_row(9.9e150, 30.0), "mw 9.9e+150 beyond the sanity bound 2000"),
+        (_row(10.0, 2e4), "price 20000 beyond the sanity bound 10000"),
+        (_row(10.0, 30.0, 0.0), "hours 0.0 must be > 0"),
+    ],
+)
+def test_refusal_names_parties_interval_and_what(row: tuple, words: str) -> None:
+    why = ledger.refusal(row, BOUND)
+    assert why is not None
+    assert why.startswith("interval 11: 'agg:agg_storage' -> 'dmo:lda5' ('dmo:lda5' 'energy')")
+    assert words in why
+
+
+def test_amount_bound_scales_with_hours() -> None:
+    assert BOUND.amount(H) == pytest.approx(2000 * 10000 / 12)
+    # a mw and price each within bound but an amount beyond it cannot be built from
+    # Payment; a hand-made row can
+    row = list(_row(1.0))
+    row[ledger.COLUMNS.index("amount")] = 1e12
+    assert "amount 1e+12 beyond the sanity bound" in (ledger.refusal(row, BOUND) or "")
+
+
+def test_screen_splits_rows() -> None:
+    good, refused = ledger.screen([_row(1.0), _row(math.nan, interval=12)], BOUND)
+    assert good == [_row(1.0)]
+    assert len(refused) == 1 and refused[0][:5] == (
+        12,
+        "dmo:lda5",
+        "agg:agg_storage",
+        "dmo:lda5",
+        "energy",
+    )
+    assert "mw nan" in str(refused[0][-1])
+
+
+def _results(tmp: Path, settlements: list[tuple], refused: list[tuple]) -> Path:
+    store = ResultStore(tmp, flush_every=1)
+    store.add(
+        "iso",
+        ("interval", "hours", "generation_cost", "congestion_rent", "shed_mw", "status", "bids"),
+        [(0, H, 25.0, 0.0, 0.0, "optimal", 3)],
+    )
+    store.add("settlements", ledger.COLUMNS, settlements)
+    if refused:
+        store.add("ledger_refused", ledger.REFUSED_COLUMNS, refused)
+    store.end_interval(0)
+    store.finish(complete=True, error=None, summarise=summarise)
+    return tmp
+
+
+def _balanced() -> list[tuple]:
+    def pay(payer: str, payee: str, mw: float) -> tuple:
+        return ledger.Payment(0, "iso", payer, payee, "energy", mw, 30.0, H).row()
+
+    return [pay("load:5", "iso", 10.0), pay("iso", "gen:1", 10.0)]
+
+
+def test_summary_residual_is_zero_only_for_valid_books(tmp_path: Path) -> None:
+    ok = summarise(_results(tmp_path / "ok", _balanced(), []))
+    assert ok["settlement_residual"] == 0.0 and "ledger_refused" not in ok
+    # a refused payment: the books are incomplete, so no residual is claimed
+    _, refused = ledger.screen([_row(math.nan)], BOUND)
+    bad = summarise(_results(tmp_path / "refused", _balanced(), refused))
+    assert bad["settlement_residual"] is None and bad["ledger_refused"] == 1
+    # a NaN amount that reached the table some other way (pandas sums skip NaN)
+    nan_row = ledger.Payment(0, "iso", "load:5", "iso", "energy", math.nan, 30.0, H).row()
+    worse = summarise(_results(tmp_path / "nan", [*_balanced(), nan_row], []))
+    assert worse["settlement_residual"] is None and worse["ledger_refused"] == 1
+    assert pd.read_parquet(tmp_path / "nan" / "settlements")["amount"].isna().sum() == 1
