@@ -768,3 +768,28 @@ def test_hil_device_stops_cleanly_on_sigterm(gateway: FakeGateway) -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     assert "welcome: battery" in err
+
+
+def test_spin_window_follows_the_learned_schedule() -> None:
+    from dsosim.federates.hil.emulator import _Session
+
+    clock = FakeClock()
+    em = Emulator(
+        "tcp://127.0.0.1:1", [DeviceSpec("bat1")], EmulatorOptions(spin_ms=3), clock=clock
+    )
+    s = _Session(DeviceSpec("bat1"), socket=None)  # type: ignore[arg-type]
+    em._sessions.append(s)
+    assert em._until_spin(0.0) == math.inf  # nothing learned yet: sleep
+    s.welcome = welcome(step_s=1.0)
+    s.setpoint_at, s.read_seen = 10.0, False
+    # the read delay is not known yet: only the next set-point (11.0) is expected
+    assert em._until_spin(10.02) == pytest.approx(10.997 - 10.02)
+    s.read_after = 0.1
+    assert em._until_spin(10.05) == pytest.approx(10.097 - 10.05)  # the read at 10.1
+    assert em._until_spin(10.099) == 0.0
+    s.read_seen = True
+    assert em._until_spin(10.2) == pytest.approx(10.997 - 10.2)  # the next set-point
+    assert em._until_spin(11.002) == 0.0
+    assert em._until_spin(11.02) == pytest.approx(11.097 - 11.02)  # then its read
+    with pytest.raises(ValueError, match="spin_ms"):
+        EmulatorOptions(spin_ms=-1)

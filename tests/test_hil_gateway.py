@@ -557,3 +557,25 @@ def test_a_failed_io_thread_is_reported_to_the_next_call(make_gateway, connect, 
         gateway.setpoints([setpoint("bat1", 1)])
     gateway.close()
     gateway.close()
+
+
+@pytest.mark.parametrize(("spin_ms", "priority"), [(5.0, 0), (0.0, 5)])
+def test_spinning_or_real_time_gateway_serves_rounds_the_same(
+    make_gateway, connect, pool, spin_ms, priority
+):
+    """The latency options change when an answer is taken, never what: a round
+    is answered as with the defaults (the real-time policy may be refused by
+    the OS: the gateway then says so and runs at the normal one)."""
+    gateway = make_gateway(timeout_ms=2000.0, spin_ms=spin_ms, realtime_priority=priority)
+    device = connect(gateway.endpoint)
+    assert isinstance(device.hello("bat1"), Welcome)
+    for seq in (1, 2):
+        future = pool.submit(gateway.setpoints, [setpoint("bat1", seq)])
+        device.answer(device.recv(), -1.5)
+        assert_answered(result(future)["bat1"], seq, -1.5)
+    if priority:
+        assert isinstance(gateway.realtime, bool)
+    with pytest.raises(GatewayError, match="realtime_priority"):
+        Gateway(GatewaySettings(bind=ANY_PORT, realtime_priority=100), DEVICES)
+    with pytest.raises(GatewayError, match="spin_ms"):
+        Gateway(GatewaySettings(bind=ANY_PORT, spin_ms=-1.0), DEVICES)

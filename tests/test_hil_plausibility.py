@@ -177,3 +177,23 @@ def test_no_answer_has_a_reason() -> None:
     none = Exchange("bat1", "timeout", None, None)
     step = loop.resolve("bat1", 0, 2.0, RANGE, Exchange("bat1", "ok", 0.3, None), none)
     assert (step.status, step.reason, step.used_mw) == ("timeout", "no answer in time", None)
+
+
+def test_a_read_back_caught_mid_ramp_is_explained_by_the_set_points() -> None:
+    # read 0.1 s after the set-point the device was still ramping to 5 kW (reading 1 kW),
+    # then held 5 kW until the next set-point: the set-points bound the energy
+    previous = Accepted(9, 1.0, 0.50, 5.0)
+    held = 5.0 * math.sqrt(0.9) * H / 20.0  # 0.0198
+    v = check(
+        BAT,
+        0.0,
+        0.50 + held,
+        interval=10,
+        interval_h=H,
+        previous=previous,
+        tol=TOL,
+        setpoint_kw=0.0,
+    )
+    assert v.plausible, v.reason
+    without = _check(BAT, 0.0, 0.50 + held + 0.03, Accepted(9, 1.0, 0.50))
+    assert "the power (1 -> 0 kW) explains" in without.reason

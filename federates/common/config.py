@@ -274,6 +274,8 @@ class HilConfig(Strict):
     implausible: Literal["clip", "missing"] = "missing"
     power_tolerance: float = Field(0.05, ge=0, le=1)
     soc_tolerance: float = Field(0.02, ge=0, le=1)
+    spin_ms: float = Field(0.0, ge=0, le=10_000)
+    realtime_priority: int = Field(0, ge=0, le=99)
     curve_secret_key: str | None = None
     curve_authorized_dir: str | None = None
     allow_unauthenticated: bool = False

@@ -50,6 +50,8 @@ def make_gateway(config: FederationConfig, base: Path) -> Gateway:
         curve_secret_key=path(hil.curve_secret_key),
         curve_authorized_dir=path(hil.curve_authorized_dir),
         allow_unauthenticated=hil.allow_unauthenticated,
+        spin_ms=hil.spin_ms,
+        realtime_priority=hil.realtime_priority,
     )
     devices = [
         DeviceInfo(

@@ -445,8 +445,19 @@ class EmulatorOptions:
     """HELLO again after this long without a WELCOME."""
     protocol: int = PROTOCOL_VERSION
     """The protocol version to speak (1 to stand in for an old device)."""
+    realtime_priority: int = 0
+    """1-99: run the emulator (and ZeroMQ's I/O thread) under SCHED_FIFO at
+    this priority, as real-time equipment would answer; 0 = normal policy."""
+    spin_ms: float = 0.0
+    """Poll without sleeping from this long before a request is expected
+    (the set-point every ``step_s``, the read its settle time later, both
+    learned from the previous interval) until it comes or this long after:
+    a device that is awake when asked answers without the machine's
+    wake-up latency. 0 = sleep until asked."""
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.spin_ms) and 0 <= self.spin_ms <= 1000):
+            raise ValueError(f"spin_ms must be within 0..1000, got {self.spin_ms!r}")
         if self.protocol not in VERSIONS:
             raise ValueError(f"protocol version must be one of {VERSIONS}, got {self.protocol!r}")
 
@@ -513,6 +524,11 @@ class _Session:
     setpoints: int = 0
     answers: int = 0
     setpoint_kw: float | None = None
+    setpoint_at: float | None = None
+    """Wall time the latest SETPOINT arrived (for --spin-ms)."""
+    read_after: float | None = None
+    """SETPOINT -> READ delay seen last (for --spin-ms)."""
+    read_seen: bool = True
     late: deque[tuple[float, int, str]] = field(default_factory=deque)
     """Answers held back by --late-ms: (due wall time, seq, what it answers)."""
 
@@ -560,6 +576,14 @@ class Emulator:
 
     def _open(self) -> None:
         self._context = zmq.Context()
+        if self.options.realtime_priority:
+            self._context.set(zmq.THREAD_SCHED_POLICY, 1)  # SCHED_FIFO
+            self._context.set(zmq.THREAD_PRIORITY, self.options.realtime_priority)
+            if not _set_fifo(self.options.realtime_priority):
+                self._say(
+                    f"real-time priority {self.options.realtime_priority} refused by the OS; "
+                    f"running at the normal policy"
+                )
         for spec in self.devices:
             self._sessions.append(_Session(spec, self._connect()))
         if self.options.log_path is not None:
@@ -622,6 +646,8 @@ class Emulator:
             wait = min([self._next_due(s) for s in self._sessions] + [now + 0.05]) - now
             if duration_s is not None:
                 wait = min(wait, start + duration_s - now)
+            if self.options.spin_ms > 0:
+                wait = min(wait, self._until_spin(now))
             # whole milliseconds, rounded up: a timeout under 1 ms would return at
             # once and spin until the deadline
             for sock, _ev in poller.poll(math.ceil(max(0.0, wait) * 1000.0)):
@@ -632,6 +658,25 @@ class Emulator:
                     except zmq.Again:
                         break
                     self._on_frame(session, raw)
+
+    def _until_spin(self, now: float) -> float:
+        """Seconds until a request is expected within ``spin_ms`` (0: spin now)."""
+        window = self.options.spin_ms / 1000.0
+        soonest = math.inf
+        for s in self._sessions:
+            if s.welcome is None or s.setpoint_at is None:
+                continue
+            expected = [s.setpoint_at + s.welcome.step_s]
+            if s.read_after is not None:
+                expected.append(s.setpoint_at + s.welcome.step_s + s.read_after)
+                if not s.read_seen:
+                    expected.append(s.setpoint_at + s.read_after)
+            for e in expected:
+                if e - window <= now <= e + window:
+                    return 0.0
+                if e - window > now:
+                    soonest = min(soonest, e - window - now)
+        return soonest
 
     def _next_due(self, s: _Session) -> float:
         """The next moment ``_tick`` has something to do for this device."""
@@ -719,6 +764,8 @@ class Emulator:
         elif isinstance(msg, Setpoint):
             self._on_setpoint(s, msg)
         elif isinstance(msg, Read):
+            if s.setpoint_at is not None and not s.read_seen:
+                s.read_after, s.read_seen = self._clock() - s.setpoint_at, True
             self._request(s, msg.seq, "read")
         # a Heartbeat only refreshes last_heard
 
@@ -780,6 +827,7 @@ class Emulator:
 
     def _on_setpoint(self, s: _Session, sp: Setpoint) -> None:
         assert s.model is not None
+        s.setpoint_at, s.read_seen = self._clock(), False
         s.setpoints += 1
         s.setpoint_kw = sp.p_kw
         if isinstance(s.model, PvModel):
@@ -831,6 +879,17 @@ class Emulator:
                 ]
             )
             self._log_file.flush()
+
+
+def _set_fifo(priority: int) -> bool:
+    """SCHED_FIFO for the calling thread; False if the OS refuses."""
+    import os
+
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def _misreport(reading: Reading, faults: Faults, setpoints: int) -> Reading:

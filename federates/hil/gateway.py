@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -124,6 +125,19 @@ class GatewaySettings:
     """Needed to bind a non-loopback address without CURVE."""
     origin: str = "T00:00:00"
     """The simulated clock at ``t_s = 0`` (goes into a v2 WELCOME)."""
+    realtime_priority: int = 0
+    """1-99: the I/O thread and ZeroMQ's I/O thread run under the real-time
+    scheduling policy SCHED_FIFO at this priority, so an answer arriving is
+    handled at once instead of when the scheduler gets round to a woken
+    thread (the round trip's tail on a busy machine). Needs the privilege
+    (CAP_SYS_NICE or an rtprio limit); without it the gateway says so once and
+    runs at the normal policy. 0 = the normal policy."""
+    spin_ms: float = 0.0
+    """After sending a round's requests, the I/O thread polls for the answers
+    without sleeping for up to this long (then it sleeps until they come or
+    the timeout): an answer is taken the moment it arrives instead of after
+    the scheduler wakes a sleeping thread, which on a busy machine is what
+    the round trip's tail is made of. 0 = always sleep."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +234,8 @@ class Gateway:
         self._reply: Any = None
         self._endpoint: str | None = None
         self._failure: BaseException | None = None
+        self.realtime = False
+        """Whether the I/O thread got its real-time priority."""
         self._closed = False
         # Owned by the I/O thread once it runs.
         self._by_identity: dict[bytes, _Session] = {}
@@ -246,6 +262,9 @@ class Gateway:
         _check_security(self.settings)
         curve = _load_curve(self.settings)  # before any socket exists: nothing to clean up
         self._ctx = zmq.Context()
+        if self.settings.realtime_priority:
+            self._ctx.set(zmq.THREAD_SCHED_POLICY, SCHED_FIFO)
+            self._ctx.set(zmq.THREAD_PRIORITY, self.settings.realtime_priority)
         try:
             if curve is not None:
                 self._auth = ThreadAuthenticator(self._ctx, log=log.getChild("auth"))
@@ -430,6 +449,8 @@ class Gateway:
     # ------------------------------------------------------------ I/O thread
 
     def _run(self) -> None:
+        if self.settings.realtime_priority:
+            self.realtime = set_realtime_priority(self.settings.realtime_priority)
         try:
             self._serve()
         except BaseException as exc:
@@ -529,6 +550,18 @@ class Gateway:
                 self._end_session(session)
                 rnd.results[req.device] = Exchange(req.device, "disconnected", None, None)
         self._maybe_finish_round(time.perf_counter())
+        self._spin(rnd, start)
+
+    def _spin(self, rnd: _Round, start: float) -> None:
+        """Poll for the round's answers without sleeping, up to ``spin_ms``
+        (see :class:`GatewaySettings`)."""
+        assert self._router is not None
+        if self.realtime:  # never spin under SCHED_FIFO: it would hold the core
+            return
+        until = min(rnd.deadline, start + self.settings.spin_ms / 1000.0)
+        while self._round is rnd and time.perf_counter() < until:
+            if self._router.poll(0):
+                self._drain_router()
 
     def _maybe_finish_round(self, now: float) -> None:
         rnd = self._round
@@ -824,12 +857,39 @@ class Gateway:
 # ---------------------------------------------------------------- configuration checks
 
 
+SCHED_FIFO = 1
+"""Linux's SCHED_FIFO (``os.SCHED_FIFO`` where Python has it)."""
+
+
+def set_realtime_priority(priority: int) -> bool:
+    """Put the calling thread under SCHED_FIFO at ``priority`` (Linux: per
+    thread); False, with a warning, if the OS refuses."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (AttributeError, OSError) as exc:
+        log.warning(
+            "HIL: real-time priority %d refused (%s); running at the normal policy",
+            priority,
+            exc,
+        )
+        return False
+    return True
+
+
 def _seq_of(message: protocol.Message) -> int | None:
     seq = getattr(message, "seq", None)
     return seq if isinstance(seq, int) else None
 
 
 def _check_settings(s: GatewaySettings) -> None:
+    if not (isinstance(s.realtime_priority, int) and 0 <= s.realtime_priority <= 99):
+        raise GatewayError(
+            f"HIL gateway setting realtime_priority must be 0..99, got {s.realtime_priority!r}"
+        )
+    if not (isinstance(s.spin_ms, (int, float)) and 0 <= s.spin_ms <= 1e4):
+        raise GatewayError(
+            f"HIL gateway setting spin_ms must be within 0..10000, got {s.spin_ms!r}"
+        )
     for name in ("timeout_ms", "heartbeat_s", "time_scale", "step_s"):
         value = getattr(s, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 1e9):

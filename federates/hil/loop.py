@@ -35,6 +35,7 @@ read-back ends the fallback.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -170,12 +171,13 @@ class HardwareLoop:
             interval_h=self.interval_h,
             previous=self._accepted.get(device),
             tol=self.tolerances,
+            setpoint_kw=setpoint_kw,
         )
         if not verdict.plausible and self.implausible == "missing":
             return self._fallback(
                 device, setpoint_kw, bounds, "implausible", verdict.reason, m, rtt
             )
-        self._accepted[device] = Accepted(interval, verdict.p_kw, verdict.soc)
+        self._accepted[device] = Accepted(interval, m.p_kw, verdict.soc, setpoint_kw)
         used = min(max(self.sim_mw(device, verdict.p_kw), bounds.lo_mw), bounds.hi_mw)
         self._last_mw[device] = used
         plausible = verdict.plausible
@@ -227,25 +229,32 @@ class HardwareLoop:
         )
 
     def rows(self, interval: int, steps: Mapping[str, DeviceStep]) -> list[tuple[object, ...]]:
+        """The ``hil`` rows. A missing number is NaN and a missing text "" (not
+        None): the recorder fixes a table's column types at its first flush, and
+        a column that is all None there would refuse every later value."""
         return [
             (
                 interval,
                 s.device,
                 self.devices[s.device].aggregator,
                 s.status,
-                s.reason,
-                s.device_status,
+                s.reason or "",
+                s.device_status or "",
                 s.fallback,
                 s.setpoint_kw,
-                s.measured_kw,
-                s.soc,
-                s.used_mw,
-                s.used_soc,
+                nan_for_none(s.measured_kw),
+                nan_for_none(s.soc),
+                nan_for_none(s.used_mw),
+                nan_for_none(s.used_soc),
                 s.bounds.lo_mw,
                 s.bounds.hi_mw,
-                s.rtt_setpoint_ms,
-                s.rtt_read_ms,
-                s.protocol,
+                nan_for_none(s.rtt_setpoint_ms),
+                nan_for_none(s.rtt_read_ms),
+                s.protocol or 0,
             )
             for s in (steps[d] for d in sorted(steps))
         ]
+
+
+def nan_for_none(x: float | None) -> float:
+    return math.nan if x is None else float(x)

@@ -12,11 +12,13 @@ device's scale (kW, kWh):
   widened by ``soc_tolerance``;
 * **state of charge consistent with the energy since the last reading**: the
   change from the previous accepted reading must be what the measured power
-  can explain. Between two read-backs one interval apart the power moved from
-  the previous reading's to this one's (the set-point changes once, and the
-  device ramps or steps to it), so the stored energy changed by between
-  ``f(p_lo) x T`` and ``f(p_hi) x T`` with ``p_lo, p_hi`` the smaller and larger
-  of the two powers, ``T`` the interval and ``f(p) = p x sqrt(eta)`` charging,
+  can explain. Between two read-backs one interval apart the device was at
+  the previous reading's power, still going to the previous set-point (a
+  read-back may catch it mid-ramp) and held it until the new set-point, then
+  went to this reading's, so the stored energy changed by between
+  ``f(p_lo) x T`` and ``f(p_hi) x T`` with ``p_lo, p_hi`` the smallest and
+  largest of those four powers (each within the rating), ``T`` the interval
+  and ``f(p) = p x sqrt(eta)`` charging,
   ``p / sqrt(eta)`` discharging (the simulated battery's round-trip
   efficiency; self-discharge neglected). After missed readings the envelope
   is the full rating. The change may miss that range by ``soc_tolerance``
@@ -62,6 +64,8 @@ class Accepted:
     interval: int
     p_kw: float
     soc: float | None
+    setpoint_kw: float | None = None
+    """The set-point of that interval (the device held it until the next)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,7 @@ def check(
     interval_h: float,
     previous: Accepted | None,
     tol: Tolerances,
+    setpoint_kw: float | None = None,
 ) -> Verdict:
     """Check one measurement; see the module docstring. ``p_kw`` and ``soc``
     are finite (the protocol refuses anything else)."""
@@ -136,7 +141,7 @@ def check(
         )
     if previous is not None and previous.soc is not None and env.capacity_kwh:
         p_now = min(max(p_kw, -rated), rated)  # what moved the energy: the device's power
-        d_lo, d_hi, powers = _explained(env, previous, p_now, interval, interval_h)
+        d_lo, d_hi, powers = _explained(env, previous, p_now, setpoint_kw, interval, interval_h)
         change = soc - previous.soc
         if not d_lo - tol.soc <= change <= d_hi + tol.soc:
             problems.append(
@@ -150,14 +155,24 @@ def check(
 
 
 def _explained(
-    env: Envelope, previous: Accepted, p_kw: float, interval: int, interval_h: float
+    env: Envelope,
+    previous: Accepted,
+    p_kw: float,
+    setpoint_kw: float | None,
+    interval: int,
+    interval_h: float,
 ) -> tuple[float, float, str]:
     """The change of state of charge the power can explain since ``previous``."""
     assert env.capacity_kwh is not None
     gap = max(interval - previous.interval, 1)
     if gap == 1:
-        p_lo, p_hi = min(previous.p_kw, p_kw), max(previous.p_kw, p_kw)
+        rated = env.rated_kw
+        setpoints = [x for x in (previous.setpoint_kw, setpoint_kw) if x is not None]
+        clipped = [min(max(p, -rated), rated) for p in (previous.p_kw, p_kw, *setpoints)]
+        p_lo, p_hi = min(clipped), max(clipped)
         powers = f"{previous.p_kw:.4g} -> {p_kw:.4g} kW"
+        if setpoints:
+            powers += ", set-points " + " -> ".join(f"{x:.4g}" for x in setpoints) + " kW"
     else:  # readings missed in between: anything the rating allows
         p_lo, p_hi = -env.rated_kw, env.rated_kw
         powers = f"any within +-{env.rated_kw:g} kW over {gap} intervals"

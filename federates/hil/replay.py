@@ -46,6 +46,7 @@ def answer_rows(
     for device in sorted(exchanges):
         ex = exchanges[device]
         m = ex.measurement
+        # NaN and "" rather than None: see ``loop.HardwareLoop.rows``
         rows.append(
             (
                 interval,
@@ -53,12 +54,12 @@ def answer_rows(
                 request,
                 seq,
                 ex.status,
-                None if m is None else m.p_kw,
-                None if m is None else m.soc,
-                None if m is None else m.status,
-                None if m is None else m.answers,
-                ex.rtt_ms,
-                ex.version,
+                math.nan if m is None else m.p_kw,
+                math.nan if m is None or m.soc is None else m.soc,
+                "" if m is None else m.status,
+                "" if m is None or m.answers is None else m.answers,
+                math.nan if ex.rtt_ms is None else ex.rtt_ms,
+                ex.version or 0,
             )
         )
     return rows
@@ -69,8 +70,9 @@ class ReplayError(RuntimeError):
 
 
 def _none(value: Any) -> Any:
-    """pandas gives NaN (floats) or None for a missing value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """A missing value as recorded (NaN, "", 0 for the protocol) or as pandas
+    reads it (None) -> None."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return None
     return value
 
@@ -106,7 +108,7 @@ class ReplayGateway:
                     str(row.device_status),  # type: ignore[arg-type]
                     _none(row.answers),
                 )
-            version = _none(row.protocol)
+            version = _none(row.protocol) or None
             self._answers[(int(row.interval), str(row.device), str(row.request))] = Exchange(
                 str(row.device),
                 status,

@@ -18,7 +18,7 @@ clock through ``helics run`` and reports, from the run's results:
 References measured in the same run, before the federation (the machine is
 shared and noisy): the overshoot of a plain ``time.sleep`` on this machine
 (the floor any wall-clock pacing has) and a bare pyzmq DEALER/ROUTER round
-trip over loopback TCP between two threads, back to back and after 0.1 s
+trip over loopback TCP between two processes, back to back and after 0.1 s
 idle (the floor of the gateway's: idle cores wake up slower).
 """
 
@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from dsosim.federates.hil.gateway import SCHED_FIFO, set_realtime_priority
 from dsosim.federates.recorder.summary import read_table
 from dsosim.runner.build.federation import build, free_port
 from dsosim.runner.launch import launch
@@ -55,6 +56,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="runs/bench-hil", help="where the run is written")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--gateway-spin-ms",
+        type=float,
+        default=None,
+        help="the gateway's spin_ms (default: the scenario's, 0 = sleep until answered)",
+    )
+    parser.add_argument(
+        "--device-spin-ms",
+        type=float,
+        default=0.0,
+        help="the emulator's --spin-ms (default 0: a device that sleeps until asked)",
+    )
+    parser.add_argument(
+        "--realtime-priority",
+        type=int,
+        default=0,
+        choices=range(100),
+        metavar="N",
+        help="1-99: the gateway's and the emulator's I/O under SCHED_FIFO at priority N "
+        "(the scenario's realtime_priority and hil-device --realtime-priority); default 0",
+    )
 
 
 def sleep_overshoot_ms(n: int = 200, period_s: float = 0.01) -> np.ndarray:
@@ -67,44 +89,76 @@ def sleep_overshoot_ms(n: int = 200, period_s: float = 0.01) -> np.ndarray:
     return out
 
 
-def bare_zmq_rtt_ms(n: int = 2000, idle_s: float = 0.0) -> np.ndarray:
-    """Round trips of a 64-byte frame DEALER -> ROUTER -> DEALER over
-    loopback TCP, ms (reference), back to back or ``idle_s`` apart (an idle
-    process pays the wake-up latency of the machine, as the gateway's
-    exchanges do: they come once per interval)."""
+def _echo(port_queue: Any, spin: bool, priority: int) -> None:
+    """The reference's other end, in its own process (as the device is)."""
+    if priority:
+        set_realtime_priority(priority)
     ctx = zmq.Context()
+    if priority:
+        ctx.set(zmq.THREAD_SCHED_POLICY, SCHED_FIFO)
+        ctx.set(zmq.THREAD_PRIORITY, priority)
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    stop = threading.Event()
+    port_queue.put(router.bind_to_random_port("tcp://127.0.0.1"))
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
+    while True:
+        if poller.poll(0 if spin else 1000):
+            frames = router.recv_multipart()
+            if frames[-1] == b"stop":
+                break
+            router.send_multipart(frames)
+    router.close()
+    ctx.term()
 
-    def echo() -> None:
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        while not stop.is_set():
-            if poller.poll(50):
-                router.send_multipart(router.recv_multipart())
 
-    thread = threading.Thread(target=echo, daemon=True)
-    thread.start()
+def bare_zmq_rtt_ms(
+    n: int = 2000, idle_s: float = 0.0, spin: bool = False, priority: int = 0
+) -> np.ndarray:
+    """Round trips of a 64-byte frame DEALER -> ROUTER -> DEALER over
+    loopback TCP between two processes, ms (reference), back to back or
+    ``idle_s`` apart (an idle process pays the wake-up latency of the
+    machine, as the gateway's exchanges do: they come once per interval).
+    ``spin``: both ends poll without sleeping (what the gateway's and the
+    device's spin_ms do), so only ZeroMQ's own I/O threads still wake up.
+    ``priority``: both ends' threads under SCHED_FIFO at that priority (the
+    ZeroMQ I/O threads included), as with ``realtime_priority``."""
+    mp = multiprocessing.get_context("spawn")
+    ports = mp.Queue()
+    echo = mp.Process(target=_echo, args=(ports, spin, priority), daemon=True)
+    echo.start()
+    port = ports.get(timeout=60)
+    ctx = zmq.Context()
+    if priority:
+        ctx.set(zmq.THREAD_SCHED_POLICY, SCHED_FIFO)
+        ctx.set(zmq.THREAD_PRIORITY, priority)
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(f"tcp://127.0.0.1:{port}")
     payload = b"x" * 64
     out = np.empty(n)
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    if priority:
+        set_realtime_priority(priority)
     try:
         for i in range(n):
             if idle_s:
                 time.sleep(idle_s)
             t0 = time.perf_counter()
             dealer.send(payload)
+            if spin:
+                while not dealer.poll(0):
+                    pass
             dealer.recv()
             out[i] = (time.perf_counter() - t0) * 1e3
     finally:
-        stop.set()
-        thread.join()
+        if priority:
+            os.sched_setscheduler(0, before[0], before[1])
+        dealer.send(b"stop")
+        echo.join(timeout=10)
+        if echo.is_alive():
+            echo.kill()
         dealer.close()
-        router.close()
         ctx.term()
     return out[min(100, n // 10) :]  # connection warm-up
 
@@ -123,12 +177,20 @@ def _pct(values: Any) -> dict[str, float]:
     }
 
 
-def _emulator(address: str, log: Path) -> subprocess.Popen[bytes]:
+def _emulator(address: str, log: Path, spin_ms: float, priority: int) -> subprocess.Popen[bytes]:
     dsosim = Path(sys.executable).with_name("dsosim")
     cmd = [str(dsosim)] if dsosim.exists() else [sys.executable, "-m", "dsosim.runner.cli"]
     cmd += ["hil-device", "--connect", address, *(a for d in DEVICES for a in ("--device", d))]
+    cmd += ["--spin-ms", f"{spin_ms:g}", "--realtime-priority", str(priority)]
     with log.open("wb") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -155,6 +217,9 @@ def handle(args: argparse.Namespace) -> int:
     sleep_ref = _pct(sleep_overshoot_ms())
     zmq_ref = _pct(bare_zmq_rtt_ms())
     zmq_idle = _pct(bare_zmq_rtt_ms(200, idle_s=0.1))
+    zmq_idle_spin = _pct(bare_zmq_rtt_ms(200, idle_s=0.1, spin=True))
+    prio = args.realtime_priority
+    zmq_idle_fifo = _pct(bare_zmq_rtt_ms(200, idle_s=0.1, priority=prio)) if prio else None
     print(
         f"  time.sleep(10 ms) overshoot:   p50 {sleep_ref['p50']:.3f} ms, "
         f"p99 {sleep_ref['p99']:.3f} ms"
@@ -164,20 +229,38 @@ def handle(args: argparse.Namespace) -> int:
     )
     print(
         f"  the same, each after 0.1 s idle: p50 {zmq_idle['p50']:.3f} ms, "
-        f"p99 {zmq_idle['p99']:.3f} ms",
+        f"p99 {zmq_idle['p99']:.3f} ms"
+    )
+    print(
+        f"  the same, both threads spinning: p50 {zmq_idle_spin['p50']:.3f} ms, "
+        f"p99 {zmq_idle_spin['p99']:.3f} ms",
         flush=True,
     )
+    if zmq_idle_fifo is not None:
+        print(
+            f"  the same, both under SCHED_FIFO {prio}: p50 {zmq_idle_fifo['p50']:.3f} ms, "
+            f"p99 {zmq_idle_fifo['p99']:.3f} ms",
+            flush=True,
+        )
     hil_port = free_port()
     address = f"tcp://127.0.0.1:{hil_port}"
     built = build(SCENARIO, out, hours=hours, hil_bind=address)
+    if prio or args.gateway_spin_ms is not None:
+        spec = json.loads(built.federation.read_text())
+        if args.gateway_spin_ms is not None:
+            spec["hil"]["spin_ms"] = args.gateway_spin_ms
+        spec["hil"]["realtime_priority"] = prio
+        built.federation.write_text(json.dumps(spec, indent=2) + "\n")
+    gateway_spin = json.loads(built.federation.read_text())["hil"]["spin_ms"]
     time_cfg = built.config.time
     print(
         f"real-time federation: {time_cfg.n_intervals} intervals of {time_cfg.interval_s:g} s, "
         f"one per {time_cfg.step:g} wall s, sub-steps {time_cfg.substep_s:g} s; "
-        f"emulator at {address}",
+        f"emulator at {address}; spin: gateway {gateway_spin:g} ms, "
+        f"device {args.device_spin_ms:g} ms; SCHED_FIFO priority {prio or 'off'}",
         flush=True,
     )
-    emulator = _emulator(address, out / "emulator.log")
+    emulator = _emulator(address, out / "emulator.log", args.device_spin_ms, prio)
     try:
         outcome = launch(built.runner, built.results_dir, timeout_s=args.seconds * 2 + 300)
     finally:
@@ -205,6 +288,12 @@ def handle(args: argparse.Namespace) -> int:
         "ref_sleep_overshoot_ms": sleep_ref,
         "ref_bare_zmq_rtt_ms": zmq_ref,
         "ref_bare_zmq_rtt_idle_ms": zmq_idle,
+        "ref_bare_zmq_rtt_idle_spin_ms": zmq_idle_spin,
+        "ref_bare_zmq_rtt_idle_fifo_ms": zmq_idle_fifo,
+        "realtime_priority": prio,
+        "gateway_spin_ms": gateway_spin,
+        "device_spin_ms": args.device_spin_ms,
+        "uptime": _uptime(),
     }
     print(
         f"done: {outcome.wall_s:.1f} s wall; {lag['n']} grants, {figures['device_intervals']} "
@@ -225,8 +314,10 @@ def handle(args: argparse.Namespace) -> int:
         print(
             f"gateway round trip, {label}: p50 {s['p50']:.3f} ms  p99 {s['p99']:.3f} ms  "
             f"(bare pyzmq after idle: p99 {zmq_idle['p99']:.3f} ms, "
-            f"x{s['p99'] / zmq_idle['p99']:.1f})"
+            f"x{s['p99'] / zmq_idle['p99']:.1f}"
+            + (f"; under SCHED_FIFO: p99 {zmq_idle_fifo['p99']:.3f} ms)" if zmq_idle_fifo else ")")
         )
+    print(f"load: {figures['uptime']}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -350,6 +350,8 @@ def hil_config(
         implausible=hil.implausible,
         power_tolerance=hil.power_tolerance,
         soc_tolerance=hil.soc_tolerance,
+        spin_ms=hil.spin_ms,
+        realtime_priority=hil.realtime_priority,
         wait_s=hil.wait_s,
         allow_unauthenticated=hil.allow_unauthenticated,
         devices=tuple(devices),

@@ -295,6 +295,21 @@ class Hil(_Section):
         "outside the simulated limits, or from what the measured power explains, "
         "before it is implausible",
     )
+    realtime_priority: int = Field(
+        0,
+        ge=0,
+        le=99,
+        description="1-99: the gateway's I/O threads run under SCHED_FIFO at this priority "
+        "(needs the privilege; refused: a warning and the normal policy); 0 = normal",
+    )
+    spin_ms: float = Field(
+        0.0,
+        ge=0,
+        le=10_000,
+        description="after sending set-points or reads, the gateway polls for the answers "
+        "without sleeping for up to this long (a sleeping thread's wake-up is the round "
+        "trip's tail on a busy machine); 0 = always sleep",
+    )
     curve_secret_key: str | None = Field(
         None,
         description="the gateway's ZMQ certificate with its "

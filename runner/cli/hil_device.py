@@ -104,7 +104,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.9,
         metavar="F",
-        help="battery round-trip efficiency, (0, 1] (default 0.9)",
+        help="battery round-trip efficiency, (0, 1] (default 0.9; a v2 WELCOME sets it)",
+    )
+    g.add_argument(
+        "--soc-min",
+        type=float,
+        default=0.05,
+        metavar="F",
+        help="battery discharging stops here (default 0.05; a v2 WELCOME sets it)",
+    )
+    g.add_argument(
+        "--soc-max",
+        type=float,
+        default=0.95,
+        metavar="F",
+        help="battery charging stops here (default 0.95; a v2 WELCOME sets it)",
     )
     p.add_argument(
         "--protocol",
@@ -112,6 +126,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=(1, 2),
         default=2,
         help="protocol version to speak (1: stand in for an old device; default 2)",
+    )
+    p.add_argument(
+        "--realtime-priority",
+        type=int,
+        default=0,
+        choices=range(100),
+        metavar="N",
+        help="1-99: answer under the real-time policy SCHED_FIFO at priority N (needs the "
+        "privilege); default 0: the normal policy",
+    )
+    p.add_argument(
+        "--spin-ms",
+        type=_non_negative,
+        default=0.0,
+        metavar="MS",
+        help="poll without sleeping from MS before each expected request until it comes "
+        "(learned from the last interval; default 0: sleep until asked)",
     )
     f = p.add_argument_group("fault injection")
     f.add_argument(
@@ -191,9 +222,15 @@ def _options(args: argparse.Namespace) -> EmulatorOptions:
     if args.curve_server_key is not None:
         curve = load_curve_keys(args.curve_server_key, args.curve_key)
     try:
-        model = ModelOptions(ramp_s=args.ramp_s, delay_ms=args.delay_ms, efficiency=args.efficiency)
+        model = ModelOptions(
+            ramp_s=args.ramp_s,
+            delay_ms=args.delay_ms,
+            efficiency=args.efficiency,
+            soc_min=args.soc_min,
+            soc_max=args.soc_max,
+        )
     except ValueError as exc:
-        raise ValueError(f"--efficiency: {exc}") from None
+        raise ValueError(f"--efficiency, --soc-min, --soc-max: {exc}") from None
     faults = Faults(
         late_ms=args.late_ms,
         silent_after=args.silent_after,
@@ -207,7 +244,13 @@ def _options(args: argparse.Namespace) -> EmulatorOptions:
     if log is not None and not log.parent.is_dir():
         raise ValueError(f"--log {args.log!r}: folder {str(log.parent)!r} does not exist")
     return EmulatorOptions(
-        model=model, faults=faults, curve=curve, log_path=log, protocol=args.protocol
+        model=model,
+        faults=faults,
+        curve=curve,
+        log_path=log,
+        protocol=args.protocol,
+        spin_ms=args.spin_ms,
+        realtime_priority=args.realtime_priority,
     )
 
 
