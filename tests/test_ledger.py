@@ -11,16 +11,18 @@ import pandas as pd
 import pytest
 
 from dsosim.federates.common import ledger
+from dsosim.federates.common.parties import Party
 from dsosim.federates.recorder.store import ResultStore
 from dsosim.federates.recorder.summary import summarise
 
+P = Party.parse
 BOUND = ledger.SanityBound(max_mw=2000.0, max_price=10000.0)
 H = 1 / 12
 
 
 def _row(mw: float, price: float = 30.0, hours: float = H, interval: int = 11) -> tuple:
     return ledger.Payment(
-        interval, "dmo:lda5", "agg:agg_storage", "dmo:lda5", "energy", mw, price, hours
+        interval, "dmo:lda5", P("agg:agg_storage"), P("dmo:lda5"), "energy", mw, price, hours
     ).row()
 
 
@@ -85,7 +87,7 @@ def _results(tmp: Path, settlements: list[tuple], refused: list[tuple]) -> Path:
 
 def _balanced() -> list[tuple]:
     def pay(payer: str, payee: str, mw: float) -> tuple:
-        return ledger.Payment(0, "iso", payer, payee, "energy", mw, 30.0, H).row()
+        return ledger.Payment(0, "iso", P(payer), P(payee), "energy", mw, 30.0, H).row()
 
     return [pay("load:5", "iso", 10.0), pay("iso", "gen:1", 10.0)]
 
@@ -98,7 +100,7 @@ def test_summary_residual_is_zero_only_for_valid_books(tmp_path: Path) -> None:
     bad = summarise(_results(tmp_path / "refused", _balanced(), refused))
     assert bad["settlement_residual"] is None and bad["ledger_refused"] == 1
     # a NaN amount that reached the table some other way (pandas sums skip NaN)
-    nan_row = ledger.Payment(0, "iso", "load:5", "iso", "energy", math.nan, 30.0, H).row()
+    nan_row = ledger.Payment(0, "iso", P("load:5"), P("iso"), "energy", math.nan, 30.0, H).row()
     worse = summarise(_results(tmp_path / "nan", [*_balanced(), nan_row], []))
     assert worse["settlement_residual"] is None and worse["ledger_refused"] == 1
     assert pd.read_parquet(tmp_path / "nan" / "settlements")["amount"].isna().sum() == 1
