@@ -15,10 +15,16 @@ SCENARIOS = ROOT / "configs" / "scenarios"
 
 
 def run_scenario(
-    scenario: Path, out: Path, *, hours: float, timeout_s: float = 300, edit_runner=None
+    scenario: Path,
+    out: Path,
+    *,
+    hours: float,
+    timeout_s: float = 300,
+    edit_runner=None,
+    model: str | None = None,
 ) -> tuple[BuildResult, LaunchOutcome]:
     def make() -> BuildResult:
-        built = build(scenario, out, hours=hours, port=free_port())
+        built = build(scenario, out, hours=hours, port=free_port(), model=model)
         if edit_runner is not None:
             spec = json.loads(built.runner.read_text())
             edit_runner(spec)

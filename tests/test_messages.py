@@ -20,6 +20,9 @@ CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
         msg.FleetBid("agg1", 3, (PlacedCurve("675", CURVE), PlacedCurve("634", BidCurve(0.2)))),
         msg.InterfaceBid("lda1", 3, 5, CURVE.scaled(20)),
         msg.Award("iso", 3, 5, 31.25, 30.0, 1.25, -12.5),
+        msg.Award("iso", 3, 5, 31.25, 30.0, 1.25, -12.5, -10.0, 28.5),
+        msg.DayAheadBid("lda1", 288, 5, (CURVE.scaled(20), BidCurve(12.0))),
+        msg.DayAheadPrices("iso", 288, 5, (21.5, 19.25, 30.0)),
         msg.Dispatch("lda1", 3, {"675": -0.5, "634": 0.1}, {"675": 31.0, "634": 32.5}),
         msg.Measurement("agg1", 3, {"675": -0.45, "634": 0.1}, {"675": -0.5, "634": 0.1}),
         msg.Meter("lda1", 3, 5, 48.2, {Party.agg("agg1"): -0.5}),
@@ -67,6 +70,21 @@ def test_bad_messages_are_rejected_naming_sender_and_field(fields: dict, where: 
         msg.decode(_raw(**fields), source="lda1")
     assert "lda1" in str(err.value)
     assert where in str(err.value)
+
+
+def test_day_ahead_messages_need_their_periods() -> None:
+    raw = msgpack.packb(
+        {"v": msg.SCHEMA_VERSION, "kind": "day_ahead_bid", "sender": "lda1", "interval": 0,
+         "td_bus": 5, "curves": []}
+    )  # fmt: skip
+    with pytest.raises(msg.MessageError, match=r"lda1.*day_ahead_bid.curves: must be a non-empty"):
+        msg.decode(raw, source="lda1")
+    raw = msgpack.packb(
+        {"v": msg.SCHEMA_VERSION, "kind": "day_ahead_prices", "sender": "iso", "interval": 0,
+         "td_bus": 5, "lmp": [20.0, math.nan]}
+    )  # fmt: skip
+    with pytest.raises(msg.MessageError, match=r"day_ahead_prices.lmp\[1\]: must be finite"):
+        msg.decode(raw, source="iso")
 
 
 def test_unknown_or_impersonating_sender_rejected() -> None:

@@ -9,7 +9,8 @@ import pytest
 from dsosim.runner.build.scenario import ScenarioError, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "configs" / "scenarios" / "quickstart.toml"
+SCENARIOS_DIR = ROOT / "configs" / "scenarios"
+QUICKSTART = SCENARIOS_DIR / "quickstart.toml"
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -235,3 +236,18 @@ def test_transmission_events_are_validated_in_the_scenario_and_at_build(tmp_path
         build(
             _scenario_with(tmp_path, **{"[[ldas]]": bad + "\n[[ldas]]"}), tmp_path / "o", port=23999
         )
+
+
+def test_day_ahead_section_checked(tmp_path: Path) -> None:
+    ok = 'name = "s"\n[day_ahead]\nenabled = true\n' + GOOD_LDA
+    scenario, _ = load_scenario(_write(tmp_path, ok))
+    assert scenario.day_ahead.enabled and scenario.day_ahead.period_minutes == 60
+    bad_period = 'name = "s"\n[day_ahead]\nenabled = true\nperiod_minutes = 50\n' + GOOD_LDA
+    with pytest.raises(ScenarioError, match="period_minutes must divide a day"):
+        load_scenario(_write(tmp_path, bad_period))
+    not_midnight = 'name = "s"\nstart = 2026-07-20T06:00:00\n[day_ahead]\nenabled = true\n'
+    with pytest.raises(ScenarioError, match="must start at midnight"):
+        load_scenario(_write(tmp_path, not_midnight + GOOD_LDA))
+    two_settlement = SCENARIOS_DIR / "two-settlement.toml"
+    scenario, _ = load_scenario(two_settlement)
+    assert scenario.hours == 72 and scenario.day_ahead.enabled

@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 import zlib
 
+import numpy as np
+
 from dsosim.federates.aggregator.fleet import DeviceReading, Fleet
 from dsosim.federates.aggregator.results import der_tables
 from dsosim.federates.aggregator.spec_json import fleet_from_json
@@ -43,8 +45,11 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         d.id: (fleet.device_index(d.kind, d.bus, d.nth), d.bus) for d in config.hil_devices_of(name)
     }
     gateway = config.hil.name if hardware and config.hil else None
+    per_day = config.time.intervals_per_day
     for k in range(config.time.n_intervals):
         shell.advance(at(k, Phase.BID, config.time))
+        if config.iso.day_ahead is not None and k % per_day == 0:
+            _plan_from_day_ahead(shell, config, fleet, k, per_day)
         bids = fleet.bids(k)
         if bid_to is not None:
             shell.send(
@@ -66,6 +71,17 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         shell.send(utility, msg.Measurement(name, k, outcome.actual_by_bus(), setpoints))
         shell.record_tables(k, der_tables(name, outcome))
         shell.end_interval(k)
+
+
+def _plan_from_day_ahead(
+    shell: FederateShell, config: FederationConfig, fleet: Fleet, k: int, per_day: int
+) -> None:
+    """The day's published day-ahead prices replace the fleet's learned price
+    forecast for the day's intervals (each period's price for its intervals)."""
+    iso = config.iso.name
+    prices = expect(shell.receive(allowed_senders=[iso]), msg.DayAheadPrices, k, [iso])[iso]
+    per_period = per_day // len(prices.lmp)
+    fleet.publish_prices(k, np.repeat(np.asarray(prices.lmp, dtype=float), per_period).tolist())
 
 
 def _dispatch(

@@ -95,6 +95,12 @@ class TimeSettings(Strict):
         DEFAULT_START,
         description="simulated date and time (local, no time zone) at which interval 0 starts",
     )
+    origin_s: float = Field(
+        0.0,
+        ge=0,
+        description="federation seconds before interval 0 (room for the first day's "
+        "day-ahead market; see common.schedule)",
+    )
 
     @field_validator("start")
     @classmethod
@@ -103,9 +109,11 @@ class TimeSettings(Strict):
 
     @model_validator(mode="after")
     def _phases_fit(self) -> TimeSettings:
-        if last_offset(self) >= self.step:
+        if last_offset(self) + self.origin_s >= self.step:
+            with_da = " with the day-ahead market's" if self.origin_s else ""
             raise ValueError(
-                f"the last exchange of an interval comes {last_offset(self):g} s after "
+                f"the last exchange of an interval{with_da} comes "
+                f"{last_offset(self) + self.origin_s:g} s after "
                 f"its start but an interval is only {self.step:g} s (step_s); shorten "
                 f"substep_s/settle_s or lengthen the step"
             )
@@ -124,6 +132,11 @@ class TimeSettings(Strict):
     def time_scale(self) -> float:
         """Simulated seconds per federation (wall, in real time) second."""
         return self.interval_s / self.step
+
+    @property
+    def intervals_per_day(self) -> int:
+        """Market intervals in a simulated day (rounded)."""
+        return max(1, round(86400.0 / self.interval_s))
 
     def timestamp(self, interval: int) -> datetime:
         """Simulated date and time at which market interval ``interval`` starts."""
@@ -174,6 +187,20 @@ class TransmissionEvent(Strict):
         return self
 
 
+class DayAheadConfig(Strict):
+    """The ISO's day-ahead market (``federates/iso/dayahead.py``), cleared once
+    per simulated day just before the day starts (``common.schedule``)."""
+
+    period_minutes: float = Field(60.0, gt=0, le=1440, description="day-ahead period")
+    ramp_pu_per_h: PositiveFloat = Field(
+        0.5, description="ramp rate, x PMAX per hour, of generators whose case gives none"
+    )
+    segments: PositiveInt = Field(10, description="segments of the offer of a quadratic cost")
+    load_forecast_error: float = Field(
+        0.03, ge=0, lt=0.5, description="relative error (sd) of the day-ahead load forecasts"
+    )
+
+
 class IsoConfig(Strict):
     name: str
     case: str
@@ -182,6 +209,7 @@ class IsoConfig(Strict):
     load_profile: str = "system"
     interfaces: tuple[IsoInterface, ...]
     events: tuple[TransmissionEvent, ...] = ()
+    day_ahead: DayAheadConfig | None = None
 
 
 class LimitsConfig(Strict):

@@ -71,6 +71,35 @@ class Award:
     lmp_energy: float
     lmp_congestion: float
     cleared_mw: float
+    da_mw: float = 0.0
+    """The LDA's day-ahead schedule for this interval's period (0 without a
+    day-ahead market); the rest of ``cleared_mw`` settles at ``lmp``."""
+    da_lmp: float = 0.0
+    """The day-ahead LMP that schedule is paid at."""
+
+
+@dataclass(frozen=True, slots=True)
+class DayAheadPrices:
+    """ISO -> aggregators: the published day-ahead LMPs at their LDA's T-D
+    bus, one per period of the day; ``interval`` is the day's first interval."""
+
+    KIND: ClassVar[str] = "day_ahead_prices"
+    sender: str
+    interval: int
+    td_bus: int
+    lmp: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DayAheadBid:
+    """LDA -> ISO before a day: one net-demand curve per day-ahead period at
+    the T-D bus (scaled); ``interval`` is the day's first interval."""
+
+    KIND: ClassVar[str] = "day_ahead_bid"
+    sender: str
+    interval: int
+    td_bus: int
+    curves: tuple[BidCurve, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +241,8 @@ class HilReadings:
 Message = (
     FleetBid
     | InterfaceBid
+    | DayAheadBid
+    | DayAheadPrices
     | Award
     | Dispatch
     | Measurement
@@ -228,6 +259,8 @@ KINDS: dict[str, type] = {
     for cls in (
         FleetBid,
         InterfaceBid,
+        DayAheadBid,
+        DayAheadPrices,
         Award,
         Dispatch,
         Measurement,
@@ -403,6 +436,32 @@ def _decode_award(r: _Reader, sender: str, interval: int) -> Award:
         r.number("lmp_energy"),
         r.number("lmp_congestion"),
         r.number("cleared_mw"),
+        r.number("da_mw"),
+        r.number("da_lmp"),
+    )
+
+
+def _decode_day_ahead_prices(r: _Reader, sender: str, interval: int) -> DayAheadPrices:
+    lmp = r.get("lmp")
+    if not isinstance(lmp, list) or not lmp:
+        raise r.fail("lmp", "must be a non-empty list of prices, one per period")
+    return DayAheadPrices(
+        sender,
+        interval,
+        r.integer("td_bus"),
+        tuple(r.number(f"lmp[{i}]", v) for i, v in enumerate(lmp)),
+    )
+
+
+def _decode_day_ahead_bid(r: _Reader, sender: str, interval: int) -> DayAheadBid:
+    curves = r.get("curves")
+    if not isinstance(curves, list) or not curves:
+        raise r.fail("curves", "must be a non-empty list of curves, one per period")
+    return DayAheadBid(
+        sender,
+        interval,
+        r.integer("td_bus"),
+        tuple(r.curve(f"curves[{i}]", c) for i, c in enumerate(curves)),
     )
 
 
@@ -534,6 +593,8 @@ _DECODERS = {
     HilReadings.KIND: _decode_hil_readings,
     FleetBid.KIND: _decode_fleet_bid,
     InterfaceBid.KIND: _decode_interface_bid,
+    DayAheadBid.KIND: _decode_day_ahead_bid,
+    DayAheadPrices.KIND: _decode_day_ahead_prices,
     Award.KIND: _decode_award,
     Dispatch.KIND: _decode_dispatch,
     Measurement.KIND: _decode_measurement,

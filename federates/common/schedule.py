@@ -45,6 +45,14 @@ class Clock(Protocol):
     @property
     def settle(self) -> float: ...
 
+    @property
+    def origin_s(self) -> float:
+        """Federation seconds before interval 0 (the first day-ahead market's)."""
+        ...
+
+    @property
+    def intervals_per_day(self) -> int: ...
+
 
 class Phase(IntEnum):
     """Sub-steps inside a market interval, in order."""
@@ -74,4 +82,27 @@ def last_offset(time: Clock) -> float:
 
 def at(interval: int, phase: Phase, time: Clock) -> float:
     """Federation time (s) of ``phase`` in market interval ``interval``."""
-    return interval * time.step + offset(phase, time)
+    return time.origin_s + interval * time.step + offset(phase, time)
+
+
+class DayAheadPhase(IntEnum):
+    """Exchanges of the day-ahead market of day ``d``: at the end of the day
+    before (just before the day's first interval; for the first day in the
+    ``origin_s`` the federation keeps before interval 0)::
+
+        DA_BID    each LDA's T-D bidder -> ISO       DayAheadBid (one curve per period)
+        DA_CLEAR  ISO: multi-period DC-OPF           day-ahead schedules and prices
+    """
+
+    DA_BID = 0
+    DA_CLEAR = 1
+
+
+DAY_AHEAD_ORIGIN_SUBSTEPS = len(DayAheadPhase)
+"""Sub-steps kept before interval 0 when a day-ahead market runs."""
+
+
+def day_ahead_at(day: int, phase: DayAheadPhase, time: Clock) -> float:
+    """Federation time (s) of ``phase`` of the day-ahead market for ``day``."""
+    first = at(day * time.intervals_per_day, Phase.BID, time)
+    return first - (len(DayAheadPhase) - int(phase)) * time.substep_s

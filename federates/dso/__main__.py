@@ -18,10 +18,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig
-from dsosim.federates.common.schedule import Phase, at
+from dsosim.federates.common.schedule import DayAheadPhase, Phase, at, day_ahead_at
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.dso.grid import Forecast, GridOperator
 from dsosim.federates.markets.derm_override import override_awards
@@ -43,7 +45,15 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
     model_to = routes.grid_model_target(config, cfg)
     limits = Limits.planning(cfg.limits)  # the DERM plans with the margin
     element_index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(grid.locations)}
+    da = config.iso.day_ahead
+    per_day = config.time.intervals_per_day
     for k in range(config.time.n_intervals):
+        if da is not None and k % per_day == 0:
+            day = k // per_day
+            shell.advance(day_ahead_at(day, DayAheadPhase.DA_BID, config.time))
+            intervals = (k + np.arange(per_day)).reshape(round(1440.0 / da.period_minutes), -1)
+            curves = grid.day_ahead_bid(intervals, da.load_forecast_error, day, config.seed)
+            shell.send(cfg.iso, msg.DayAheadBid(name, k, cfg.td_bus, curves))
         shell.advance(at(k, Phase.BID, config.time))
         forecast = grid.forecast(k)
         if model_to is not None:

@@ -156,6 +156,26 @@ class GridOperator:
         assert self.forecast_point is not None
         return self.forecast_point
 
+    def day_ahead_bid(
+        self, intervals: np.ndarray, error: float, day: int, seed: int
+    ) -> tuple[BidCurve, ...]:
+        """The LDA's day-ahead bid, one fixed curve per period (scaled): the
+        head power of the feeder with its loads at the period's mean forecast
+        times a seeded day-ahead error (sd ``error``), DERs not forecast (at
+        zero output; their real-time output settles as deviation). One power
+        flow per period. ``intervals``: (periods, intervals per period)."""
+        rng = np.random.default_rng([seed, zlib.crc32(self.name.encode()), 104729, day])
+        errors = rng.normal(0.0, error, len(intervals)) if error else np.zeros(len(intervals))
+        last = len(self.profile) - 1
+        self.feeder.set_der_mw(np.zeros(len(self.locations)))
+        curves = []
+        for period, e in zip(intervals, errors):
+            level = float(np.mean(self.profile[np.minimum(period, last)])) * (1.0 + e)
+            self.feeder.set_load_multipliers(level)
+            state = self.feeder.solve()
+            curves.append(BidCurve(round(self.td.to_td(state.substation_p_mw), 9)))
+        return tuple(curves)
+
     def utility_bid(self, market_aggregators: Sequence[str]) -> BidCurve:
         """Fixed T-D bid (scaled) for what no DER bid covers: the forecast head
         power minus the market DERs at their operating point."""

@@ -19,8 +19,8 @@ from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig
 from dsosim.federates.common.parties import BidKey, Party, Role
 from dsosim.federates.common.scale import TdScale
-from dsosim.federates.common.schedule import Phase, at
-from dsosim.federates.common.shell import FederateShell, federate_main
+from dsosim.federates.common.schedule import DayAheadPhase, Phase, at, day_ahead_at
+from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.iso.wholesale import AwardLine, IsoBid, WholesaleMarket
 
 
@@ -52,11 +52,14 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
     holders = {d.name: _holder(config, d.name) for d in config.dsos}
     n = config.time.n_intervals
     for k in range(n + 1):
+        early: list[msg.Message] = []  # meters that arrived with the day-ahead bids
+        if market.da is not None and k < n and k % market.per_day == 0:
+            early = _day_ahead(shell, config, market, k // market.per_day, holders, senders)
         shell.advance(at(k, Phase.CLEAR, config.time))
         bids: list[IsoBid] = []
         got: set[str] = set()
         meters: dict[str, tuple[float, dict[Party, float]]] = {}
-        for m in shell.receive(allowed_senders=senders):
+        for m in [*early, *shell.receive(allowed_senders=senders)]:
             if isinstance(m, msg.Meter) and m.interval == k - 1 and m.sender in utilities:
                 meters[m.sender] = (m.actual_mw, dict(m.allocation))
                 continue
@@ -94,19 +97,60 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
         if missing:
             raise RuntimeError(f"interval {k}: no bid from {missing}")
         clearing = market.clear(k, bids)
-        _send_awards(shell, config, k, clearing.awards)
+        _send_awards(shell, config, market, k, clearing.awards)
         shell.record_tables(k, clearing.tables)
         shell.end_interval(k)
 
 
+def _day_ahead(
+    shell: FederateShell,
+    config: FederationConfig,
+    market: WholesaleMarket,
+    day: int,
+    holders: Mapping[str, Party],
+    senders: list[str],
+) -> list[msg.Message]:
+    """DA_CLEAR: every LDA's day-ahead bid (sent by its utility, for the
+    LDA's schedule holder), the day's clearing, its tables. Returns the other
+    messages received (the last interval's meters), for CLEAR."""
+    shell.advance(day_ahead_at(day, DayAheadPhase.DA_CLEAR, config.time))
+    first = day * market.per_day
+    utilities = [d.name for d in config.dsos]
+    received = shell.receive(allowed_senders=senders)
+    others = [m for m in received if not isinstance(m, msg.DayAheadBid)]
+    bids_in = [m for m in received if isinstance(m, msg.DayAheadBid)]
+    got = expect(bids_in, msg.DayAheadBid, first, utilities)
+    bids = {}
+    for lda, m in got.items():
+        if m.td_bus != market.interfaces[lda]:
+            raise msg.MessageError(
+                m.sender,
+                "day_ahead_bid.td_bus",
+                f"{m.td_bus} is not the T-D bus {market.interfaces[lda]} of {lda}",
+            )
+        bids[BidKey(lda, holders[lda])] = m.curves
+    shell.record_tables(first, market.clear_day_ahead(day, bids))
+    # published prices: every aggregator learns its LDA's day-ahead LMPs
+    for dso in config.dsos:
+        lmp = market.day_ahead_prices(day, dso.name)
+        for agg in dso.aggregators:
+            shell.send(agg, msg.DayAheadPrices(shell.name, first, dso.td_bus, lmp))
+    return others
+
+
 def _send_awards(
-    shell: FederateShell, config: FederationConfig, k: int, awards: Mapping[BidKey, AwardLine]
+    shell: FederateShell,
+    config: FederationConfig,
+    market: WholesaleMarket,
+    k: int,
+    awards: Mapping[BidKey, AwardLine],
 ) -> None:
     for dso in config.dsos:
         lda = dso.name
         mine = {key: a for key, a in awards.items() if key.lda == lda}
         any_line = next(iter(mine.values()))
         total = sum(a.cleared_mw for a in mine.values())
+        da_mw, da_lmp = market.da_position(k, lda)
         interface = msg.Award(
             shell.name,
             k,
@@ -115,6 +159,8 @@ def _send_awards(
             any_line.lmp_energy,
             any_line.lmp_congestion,
             total,
+            da_mw,
+            da_lmp,
         )
         shell.send(lda, interface)  # the utility always learns its interface's price and schedule
         local = routes.local_dmo_of(config, dso)

@@ -16,12 +16,13 @@ import numpy as np
 
 from dsosim.federates.common import ledger
 from dsosim.federates.common.config import IsoConfig, TimeSettings
-from dsosim.federates.common.curves import PlacedCurve
+from dsosim.federates.common.curves import BidCurve, PlacedCurve
 from dsosim.federates.common.parties import ISO, BidKey, Party, Role
 from dsosim.federates.common.profiles import wholesale_load
 from dsosim.federates.common.tables import Rows, Tables
 from dsosim.federates.iso.case import load_case
-from dsosim.federates.iso.dcopf import BusCurve, DcOpf, congestion_rent
+from dsosim.federates.iso.dayahead import DayAheadMarket, DayAheadResult
+from dsosim.federates.iso.dcopf import BusCurve, DcOpf, OpfResult, congestion_rent
 from dsosim.federates.iso.events import EventError, EventSchedule, without
 
 MARKET_COLUMNS = (
@@ -82,6 +83,38 @@ IMBALANCE_COLUMNS = (
 )
 
 
+DA_MARKET_COLUMNS = (
+    "interval",
+    "day",
+    "period",
+    "bus",
+    "lmp",
+    "lmp_energy",
+    "lmp_congestion",
+    "forecast_load_mw",
+)
+DA_AWARD_COLUMNS = ("interval", "day", "period", "dso", "party", "td_bus", "lmp", "cleared_mw")
+DA_ISO_COLUMNS = (
+    "interval",
+    "day",
+    "status",
+    "generation_cost",
+    "congestion_rent",
+    "forecast_load_mwh",
+    "solve_s",
+)
+
+
+@dataclass(frozen=True)
+class DaySchedule:
+    """A cleared day: per period, the awards per bid key, the dispatch, the
+    fixed load as forecast and served, the prices and flows."""
+
+    result: DayAheadResult
+    awards: dict[BidKey, np.ndarray]  # per key, MW per period
+    served: np.ndarray  # (periods, buses): withdrawal other than the bids
+
+
 IsoBid = PlacedCurve[BidKey]
 """One curve the ISO clears at a T-D bus: ``at`` is its key, whose it is (the
 party that settles it) and at which LDA's interface."""
@@ -134,6 +167,27 @@ class WholesaleMarket:
         else:
             self.profile = wholesale_load(time.n_intervals, time.interval_s)
         self._schedules: dict[tuple[int, BidKey], tuple[float, float]] = {}
+        self.seed = seed
+        self.per_day = time.intervals_per_day
+        self.da: DayAheadMarket | None = None
+        self.days: dict[int, DaySchedule] = {}
+        da = config.day_ahead
+        if da is not None:
+            periods = round(1440.0 / da.period_minutes)
+            self.per_period = round(da.period_minutes * 60.0 / time.interval_s)
+            self.da = DayAheadMarket(
+                self.case,
+                periods=periods,
+                period_h=da.period_minutes / 60.0,
+                segments=da.segments,
+                default_ramp_pu_per_h=da.ramp_pu_per_h,
+            )
+            # whole days of profile, the last day included
+            n_days = -(-time.n_intervals // self.per_day)
+            if config.load_profile != "flat":
+                self.profile = wholesale_load(n_days * self.per_day, time.interval_s)
+            else:
+                self.profile = np.ones(n_days * self.per_day)
 
     def fixed_load(self, interval: int) -> np.ndarray:
         factor = self.events.at(interval).load_factor
@@ -144,6 +198,173 @@ class WholesaleMarket:
         if outages not in self._opfs:
             self._opfs[outages] = DcOpf(without(self.case, outages))
         return self._opfs[outages]
+
+    # ------------------------------------------------------------ day ahead
+
+    def forecast_load(self, day: int) -> np.ndarray:
+        """The ISO's day-ahead forecast of the case's fixed loads, (periods,
+        buses): each period's mean profile with a seeded relative error."""
+        assert self.da is not None and self.config.day_ahead is not None
+        first = day * self.per_day
+        shape = self.profile[first : first + self.per_day].reshape(self.da.periods, -1).mean(1)
+        rng = np.random.default_rng([self.seed, 7919, day])
+        error = rng.normal(0.0, self.config.day_ahead.load_forecast_error, self.da.periods)
+        factor = shape * (1.0 + error)
+        return np.outer(factor, self.case.bus_pd_mw * self.config.load_scale)
+
+    def clear_day_ahead(
+        self, day: int, bids: Mapping[BidKey, Sequence[BidCurve]]
+    ) -> dict[str, tuple[tuple[str, ...], Rows]]:
+        """Clear the day-ahead market of ``day``: one curve per period from
+        each bid key (at its LDA's T-D bus) beside the forecast fixed loads.
+        The schedules then settle every interval of the day (see :meth:`clear`)."""
+        assert self.da is not None
+        keys = sorted(bids)
+        unknown = sorted({k.lda for k in keys} - set(self.interfaces))
+        if unknown:
+            raise ValueError(f"day {day}: day-ahead bids for unknown LDAs {unknown}")
+        for key in keys:
+            if len(bids[key]) != self.da.periods:
+                raise ValueError(
+                    f"day {day}: {key} bid {len(bids[key])} periods, expected {self.da.periods}"
+                )
+        per_period = [
+            [BusCurve(self.interfaces[k.lda], bids[k][p], owner=str(k)) for k in keys]
+            for p in range(self.da.periods)
+        ]
+        load = self.forecast_load(day)
+        initial = None
+        if day - 1 in self.days:
+            initial = self.days[day - 1].result.periods[-1].gen_mw
+        result = self.da.clear(load, per_period, initial_mw=initial)
+        if result.status == "failed":
+            raise RuntimeError(f"day {day}: the day-ahead market failed: {result.message}")
+        awards = {
+            k: np.array([result.periods[p].curve_mw[j] for p in range(self.da.periods)])
+            for j, k in enumerate(keys)
+        }
+        served = np.stack([period.withdrawal_mw for period in result.periods])
+        for k, mw in awards.items():
+            served[:, self.bus_index[self.interfaces[k.lda]]] -= mw
+        self.days[day] = DaySchedule(result, awards, served)
+        self.days.pop(day - 2, None)
+        return self._day_ahead_tables(day, result, awards, load)
+
+    def _day_ahead_tables(
+        self,
+        day: int,
+        result: DayAheadResult,
+        awards: Mapping[BidKey, np.ndarray],
+        load: np.ndarray,
+    ) -> dict[str, tuple[tuple[str, ...], Rows]]:
+        k = day * self.per_day
+        market: Rows = []
+        for p, period in enumerate(result.periods):
+            for i, b in enumerate(self.case.bus_ids):
+                market.append(
+                    (
+                        k,
+                        day,
+                        p,
+                        int(b),
+                        float(period.lmp[i]),
+                        float(period.lmp_energy[i]),
+                        float(period.lmp_congestion[i]),
+                        float(load[p, i]),
+                    )
+                )
+        award_rows: Rows = []
+        for key, mw in sorted(awards.items()):
+            bus = self.interfaces[key.lda]
+            for p in range(len(mw)):
+                lmp = float(result.periods[p].lmp[self.bus_index[bus]])
+                award_rows.append((k, day, p, key.lda, str(key.party), bus, lmp, float(mw[p])))
+        h = result.period_h
+        rent = sum(congestion_rent(period) for period in result.periods) * h
+        iso_row = (
+            k,
+            day,
+            result.status,
+            float(result.total_cost),
+            float(rent),
+            float(load.sum() * h),
+            float(result.solve_seconds),
+        )
+        return {
+            "day_ahead": (DA_MARKET_COLUMNS, market),
+            "day_ahead_awards": (DA_AWARD_COLUMNS, award_rows),
+            "day_ahead_iso": (DA_ISO_COLUMNS, [iso_row]),
+        }
+
+    def day_ahead_of(self, interval: int) -> tuple[DaySchedule, int] | None:
+        """The day schedule covering ``interval`` and its period, if any."""
+        if self.da is None:
+            return None
+        day = self.days.get(interval // self.per_day)
+        if day is None:
+            return None
+        return day, (interval % self.per_day) // self.per_period
+
+    def day_ahead_prices(self, day: int, lda: str) -> tuple[float, ...]:
+        """The day-ahead LMP of each period of ``day`` at the LDA's T-D bus."""
+        result = self.days[day].result
+        i = self.bus_index[self.interfaces[lda]]
+        return tuple(float(period.lmp[i]) for period in result.periods)
+
+    def da_position(self, interval: int, lda: str) -> tuple[float, float]:
+        """(MW, $/MWh): the LDA's day-ahead schedule for ``interval``'s period
+        and its day-ahead LMP; (0, 0) without a day-ahead market."""
+        found = self.day_ahead_of(interval)
+        if found is None:
+            return 0.0, 0.0
+        day, p = found
+        mw = sum(float(a[p]) for key, a in day.awards.items() if key.lda == lda)
+        lmp = float(day.result.periods[p].lmp[self.bus_index[self.interfaces[lda]]])
+        return mw, lmp
+
+    def _settle(
+        self,
+        pay: list[ledger.Payment],
+        k: int,
+        payer: Party,
+        payee: Party,
+        mw: float,
+        lmp: float,
+        da: tuple[float, float] | None,
+    ) -> None:
+        """``mw`` at ``lmp``; with a day-ahead schedule ``da = (MW, price)``
+        (MW in the payer-to-payee direction), the schedule at its day-ahead
+        price and only the deviation at ``lmp`` (two settlements)."""
+        h = self.hours
+        if da is not None and da[0] != 0.0:
+            pay.append(ledger.Payment(k, "iso", payer, payee, "day_ahead", da[0], da[1], h))
+            mw -= da[0]
+        if mw != 0.0:
+            pay.append(ledger.Payment(k, "iso", payer, payee, "energy", mw, lmp, h))
+
+    def _da_bid(self, day: DaySchedule | None, p: int, key: BidKey) -> tuple[float, float] | None:
+        if day is None or key not in day.awards:
+            return None
+        bus = self.bus_index[self.interfaces[key.lda]]
+        return float(day.awards[key][p]), float(day.result.periods[p].lmp[bus])
+
+    @staticmethod
+    def _retained(res: OpfResult, day: DaySchedule | None, p: int) -> float:
+        """What the ISO keeps per hour: the congestion rent; with two
+        settlements, the period's day-ahead rent plus the real-time flows'
+        departure from the day-ahead flows valued at real-time price differences."""
+        retained = float(congestion_rent(res))
+        if day is None:
+            return retained
+        period = day.result.periods[p]
+        case = period.case
+        on = case.branch_status
+        diff = res.lmp[case.branch_to_idx[on]] - res.lmp[case.branch_from_idx[on]]
+        return (
+            retained
+            + float(congestion_rent(period))
+            - float(np.sum(period.branch_flow_mw[on] * diff))
+        )
 
     def clear(self, interval: int, bids: Sequence[IsoBid]) -> Clearing:
         """Clear one interval: every bid at its LDA's T-D bus, beside the
@@ -163,6 +384,8 @@ class WholesaleMarket:
         lmp = res.lmp
         out = Clearing(status=res.status, awards={})
         k, h = interval, self.hours
+        found = self.day_ahead_of(k)
+        day, p = found if found is not None else (None, 0)
         pay: list[ledger.Payment] = []
         award_rows: Rows = []
         for bid, curve, cleared in zip(bids, curves, res.curve_mw[: len(curves)], strict=True):
@@ -189,9 +412,8 @@ class WholesaleMarket:
                     bid.curve.max_mw,
                 )
             )
-            pay.append(
-                ledger.Payment(k, "iso", bid.at.party, ISO, "energy", line.cleared_mw, line.lmp, h)
-            )
+            da_bid = self._da_bid(day, p, bid.at)
+            self._settle(pay, k, bid.at.party, ISO, line.cleared_mw, line.lmp, da_bid)
         iface_rows: Rows = []
         for lda, bus in sorted(self.interfaces.items()):
             i = self.bus_index[bus]
@@ -231,35 +453,26 @@ class WholesaleMarket:
                     )
                 )
         for i, bus in enumerate(self.case.bus_ids):
-            if served[i] != 0.0:
-                pay.append(
-                    ledger.Payment(
-                        k,
-                        "iso",
-                        Party.load(int(bus)),
-                        ISO,
-                        "energy",
-                        float(served[i]),
-                        float(lmp[i]),
-                        h,
-                    )
+            da_load = (
+                (float(day.served[p, i]), float(day.result.periods[p].lmp[i]))
+                if day is not None
+                else None
+            )
+            if served[i] != 0.0 or da_load is not None:
+                self._settle(
+                    pay, k, Party.load(int(bus)), ISO, float(served[i]), float(lmp[i]), da_load
                 )
         gen_rows: Rows = []
         for g, (bus, mw) in enumerate(zip(self.case.gen_bus, res.gen_mw, strict=True)):
             gen_rows.append((k, g, int(bus), float(mw)))
-            if mw != 0.0:
-                pay.append(
-                    ledger.Payment(
-                        k,
-                        "iso",
-                        ISO,
-                        Party.gen(g),
-                        "energy",
-                        float(mw),
-                        float(lmp[self.bus_index[int(bus)]]),
-                        h,
-                    )
-                )
+            at_bus = self.bus_index[int(bus)]
+            da_gen = (
+                (float(day.result.periods[p].gen_mw[g]), float(day.result.periods[p].lmp[at_bus]))
+                if day is not None
+                else None
+            )
+            if mw != 0.0 or da_gen is not None:
+                self._settle(pay, k, ISO, Party.gen(g), float(mw), float(lmp[at_bus]), da_gen)
         out.tables["market"] = (
             MARKET_COLUMNS,
             [
@@ -278,6 +491,10 @@ class WholesaleMarket:
         out.tables["generators"] = (GEN_COLUMNS, gen_rows)
         out.tables["interface"] = (INTERFACE_COLUMNS, iface_rows)
         out.tables["awards"] = (AWARD_COLUMNS, award_rows)
+        # what the ISO keeps: the congestion rent; with two settlements, the
+        # day-ahead rent of the period plus the real-time flows' deviation from
+        # the day-ahead flows valued at real-time price differences
+        retained = self._retained(res, day, p)
         out.tables["iso"] = (
             ISO_COLUMNS,
             [
@@ -286,7 +503,7 @@ class WholesaleMarket:
                     h,
                     res.status,
                     float(res.total_cost) * h,
-                    float(congestion_rent(res)) * h,
+                    retained * h,
                     float(res.shed_mw.sum()),
                     float(fixed.sum()),
                     len(curves),

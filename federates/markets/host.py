@@ -34,7 +34,8 @@ def send_interface_bid(
 
 def send_dispatch(shell: FederateShell, dmo: NodalDmo, k: int, award: msg.Award) -> None:
     """DISPATCH: set-points and DLMPs that meet the ISO's award, to each aggregator."""
-    dispatch, tables = dmo.dispatch(k, award.lmp, award.cleared_mw)
+    da = (award.da_mw, award.da_lmp) if award.da_mw else None
+    dispatch, tables = dmo.dispatch(k, award.lmp, award.cleared_mw, da)
     for agg, (setpoints, prices) in sorted(dispatch.items()):
         shell.send(agg, msg.Dispatch(shell.name, k, setpoints, prices))
     shell.record_tables(k, tables)

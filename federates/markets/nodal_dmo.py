@@ -179,10 +179,16 @@ class NodalDmo:
         return 0.0
 
     def dispatch(
-        self, interval: int, lmp: float, cleared_mw: float
+        self,
+        interval: int,
+        lmp: float,
+        cleared_mw: float,
+        da: tuple[float, float] | None = None,
     ) -> tuple[dict[str, tuple[dict[str, float], dict[str, float]]], Tables]:
         """Set-points and DLMPs per aggregator meeting the ISO's award, and the
-        DMO's ledger for the interval."""
+        DMO's ledger for the interval. ``da``: the LDA's day-ahead schedule and
+        price for the interval (two settlements with the ISO: the schedule at
+        the day-ahead price, the rest of the award at ``lmp``)."""
         p = self._pending
         if p is None:
             raise RuntimeError(f"{self.lda}: dispatch before the interval's interface bid")
@@ -193,8 +199,14 @@ class NodalDmo:
         out: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
         rows: Rows = []
         me, market, h, td = Party.dmo(self.lda), f"lda:{self.lda}", self.hours, self.td
+        da_mw, da_lmp = da if da is not None else (0.0, 0.0)
         pay = [
-            ledger.Payment(interval, market, me, ISO, "energy", cleared_mw, lmp, h),
+            ledger.Payment(interval, market, me, ISO, "energy", cleared_mw - da_mw, lmp, h),
+            *(
+                [ledger.Payment(interval, market, me, ISO, "day_ahead", da_mw, da_lmp, h)]
+                if da_mw
+                else []
+            ),
             ledger.Payment(
                 interval,
                 market,

@@ -182,10 +182,14 @@ class P2pDmo(NodalDmo):
     _p_ref: float | None = None
 
     def dispatch(
-        self, interval: int, lmp: float, cleared_mw: float
+        self,
+        interval: int,
+        lmp: float,
+        cleared_mw: float,
+        da: tuple[float, float] | None = None,
     ) -> tuple[dict[str, tuple[dict[str, float], dict[str, float]]], Tables]:
         self._p_ref = float(lmp)  # the next auction's reference price
-        return super().dispatch(interval, lmp, cleared_mw)
+        return super().dispatch(interval, lmp, cleared_mw, da)
 
     def local_stage(
         self,

@@ -137,7 +137,8 @@ def settlement_balance(ledger: pd.DataFrame, iso: pd.DataFrame) -> dict[str, Any
     to_dmo, from_dmo = payee_role == Role.DMO, payer_role == Role.DMO
     local = ~in_iso
     dmo_energy_dmo_view = amount[local & from_dmo & (payee_role == Role.ISO)].sum()
-    dmo_energy_iso_view = amount[in_iso & from_dmo & (ledger["item"] == "energy")].sum()
+    energy = ledger["item"].isin(["energy", "day_ahead"])  # two settlements: both
+    dmo_energy_iso_view = amount[in_iso & from_dmo & energy].sum()
     dmo_imbalance = amount[in_iso & from_dmo & (ledger["item"] == "imbalance")].sum()
     dmo_surplus = amount[local & to_dmo].sum() - amount[local & from_dmo].sum() - dmo_imbalance
     congestion = iso["congestion_rent"].sum() if not iso.empty else 0.0

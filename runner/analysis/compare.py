@@ -43,6 +43,9 @@ COLUMNS = (
     "congestion_rent",
     "imbalance_charges",
     "dmo_surplus",
+    "da_cost",
+    "rt_cost",
+    "deviation_cost",
     "messages",
     "bytes",
     "messages_per_interval",
@@ -78,6 +81,27 @@ def run_models(
     return table[
         [c for c in COLUMNS if c in table.columns] + [c for c in table.columns if c not in COLUMNS]
     ]
+
+
+LDA_ROLES = ("utility", "dmo", "agg")
+
+
+def lda_wholesale_costs(ledger: pd.DataFrame) -> dict[str, float]:
+    """What the LDAs' parties (utilities, market operators, aggregators) paid
+    the ISO, $: ``da_cost`` for day-ahead schedules at day-ahead prices,
+    ``rt_cost`` for real-time energy (the whole award in a real-time-only
+    run; with a day-ahead market, the deviation from the schedule at
+    real-time prices), ``deviation_cost`` for metered imbalance."""
+    if ledger.empty:
+        return {"da_cost": math.nan, "rt_cost": math.nan, "deviation_cost": math.nan}
+    lda = ledger["payer"].str.split(":").str[0].isin(LDA_ROLES)
+    mine = ledger[(ledger["market"] == "iso") & (ledger["payee"] == "iso") & lda]
+    by_item = mine.groupby("item")["amount"].sum()
+    return {
+        "da_cost": round(float(by_item.get("day_ahead", 0.0)), 2),
+        "rt_cost": round(float(by_item.get("energy", 0.0)), 2),
+        "deviation_cost": round(float(by_item.get("imbalance", 0.0)), 2),
+    }
 
 
 def metrics(results: Path, model: str, summary: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +152,7 @@ def metrics(results: Path, model: str, summary: dict[str, Any]) -> dict[str, Any
     else:
         spread = dispatch.groupby(["interval", "dso"])["dlmp"].agg(lambda s: s.max() - s.min())
         row["dlmp_spread"] = round(float(spread.mean()), 4)
+    row.update(lda_wholesale_costs(read_table(results, "settlements")))
     pv, feeder = read_table(results, "ders_pv"), read_table(results, "feeder")
     if not pv.empty and not feeder.empty:
         # per modelled feeder, times the LDA's scale: the LDA's curtailment

@@ -26,6 +26,7 @@ from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.aggregator.specs import BatterySpec
 from dsosim.federates.common.config import (
     AggregatorConfig,
+    DayAheadConfig,
     DsoConfig,
     FederationConfig,
     HelicsSettings,
@@ -40,6 +41,7 @@ from dsosim.federates.common.config import (
 )
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
 from dsosim.federates.common.profiles import wholesale_load
+from dsosim.federates.common.schedule import DAY_AHEAD_ORIGIN_SUBSTEPS
 from dsosim.federates.dso.feeder import Feeder, FeederError
 from dsosim.federates.hil.gateway import is_local_endpoint
 from dsosim.federates.iso.case import CaseError, load_case
@@ -240,6 +242,7 @@ def federation_config(
         load_profile=scenario.transmission.load_profile,
         interfaces=tuple(IsoInterface(dso=d.name, td_bus=d.td_bus) for d in dsos),
         events=scenario.transmission.events,
+        day_ahead=_day_ahead(scenario),
     )
     rt = scenario.real_time
     try:
@@ -250,6 +253,11 @@ def federation_config(
             substep_s=scenario.substep_s,
             settle_s=rt.settle_s if rt.enabled else None,
             start=scenario.start,
+            origin_s=(
+                DAY_AHEAD_ORIGIN_SUBSTEPS * scenario.substep_s
+                if scenario.day_ahead.enabled
+                else 0.0
+            ),
         )
     except ValidationError as exc:
         reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
@@ -278,6 +286,18 @@ def federation_config(
         recorder=RecorderConfig(name=RECORDER_NAME, results_dir="results"),
         hil=hil,
         ledger_bound=ledger_bound,
+    )
+
+
+def _day_ahead(scenario: Scenario) -> DayAheadConfig | None:
+    da = scenario.day_ahead
+    if not da.enabled:
+        return None
+    return DayAheadConfig(
+        period_minutes=da.period_minutes,
+        ramp_pu_per_h=da.ramp_pu_per_h,
+        segments=da.segments,
+        load_forecast_error=da.load_forecast_error,
     )
 
 

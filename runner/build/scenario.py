@@ -59,6 +59,27 @@ class Transmission(_Section):
     )
 
 
+class DayAhead(_Section):
+    enabled: bool = Field(False, description="run the ISO's day-ahead market each day")
+    period_minutes: float = Field(60.0, gt=0, le=1440, description="day-ahead market period")
+    ramp_pu_per_h: PositiveFloat = Field(
+        0.5, description="generator ramp rate (x PMAX per hour) where the case gives none"
+    )
+    segments: int = Field(10, ge=1, le=100, description="offer segments of a quadratic cost")
+    load_forecast_error: float = Field(
+        0.03, ge=0, lt=0.5, description="relative error (sd) of day-ahead load forecasts"
+    )
+
+    @model_validator(mode="after")
+    def _periods_tile_the_day(self) -> DayAhead:
+        periods = 1440.0 / self.period_minutes
+        if abs(periods - round(periods)) > 1e-9:
+            raise ValueError(
+                f"period_minutes must divide a day (1440 minutes), got {self.period_minutes}"
+            )
+        return self
+
+
 class Aggregator(_Section):
     """A DER aggregator and its fleet: devices sized relative to the load at
     each bus (the ``*_share`` fields) and/or homes with devices (``homes``).
@@ -357,6 +378,7 @@ class Scenario(_Section):
     transmission: Transmission = Transmission()
     ldas: tuple[Lda, ...] = Field(min_length=1)
     real_time: RealTime = RealTime()
+    day_ahead: DayAhead = DayAhead()
     hil: Hil | None = Field(None, description="hardware in the loop (needs real_time.enabled)")
 
     @field_validator("start")
@@ -372,6 +394,16 @@ class Scenario(_Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"names must be unique across LDAs and aggregators; repeated: {dup}")
+        if self.day_ahead.enabled:
+            per_day = 1440.0 / self.interval_minutes
+            per_period = self.day_ahead.period_minutes / self.interval_minutes
+            if abs(per_day - round(per_day)) > 1e-9 or abs(per_period - round(per_period)) > 1e-9:
+                raise ValueError(
+                    "day_ahead: interval_minutes must divide day_ahead.period_minutes "
+                    f"({self.day_ahead.period_minutes}) and a day"
+                )
+            if self.start.time() != datetime.min.time():
+                raise ValueError("day_ahead: the run must start at midnight (start = ...T00:00)")
         if self.hil is not None:
             if not self.real_time.enabled:
                 raise ValueError(

@@ -1,0 +1,122 @@
+"""Two settlements in federations: the ISO's day-ahead market before each day,
+day-ahead schedules paid at day-ahead prices, real-time deviations at
+real-time prices; the books close in every model.
+
+Who talks to whom (per day, before its first interval)::
+
+    utility (per LDA) --DayAheadBid (one curve per hour)--> ISO   (DA_BID)
+    ISO: multi-period DC-OPF on its forecast loads + the bids     (DA_CLEAR)
+    then every interval: ISO --Award (with da_mw, da_lmp)--> utility / DMO
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dsosim.federates.common.config import IsoConfig, IsoInterface, TimeSettings
+from dsosim.federates.common.curves import BidCurve, PlacedCurve
+from dsosim.federates.common.parties import BidKey, Party
+from dsosim.federates.iso.wholesale import WholesaleMarket
+from dsosim.federates.recorder.summary import settlement_balance
+from tests.federation import SCENARIOS, run_scenario, table
+
+TWO = SCENARIOS / "two-settlement.toml"
+
+
+def _ledger(rows: list[tuple[object, ...]]):
+    import pandas as pd
+
+    from dsosim.federates.common import ledger
+
+    return pd.DataFrame(rows, columns=ledger.COLUMNS)
+
+
+def test_role_two_settlements_close_the_books() -> None:
+    """The wholesale role alone: a day cleared ahead, every interval settled
+    against it; buyers - sellers = what the ISO keeps, interval by interval,
+    with real-time prices and quantities away from the day-ahead ones."""
+    from dsosim.federates.common.config import DayAheadConfig
+
+    time = TimeSettings(interval_s=900.0, n_intervals=96)
+    config = IsoConfig(
+        name="iso",
+        case="case14",
+        line_limit_mw=40.0,
+        interfaces=(IsoInterface(dso="a", td_bus=9), IsoInterface(dso="b", td_bus=14)),
+        day_ahead=DayAheadConfig(load_forecast_error=0.05),
+    )
+    market = WholesaleMarket(config, time, seed=3)
+    holders = {"a": Party.utility("a"), "b": Party.utility("b")}
+    da_bids = {
+        BidKey(lda, holders[lda]): [BidCurve(20.0 + h % 7, ((30.0, 5.0),)) for h in range(24)]
+        for lda in ("a", "b")
+    }
+    tables = market.clear_day_ahead(0, da_bids)
+    assert len(tables["day_ahead"][1]) == 24 * 14
+    rng = np.random.default_rng(0)
+    rows, iso_rows = [], []
+    for k in range(96):
+        bids = [
+            PlacedCurve(BidKey("a", holders["a"]), BidCurve(rng.uniform(10, 30), ((40.0, 8.0),))),
+            PlacedCurve(BidKey("b", holders["b"]), BidCurve(rng.uniform(10, 30))),
+            PlacedCurve(BidKey("b", Party.agg("x"), "n1"), BidCurve(-3.0, ((25.0, 6.0),))),
+        ]
+        clearing = market.clear(k, bids)
+        rows += clearing.tables["settlements"][1]
+        iso_rows += clearing.tables["iso"][1]
+    import pandas as pd
+
+    from dsosim.federates.iso.wholesale import ISO_COLUMNS
+
+    ledger = _ledger(rows)
+    assert set(ledger["item"]) == {"day_ahead", "energy"}
+    # not a trivial case: congestion in both markets, real-time prices off the day-ahead ones
+    iso_frame = pd.DataFrame(iso_rows, columns=ISO_COLUMNS)
+    assert (iso_frame["binding_lines"] > 0).any()
+    assert any(r[4] > 1e-3 for r in tables["day_ahead_iso"][1])
+    energy = ledger[ledger["item"] == "energy"]
+    da_rows = ledger[ledger["item"] == "day_ahead"]
+    assert not np.allclose(energy["price"].mean(), da_rows["price"].mean())
+    balance = settlement_balance(ledger, iso_frame)
+    assert balance["buyers_paid"] > 0
+    assert abs(balance["settlement_residual"]) <= 1e-6 * balance["buyers_paid"]
+    # the day-ahead schedule of the holder is paid at the day-ahead price
+    first = ledger[(ledger["interval"] == 5) & (ledger["payer"] == "utility:a")]
+    da = first[first["item"] == "day_ahead"].iloc[0]
+    award = next(r for r in tables["day_ahead_awards"][1] if r[3] == "a" and r[2] == 1)
+    assert da["mw"] == pytest.approx(award[7]) and da["price"] == pytest.approx(award[6])
+    # the aggregator has no day-ahead position: all its energy settles in real time
+    assert set(ledger[ledger["payer"] == "agg:x"]["item"]) == {"energy"}
+
+
+@pytest.mark.federation
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["layered", "1", "4"])
+def test_two_days_of_two_settlements(model: str, tmp_path: Path) -> None:
+    built, outcome = run_scenario(TWO, tmp_path / model, hours=26, timeout_s=600, model=model)
+    s = outcome.summary
+    assert s["complete"] is True and s["intervals"] == 26 * 12
+    results = built.results_dir
+    da_iso = table(results, "day_ahead_iso")
+    assert list(da_iso["day"]) == [0, 1]  # one market per day, day 2 before its first interval
+    assert list(da_iso["interval"]) == [0, 288] and (da_iso["status"] == "optimal").all()
+    prices = table(results, "day_ahead")
+    assert prices.groupby("day")["period"].nunique().tolist() == [24, 24]
+    assert prices["lmp"].std() > 0.1  # prices move over the day
+    ledger = table(results, "settlements")
+    iso = ledger[ledger["market"] == "iso"]
+    assert (iso["item"] == "day_ahead").any() and (iso["item"] == "energy").any()
+    # the books close across both settlements, and the ISO's and DMOs' views agree
+    assert abs(s["settlement_residual"]) <= 1e-6 * s["buyers_paid"]
+    assert abs(s["unreconciled"]) <= 1e-6 * s["buyers_paid"]
+    # the LDA's day-ahead position in hour 13 of day 0, settled every interval of that hour
+    awards = table(results, "day_ahead_awards")
+    hour = awards[(awards["day"] == 0) & (awards["period"] == 13)].iloc[0]
+    da_rows = iso[(iso["item"] == "day_ahead") & (iso["payer"] == hour["party"])]
+    in_hour = da_rows[(da_rows["interval"] >= 156) & (da_rows["interval"] < 168)]
+    assert len(in_hour) == 12
+    assert np.allclose(in_hour["mw"], hour["cleared_mw"])
+    assert np.allclose(in_hour["price"], hour["lmp"])
