@@ -198,3 +198,126 @@ def hunting_feeder(folder: Path) -> Path:
     path = folder / "Master.dss"
     path.write_text(HUNTING)
     return path
+
+
+# A feeder with the quirks of models as utilities export them that no shared
+# test feeder has together: split-phase (centre-tapped) service transformers
+# with 120/240 V triplex customers, a voltage level missing from VoltageBases,
+# a second source (a tie to a neighbouring substation), load shapes from CSV
+# and from a binary file of doubles, yearly mode and time control mode set by
+# the master, monitors, an energy meter, BatchEdit, coordinates after
+# CalcVoltageBases, its own PV system, storage and generator, and file names
+# whose case differs from the references (written on Windows).
+_QUIRKY_MASTER = """\
+Clear
+Set DefaultBaseFrequency=60
+New Circuit.Q1 basekv=12.47 pu=1.03 phases=3 bus1=SUB MVAsc3=800 MVAsc1=700
+Redirect library/linecodes.DSS
+Redirect Network/LINES.dss
+Redirect Network/Services.dss
+Redirect loads/Shapes.dss
+Redirect loads/Loads.dss
+New Vsource.TIE bus1=FAR basekv=12.47 pu=1.0 phases=3 MVAsc3=200 MVAsc1=180
+New PVSystem.PV1 bus1=N3 phases=3 kv=12.47 kva=300 pmpp=280 irradiance=0.8
+New Storage.ST1 bus1=N2 phases=3 kv=12.47 kwrated=200 kwhrated=800 %stored=50
+New Generator.G1 bus1=N4 phases=3 kv=12.47 kw=150 pf=1 model=1
+New Energymeter.M1 element=Line.L1 terminal=1
+New Monitor.HEAD element=Line.L1 terminal=1 mode=1
+New Monitor.TAIL element=Line.L4 terminal=2 mode=0
+BatchEdit Load..* vminpu=0.85
+Set VoltageBases=[12.47]
+CalcVoltageBases
+Buscoords network/Coords.CSV
+Set mode=yearly number=1 controlmode=time
+"""
+
+_QUIRKY_LINECODES = """\
+New LineCode.MAIN nphases=3 r1=0.19 x1=0.41 r0=0.53 x0=1.45 units=km normamps=450
+New LineCode.TPX nphases=2 rmatrix=[0.55 | 0.17 0.55] xmatrix=[0.25 | 0.20 0.25]
+~ units=kft normamps=200
+"""
+
+_QUIRKY_LINES = """\
+New Line.L1 bus1=SUB bus2=N1 linecode=main length=1.2
+New Line.L2 bus1=N1 bus2=N2 linecode=MAIN length=0.8
+New Line.L3 bus1=N2 bus2=N3 linecode=Main length=1.0
+New Line.L4 bus1=N3 bus2=N4 linecode=MAIN length=0.9
+New Line.TIE bus1=N4 bus2=FAR linecode=MAIN length=2.0
+New Line.OPEN bus1=N1 bus2=N3 linecode=MAIN length=1.5 enabled=no
+"""
+
+_SERVICE = """\
+New Transformer.XF{k} phases=1 windings=3 buses=[N{k}.{ph} S{k}.1.0 S{k}.0.2]
+~ conns=[wye wye wye] kvs=[7.2 0.12 0.12] kvas=[50 50 50] %loadloss=0.6
+~ xhl=2.04 xht=2.04 xlt=1.36 %noloadloss=0.2
+New Line.TPX{k}a bus1=S{k}.1.2 bus2=C{k}a.1.2 phases=2 linecode=TPX length=0.1
+New Line.TPX{k}b bus1=S{k}.1.2 bus2=C{k}b.1.2 phases=2 linecode=TPX length=0.08
+"""
+
+_QUIRKY_LOADS = """\
+New Load.P2 bus1=N2 phases=3 kv=12.47 kw=900 kvar=300 yearly=Commercial
+New Load.P4 bus1=N4 phases=3 kv=12.47 kw=700 kvar=250 yearly=Commercial
+New Load.C1a bus1=C1a.1.2 phases=1 kv=0.208 kw=6 kvar=2 yearly=Home
+New Load.C1b bus1=C1b.1.2 phases=1 kv=0.208 kw=5 kvar=2 yearly=Home
+New Load.C2a bus1=C2a.1.2 phases=1 kv=0.208 kw=7 kvar=2 yearly=Home
+New Load.C2b bus1=C2b.1.2 phases=1 kv=0.208 kw=4 kvar=1 yearly=Home
+New Load.C3a bus1=C3a.1.2 phases=1 kv=0.208 kw=8 kvar=3 yearly=Home
+New Load.C3b bus1=C3b.1.2 phases=1 kv=0.208 kw=6 kvar=2 yearly=Home
+"""
+
+_QUIRKY_SHAPES = """\
+New Loadshape.Home npts=24 interval=1 mult=(file=Home.csv)
+New Loadshape.Commercial npts=24 interval=1 mult=(dblfile=commercial.DBL)
+"""
+
+_QUIRKY_COORDS = "SUB,0,0\nN1,1,0\nN2,2,0\nN3,3,0\nN4,4,0\nFAR,6,0\n"
+
+# Where every file really is (the master refers to some in another case).
+QUIRKY_FILES = {
+    "Master.DSS": _QUIRKY_MASTER,
+    "Library/LineCodes.dss": _QUIRKY_LINECODES,
+    "Network/Lines.dss": _QUIRKY_LINES,
+    "Network/Services.dss": "".join(
+        _SERVICE.format(k=k, ph=ph) for k, ph in ((1, 1), (2, 2), (3, 3))
+    ),
+    "Network/coords.csv": _QUIRKY_COORDS,
+    "Loads/Shapes.dss": _QUIRKY_SHAPES,
+    "Loads/Loads.dss": _QUIRKY_LOADS,
+    "Loads/home.CSV": "\n".join(f"{0.4 + 0.5 * (h in range(17, 22)):.2f}" for h in range(24)),
+}
+QUIRKY_CUSTOMER_BUSES = ("c1a", "c1b", "c2a", "c2b", "c3a", "c3b")
+
+
+def quirky_feeder(folder: Path) -> Path:
+    """Write the quirky feeder's folder; returns its master (``Master.DSS``)."""
+    import struct
+
+    for name, text in QUIRKY_FILES.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="ascii", newline="") as f:
+            f.write(text.replace("\n", CRLF))
+    shape = [0.5 + 0.5 * (8 <= h < 18) for h in range(24)]
+    (folder / "Loads" / "Commercial.dbl").write_bytes(struct.pack("<24d", *shape))
+    return folder / "Master.DSS"
+
+
+def run_script_feeder(folder: Path) -> Path:
+    """The utility feeder with a run script beside its master (which only
+    compiles): the script compiles it, solves, plots, reports, exports and
+    starts a yearly simulation. Returns the run script."""
+    master = utility_feeder(folder)
+    master.write_text(master.read_text().replace("Solve\n", ""))
+    script = folder / "RunFeeder.dss"
+    script.write_text(
+        "! run script\r\n"
+        "Compile [Master.dss]\r\n"
+        "solve\r\n"
+        "New monitor.head element=Line.L01 terminal=1 mode=1\r\n"
+        "plot circuit Power Max=2000 dots=n labels=n\r\n"
+        "show voltages ln nodes\r\n"
+        "Export Capacity\r\n"
+        "set mode=yearly number=8760\r\n"
+        "solve\r\n"
+    )
+    return script

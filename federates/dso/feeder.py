@@ -55,11 +55,30 @@ import numpy as np
 import opendssdirect
 from scipy import sparse
 
+from dsosim.federates.dso import linearise
+from dsosim.federates.dso.casefold import (
+    CaseInsensitiveView,
+    case_variant,
+    holder_file,
+    missing_file,
+)
+
 VoltageBasis = Literal["ln", "ll"]
+SensitivityMethod = Literal["auto", "factorised", "fd"]
 
 _DER_PREFIX = "der_"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _MAX_CONTROL_ITER_ERROR = 485
+_CONTROL_STATIC, _CONTROL_OFF = 0, -1
+_CONTROL_NAMES = {0: "static", 1: "event", 2: "time", 3: "multirate", -1: "off"}
+# Iteration limits a base case that does not converge is tried again with
+# (OpenDSS's defaults are 15 and 10).
+_RAISED_ITERATIONS = 100
+_RAISED_CONTROL_ITERATIONS = 100
+# A bus whose solved voltage is outside this range of its base has a wrong base.
+_PLAUSIBLE_PU = (0.5, 1.5)
+# The step of the one finite-difference check of the factorised linearisation.
+_CHECK_DELTA_MW = 0.01
 
 
 class FeederError(ValueError):
@@ -194,6 +213,21 @@ class LoadInfo:
     bus: str
     kw: float
     kvar: float
+    nodes: tuple[int, ...] = ()
+    """The bus nodes it connects to, as written (``(1, 2)`` for ``bus.1.2``;
+    empty when the bus is given without nodes: all phases)."""
+    phases: int = 3
+    delta: bool = False
+    kv: float = 0.0
+    """Its rated voltage, kV (line-to-line for two- and three-phase loads,
+    across its terminals for a single-phase one)."""
+
+    @property
+    def line_to_line(self) -> bool:
+        """A single-phase load across two phase conductors: a 240 V customer
+        of a split-phase (centre-tapped) service, or a 1-phase delta load."""
+        phase_nodes = [n for n in self.nodes if 1 <= n <= 3]
+        return self.phases == 1 and (self.delta or len(phase_nodes) == 2)
 
 
 class Feeder:
@@ -236,18 +270,24 @@ class Feeder:
         self.vmin = float(vmin)
         self.vmax = float(vmax)
         self.voltage_basis: VoltageBasis = voltage_basis
-        self.master = Path(master).resolve()
-        if not self.master.is_file():
-            raise FeederError(f"feeder {name}: master file {self.master} does not exist")
+        given = Path(master).resolve()
+        if not given.is_file():
+            raise FeederError(f"feeder {name}: master file {given} does not exist")
+        self.master, script_note = resolve_master(given)
         self._dss: Any = opendssdirect.NewContext()
         self._dss.Basic.AllowChangeDir(False)
         # The same engine through DSS-Python, whose array reads are numpy arrays.
         self._circuit: Any = self._dss.to_dss_python().ActiveCircuit
         self._compile()
+        if script_note:
+            self.notes.insert(0, script_note)
         self._index_loads()
         self._index_nodes()
         self._index_branches()
         self._index_existing_ders()
+        self._factorised_ok: bool | None = None
+        self._factorised_why = ""
+        self._jacobian_cache: _JacobianModel | None = None
         self._der_names: list[str] = []
         self._der_buses: list[str] = []
         self._der_idx: list[int] = []
@@ -262,33 +302,250 @@ class Feeder:
     # ------------------------------------------------------------------ setup
 
     def _compile(self) -> None:
+        """Compile the master and solve it once in snapshot mode with the
+        feeder's own control settings (many masters only compile and leave the
+        solve to a run script: OpenDSS's node arrays exist only after one).
+        Monitors are switched off (they would sample every one of the DSO's
+        power flows); a time-series mode the master sets becomes snapshot."""
         dss = self._dss
-        try:
-            dss.Text.Command(f'compile "{self.master}"')
-        except opendssdirect.DSSException as exc:
-            raise FeederError(
-                f"feeder {self.name}: OpenDSS cannot compile {self.master}: {exc.args[1]}"
-            ) from exc
+        dss.Basic.AllowEditor(False)  # Show/Plot in a run script must not start an editor
+        renamed = self._compile_master()
         try:
             empty = dss.Circuit.NumBuses() == 0 or dss.Vsources.Count() == 0
         except opendssdirect.DSSException:  # "#8888 There is no active circuit"
             empty = True
         if empty:
             raise FeederError(f"feeder {self.name}: {self.master} defines no circuit with a source")
-        # A master file may end with its own Solve or mode settings: snapshot it is.
+        notes: list[str] = []
+        dss.Text.Command("get mode")
+        mode = dss.Text.Result() or ""
+        if mode.strip().lower() not in ("", "snap", "snapshot"):
+            notes.append(f"the master sets mode={mode.strip()}: solved in snapshot mode instead")
         dss.Text.Command("set mode=snapshot")
-        dss.Text.Command("set controlmode=static")
+        control = dss.Solution.ControlMode()
+        if control not in (_CONTROL_STATIC, _CONTROL_OFF):
+            notes.append(
+                f"the master sets controlmode {_CONTROL_NAMES.get(control, control)}: "
+                "static instead (each market interval is one snapshot)"
+            )
+            dss.Text.Command("set controlmode=static")
+        if dss.Monitors.Count():
+            notes.append(f"{dss.Monitors.Count()} monitor(s) switched off (nothing reads them)")
+            dss.Text.Command("batchedit monitor..* enabled=no")
+        if renamed:
+            shown = ", ".join(f"{a} -> {Path(b).name}" for a, b in renamed[:5])
+            notes.append(
+                f"{len(renamed)} file name(s) differ in case from the feeder's references "
+                f"({shown}{', ...' if len(renamed) > 5 else ''}): read through a "
+                "case-insensitive view of its folder"
+            )
+        self.notes: list[str] = notes
+        self._first_solve()
+        self._fill_voltage_bases()
+
+    def _compile_master(self) -> list[tuple[str, str]]:
+        """Compile the master; where OpenDSS cannot find a file whose name
+        differs only in case (feeders made on Windows), compile again through a
+        case-insensitive view of the folder (:mod:`.casefold`): the master's
+        folder, or the folder of the file holding the reference when the master
+        reaches it by an absolute path (as dsosim's own hand-over masters do;
+        the master is then compiled from a copy pointing into the view).
+        Returns the names so resolved."""
+        dss = self._dss
+        view: CaseInsensitiveView | None = None
+        path = self.master
+        try:
+            while True:
+                try:
+                    dss.Text.Command(f'compile "{path}"')
+                    return view.fixed if view is not None else []
+                except opendssdirect.DSSException as exc:
+                    message = str(exc.args[1])
+                    if view is None:
+                        view, path = self._case_insensitive_view(message)
+                        if view is not None:
+                            message = message.replace(str(view.real), str(view.mirror))
+                    if view is None or not view.fix(message):
+                        if view is not None:
+                            message = message.replace(str(view.mirror), str(view.real))
+                        raise FeederError(
+                            f"feeder {self.name}: OpenDSS cannot compile {self.master}: {message}"
+                        ) from exc
+        finally:
+            if view is not None:
+                view.close()
+
+    def _case_insensitive_view(self, message: str) -> tuple[CaseInsensitiveView | None, Path]:
+        """A view for the missing file ``message`` names, if a file whose name
+        differs only in case exists, and the master to compile through it."""
+        missing = missing_file(message)
+        if missing is None or case_variant(missing) is None:
+            return None, self.master
+        holder = holder_file(message) or self.master
+        inside = self.master.parent in holder.resolve().parents
+        try:
+            view = CaseInsensitiveView(self.master.parent if inside else holder.parent)
+            if inside:
+                return view, view.path_of(self.master)
+            copy = view.root / f"_{self.master.name}"
+            text = self.master.read_text(encoding="utf-8", errors="replace")
+            copy.write_text(text.replace(str(view.real), str(view.mirror)), encoding="utf-8")
+            return view, copy
+        except OSError:
+            return None, self.master
+
+    def _first_solve(self) -> None:
+        """Solve the compiled circuit once; if it does not converge with the
+        feeder's own iteration limits, raise them (at least
+        ``_RAISED_ITERATIONS`` / ``_RAISED_CONTROL_ITERATIONS``) and try again,
+        keeping them raised for the run if that helps."""
+        dss = self._dss
+        own = (dss.Solution.MaxIterations(), dss.Solution.MaxControlIterations())
+        message = self._try_solve()
+        if message is None:
+            return
+        raised = (max(own[0], _RAISED_ITERATIONS), max(own[1], _RAISED_CONTROL_ITERATIONS))
+        if raised != own:
+            dss.Solution.MaxIterations(raised[0])
+            dss.Solution.MaxControlIterations(raised[1])
+            second = self._try_solve()
+            if second is None:
+                self.notes.append(
+                    f"the base case needs more iterations than the feeder's own limits "
+                    f"(MaxIterations {own[0]}, MaxControlIter {own[1]}: {message}); "
+                    f"run with {raised[0]} and {raised[1]}"
+                )
+                return
+            message = second
+        raise FeederError(
+            f"feeder {self.name}: the base case of {self.master} does not converge. "
+            f"OpenDSS reported: {message} (snapshot solve with the feeder's own controls, "
+            f"MaxIterations {raised[0]} and MaxControlIter {raised[1]}; the feeder sets "
+            f"{own[0]} and {own[1]}). What to try: solve it in OpenDSS and look at "
+            "'Show Convergence' and 'Show Voltages LN Nodes' for the nodes that do not "
+            "settle; check the source voltage (pu) and 'Set VoltageBases'; if the regulators "
+            "or capacitor controls hunt (#485), widen their bands or try 'Set ControlMode=Off' "
+            "in a copy of the master; a load or DER with a constant-power model far below "
+            "its vminpu often diverges: give it model=1 vminpu=0.85."
+        )
+
+    def _bus_bases(self) -> dict[str, float]:
+        """Line-to-neutral kV base of every bus (0: none)."""
+        dss = self._dss
+        bases = {}
+        for bus in dss.Circuit.AllBusNames():
+            dss.Circuit.SetActiveBus(bus)
+            bases[bus] = dss.Bus.kVBase()
+        return bases
+
+    def _plausible(self, bus: str) -> bool:
+        """The bus's solved voltage is near its base (a wrong base, e.g. a 120 V
+        secondary on a 7.2 kV base when VoltageBases omits its level, reads
+        as 0.017 pu)."""
+        dss = self._dss
+        dss.Circuit.SetActiveBus(bus)
+        pu = np.asarray(dss.Bus.puVmagAngle(), dtype=float)[0::2]
+        pu = pu[pu > 0.0]
+        return pu.size == 0 or bool(
+            _PLAUSIBLE_PU[0] <= float(pu.max()) and float(pu.min()) <= _PLAUSIBLE_PU[1]
+        )
+
+    def _fill_voltage_bases(self) -> None:
+        """Buses the feeder's ``Set VoltageBases`` leaves without a base, or
+        with a wrong one (a voltage level it forgot, often the secondaries,
+        gets the nearest listed level) get one: the feeder's
+        own bases plus its transformers' winding ratings (line-to-line; for a
+        single-phase winding both its rating and that times sqrt 3, since it may
+        sit line to neutral) go to OpenDSS's CalcVoltageBases, and the buses
+        that had a base keep it."""
+        dss = self._dss
+        before = self._bus_bases()
+        missing = [b for b, kv in before.items() if kv <= 0.0 or not self._plausible(b)]
+        if not missing:
+            return
+        own = [float(v) for v in dss.Settings.VoltageBases()]
+        candidates = set(own)
+        i = dss.Transformers.First()
+        while i:
+            single = dss.CktElement.NumPhases() == 1
+            for w in range(1, dss.Transformers.NumWindings() + 1):
+                dss.Transformers.Wdg(w)
+                kv = dss.Transformers.kV()
+                if kv > 0.0:
+                    candidates.add(round(kv, 4))
+                    if single:
+                        candidates.add(round(kv * math.sqrt(3.0), 4))
+            i = dss.Transformers.Next()
+        i = dss.Vsources.First()
+        while i:
+            candidates.add(round(dss.Vsources.BasekV(), 4))
+            i = dss.Vsources.Next()
+        bases = sorted(candidates, reverse=True)
+        dss.Text.Command(f"set voltagebases=[{', '.join(f'{v:g}' for v in bases)}]")
+        dss.Text.Command("calcvoltagebases")
+        after = self._bus_bases()
+        wrong = set(missing)
+        for bus, kv in before.items():
+            if bus in wrong:
+                continue
+            if kv > 0.0 and not math.isclose(after.get(bus, 0.0), kv, rel_tol=1e-9):
+                dss.Text.Command(f"setkvbase bus={bus} kvln={kv!r}")
+        filled = {b: round(after[b] * math.sqrt(3.0), 3) for b in missing if after.get(b, 0.0) > 0}
+        levels = sorted(set(filled.values()), reverse=True)
+        still = len(missing) - len(filled)
+        self.notes.append(
+            f"{len(missing)} bus(es) had no voltage base or a wrong one (solved at under "
+            f"{_PLAUSIBLE_PU[0]:g} or over {_PLAUSIBLE_PU[1]:g} pu of it; "
+            "the feeder's VoltageBases: "
+            f"{', '.join(f'{v:g}' for v in own) or 'none'} kV): {len(filled)} got one from "
+            f"its transformer ratings ({', '.join(f'{v:g}' for v in levels)} kV line-to-line)"
+            + (f"; {still} still have none and are not monitored" if still else "")
+        )
+        message = self._try_solve()
+        if message is not None:
+            raise FeederError(
+                f"feeder {self.name}: {self.master} no longer solves after its voltage bases "
+                f"were completed: {message}"
+            )
+
+    def _try_solve(self) -> str | None:
+        """One snapshot solve; None if it converged, else OpenDSS's message."""
+        dss = self._dss
+        try:
+            dss.Solution.Solve()
+        except opendssdirect.DSSException as exc:
+            self._recover()
+            return f"#{exc.args[0]} {exc.args[1]}".strip()
+        if not dss.Solution.Converged():
+            return (
+                f"power flow did not converge in {dss.Solution.Iterations()} iterations "
+                f"(MaxIterations {dss.Solution.MaxIterations()})"
+            )
+        return None
 
     def _index_loads(self) -> None:
         dss = self._dss
         loads: list[LoadInfo] = []
         for i in range(1, dss.Loads.Count() + 1):
             dss.Loads.Idx(i)
-            bus = dss.CktElement.BusNames()[0].split(".")[0]
-            loads.append(LoadInfo(dss.Loads.Name(), bus, dss.Loads.kW(), dss.Loads.kvar()))
+            spec = dss.CktElement.BusNames()[0].split(".")
+            loads.append(
+                LoadInfo(
+                    dss.Loads.Name(),
+                    spec[0],
+                    dss.Loads.kW(),
+                    dss.Loads.kvar(),
+                    nodes=tuple(int(n) for n in spec[1:] if n.isdigit()),
+                    phases=dss.CktElement.NumPhases(),
+                    delta=bool(dss.Loads.IsDelta()),
+                    kv=dss.Loads.kV(),
+                )
+            )
         self._loads = tuple(loads)
         self._base_kw = np.array([ld.kw for ld in loads])
         self._base_kvar = np.array([ld.kvar for ld in loads])
+        self._kw_now = self._base_kw.copy()
+        self._kvar_now = self._base_kvar.copy()
 
     def _index_nodes(self) -> None:
         """Node order, voltage bases, monitored mask and the LL pairs if needed."""
@@ -371,7 +628,9 @@ class Feeder:
             n_cond = dss.CktElement.NumConductors()
             n_term = dss.CktElement.NumTerminals()
             cls = full.split(".", 1)[0].lower()
-            if cls in ("line", "transformer"):
+            # A disabled element (an open tie, a line out of service) has no
+            # nodes and carries nothing: it is not a branch of this circuit.
+            if cls in ("line", "transformer") and dss.CktElement.Enabled():
                 per_terminal = self._terminal_ratings(full, cls, n_term)
                 n_ph = dss.CktElement.NumPhases()
                 if all(r > 0.0 for r in per_terminal):
@@ -613,7 +872,9 @@ class Feeder:
         if not np.all(np.isfinite(factors)) or np.any(factors < 0.0):
             raise FeederError(f"feeder {self.name}: load multipliers must be finite and >= 0")
         loads = self._dss.Loads
-        for i, (kw, kvar) in enumerate(zip(self._base_kw * factors, self._base_kvar * factors)):
+        self._kw_now = self._base_kw * factors
+        self._kvar_now = self._base_kvar * factors
+        for i, (kw, kvar) in enumerate(zip(self._kw_now, self._kvar_now)):
             loads.Idx(i + 1)
             loads.kW(float(kw))  # sets kvar from the power factor ...
             loads.kvar(float(kvar))  # ... so kvar is set second
@@ -625,7 +886,9 @@ class Feeder:
         It is an OpenDSS load ``der_<name>`` whose kW may be negative (injection),
         with vminpu/vmaxpu 0.85/1.15 so the power set is the power injected over
         the whole operating range. It is wye-connected (phase to neutral), except
-        on feeders read line-to-line (``voltage_basis="ll"``: three-wire delta
+        at a split-phase service whose customers are single-phase loads across
+        both legs (``bus.1.2``, 240 V), where it connects across the legs as
+        they do, and on feeders read line-to-line (``voltage_basis="ll"``: three-wire delta
         feeders), where it is connected across the phases (delta; line to line
         on a two-phase bus) as the customers there are: a phase-to-ground
         constant-power element on an ungrounded system makes the power flow
@@ -654,6 +917,10 @@ class Feeder:
         nodes = ".".join(str(p) for p in phases)
         delta = self.voltage_basis == "ll" and len(phases) >= 2
         n_phases = 1 if delta and len(phases) == 2 else len(phases)
+        across = self._line_to_line_customers(key)
+        if across is not None:  # a split-phase service: the DER is a 240 V customer too
+            nodes, n_phases, delta = ".".join(map(str, across.nodes)), 1, across.delta
+            kv = self._kv_across(key, across.nodes, kv_ln)
         self._dss.Text.Command(
             f"New Load.{element} bus1={bus}.{nodes} phases={n_phases} "
             f"conn={'delta' if delta else 'wye'} kv={kv:.6g} "
@@ -663,6 +930,32 @@ class Feeder:
         self._der_buses.append(key)
         self._der_idx.append(self._dss.Loads.Count())
         self._der_mw = np.zeros(len(self._der_names))
+
+    def _kv_across(self, bus: str, nodes: tuple[int, ...], kv_ln: float) -> float:
+        """Nominal kV between two nodes of a bus from their solved angles: twice
+        the phase base across the legs of a split-phase service (180 degrees),
+        sqrt 3 times it between phases of a three-phase system (120). Customer
+        loads there are often rated 0.208 kV on a 240 V service (IEEE 8500);
+        a DER rated so would leave its constant-power range."""
+        dss = self._dss
+        dss.Circuit.SetActiveBus(bus)
+        order = list(dss.Bus.Nodes())
+        angles = np.radians(np.asarray(dss.Bus.puVmagAngle(), dtype=float)[1::2])
+        a, b = (angles[order.index(n)] for n in nodes[:2])
+        return float(kv_ln * abs(np.exp(1j * a) - np.exp(1j * b)))
+
+    def _line_to_line_customers(self, bus: str) -> LoadInfo | None:
+        """The largest load at ``bus`` if every load there is a single-phase
+        load across two phase conductors (the triplex customers of a
+        centre-tapped service transformer: 120/240 V, legs 180 degrees apart);
+        else None. A DER there connects the same way, across both legs."""
+        here = [ld for ld in self._loads if ld.bus.lower() == bus]
+        if not here or not all(ld.line_to_line and ld.nodes for ld in here):
+            return None
+        first = here[0].nodes
+        if any(ld.nodes != first for ld in here):
+            return None
+        return max(here, key=lambda ld: ld.kw)
 
     def set_der_mw(self, values: np.ndarray | Sequence[float]) -> None:
         """Set every DER's net demand, MW (positive = consumption), attach order."""
@@ -742,7 +1035,7 @@ class Feeder:
             losses_mw=losses_mw,
             substation_p_mw=substation_mw,
             substation_q_mvar=-q_kvar / 1000.0,
-            load_mw=self._metered_load_mw(),
+            load_mw=self._metered_load_mw(substation_mw, losses_mw),
             der_names=tuple(self._der_names),
             der_mw=_frozen(self._der_mw.copy()),
             vmin=self.vmin,
@@ -753,11 +1046,26 @@ class Feeder:
         )
         return self._last_state
 
-    def _metered_load_mw(self) -> float:
-        """Active power the inflexible loads actually draw, MW, read from their
-        terminals (differs from the set kW for constant-current or constant-
-        impedance loads, and when a load leaves its vminpu/vmaxpu range), plus
-        that of the feeder's own DERs still in the circuit."""
+    def _metered_load_mw(self, substation_mw: float, losses_mw: float) -> float:
+        """Active power the inflexible loads actually draw, MW (differs from
+        the set kW for constant-current or constant-impedance loads, and when a
+        load leaves its vminpu/vmaxpu range), plus that of the feeder's own
+        DERs still in the circuit: by the power balance of the solution (what
+        the sources deliver is what every power-conversion element draws plus
+        the losses of every delivery element), less the DER elements' metered
+        power. One read per DER instead of one per load (thousands on a large
+        feeder); :meth:`_metered_load_mw_by_element` is the element-by-element
+        sum, and the tests hold the two equal."""
+        loads = self._dss.Loads
+        element = self._dss.CktElement
+        der_kw = 0.0
+        for idx in self._der_idx:
+            loads.Idx(idx)
+            der_kw += element.TotalPowers()[0]
+        return substation_mw - losses_mw - der_kw / 1000.0
+
+    def _metered_load_mw_by_element(self) -> float:
+        """The same, summed over the loads' and own DERs' terminals."""
         loads = self._dss.Loads
         element = self._dss.CktElement
         total_kw = 0.0
@@ -818,13 +1126,24 @@ class Feeder:
         return self._read_voltages(), self._read_loading(), self._substation_mw()
 
     def sensitivities(
-        self, vmin: float | None = None, vmax: float | None = None, *, delta_mw: float = 0.1
+        self,
+        vmin: float | None = None,
+        vmax: float | None = None,
+        *,
+        delta_mw: float = 0.1,
+        method: SensitivityMethod = "auto",
     ) -> Sensitivities:
         """Linearise around the current operating point (the last :meth:`solve`)
-        for every attached DER: 2 power flows per bus with DERs (``+-delta_mw``),
-        at frozen controls, then the operating point is restored.
-        ``vmin``/``vmax`` (default: the feeder's) are the band the headrooms are
-        measured against.
+        for every attached DER, at frozen controls. ``vmin``/``vmax`` (default:
+        the feeder's) are the band the headrooms are measured against.
+
+        ``method``: ``"factorised"`` solves the power flow's Jacobian once
+        (:mod:`.linearise`; one sparse LU for all DERs, no extra power flow);
+        ``"fd"`` runs 2 OpenDSS power flows per bus with DERs (``+-delta_mw``,
+        central differences; the operating point is restored after);
+        ``"auto"`` (default) is the factorised one, checked against finite
+        differences at the first DER bus the first time, and finite
+        differences from then on if the two disagree (``notes`` says so).
 
         Why two flows and not one with the other side extrapolated: measured on
         IEEE 13 and 123, a forward difference at 0.1 MW is off by ~5 % in dV/dP
@@ -834,6 +1153,45 @@ class Feeder:
         hi = self.vmax if vmax is None else float(vmax)
         if not delta_mw > 0.0:
             raise FeederError(f"feeder {self.name}: delta_mw must be > 0, got {delta_mw}")
+        if method not in ("auto", "factorised", "fd"):
+            raise FeederError(f"feeder {self.name}: unknown sensitivity method {method!r}")
+        if method == "auto" and self._factorised_ok is None and self._der_names:
+            self._factorised_ok = self._check_factorised(delta_mw)
+        factorised = method == "factorised" or (
+            method == "auto" and self._factorised_ok is not False
+        )
+        columns = None
+        if factorised and self._der_names:
+            columns = self._factorised_columns(delta_mw)
+            if columns is None and method == "factorised":
+                raise FeederError(
+                    f"feeder {self.name}: the factorised linearisation is not available "
+                    f"({self._factorised_why})"
+                )
+        if columns is None:
+            columns = self._fd_columns(delta_mw)
+        v0, dv, dl_up, dl_down, dp = columns
+        up, down = _headrooms(v0[self._monitored], dv[self._monitored], lo, hi)
+        return Sensitivities(
+            der_names=tuple(self._der_names),
+            node_names=self._node_names,
+            branch_names=self._branch_names,
+            dv_dp=_frozen(dv),
+            dloading_dp=_frozen((dl_up + dl_down) / 2.0),
+            dloading_dp_up=_frozen(dl_up),
+            dloading_dp_down=_frozen(dl_down),
+            dpsub_dp=_frozen(dp),
+            delta_mw=float(delta_mw),
+            vmin=lo,
+            vmax=hi,
+            injection_headroom_mw=_frozen(up),
+            consumption_headroom_mw=_frozen(down),
+        )
+
+    _Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+    def _fd_columns(self, delta_mw: float) -> _Columns:
+        """Finite differences: 2 power flows per DER bus."""
         n = len(self._der_names)
         dv = np.zeros((len(self._node_names), n))
         dl_up = np.zeros((len(self._branch_names), n))
@@ -862,22 +1220,203 @@ class Feeder:
             raise FeederError(
                 f"feeder {self.name}: power flow failed while linearising: {exc.args[1]}"
             ) from exc
-        up, down = _headrooms(v0[self._monitored], dv[self._monitored], lo, hi)
-        return Sensitivities(
-            der_names=tuple(self._der_names),
-            node_names=self._node_names,
-            branch_names=self._branch_names,
-            dv_dp=_frozen(dv),
-            dloading_dp=_frozen((dl_up + dl_down) / 2.0),
-            dloading_dp_up=_frozen(dl_up),
-            dloading_dp_down=_frozen(dl_down),
-            dpsub_dp=_frozen(dp),
-            delta_mw=float(delta_mw),
-            vmin=lo,
-            vmax=hi,
-            injection_headroom_mw=_frozen(up),
-            consumption_headroom_mw=_frozen(down),
-        )
+        return v0, dv, dl_up, dl_down, dp
+
+    def _check_factorised(self, delta_mw: float) -> bool:
+        """The factorised linearisation against OpenDSS finite differences at
+        the first DER bus, once: with OpenDSS's convergence tolerance tightened
+        to 1e-9 and steps of 0.01 MW (the finite differences are then exact to
+        ~1e-6), voltage derivatives within 0.1 % of the largest and the
+        marginal loss factor within 1e-4. An element the Jacobian does not
+        reproduce (errors of several per cent and more) fails it."""
+        dss = self._dss
+        dss.Text.Command("get tolerance")
+        tolerance = dss.Text.Result()
+        members = next(iter(self._ders_by_bus().values()))
+        saved = (self._der_names, self._der_buses, self._der_idx, self._der_mw)
+        j = members[0]
+        try:
+            dss.Text.Command("set tolerance=1e-9")
+            dss.Solution.SolveNoControl()
+            columns = self._factorised_columns(delta_mw)
+            if columns is None:
+                self.notes.append(f"sensitivities by finite differences ({self._factorised_why})")
+                return False
+            self._der_names, self._der_buses = [saved[0][j]], [saved[1][j]]
+            self._der_idx, self._der_mw = [saved[2][j]], saved[3][[j]]
+            _, dv_fd, _, _, dp_fd = self._fd_columns(_CHECK_DELTA_MW)
+        finally:
+            self._der_names, self._der_buses, self._der_idx, self._der_mw = saved
+            dss.Text.Command(f"set tolerance={tolerance}")
+            dss.Solution.SolveNoControl()
+        _, dv, _, _, dp = columns
+        scale = float(np.abs(dv_fd[:, 0]).max())
+        v_err = float(np.abs(dv[:, j] - dv_fd[:, 0]).max())
+        p_err = abs(float(dp[j] - dp_fd[0]))
+        ok = v_err <= 1e-3 * scale + 1e-7 and p_err <= 1e-4
+        if not ok:
+            self.notes.append(
+                "sensitivities by finite differences: the factorised linearisation disagrees "
+                f"with OpenDSS at DER bus {saved[1][j]} (dV/dP off by {v_err:.2e} pu/MW of "
+                f"{scale:.2e}, dPsub/dP by {p_err:.2e}): an element the Jacobian does not "
+                "model as OpenDSS does"
+            )
+        return ok
+
+    def _factorised_columns(self, delta_mw: float) -> _Columns | None:
+        """dV by one sparse LU of the power flow's Jacobian (:mod:`.linearise`)."""
+        try:
+            model = self._jacobian_model()
+        except _NotLinearisable as exc:
+            self._factorised_why = str(exc)
+            return None
+        volts = self._complex_volts()
+        br = model.branches
+        vb = volts[br.a] - np.where(br.b >= 0, volts[np.maximum(br.b, 0)], 0.0)
+        p_w, q_var = self._load_powers_w()
+        blocks = linearise.current_jacobian(linearise.branch_currents, vb, br, p_w, q_var)
+        # the other power-conversion elements: constant power per conductor
+        extra_a, extra_s = self._other_pc_elements(volts)
+        ea = np.concatenate([br.a, extra_a])
+        eb = np.concatenate([br.b, np.full(len(extra_a), linearise.GROUND)])
+        if len(extra_a):
+            ve = volts[extra_a]
+            eblocks = linearise.current_jacobian(linearise.constant_power_current, ve, extra_s)
+            blocks = tuple(np.concatenate([x, y]) for x, y in zip(blocks, eblocks, strict=True))
+        groups = list(self._ders_by_bus().values())
+        unit = linearise.branch_currents(
+            vb, br, np.ones(len(p_w)), np.zeros(len(q_var))
+        )  # per W of each load
+        rhs = np.zeros((len(ea), len(groups)), dtype=complex)
+        for g, members in enumerate(groups):
+            load = self._der_idx[members[0]] - 1
+            rows = np.flatnonzero(br.load == load)
+            rhs[rows, g] = unit[rows] * 1.0e6
+        try:
+            dvc = linearise.solve_dv(
+                model.real_entries(self), model.n_nodes, ea, eb, blocks, rhs
+            )  # V per MW
+        except RuntimeError as exc:  # singular: an island, a floating node
+            self._factorised_why = f"the network matrix is singular ({exc})"
+            return None
+        dv_read = self._reading_derivative(volts, dvc)
+        dl_up, dl_down = self._loading_derivative(volts, dvc, delta_mw)
+        dp = self._source_derivative(volts, dvc, model)
+        n = len(self._der_names)
+        out = [np.zeros((len(self._node_names), n)), np.zeros((len(self._branch_names), n))]
+        dv = out[0]
+        up = out[1]
+        down = np.zeros_like(up)
+        dps = np.zeros(n)
+        for g, members in enumerate(groups):
+            dv[:, members] = dv_read[:, [g]]
+            up[:, members] = dl_up[:, [g]]
+            down[:, members] = dl_down[:, [g]]
+            dps[members] = dp[g]
+        return self._magnitudes(volts), dv, up, down, dps
+
+    def _reading_derivative(self, volts: np.ndarray, dvc: np.ndarray) -> np.ndarray:
+        """d|reading| (pu per MW) of every voltage reading, from complex dV."""
+        first = volts[self._node_first]
+        dfirst = dvc[self._node_first]
+        if self._ll_rows.any():
+            second = np.where(self._ll_rows, volts[self._node_second], 0.0)
+            dsecond = np.where(self._ll_rows[:, None], dvc[self._node_second], 0.0)
+            first, dfirst = first - second, dfirst - dsecond
+        mag = np.abs(first)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = (np.conj(first)[:, None] * dfirst).real / mag[:, None]
+        return np.where(mag[:, None] > 0.0, d, 0.0) * self._node_scale[:, None]
+
+    def _loading_derivative(
+        self, volts: np.ndarray, dvc: np.ndarray, delta_mw: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One-sided slopes of each branch's loading (its largest conductor
+        current over rating) over steps of ``delta_mw`` each way, on the
+        linearised currents ``I + dI/dP * P``: the secants finite differences
+        would take, without their power flows. Loading is a maximum of
+        magnitudes, convex in the currents: where a current passes through
+        zero (a lateral feeding mostly a DER) or two conductors tie, the
+        forward and backward slopes differ, and the market uses both."""
+        n_br = len(self._branch_names)
+        if not n_br or self._currents is None:
+            return np.zeros((n_br, dvc.shape[1])), np.zeros((n_br, dvc.shape[1]))
+        # |I + dI|^2 = |I|^2 + 2 Re(conj(I) dI) + |dI|^2: real arrays only, and
+        # the square root once per branch (the maximum commutes with it).
+        current = self._currents.product(volts)
+        dcur = self._currents.product(dvc)
+        dcur *= delta_mw
+        re, im = dcur.real, dcur.imag
+        cross = re * current.real[:, None]
+        cross += im * current.imag[:, None]
+        cross *= 2.0
+        square = re * re
+        square += im * im
+        inv = 1.0 / self._branch_ratings**2
+        base = (current.real**2 + current.imag**2) * inv
+        square *= inv[:, None]
+        cross *= inv[:, None]
+        square += base[:, None]
+        starts = self._branch_starts
+        l0 = np.sqrt(np.maximum.reduceat(base, starts))[:, None]
+        l_up = np.sqrt(np.maximum.reduceat(square + cross, starts, axis=0))
+        square -= cross
+        l_dn = np.sqrt(np.maximum.reduceat(np.maximum(square, 0.0), starts, axis=0))
+        return (l_up - l0) / delta_mw, (l0 - l_dn) / delta_mw
+
+    def _source_derivative(
+        self, volts: np.ndarray, dvc: np.ndarray, model: _JacobianModel
+    ) -> np.ndarray:
+        """MW at the sources per MW at each DER column: the change of
+        -Re(sum V conj(I)) over every source's terminal conductors."""
+        total = np.zeros(dvc.shape[1])
+        for cols, yrows, current in model.source_terms(self):
+            v = volts[cols]
+            di = yrows @ dvc
+            total -= (dvc[cols] * np.conj(current)[:, None] + v[:, None] * np.conj(di)).real.sum(0)
+        return total / 1.0e6
+
+    def _load_powers_w(self) -> tuple[np.ndarray, np.ndarray]:
+        """P (W) and Q (var) of every load as OpenDSS applies them in a snapshot:
+        the kW and kvar set, times the global load multiplier for loads of
+        status ``variable``."""
+        kw = np.concatenate([self._kw_now, self._der_mw * 1000.0])
+        kvar = np.concatenate([self._kvar_now, np.zeros(len(self._der_mw))])
+        mult = np.where(self._jacobian.variable, self._dss.Solution.LoadMult(), 1.0)
+        return kw * 1000.0 * mult, kvar * 1000.0 * mult
+
+    def _other_pc_elements(self, volts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(node, complex power drawn) per conductor of the enabled PV systems,
+        storage elements and generators: taken as constant power."""
+        nodes: list[np.ndarray] = []
+        powers: list[np.ndarray] = []
+        position = self._jacobian.position
+        for der in self._existing:
+            if not der.enabled:
+                continue
+            self._dss.Circuit.SetActiveElement(der.element)
+            cols = self._element_columns(position)
+            raw = np.asarray(self._dss.CktElement.Currents(), dtype=float)
+            current = raw[0::2] + 1j * raw[1::2]
+            n = len(cols) // max(self._dss.CktElement.NumTerminals(), 1)
+            cols, current = cols[:n], current[:n]
+            live = cols >= 0
+            nodes.append(cols[live])
+            powers.append(volts[cols[live]] * np.conj(current[live]))
+        if not nodes:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=complex)
+        return np.concatenate(nodes), np.concatenate(powers)
+
+    @property
+    def _jacobian(self) -> _JacobianModel:
+        return self._jacobian_model()
+
+    def _jacobian_model(self) -> _JacobianModel:
+        """The static parts of the Jacobian (built once, again after a DER is
+        attached): the network's admittances and every load's phase branches."""
+        if self._jacobian_cache is None or self._jacobian_cache.n_loads != self._dss.Loads.Count():
+            self._jacobian_cache = _JacobianModel.build(self)
+        return self._jacobian_cache
 
 
 class _BranchCurrents:
@@ -918,13 +1457,17 @@ class _BranchCurrents:
         return self
 
     def refresh(self, yprim_of: Any) -> None:
-        """Re-read the admittances of the tap-changing transformers."""
+        """Re-read the admittances of the tap-changing transformers (kept as
+        a matrix over their own rows only: ``_moving_rows``)."""
         if self._moving:
-            self._moving_matrix = self._csr(
-                [
-                    _entries(row0, rows, cols, yprim_of(element))
-                    for element, row0, rows, cols in self._moving
-                ]
+            parts = [
+                _entries(row0, rows, cols, yprim_of(element))
+                for element, row0, rows, cols in self._moving
+            ]
+            rows, cols, vals = (np.concatenate(x) for x in zip(*parts, strict=True))
+            self._moving_rows, local = np.unique(rows, return_inverse=True)
+            self._moving_matrix = sparse.csr_matrix(
+                (vals, (local, cols)), shape=(len(self._moving_rows), self._n_nodes)
             )
 
     @property
@@ -932,10 +1475,15 @@ class _BranchCurrents:
         return bool(self._moving)
 
     def magnitudes(self, volts: np.ndarray) -> np.ndarray:
+        return np.abs(self.product(volts))
+
+    def product(self, volts: np.ndarray) -> np.ndarray:
+        """Conductor currents (complex) of node voltages (a vector, or one
+        column per case)."""
         currents = self._matrix @ volts
         if self._moving_matrix is not None:
-            currents = currents + self._moving_matrix @ volts
-        return np.abs(currents)
+            currents[self._moving_rows] += self._moving_matrix @ volts
+        return currents
 
     def _csr(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Any:
         if not parts:
@@ -974,3 +1522,274 @@ def _headrooms(
 def _frozen(a: np.ndarray) -> np.ndarray:
     a.flags.writeable = False
     return a
+
+
+_COMMENT = re.compile(r"(!|//).*$")
+_COMPILE = re.compile(r"^\s*compile\s+(?:file(?:name)?\s*=\s*)?(.+?)\s*$", re.I)
+_FOLLOWING = re.compile(r"^\s*(new|edit|redirect|batchedit|more|~|\w+\.\w+)", re.I)
+
+
+def resolve_master(path: Path) -> tuple[Path, str | None]:
+    """The master file to compile for ``path``: ``path`` itself, or, when it
+    is a run script (a file that ``Compile``s another and then solves, plots
+    and exports, as utilities ship next to a master that only compiles), the
+    file it compiles, with a note saying what of the script is left out."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return path, None
+    target: Path | None = None
+    after: list[str] = []
+    for raw in lines:
+        line = _COMMENT.sub("", raw).strip()
+        if not line:
+            continue
+        if target is None:
+            match = _COMPILE.match(line)
+            if match:
+                name = match.group(1).strip().strip("[]()\"'{}").strip()
+                candidate = (path.parent / name.replace("\\", "/")).resolve()
+                if candidate.is_file() and candidate != path:
+                    target = candidate
+            continue
+        after.append(line)
+    if target is None:
+        return path, None
+    defines = [a for a in after if _FOLLOWING.match(a) and not _is_instrument(a)]
+    note = (
+        f"{path.name} is a run script: it compiles {target.name} and then "
+        f"{len(after)} command(s) for an OpenDSS session (solve, plots, reports, exports); "
+        f"dsosim uses {target.name}"
+    )
+    if defines:
+        note += (
+            f". The script also changes the circuit after compiling ({defines[0][:60]!r}"
+            f"{f' and {len(defines) - 1} more' if len(defines) > 1 else ''}): those changes "
+            "are left out; put them in a master of your own that redirects to "
+            f"{target.name} if they matter"
+        )
+    return target, note
+
+
+def _is_instrument(line: str) -> bool:
+    """Monitors and energy meters: for an OpenDSS session, not the circuit."""
+    word = line.lower().split()
+    return (
+        len(word) >= 2
+        and word[0] == "new"
+        and word[1].split(".")[0]
+        in (
+            "monitor",
+            "energymeter",
+        )
+    )
+
+
+# OpenDSS load models the factorised linearisation reproduces (Load.pas): constant
+# PQ, Z, motor (P, Z for Q), CVR exponents, constant I, ZIP. Models 6 and 7
+# (fixed Q) fall back to finite differences.
+_MODELLED_LOADS = frozenset({1, 2, 3, 4, 5, 8})
+
+
+class _NotLinearisable(Exception):
+    """The circuit has an element the factorised linearisation does not model."""
+
+
+@dataclass
+class _JacobianModel:
+    """What the factorised linearisation needs that does not change between
+    intervals: the network's fixed admittances (lines, transformers without a
+    tap changer, sources), the elements whose admittance moves with controls
+    (re-read every time), and every load's phase branches."""
+
+    n_loads: int
+    n_nodes: int
+    position: dict[str, int]
+    fixed: Any
+    moving: list[str]
+    sources: Any
+    branches: linearise.PhaseBranches
+    variable: np.ndarray
+    fixed_real: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def build(cls, feeder: Feeder) -> _JacobianModel:
+        dss = feeder._dss
+        position = {n.lower(): i for i, n in enumerate(dss.Circuit.AllNodeNames())}
+        n = len(position)
+        regulated = feeder._regulated_transformers()
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        moving: list[str] = []
+        names = list(dss.PDElements.AllNames()) + [f"Vsource.{v}" for v in dss.Vsources.AllNames()]
+        for full in names:
+            dss.Circuit.SetActiveElement(full)
+            if not dss.CktElement.Enabled():
+                continue
+            if full.lower() in regulated or full.lower().startswith("capacitor."):
+                moving.append(full)
+                continue
+            cols = feeder._element_columns(position)
+            parts.append(_square(cols, feeder._element_yprim(full)))
+        fixed = _sum_csr(parts, n)
+        branches, variable = _load_branches(feeder, position)
+        model = cls(
+            n_loads=dss.Loads.Count(),
+            n_nodes=n,
+            position=position,
+            fixed=fixed,
+            moving=moving,
+            sources=[f"Vsource.{v}" for v in dss.Vsources.AllNames()],
+            branches=branches,
+            variable=variable,
+        )
+        return model
+
+    def _moving_y(self, feeder: Feeder) -> Any:
+        parts = []
+        for full in self.moving:
+            feeder._dss.Circuit.SetActiveElement(full)
+            cols = feeder._element_columns(self.position)
+            parts.append(_square(cols, feeder._element_yprim(full)))
+        return _sum_csr(parts, self.n_nodes)
+
+    def y_net(self, feeder: Feeder) -> Any:
+        """The network's admittance matrix at the present taps and states."""
+        return self.fixed + self._moving_y(feeder)
+
+    def real_entries(self, feeder: Feeder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """COO entries of the real form of :meth:`y_net` (the fixed part's
+        computed once)."""
+        if self.fixed_real is None:
+            self.fixed_real = linearise.real_form(self.fixed)
+        moving = linearise.real_form(self._moving_y(feeder))
+        return tuple(  # type: ignore[return-value]
+            np.concatenate([a, b]) for a, b in zip(self.fixed_real, moving, strict=True)
+        )
+
+    def source_terms(self, feeder: Feeder) -> list[tuple[np.ndarray, Any, np.ndarray]]:
+        """Per source: node columns of its first terminal's live conductors,
+        the rows of its admittance for them (over all its live columns, as a
+        matrix over all nodes) and its present currents there."""
+        out = []
+        dss = feeder._dss
+        for full in self.sources:
+            dss.Circuit.SetActiveElement(full)
+            cols = feeder._element_columns(self.position)
+            raw = np.asarray(dss.CktElement.Currents(), dtype=float)
+            current = raw[0::2] + 1j * raw[1::2]
+            y = feeder._element_yprim(full)
+            n_cond = dss.CktElement.NumConductors()
+            first = np.arange(n_cond)
+            live_first = first[cols[first] >= 0]
+            live = np.flatnonzero(cols >= 0)
+            rows = sparse.csr_matrix(
+                (
+                    y[np.ix_(live_first, live)].ravel(),
+                    (
+                        np.repeat(np.arange(len(live_first)), len(live)),
+                        np.tile(cols[live], len(live_first)),
+                    ),
+                ),
+                shape=(len(live_first), self.n_nodes),
+            )
+            out.append((cols[live_first], rows, current[live_first]))
+        return out
+
+
+def _square(cols: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    live = np.flatnonzero(cols >= 0)
+    block = y[np.ix_(live, live)]
+    return (
+        np.repeat(cols[live], len(live)),
+        np.tile(cols[live], len(live)),
+        block.ravel(),
+    )
+
+
+def _sum_csr(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> Any:
+    if not parts:
+        return sparse.csr_matrix((n, n), dtype=complex)
+    rows, cols, vals = (np.concatenate(x) for x in zip(*parts, strict=True))
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(n, n))
+
+
+def _load_branches(
+    feeder: Feeder, position: dict[str, int]
+) -> tuple[linearise.PhaseBranches, np.ndarray]:
+    """Every load's phase branches from its conductors' nodes: wye phases to
+    its neutral conductor's node (ground when 0), delta phases pairwise."""
+    dss = feeder._dss
+    loads = dss.Loads
+    fields: dict[str, list[Any]] = {k: [] for k in ("a", "b", "load", "share", "v0")}
+    per_load: list[tuple[int, float, float, float, float, list[float], float]] = []
+    variable: list[bool] = []
+    for i in range(1, loads.Count() + 1):
+        loads.Idx(i)
+        element = dss.CktElement
+        cols = feeder._element_columns(position)
+        nph = element.NumPhases()
+        delta = bool(loads.IsDelta())
+        kv = loads.kV() * 1000.0
+        if delta:
+            if nph == 3:
+                pairs = [(cols[0], cols[1]), (cols[1], cols[2]), (cols[2], cols[0])]
+            elif nph == 1:
+                pairs = [(cols[0], cols[1])]
+            else:
+                raise _NotLinearisable(f"load {loads.Name()}: {nph}-phase delta")
+            v0 = kv
+        else:
+            neutral = cols[nph] if len(cols) > nph else linearise.GROUND
+            pairs = [(cols[k], neutral) for k in range(nph)]
+            v0 = kv / math.sqrt(3.0) if nph > 1 else kv
+        for a, b in pairs:
+            fields["a"].append(a)
+            fields["b"].append(b)
+            fields["load"].append(i - 1)
+            fields["share"].append(1.0 / len(pairs))
+            fields["v0"].append(v0)
+        if loads.Model() not in _MODELLED_LOADS:
+            raise _NotLinearisable(
+                f"load {loads.Name()} has model={loads.Model()}, which the Jacobian does not "
+                f"model (it does {sorted(_MODELLED_LOADS)})"
+            )
+        zipv = list(loads.ZipV()) if loads.Model() == 8 else [0.0] * 7
+        dss.Text.Command(f"? load.{loads.Name()}.vlowpu")
+        try:
+            vlow = float(dss.Text.Result())
+        except ValueError:
+            vlow = 0.5
+        per_load.append(
+            (
+                loads.Model(),
+                loads.Vminpu(),
+                loads.Vmaxpu(),
+                loads.CVRwatts(),
+                loads.CVRvars(),
+                zipv,
+                vlow,
+            )
+        )
+        variable.append(loads.Status() == 0)
+    idx = np.asarray(fields["load"], dtype=np.intp)
+    model = np.array([p[0] for p in per_load], dtype=np.intp)
+    zips = np.array([(list(p[5]) + [0.0] * 7)[:7] for p in per_load], dtype=float).reshape(-1, 7)
+    if not len(per_load):
+        zips = np.zeros((0, 7))
+    branches = linearise.PhaseBranches(
+        a=np.asarray(fields["a"], dtype=np.intp),
+        b=np.asarray(fields["b"], dtype=np.intp),
+        load=idx,
+        share=np.asarray(fields["share"], dtype=float),
+        v0=np.asarray(fields["v0"], dtype=float),
+        model=model[idx],
+        vmin=np.array([p[1] for p in per_load])[idx],
+        vmax=np.array([p[2] for p in per_load])[idx],
+        exp_p=np.array([p[3] for p in per_load])[idx],
+        exp_q=np.array([p[4] for p in per_load])[idx],
+        zip_p=zips[idx][:, 0:3],
+        zip_q=zips[idx][:, 3:6],
+        zip_cutoff=zips[idx][:, 6],
+        vlow=np.array([p[6] for p in per_load])[idx],
+    )
+    return branches, np.asarray(variable, dtype=bool)

@@ -18,6 +18,7 @@ neutral point and mean nothing to a customer.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ class Source:
     transformer: str | None
     """The transformer fed from the source bus, if any (the substation)."""
     feeder_side_delta: bool
+    others: tuple[str, ...] = ()
+    """Buses of the feeder's other sources (ties to other substations,
+    equivalents): the head flow and the T-D interface are the sum over all."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,12 @@ class FeederReport:
                 f", transformer {self.source.transformer} at the source"
                 + (" (delta on the feeder side)" if self.source.feeder_side_delta else "")
                 if self.source.transformer
+                else ""
+            )
+            + (
+                f"; {len(self.source.others)} more source(s) at "
+                f"{', '.join(self.source.others[:5])} (the head flow is the sum of all)"
+                if self.source.others
                 else ""
             ),
             f"loads: {self.n_loads} at {len(self.load_buses)} buses, "
@@ -234,7 +244,7 @@ def inspect_feeder(
         voltage_basis_reason=reason,
         base_case=base,
     )
-    return _with_warnings(report, vmin, vmax)
+    return _with_warnings(report, vmin, vmax, feeder.notes)
 
 
 def _choose_basis(source: Source, delta_share: float) -> tuple[VoltageBasis, str]:
@@ -268,7 +278,22 @@ def _source(dss: Any) -> Source:
                 break
             if not dss.Transformers.Next():
                 break
-    return Source(bus=bus, kv_ll=kv, pu=pu, transformer=transformer, feeder_side_delta=delta)
+    others = []
+    i = dss.Vsources.First()
+    while i:
+        dss.Circuit.SetActiveElement(f"Vsource.{dss.Vsources.Name()}")
+        other = dss.CktElement.BusNames()[0].split(".")[0]
+        if dss.Vsources.Name() != name:
+            others.append(other)
+        i = dss.Vsources.Next()
+    return Source(
+        bus=bus,
+        kv_ll=kv,
+        pu=pu,
+        transformer=transformer,
+        feeder_side_delta=delta,
+        others=tuple(others),
+    )
 
 
 def _loads(dss: Any) -> tuple[dict[str, float], float, float]:
@@ -333,8 +358,10 @@ def _base_case(state: FeederState) -> BaseCase:
     )
 
 
-def _with_warnings(report: FeederReport, vmin: float, vmax: float) -> FeederReport:
-    notes: list[str] = []
+def _with_warnings(
+    report: FeederReport, vmin: float, vmax: float, handled: Sequence[str] = ()
+) -> FeederReport:
+    notes: list[str] = list(handled)
     bc = report.base_case
     if bc.n_below or bc.n_above:
         notes.append(

@@ -11,7 +11,7 @@ writes a scenario TOML that ``dsosim run`` accepts without edits:
 * two aggregators per LDA, over the feeder's load buses (seeded shuffle,
   split between them; on feeders with more than ``2 * max_der_buses`` load
   buses, a seeded sample of ``max_der_buses`` buses each, because every DER
-  bus costs the DSO two power flows per interval): one solar-led
+  bus is a column of the DSO's linearisation and LP): one solar-led
   (``<lda>_solar``), one storage- and flexibility-led (``<lda>_storage``);
 * the feeder's own PV systems and storage, if any, handed to the solar
   aggregator (``existing_ders_to``);
@@ -436,7 +436,7 @@ def _lda_lines(
     sampled = (
         ""
         if placed >= n_load
-        else " (a seeded sample: every DER bus costs the DSO two power flows per interval)"
+        else " (a seeded sample: every DER bus is a column of the DSO's linearisation and LP)"
     )
     for (agg, buses), (suffix, fields) in zip(a.aggregators, AGGREGATORS, strict=True):
         out += ["", "[[ldas.aggregators]]", _line("name", agg, f"{suffix}-led DER aggregator")]
