@@ -149,6 +149,18 @@ def _cases(f: dict[str, Path], tmp: Path) -> list[list[str]]:
         ["bench", "scale", "--ldas", "1", "--hours", "0"],
         ["bench", "scale", "--ldas", "9", "--hours", "0.1"],
         ["bench", "scale", "--ldas", "1", "--scenario", str(f["garbage_toml"])],
+        ["bench", "feeder", "--buses", "5"],
+        ["bench", "feeder", "--buses", "1000", "--der-buses", "0"],
+        ["bench", "feeder", "--buses", "1000", "--intervals", "0"],
+    ]
+    run_dir = tmp / "a-run"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "federation.json").write_text("{not json")
+    cases += [
+        ["replay", str(tmp / "no-such-run"), "--quiet"],
+        ["replay", str(f["a_file"]), "--quiet"],
+        ["replay", str(f["a_dir"]), "--quiet"],
+        ["replay", str(run_dir), "--quiet"],
     ]
     return cases
 
