@@ -196,3 +196,12 @@ def test_readme_lists_every_table_a_run_writes(comparison) -> None:
     # a listed table these seven runs do not write says which runs write it
     unwritten = [n for n in listed if not any(listed_as(t) == n for t in written)]
     assert all(listed[n].startswith("(") for n in unwritten), unwritten
+
+
+def test_compare_takes_layered_as_run_does() -> None:
+    from dsosim.runner.cli import make_parser
+
+    argv = ["compare", "s.toml", "--out", "o", "--models", "layered", "baseline", "3"]
+    assert make_parser(argv).parse_args(argv).models == ["3", "baseline", "3"]
+    with pytest.raises(SystemExit):
+        make_parser(["compare"]).parse_args(["compare", "s.toml", "--out", "o", "--models", "9"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 
 import matplotlib
@@ -12,13 +13,58 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from dsosim.federates.common.config import LimitsConfig
 from dsosim.federates.recorder.summary import read_table
 
 PLOTS = ("prices.png", "voltages.png", "dispatch.png", "imbalance.png")
+UNITS = {
+    "total_cost": "$",
+    "generation_cost": "$",
+    "der_revenue": "$",
+    "settlement_residual": "$",
+    "buyers_paid": "$",
+    "sellers_received": "$",
+    "congestion_rent": "$",
+    "imbalance_charges": "$",
+    "dmo_surplus": "$",
+    "mean_lmp": "$/MWh",
+    "dlmp_spread": "$/MWh",
+    "vmin_pu": "pu",
+    "vmax_pu": "pu",
+    "losses_mwh": "MWh",
+    "imbalance_mwh": "MWh",
+    "pv_curtailed_mwh": "MWh",
+    "voltage_violations": "node-intervals",
+    "thermal_violations": "branch-intervals",
+    "bytes": "bytes",
+    "bytes_per_interval": "bytes",
+    "wall_s": "s",
+}
+"""Units of the comparison's columns, shown in the report's headers."""
+DECIMALS = {"$": 2, "$/MWh": 3, "pu": 4, "MWh": 3, "s": 1}
 
 
 def _hours(frame: pd.DataFrame, interval_h: float) -> pd.Series:
     return frame["interval"] * interval_h
+
+
+def voltage_bands(out: Path, models: list[str]) -> list[tuple[float, float]]:
+    """The voltage bands (vmin, vmax, pu) the compared runs' LDAs were held to,
+    from each model's federation.json."""
+    bands = set()
+    for m in models:
+        path = out / f"model-{m}" / "federation.json"
+        if path.is_file():
+            for dso in json.loads(path.read_text())["dsos"]:
+                limits = LimitsConfig.model_validate(dso.get("limits", {}))
+                bands.add((limits.vmin_pu, limits.vmax_pu))
+    return sorted(bands)
+
+
+def _style(i: int) -> dict[str, object]:
+    """Line style of the i-th model: lines that coincide stay visible (the
+    first drawn widest, a dash pattern each)."""
+    return {"lw": max(0.8, 3.2 - 0.4 * i), "ls": ("-", "--", "-.", ":")[i % 4], "zorder": 2 + i}
 
 
 def plot_all(out: Path, models: list[str]) -> list[Path]:
@@ -29,10 +75,10 @@ def plot_all(out: Path, models: list[str]) -> list[Path]:
     paths = []
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    for m, r in runs.items():
+    for i, (m, r) in enumerate(runs.items()):
         iface = read_table(r, "interface")
         if not iface.empty:
-            ax.plot(_hours(iface, interval_h), iface["lmp"], lw=1.2, label=f"LMP, model {m}")
+            ax.plot(_hours(iface, interval_h), iface["lmp"], label=f"LMP, model {m}", **_style(i))
         disp = read_table(r, "dispatch")
         if not disp.empty:
             g = disp.groupby("interval")["dlmp"]
@@ -45,24 +91,28 @@ def plot_all(out: Path, models: list[str]) -> list[Path]:
     paths.append(_save(fig, out / "prices.png"))
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    for m, f in feeder.items():
+    for i, (m, f) in enumerate(feeder.items()):
         if not f.empty:
-            (line,) = ax.plot(_hours(f, interval_h), f["vmax_pu"], lw=1.0, label=f"max, model {m}")
-            ax.plot(_hours(f, interval_h), f["vmin_pu"], lw=1.0, ls="--", color=line.get_color())
-    for band in (0.95, 1.05):
-        ax.axhline(band, color="k", lw=0.8, ls=":")
+            style = _style(i)
+            (line,) = ax.plot(_hours(f, interval_h), f["vmax_pu"], label=f"model {m}", **style)
+            ax.plot(_hours(f, interval_h), f["vmin_pu"], color=line.get_color(), **style)
+    bands = voltage_bands(out, models)
+    for vmin, vmax in bands:
+        for limit in (vmin, vmax):
+            ax.axhline(limit, color="k", lw=0.8, ls=":")
+    shown = ", ".join(f"{vmin:g}-{vmax:g}" for vmin, vmax in bands)
     ax.set(
         xlabel="hour",
         ylabel="pu",
-        title="Feeder voltage envelope (max solid, min dashed; band 0.95-1.05)",
+        title=f"Feeder voltage envelope (upper and lower line per model; band {shown} pu)",
     )
     ax.legend(fontsize=7, ncol=2)
     paths.append(_save(fig, out / "voltages.png"))
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    for m, f in feeder.items():
+    for i, (m, f) in enumerate(feeder.items()):
         if not f.empty:
-            ax.plot(_hours(f, interval_h), f["der_mw"], lw=1.0, label=f"model {m}")
+            ax.plot(_hours(f, interval_h), f["der_mw"], label=f"model {m}", **_style(i))
     ax.axhline(0, color="k", lw=0.6)
     ax.set(
         xlabel="hour",
@@ -73,10 +123,10 @@ def plot_all(out: Path, models: list[str]) -> list[Path]:
     paths.append(_save(fig, out / "dispatch.png"))
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    for m, r in runs.items():
+    for i, (m, r) in enumerate(runs.items()):
         imb = read_table(r, "imbalance")
         if not imb.empty:
-            ax.plot(_hours(imb, interval_h), imb["imbalance_mw"], lw=1.0, label=f"model {m}")
+            ax.plot(_hours(imb, interval_h), imb["imbalance_mw"], label=f"model {m}", **_style(i))
     ax.axhline(0, color="k", lw=0.6)
     ax.set(
         xlabel="hour",
@@ -96,6 +146,27 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _number(value: float, unit: str | None) -> str:
+    if unit in DECIMALS:
+        return f"{value:,.{DECIMALS[unit]}f}"
+    if value == round(value):
+        return f"{value:,.0f}"
+    return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.1f}"
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as the report shows it: numbers with thousands
+    separators and fixed decimals per unit, units in the headers."""
+    out = pd.DataFrame(index=table.index)
+    for column in table.columns:
+        unit = UNITS.get(column)
+        values = table[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            values = values.map(lambda x, u=unit: "" if pd.isna(x) else _number(float(x), u))
+        out[f"{column} ({unit})" if unit else column] = values
+    return out
+
+
 def write_html(out: Path, table: pd.DataFrame, scenario: str, plots: list[Path]) -> Path:
     """One HTML file with the table and the plots embedded (no external files)."""
     images = "\n".join(
@@ -113,7 +184,7 @@ img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
 <p>Scenario <code>{html.escape(scenario)}</code>: every model on the same case, seed and DER fleets.
 Columns are defined in <code>docs/models.md</code>;
 <code>settlement_residual</code> is zero when the books close.</p>
-{table.to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}")}
+{readable(table).to_html(index=False, na_rep="")}
 {images}
 </body></html>
 """

@@ -27,6 +27,11 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def canonical_model(name: str) -> str:
+    """A model's name as ``MODEL_NAMES`` spells it (``layered`` is ``3``)."""
+    return ALIASES.get(name, name)
+
+
 def load_model(name: str) -> OrgModel:
     """The organisational model ``name`` (baseline, 1-6, or layered = 3)."""
     key = ALIASES.get(str(name), str(name))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dsosim.runner.analysis.compare import run_models
 from dsosim.runner.analysis.report import plot_all, write_html
-from dsosim.runner.build.models import MODEL_NAMES
+from dsosim.runner.build.models import MODEL_NAMES, canonical_model
 from dsosim.runner.build.scenario import ScenarioError
 
 
@@ -18,12 +18,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", required=True, help="output folder (comparison.csv, plots, report.html)"
     )
     p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
-    p.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=list(MODEL_NAMES),
+        type=canonical_model,  # layered = 3, as dsosim run --model takes it
+        choices=MODEL_NAMES,
+        metavar="MODEL",
+        help=f"models to run: {', '.join(MODEL_NAMES)} or layered (default: all)",
+    )
 
 
 def handle(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    args.models = list(dict.fromkeys(args.models))  # 3 and layered: one run
 
     def done(model: str, row: dict) -> None:
         state = "ok" if row.get("complete") else f"FAILED: {row.get('failure')}"
