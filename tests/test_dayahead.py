@@ -125,6 +125,7 @@ def test_bad_input_is_named() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.reference
 @pytest.mark.parametrize("ramp_pu", [0.5, 0.08])
 def test_matches_pypsa_on_case118(ramp_pu: float) -> None:
     """24 hours of case118 with congestion, ramps (binding in the second

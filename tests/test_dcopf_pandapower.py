@@ -29,6 +29,7 @@ from dsosim.runner.bench import opf as bench_opf
 from dsosim.runner.bench.opf import pandapower_net, run_pandapower
 
 pytest.importorskip("pandapower")
+pytestmark = pytest.mark.reference
 
 # (branches to limit, fraction of their uncongested flow): the most loaded
 # branches that are not bridges are limited, as far as the case stays feasible.

@@ -383,7 +383,9 @@ def handle(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:
-        print(f"error: {exc.name} is needed (a test dependency): pip install 'dsosim[test]'")
+        print(
+            f"error: {exc.name} is needed (a reference dependency): pip install 'dsosim[reference]'"
+        )
         return 2
     print(format_report(args, statistics.median(ours), statistics.median(theirs), worst, result))
     return 0

@@ -185,8 +185,8 @@ def pandapower_net(tables: MatpowerTables) -> Any:
         from pandapower.converter.pypower import from_ppc
     except ImportError as exc:
         raise BenchError(
-            "pandapower is needed for this benchmark (a test dependency): "
-            "pip install 'dsosim[test]'"
+            "pandapower is needed for this benchmark (a reference dependency): "
+            "pip install 'dsosim[reference]' (it pins pandas 2.3: use an environment of its own)"
         ) from exc
     bus = tables.bus.copy()
     bus[:, BASE_KV] = np.where(bus[:, BASE_KV] > 0, bus[:, BASE_KV], 100.0)
