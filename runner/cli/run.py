@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from dsosim.runner.build.federation import BuildResult, build
 from dsosim.runner.build.models import add_model_argument
 from dsosim.runner.build.scenario import ScenarioError
@@ -31,12 +33,25 @@ HEADLINES = (
 )
 
 
+def progress_bar(total: int, *, quiet: bool) -> tqdm:
+    """Intervals done, elapsed time and ETA on one line (tqdm); a terminal
+    sees it redrawn every second, a log file a line every 30 s."""
+    return tqdm(
+        total=total,
+        unit="interval",
+        disable=quiet,
+        file=sys.stderr,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        dynamic_ncols=True,
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario")
     p.add_argument("--out", default=None, help="output folder (default: runs/<scenario file stem>)")
     p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
     add_model_argument(p)
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -62,15 +77,19 @@ def handle(args: argparse.Namespace) -> int:
         flush=True,
     )
 
+    bar = progress_bar(n, quiet=args.quiet)
+
     def progress(done: int, total: int) -> None:
-        if not args.quiet:
-            print(f"  {done}/{total} intervals", flush=True)
+        bar.total = total
+        bar.update(done - bar.n)
 
     try:
         built, outcome = build_and_launch(make, on_progress=progress)
     except KeyboardInterrupt:
         print("dsosim run: interrupted; federation stopped", file=sys.stderr)
         return 130
+    finally:
+        bar.close()
     if not outcome.ok:
         print(
             f"dsosim run: FAILED after {outcome.wall_s:.1f} s\n{outcome.failure}", file=sys.stderr
