@@ -12,6 +12,7 @@ import sys
 
 import helics as h
 
+from dsosim.federates.common.log import federate_log
 from dsosim.federates.common.usage import finished_line, stamp
 
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         help="wall-clock seconds after which a stuck federation is ended",
     )
     args = parser.parse_args(argv)
+    log = federate_log("broker")
     init = (
         f"-f {args.federates} --port={args.port} --local_interface={args.interface}"
         f" --maxcosimduration={args.max_duration}s"
@@ -41,13 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         init += f" --brokerkey={args.key}"
     broker = h.helicsCreateBroker(args.core_type, "", init)
     if not h.helicsBrokerIsConnected(broker):
-        print(f"broker could not start on port {args.port}", file=sys.stderr)
+        log.error("could not start on port %d", args.port)
         return 1
-    print(f"[broker] {stamp('executing')}", flush=True)  # for dsosim bench scale
+    log.info(stamp("executing"))  # for dsosim bench scale
     h.helicsBrokerWaitForDisconnect(broker, -1)
     h.helicsBrokerFree(broker)
     h.helicsCloseLibrary()
-    print(f"[broker] {finished_line()}", flush=True)
+    log.info(finished_line())
     return 0
 
 

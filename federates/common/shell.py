@@ -15,9 +15,7 @@ request, which keeps the exchange order inside a market interval fixed (see
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from helics.capi import ffi as _ffi
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import FederationConfig, HelicsSettings, load_federation
+from dsosim.federates.common.log import federate_log
 from dsosim.federates.common.usage import finished_line, stamp
 
 M = TypeVar("M", bound=msg.Message)
@@ -102,7 +101,7 @@ class FederateShell:
         self._started = True
         self._wall0 = time.perf_counter()
         # the moment the federation's clock starts (``dsosim bench scale`` reads it)
-        print(f"[{self.name}] {stamp('executing')}", flush=True)
+        federate_log(self.name).info(stamp("executing"))
 
     def advance(self, t: float) -> float:
         """Block until the federation grants time ``t`` (exactly, we are
@@ -174,7 +173,7 @@ class FederateShell:
 
     # -------------------------------------------------------------- closing
     def close(self) -> None:
-        print(f"[{self.name}] {finished_line()}", flush=True)
+        federate_log(self.name).info(finished_line())
         h.helicsFederateDisconnect(self._fed)
         h.helicsFederateFree(self._fed)
         h.helicsCloseLibrary()
@@ -265,25 +264,25 @@ def run_federate(
 ) -> int:
     """Create the shell, run ``body`` and translate failures into a clean,
     federation-wide stop. Returns the process exit code."""
+    log = federate_log(name)
     try:
         shell = shell_factory()
     except Exception as exc:
-        print(f"[{name}] could not join the federation: {exc}", file=sys.stderr, flush=True)
+        log.error("could not join the federation: %s", exc)
         return 2
     try:
         body(shell)  # the first advance enters executing mode, after the body's set-up
     except h.HelicsException as exc:
         # Another federate raised a global error (or the broker went away).
         text = f"stopped by the federation: {exc}"
-        print(f"[{name}] {text}", file=sys.stderr, flush=True)
+        log.error(text)
         if on_error is not None:
             on_error(text)
         shell.fail(text)
         return 3
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
-        print(f"[{name}] FAILED: {text}", file=sys.stderr, flush=True)
-        traceback.print_exc()
+        log.error("FAILED: %s", text, exc_info=True)
         if on_error is not None:
             on_error(text)
         shell.fail(text)

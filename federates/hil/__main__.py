@@ -23,6 +23,7 @@ from pathlib import Path
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import FederationConfig, HilConfig
+from dsosim.federates.common.log import federate_log
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.hil.gateway import COUNTERS, DeviceInfo, Gateway, GatewaySettings
@@ -72,23 +73,20 @@ def wait_for_devices(gateway: Gateway, hil: HilConfig, name: str) -> None:
     ids = sorted(d.id for d in hil.devices)
     if hil.wait_s <= 0:
         return
-    print(
-        f"[{name}] waiting up to {hil.wait_s:g} s for devices {', '.join(ids)} "
-        f"at {gateway.endpoint} "
+    log = federate_log(name)
+    log.info(
+        f"waiting up to {hil.wait_s:g} s for devices {', '.join(ids)} at {gateway.endpoint} "
         f"(e.g. dsosim hil-device --connect {gateway.endpoint} "
-        f"{' '.join('--device ' + i for i in ids)})",
-        flush=True,
+        f"{' '.join('--device ' + i for i in ids)})"
     )
     deadline = time.monotonic() + hil.wait_s
     while time.monotonic() < deadline:
         if set(ids) <= set(gateway.connected()):
-            print(f"[{name}] all devices connected", flush=True)
+            log.info("all devices connected")
             return
         time.sleep(0.05)
     missing = sorted(set(ids) - set(gateway.connected()))
-    print(
-        f"[{name}] starting without {missing}: they get the fallback until they connect", flush=True
-    )
+    log.info(f"starting without {missing}: they get the fallback until they connect")
 
 
 def run(shell: FederateShell, config: FederationConfig, gateway: Gateway | ReplayGateway) -> None:
@@ -184,7 +182,7 @@ def _report_changes(name: str, k: int, steps: dict[str, DeviceStep], last: dict[
         if s.reason and s.status == "implausible":
             state += f" ({s.reason})"
         if last.get(device) != state:
-            print(f"[{name}] interval {k}: {device} {state}", flush=True)
+            federate_log(name).info(f"interval {k}: {device} {state}")
             last[device] = state
 
 

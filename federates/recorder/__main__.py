@@ -13,6 +13,7 @@ import sys
 from dsosim.federates.common import ledger
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import load_federation
+from dsosim.federates.common.log import federate_log
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import REALTIME_COLUMNS, FederateShell, run_federate
 from dsosim.federates.common.usage import stamp
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     lb = config.ledger_bound
     bound = None if lb is None else ledger.SanityBound(lb.max_mw, lb.max_price)
 
+    log = federate_log(rc.name)
+
     def body(shell: FederateShell) -> None:
         n = config.time.n_intervals
         # One extra step after the last interval: the ISO settles the last
@@ -56,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             state["interval"] = k
             store.end_interval(k)
             if k < n and ((k + 1) % rc.flush_every == 0 or k + 1 == n):
-                print(f"[{rc.name}] progress {k + 1}/{n}", flush=True)
-        print(f"[{rc.name}] {stamp('intervals done')}", flush=True)  # dsosim bench scale
+                log.info("progress %d/%d", k + 1, n)
+        log.info(stamp("intervals done"))  # dsosim bench scale
         summary = store.finish(complete=True, error=None, summarise=summarise)
-        print(f"[{rc.name}] results complete: {summary.get('intervals')} intervals", flush=True)
+        log.info("results complete: %s intervals", summary.get("intervals"))
 
     def on_error(text: str) -> None:
         store.finish(
