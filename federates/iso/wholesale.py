@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class DaySchedule:
     served: np.ndarray  # (periods, buses): withdrawal other than the bids
 
 
-IsoBid = PlacedCurve[BidKey]
+IsoBid: TypeAlias = PlacedCurve[BidKey]
 """One curve the ISO clears at a T-D bus: ``at`` is its key, whose it is (the
 party that settles it) and at which LDA's interface."""
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import highspy
 import numpy as np
@@ -58,7 +58,7 @@ from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR, BidCurve, Pla
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 
 ConstraintKind = Literal["vmax", "vmin", "thermal"]
-DerCurve = PlacedCurve[str]
+DerCurve: TypeAlias = PlacedCurve[str]
 """An aggregator's bid at one DER element of the feeder (MW at the DER):
 ``at`` is the element, ``owner`` the aggregator."""
 

@@ -6,6 +6,7 @@ import base64
 import html
 import json
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -61,7 +62,7 @@ def voltage_bands(out: Path, models: list[str]) -> list[tuple[float, float]]:
     return sorted(bands)
 
 
-def _style(i: int) -> dict[str, object]:
+def _style(i: int) -> dict[str, Any]:
     """Line style of the i-th model: lines that coincide stay visible (the
     first drawn widest, a dash pattern each)."""
     return {"lw": max(0.8, 3.2 - 0.4 * i), "ls": ("-", "--", "-.", ":")[i % 4], "zorder": 2 + i}

@@ -48,7 +48,9 @@ def package_version() -> str:
         return "unknown"
 
 
-def register(sub: argparse._SubParsersAction, argv: Sequence[str] | None) -> None:  # type: ignore[type-arg]
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], argv: Sequence[str] | None
+) -> None:
     """Add every command; import the module of the one named in ``argv``
     (all of them when ``argv`` is None)."""
     chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None

@@ -5,13 +5,14 @@ congestion components), flows; and the checks that read a result
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import TypeAlias
 
 import numpy as np
 
 from dsosim.federates.common.curves import PlacedCurve
 from dsosim.federates.iso.case import TransmissionCase
 
-BusCurve = PlacedCurve[int]
+BusCurve: TypeAlias = PlacedCurve[int]
 """A bid curve at a transmission bus: ``at`` is the case bus number (one of
 ``TransmissionCase.bus_ids``), ``owner`` who bids (reported, never priced)."""
 
