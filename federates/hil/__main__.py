@@ -195,7 +195,7 @@ def body(shell: FederateShell, config: FederationConfig, name: str, base: Path) 
         replay = ReplayGateway(
             (base / config.hil.replay).resolve(), [d.id for d in config.hil.devices]
         )
-        print(f"[{name}] replaying the device answers recorded in {config.hil.replay}", flush=True)
+        federate_log(name).info(f"replaying the device answers recorded in {config.hil.replay}")
         run(shell, config, replay)
         return
     gateway = make_gateway(config, base)

@@ -87,7 +87,7 @@ def _add_settlements(
     if refused:
         store.add("ledger_refused", ledger.REFUSED_COLUMNS, refused)
         for row in refused[:3]:
-            print(f"[{name}] refused from the books ({m.sender}): {row[-1]}", flush=True)
+            federate_log(name).info("refused from the books (%s): %s", m.sender, row[-1])
 
 
 if __name__ == "__main__":
