@@ -945,15 +945,23 @@ class Feeder:
         return float(kv_ln * abs(np.exp(1j * a) - np.exp(1j * b)))
 
     def _line_to_line_customers(self, bus: str) -> LoadInfo | None:
-        """The largest load at ``bus`` if every load there is a single-phase
-        load across two phase conductors (the triplex customers of a
-        centre-tapped service transformer: 120/240 V, legs 180 degrees apart);
+        """The largest load at ``bus`` if the bus is a split-phase service (two
+        phase nodes in opposition: the 120/240 V secondary of a centre-tapped
+        transformer) and every load there is a customer across both legs;
         else None. A DER there connects the same way, across both legs."""
+        phases = self._bus_phases.get(bus, [])
+        if len(phases) != 2:
+            return None
         here = [ld for ld in self._loads if ld.bus.lower() == bus]
         if not here or not all(ld.line_to_line and ld.nodes for ld in here):
             return None
         first = here[0].nodes
-        if any(ld.nodes != first for ld in here):
+        if any(ld.nodes != first for ld in here) or sorted(first[:2]) != sorted(phases):
+            return None
+        # Split phase: the two legs are in opposition. A two-phase primary
+        # lateral (legs 120 degrees apart) keeps the wye connection.
+        kv_ln = self._bus_kv_ln.get(bus, 0.0)
+        if kv_ln <= 0.0 or self._kv_across(bus, first, kv_ln) < 1.9 * kv_ln:
             return None
         return max(here, key=lambda ld: ld.kw)
 
