@@ -793,3 +793,5 @@ def test_spin_window_follows_the_learned_schedule() -> None:
     assert em._until_spin(11.02) == pytest.approx(11.097 - 11.02)  # then its read
     with pytest.raises(ValueError, match="spin_ms"):
         EmulatorOptions(spin_ms=-1)
+    with pytest.raises(ValueError, match="choose one"):
+        EmulatorOptions(spin_ms=3, realtime_priority=10)

@@ -458,6 +458,13 @@ class EmulatorOptions:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.spin_ms) and 0 <= self.spin_ms <= 1000):
             raise ValueError(f"spin_ms must be within 0..1000, got {self.spin_ms!r}")
+        if not 0 <= self.realtime_priority <= 99:
+            raise ValueError(f"realtime_priority must be 0..99, got {self.realtime_priority!r}")
+        if self.spin_ms and self.realtime_priority:
+            raise ValueError(
+                "spin_ms and realtime_priority together would hold a core at real-time "
+                "priority while spinning: choose one"
+            )
         if self.protocol not in VERSIONS:
             raise ValueError(f"protocol version must be one of {VERSIONS}, got {self.protocol!r}")
 

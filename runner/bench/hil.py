@@ -71,11 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--realtime-priority",
         type=int,
-        default=0,
+        default=10,
         choices=range(100),
         metavar="N",
-        help="1-99: the gateway's and the emulator's I/O under SCHED_FIFO at priority N "
-        "(the scenario's realtime_priority and hil-device --realtime-priority); default 0",
+        help="the gateway's and the emulator's I/O under SCHED_FIFO at priority N (the "
+        "scenario's realtime_priority and hil-device --realtime-priority; refused without "
+        "the privilege, then the normal policy); default 10, 0 = the normal policy",
     )
 
 
