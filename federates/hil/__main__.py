@@ -53,6 +53,7 @@ def make_gateway(config: FederationConfig, base: Path) -> Gateway:
         allow_unauthenticated=hil.allow_unauthenticated,
         spin_ms=hil.spin_ms,
         realtime_priority=hil.realtime_priority,
+        origin=config.time.start.isoformat(timespec="seconds"),
     )
     devices = [
         DeviceInfo(

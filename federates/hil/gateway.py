@@ -124,7 +124,9 @@ class GatewaySettings:
     allow_unauthenticated: bool = False
     """Needed to bind a non-loopback address without CURVE."""
     origin: str = "T00:00:00"
-    """The simulated clock at ``t_s = 0`` (goes into a v2 WELCOME)."""
+    """The simulated date and time at ``t_s = 0`` (ISO 8601, local, no time
+    zone; goes into a v2 WELCOME). The federation gives its scenario's start;
+    ``T00:00:00`` says only that ``t_s = 0`` is a midnight."""
     realtime_priority: int = 0
     """1-99: the I/O thread and ZeroMQ's I/O thread run under the real-time
     scheduling policy SCHED_FIFO at this priority, so an answer arriving is

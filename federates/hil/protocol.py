@@ -119,8 +119,9 @@ class Welcome:
     efficiency: float | None = None
     """v2: the simulated battery's round-trip efficiency (nil for PV)."""
     origin: str | None = None
-    """v2: the simulated clock at ``t_s = 0``: ISO 8601 local date and time,
-    or ``T00:00:00`` (a midnight) when the scenario has no date."""
+    """v2: the simulated date and time at ``t_s = 0``: ISO 8601 local date
+    and time without a time zone (the scenario's start), or ``T00:00:00``
+    (only: a midnight)."""
 
 
 @dataclass(frozen=True, slots=True)
