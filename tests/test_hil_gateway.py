@@ -495,6 +495,41 @@ def test_curve_admits_authorised_keys_only(make_gateway, connect, tmp_path: Path
     counted(gateway, hellos=1)
 
 
+def test_with_curve_only_the_same_key_takes_a_live_session_over(
+    make_gateway, connect, pool, tmp_path: Path
+):
+    keys, authorised = tmp_path / "keys", tmp_path / "authorised"
+    keys.mkdir()
+    authorised.mkdir()
+    _, gateway_secret_file = zmq.auth.create_certificates(keys, "gateway")
+    for name in ("bat1", "rig2"):  # both authorised: a second lab rig
+        public_file, _ = zmq.auth.create_certificates(keys, name)
+        shutil.copy(public_file, authorised)
+    server_public, _ = zmq.auth.load_certificate(gateway_secret_file)
+    gateway = make_gateway(
+        curve_secret_key=gateway_secret_file, curve_authorized_dir=authorised, timeout_ms=2000.0
+    )
+
+    def device(name: str) -> Device:
+        public, secret = zmq.auth.load_certificate(keys / f"{name}.key_secret")
+        return connect(gateway.endpoint, (public, secret, server_public))
+
+    first = device("bat1")
+    assert isinstance(first.hello("bat1"), Welcome)
+    # another authorised key claiming bat1 while its session lives: refused
+    rig = device("rig2")
+    reject = rig.hello("bat1")
+    assert isinstance(reject, Reject) and reject.reason.startswith("busy:")
+    # the same key on a new connection (the device restarted): takes over at once
+    again = device("bat1")
+    assert isinstance(again.hello("bat1"), Welcome)
+    future = pool.submit(gateway.setpoints, [setpoint("bat1", 1)])
+    again.answer(again.recv(), 1.0)
+    assert_answered(result(future)["bat1"], 1, 1.0)
+    assert first.quiet() and rig.quiet()
+    counted(gateway, hellos=3, takeover_refused=1)
+
+
 def test_non_loopback_bind_needs_curve_or_an_explicit_opt_in(tmp_path: Path):
     with pytest.raises(GatewayError, match="allow_unauthenticated"):
         Gateway(GatewaySettings(bind="tcp://0.0.0.0:*"), DEVICES).start()
