@@ -36,8 +36,8 @@ def test_ordinary_payments_pass() -> None:
     [
         (_row(math.nan), "mw nan is not a finite number"),
         (_row(0.1, math.inf), "price inf is not a finite number"),
-        (_row(9.9e150, 30.0), "mw 9.9e+150 beyond the sanity bound 2000"),
-        (_row(10.0, 2e4), "price 20000 beyond the sanity bound 10000"),
+        (_row(9.9e150, 30.0), "amount 2.475e+151 $ beyond the sanity bound 1.66667e+06 $"),
+        (_row(2001.0, 1e4), "amount 1.6675e+06 $ beyond the sanity bound"),
         (_row(10.0, 30.0, 0.0), "hours 0.0 must be > 0"),
     ],
 )
@@ -50,11 +50,11 @@ def test_refusal_names_parties_interval_and_what(row: tuple, words: str) -> None
 
 def test_amount_bound_scales_with_hours() -> None:
     assert BOUND.amount(H) == pytest.approx(2000 * 10000 / 12)
-    # a mw and price each within bound but an amount beyond it cannot be built from
-    # Payment; a hand-made row can
+    # a distribution price far above the cap on a small quantity is a small amount
+    assert ledger.refusal(_row(0.1, 2.3e6), BOUND) is None
     row = list(_row(1.0))
     row[ledger.COLUMNS.index("amount")] = 1e12
-    assert "amount 1e+12 beyond the sanity bound" in (ledger.refusal(row, BOUND) or "")
+    assert "amount 1e+12 $ beyond the sanity bound" in (ledger.refusal(row, BOUND) or "")
 
 
 def test_screen_splits_rows() -> None:

@@ -54,10 +54,10 @@ COLUMNS = (*(f.name for f in fields(Payment)), "amount", "payer_is_operator", "p
 @dataclass(frozen=True, slots=True)
 class SanityBound:
     """What no payment of a federation can exceed, derived from its case at
-    build: ``max_mw`` is twice the case's installed generation plus its load
-    (no flow of energy in the federation comes near it), ``max_price`` the
-    widest price any market may set (the bid-curve price cap and floor, and
-    the ISO's value of lost load). A payment beyond them is a bug or bad data,
+    build: ``max_mw x max_price x hours``, with ``max_mw`` twice the case's
+    installed generation plus its load (no flow of energy in the federation
+    comes near it) and ``max_price`` the widest price the bid curves and the
+    ISO's value of lost load allow. A payment beyond it is a bug or bad data,
     never a result."""
 
     max_mw: float
@@ -73,8 +73,10 @@ def refusal(
 ) -> str | None:
     """Why a settlement row is refused, naming the parties and the interval;
     None if it is acceptable. Refused: any non-finite or non-numeric amount,
-    MW, price or hours; hours <= 0; and, with a ``bound``, MW, price or
-    amount beyond it."""
+    MW, price or hours; hours <= 0; and, with a ``bound``, an amount beyond
+    it. MW and price are not bounded one by one: a distribution price's
+    congestion component can legitimately be far above the price cap on a
+    small quantity (the amount stays small)."""
     values = dict(zip(columns, row, strict=False))
     who = (
         f"interval {values.get('interval')!r}: {values.get('payer')!r} -> "
@@ -90,17 +92,12 @@ def refusal(
         return f"{who}: hours {numbers['hours']!r} must be > 0"
     if bound is None:
         return None
-    limits = {
-        "mw": bound.max_mw,
-        "price": bound.max_price,
-        "amount": bound.amount(numbers["hours"]),
-    }
-    for name, limit in limits.items():
-        if abs(numbers[name]) > limit:
-            return (
-                f"{who}: {name} {numbers[name]:.6g} beyond the sanity bound {limit:.6g} "
-                f"derived from the case"
-            )
+    limit = bound.amount(numbers["hours"])
+    if abs(numbers["amount"]) > limit:
+        return (
+            f"{who}: amount {numbers['amount']:.6g} $ beyond the sanity bound {limit:.6g} $ "
+            f"derived from the case"
+        )
     return None
 
 
