@@ -2,10 +2,14 @@
 
 ``helics run`` starts every process of the runner file, writes each one's
 output to ``<name>.log`` beside it, and kills the rest when one exits
-non-zero. Two gaps are closed here: a federate killed by a signal is not a
-failure for ``helics run`` (we also require ``summary.json`` to say the run is
-complete), and stopping ``helics run`` itself must stop its children (it runs
-in its own process group, which we signal as a whole).
+non-zero. The gaps it leaves are closed here: a federate killed by a signal
+is not a failure for ``helics run`` (we also require ``summary.json`` to say
+the run is complete); stopping ``helics run`` itself must stop its children
+(it runs in its own process group, which we signal as a whole); a signal to
+the launcher (SIGTERM, SIGHUP, SIGINT) or ``timeout_s`` stops the federation
+and marks the results incomplete with the reason; and if the launcher is
+killed outright (SIGKILL) its watchdog (``runner.watchdog``) does the same.
+Results are only ever marked when this run started writing them.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dsosim.federates.recorder.store import mark_incomplete
 from dsosim.federates.recorder.summary import summarise
+from dsosim.runner.watchdog import group_alive
 
 PROGRESS = re.compile(r"progress (\d+)/(\d+)")
 FAILED_PROCESS = re.compile(r"Process (\S+) has failed")
@@ -37,6 +44,8 @@ class LaunchOutcome:
     wall_s: float
     summary: dict[str, Any]
     failure: str | None
+    stopped: str | None = None
+    """Why the launcher stopped the federation (a signal, the time-out)."""
 
 
 def build_and_launch(
@@ -68,6 +77,92 @@ def helics_command() -> str:
     return found
 
 
+class Stopped(Exception):
+    """The launcher was told to stop (a signal) or ran out of time."""
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While launching, SIGTERM, SIGHUP and SIGINT raise :class:`Stopped` (so
+    the federation is stopped and the results marked) instead of killing the
+    launcher and orphaning the federation."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    fired: list[int] = []
+
+    def raise_stopped(signum: int, frame: object) -> None:
+        if fired:  # already stopping: a second signal must not cut the clean-up short
+            return
+        fired.append(signum)
+        name = signal.Signals(signum).name
+        raise Stopped(f"dsosim run interrupted by {name}", 128 + signum)
+
+    previous = {sig: signal.signal(sig, raise_stopped) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stamp(results_dir: Path) -> str:
+    """Identity of ``summary.json`` now: the recorder replaces the file when it
+    starts writing (after every federate has joined), so a changed stamp means
+    the results folder belongs to this run."""
+    try:
+        st = (results_dir / "summary.json").stat()
+    except OSError:
+        return "none"
+    return f"{st.st_ino}:{st.st_mtime_ns}"
+
+
+class Watchdog:
+    """A process in its own session that stops the federation's process group
+    if this launcher dies without saying it is done (SIGKILL)."""
+
+    def __init__(self, pgid: int, results_dir: Path, before: str, log: Path) -> None:
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dsosim.runner.watchdog",
+                    f"--pgid={pgid}",
+                    f"--results={results_dir.resolve()}",
+                    f"--launcher={os.getpid()}",
+                    f"--stamp={before}",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=log.parent,
+            )
+
+    def release(self) -> None:
+        """The launcher is done with its federation: the watchdog exits."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(b"done\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def launch(
     runner: Path,
     results_dir: Path,
@@ -76,70 +171,107 @@ def launch(
     on_progress: Callable[[int, int], None] | None = None,
     timeout_s: float | None = None,
 ) -> LaunchOutcome:
-    """Run ``helics run --path=runner`` to the end; never leaves processes behind."""
+    """Run ``helics run --path=runner`` to the end; never leaves processes behind.
+
+    A stop signal or ``timeout_s`` stops the federation (the recorder writes
+    what it has) and the outcome says why; ``summary.json`` is then marked
+    incomplete with that reason.
+    """
     folder = runner.parent
     for old in folder.glob("*.log"):
         old.unlink()
+    before = stamp(results_dir)
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [helics_command(), "run", f"--path={runner.name}"],
-        cwd=folder,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        text=True,
-    )
-    log = folder / f"{recorder}.log"
-    seen = -1
-    output = ""
-    try:
-        while True:
-            try:
-                output, _ = proc.communicate(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if on_progress is not None and log.exists():
-                for m in PROGRESS.finditer(log.read_text(errors="replace")):
-                    done, total = int(m.group(1)), int(m.group(2))
-                    if done > seen:
-                        seen = done
-                        on_progress(done, total)
-            if timeout_s is not None and time.perf_counter() - start > timeout_s:
-                raise TimeoutError(f"federation did not finish within {timeout_s:.0f} s")
-    except BaseException:
-        _stop_group(proc)
-        raise
+    stopped: Stopped | None = None
+    with stop_on_signals():
+        proc = subprocess.Popen(
+            [helics_command(), "run", f"--path={runner.name}"],
+            cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
+        )
+        watchdog = Watchdog(proc.pid, results_dir, before, folder / "watchdog.out")
+        try:
+            output = _follow(proc, folder / f"{recorder}.log", on_progress, timeout_s, start)
+        except Stopped as exc:
+            stopped, output = exc, ""
+            stop_group(proc)
+        except BaseException:
+            stop_group(proc)
+            watchdog.release()
+            raise
+        watchdog.release()
     wall = time.perf_counter() - start
     summary = _read_summary(results_dir)
-    ok = proc.returncode == 0 and summary.get("complete") is True
+    ours = stamp(results_dir) != before
+    if stopped is not None:
+        failure = f"{stopped.reason}; the federation was stopped"
+        if ours:
+            summary = mark_incomplete(results_dir, stopped.reason, summarise)
+        else:
+            failure += " before it started (no results written)"
+        return LaunchOutcome(False, stopped.code, wall, summary, failure, stopped.reason)
+    ok = proc.returncode == 0 and ours and summary.get("complete") is True
     failure = None if ok else _failure(folder, output, proc.returncode, summary)
-    if not ok and summary.get("status") != "incomplete" and results_dir.is_dir():
+    if not ours and not ok:
+        failure = f"{failure}\n(no results written: the federation never started)"
+    elif not ok and summary.get("status") != "incomplete" and results_dir.is_dir():
         # The recorder was killed before it could write its final summary
         # (helics run kills every process once one fails): do it for it.
         summary = mark_incomplete(results_dir, failure or "run did not complete", summarise)
     return LaunchOutcome(ok, proc.returncode, wall, summary, failure)
 
 
-def _stop_group(proc: subprocess.Popen[str]) -> None:
-    """Stop helics run and every process it started (its whole group)."""
-    if proc.poll() is not None:
-        return
-    pgid = os.getpgid(proc.pid)
-    for sig, wait in ((signal.SIGINT, 5.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+def _follow(
+    proc: subprocess.Popen[str],
+    log: Path,
+    on_progress: Callable[[int, int], None] | None,
+    timeout_s: float | None,
+    start: float,
+) -> str:
+    """Wait for helics run, reporting progress; its output when it ends."""
+    seen = -1
+    while True:
+        try:
+            output, _ = proc.communicate(timeout=0.5)
+            return output
+        except subprocess.TimeoutExpired:
+            pass
+        if on_progress is not None and log.exists():
+            for m in PROGRESS.finditer(log.read_text(errors="replace")):
+                done, total = int(m.group(1)), int(m.group(2))
+                if done > seen:
+                    seen = done
+                    on_progress(done, total)
+        if timeout_s is not None and time.perf_counter() - start > timeout_s:
+            raise Stopped(f"timed out after {timeout_s:g} s (--timeout)", 124)
+
+
+def stop_group(proc: subprocess.Popen[str], *, grace_s: float = 20.0) -> None:
+    """Stop helics run and every process it started (its whole group): SIGTERM
+    first, which every federate turns into a clean, named stop (the recorder
+    writes what it has), then SIGKILL whatever is left after ``grace_s``."""
+    pgid = proc.pid  # helics run leads its own session and group
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            # children may outlive helics run itself: make sure the group is gone
-            os.killpg(pgid, signal.SIGKILL)
-        except subprocess.TimeoutExpired:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not group_alive(pgid):
+                break
+            time.sleep(0.1)
+        else:
             continue
-        except ProcessLookupError:
-            return
-        return
+        break
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _exit_code(log: Path) -> str:

@@ -8,6 +8,8 @@ own section by name. Validated with pydantic, unknown keys are errors.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +49,6 @@ class HelicsSettings(Strict):
     core_type: Literal["zmq", "tcp", "tcp_ss", "ipc"] = "zmq"
     broker_address: str = Field(description="e.g. tcp://127.0.0.1:23500")
     broker_port: int = Field(ge=1024, le=65535)
-    broker_key: str = ""
     broker_interface: str = Field(
         "127.0.0.1", description="address the broker listens on (several hosts: its host's)"
     )
@@ -55,6 +56,21 @@ class HelicsSettings(Strict):
         default_factory=dict,
         description="federate -> the address of its host, which its core advertises to the "
         "broker (several hosts; absent: loopback)",
+    )
+    broker_key: str = Field(
+        "",
+        description="filled in from broker_key_file when the config is loaded; never "
+        "written to federation.json or a command line",
+    )
+    broker_key_file: str | None = Field(
+        "broker.key",
+        description="file beside federation.json holding the secret broker key (mode "
+        "0600; created with a random key by the first process that needs it)",
+    )
+    stall_timeout_s: PositiveFloat = Field(
+        120.0,
+        description="the broker stops the federation when no federate is granted time "
+        "for this long, naming the federate that holds it",
     )
     connect_timeout_s: PositiveInt = 30
     max_cosim_duration_s: PositiveInt = Field(
@@ -382,7 +398,53 @@ def independent_name(lda: str) -> str:
 
 
 def load_federation(path: str | Path) -> tuple[FederationConfig, Path]:
-    """Read a federation config; returns it and the folder relative paths
-    inside it are resolved against."""
+    """Read a federation config; returns it (with the broker key read from its
+    key file) and the folder relative paths inside it are resolved against."""
     path = Path(path).resolve()
-    return FederationConfig.model_validate(json.loads(path.read_text())), path.parent
+    config = FederationConfig.model_validate(json.loads(path.read_text()))
+    key_file = config.helics.broker_key_file
+    if key_file and not config.helics.broker_key:
+        key = broker_key(path.parent / key_file)
+        config = config.model_copy(
+            update={"helics": config.helics.model_copy(update={"broker_key": key})}
+        )
+    return config, path.parent
+
+
+KEY_BYTES = 24
+
+
+def write_broker_key(path: str | Path, *, key: str | None = None) -> str:
+    """Write a fresh random broker key (or ``key``), readable by its owner only."""
+    path = Path(path)
+    key = key or secrets.token_urlsafe(KEY_BYTES)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.replace(tmp, path)
+    return key
+
+
+def broker_key(path: str | Path) -> str:
+    """The federation's broker key from its key file. If there is none yet
+    (a checked-in runner launched for the first time), the first process to
+    get here creates it atomically (hard link: all or nothing) and the others
+    read it, so every process of the run uses the same secret."""
+    path = Path(path)
+    if not path.exists():
+        key = secrets.token_urlsafe(KEY_BYTES)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process of this run was first: use its key
+        finally:
+            tmp.unlink(missing_ok=True)
+    text = path.read_text().strip()
+    if not text:
+        raise ValueError(f"{path}: broker key file is empty")
+    return text

@@ -26,6 +26,12 @@ from helics.capi import ffi as _ffi
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import FederationConfig, HelicsSettings, load_federation
+from dsosim.federates.common.lifecycle import (
+    AlreadyRunning,
+    StopSignals,
+    die_with_parent,
+    hold_lock,
+)
 from dsosim.federates.common.log import federate_log
 from dsosim.federates.common.usage import finished_line, stamp
 
@@ -178,6 +184,14 @@ class FederateShell:
         h.helicsFederateFree(self._fed)
         h.helicsCloseLibrary()
 
+    def interrupt(self, reason: str) -> None:
+        """From another thread (a stop signal): raise a global error, so this
+        federate's blocked HELICS call returns and every peer stops too."""
+        try:
+            h.helicsFederateGlobalError(self._fed, 2, reason)
+        except h.HelicsException:
+            pass  # already stopping
+
     def fail(self, text: str) -> None:
         """Raise a global error: every federate in the federation stops."""
         try:
@@ -244,6 +258,7 @@ def federate_main(
         args.name,
         lambda: FederateShell(args.name, config.helics, recorder=config.recorder.name),
         lambda shell: body(shell, config, args.name, base),
+        run_folder=base,
     )
 
 
@@ -261,25 +276,47 @@ def run_federate(
     shell_factory: Callable[[], FederateShell],
     body: Callable[[FederateShell], None],
     on_error: Callable[[str], None] | None = None,
+    run_folder: Path | None = None,
 ) -> int:
     """Create the shell, run ``body`` and translate failures into a clean,
-    federation-wide stop. Returns the process exit code."""
+    federation-wide stop. Returns the process exit code. A stop signal (or the
+    death of ``helics run``, see ``lifecycle``) is such a failure too, named.
+
+    With ``run_folder`` (where federation.json is), the federate first locks
+    ``.NAME.lock`` there: a second launch of the same runner is refused before
+    it ever contacts the broker (a HELICS join attempt, even a refused one,
+    can break a running federation: see the README, "what happens when things
+    go wrong")."""
     log = federate_log(name)
+    die_with_parent()
+    stops = StopSignals(name).start()
+    if run_folder is not None:
+        try:
+            hold_lock(run_folder / f".{name}.lock", f"federate {name!r} of {run_folder}")
+        except AlreadyRunning as exc:
+            log.error(
+                "FAILED: %s: another launch of this federation is running; "
+                "not joining (it would disturb that run)",
+                exc,
+            )
+            return 2
     try:
         shell = shell_factory()
     except Exception as exc:
         log.error("could not join the federation: %s", exc)
         return 2
+    stops.on_stop(shell.interrupt)
     try:
         body(shell)  # the first advance enters executing mode, after the body's set-up
     except h.HelicsException as exc:
-        # Another federate raised a global error (or the broker went away).
-        text = f"stopped by the federation: {exc}"
+        # Another federate raised a global error (or the broker went away), or
+        # a stop signal reached this process.
+        text = stops.reason or f"stopped by the federation: {exc}"
         log.error(text)
         if on_error is not None:
             on_error(text)
         shell.fail(text)
-        return 3
+        return 128 + stops.signal if stops.signal else 3
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
         log.error("FAILED: %s", text, exc_info=True)
@@ -287,5 +324,6 @@ def run_federate(
             on_error(text)
         shell.fail(text)
         return 1
+    stops.on_stop(None)
     shell.close()
     return 0

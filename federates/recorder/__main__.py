@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config, base = load_federation(args.config)
     rc = config.recorder
+    # the folder is claimed (old results removed) only once every federate joined
     store = ResultStore(
-        base / rc.results_dir, flush_every=rc.flush_every, clock=config.time.timestamp
+        base / rc.results_dir,
+        flush_every=rc.flush_every,
+        clock=config.time.timestamp,
+        claim=False,
     )
     senders = [n for n in config.federate_names() if n != rc.name]
     state = {"interval": -1}
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(shell: FederateShell) -> None:
         n = config.time.n_intervals
+        shell.start()
+        store.claim()
         # One extra step after the last interval: the ISO settles the last
         # interval's imbalance at the start of the next one.
         for k in range(n + 1):
@@ -72,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     return run_federate(
-        rc.name, lambda: FederateShell(rc.name, config.helics, recorder=None), body, on_error
+        rc.name,
+        lambda: FederateShell(rc.name, config.helics, recorder=None),
+        body,
+        on_error,
+        run_folder=base,
     )
 
 

@@ -8,10 +8,19 @@ really finished. ``pandas.read_parquet(results_dir / table)`` reads a table.
 
 Files are written deterministically (no timestamps, fixed column order and
 types), so the same run gives byte-identical results.
+
+A part is written to a hidden temporary file (``.part-NNNNN.parquet.tmp``:
+Arrow's dataset reader skips names starting with a dot) and renamed into
+place, so a table folder is readable at every moment, even if the writer is
+killed mid-write. The folder is *claimed* (earlier results removed, a
+``running`` summary written) only when :meth:`ResultStore.claim` is called:
+the recorder does so once every federate has joined, so a run that fails to
+start never touches the previous run's results.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -27,6 +36,10 @@ SUMMARY = "summary.json"
 TIMESTAMP = "timestamp"
 
 
+class StoreError(OSError):
+    """Results could not be written (disk full, folder gone); says which table."""
+
+
 class ResultStore:
     """Buffered, crash-tolerant writer of the run's result tables."""
 
@@ -36,6 +49,7 @@ class ResultStore:
         *,
         flush_every: int = 12,
         clock: Callable[[int], datetime] | None = None,
+        claim: bool = True,
     ) -> None:
         self.dir = Path(results_dir)
         self.flush_every = flush_every
@@ -45,16 +59,22 @@ class ResultStore:
         self._buffers: dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]] = {}
         self._schemas: dict[str, pa.Schema] = {}
         self._parts: dict[str, int] = {}
-        self._prepare()
+        self.claimed = False
+        if claim:
+            self.claim()
 
-    def _prepare(self) -> None:
+    def claim(self) -> None:
+        """Make the folder this run's: remove earlier results, say ``running``."""
         self.dir.mkdir(parents=True, exist_ok=True)
         # Results of an earlier run in the same folder would mix with ours.
         for child in self.dir.iterdir():
-            if child.is_dir() and any(child.glob("part-*.parquet")):
+            if child.is_dir() and (
+                any(child.glob("part-*.parquet")) or any(child.glob(".part-*.tmp"))
+            ):
                 shutil.rmtree(child)
         (self.dir / SUMMARY).unlink(missing_ok=True)
         self.write_summary({"complete": False, "status": "running"})
+        self.claimed = True
 
     def add(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         columns = tuple(columns)
@@ -85,23 +105,39 @@ class ResultStore:
             folder = self.dir / table
             folder.mkdir(exist_ok=True)
             target = folder / f"part-{part:05d}.parquet"
-            tmp = target.with_suffix(".tmp")
-            pq.write_table(arrow, tmp, compression="zstd")
-            os.replace(tmp, target)
+            tmp = folder / f".{target.name}.tmp"
+            try:
+                pq.write_table(arrow, tmp, compression="zstd")
+                os.replace(tmp, target)
+            except BaseException as exc:
+                tmp.unlink(missing_ok=True)  # frees the space a full disk needs
+                if isinstance(exc, OSError):
+                    raise StoreError(
+                        exc.errno or errno.EIO, f"cannot write results table {table!r}: {_why(exc)}"
+                    ) from None
+                raise
             self._parts[table] = part + 1
             rows.clear()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        target = self.dir / SUMMARY
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
-        os.replace(tmp, target)
+        write_json(self.dir / SUMMARY, summary)
 
     def finish(
         self, *, complete: bool, error: str | None, summarise: Callable[[Path], dict[str, Any]]
     ) -> dict[str, Any]:
-        """Flush everything and write the final ``summary.json``."""
-        self.flush()
+        """Flush everything and write the final ``summary.json``. If the flush
+        fails (disk full), the run is incomplete and the summary says why.
+        A store that never claimed its folder writes nothing."""
+        if not self.claimed:
+            return {}
+        if not complete:
+            # first the verdict, cheaply: a stop may not leave time to summarise
+            self.write_summary({"complete": False, "status": "incomplete", "error": error})
+        try:
+            self.flush()
+        except StoreError as exc:
+            complete = False
+            error = f"{error}; {exc.strerror}" if error else str(exc.strerror)
         try:
             summary = summarise(self.dir)
         except Exception as exc:
@@ -125,10 +161,7 @@ def mark_incomplete(
     except Exception as exc:
         summary = {"summary_error": f"{type(exc).__name__}: {exc}"}
     summary.update(complete=False, status="incomplete", error=error)
-    target = folder / SUMMARY
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, target)
+    write_json(folder / SUMMARY, summary)
     return summary
 
 
@@ -142,6 +175,28 @@ def _with_timestamp(
         row = tuple(row)
         out.append((*row[:at], clock(int(row[at - 1])), *row[at:]))
     return (*columns[:at], TIMESTAMP, *columns[at:]), out
+
+
+def write_json(target: Path, data: dict[str, Any]) -> None:
+    """Replace ``target`` atomically; on a full disk, rewrite it in place
+    (truncating first frees the block the new text needs)."""
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        with open(target, "w") as f:
+            f.write(text)
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "disk full (no space left on device)"
+    if exc.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    return exc.strerror or str(exc)
 
 
 def _infer(data: dict[str, list[Any]]) -> pa.Table:

@@ -37,7 +37,7 @@ from dsosim.federates.common.config import (
     LedgerBoundConfig,
     RecorderConfig,
     TimeSettings,
-    TransmissionEvent,
+    write_broker_key,
 )
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
 from dsosim.federates.common.profiles import wholesale_load
@@ -57,6 +57,7 @@ RECORDER_NAME = "recorder"
 BROKER_NAME = "dsosim-broker"
 RUNNER_FILE = "runner.json"
 FEDERATION_FILE = "federation.json"
+KEY_FILE = "broker.key"
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,12 @@ def build(
     if plan is not None:
         config = place(config, plan, port)
         runners = write_host_files(config, plan, out, python)
+        if not portable:
+            # one secret per build, beside each host's federation.json (copy the
+            # host folders with their broker.key, keeping it readable by you only)
+            key = None
+            for runner_file in runners.values():
+                key = write_broker_key(runner_file.parent / KEY_FILE, key=key)
         home = out / plan.host(_recorder_host(config, plan)).name
         return BuildResult(
             runners[plan.broker.host],
@@ -154,6 +161,9 @@ def build(
         )
     federation = out / FEDERATION_FILE
     federation.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    if not portable:
+        # a fresh secret per build (checked-in runners create theirs at first launch)
+        write_broker_key(out / KEY_FILE)
     runner = out / RUNNER_FILE
     runner.write_text(json.dumps(runner_spec(config, python), indent=2) + "\n")
     return BuildResult(runner, federation, out / config.recorder.results_dir, config)
@@ -266,7 +276,7 @@ def federation_config(
     helics = HelicsSettings(
         broker_address=f"tcp://127.0.0.1:{port}",
         broker_port=port,
-        broker_key=f"dsosim-{scenario.name}-{port}",
+        stall_timeout_s=stall_timeout(scenario),
         real_time=rt.enabled,
         rt_lead_s=rt.rt_lead_s,
         rt_lag_s=rt.rt_lag_s,
@@ -299,6 +309,22 @@ def _day_ahead(scenario: Scenario) -> DayAheadConfig | None:
         segments=da.segments,
         load_forecast_error=da.load_forecast_error,
     )
+
+
+STALL_TIMEOUT_S = 120.0
+"""Default: no federate granted time for two minutes stops the federation."""
+
+
+def stall_timeout(scenario: Scenario) -> float:
+    """Seconds without any grant before the broker calls the run stalled:
+    ``STALL_TIMEOUT_S``, or longer where waiting is normal (a real-time
+    interval's idle wall time, the HIL gateway's wait for its devices)."""
+    out = STALL_TIMEOUT_S
+    if scenario.real_time.enabled:
+        out = max(out, 2 * scenario.step_s + 60)
+    if scenario.hil is not None:
+        out = max(out, scenario.hil.wait_s + 60)
+    return out
 
 
 def hil_config(
@@ -422,11 +448,9 @@ def runner_spec(
     """The ``helics run`` JSON: the broker plus one process per federate
     (``only`` these federates, and the broker or not, for one of several hosts)."""
     h = config.helics
-    n = len(config.federate_names())
-    broker = (
-        f"{python} -u -m dsosim.federates.broker --federates {n} --core-type {h.core_type}"
-        f" --port {h.broker_port} --key {h.broker_key} --max-duration {h.max_cosim_duration_s}"
-    )
+    # the broker reads port, key and limits from the federation file: the key
+    # never appears on a command line (``ps`` shows those to every user)
+    broker = f"{python} -u -m dsosim.federates.broker --config {FEDERATION_FILE}"
     if h.broker_interface != "127.0.0.1":
         broker += f" --interface {h.broker_interface}"
     entries = [{"name": BROKER_NAME, "directory": ".", "exec": broker}] if with_broker else []

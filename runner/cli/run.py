@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from dsosim.federates.common.lifecycle import AlreadyRunning, hold_lock
 from dsosim.runner.build.federation import BuildResult, build
 from dsosim.runner.build.models import add_model_argument
 from dsosim.runner.build.scenario import ScenarioError
@@ -52,14 +54,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
     add_model_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=None,
+        metavar="S",
+        help="stop the federation after S wall-clock seconds (results so far kept, "
+        "marked incomplete); exit code 124",
+    )
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds: {text!r}")
+    return value
+
+
+LOCK_FILE = ".run.lock"
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    """Print; if the reader went away (``dsosim run ... | head -1``), keep
+    running silently: the results still land in the output folder."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def handle(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.scenario).stem
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = hold_lock(out / LOCK_FILE, f"output folder {out}")
+    except AlreadyRunning as exc:
+        _say(f"dsosim run: {exc} (another dsosim run); choose another --out", err=True)
+        return 2
+    except OSError as exc:
+        _say(f"dsosim run: --out {out}: {exc.strerror or exc}", err=True)
+        return 2
+    try:
+        return _run(args, out)
+    finally:
+        os.close(lock)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
+    try:
         built = build(args.scenario, out, hours=args.hours, model=args.model)
     except (ScenarioError, ValueError, OSError) as exc:
-        print(f"dsosim run: {exc}", file=sys.stderr)
+        _say(f"dsosim run: {exc}", err=True)
         return 2
     n = built.config.time.n_intervals
     first = [built]
@@ -70,11 +121,10 @@ def handle(args: argparse.Namespace) -> int:
             first.pop() if first else build(args.scenario, out, hours=args.hours, model=args.model)
         )
 
-    print(
+    _say(
         f"running {built.config.name}: {n} intervals, "
         f"{len(built.config.federate_names())} federates "
-        f"(helics run --path={built.runner})",
-        flush=True,
+        f"(helics run --path={built.runner})"
     )
 
     bar = progress_bar(n, quiet=args.quiet)
@@ -84,20 +134,19 @@ def handle(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     try:
-        built, outcome = build_and_launch(make, on_progress=progress)
-    except KeyboardInterrupt:
-        print("dsosim run: interrupted; federation stopped", file=sys.stderr)
-        return 130
+        built, outcome = build_and_launch(make, on_progress=progress, timeout_s=args.timeout)
     finally:
-        bar.close()
+        try:
+            bar.close()
+        except BrokenPipeError:
+            pass
     if not outcome.ok:
-        print(
-            f"dsosim run: FAILED after {outcome.wall_s:.1f} s\n{outcome.failure}", file=sys.stderr
-        )
-        print(f"results written so far (marked incomplete): {built.results_dir}", file=sys.stderr)
-        return 1
-    print(f"done in {outcome.wall_s:.1f} s; results in {built.results_dir}")
+        _say(f"dsosim run: FAILED after {outcome.wall_s:.1f} s\n{outcome.failure}", err=True)
+        if outcome.summary.get("status") == "incomplete":
+            _say(f"results written so far (marked incomplete): {built.results_dir}", err=True)
+        return outcome.returncode if outcome.stopped else 1
+    _say(f"done in {outcome.wall_s:.1f} s; results in {built.results_dir}")
     for key, label in HEADLINES:
         if key in outcome.summary:
-            print(f"  {label:45s} {outcome.summary[key]}")
+            _say(f"  {label:45s} {outcome.summary[key]}")
     return 0

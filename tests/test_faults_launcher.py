@@ -1,0 +1,150 @@
+"""Fault sweep, the launcher: whatever signal reaches whom, nothing is left
+running and the results say what happened (issue: nothing lost, nothing left
+running, nobody in who does not belong)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.faults import (
+    build_quickstart,
+    dsosim_run,
+    helics_run,
+    kill_all_in,
+    no_orphans,
+    pid_of,
+    summary,
+    wait_running,
+)
+
+pytestmark = pytest.mark.federation
+
+
+@pytest.fixture
+def out(tmp_path: Path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    yield folder
+    kill_all_in(folder)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_signal_to_dsosim_run_stops_everything_and_marks_results(out: Path, sig) -> None:
+    proc = dsosim_run(out)
+    wait_running(out)
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, output
+    assert no_orphans(out) == []
+    s = summary(out / "results")
+    assert s["status"] == "incomplete" and s["complete"] is False
+    assert s["error"] == f"dsosim run interrupted by {signal.Signals(sig).name}"
+    assert s["intervals"] >= 12
+    assert "FAILED" in output and "marked incomplete" in output
+    # what was flushed stays readable
+    assert len(pd.read_parquet(out / "results" / "feeder")) >= 12
+
+
+def test_sigkill_of_dsosim_run_leaves_nothing_behind(out: Path) -> None:
+    proc = dsosim_run(out)
+    wait_running(out)
+    proc.kill()
+    proc.communicate(timeout=10)
+    assert no_orphans(out, within_s=40) == []
+    s = summary(out / "results")
+    assert s["status"] == "incomplete"
+    assert f"launcher (pid {proc.pid}) was killed" in s["error"]
+
+
+def test_timeout_stops_the_run_with_exit_code_124(out: Path) -> None:
+    proc = dsosim_run(out, "--timeout", "1")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 124, output
+    assert "timed out after 1 s (--timeout)" in output
+    assert no_orphans(out) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_signal_to_helics_run_stops_its_children(tmp_path: Path, sig) -> None:
+    built = build_quickstart(tmp_path, hours=48)
+    folder = built.runner.parent
+    try:
+        proc = helics_run(folder)
+        wait_running(folder)
+        os.kill(proc.pid, sig)
+        proc.communicate(timeout=60)
+        assert no_orphans(folder) == []
+        s = summary(built.results_dir)
+        assert s["status"] == "incomplete"
+        assert "stopped: its parent process (helics run) ended" in s["error"]
+    finally:
+        kill_all_in(folder)
+
+
+def test_second_dsosim_run_on_the_same_folder_is_refused(out: Path) -> None:
+    first = dsosim_run(out, hours=24)
+    wait_running(out, intervals=1)
+    second = dsosim_run(out, hours=1)
+    output, _ = second.communicate(timeout=60)
+    assert second.returncode == 2
+    assert "already in use by process" in output and "choose another --out" in output
+    first_output, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, first_output
+    assert summary(out / "results")["complete"] is True
+
+
+def test_second_helics_run_of_the_same_runner_never_joins(tmp_path: Path) -> None:
+    """The issue's reproduction: the same runner launched twice, 4 s apart.
+    The second launch is refused before any process contacts the broker, the
+    first run completes, and its results are intact."""
+    built = build_quickstart(tmp_path, hours=48)
+    folder = built.runner.parent
+    first = helics_run(folder)
+    try:
+        wait_running(folder, intervals=1)
+        assert first.poll() is None
+        second = helics_run(folder)
+        out2, _ = second.communicate(timeout=120)
+        assert second.returncode != 0, out2
+        out1, _ = first.communicate(timeout=300)
+        assert first.returncode == 0, out1
+        s = summary(built.results_dir)
+        assert s["complete"] is True, s
+        logs = "".join(p.read_text(errors="replace") for p in folder.glob("*.log"))
+        assert "another launch of this federation is running" in logs
+    finally:
+        kill_all_in(folder)
+        first.communicate()
+
+
+def test_stalled_federate_is_named(tmp_path: Path) -> None:
+    """SIGSTOP a federate: the broker sees no grant for stall_timeout_s and
+    stops the federation naming it (not a HELICS id)."""
+    built = build_quickstart(tmp_path, hours=48)
+    folder = built.runner.parent
+    fed = json.loads(built.federation.read_text())
+    fed["helics"]["stall_timeout_s"] = 6
+    built.federation.write_text(json.dumps(fed))
+    try:
+        proc = helics_run(folder)
+        wait_running(folder)
+        victim = pid_of(folder, "lda5")
+        os.kill(victim, signal.SIGSTOP)
+        start = time.monotonic()
+        proc.communicate(timeout=90)
+        took = time.monotonic() - start
+        os.kill(victim, signal.SIGCONT)
+        assert no_orphans(folder) == []
+        s = summary(built.results_dir)
+        assert s["status"] == "incomplete"
+        assert "stalled" in s["error"] and "'lda5'" in s["error"], s["error"]
+        assert took < 60
+    finally:
+        kill_all_in(folder)
