@@ -37,6 +37,7 @@ from dsosim.federates.common.config import (
     LedgerBoundConfig,
     RecorderConfig,
     TimeSettings,
+    TransmissionEvent,
     write_broker_key,
 )
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
@@ -146,12 +147,7 @@ def build(
     if plan is not None:
         config = place(config, plan, port)
         runners = write_host_files(config, plan, out, python)
-        if not portable:
-            # one secret per build, beside each host's federation.json (copy the
-            # host folders with their broker.key, keeping it readable by you only)
-            key = None
-            for runner_file in runners.values():
-                key = write_broker_key(runner_file.parent / KEY_FILE, key=key)
+        write_keys([r.parent for r in runners.values()], portable=portable)
         home = out / plan.host(_recorder_host(config, plan)).name
         return BuildResult(
             runners[plan.broker.host],
@@ -161,12 +157,22 @@ def build(
         )
     federation = out / FEDERATION_FILE
     federation.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
-    if not portable:
-        # a fresh secret per build (checked-in runners create theirs at first launch)
-        write_broker_key(out / KEY_FILE)
+    write_keys([out], portable=portable)
     runner = out / RUNNER_FILE
     runner.write_text(json.dumps(runner_spec(config, python), indent=2) + "\n")
     return BuildResult(runner, federation, out / config.recorder.results_dir, config)
+
+
+def write_keys(folders: Sequence[Path], *, portable: bool) -> None:
+    """One fresh secret broker key per build, in ``broker.key`` (mode 0600)
+    beside each ``federation.json`` (with hosts: copy each host folder with its
+    key). Portable (checked-in) runners get none: the first process of their
+    first launch creates it (``config.broker_key``), so no key is published."""
+    if portable:
+        return
+    key = None
+    for folder in folders:
+        key = write_broker_key(folder / KEY_FILE, key=key)
 
 
 def _recorder_host(config: FederationConfig, plan: HostsFile) -> str:
