@@ -347,6 +347,26 @@ class LedgerBoundConfig(Strict):
 class RecorderConfig(Strict):
     name: str
     results_dir: str
+    writers: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="table -> the only federates that may write it (tables not named "
+        "here: any member of the federation)",
+    )
+    markets: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="federate -> the markets whose settlement rows it may write: 'iso', "
+        "or '*:LDA' for every market of that LDA (retail:LDA, p2p:LDA, ...)",
+    )
+
+    def may_settle(self, federate: str, market: str) -> bool:
+        """May ``federate`` write settlement rows of ``market``?"""
+        for owned in self.markets.get(federate, ()):
+            if market == owned:
+                return True
+            if owned.startswith("*:") and ":" in market and market.split(":", 1)[1] == owned[2:]:
+                return True
+        return False
+
     flush_every: PositiveInt = 12
 
 

@@ -12,17 +12,32 @@ Units: MW (net demand, positive = withdrawal), $/MWh, seconds.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import msgpack
 
-from dsosim.federates.common.curves import BidCurve, CurveError, PlacedCurve
+from dsosim.federates.common.curves import MAX_ABS_MW, BidCurve, CurveError, PlacedCurve
 from dsosim.federates.common.parties import Party, PartyError
 
 SCHEMA_VERSION = 1
 """Bumped whenever a record's fields change meaning; receivers reject others."""
+
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+"""Largest message accepted, checked before it is decoded (the biggest real
+ones are grid models of large feeders sent to an independent operator)."""
+MAX_ARRAY_LEN = 200_000
+"""Longest list or map inside a message, enforced by the decoder itself: a
+bid curve of a million blocks is refused before it is built."""
+MAX_BLOCKS_PER_CURVE = 1_000
+"""Most blocks in one located bid curve (an aggregator's curve at one feeder
+location; scenarios allow at most 200). An LDA's interface curve, which
+aggregates every location, may have up to ``MAX_ARRAY_LEN``."""
+TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+"""A results table name: also a folder name, so nothing that leaves it."""
 
 
 class MessageError(ValueError):
@@ -345,9 +360,13 @@ class _Reader:
             raise self.fail(name, f"must be a non-empty string, got {value!r}")
         return value
 
-    def curve(self, name: str, value: Any) -> BidCurve:
+    def curve(self, name: str, value: Any, max_blocks: int = MAX_ARRAY_LEN) -> BidCurve:
         if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], list)):
             raise self.fail(name, "must be [base_mw, [[price, mw], ...]]")
+        if len(value[1]) > max_blocks:
+            raise self.fail(
+                f"{name}.blocks", f"{len(value[1])} blocks; at most {max_blocks} are accepted"
+            )
         base = self.number(f"{name}.base_mw", value[0])
         blocks = []
         for i, block in enumerate(value[1]):
@@ -364,13 +383,19 @@ class _Reader:
         except CurveError as exc:
             raise self.fail(f"{name}.{exc.field}", str(exc).split(": ", 1)[1]) from None
 
-    def number_map(self, name: str) -> dict[str, float]:
+    def number_map(self, name: str, bound: float | None = None) -> dict[str, float]:
+        """A map of names to finite numbers (of magnitude at most ``bound``)."""
         value = self.get(name)
         if not isinstance(value, dict):
             raise self.fail(name, "must be a map of location -> number")
-        return {
+        out = {
             self.text(f"{name} key", k): self.number(f"{name}[{k}]", v) for k, v in value.items()
         }
+        if bound is not None:
+            for k, v in out.items():
+                if abs(v) > bound:
+                    raise self.fail(f"{name}[{k}]", f"|{v:g}| MW exceeds {bound:g} MW")
+        return out
 
 
 def decode(raw: bytes, *, source: str, allowed_senders: Sequence[str] | None = None) -> Message:
@@ -380,8 +405,18 @@ def decode(raw: bytes, *, source: str, allowed_senders: Sequence[str] | None = N
     ``sender`` must match it (a federate cannot speak for another) and, when
     ``allowed_senders`` is given, be one of them.
     """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise MessageError(
+            source, "payload", f"{len(raw)} bytes; at most {MAX_MESSAGE_BYTES} are accepted"
+        )
     try:
-        data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        data = msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=MAX_ARRAY_LEN,
+        )
     except Exception as exc:  # msgpack raises several unrelated types
         raise MessageError(source, "payload", f"not valid msgpack ({exc})") from None
     if not isinstance(data, dict):
@@ -425,7 +460,9 @@ def _decode_fleet_bid(r: _Reader, sender: str, interval: int) -> FleetBid:
         if location in seen:
             raise r.fail(f"bids[{i}].location", f"duplicate location {location!r}")
         seen.add(location)
-        bids.append(PlacedCurve(location, r.curve(f"bids[{i}].curve", item[1])))
+        bids.append(
+            PlacedCurve(location, r.curve(f"bids[{i}].curve", item[1], MAX_BLOCKS_PER_CURVE))
+        )
     return FleetBid(sender, interval, tuple(bids))
 
 
@@ -472,7 +509,7 @@ def _decode_day_ahead_bid(r: _Reader, sender: str, interval: int) -> DayAheadBid
 
 
 def _decode_dispatch(r: _Reader, sender: str, interval: int) -> Dispatch:
-    setpoints = r.number_map("setpoints_mw")
+    setpoints = r.number_map("setpoints_mw", MAX_ABS_MW)
     prices = r.number_map("prices")
     if set(prices) != set(setpoints):
         raise r.fail("prices", "must name exactly the locations of setpoints_mw")
@@ -480,7 +517,8 @@ def _decode_dispatch(r: _Reader, sender: str, interval: int) -> Dispatch:
 
 
 def _decode_measurement(r: _Reader, sender: str, interval: int) -> Measurement:
-    actual, setpoints = r.number_map("actual_mw"), r.number_map("setpoint_mw")
+    actual = r.number_map("actual_mw", MAX_ABS_MW)
+    setpoints = r.number_map("setpoint_mw", MAX_ABS_MW)
     if set(actual) != set(setpoints):
         raise r.fail("setpoint_mw", "must name exactly the locations of actual_mw")
     return Measurement(sender, interval, actual, setpoints)
@@ -549,6 +587,8 @@ def _decode_grid_model(r: _Reader, sender: str, interval: int) -> GridModel:
 
 def _decode_rows(r: _Reader, sender: str, interval: int) -> TableRows:
     table = r.text("table")
+    if not TABLE_NAME.match(table):
+        raise r.fail("table", f"{table[:80]!r} is not a table name (lower-case letters, digits, _)")
     columns = r.get("columns")
     if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
         raise r.fail("columns", "must be a list of column names")

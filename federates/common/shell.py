@@ -171,7 +171,7 @@ class FederateShell:
         raw: list[tuple[str, int, bytes]] = []
         while h.helicsEndpointHasMessage(self._endpoint):
             m = h.helicsEndpointGetMessage(self._endpoint)
-            raw.append((h.helicsMessageGetOriginalSource(m), len(raw), message_bytes(m)))
+            raw.append((sender_of(m), len(raw), message_bytes(m)))
         raw.sort(key=lambda item: (item[0], item[1]))
         return [
             msg.decode(data, source=src, allowed_senders=allowed_senders) for src, _, data in raw
@@ -203,6 +203,20 @@ class FederateShell:
             h.helicsCloseLibrary()
         except h.HelicsException:
             pass
+
+
+def sender_of(message: Any) -> str:
+    """The endpoint a message came from, as HELICS's core recorded it. A sender
+    can set the *original* source of a message it sends to anything (it is
+    meant for filters, which this federation has none of): if that differs from
+    the real source, the message is a forgery and is refused, naming both."""
+    source = h.helicsMessageGetSource(message)
+    original = h.helicsMessageGetOriginalSource(message)
+    if original and original != source:
+        raise msg.MessageError(
+            source, "source", f"claims to come from {original!r} but was sent by {source!r}"
+        )
+    return source
 
 
 def message_bytes(message: Any) -> bytes:

@@ -12,13 +12,33 @@ import sys
 
 from dsosim.federates.common import ledger
 from dsosim.federates.common import messages as msg
-from dsosim.federates.common.config import load_federation
+from dsosim.federates.common.config import RecorderConfig, load_federation
 from dsosim.federates.common.log import federate_log
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import REALTIME_COLUMNS, FederateShell, run_federate
 from dsosim.federates.common.usage import stamp
 from dsosim.federates.recorder.store import ResultStore
 from dsosim.federates.recorder.summary import summarise
+
+
+def entitled(rc: RecorderConfig, m: msg.TableRows) -> None:
+    """Refuse rows a federate is not entitled to write (see RecorderConfig)."""
+    writers = rc.writers.get(m.table)
+    if writers is not None and m.sender not in writers:
+        raise msg.MessageError(
+            m.sender,
+            "rows.table",
+            f"may not write table {m.table!r} (only {sorted(writers)} may)",
+        )
+    if m.table == "settlements" and "market" in m.columns:
+        at = m.columns.index("market")
+        for i, row in enumerate(m.rows):
+            if not rc.may_settle(m.sender, str(row[at])):
+                raise msg.MessageError(
+                    m.sender,
+                    f"rows[{i}].market",
+                    f"may not book settlements in market {row[at]!r}",
+                )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise msg.MessageError(
                         m.sender, "kind", f"recorder only accepts rows, got {m.KIND}"
                     )
+                entitled(rc, m)
                 if m.table == "settlements":
                     _add_settlements(store, m, bound, rc.name)
                 else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -33,6 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SUMMARY = "summary.json"
+TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+"""Table names are folder names: nothing that leaves the results folder."""
 TIMESTAMP = "timestamp"
 
 
@@ -77,6 +80,10 @@ class ResultStore:
         self.claimed = True
 
     def add(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if not TABLE_NAME.match(table):
+            raise ValueError(
+                f"{table[:80]!r} is not a table name: it would leave the results folder"
+            )
         columns = tuple(columns)
         if self.clock is not None and "interval" in columns and TIMESTAMP not in columns:
             columns, rows = _with_timestamp(columns, rows, self.clock)

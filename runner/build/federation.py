@@ -35,9 +35,11 @@ from dsosim.federates.common.config import (
     IsoConfig,
     IsoInterface,
     LedgerBoundConfig,
+    OrgModel,
     RecorderConfig,
     TimeSettings,
     TransmissionEvent,
+    independent_name,
     write_broker_key,
 )
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
@@ -161,6 +163,24 @@ def build(
     runner = out / RUNNER_FILE
     runner.write_text(json.dumps(runner_spec(config, python), indent=2) + "\n")
     return BuildResult(runner, federation, out / config.recorder.results_dir, config)
+
+
+def recorder_config(dsos: list[DsoConfig], model: OrgModel) -> RecorderConfig:
+    """The recorder, with who may write the money: settlement rows only from
+    the ISO (its market) and each LDA's utility and independent operator (that
+    LDA's markets), so no market participant can book itself a payment."""
+    independent = "independent" in (model.dmo, model.derm)
+    markets: dict[str, tuple[str, ...]] = {ISO_NAME: ("iso",)}
+    for d in dsos:
+        markets[d.name] = (f"*:{d.name}",)
+        if independent:
+            markets[independent_name(d.name)] = (f"*:{d.name}",)
+    return RecorderConfig(
+        name=RECORDER_NAME,
+        results_dir="results",
+        writers={"settlements": tuple(markets)},
+        markets=markets,
+    )
 
 
 def write_keys(folders: Sequence[Path], *, portable: bool) -> None:
@@ -299,7 +319,7 @@ def federation_config(
         iso=iso,
         dsos=tuple(dsos),
         aggregators=tuple(aggregators),
-        recorder=RecorderConfig(name=RECORDER_NAME, results_dir="results"),
+        recorder=recorder_config(dsos, load_model(scenario.model)),
         hil=hil,
         ledger_bound=ledger_bound,
     )
