@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pandas as pd
 import pytest
 
 from tests.faults import (
+    DSOSIM,
+    QUICKSTART,
     build_quickstart,
     dsosim_run,
     helics_run,
@@ -23,6 +26,7 @@ from tests.faults import (
     summary,
     wait_running,
 )
+from tests.federation import ROOT
 
 pytestmark = pytest.mark.federation
 
@@ -148,3 +152,22 @@ def test_stalled_federate_is_named(tmp_path: Path) -> None:
         assert took < 60
     finally:
         kill_all_in(folder)
+
+
+def test_output_piped_into_head_is_no_traceback(out: Path) -> None:
+    """``dsosim run ... | head -1``: the reader goes away after one line; the
+    run carries on silently and completes."""
+    proc = subprocess.Popen(
+        [*DSOSIM, "run", str(QUICKSTART), "--out", str(out), "--hours", "1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # as head -1 does
+    _, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode == 0, err
+    assert summary(out / "results")["complete"] is True

@@ -210,7 +210,14 @@ def federation_config(
     for lda in scenario.ldas:
         feeder = Path(os.path.abspath(base / lda.feeder))
         if not feeder.is_file():
-            raise ScenarioError(f"ldas[{lda.name}].feeder: feeder file not found: {feeder}")
+            what = (
+                "is a folder, not an OpenDSS file"
+                if feeder.is_dir()
+                else "is not a regular file"
+                if feeder.exists()
+                else "feeder file not found"
+            )
+            raise ScenarioError(f"ldas[{lda.name}].feeder: {what}: {feeder}")
         try:
             loads = bus_peak_loads(feeder)
         except FeederError as exc:

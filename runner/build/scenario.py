@@ -33,6 +33,7 @@ from dsosim.federates.common.config import (
     TransmissionEvent,
     naive_start,
 )
+from dsosim.federates.common.curves import MAX_ABS_MW
 
 
 class ScenarioError(ValueError):
@@ -40,19 +41,30 @@ class ScenarioError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no NaN or infinity anywhere: "hours = nan" or "scale = inf" is an input error
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+NAME_HELP = "letters, digits, _ and -, starting with a letter, at most 64 characters"
+RESERVED_NAMES = frozenset({"iso", "recorder", "hil", "broker", "dsosim-broker"})
+"""Federate names the federation gives its own members."""
+MAX_SCALE = 10_000.0
+"""Most feeders one modelled feeder may stand for at a T-D bus."""
 
 
 class Transmission(_Section):
     case: str = Field(
         "case9", description="MATPOWER case name (case9, case14, ...) or path to a .m file"
     )
-    load_scale: PositiveFloat = Field(1.0, description="multiplies every fixed load of the case")
+    load_scale: PositiveFloat = Field(
+        1.0, le=100, description="multiplies every fixed load of the case"
+    )
     load_profile: Literal["system", "flat"] = Field(
         "system", description="daily shape applied to the case's fixed loads"
     )
     line_limit_mw: PositiveFloat | None = Field(
-        None, description="cap every line rating at this MW"
+        None, le=MAX_ABS_MW, description="cap every line rating at this MW"
     )
     events: tuple[TransmissionEvent, ...] = Field(
         (), description="generator outages, load steps and extra supply during the run"
@@ -146,7 +158,7 @@ class Aggregator(_Section):
             "absolute path to such a CSV",
         )
 
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    name: str = Field(pattern=NAME_PATTERN, description=NAME_HELP)
     buses: tuple[str, ...] = Field((), description="feeder buses it serves; empty = every load bus")
     pv_share: float = Field(0.3, ge=0, le=5, description="PV rating / bus peak load")
     battery_share: float = Field(0.2, ge=0, le=5, description="battery power / bus peak load")
@@ -184,11 +196,13 @@ class Aggregator(_Section):
 class Lda(_Section):
     """A local distribution area: one feeder model at one T-D bus."""
 
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    name: str = Field(pattern=NAME_PATTERN, description=NAME_HELP)
     feeder: str = Field(description="OpenDSS master file (relative to the scenario file)")
     td_bus: int = Field(description="bus number of the transmission case it connects to")
     scale: PositiveFloat = Field(
-        1.0, description="number of similar feeders this one stands for at the T-D bus"
+        1.0,
+        le=MAX_SCALE,
+        description="number of similar feeders this one stands for at the T-D bus",
     )
     load_profile: Literal["residential", "commercial", "flat"] = "residential"
     load_scale: float = Field(
@@ -356,7 +370,7 @@ class Hil(_Section):
 
 
 class Scenario(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     seed: int = Field(1, ge=0)
     hours: PositiveFloat = Field(
         24.0, le=24 * 366, description="simulated horizon; beyond 24 h runs several days"
@@ -418,6 +432,26 @@ class Scenario(_Section):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _own_names_and_whole_days(self) -> Scenario:
+        names = [lda.name for lda in self.ldas] + [
+            a.name for lda in self.ldas for a in lda.aggregators
+        ]
+        taken = sorted(n for n in names if n.lower() in RESERVED_NAMES or n.endswith("_imo"))
+        if taken:
+            raise ValueError(
+                f"names {taken} are taken by the federation's own members "
+                f"({', '.join(sorted(RESERVED_NAMES))} and LDA_imo, the independent "
+                "operators); choose other LDA and aggregator names"
+            )
+        per_day = 24 * 60 / self.interval_minutes
+        if abs(per_day - round(per_day)) > 1e-9:
+            raise ValueError(
+                f"interval_minutes = {self.interval_minutes:g} does not divide a day "
+                f"(1440 minutes) into whole intervals: use a divisor such as 1, 5, 15 or 60"
+            )
+        return self
+
     @property
     def interval_s(self) -> float:
         return self.interval_minutes * 60.0
@@ -456,18 +490,35 @@ def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
 
 
 def _explain(path: Path, exc: ValidationError) -> str:
-    lines = [f"{path}: invalid scenario ({exc.error_count()} problem(s))"]
-    for err in exc.errors():
+    errors = exc.errors()
+    # pydantic also reports a tuple "too short" when one of its items failed:
+    # that is not a second problem, and the message would be false
+    inner = [e["loc"] for e in errors]
+    errors = [
+        e
+        for e in errors
+        if not (
+            e["type"] == "too_short"
+            and any(len(o) > len(e["loc"]) and o[: len(e["loc"])] == e["loc"] for o in inner)
+        )
+    ]
+    lines = [f"{path}: invalid scenario ({len(errors)} problem(s))"]
+    for err in errors:
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             parent = _model_at(err["loc"][:-1])
             allowed = ", ".join(parent.model_fields) if parent else "?"
             lines.append(f"  {where}: unknown field; allowed here: {allowed}")
         elif err["type"] == "literal_error":
-            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"  {where}: {err['msg']} (got {_short(err.get('input'))})")
         else:
-            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"  {where}: {err['msg']} (got {_short(err.get('input'))})")
     return "\n".join(lines)
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
