@@ -30,6 +30,11 @@ from tests.federation import ROOT
 
 pytestmark = pytest.mark.federation
 
+LONG = pytest.mark.skipif(
+    os.environ.get("DSOSIM_FAULTS_LONG") != "1",
+    reason="longer fault-sweep variant: set DSOSIM_FAULTS_LONG=1",
+)
+
 
 @pytest.fixture
 def out(tmp_path: Path):
@@ -39,7 +44,14 @@ def out(tmp_path: Path):
     kill_all_in(folder)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+@pytest.mark.parametrize(
+    "sig",
+    [
+        signal.SIGTERM,
+        pytest.param(signal.SIGHUP, marks=LONG),
+        pytest.param(signal.SIGINT, marks=LONG),
+    ],
+)
 def test_signal_to_dsosim_run_stops_everything_and_marks_results(out: Path, sig) -> None:
     proc = dsosim_run(out)
     wait_running(out)
@@ -75,7 +87,7 @@ def test_timeout_stops_the_run_with_exit_code_124(out: Path) -> None:
     assert no_orphans(out) == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=LONG)])
 def test_signal_to_helics_run_stops_its_children(tmp_path: Path, sig) -> None:
     built = build_quickstart(tmp_path, hours=48)
     folder = built.runner.parent
