@@ -29,9 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dsosim.federates.broker import ID_MAP_PREFIX
 from dsosim.federates.recorder.store import mark_incomplete
 from dsosim.federates.recorder.summary import summarise
 from dsosim.runner.watchdog import group_alive
+
+BROKER_LOG = "dsosim-broker"
 
 PROGRESS = re.compile(r"progress (\d+)/(\d+)")
 FAILED_PROCESS = re.compile(r"Process (\S+) has failed")
@@ -217,6 +220,11 @@ def launch(
     failure = None if ok else _failure(folder, output, proc.returncode, summary)
     if not ours and not ok:
         failure = f"{failure}\n(no results written: the federation never started)"
+    elif not ok and summary.get("status") == "incomplete" and helics_ids(folder):
+        # the recorder's reason may name a federate by its HELICS id only
+        named = name_ids(str(summary.get("error", "")), helics_ids(folder))
+        if named != summary.get("error"):
+            summary = mark_incomplete(results_dir, named, summarise)
     elif not ok and summary.get("status") != "incomplete" and results_dir.is_dir():
         # The recorder was killed before it could write its final summary
         # (helics run kills every process once one fails): do it for it.
@@ -308,4 +316,26 @@ def _failure(folder: Path, output: str, returncode: int, summary: dict[str, Any]
         lines.append(
             f"helics run exited {returncode}; summary complete={summary.get('complete')}\n{tail}"
         )
-    return "\n".join(lines)
+    return name_ids("\n".join(lines), helics_ids(folder))
+
+
+def helics_ids(folder: Path) -> dict[str, str]:
+    """HELICS federate and core ids -> federate names, as the broker printed
+    them once everyone had joined (``federates.broker``)."""
+    log = folder / f"{BROKER_LOG}.log"
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return {}
+    for line in text.splitlines():
+        if line.startswith(ID_MAP_PREFIX):
+            pairs = (p.split("=", 1) for p in line[len(ID_MAP_PREFIX) :].split())
+            return {i: n for i, n in pairs}
+    return {}
+
+
+def name_ids(text: str, ids: dict[str, str]) -> str:
+    """``lost comms with 1879048196`` -> ``lost comms with 1879048196 (lda5)``."""
+    if not ids:
+        return text
+    return re.sub(r"\b(\d{6,})\b", lambda m: f"{m[1]} ({ids[m[1]]})" if m[1] in ids else m[1], text)

@@ -108,3 +108,17 @@ def test_a_forged_original_source_is_refused(monkeypatch) -> None:
         shell.sender_of(object())
     monkeypatch.setattr(shell.h, "helicsMessageGetOriginalSource", lambda m: "agg_storage")
     assert shell.sender_of(object()) == "agg_storage"
+
+
+def test_helics_ids_in_a_failure_are_named(tmp_path: Path) -> None:
+    """HELICS reports a stopped federate as 'lost comms with 1879048196'; the
+    broker prints which federate each id is, and the launcher names it."""
+    from dsosim.runner.launch import helics_ids, name_ids
+
+    (tmp_path / "dsosim-broker.log").write_text(
+        "[broker] executing\nfederation ids: 131076=lda5 1879048196=lda5 131072=iso\n"
+    )
+    ids = helics_ids(tmp_path)
+    text = name_ids("stopped by the federation: lost comms with 1879048196", ids)
+    assert text == "stopped by the federation: lost comms with 1879048196 (lda5)"
+    assert name_ids("interval 1234567 of 99", ids) == "interval 1234567 of 99"
