@@ -20,10 +20,13 @@ It also watches the federation:
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import helics as h
@@ -32,6 +35,7 @@ from dsosim.federates.common.config import FederationConfig, load_federation
 from dsosim.federates.common.lifecycle import StopSignals, die_with_parent
 from dsosim.federates.common.log import federate_log
 from dsosim.federates.common.usage import finished_line, stamp
+from dsosim.federates.recorder.store import SUMMARY, write_json
 
 LOG = logging.getLogger("broker")
 POLL_S = 2.0
@@ -127,7 +131,24 @@ def id_map(broker: Any) -> dict[int, str]:
     return out
 
 
-def watch(broker: Any, config: FederationConfig, stall_timeout_s: float) -> None:
+def mark_stalled(results: Path | None, text: str) -> None:
+    """Say why in ``summary.json`` at once: ``helics run`` kills every process
+    a moment after the first one exits, possibly before the recorder has
+    written its own (fuller) verdict. Only a summary this run started
+    (``running``) is touched."""
+    if results is None:
+        return
+    try:
+        current = json.loads((results / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return
+    if current.get("status") == "running":
+        write_json(results / SUMMARY, {"complete": False, "status": "incomplete", "error": text})
+
+
+def watch(
+    broker: Any, config: FederationConfig, stall_timeout_s: float, results: Path | None = None
+) -> None:
     """Until the broker disconnects: detect stalls, print the id map once."""
     names = config.federate_names()
     last: tuple[Any, ...] | None = None
@@ -148,6 +169,7 @@ def watch(broker: Any, config: FederationConfig, stall_timeout_s: float) -> None
         if now - since >= stall_timeout_s:
             text = describe_stall(times, now - since)
             LOG.error("FAILED: %s", text)
+            mark_stalled(results, text)
             h.helicsBrokerGlobalError(broker, 4, f"broker: {text}")
             h.helicsBrokerWaitForDisconnect(broker, 10_000)
             raise SystemExit(4)
@@ -166,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     LOG = federate_log("broker")
     die_with_parent()
     stops = StopSignals("broker").start()
-    config, _ = load_federation(args.config)
+    config, base = load_federation(args.config)
     s = config.helics
     init = (
         f"-f {len(config.federate_names())} --port={s.broker_port}"
@@ -185,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     stops.on_stop(stop)
     LOG.info(stamp("executing"))  # for dsosim bench scale
     try:
-        watch(broker, config, s.stall_timeout_s)
+        watch(broker, config, s.stall_timeout_s, base / config.recorder.results_dir)
     finally:
         h.helicsBrokerFree(broker)
         h.helicsCloseLibrary()

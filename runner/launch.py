@@ -328,8 +328,8 @@ def helics_ids(folder: Path) -> dict[str, str]:
     except OSError:
         return {}
     for line in text.splitlines():
-        if line.startswith(ID_MAP_PREFIX):
-            pairs = (p.split("=", 1) for p in line[len(ID_MAP_PREFIX) :].split())
+        if ID_MAP_PREFIX in line:
+            pairs = (p.split("=", 1) for p in line.split(ID_MAP_PREFIX, 1)[1].split())
             return {i: n for i, n in pairs}
     return {}
 
