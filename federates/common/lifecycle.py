@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dsosim.federates.common.log import federate_log
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 PR_SET_PDEATHSIG = 1
 
@@ -103,7 +105,7 @@ class StopSignals:
         with self._lock:
             self.reason, self.signal = reason, sig
             action = self._on_stop
-        print(f"[{self.name}] {reason}", file=sys.stderr, flush=True)
+        federate_log(self.name).warning(reason)
         if action is None:
             os._exit(128 + sig)  # nothing joined yet: nothing to write
         timer = threading.Timer(self.grace_s, os._exit, args=(128 + sig,))
@@ -112,7 +114,7 @@ class StopSignals:
         try:
             action(reason)
         except Exception as exc:  # the stop must happen whatever the action does
-            print(f"[{self.name}] stop action failed: {exc}", file=sys.stderr, flush=True)
+            federate_log(self.name).error("stop action failed: %s", exc)
         os._exit(128 + _next_signal(read_fd))
 
     def _parent_ended(self, wait_s: float = 0.5) -> bool:
