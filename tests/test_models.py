@@ -35,7 +35,7 @@ from tests.federation import SCENARIOS
 
 pytestmark = pytest.mark.federation
 SCENARIO = SCENARIOS / "tier-bypassing.toml"
-HOURS = 12.0  # through the midday PV peak, where tier bypassing shows
+HOURS = 13.0  # through the midday PV peak and the unit trip at 12:00, where tier bypassing shows
 AGGS = ("agg_far", "agg_near", "utility_storage")
 MARKET_AGGS = ("agg_far", "agg_near")
 
@@ -131,6 +131,36 @@ def test_tier_bypassing(comparison) -> None:
     assert t.loc["2", "imbalance_mwh"] > 2 * t.loc["3", "imbalance_mwh"]
     # grand-central models make the ISO clear every DER location; layered ones one bid per LDA
     assert t.loc["1", "iso_bids"] > t.loc["3", "iso_bids"] == 1
+
+
+def _battery(out: Path, model: str) -> pd.DataFrame:
+    bat = read_table(out / f"model-{model}" / "results", "ders_battery")
+    return bat.groupby("interval")[["charge_mw", "discharge_mw", "energy_mwh"]].sum()
+
+
+def test_model_1_differs_from_the_baseline_by_what_the_iso_dispatched(comparison) -> None:
+    out, _ = comparison
+    trip = slice(144, 155)  # 12:00-13:00: the unit trip lifts the LMP
+    base, one = _battery(out, "baseline"), _battery(out, "1")
+    # passive batteries know the flat tariff for the whole run: they stay idle
+    assert base["charge_mw"].sum() == base["discharge_mw"].sum() == 0.0
+    # the ISO, seeing the price jump, dispatches the batteries it cleared to discharge
+    assert one.loc[trip, "discharge_mw"].mean() > 0.3
+    feeder = {m: read_table(out / f"model-{m}" / "results", "feeder") for m in ("baseline", "1")}
+    extra = [
+        f.set_index("interval").loc[trip, ["voltage_violations", "thermal_violations"]].sum().sum()
+        for f in feeder.values()
+    ]
+    assert extra[1] > extra[0]  # ... into violations the passive baseline does not have
+
+
+def test_p2p_respects_the_dso_prices_and_curtails_no_more_than_nodal(comparison) -> None:
+    out, t = comparison
+    for model in ("5", "6"):
+        trades = read_table(out / f"model-{model}" / "results", "trades")
+        if not trades.empty:  # band 0: every trade at the expected T-D price (head price)
+            assert (trades["head_price"] - trades["reference_price"]).abs().max() < 1e-9
+    assert t.loc["5", "pv_curtailed_mwh"] <= t.loc["3", "pv_curtailed_mwh"] + 1e-6
 
 
 def test_dmo_does_not_trade_in_its_own_market(comparison) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 from dsosim.federates.common.config import LimitsConfig
 from dsosim.federates.recorder.summary import read_table
 
-PLOTS = ("prices.png", "voltages.png", "dispatch.png", "imbalance.png")
+PLOTS = ("prices.png", "voltages.png", "dispatch.png", "imbalance.png", "batteries.png")
 UNITS = {
     "total_cost": "$",
     "generation_cost": "$",
@@ -69,7 +69,8 @@ def _style(i: int) -> dict[str, Any]:
 
 
 def plot_all(out: Path, models: list[str]) -> list[Path]:
-    """Price, voltage-envelope, DER-dispatch and imbalance plots over the day."""
+    """Price, voltage-envelope, DER-dispatch, imbalance and battery (state of
+    charge against the price) plots over the run."""
     runs = {m: out / f"model-{m}" / "results" for m in models}
     feeder = {m: read_table(r, "feeder") for m, r in runs.items()}
     interval_h = next((float(f["hours"].iloc[0]) for f in feeder.values() if not f.empty), 1 / 12)
@@ -136,7 +137,29 @@ def plot_all(out: Path, models: list[str]) -> list[Path]:
     )
     ax.legend(fontsize=7, ncol=2)
     paths.append(_save(fig, out / "imbalance.png"))
+    paths.append(_batteries(runs, interval_h, out / "batteries.png"))
     return paths
+
+
+def _batteries(runs: dict[str, Path], interval_h: float, path: Path) -> Path:
+    """Every battery's state of charge together (stored over capacity), per
+    model, above the T-D price it answered: arbitrage shows as charging in the
+    price valleys and discharging at the peaks."""
+    fig, (soc_ax, lmp_ax) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    for m, r in runs.items():
+        bat = read_table(r, "ders_battery")
+        if not bat.empty:
+            g = bat.groupby("interval")[["energy_mwh", "capacity_mwh"]].sum()
+            soc_ax.plot(g.index * interval_h, g["energy_mwh"] / g["capacity_mwh"], lw=1.0)
+            soc_ax.lines[-1].set_label(f"model {m}")
+        iface = read_table(r, "interface")
+        if not iface.empty:
+            lmp_ax.plot(_hours(iface, interval_h), iface["lmp"], lw=0.8, label=f"model {m}")
+    soc_ax.set(ylabel="state of charge", title="Batteries: state of charge, all fleets together")
+    soc_ax.legend(fontsize=7, ncol=4)
+    lmp_ax.set(xlabel="hour", ylabel="T-D LMP, $/MWh")
+    lmp_ax.legend(fontsize=7, ncol=4)
+    return _save(fig, path)
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
