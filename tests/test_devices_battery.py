@@ -321,3 +321,19 @@ def test_battery_with_a_load_shaped_prior_arbitrages_on_day_one() -> None:
     load = tuple(float(x) for x in np.asarray(HOURLY_PATH) - 5.0)  # a published load shape
     price, net, soc = _arbitrage(1, price_prior=20.0, load_forecast=load)
     _check_arbitrage(price, net, soc, at_peak=0.85)
+
+
+def test_a_battery_that_knows_a_flat_tariff_past_the_run_stays_idle() -> None:
+    # a 13-hour run: the 24-hour horizon reaches past the end, where prices can
+    # be published too (a passive fleet publishes its tariff that far)
+    fleet = _fleet(
+        batteries=(BatterySpec("b", 1.0, 2.0),),
+        n_intervals=156,
+        price_prior=20.0,
+        load_forecast=tuple(float(x) for x in HOURLY_PATH),
+    )
+    assert fleet.forecast_reach == 156 + DAY
+    fleet.publish_prices(0, [25.0] * fleet.forecast_reach)
+    for t in range(156):
+        assert fleet.bids(t)["b"].quantity_at(25.0) == pytest.approx(0.0, abs=1e-12)
+        _step(fleet, {"b": 0.0})

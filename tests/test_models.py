@@ -143,7 +143,7 @@ def test_model_1_differs_from_the_baseline_by_what_the_iso_dispatched(comparison
     trip = slice(144, 155)  # 12:00-13:00: the unit trip lifts the LMP
     base, one = _battery(out, "baseline"), _battery(out, "1")
     # passive batteries know the flat tariff for the whole run: they stay idle
-    assert base["charge_mw"].sum() == base["discharge_mw"].sum() == 0.0
+    assert base[["charge_mw", "discharge_mw"]].abs().max().max() < 1e-9  # float dust only
     # the ISO, seeing the price jump, dispatches the batteries it cleared to discharge
     assert one.loc[trip, "discharge_mw"].mean() > 0.3
     feeder = {m: read_table(out / f"model-{m}" / "results", "feeder") for m in ("baseline", "1")}

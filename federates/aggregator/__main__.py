@@ -41,8 +41,8 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         raise ValueError(
             f"fleet buses {fleet.buses} differ from the configured locations {cfg.buses}"
         )
-    if dispatcher is None:  # passive at a flat tariff: the price is known for the whole run
-        fleet.publish_prices(0, [config.model.tariff] * config.time.n_intervals)
+    if dispatcher is None:  # passive at a flat tariff: the price is known, past the run's end too
+        fleet.publish_prices(0, [config.model.tariff] * fleet.forecast_reach)
     hardware = {
         d.id: (fleet.device_index(d.kind, d.bus, d.nth), d.bus) for d in config.hil_devices_of(name)
     }

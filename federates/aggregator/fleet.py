@@ -160,13 +160,16 @@ class Fleet:
         )
         self._spans = np.cumsum([0] + [len(g.bus) for g in self.groups])
         self._horizon = max(1, round(spec.horizon_h / self._dt_h))
+        thermal_horizon = max(1, round(spec.thermal_horizon_h / self._dt_h))
+        # devices plan up to a horizon past the last interval: prices can be published there
+        self.forecast_reach = n_intervals + max(self._horizon, thermal_horizon)
         self._est = PriceEstimate(
             len(self._buses),
             self._prior_by_slot(spec.price_prior, spec.load_forecast),
             spec.price_smoothing,
             memory=spec.price_memory_h / self._dt_h,
             prior_weight=spec.price_prior_h / self._dt_h,
-            n_intervals=n_intervals,
+            n_intervals=self.forecast_reach,
         )
         self._voltage = np.ones(len(self._buses))
         self._cache: offers.FleetOffer | None = None

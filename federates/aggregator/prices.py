@@ -117,8 +117,8 @@ class PriceEstimate:
 
     def publish(self, first: int, prices: Sequence[float]) -> None:
         """Expected prices of intervals ``first, first + 1, ...`` are these
-        (e.g. day-ahead prices), for every bus; intervals past the run are
-        ignored."""
+        (e.g. day-ahead prices), for every bus; intervals past the ones this
+        estimate covers (``n_intervals``) are ignored."""
         values = np.asarray(prices, dtype=float)
         if first < 0 or values.ndim != 1 or not np.all(np.isfinite(values)):
             raise ValueError(
