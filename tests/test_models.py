@@ -122,9 +122,16 @@ def test_tier_bypassing(comparison) -> None:
     _, t = comparison
     # the ISO clears DER dispatch it cannot see the feeder under: over-voltage
     assert t.loc["1", "voltage_violations"] > 20
-    # a market operator that sees the feeder keeps it in band
+    # a market operator that sees the feeder keeps it in band, also in the
+    # ex-post check (the dispatch from the controls' compiled state)
     for model in ("3", "4", "5", "6"):
         assert t.loc[model, "voltage_violations"] == 0, model
+        assert t.loc[model, "expost_voltage_violations"] == 0, model
+        # the market's voltages hold to within the control margin plus the
+        # linearisation's own error
+        assert t.loc[model, "gap_lin_v_pu"] < 0.01, model
+    # the utility's market re-linearises at its dispatch; the independent one cannot
+    assert t.loc["3", "gap_lin_v_pu"] < t.loc["4", "gap_lin_v_pu"]
     # the utility as DERM (model 2) also keeps it in band, by overriding the
     # ISO's awards, and that override shows up as imbalance at the T-D bus
     assert t.loc["2", "voltage_violations"] == 0
@@ -170,6 +177,35 @@ def test_dmo_does_not_trade_in_its_own_market(comparison) -> None:
         assert ("utility_storage" in set(bids["bidder"])) is utility_bids, model
 
 
+BID_EDGES = {
+    "baseline": {("utility:lda5", "iso")},
+    "1": {("utility:lda5", "iso")} | {(a, "iso") for a in AGGS},
+    "3": {("dmo:lda5", "iso")} | {(a, "dmo:lda5") for a in MARKET_AGGS},
+    "4": {("dmo:lda5", "iso")} | {(a, "dmo:lda5") for a in AGGS},
+}
+BID_EDGES["2"], BID_EDGES["5"], BID_EDGES["6"] = BID_EDGES["1"], BID_EDGES["3"], BID_EDGES["4"]
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_every_bid_curve_is_recorded(comparison, model: str) -> None:
+    out, _ = comparison
+    results = out / f"model-{model}" / "results"
+    bids = read_table(results, "bids")
+    assert set(bids[["bidder", "receiver"]].itertuples(index=False, name=None)) == BID_EDGES[model]
+    # what the ISO cleared each interval is what the bids table holds for it
+    iso = read_table(results, "iso").set_index("interval")["bids"].sort_index()
+    to_iso = bids[bids["receiver"] == "iso"].groupby("interval").size().sort_index()
+    assert to_iso.to_dict() == iso.to_dict()
+
+
+@pytest.mark.parametrize("model", ["3", "4", "5", "6"])
+def test_dmo_surplus_splits_into_its_rents(comparison, model: str) -> None:
+    _, t = comparison
+    row = t.loc[model]
+    parts = ("dmo_loss_rent", "dmo_congestion_rent", "dmo_mismatch", "dmo_imbalance")
+    assert sum(row[p] for p in parts) == pytest.approx(row["dmo_surplus"], abs=0.05)
+
+
 def test_comparison_outputs(comparison) -> None:
     out, table = comparison
     for column in (
@@ -188,6 +224,10 @@ def test_comparison_outputs(comparison) -> None:
         "congestion_rent",
         "dmo_surplus",
         "imbalance_charges",
+        "expost_voltage_violations",
+        "gap_v_pu",
+        "gap_losses_mw",
+        "dmo_loss_rent",
     ):
         assert column in table.columns, column
     assert list(table.index) == list(MODEL_NAMES)

@@ -242,6 +242,27 @@ class LimitsConfig(Strict):
             "voltage margin a market operator keeps inside the band (forecast and model error)"
         ),
     )
+    control_margin_pu: float | None = Field(
+        None,
+        ge=0,
+        lt=0.05,
+        description=(
+            "voltage margin for the feeder's regulators and switched capacitors: what they "
+            "can move a voltage between two valid resting points; derived from their bands "
+            "and steps at build when absent (dso.controls, docs/models.md)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _band_left(self) -> LimitsConfig:
+        margin = self.operating_margin_pu + (self.control_margin_pu or 0.0)
+        if not self.vmin_pu + margin < self.vmax_pu - margin:
+            raise ValueError(
+                f"the voltage band {self.vmin_pu}-{self.vmax_pu} pu narrowed by the operating "
+                f"margin {self.operating_margin_pu} and the control margin "
+                f"{self.control_margin_pu} pu on each side leaves nothing to plan within"
+            )
+        return self
 
 
 class DsoConfig(Strict):

@@ -159,3 +159,24 @@ class PlacedCurve(Generic[Place]):
 
 def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+BID_COLUMNS = ("interval", "bidder", "receiver", "location", "base_mw", "prices", "mws")
+"""Columns of the ``bids`` result table: one row per bid curve, recorded by the
+market that receives it (``prices`` and ``mws`` are the blocks, highest price
+first)."""
+
+
+def bid_row(
+    interval: int, bidder: str, receiver: str, location: str, curve: BidCurve
+) -> tuple[object, ...]:
+    """One ``bids`` row (see :data:`BID_COLUMNS`)."""
+    return (
+        interval,
+        bidder,
+        receiver,
+        location,
+        curve.base_mw,
+        [p for p, _ in curve.blocks],
+        [q for _, q in curve.blocks],
+    )

@@ -15,6 +15,7 @@ Per interval k (see ``common.schedule``):
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -79,7 +80,10 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
         awards = [m for m in received if isinstance(m, msg.Award)]
         award = expect(awards, msg.Award, k, [cfg.iso])[cfg.iso]
         if dmo is not None:
+            # the utility owns the feeder: its market re-linearises at the dispatch
+            dmo.relinearise = functools.partial(grid.linearise_at, k)
             send_dispatch(shell, dmo, k, award)
+            grid.use_planning(dmo.priced_on)
         if is_derm:
             by_agg = _fleet_awards(received, k, in_market)
             _override_and_dispatch(shell, k, by_agg, grid, forecast, limits, element_index)

@@ -55,7 +55,7 @@ import numpy as np
 import opendssdirect
 from scipy import sparse
 
-from dsosim.federates.dso import linearise
+from dsosim.federates.dso import controls, linearise
 from dsosim.federates.dso.casefold import (
     CaseInsensitiveView,
     case_variant,
@@ -340,6 +340,8 @@ class Feeder:
                 "case-insensitive view of its folder"
             )
         self.notes: list[str] = notes
+        self.compiled_controls = controls.read(self)
+        """Regulator taps and capacitor states as compiled, before any solve."""
         self._first_solve()
         self._fill_voltage_bases()
 

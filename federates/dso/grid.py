@@ -12,6 +12,15 @@ in plain Python (no HELICS). It is the same in every organisational model:
   DERs' actual response it solves OpenDSS and reports voltages, loadings,
   losses, violations and the metered T-D flow, with each market participant's
   deviation from its set-point (its share of the imbalance);
+* **ex-post check**: each interval, once metered, the power flow of the
+  *dispatch* (every DER at its set-point) at the interval's forecast load,
+  with the regulators and capacitors free to move from their compiled state
+  (another valid resting point than the one the market linearised at). Its
+  violations, and the market-physics gap (largest difference between the
+  voltages and losses the linearised feeder predicted for that dispatch and
+  those of this power flow), are the ``expost`` table. The load and
+  the DERs are those the market planned for, so the check isolates the
+  market's model of the feeder from forecast and response errors;
 * **retail**: customers pay it the T-D LMP for what they actually consumed;
   DERs outside any market (passive) pay, or are paid, the flat tariff for
   their net demand (net metering).
@@ -37,6 +46,7 @@ from dsosim.federates.common.parties import Party
 from dsosim.federates.common.profiles import commercial_load, residential_load
 from dsosim.federates.common.scale import TdScale
 from dsosim.federates.common.tables import Tables
+from dsosim.federates.dso import controls
 from dsosim.federates.dso.feeder import Feeder, FeederState, Sensitivities
 from dsosim.federates.markets.location import Location
 
@@ -65,6 +75,25 @@ FEEDER_COLUMNS = (
 )
 VOLTAGE_COLUMNS = ("interval", "dso", "node", "v_pu")
 BRANCH_COLUMNS = ("interval", "dso", "branch", "loading")
+EXPOST_COLUMNS = (
+    "interval",
+    "dso",
+    "converged",
+    "vmin_pu",
+    "vmax_pu",
+    "voltage_violations",
+    "thermal_violations",
+    "losses_mw",
+    "predicted_losses_mw",
+    "predicted_vmin_pu",
+    "predicted_vmax_pu",
+    "gap_v_pu",
+    "gap_node",
+    "gap_losses_mw",
+    "gap_lin_v_pu",
+    "gap_lin_losses_mw",
+    "taps_moved",
+)
 DER_LOCATION_COLUMNS = (
     "interval",
     "dso",
@@ -86,6 +115,8 @@ class Forecast:
 
     state: FeederState
     sens: Sensitivities
+    controls: controls.ControlState | None = None
+    """Regulator taps and capacitor states the linearisation was taken at."""
 
 
 class GridOperator:
@@ -137,7 +168,12 @@ class GridOperator:
         )
         self.der_mw = np.zeros(len(self.locations))  # last measured DER output (operating point)
         self.forecast_point: Forecast | None = None
+        self.planning_point: Forecast | None = None
+        """The linearisation the market finally dispatched on (the forecast's
+        unless the market re-linearised at its dispatch): the ex-post check
+        compares with its prediction."""
         self._forecast_reused = False
+        self._points: list[Forecast] = []
 
     # ----------------------------------------------------------- forecast
     def forecast(self, interval: int) -> Forecast:
@@ -152,8 +188,12 @@ class GridOperator:
         state = self.feeder.solve()
         self._forecast_reused = not state.power_flow_converged and self.forecast_point is not None
         if not self._forecast_reused:
-            self.forecast_point = Forecast(state, self.feeder.sensitivities())
+            self.forecast_point = Forecast(
+                state, self.feeder.sensitivities(), controls.read(self.feeder)
+            )
         assert self.forecast_point is not None
+        self.planning_point = self.forecast_point
+        self._points = [self.forecast_point]
         return self.forecast_point
 
     def day_ahead_bid(
@@ -175,6 +215,31 @@ class GridOperator:
             state = self.feeder.solve()
             curves.append(BidCurve(round(self.td.to_td(state.substation_p_mw), 9)))
         return tuple(curves)
+
+    def linearise_at(
+        self, interval: int, der_mw: np.ndarray
+    ) -> tuple[FeederState, Sensitivities] | None:
+        """The feeder at the interval's forecast load with the DERs at
+        ``der_mw`` (a dispatch), the regulators and capacitors responding to
+        it, and its linearisation there; this becomes the planning point the
+        ex-post check compares with. None if the power flow diverged."""
+        self.feeder.set_load_multipliers(self.profile[interval])
+        self.feeder.set_der_mw(der_mw)
+        state = self.feeder.solve()
+        if not state.power_flow_converged:
+            return None
+        self.planning_point = Forecast(
+            state, self.feeder.sensitivities(), controls.read(self.feeder)
+        )
+        self._points.append(self.planning_point)
+        return self.planning_point.state, self.planning_point.sens
+
+    def use_planning(self, sens: Sensitivities | None) -> None:
+        """The market priced its dispatch on ``sens`` (one of this interval's
+        linearisations): the ex-post check compares with that one."""
+        for point in self._points:
+            if point.sens is sens:
+                self.planning_point = point
 
     def utility_bid(self, market_aggregators: Sequence[str]) -> BidCurve:
         """Fixed T-D bid (scaled) for what no DER bid covers: the forecast head
@@ -261,6 +326,7 @@ class GridOperator:
         self.feeder.set_der_mw(der)
         state = self.feeder.solve()
         self.der_mw = der
+        expost = self.expost(interval, target)
         td_flow = self.td.to_td(state.substation_p_mw)
         allocation: dict[Party, float] = {}
         for i, loc in enumerate(self.locations):
@@ -312,6 +378,7 @@ class GridOperator:
                     for n, x in zip(state.branch_names, state.loading, strict=True)
                 ],
             ),
+            "expost": (EXPOST_COLUMNS, [expost]),
             "der_locations": (
                 DER_LOCATION_COLUMNS,
                 [
@@ -336,3 +403,79 @@ class GridOperator:
             ),
         }
         return td_flow, allocation, tables
+
+    # ------------------------------------------------------------ ex post
+    def expost(self, interval: int, setpoints: np.ndarray) -> tuple[object, ...]:
+        """The ex-post check of the dispatch ``setpoints`` (MW per location):
+        one ``expost`` row (see the module doc). Two power flows at the
+        interval's forecast load with the DERs at ``setpoints``: from the
+        controls' compiled state with the controls free (violations and the
+        market-physics gap), and at the control state the market's
+        linearisation was taken at, frozen (``gap_lin_*``: the linearisation's
+        own error). The feeder's controls are put back where they were, so
+        the operating history is untouched."""
+        feeder = self.feeder
+        saved = controls.read(feeder)
+        feeder.set_load_multipliers(self.profile[interval])
+        feeder.set_der_mw(setpoints)
+        controls.apply(feeder, feeder.compiled_controls)
+        state = feeder.solve()
+        moved = sum(
+            round(abs(a[2] - b[2]) / r.step_pu)
+            for a, b, r in zip(
+                controls.read(feeder).taps, saved.taps, controls.regulators(feeder), strict=True
+            )
+        )
+        plan = self.planning_point
+        same = None
+        if plan is not None and plan.controls is not None:
+            controls.apply(feeder, plan.controls)
+            same = feeder.solve(controls=False)
+        controls.apply(feeder, saved)
+        mon = state.monitored
+        v = state.v_pu[mon]
+        row: list[object] = [
+            interval,
+            self.name,
+            bool(state.converged),
+            float(v.min()),
+            float(v.max()),
+            int(state.n_voltage_violations),
+            int(state.n_thermal_violations),
+            state.losses_mw,
+        ]
+        nan = float("nan")
+        if plan is None:
+            return (*row, nan, nan, nan, nan, "", nan, nan, nan, moved)
+        v_pred, loss_pred = predict(plan.state, plan.sens, setpoints)
+        gap = np.abs(v_pred[mon] - v)
+        worst = int(np.argmax(gap))
+        nodes = np.asarray(state.node_names, dtype=object)[mon]
+        lin_v = lin_loss = nan
+        if same is not None and same.power_flow_converged:
+            lin_v = float(np.max(np.abs(v_pred[mon] - same.v_pu[mon])))
+            lin_loss = loss_pred - same.losses_mw
+        return (
+            *row,
+            loss_pred,
+            float(v_pred[mon].min()),
+            float(v_pred[mon].max()),
+            float(gap[worst]),
+            str(nodes[worst]),
+            loss_pred - state.losses_mw,
+            lin_v,
+            lin_loss,
+            moved,
+        )
+
+
+def predict(
+    state: FeederState, sens: Sensitivities, der_mw: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Voltages (pu, every node) and losses (MW) the linearised feeder predicts
+    with the DERs at ``der_mw``: ``v0 + dV/dP dP`` and the head power
+    ``P0 + dPsub/dP dP`` less the load at the operating point and the DERs."""
+    d = np.asarray(der_mw, dtype=float) - state.der_mw
+    v = state.v_pu + sens.dv_dp @ d
+    head = state.substation_p_mw + float(sens.dpsub_dp @ d)
+    return v, head - state.load_mw - float(np.sum(der_mw))

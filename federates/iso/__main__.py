@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig
+from dsosim.federates.common.curves import BID_COLUMNS, bid_row
 from dsosim.federates.common.parties import BidKey, Party, Role
 from dsosim.federates.common.scale import TdScale
 from dsosim.federates.common.schedule import DayAheadPhase, Phase, at, day_ahead_at
@@ -59,6 +60,7 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
         bids: list[IsoBid] = []
         got: set[str] = set()
         meters: dict[str, tuple[float, dict[Party, float]]] = {}
+        bid_rows: list[tuple[object, ...]] = []
         for m in [*early, *shell.receive(allowed_senders=senders)]:
             if isinstance(m, msg.Meter) and m.interval == k - 1 and m.sender in utilities:
                 meters[m.sender] = (m.actual_mw, dict(m.allocation))
@@ -71,6 +73,7 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
                 )
             got.add(m.sender)
             lda, party = expected[m.sender]
+            bid_rows.extend(_bid_rows(k, m, party))
             if isinstance(m, msg.InterfaceBid) and party.role is not Role.AGG:
                 if m.td_bus != market.interfaces[lda]:
                     raise msg.MessageError(
@@ -99,6 +102,7 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
         clearing = market.clear(k, bids)
         _send_awards(shell, config, market, k, clearing.awards)
         shell.record_tables(k, clearing.tables)
+        shell.record(k, "bids", BID_COLUMNS, bid_rows)
         shell.end_interval(k)
 
 
@@ -136,6 +140,17 @@ def _day_ahead(
         for agg in dso.aggregators:
             shell.send(agg, msg.DayAheadPrices(shell.name, first, dso.td_bus, lmp))
     return others
+
+
+def _bid_rows(k: int, m: msg.Message, party: Party) -> list[tuple[object, ...]]:
+    """``bids`` rows for what the ISO received: the utility's curve and each
+    fleet curve as sent (per modelled feeder, like a fleet's bids to a DMO);
+    a DMO records the curve it sends itself."""
+    if isinstance(m, msg.FleetBid):
+        return [bid_row(k, m.sender, "iso", b.at, b.curve) for b in m.bids]
+    if isinstance(m, msg.InterfaceBid) and party.role is not Role.DMO:
+        return [bid_row(k, str(party), "iso", "td", m.curve)]
+    return []
 
 
 def _send_awards(

@@ -14,17 +14,21 @@ distribution congestion and loss rent).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from dsosim.federates.common import ledger
-from dsosim.federates.common.curves import BidCurve, PlacedCurve
+from dsosim.federates.common.curves import BID_COLUMNS, BidCurve, PlacedCurve, bid_row
 from dsosim.federates.common.parties import ISO, Party
 from dsosim.federates.common.scale import TdScale
 from dsosim.federates.common.tables import Rows, Tables
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 from dsosim.federates.markets.lda_market import (
     DerCurve,
+    LdaClearing,
     Limits,
     build_interface_bid,
     clear_lda,
@@ -32,7 +36,27 @@ from dsosim.federates.markets.lda_market import (
 )
 from dsosim.federates.markets.location import Location as Located
 
-BID_COLUMNS = ("interval", "bidder", "receiver", "location", "base_mw", "prices", "mws")
+LINEARISATION_COLUMNS = (
+    "interval",
+    "dso",
+    "iterations",
+    "change_mw",
+    "converged",
+    "head_correction_mw",
+)
+
+Relinearise = Callable[[np.ndarray], tuple[FeederState, Sensitivities] | None]
+"""The feeder owner's power flow and linearisation with the DERs at a
+dispatch (MW per DER, the feeder's order) and the interval's forecast load;
+None if that power flow diverged."""
+
+RELINEARISE_TOL_MW = 1e-3
+"""A dispatch is at its linearisation point when no DER set-point moved more
+than this between the last two clearings (1 kW: well below the response
+error of any fleet)."""
+RELINEARISE_MAX = 4
+"""Re-linearisations per interval at most: a dispatch that a binding limit
+makes hop between two vertices stops there (reported as not converged)."""
 DISPATCH_COLUMNS = (
     "interval",
     "dso",
@@ -86,6 +110,7 @@ class _Pending:
     sens: Sensitivities
     fixed_mw: float
     utility_mw: float
+    passive_mw: float
 
 
 class NodalDmo:
@@ -107,6 +132,14 @@ class NodalDmo:
         self.td = TdScale(scale)
         self.limits = limits
         self.hours = hours
+        self.relinearise: Relinearise | None = None
+        """Set by a host that owns the feeder (the utility): the dispatch is
+        then cleared again on the feeder linearised at the dispatch, until it
+        stops moving (``RELINEARISE_TOL_MW``, at most ``RELINEARISE_MAX``
+        times). An operator without the feeder (models 4 and 6) clears once on
+        the grid model it was sent; the ex-post check reports the gap."""
+        self.priced_on: Sensitivities | None = None
+        """The linearisation the last dispatch was priced on."""
         self._pending: _Pending | None = None
 
     def interface_bid(
@@ -122,15 +155,7 @@ class NodalDmo:
             "bids": (
                 BID_COLUMNS,
                 [
-                    (
-                        interval,
-                        loc.aggregator,
-                        str(Party.dmo(self.lda)),
-                        loc.bus,
-                        c.base_mw,
-                        [p for p, _ in c.blocks],
-                        [q for _, q in c.blocks],
-                    )
+                    bid_row(interval, loc.aggregator, str(Party.dmo(self.lda)), loc.bus, c)
                     for loc, c in pairs
                 ],
             )
@@ -146,19 +171,17 @@ class NodalDmo:
             if name not in bidding
         )
         self._pending = _Pending(
-            pairs, curves, state, sens, built.fixed_mw, float(built.fixed_mw + float(passive))
+            pairs,
+            curves,
+            state,
+            sens,
+            built.fixed_mw,
+            float(built.fixed_mw + float(passive)),
+            float(passive),
         )
         td_curve = self.td.curve_to_td(built.curve)
         tables["bids"][1].append(
-            (
-                interval,
-                str(Party.dmo(self.lda)),
-                str(ISO),
-                "td",
-                td_curve.base_mw,
-                [p for p, _ in td_curve.blocks],
-                [q for _, q in td_curve.blocks],
-            )
+            bid_row(interval, str(Party.dmo(self.lda)), str(ISO), "td", td_curve)
         )
         return td_curve, tables
 
@@ -192,10 +215,9 @@ class NodalDmo:
         p = self._pending
         if p is None:
             raise RuntimeError(f"{self.lda}: dispatch before the interval's interface bid")
-        clearing = clear_lda(
-            self.td.to_feeder(cleared_mw), lmp, p.curves, p.state, p.sens, p.fixed_mw, self.limits
-        )
-        pos = {name: i for i, name in enumerate(p.sens.der_names)}
+        clearing, sens, fixed, lin_row = self._clear_at_dispatch(interval, lmp, cleared_mw)
+        utility_mw = fixed + p.passive_mw  # at the linearisation the dispatch was priced on
+        pos = {name: i for i, name in enumerate(sens.der_names)}
         out: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
         rows: Rows = []
         me, market, h, td = Party.dmo(self.lda), f"lda:{self.lda}", self.hours, self.td
@@ -213,7 +235,7 @@ class NodalDmo:
                 Party.utility(self.lda),
                 me,
                 "energy",
-                td.to_td(p.utility_mw),
+                td.to_td(utility_mw),
                 lmp,
                 h,
             ),
@@ -252,4 +274,80 @@ class NodalDmo:
         return out, {
             "dispatch": (DISPATCH_COLUMNS, rows),
             "settlements": (ledger.COLUMNS, [x.row() for x in pay]),
+            "linearisation": (LINEARISATION_COLUMNS, [lin_row]),
         }
+
+    def _clear_at_dispatch(
+        self, interval: int, lmp: float, cleared_mw: float
+    ) -> tuple[LdaClearing, Sensitivities, float, tuple[object, ...]]:
+        """Clear on the forecast linearisation; with ``relinearise``, again on
+        the feeder linearised at each dispatch until it stops moving. Returns
+        the clearing, the linearisation it was priced on, the head power not
+        due to the DERs there, and the ``linearisation`` row.
+
+        The award was cleared on the interface bid, built on the forecast
+        linearisation. Re-linearising corrects the physics of the dispatch
+        (voltages, loadings, marginal losses), not the energy balance:
+
+        * if the first clearing is the feeder's price-taking dispatch at the
+          LMP (the usual case: no local block is marginal), so is every
+          re-clearing, on the new linearisation; where it draws more or less
+          than the award, that is the LDA's imbalance, settled as such;
+        * if a local block was marginal (split to meet the award), each
+          re-clearing meets the award shifted by what the new linearisation
+          says the previous dispatch really draws at the head beyond what the
+          forecast one said (``head_correction_mw``), with that block still
+          setting the price.
+
+        Forcing the award itself would make the DERs absorb the bid's
+        linearisation error, at a price set by whichever block closes the gap
+        (measured: PV curtailment at 0 $/MWh setting the LDA's energy price in
+        126 of 288 intervals while the LMP was ~20)."""
+        p = self._pending
+        assert p is not None
+        state0, sens0, fixed0 = p.state, p.sens, p.fixed_mw
+        state, sens, fixed = state0, sens0, fixed0
+        award = self.td.to_feeder(cleared_mw)
+        clearing = clear_lda(award, lmp, p.curves, state, sens, fixed, self.limits)
+        taker = abs(clearing.energy_price - lmp) <= 1e-9 * (1.0 + abs(lmp))
+        iterations, change, correction = 0, math.nan, 0.0
+        tried: list[tuple[LdaClearing, Sensitivities, float]] = []
+        while self.relinearise is not None and iterations < RELINEARISE_MAX:
+            dispatched = np.asarray(clearing.der_mw)
+            point = self.relinearise(dispatched)
+            if point is None:
+                break  # the power flow diverged: keep the last clearing
+            state, sens = point
+            fixed = fixed_head_mw(state)
+            correction = state.substation_p_mw - _linear_head(state0, sens0, fixed0, dispatched)
+            again = clear_lda(
+                award + correction,
+                lmp,
+                p.curves,
+                state,
+                sens,
+                fixed,
+                self.limits,
+                price_taker=taker,
+            )
+            change = float(np.max(np.abs(again.der_mw - dispatched), initial=0.0))
+            clearing, iterations = again, iterations + 1
+            tried.append((again, sens, fixed))
+            if change <= RELINEARISE_TOL_MW:
+                break
+        converged = iterations > 0 and change <= RELINEARISE_TOL_MW
+        if tried and not converged:
+            # The dispatch hops between vertices (a block whose price is within
+            # a loss factor's change of the LMP flips in and out): they are
+            # near-equal in bid value, so take the one that meets the award
+            # best, on its own linearisation.
+            clearing, sens, fixed = min(tried, key=lambda t: abs(t[0].shortfall_mw))
+        self.priced_on = sens
+        row = (interval, self.lda, iterations, change, converged, correction)
+        return clearing, sens, fixed, row
+
+
+def _linear_head(state: FeederState, sens: Sensitivities, fixed: float, der: np.ndarray) -> float:
+    """Head net demand of DER set-points ``der`` on one linearisation."""
+    p0 = np.asarray(state.der_mw, dtype=float)
+    return float(fixed + p0.sum() + np.asarray(sens.dpsub_dp) @ (der - p0))

@@ -44,6 +44,8 @@ def summarise(results_dir: str | Path) -> dict[str, Any]:
             "dispatch",
             "settlements",
             "traffic",
+            "expost",
+            "linearisation",
         )
     }
     out: dict[str, Any] = {}
@@ -68,9 +70,17 @@ def summarise(results_dir: str | Path) -> dict[str, Any]:
         out["nonconverged_intervals"] = int((~feeder["converged"]).sum())
         out["vmin_pu"] = _r(feeder["vmin_pu"].min())
         out["vmax_pu"] = _r(feeder["vmax_pu"].max())
+    out.update(expost_summary(t["expost"]))
+    lin = t["linearisation"]
+    if not lin.empty and (lin["iterations"] > 0).any():
+        # the LDA market re-linearised at its dispatch (nodal_dmo): intervals
+        # where it still moved after the last re-linearisation, and how far
+        out["relinearised_unconverged"] = int((~lin["converged"] & (lin["iterations"] > 0)).sum())
+        out["relinearised_change_max_mw"] = _r(lin["change_mw"].max())
     s = t["settlements"]
     if not s.empty:
         out.update(settlement_balance(s, iso))
+        out.update(dmo_rents(s, t["dispatch"]))
     refused = read_table(results_dir, "ledger_refused")
     invalid = int((~s["amount"].map(_finite)).sum()) if "amount" in s else 0
     if len(refused) or invalid:
@@ -85,6 +95,27 @@ def summarise(results_dir: str | Path) -> dict[str, Any]:
         out["iso_bids"] = _r(iso["bids"].mean(), 3)
     out.update(real_time_summary(results_dir))
     return out
+
+
+def expost_summary(expost: pd.DataFrame) -> dict[str, Any]:
+    """The ex-post physics check (``dso.grid``): violations of the dispatch in
+    a power flow from the controls' compiled state, and the market-physics
+    gap (largest |predicted - power flow| voltage, pu, and losses, MW per
+    modelled feeder, over every interval)."""
+    if expost.empty:
+        return {}
+    out = {
+        "expost_voltage_violations": int(expost["voltage_violations"].sum()),
+        "expost_thermal_violations": int(expost["thermal_violations"].sum()),
+        "expost_vmax_pu": _r(expost["vmax_pu"].max()),
+        "expost_vmin_pu": _r(expost["vmin_pu"].min()),
+        "gap_v_pu": _r(expost["gap_v_pu"].max()),
+        "gap_losses_mw": _r(expost["gap_losses_mw"].abs().max()),
+        "gap_lin_v_pu": _r(expost["gap_lin_v_pu"].max()),
+        "gap_lin_losses_mw": _r(expost["gap_lin_losses_mw"].abs().max()),
+        "expost_taps_moved": int(expost["taps_moved"].sum()),
+    }
+    return {k: v for k, v in out.items() if v == v}  # no NaN: nothing predicted
 
 
 def real_time_summary(results_dir: str | Path) -> dict[str, Any]:
@@ -152,4 +183,58 @@ def settlement_balance(ledger: pd.DataFrame, iso: pd.DataFrame) -> dict[str, Any
         "der_revenue": _r(amount[aggs_in].sum() - amount[aggs_out].sum(), 2),
         "settlement_residual": _r(residual, 4),
         "unreconciled": _r(dmo_energy_iso_view - dmo_energy_dmo_view, 4),
+    }
+
+
+def dmo_rents(ledger: pd.DataFrame, dispatch: pd.DataFrame) -> dict[str, Any]:
+    """The DMOs' surplus split by where it comes from, each term from the
+    payments that make it (not as a remainder):
+
+    * ``dmo_loss_rent``: what DERs paid through the loss component of their
+      DLMP (MW x h x ``dlmp_loss``), plus loss charges on peer-to-peer trades;
+    * ``dmo_congestion_rent``: through the congestion and voltage component;
+    * ``dmo_mismatch``: the energy the DMO sold inside the LDA at the energy
+      component of the DLMPs and to the utility at the T-D LMP, less what it
+      bought from the ISO: non-zero because the linearised feeder's head
+      power is not the sum of what was charged (losses at the operating point
+      are charged to the utility, marginal ones to the DERs; an award the
+      feeder cannot meet; the bid's loss error);
+    * ``dmo_imbalance``: minus the imbalance the DMOs were charged.
+
+    They add up to ``dmo_surplus`` when every DMO payment is one of these
+    (``tests`` check it); a payment of another kind would show as a gap."""
+    if dispatch.empty:
+        return {}
+    payee, payer, item = ledger["payee"], ledger["payer"], ledger["item"]
+    dmo_in = payee.str.startswith("dmo:") & (ledger["market"] != "iso")
+    der = ledger[dmo_in & payer.str.startswith("agg:") & item.str.startswith("energy@")]
+    keys = pd.DataFrame(
+        {
+            "interval": der["interval"].to_numpy(),
+            "aggregator": der["payer"].str.removeprefix("agg:").to_numpy(),
+            "location": der["item"].str.removeprefix("energy@").to_numpy(),
+            "mwh": (der["mw"] * der["hours"]).to_numpy(),
+        }
+    )
+    parts = keys.merge(
+        dispatch[
+            ["interval", "aggregator", "location", "dlmp_energy", "dlmp_loss", "dlmp_congestion"]
+        ],
+        on=["interval", "aggregator", "location"],
+        how="left",
+        validate="one_to_one",
+    )
+    p2p_loss = ledger["amount"][dmo_in & (item == "loss charge")].sum()
+    utility = ledger["amount"][dmo_in & payer.str.startswith("utility:")].sum()
+    to_iso = ledger["amount"][
+        (ledger["market"] != "iso") & payer.str.startswith("dmo:") & (payee == "iso")
+    ].sum()
+    imbalance = ledger["amount"][
+        (ledger["market"] == "iso") & payer.str.startswith("dmo:") & (item == "imbalance")
+    ].sum()
+    return {
+        "dmo_loss_rent": _r((parts["mwh"] * parts["dlmp_loss"]).sum() + p2p_loss, 2),
+        "dmo_congestion_rent": _r((parts["mwh"] * parts["dlmp_congestion"]).sum(), 2),
+        "dmo_mismatch": _r((parts["mwh"] * parts["dlmp_energy"]).sum() + utility - to_iso, 2),
+        "dmo_imbalance": _r(-imbalance, 2),
     }

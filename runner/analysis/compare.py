@@ -1,14 +1,17 @@
 """Run one scenario under every organisational model and compare them.
 
 Each model runs as its own federation through ``helics run`` (same case,
-same seed, same DER fleets), one after another, into ``DIR/model-<m>/``.
+same seed, same DER fleets) into ``DIR/model-<m>/``, or, over several seeds,
+``DIR/seed-<s>/model-<m>/`` (``runner.analysis.seeds``), ``jobs`` at a time.
 The comparison is computed from each run's result tables only.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,14 @@ COLUMNS = (
     "losses_mwh",
     "imbalance_mwh",
     "pv_curtailed_mwh",
+    "expost_voltage_violations",
+    "expost_thermal_violations",
+    "expost_vmax_pu",
+    "gap_v_pu",
+    "gap_losses_mw",
+    "gap_lin_v_pu",
+    "gap_lin_losses_mw",
+    "relinearised_unconverged",
     "settlement_residual",
     "buyers_paid",
     "sellers_received",
@@ -46,6 +57,10 @@ COLUMNS = (
     "da_cost",
     "rt_cost",
     "deviation_cost",
+    "dmo_loss_rent",
+    "dmo_congestion_rent",
+    "dmo_mismatch",
+    "dmo_imbalance",
     "messages",
     "bytes",
     "messages_per_interval",
@@ -62,24 +77,62 @@ def run_models(
     models: Sequence[str] = MODEL_NAMES,
     hours: float | None = None,
     on_done: Callable[[str, dict[str, Any]], None] | None = None,
+    seeds: Sequence[int] | None = None,
+    jobs: int = 1,
 ) -> pd.DataFrame:
-    """Run ``scenario`` under each model and return the comparison table."""
-    rows = []
-    for model in models:
-        built, outcome = build_and_launch(
-            lambda m=model: build(scenario, out / f"model-{m}", hours=hours, model=m)
-        )
+    """Run ``scenario`` under each model and return the comparison table.
+
+    Without ``seeds``: one run per model on the scenario's seed, into
+    ``out/model-<m>/``, one row per model. With ``seeds``: one run per model
+    and seed, into ``out/seed-<s>/model-<m>/``, one row per run with a
+    ``seed`` column (``seeds.aggregate`` turns them into means and
+    intervals). ``jobs`` runs that many federations at once, each on its own
+    broker port; rows come back in model-then-seed order whatever finishes
+    first."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    tasks = [
+        (m, s, out / f"model-{m}" if s is None else out / f"seed-{s}" / f"model-{m}")
+        for m in models
+        for s in (seeds if seeds is not None else [None])
+    ]
+    build_lock = threading.Lock()  # OpenDSS must not run in two threads of one process
+
+    def one(model: str, seed: int | None, folder: Path) -> dict[str, Any]:
+        def make() -> Any:
+            with build_lock:
+                return build(scenario, folder, hours=hours, model=model, seed=seed)
+
+        built, outcome = build_and_launch(make)
         row = metrics(built.results_dir, model, outcome.summary)
+        if seed is not None:
+            row["seed"] = seed
         row["wall_s"] = round(outcome.wall_s, 1)
         if not outcome.ok:
             row["complete"] = False
             row["failure"] = outcome.failure
-        rows.append(row)
-        if on_done is not None:
-            on_done(model, row)
+        return row
+
+    rows: list[dict[str, Any] | None] = [None] * len(tasks)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(one, *task): i for i, task in enumerate(tasks)}
+        try:
+            for future in as_completed(futures):
+                i = futures[future]
+                rows[i] = future.result()
+                if on_done is not None:
+                    m, s = tasks[i][0], tasks[i][1]
+                    on_done(m if s is None else f"{m} seed {s}", rows[i])
+        except BaseException:
+            # runs not started yet are dropped; those running finish (or stall out)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     table = pd.DataFrame(rows)
+    first = [c for c in ("model", "seed") if c in table.columns]
     return table[
-        [c for c in COLUMNS if c in table.columns] + [c for c in table.columns if c not in COLUMNS]
+        first
+        + [c for c in COLUMNS if c in table.columns and c not in first]
+        + [c for c in table.columns if c not in COLUMNS and c not in first]
     ]
 
 
@@ -122,12 +175,24 @@ def metrics(results: Path, model: str, summary: dict[str, Any]) -> dict[str, Any
         "vmax_pu",
         "losses_mwh",
         "imbalance_mwh",
+        "expost_voltage_violations",
+        "expost_thermal_violations",
+        "expost_vmax_pu",
+        "gap_v_pu",
+        "gap_losses_mw",
+        "gap_lin_v_pu",
+        "gap_lin_losses_mw",
+        "relinearised_unconverged",
         "settlement_residual",
         "buyers_paid",
         "sellers_received",
         "congestion_rent",
         "imbalance_charges",
         "dmo_surplus",
+        "dmo_loss_rent",
+        "dmo_congestion_rent",
+        "dmo_mismatch",
+        "dmo_imbalance",
         "messages",
         "bytes",
         "iso_bids",

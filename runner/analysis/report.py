@@ -16,6 +16,7 @@ import pandas as pd
 
 from dsosim.federates.common.config import LimitsConfig
 from dsosim.federates.recorder.summary import read_table
+from dsosim.runner.analysis.seeds import HI, LO, with_intervals
 
 PLOTS = ("prices.png", "voltages.png", "dispatch.png", "imbalance.png", "batteries.png")
 UNITS = {
@@ -28,6 +29,17 @@ UNITS = {
     "congestion_rent": "$",
     "imbalance_charges": "$",
     "dmo_surplus": "$",
+    "dmo_loss_rent": "$",
+    "dmo_congestion_rent": "$",
+    "dmo_mismatch": "$",
+    "dmo_imbalance": "$",
+    "expost_voltage_violations": "node-intervals",
+    "expost_thermal_violations": "branch-intervals",
+    "expost_vmax_pu": "pu",
+    "gap_v_pu": "pu",
+    "gap_lin_v_pu": "pu",
+    "gap_losses_mw": "MW",
+    "gap_lin_losses_mw": "MW",
     "mean_lmp": "$/MWh",
     "dlmp_spread": "$/MWh",
     "vmin_pu": "pu",
@@ -68,10 +80,12 @@ def _style(i: int) -> dict[str, Any]:
     return {"lw": max(0.8, 3.2 - 0.4 * i), "ls": ("-", "--", "-.", ":")[i % 4], "zorder": 2 + i}
 
 
-def plot_all(out: Path, models: list[str]) -> list[Path]:
+def plot_all(out: Path, models: list[str], *, into: Path | None = None) -> list[Path]:
     """Price, voltage-envelope, DER-dispatch, imbalance and battery (state of
-    charge against the price) plots over the run."""
+    charge against the price) plots over the run of the runs in
+    ``out/model-<m>/``, written into ``into`` (default ``out``)."""
     runs = {m: out / f"model-{m}" / "results" for m in models}
+    into = out if into is None else into
     feeder = {m: read_table(r, "feeder") for m, r in runs.items()}
     interval_h = next((float(f["hours"].iloc[0]) for f in feeder.values() if not f.empty), 1 / 12)
     paths = []
@@ -90,7 +104,7 @@ def plot_all(out: Path, models: list[str]) -> list[Path]:
             )
     ax.set(xlabel="hour", ylabel="$/MWh", title="T-D LMP and distribution LMPs")
     ax.legend(fontsize=7, ncol=2)
-    paths.append(_save(fig, out / "prices.png"))
+    paths.append(_save(fig, into / "prices.png"))
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, (m, f) in enumerate(feeder.items()):
@@ -109,7 +123,7 @@ def plot_all(out: Path, models: list[str]) -> list[Path]:
         title=f"Feeder voltage envelope (upper and lower line per model; band {shown} pu)",
     )
     ax.legend(fontsize=7, ncol=2)
-    paths.append(_save(fig, out / "voltages.png"))
+    paths.append(_save(fig, into / "voltages.png"))
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, (m, f) in enumerate(feeder.items()):
@@ -122,7 +136,7 @@ def plot_all(out: Path, models: list[str]) -> list[Path]:
         title="DER net dispatch on the modelled feeder",
     )
     ax.legend(fontsize=7, ncol=2)
-    paths.append(_save(fig, out / "dispatch.png"))
+    paths.append(_save(fig, into / "dispatch.png"))
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, (m, r) in enumerate(runs.items()):
@@ -136,8 +150,8 @@ def plot_all(out: Path, models: list[str]) -> list[Path]:
         title="Imbalance: metered T-D flow minus ISO schedule",
     )
     ax.legend(fontsize=7, ncol=2)
-    paths.append(_save(fig, out / "imbalance.png"))
-    paths.append(_batteries(runs, interval_h, out / "batteries.png"))
+    paths.append(_save(fig, into / "imbalance.png"))
+    paths.append(_batteries(runs, interval_h, into / "batteries.png"))
     return paths
 
 
@@ -191,8 +205,28 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_html(out: Path, table: pd.DataFrame, scenario: str, plots: list[Path]) -> Path:
-    """One HTML file with the table and the plots embedded (no external files)."""
+def write_html(
+    out: Path,
+    table: pd.DataFrame,
+    scenario: str,
+    plots: list[Path],
+    *,
+    seeds: list[int] | None = None,
+) -> Path:
+    """One HTML file with the table and the plots embedded (no external files).
+    A table aggregated over seeds (``seeds.aggregate``) shows each figure as
+    ``mean [lo, hi]``."""
+    if seeds is not None and len(seeds) > 1:
+        keep = [c for c in table.columns if not c.endswith((LO, HI))]
+        shown = with_intervals(table, keep)
+        note = (
+            f"<p>Every model on seeds {seeds[0]} to {seeds[-1]} ({len(seeds)} runs each; each "
+            "seed draws new fleets, clouds, forecast errors and responses). Each figure is the "
+            "mean over the seeds and, in brackets, its 95 % Student-t interval "
+            "(mean &plusmn; t<sub>0.975, N-1</sub> sd/&radic;N). Plots show the first seed.</p>"
+        )
+    else:
+        shown, note = readable(table), ""
     images = "\n".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
@@ -208,7 +242,8 @@ img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
 <p>Scenario <code>{html.escape(scenario)}</code>: every model on the same case, seed and DER fleets.
 Columns are defined in <code>docs/models.md</code>;
 <code>settlement_residual</code> is zero when the books close.</p>
-{readable(table).to_html(index=False, na_rep="")}
+{note}
+{shown.to_html(index=False, na_rep="")}
 {images}
 </body></html>
 """

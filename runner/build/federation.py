@@ -35,6 +35,7 @@ from dsosim.federates.common.config import (
     IsoConfig,
     IsoInterface,
     LedgerBoundConfig,
+    LimitsConfig,
     OrgModel,
     RecorderConfig,
     TimeSettings,
@@ -45,6 +46,7 @@ from dsosim.federates.common.config import (
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
 from dsosim.federates.common.profiles import wholesale_load
 from dsosim.federates.common.schedule import DAY_AHEAD_ORIGIN_SUBSTEPS
+from dsosim.federates.dso.controls import control_margin_pu
 from dsosim.federates.dso.feeder import Feeder, FeederError
 from dsosim.federates.hil.gateway import is_local_endpoint
 from dsosim.federates.iso.case import CaseError, load_case
@@ -103,6 +105,7 @@ def build(
     hil_bind: str | None = None,
     first_ldas: int | None = None,
     hosts: str | Path | None = None,
+    seed: int | None = None,
 ) -> BuildResult:
     """Write ``federation.json`` and ``runner.json`` for a scenario into ``out_dir``.
 
@@ -127,6 +130,10 @@ def build(
                 f"cannot keep the first {first_ldas}"
             )
         scenario = scenario.model_copy(update={"ldas": scenario.ldas[:first_ldas]})
+    if seed is not None:
+        if seed < 0:
+            raise ScenarioError(f"seed must be >= 0, got {seed}")
+        scenario = scenario.model_copy(update={"seed": seed})
     if hil_bind is not None:
         if scenario.hil is None:
             raise ScenarioError(f"{scenario_path}: has no [hil] section to bind")
@@ -265,7 +272,7 @@ def federation_config(
                 load_scale=lda.load_scale,
                 load_forecast_error=lda.load_forecast_error,
                 voltage_basis=lda.voltage_basis,
-                limits=lda.limits,
+                limits=_limits(lda, Path(dso_feeder)),
                 aggregators=tuple(a.name for a in lda.aggregators),
             )
         )
@@ -358,6 +365,21 @@ def stall_timeout(scenario: Scenario) -> float:
     if scenario.hil is not None:
         out = max(out, scenario.hil.wait_s + 60)
     return out
+
+
+def _limits(lda: Any, feeder_master: Path) -> LimitsConfig:
+    """The LDA's limits with the control margin its feeder's regulators and
+    switched capacitors call for (``dso.controls``), unless the scenario
+    gives one."""
+    margin = lda.limits.control_margin_pu
+    if margin is None:
+        feeder = Feeder(feeder_master, name=lda.name, voltage_basis=lda.voltage_basis)
+        margin = round(control_margin_pu(feeder), 4)  # above the power flow tolerance
+    try:
+        return LimitsConfig(**{**lda.limits.model_dump(), "control_margin_pu": margin})
+    except ValidationError as exc:
+        reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise ScenarioError(f"ldas[{lda.name}].limits: {reason}") from None
 
 
 def hil_config(
