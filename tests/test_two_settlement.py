@@ -94,27 +94,7 @@ def test_role_two_settlements_close_the_books() -> None:
 
 @pytest.mark.federation
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "model",
-    [
-        pytest.param(
-            "layered",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known defect: the LDA market prices some DERs beyond the price cap "
-                "(DLMP -48,746 $/MWh at interval 253 of this run); the ledger's sanity bound "
-                "refuses those rows, so the residual is not computed",
-            ),
-        ),
-        "1",
-        pytest.param(
-            "4",
-            marks=pytest.mark.xfail(
-                strict=True, reason="settlement rows refused by the ledger sanity bound here too"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("model", ["layered", "1", "4"])
 def test_two_days_of_two_settlements(model: str, tmp_path: Path) -> None:
     built, outcome = run_scenario(TWO, tmp_path / model, hours=26, timeout_s=600, model=model)
     s = outcome.summary
