@@ -544,7 +544,7 @@ class DcOpf:
         if solved is None:
             return self._failed(load, base_by_bus, len(curves), elapsed)
         x, duals, note = solved
-        return self._result(x, duals, note, load, base_by_bus, curves, layout, elapsed)
+        return self.result_from_solution(x, duals, note, load, base_by_bus, curves, layout, elapsed)
 
     def _balance_rhs(self, load: np.ndarray, base_by_bus: np.ndarray) -> np.ndarray:
         return load + self.case.bus_gs_mw + base_by_bus + self._shift_rhs
@@ -816,20 +816,6 @@ class DcOpf:
         ``layout.group_cols``) and rows (``duals``). ``held``: in-service
         generators (by position among ``PeriodModel.gen_on``) held by a
         constraint outside the period (a ramp limit), which set no price."""
-        return self._result(x, duals, note, load, base_by_bus, curves, layout, elapsed, held)
-
-    def _result(
-        self,
-        x: np.ndarray,
-        duals: np.ndarray,
-        note: str,
-        load: np.ndarray,
-        base_by_bus: np.ndarray,
-        curves: Sequence[BusCurve],
-        layout: BidLayout,
-        elapsed: float,
-        held: np.ndarray | None = None,
-    ) -> OpfResult:
         case = self.case
         nb = case.n_bus
         theta = x[self._col_theta : self._col_theta + nb]
