@@ -299,9 +299,18 @@ def _network_rows(
     apart (``stuck``, value and violation at the operating point or the least
     reachable one): penalising them would only make the market chase, at any
     price, a violation it cannot remove (IEEE 13's XFM-1 moves by ~0.01 of its
-    rating per MW at 675); the DSO has to handle them outside the market."""
+    rating per MW at 675); the DSO has to handle them outside the market.
+
+    The screening works per DER, not per block (a feeder has tens of thousands
+    of candidate rows and a few blocks per DER): the box's reach of a row is
+    ``sum_d max(g_d, 0) S+_d + min(g_d, 0) S-_d`` with ``S+_d``/``S-_d`` the
+    DER's positive/negative block sizes summed; only the rows kept get block
+    columns."""
     mon = np.flatnonzero(state.monitored)
-    nodes = np.asarray(state.node_names, dtype=object)[mon]
+    n_der = len(sens.der_names)
+    s_pos = np.bincount(der_of, weights=np.maximum(size, 0.0), minlength=n_der)
+    s_neg = np.bincount(der_of, weights=np.minimum(size, 0.0), minlength=n_der)
+    with_blocks = np.bincount(der_of, minlength=n_der) > 0
     dv = _denoise(np.asarray(sens.dv_dp)[mon])
     v0 = np.asarray(state.v_pu)[mon]
     up = _denoise(np.asarray(sens.dloading_dp_up))
@@ -309,51 +318,79 @@ def _network_rows(
     scale = np.maximum(np.abs(up).max(axis=1, initial=0.0), np.abs(down).max(axis=1, initial=0.0))
     kinked = (scale > 0.0) & (np.abs(up - down).max(axis=1, initial=0.0) > _KINK_TOL * scale)
     l0 = np.asarray(state.loading)
+    thermal = np.where(kinked[:, None], up, (up + down) / 2.0)
+    # Row groups in order: vmax per node, vmin per node, one thermal row per
+    # smooth branch (the central slope) and two per kinked one (each one-sided
+    # slope). vmin rows are the vmax rows negated: their reach is too.
+    v_hi, v_lo, v_move = _reach(dv, offset, s_pos, s_neg, with_blocks)
+    t_hi, t_lo, t_move = _reach(thermal, offset, s_pos, s_neg, with_blocks)
+    k_hi, k_lo, k_move = _reach(down[kinked], offset, s_pos, s_neg, with_blocks)
+    l0k = l0[kinked]
+    groups: tuple[
+        tuple[ConstraintKind, float, float, np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...
+    ] = (
+        ("vmax", 1.0, limits.vmax_pu, v0, v0 + v_hi, v0 + v_lo, v_move),
+        ("vmin", -1.0, -limits.vmin_pu, -v0, -v0 - v_lo, -v0 - v_hi, v_move),
+        ("thermal", 1.0, limits.max_loading, l0, l0 + t_hi, l0 + t_lo, t_move),
+        ("thermal", 1.0, limits.max_loading, l0k, l0k + k_hi, l0k + k_lo, k_move),
+    )
+    nodes = np.asarray(state.node_names, dtype=object)[mon]
     branches = np.asarray(state.branch_names, dtype=object)
-    # Rows: vmax per node, vmin per node, one thermal row per smooth branch (the
-    # central slope) and two per kinked one (each one-sided slope).
-    grad = np.vstack([dv, -dv, np.where(kinked[:, None], up, (up + down) / 2.0), down[kinked]])
-    value = np.concatenate([v0, -v0, l0, l0[kinked]])
-    n_v, n_t = len(mon), len(l0) + int(kinked.sum())
-    lim = np.concatenate(
-        [
-            np.full(n_v, limits.vmax_pu),
-            np.full(n_v, -limits.vmin_pu),
-            np.full(n_t, limits.max_loading),
-        ]
-    )
-    sign = np.concatenate([np.ones(n_v), -np.ones(n_v), np.ones(n_t)])
-    kind = np.array(["vmax"] * n_v + ["vmin"] * n_v + ["thermal"] * n_t, dtype=object)
-    element = np.concatenate([nodes, nodes, branches, branches[kinked]])
-
-    const = value + grad @ offset
-    coef = grad[:, der_of]
-    reach_hi = const + np.clip(coef, 0.0, None) @ size
-    reach_lo = const + np.clip(coef, None, 0.0) @ size
-    movable = np.any(coef != 0.0, axis=1)
-    unfixable = reach_lo > lim + 1e-9
-    keep = movable & (reach_hi > lim) & ~unfixable
-    stuck = tuple(
-        NetworkConstraint(
-            kind=kind[r],
-            element=element[r],
-            value=float(sign[r] * value[r]),
-            limit=float(sign[r] * lim[r]),
-            dual=0.0,
-            violation=float(max(value[r] - lim[r], reach_lo[r] - lim[r])),
+    names = (nodes, nodes, branches, branches[kinked])
+    grads = (dv, dv, thermal, down[kinked])
+    kinds: list[ConstraintKind] = []
+    elements: list[str] = []
+    picked_grad: list[np.ndarray] = []
+    const, lim, sign = [], [], []
+    stuck: list[NetworkConstraint] = []
+    for (kind, sg, limit, value, reach_hi, reach_lo, movable), element, grad in zip(
+        groups, names, grads, strict=True
+    ):
+        unfixable = reach_lo > limit + 1e-9
+        keep = np.flatnonzero(movable & (reach_hi > limit) & ~unfixable)
+        stuck.extend(
+            NetworkConstraint(
+                kind=kind,
+                element=str(element[r]),
+                value=float(sg * value[r]),
+                limit=float(sg * limit),
+                dual=0.0,
+                violation=float(max(value[r] - limit, reach_lo[r] - limit)),
+            )
+            for r in np.flatnonzero(unfixable)
         )
-        for r in np.flatnonzero(unfixable)
-    )
+        kinds.extend([kind] * len(keep))
+        elements.extend(element[keep])
+        picked_grad.append(sg * grad[keep])
+        const.append(value[keep] + sg * (grad[keep] @ offset))
+        lim.append(np.full(len(keep), limit))
+        sign.append(np.full(len(keep), sg))
+    grad_kept = np.vstack(picked_grad)
     rows = _Rows(
-        kind=tuple(kind[keep]),
-        element=tuple(element[keep]),
-        limit=lim[keep],
-        const=const[keep],
-        coef=coef[keep],
-        grad=grad[keep],
-        sign=sign[keep],
+        kind=tuple(kinds),
+        element=tuple(elements),
+        limit=np.concatenate(lim),
+        const=np.concatenate(const),
+        coef=grad_kept[:, der_of],
+        grad=grad_kept,
+        sign=np.concatenate(sign),
     )
-    return rows, stuck
+    return rows, tuple(stuck)
+
+
+def _reach(
+    grad: np.ndarray, offset: np.ndarray, s_pos: np.ndarray, s_neg: np.ndarray, live: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``grad`` (rows, DERs): the row's change with no block taken
+    (``grad @ offset``) plus its largest and smallest change over the box of
+    block quantities, and whether a DER with blocks moves it."""
+    pos = np.maximum(grad, 0.0)
+    neg = np.minimum(grad, 0.0)
+    base = grad @ offset
+    hi = base + pos @ s_pos + neg @ s_neg
+    lo = base + neg @ s_pos + pos @ s_neg
+    moves = np.any(grad[:, live] != 0.0, axis=1)
+    return hi, lo, moves
 
 
 def _denoise(a: np.ndarray) -> np.ndarray:
