@@ -423,5 +423,8 @@ def test_spec_json_round_trips_and_omits_defaults() -> None:
     data["pvs"].append({"bus": "bus0", "rating_mw": 0.01})
     assert fleet_from_json(data).pvs[-1] == PvSpec("bus0", 0.01)
     data["pvs"].append({"bus": "bus0", "rating_mw": 0.01, "colour": "blue"})
-    with pytest.raises(TypeError, match="colour"):
+    with pytest.raises(ValueError, match=r"pvs\[\d+\]\(bus='bus0'\)\.colour: unknown field"):
+        fleet_from_json(data)
+    data["pvs"][-1] = {"bus": "bus0", "rating_mw": "0.01"}  # a string is not a number
+    with pytest.raises(ValueError, match=r"rating_mw: Input should be a valid number"):
         fleet_from_json(data)

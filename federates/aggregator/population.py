@@ -38,19 +38,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 
 from dsosim.federates.aggregator.specs import (
     BatterySpec,
     EvSpec,
+    Fraction,
     HvacSpec,
+    Positive,
     PvSpec,
     SiteSpec,
     WaterHeaterSpec,
     fail,
-    fraction,
-    positive,
+    spec,
 )
 
 Range = tuple[float, float]
@@ -66,42 +69,33 @@ PV_ORIENTATIONS = ("south", "east", "west")
 PV_ORIENTATION_SHARES = (0.6, 0.2, 0.2)
 
 
-@dataclass(frozen=True)
+@spec
 class HomeMix:
     """Penetration shares of homes and the size ranges of their devices."""
 
-    home_peak_kw: float = 4.0
-    enrolled: float = 1.0
-    counts: Mapping[str, int] = field(default_factory=dict)
-    pv: float = 0.0
-    battery: float = 0.0
-    ev: float = 0.0
-    v2g: float = 0.0
+    home_peak_kw: Positive = 4.0
+    enrolled: Fraction = 1.0
+    counts: Mapping[str, Annotated[int, Field(strict=True, ge=0)]] = field(default_factory=dict)
+    pv: Fraction = 0.0
+    battery: Fraction = 0.0
+    ev: Fraction = 0.0
+    v2g: Fraction = 0.0
     """Share of the EVs that can discharge to the grid."""
-    hvac: float = 0.0
-    water_heater: float = 0.0
-    volt_var: float = 0.0
+    hvac: Fraction = 0.0
+    water_heater: Fraction = 0.0
+    volt_var: Fraction = 0.0
     """Share of the PV inverters running volt-var."""
-    hvac_mode: str = "cool"
-    pv_kw: Range = (3.0, 8.0)
-    battery_kwh: Range = (5.0, 15.0)
-    ev_kwh_per_day: Range = (4.0, 16.0)
-    comfort_price: Range = (20.0, 100.0)
+    hvac_mode: Literal["cool", "heat"] = "cool"
+    pv_kw: tuple[Positive, Positive] = (3.0, 8.0)
+    battery_kwh: tuple[Positive, Positive] = (5.0, 15.0)
+    ev_kwh_per_day: tuple[Positive, Positive] = (4.0, 16.0)
+    comfort_price: tuple[Positive, Positive] = (20.0, 100.0)
 
     def __post_init__(self) -> None:
-        owner = "HomeMix"
-        positive(owner, "home_peak_kw", self.home_peak_kw)
-        for name in ("enrolled", "pv", "battery", "ev", "v2g", "hvac", "water_heater", "volt_var"):
-            fraction(owner, name, getattr(self, name))
-        if self.hvac_mode not in ("cool", "heat"):
-            fail(owner, "hvac_mode", f"must be 'cool' or 'heat', got {self.hvac_mode!r}")
         for name in ("pv_kw", "battery_kwh", "ev_kwh_per_day", "comfort_price"):
             lo, hi = getattr(self, name)
-            if not 0.0 < lo <= hi:
-                fail(owner, name, f"must be a range 0 < low <= high, got {(lo, hi)!r}")
-        for bus, n in self.counts.items():
-            if not (isinstance(n, int) and n >= 0):
-                fail(owner, f"counts[{bus}]", f"must be an integer >= 0, got {n!r}")
+            if not lo <= hi:
+                fail("HomeMix", name, f"must be a range low <= high, got {(lo, hi)!r}")
 
 
 def homes_per_bus(

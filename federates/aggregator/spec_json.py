@@ -3,7 +3,7 @@
 Each device is a dict of its fields, leaving out the fields at their
 default (a home's device costs a few numbers; a thousand devices stay
 around 100 kB). Other build steps may append devices to these lists
-(``runner.existing_ders``). Unknown fields raise ``TypeError`` naming them.
+(``runner.existing_ders``). Unknown fields raise ``ValueError`` naming them.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from dsosim.federates.aggregator.specs import (
     InflexibleLoadSpec,
     PvSpec,
     ShiftableLoadSpec,
-    SiteSpec,
-    SkyTable,
     WaterHeaterSpec,
 )
 
@@ -52,18 +50,11 @@ def fleet_to_json(spec: FleetSpec) -> dict[str, Any]:
 
 
 def fleet_from_json(data: dict[str, Any]) -> FleetSpec:
-    """Rebuild a spec from :func:`fleet_to_json` data."""
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in DEVICES:
-            kwargs[key] = _devices(DEVICES[key], value)
-        elif key == "site":
-            kwargs[key] = SiteSpec(**value)
-        elif key == "sky":
-            kwargs[key] = None if value is None else SkyTable(**value)
-        else:
-            kwargs[key] = tuple(value) if isinstance(value, list) else value
-    return FleetSpec(**kwargs)
+    """Rebuild a spec from :func:`fleet_to_json` data (validated by the specs
+    themselves: lists become tuples, unknown fields are refused by name)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a fleet spec must be a JSON object, got {type(data).__name__}")
+    return FleetSpec(**data)
 
 
 def _device(device: Any) -> dict[str, Any]:
@@ -73,16 +64,6 @@ def _device(device: Any) -> dict[str, Any]:
         if f.default is MISSING or value != f.default:
             out[f.name] = _plain(value)
     return out
-
-
-def _devices(cls: type, value: Any) -> tuple[Any, ...]:
-    if not isinstance(value, list):
-        raise TypeError(f"{cls.__name__}: expected a list of devices, got {type(value).__name__}")
-    return tuple(cls(**_tuples(d)) for d in value)
-
-
-def _tuples(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def _plain(value: Any) -> Any:

@@ -26,6 +26,7 @@ are seeded per LDA: fleets on one feeder share their weather.
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -214,9 +215,5 @@ def _with_sky(spec: FleetSpec, where: str) -> FleetSpec:
     site = spec.site
     if site.profile is not None:  # keep the name, not a machine path, in the config
         stem = Path(site.profile).stem
-        site = SiteSpec(**{**_fields(site), "profile": stem})
-    return FleetSpec(**{**_fields(spec), "sky": sky, "site": site})
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
+        site = replace(site, profile=stem)
+    return replace(spec, sky=sky, site=site)
