@@ -139,6 +139,24 @@ def test_pooling_keeps_range_and_order_and_bounds_each_band() -> None:
         assert i == len(p_b)
 
 
+@pytest.mark.parametrize("n", [50, 5000, 60000])
+def test_block_order_is_lexsorts_with_ties_in_index_order(n: int) -> None:
+    """The fast block order is exactly the stable (bus, price descending) order:
+    many equal prices (several devices offering at one price), signed zeros,
+    the price cap and floor, many buses."""
+    rng = np.random.default_rng(n)
+    bus = rng.integers(0, 40, n).astype(np.intp)
+    price = rng.uniform(-50.0, 200.0, n)
+    shared = rng.random(n) < 0.5
+    price[shared] = rng.choice([-0.0, 0.0, 12.5, 30.0, PRICE_CAP, PRICE_FLOOR], shared.sum())
+    expected = np.lexsort((-price, bus))
+    got = offers.bus_price_order(bus, price)
+    assert got.dtype == np.intp
+    assert np.array_equal(got, expected)
+    price[n // 2] = np.nan  # not a price the fleet makes: the plain lexsort then
+    assert np.array_equal(offers.bus_price_order(bus, price), np.lexsort((-price, bus)))
+
+
 def test_a_thousand_devices_bid_a_bounded_curve_that_is_still_deliverable() -> None:
     spec = _mixed_spec(n_bus=3, homes=250, max_blocks=12)
     fleet = Fleet(spec, interval_s=300.0, n_intervals=DAY, seed=3)

@@ -63,7 +63,7 @@ def assemble(
     price = np.clip(price[keep], PRICE_FLOOR, PRICE_CAP)  # +inf (no later chance) -> the cap
     mw, owner = mw[keep], owner[keep].astype(np.intp)
     bus = dev_bus[owner]
-    order = np.lexsort((-price, bus))
+    order = bus_price_order(bus, price)
     bus, price, mw, owner = bus[order], price[order], mw[order], owner[order]
     # the device range is its least net demand plus the blocks kept
     dev_hi = dev_lo + np.bincount(owner, mw, minlength=len(dev_lo))
@@ -84,6 +84,39 @@ def assemble(
         curve_mw=c_mw,
         curve_start=np.searchsorted(c_bus, np.arange(n_bus + 1)),
     )
+
+
+def bus_price_order(bus: IntArray, price: FloatArray) -> IntArray:
+    """The permutation ``np.lexsort((-price, bus))`` gives (by bus, then price
+    highest first, ties in index order), about twice as fast on large fleets.
+
+    A stable sort of floats is numpy's timsort; an unstable one (introsort,
+    SIMD where the CPU has it) is much faster but orders ties arbitrarily.
+    So: rank the distinct prices with one unstable sort (equal prices get
+    equal ranks, whatever order the sort left them in), then sort integers
+    ``(bus * distinct + rank) * n + index``, which are unique, so an unstable
+    sort of them is the stable order. Falls back to ``lexsort`` for small
+    inputs, NaN prices or keys that would not fit in 64 bits."""
+    n = len(price)
+    if n < 4096:
+        return np.lexsort((-price, bus))
+    neg = -price
+    by_price = np.argsort(neg)
+    ordered = neg[by_price]
+    if np.isnan(ordered[-1]) or int(bus.min()) < 0:
+        return np.lexsort((-price, bus))
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])  # -0.0 == 0.0, as lexsort has it
+    rank_sorted = np.cumsum(new) - 1
+    distinct = int(rank_sorted[-1]) + 1
+    if (int(bus.max()) + 1) * distinct * n >= 2**63:
+        return np.lexsort((-price, bus))
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_price] = rank_sorted
+    key = (bus.astype(np.int64) * distinct + rank) * n + np.arange(n, dtype=np.int64)
+    key.sort()
+    return (key % n).astype(np.intp)
 
 
 def pool(
