@@ -141,11 +141,13 @@ def run(
     *,
     model: str | None = None,
     hours: float | None = None,
+    start_hour: float | None = None,
     timeout_s: float | None = None,
 ) -> Results:
     """Build and run a scenario's federation (as ``dsosim run`` does) and
     return its results. ``out`` defaults to ``runs/<scenario file stem>``;
-    ``model`` and ``hours`` override the scenario's. Raises
+    ``model``, ``hours`` and ``start_hour`` (an hour of the start date) override
+    the scenario's. Raises
     :class:`RunFailed` if the federation stops early."""
     from dsosim.runner.build.federation import build
     from dsosim.runner.launch import build_and_launch
@@ -153,7 +155,9 @@ def run(
     path = scenario.path if isinstance(scenario, Scenario) else Path(scenario)
     out = Path(out) if out is not None else Path("runs") / path.stem
     options: dict[str, Any] = {} if timeout_s is None else {"timeout_s": timeout_s}
-    built, outcome = build_and_launch(lambda: build(path, out, hours=hours, model=model), **options)
+    built, outcome = build_and_launch(
+        lambda: build(path, out, hours=hours, start_hour=start_hour, model=model), **options
+    )
     results = Results(built.results_dir)
     if not outcome.ok:
         raise RunFailed(f"{path}: run failed: {outcome.failure}", results)

@@ -446,3 +446,31 @@ def test_spec_json_round_trips_and_omits_defaults() -> None:
     data["pvs"][-1] = {"bus": "bus0", "rating_mw": "0.01"}  # a string is not a number
     with pytest.raises(ValueError, match=r"rating_mw: Input should be a valid number"):
         fleet_from_json(data)
+
+
+def test_a_fleet_started_late_follows_the_clock() -> None:
+    """A run that starts at 16:00 sees the sun, loads and prior of 16:00 (the
+    same weather path as a run from midnight, since both draw it from midnight)."""
+    spec = dict(
+        pvs=(PvSpec("a", 1.0, curtailable=False),),
+        inflexible_loads=(InflexibleLoadSpec("a", 0.5, noise=0.0),),
+        price_prior=tuple(float(h) for h in range(24)),
+    )
+    first = 16 * 12
+    midnight = _fleet(n_intervals=first + 12, **spec)
+    for k in range(first):
+        midnight.dispatch(k, {"a": midnight.bids(k)["a"].base_mw}, {"a": 20.0})
+    late = Fleet(
+        FleetSpec(sky=SKY, **spec), interval_s=300.0, n_intervals=12, seed=1, start_s=16 * 3600.0
+    )
+    assert late.forecast(0, 1)[0, 0] == pytest.approx(16.0)  # the prior's 16:00 slot
+    at_16 = late.bids(0)["a"].base_mw
+    for k in range(12):
+        got, want = late.bids(k)["a"], midnight.bids(first + k)["a"]
+        assert got.base_mw == pytest.approx(want.base_mw, abs=1e-12)
+        late.dispatch(k, {"a": got.base_mw}, {"a": 20.0})
+        midnight.dispatch(first + k, {"a": want.base_mw}, {"a": 20.0})
+    fresh = _fleet(n_intervals=12, **spec)
+    assert fresh.bids(0)["a"].base_mw != pytest.approx(at_16, abs=1e-3)  # midnight differs
+    with pytest.raises(ValueError, match="start_s must be a whole number"):
+        Fleet(FleetSpec(sky=SKY, **spec), interval_s=300.0, n_intervals=1, seed=1, start_s=100.0)

@@ -251,3 +251,20 @@ def test_day_ahead_section_checked(tmp_path: Path) -> None:
     two_settlement = SCENARIOS_DIR / "two-settlement.toml"
     scenario, _ = load_scenario(two_settlement)
     assert scenario.hours == 72 and scenario.day_ahead.enabled
+
+
+def test_start_must_fall_on_an_interval_and_start_hour_moves_it(tmp_path: Path) -> None:
+    from dsosim.runner.build.federation import build
+
+    off = 'name = "s"\nstart = 2027-01-05T06:32:00\n' + GOOD_LDA
+    with pytest.raises(ScenarioError, match=r"start: 06:32:00 is not a whole number of 5-minute"):
+        load_scenario(_write(tmp_path, off))
+    built = build(QUICKSTART, tmp_path / "o", start_hour=17.5, hours=1.0, port=23999)
+    time = built.config.time
+    assert time.start.isoformat() == "2026-07-20T17:30:00" and time.start_s == 63_000.0
+    assert time.timestamp(12).isoformat() == "2026-07-20T18:30:00"
+    for bad, match in ((24.0, r"--start-hour must be in \[0, 24\)"), (1.01, "not a whole number")):
+        with pytest.raises(ScenarioError, match=match):
+            build(QUICKSTART, tmp_path / "o2", start_hour=bad, port=23999)
+    with pytest.raises(ScenarioError, match="must start at midnight"):
+        build(SCENARIOS_DIR / "two-settlement.toml", tmp_path / "o3", start_hour=6, port=23999)

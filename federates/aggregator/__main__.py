@@ -36,6 +36,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         interval_s=config.time.interval_s,
         n_intervals=config.time.n_intervals,
         seed=config.seed + zlib.crc32(name.encode()),
+        start_s=config.time.start_s,
     )
     if tuple(fleet.buses) != tuple(cfg.buses):
         raise ValueError(

@@ -13,7 +13,11 @@ group per device type (see the module of each: ``battery``, ``pv``, ``ev``,
    response error, run the interval's physics and report what the devices
    did, per bus and device type, next to their no-market baseline.
 
-Time: interval 0 starts at midnight; ``interval_s`` must divide a day.
+Time: interval 0 starts ``start_s`` seconds after midnight (default 0, a
+whole number of intervals); ``interval_s`` must divide a day. Inside, the
+devices, the weather and the price estimate count intervals from midnight of
+the first day (the *clock* interval, run interval + ``start_s / interval_s``),
+so a run that starts at 16:00 sees the evening's sun, loads and EV arrivals.
 Randomness (EV sessions, initial temperatures, overrides, load noise,
 response error) comes from ``seed``; weather from ``spec.weather_seed``.
 """
@@ -132,7 +136,15 @@ class Fleet:
     state change) then ``dispatch(t)``, which advances the fleet to ``t + 1``.
     """
 
-    def __init__(self, spec: FleetSpec, *, interval_s: float, n_intervals: int, seed: int) -> None:
+    def __init__(
+        self,
+        spec: FleetSpec,
+        *,
+        interval_s: float,
+        n_intervals: int,
+        seed: int,
+        start_s: float = 0.0,
+    ) -> None:
         number = isinstance(interval_s, (int, float)) and interval_s > 0
         per_day = SECONDS_PER_DAY / interval_s if number else 0.5
         if not (math.isclose(per_day, round(per_day)) and round(per_day) >= 1):
@@ -141,9 +153,18 @@ class Fleet:
             )
         if not (isinstance(n_intervals, int) and n_intervals >= 1):
             raise ValueError(f"n_intervals must be an integer >= 1, got {n_intervals!r}")
+        first = start_s / interval_s if isinstance(start_s, (int, float)) else -1.0
+        if not (0.0 <= start_s < SECONDS_PER_DAY and math.isclose(first, round(first))):
+            raise ValueError(
+                f"start_s must be a whole number of {interval_s:g} s intervals within a day, "
+                f"got {start_s!r}"
+            )
         self.spec = spec
         self.interval_s = float(interval_s)
         self.n_intervals = n_intervals
+        self._first = round(first)
+        """Clock interval (from midnight of the first day) of run interval 0."""
+        self._clock_n = self._first + n_intervals
         self._dt_h = self.interval_s / 3600.0
         self._slots = round(SECONDS_PER_DAY / interval_s)
         self._t = 0
@@ -169,7 +190,7 @@ class Fleet:
             spec.price_smoothing,
             memory=spec.price_memory_h / self._dt_h,
             prior_weight=spec.price_prior_h / self._dt_h,
-            n_intervals=self.forecast_reach,
+            n_intervals=self._first + self.forecast_reach,
         )
         self._voltage = np.ones(len(self._buses))
         self._cache: offers.FleetOffer | None = None
@@ -199,11 +220,11 @@ class Fleet:
             )
         wseed = spec.weather_seed if spec.weather_seed is not None else seed
         return run_weather(
-            sky, spec.site, n_intervals=self.n_intervals, interval_s=self.interval_s, seed=wseed
+            sky, spec.site, n_intervals=self._clock_n, interval_s=self.interval_s, seed=wseed
         )
 
     def _groups(self, spec: FleetSpec, seed: int) -> list[DeviceGroup]:
-        dt, n, s = self._dt_h, self.n_intervals, self.interval_s
+        dt, n, s = self._dt_h, self._clock_n, self.interval_s
         horizon = max(1, round(spec.horizon_h / dt))  # == self._horizon
         thermal = {
             "dt_h": dt,
@@ -327,13 +348,13 @@ class Fleet:
         """Expected price per bus (rows) of intervals ``first ... first + n - 1``
         as the fleet sees them now: published prices where there are any, the
         learned forecast elsewhere."""
-        return self._est.forecast(np.arange(len(self._buses)), first + np.arange(n))
+        return self._est.forecast(np.arange(len(self._buses)), self._first + first + np.arange(n))
 
     def publish_prices(self, first: int, prices: Sequence[float]) -> None:
         """Plan against these prices for intervals ``first, first + 1, ...``
         (every bus): the interface a day-ahead market's prices come in by.
         They replace the learned forecast for those intervals only."""
-        self._est.publish(first, prices)
+        self._est.publish(self._first + first, prices)
         self._cache = None  # offers depend on them
 
     def set_voltages(self, v_pu: Mapping[str, float]) -> None:
@@ -428,12 +449,13 @@ class Fleet:
             )
 
     def _tick(self, t: int) -> Tick:
+        clock = self._first + t
         return Tick(
-            t=t,
-            slot=t % self._slots,
+            t=clock,
+            slot=clock % self._slots,
             slots=self._slots,
             dt_h=self._dt_h,
-            outlook=Outlook(self._est, t),
+            outlook=Outlook(self._est, clock),
         )
 
     def _offer(self, interval: int) -> offers.FleetOffer:
@@ -569,7 +591,8 @@ class Fleet:
         price_by_bus[p_idx] = p_vals
         everyone = np.arange(n_bus)
         ahead = tick.outlook.ahead(self._horizon)[self._est.label]
-        published = self._est.published_at(np.array([interval])) is not None
+        clock = self._first + interval
+        published = self._est.published_at(np.array([clock])) is not None
         outcome = DispatchOutcome(
             interval=interval,
             buses=self._buses,
@@ -584,7 +607,7 @@ class Fleet:
             forecast_high=_readonly(ahead.max(axis=1)),
             published=published,
         )
-        self._est.update(p_idx, p_vals, interval % self._slots)
+        self._est.update(p_idx, p_vals, clock % self._slots)
         self._t += 1
         self._cache = None
         self._plan = None

@@ -154,6 +154,13 @@ class TimeSettings(Strict):
         """Market intervals in a simulated day (rounded)."""
         return max(1, round(86400.0 / self.interval_s))
 
+    @property
+    def start_s(self) -> float:
+        """Seconds after midnight at which interval 0 starts (the start's time of
+        day): roles shift their daily profiles by it."""
+        t = self.start
+        return float(t.hour * 3600 + t.minute * 60 + t.second) + t.microsecond / 1e6
+
     def timestamp(self, interval: int) -> datetime:
         """Simulated date and time at which market interval ``interval`` starts."""
         return self.start + timedelta(seconds=interval * self.interval_s)

@@ -155,7 +155,7 @@ class GridOperator:
         n = time.n_intervals
         shapes = {"residential": residential_load, "commercial": commercial_load}
         shape = (
-            shapes[config.load_profile](n, time.interval_s)
+            shapes[config.load_profile](n, time.interval_s, start_s=time.start_s)
             if config.load_profile in shapes
             else np.ones(n)
         )

@@ -166,7 +166,7 @@ class WholesaleMarket:
         if config.load_profile == "flat":
             self.profile = np.ones(time.n_intervals)
         else:
-            self.profile = wholesale_load(time.n_intervals, time.interval_s)
+            self.profile = wholesale_load(time.n_intervals, time.interval_s, start_s=time.start_s)
         self._schedules: dict[tuple[int, BidKey], tuple[float, float]] = {}
         self.seed = seed
         self.per_day = time.intervals_per_day

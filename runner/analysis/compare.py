@@ -76,6 +76,7 @@ def run_models(
     *,
     models: Sequence[str] = MODEL_NAMES,
     hours: float | None = None,
+    start_hour: float | None = None,
     on_done: Callable[[str, dict[str, Any]], None] | None = None,
     seeds: Sequence[int] | None = None,
     jobs: int = 1,
@@ -101,7 +102,9 @@ def run_models(
     def one(model: str, seed: int | None, folder: Path) -> dict[str, Any]:
         def make() -> Any:
             with build_lock:
-                return build(scenario, folder, hours=hours, model=model, seed=seed)
+                return build(
+                    scenario, folder, hours=hours, start_hour=start_hour, model=model, seed=seed
+                )
 
         built, outcome = build_and_launch(make)
         row = metrics(built.results_dir, model, outcome.summary)

@@ -17,6 +17,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,7 @@ def build(
     out_dir: str | Path,
     *,
     hours: float | None = None,
+    start_hour: float | None = None,
     port: int | None = None,
     portable: bool = False,
     model: str | None = None,
@@ -112,34 +114,26 @@ def build(
     ``portable`` writes paths relative to ``out_dir`` and ``python`` as the
     interpreter (for runner files checked into the repository, launched from
     an activated environment); otherwise absolute paths and this interpreter.
-    ``first_ldas`` keeps only the scenario's first N LDAs (``dsosim bench scale``).
+    ``start_hour`` moves the start to that hour of the scenario's start date
+    (for short comparisons of, say, the evening peak: the profiles, weather and
+    devices follow the clock). ``first_ldas`` keeps only the scenario's first
+    N LDAs (``dsosim bench scale``).
     ``hosts`` (a hosts file, ``runner.build.hosts``) spreads the federation over
     several machines: one folder per host under ``out_dir``; the result's
     ``runner`` is then the broker host's.
     """
     plan = load_hosts(hosts) if hosts is not None else None
     scenario, base = load_scenario(scenario_path)
-    if hours is not None:
-        scenario = scenario.model_copy(update={"hours": hours})
-    if model is not None:
-        scenario = scenario.model_copy(update={"model": model})
-    if first_ldas is not None:
-        if not 1 <= first_ldas <= len(scenario.ldas):
-            raise ScenarioError(
-                f"{scenario_path}: has {len(scenario.ldas)} LDA(s), "
-                f"cannot keep the first {first_ldas}"
-            )
-        scenario = scenario.model_copy(update={"ldas": scenario.ldas[:first_ldas]})
-    if seed is not None:
-        if seed < 0:
-            raise ScenarioError(f"seed must be >= 0, got {seed}")
-        scenario = scenario.model_copy(update={"seed": seed})
-    if hil_bind is not None:
-        if scenario.hil is None:
-            raise ScenarioError(f"{scenario_path}: has no [hil] section to bind")
-        scenario = scenario.model_copy(
-            update={"hil": scenario.hil.model_copy(update={"bind": hil_bind})}
-        )
+    scenario = _overridden(
+        scenario,
+        scenario_path,
+        hours=hours,
+        start_hour=start_hour,
+        model=model,
+        first_ldas=first_ldas,
+        seed=seed,
+        hil_bind=hil_bind,
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     out_abs = Path(os.path.abspath(out))
@@ -537,3 +531,54 @@ def _published_load(profile: str) -> tuple[float, ...] | None:
     if profile == "flat":
         return None
     return tuple(round(float(x), 6) for x in wholesale_load(24, 3600.0))
+
+
+def _overridden(
+    scenario: Scenario,
+    scenario_path: str | Path,
+    *,
+    hours: float | None,
+    start_hour: float | None,
+    model: str | None,
+    first_ldas: int | None,
+    seed: int | None,
+    hil_bind: str | None,
+) -> Scenario:
+    """The scenario with the command line's overrides applied."""
+    if hours is not None:
+        scenario = scenario.model_copy(update={"hours": hours})
+    if start_hour is not None:
+        scenario = with_start_hour(scenario, start_hour, scenario_path)
+    if model is not None:
+        scenario = scenario.model_copy(update={"model": model})
+    if first_ldas is not None:
+        if not 1 <= first_ldas <= len(scenario.ldas):
+            raise ScenarioError(
+                f"{scenario_path}: has {len(scenario.ldas)} LDA(s), "
+                f"cannot keep the first {first_ldas}"
+            )
+        scenario = scenario.model_copy(update={"ldas": scenario.ldas[:first_ldas]})
+    if seed is not None:
+        if seed < 0:
+            raise ScenarioError(f"seed must be >= 0, got {seed}")
+        scenario = scenario.model_copy(update={"seed": seed})
+    if hil_bind is not None:
+        if scenario.hil is None:
+            raise ScenarioError(f"{scenario_path}: has no [hil] section to bind")
+        scenario = scenario.model_copy(
+            update={"hil": scenario.hil.model_copy(update={"bind": hil_bind})}
+        )
+    return scenario
+
+
+def with_start_hour(scenario: Scenario, hour: float, where: str | Path) -> Scenario:
+    """The scenario starting at ``hour`` (0 <= hour < 24) of its start date,
+    checked like a ``start`` written in the file."""
+    if not (isinstance(hour, (int, float)) and 0.0 <= hour < 24.0):
+        raise ScenarioError(f"{where}: --start-hour must be in [0, 24), got {hour!r}")
+    day = datetime.combine(scenario.start.date(), datetime.min.time())
+    start = day + timedelta(seconds=round(hour * 3600.0, 6))
+    try:
+        return Scenario.model_validate(scenario.model_copy(update={"start": start}).model_dump())
+    except ValidationError as exc:
+        raise ScenarioError(f"{where}: --start-hour {hour:g}: {exc.errors()[0]['msg']}") from None

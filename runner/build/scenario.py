@@ -401,6 +401,18 @@ class Scenario(_Section):
         return naive_start(value)
 
     @model_validator(mode="after")
+    def _start_on_interval(self) -> Scenario:
+        t = self.start
+        after_midnight = t.hour * 60 + t.minute + (t.second + t.microsecond / 1e6) / 60.0
+        steps = after_midnight / self.interval_minutes
+        if abs(steps - round(steps)) > 1e-9:
+            raise ValueError(
+                f"start: {t.time()} is not a whole number of {self.interval_minutes:g}-minute "
+                "intervals after midnight (daily profiles and devices run on that clock)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _unique_names(self) -> Scenario:
         names = [lda.name for lda in self.ldas] + [
             a.name for lda in self.ldas for a in lda.aggregators

@@ -15,6 +15,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
+    p.add_argument(
+        "--start-hour",
+        type=float,
+        default=None,
+        help="start at this hour of the scenario's start date (e.g. 16 with --hours 4 "
+        "for the evening peak); profiles, weather and devices follow the clock",
+    )
     add_model_argument(p)
     p.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
     p.add_argument(
@@ -36,6 +43,7 @@ def handle(args: argparse.Namespace) -> int:
             args.scenario,
             args.out,
             hours=args.hours,
+            start_hour=args.start_hour,
             model=args.model,
             port=args.port,
             portable=args.portable,

@@ -38,6 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
     p.add_argument(
+        "--start-hour",
+        type=float,
+        default=None,
+        help="start at this hour of the scenario's start date (e.g. 16 with --hours 4 "
+        "for the evening peak); profiles, weather and devices follow the clock",
+    )
+    p.add_argument(
         "--models",
         nargs="+",
         default=list(MODEL_NAMES),
@@ -84,6 +91,7 @@ def handle(args: argparse.Namespace) -> int:
             out,
             models=args.models,
             hours=args.hours,
+            start_hour=args.start_hour,
             on_done=done,
             seeds=seeds if many else None,
             jobs=args.jobs,

@@ -52,6 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario")
     p.add_argument("--out", default=None, help="output folder (default: runs/<scenario file stem>)")
     p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
+    p.add_argument(
+        "--start-hour",
+        type=float,
+        default=None,
+        help="start at this hour of the scenario's start date (e.g. 16 with --hours 4 "
+        "for the evening peak); profiles, weather and devices follow the clock",
+    )
     add_model_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -106,9 +113,13 @@ def handle(args: argparse.Namespace) -> int:
         os.close(lock)
 
 
+def _build(args: argparse.Namespace, out: Path) -> BuildResult:
+    return build(args.scenario, out, hours=args.hours, start_hour=args.start_hour, model=args.model)
+
+
 def _run(args: argparse.Namespace, out: Path) -> int:
     try:
-        built = build(args.scenario, out, hours=args.hours, model=args.model)
+        built = _build(args, out)
     except (ScenarioError, ValueError, OSError) as exc:
         _say(f"dsosim run: {exc}", err=True)
         return 2
@@ -117,9 +128,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
 
     def make() -> BuildResult:
         """The build above, then (on a retry) a fresh one on a new port."""
-        return (
-            first.pop() if first else build(args.scenario, out, hours=args.hours, model=args.model)
-        )
+        return first.pop() if first else _build(args, out)
 
     _say(
         f"running {built.config.name}: {n} intervals, "
