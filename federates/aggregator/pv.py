@@ -79,6 +79,17 @@ def volt_var(v_pu: FloatArray) -> FloatArray:
     return np.interp(v_pu, VOLT_VAR_V, VOLT_VAR_Q)
 
 
+def volt_var_ratings(pvs: Sequence[PvSpec]) -> dict[str, float]:
+    """Apparent-power rating (MVA) of the volt-var inverters per bus: what
+    the utility's interconnection record holds (it sets their curve) and its
+    power flow applies the curve to (``dso.voltvar``)."""
+    out: dict[str, float] = {}
+    for s in pvs:
+        if s.volt_var:
+            out[s.bus] = out.get(s.bus, 0.0) + s.rating_mw
+    return out
+
+
 class PvSystems:
     kind = "pv"
     table = "ders_pv"

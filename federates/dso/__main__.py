@@ -18,9 +18,12 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from dsosim.federates.aggregator.pv import volt_var_ratings
+from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig
@@ -37,7 +40,14 @@ from dsosim.federates.markets.lda_market import Limits
 def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Path) -> None:
     cfg = config.dso(name)
     fleets = {a: config.aggregator(a).buses for a in cfg.aggregators}
-    grid = GridOperator(cfg, fleets, config.time, seed=config.seed, base_dir=base_dir)
+    grid = GridOperator(
+        cfg,
+        fleets,
+        config.time,
+        seed=config.seed,
+        base_dir=base_dir,
+        volt_var_mva={a: _volt_var_ratings(config.aggregator(a).fleet) for a in cfg.aggregators},
+    )
     in_market = [a for a in cfg.aggregators if routes.bids_in_market(config, config.aggregator(a))]
     dmo = (
         make_dmo(config, cfg, grid.locations) if routes.local_dmo_of(config, cfg) == name else None
@@ -107,6 +117,14 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
         shell.send(cfg.iso, msg.Meter(name, k, cfg.td_bus, td_flow, allocation))
         shell.record_tables(k, tables)
         shell.end_interval(k)
+
+
+def _volt_var_ratings(fleet: dict[str, Any]) -> dict[str, float]:
+    """MVA of volt-var inverters per bus of a fleet's config (the fleet is
+    parsed only if some PV system runs volt-var)."""
+    if not any(isinstance(d, dict) and d.get("volt_var") for d in fleet.get("pvs") or ()):
+        return {}
+    return volt_var_ratings(fleet_from_json(fleet).pvs)
 
 
 def _fleet_awards(

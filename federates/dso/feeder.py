@@ -292,6 +292,8 @@ class Feeder:
         self._der_buses: list[str] = []
         self._der_idx: list[int] = []
         self._der_mw = np.zeros(0)
+        self._der_kvar: dict[int, float] = {}
+        """kvar drawn by DER elements (load index -> kvar), volt-var only."""
         base = self.solve()
         if not base.converged:
             raise FeederError(
@@ -980,10 +982,35 @@ class Feeder:
             self._set_der_kw(idx, value * 1000.0)
         self._der_mw = mw.copy()
 
+    def set_der_mvar(self, values: np.ndarray | Sequence[float]) -> None:
+        """Set every DER's reactive power, Mvar drawn (positive = absorbed,
+        load convention; a volt-var inverter injecting is negative), attach
+        order. It stays set while the active power changes."""
+        mvar = np.asarray(values, dtype=float)
+        if mvar.shape != (len(self._der_names),):
+            raise FeederError(
+                f"feeder {self.name}: {mvar.shape} DER values for {len(self._der_names)} DERs"
+            )
+        if not np.all(np.isfinite(mvar)):
+            raise FeederError(f"feeder {self.name}: DER reactive powers must be finite")
+        loads = self._dss.Loads
+        for idx, value in zip(self._der_idx, mvar.tolist()):
+            kvar = value * 1000.0
+            if kvar:
+                loads.Idx(idx)
+                loads.kvar(kvar)
+                self._der_kvar[idx] = kvar
+            elif self._der_kvar.pop(idx, None) is not None:
+                loads.Idx(idx)
+                loads.PF(1.0)  # kvar 0; setting kvar=0 at kW=0 would leave pf=0
+
     def _set_der_kw(self, idx: int, kw: float) -> None:
         loads = self._dss.Loads
         loads.Idx(idx)
-        loads.kW(float(kw))
+        loads.kW(float(kw))  # resets kvar from the element's power factor ...
+        kvar = self._der_kvar.get(idx)
+        if kvar is not None:
+            loads.kvar(kvar)  # ... so a volt-var reactive power is set again
 
     # ---------------------------------------------------------------- solving
 
@@ -1391,7 +1418,8 @@ class Feeder:
         the kW and kvar set, times the global load multiplier for loads of
         status ``variable``."""
         kw = np.concatenate([self._kw_now, self._der_mw * 1000.0])
-        kvar = np.concatenate([self._kvar_now, np.zeros(len(self._der_mw))])
+        der_kvar = np.array([self._der_kvar.get(idx, 0.0) for idx in self._der_idx])
+        kvar = np.concatenate([self._kvar_now, der_kvar])
         mult = np.where(self._jacobian.variable, self._dss.Solution.LoadMult(), 1.0)
         return kw * 1000.0 * mult, kvar * 1000.0 * mult
 

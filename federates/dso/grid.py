@@ -48,6 +48,7 @@ from dsosim.federates.common.scale import TdScale
 from dsosim.federates.common.tables import Tables
 from dsosim.federates.dso import controls
 from dsosim.federates.dso.feeder import Feeder, FeederState, Sensitivities
+from dsosim.federates.dso.voltvar import VoltVar, VoltVarResult
 from dsosim.federates.markets.location import Location
 
 FEEDER_COLUMNS = (
@@ -72,6 +73,9 @@ FEEDER_COLUMNS = (
     "max_loading",
     "voltage_violations",
     "thermal_violations",
+    "der_q_mvar",
+    "voltvar_iterations",
+    "voltvar_converged",
 )
 VOLTAGE_COLUMNS = ("interval", "dso", "node", "v_pu")
 BRANCH_COLUMNS = ("interval", "dso", "branch", "loading")
@@ -93,6 +97,7 @@ EXPOST_COLUMNS = (
     "gap_lin_v_pu",
     "gap_lin_losses_mw",
     "taps_moved",
+    "der_q_mvar",
 )
 DER_LOCATION_COLUMNS = (
     "interval",
@@ -102,6 +107,8 @@ DER_LOCATION_COLUMNS = (
     "setpoint_mw",
     "actual_mw",
     "deviation_mw",
+    "q_mvar",
+    "v_pu",
 )
 
 
@@ -130,7 +137,11 @@ class GridOperator:
         *,
         seed: int,
         base_dir: Path,
+        volt_var_mva: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
+        """``volt_var_mva``: aggregator -> bus -> apparent-power rating (MVA)
+        of the volt-var inverters there (the utility's interconnection record;
+        :func:`dsosim.federates.aggregator.pv.volt_var_ratings`)."""
         self.config = config
         self.name = config.name
         self.hours = time.interval_s / 3600.0
@@ -152,6 +163,19 @@ class GridOperator:
                 )
             self.feeder.attach_der(loc.element, loc.bus)
         self.index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(self.locations)}
+        vv = volt_var_mva or {}
+        for agg, buses in vv.items():
+            for bus in buses:
+                if (agg, bus) not in self.index:
+                    raise GridError(
+                        f"volt-var inverters of {agg!r} at {bus!r}: not a DER location of "
+                        f"LDA {self.name}"
+                    )
+        ratings = [float(vv.get(loc.aggregator, {}).get(loc.bus, 0.0)) for loc in self.locations]
+        volt_var = VoltVar(self.feeder, [loc.bus for loc in self.locations], ratings)
+        self.volt_var = volt_var if volt_var.any else None
+        """The inverters' volt-var in every power flow (None: there is none)."""
+        self._vv_last: VoltVarResult | None = None
         n = time.n_intervals
         shapes = {"residential": residential_load, "commercial": commercial_load}
         shape = (
@@ -175,6 +199,22 @@ class GridOperator:
         self._forecast_reused = False
         self._points: list[Forecast] = []
 
+    def _solve(self, *, controls: bool = True) -> FeederState:
+        """One power flow at the loads and DER outputs set, with the volt-var
+        inverters on their curve (:mod:`.voltvar`) if there are any."""
+        if self.volt_var is None:
+            return self.feeder.solve(controls=controls)
+        state, self._vv_last = self.volt_var.solve(controls=controls)
+        return state
+
+    def _vv_columns(self) -> tuple[float, int, bool]:
+        """(DER reactive power injected, Mvar; volt-var power flows; converged)
+        of the last :meth:`_solve`."""
+        r = self._vv_last
+        if self.volt_var is None or r is None:
+            return 0.0, 0, True
+        return float(r.q_mvar.sum()), r.iterations, r.converged
+
     # ----------------------------------------------------------- forecast
     def forecast(self, interval: int) -> Forecast:
         """Solve and linearise the feeder at the interval's forecast point.
@@ -185,7 +225,7 @@ class GridOperator:
         controls' last positions is valid and is used."""
         self.feeder.set_load_multipliers(self.profile[interval])
         self.feeder.set_der_mw(self.der_mw)
-        state = self.feeder.solve()
+        state = self._solve()
         self._forecast_reused = not state.power_flow_converged and self.forecast_point is not None
         if not self._forecast_reused:
             self.forecast_point = Forecast(
@@ -212,7 +252,7 @@ class GridOperator:
         for period, e in zip(intervals, errors):
             level = float(np.mean(self.profile[np.minimum(period, last)])) * (1.0 + e)
             self.feeder.set_load_multipliers(level)
-            state = self.feeder.solve()
+            state = self._solve()
             curves.append(BidCurve(round(self.td.to_td(state.substation_p_mw), 9)))
         return tuple(curves)
 
@@ -225,7 +265,7 @@ class GridOperator:
         ex-post check compares with. None if the power flow diverged."""
         self.feeder.set_load_multipliers(self.profile[interval])
         self.feeder.set_der_mw(der_mw)
-        state = self.feeder.solve()
+        state = self._solve()
         if not state.power_flow_converged:
             return None
         self.planning_point = Forecast(
@@ -324,7 +364,12 @@ class GridOperator:
         multiplier = self.profile[interval] * (1.0 + self.load_error[interval])
         self.feeder.set_load_multipliers(multiplier)
         self.feeder.set_der_mw(der)
-        state = self.feeder.solve()
+        state = self._solve()
+        q_total, vv_iterations, vv_converged = self._vv_columns()
+        q_loc = np.zeros(len(self.locations))
+        v_loc = np.full(len(self.locations), np.nan)
+        if self.volt_var is not None and self._vv_last is not None:
+            q_loc, v_loc = self._vv_last.q_mvar, self._vv_last.v_pu
         self.der_mw = der
         expost = self.expost(interval, target)
         td_flow = self.td.to_td(state.substation_p_mw)
@@ -361,6 +406,9 @@ class GridOperator:
                         float(np.max(state.loading)) if len(state.loading) else 0.0,
                         int(state.n_voltage_violations),
                         int(state.n_thermal_violations),
+                        q_total,
+                        vv_iterations,
+                        vv_converged,
                     )
                 ],
             ),
@@ -390,6 +438,8 @@ class GridOperator:
                         float(target[i]),
                         float(der[i]),
                         float(der[i] - target[i]),
+                        float(q_loc[i]),
+                        float(v_loc[i]),
                     )
                     for i, loc in enumerate(self.locations)
                 ],
@@ -416,10 +466,12 @@ class GridOperator:
         the operating history is untouched."""
         feeder = self.feeder
         saved = controls.read(feeder)
+        saved_q = None if self.volt_var is None else self.volt_var.q_mvar
         feeder.set_load_multipliers(self.profile[interval])
         feeder.set_der_mw(setpoints)
         controls.apply(feeder, feeder.compiled_controls)
-        state = feeder.solve()
+        state = self._solve()
+        q_expost = self._vv_columns()[0]
         moved = sum(
             round(abs(a[2] - b[2]) / r.step_pu)
             for a, b, r in zip(
@@ -430,8 +482,11 @@ class GridOperator:
         same = None
         if plan is not None and plan.controls is not None:
             controls.apply(feeder, plan.controls)
-            same = feeder.solve(controls=False)
+            same = self._solve(controls=False)
         controls.apply(feeder, saved)
+        if self.volt_var is not None and saved_q is not None:
+            self.volt_var.q_mvar = saved_q
+            feeder.set_der_mvar(-saved_q)
         mon = state.monitored
         v = state.v_pu[mon]
         row: list[object] = [
@@ -446,7 +501,7 @@ class GridOperator:
         ]
         nan = float("nan")
         if plan is None:
-            return (*row, nan, nan, nan, nan, "", nan, nan, nan, moved)
+            return (*row, nan, nan, nan, nan, "", nan, nan, nan, moved, q_expost)
         v_pred, loss_pred = predict(plan.state, plan.sens, setpoints)
         gap = np.abs(v_pred[mon] - v)
         worst = int(np.argmax(gap))
@@ -466,6 +521,7 @@ class GridOperator:
             lin_v,
             lin_loss,
             moved,
+            q_expost,
         )
 
 

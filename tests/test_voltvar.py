@@ -1,0 +1,261 @@
+"""Volt-var inverters in the utility's power flow (``dso.voltvar``), held to
+OpenDSS's own InvControl on PVSystem elements, and in the grid operator's
+tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import opendssdirect
+import pytest
+
+from dsosim.federates.aggregator.pv import VOLT_VAR_Q, VOLT_VAR_V, volt_var_ratings
+from dsosim.federates.aggregator.specs import PvSpec
+from dsosim.federates.common.config import DsoConfig, TimeSettings
+from dsosim.federates.dso.feeder import Feeder
+from dsosim.federates.dso.grid import DER_LOCATION_COLUMNS, FEEDER_COLUMNS, GridOperator
+from dsosim.federates.dso.voltvar import VoltVar
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CIRCUIT = """clear
+new circuit.vv basekv=12.47 pu={pu} phases=3 bus1=src
+new linecode.lc nphases=3 r1=0.3 x1=0.6 r0=0.6 x0=1.8 units=km
+new line.l1 bus1=src bus2=b1 linecode=lc length={l1} units=km
+new line.l2 bus1=b1 bus2=b2 linecode=lc length={l2} units=km
+new load.ld1 bus1=b1 phases=3 kv=12.47 kw=500 pf=0.95 model=1
+new load.ld2 bus1=b2 phases=3 kv=12.47 kw=200 pf=0.95 model=1
+set voltagebases=[12.47]
+calcvoltagebases
+"""
+CURVE = (
+    f"new xycurve.vv npts=4 xarray=[{' '.join(map(str, VOLT_VAR_V))}] "
+    f"yarray=[{' '.join(map(str, VOLT_VAR_Q))}]"
+)
+PV = (
+    "new pvsystem.{name} bus1={bus} phases=3 kv=12.47 kva={kva} pmpp={kw} irradiance=1 "
+    "%cutin=0 %cutout=0 varfollowinverter=no wattpriority=no"
+)
+INVCONTROL = (
+    "new invcontrol.vv derlist=[pvsystem.pv1 pvsystem.pv2] mode=voltvar vvc_curve1=vv "
+    "voltage_curvex_ref=rated refreactivepower=varmax varchangetolerance=0.00001 "
+    "voltagechangetolerance=0.000001 deltaq_factor=0.1"
+)
+
+CASES = [
+    # (line km to b1, to b2; kVA, kW of the PV at b1; kVA, kW at b2; source pu)
+    (3.0, 3.0, 500.0, 400.0, 3000.0, 2500.0, 1.03),  # over-voltage: both absorb
+    (3.0, 8.0, 2000.0, 1500.0, 6000.0, 2000.0, 1.03),  # weak feeder: loop gain above 1 at b2
+    (1.0, 1.0, 100.0, 50.0, 100.0, 90.0, 1.03),  # just past the dead band
+    (12.0, 4.0, 300.0, 0.0, 400.0, 0.0, 0.97),  # night, under-voltage: both inject
+]
+
+
+def _invcontrol(case: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenDSS's InvControl: (kW, kvar injected, local V pu) at b1 and b2."""
+    l1, l2, kva1, kw1, kva2, kw2, pu = case
+    dss = opendssdirect.NewContext()
+    dss.Basic.AllowChangeDir(False)
+    commands = [
+        *CIRCUIT.format(l1=l1, l2=l2, pu=pu).splitlines(),
+        CURVE,
+        PV.format(name="pv1", bus="b1", kva=kva1, kw=max(kw1, 1e-3)),
+        PV.format(name="pv2", bus="b2", kva=kva2, kw=max(kw2, 1e-3)),
+        INVCONTROL,
+        "set maxcontroliter=1000",
+        "set tolerance=1e-10",
+    ]
+    for c in commands:
+        dss.Text.Command(c)
+    dss.Solution.Solve()
+    assert dss.Solution.Converged()
+    p, q, v = [], [], []
+    for name, bus in (("pv1", "b1"), ("pv2", "b2")):
+        dss.Circuit.SetActiveElement(f"pvsystem.{name}")
+        s = np.asarray(dss.CktElement.Powers(), dtype=float)
+        p.append(-s[0:6:2].sum())
+        q.append(-s[1:6:2].sum())
+        dss.Circuit.SetActiveBus(bus)
+        v.append(float(np.mean(dss.Bus.puVmagAngle()[0::2])))
+    return np.array(p), np.array(q), np.array(v)
+
+
+def _feeder(tmp_path: Path, case: tuple[float, ...]) -> Feeder:
+    master = tmp_path / "Master.dss"
+    master.write_text(CIRCUIT.format(l1=case[0], l2=case[1], pu=case[6]) + "solve\n")
+    feeder = Feeder(master, name="vv", vmin=0.95, vmax=1.05)
+    feeder.attach_der("a", "b1")
+    feeder.attach_der("b", "b2")
+    feeder.engine.Text.Command("set tolerance=1e-10")
+    return feeder
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fixed_point_matches_opendss_invcontrol(tmp_path: Path, case: tuple[float, ...]) -> None:
+    """The same inverters as OpenDSS PVSystems under an InvControl with the
+    category B curve: reactive power within 1e-4 of each rating, local
+    voltages within 1e-5 pu."""
+    p_kw, q_kvar, v_ref = _invcontrol(case)
+    feeder = _feeder(tmp_path, case)
+    feeder.set_der_mw(-p_kw / 1000.0)
+    ratings = np.array([case[2], case[4]]) / 1000.0
+    vv = VoltVar(feeder, ["b1", "b2"], ratings, tolerance_pu=1e-6)
+    _, result = vv.solve()
+    assert result.converged
+    assert np.abs(q_kvar).max() > 0.005 * ratings.min() * 1000.0  # not in the dead band
+    assert result.q_mvar == pytest.approx(q_kvar / 1000.0, abs=1e-4 * ratings.max())
+    assert result.v_pu == pytest.approx(v_ref, abs=1e-5)
+
+
+def test_weak_feeder_needs_the_secant_step(tmp_path: Path) -> None:
+    """On the weak feeder plain substitution (Q <- q(V(Q))) does not settle:
+    the loop gain at b2 is above 1. The secant step converges there."""
+    case = CASES[1]
+    p_kw, q_kvar, _ = _invcontrol(case)
+    feeder = _feeder(tmp_path, case)
+    feeder.set_der_mw(-p_kw / 1000.0)
+    vv = VoltVar(feeder, ["b1", "b2"], [case[2] / 1000.0, case[4] / 1000.0])
+    q = np.zeros(2)
+    for _ in range(40):
+        feeder.set_der_mvar(-q)
+        q = vv.curve(vv.local_voltages(feeder.solve()))
+    assert np.abs(q - q_kvar / 1000.0).max() > 0.05  # still swinging
+    _, result = vv.solve()
+    assert result.converged and result.iterations < 40
+
+
+def test_reactive_power_survives_active_power_changes(tmp_path: Path) -> None:
+    """Setting a DER's kW resets an OpenDSS load's kvar from its power factor:
+    the feeder sets the reactive power again, and clears it without leaving a
+    degenerate power factor behind."""
+    feeder = _feeder(tmp_path, CASES[0])
+    feeder.set_der_mw([0.0, 0.0])
+    feeder.set_der_mvar([0.0, -0.3])  # injects 0.3 Mvar at b2, at 0 kW
+    q_on = feeder.solve().substation_q_mvar
+    feeder.set_der_mw([-0.2, -1.0])
+    loads = feeder.engine.Loads
+    loads.Name("der_b")
+    assert loads.kvar() == pytest.approx(-300.0)
+    feeder.set_der_mvar([0.0, 0.0])
+    feeder.set_der_mw([0.0, 0.1])
+    assert loads.kvar() == pytest.approx(0.0)
+    feeder.set_der_mw([0.0, 0.0])
+    q_off = feeder.solve().substation_q_mvar
+    assert q_off - q_on == pytest.approx(0.3, rel=0.05)
+
+
+def test_volt_var_ratings_sum_the_volt_var_inverters_per_bus() -> None:
+    pvs = [
+        PvSpec("675", 0.5, volt_var=True),
+        PvSpec("675", 0.25, volt_var=True),
+        PvSpec("675", 1.0),
+        PvSpec("611", 0.1, volt_var=True),
+    ]
+    assert volt_var_ratings(pvs) == {"675": 0.75, "611": pytest.approx(0.1)}
+
+
+def test_grid_operator_records_the_inverters_reactive_power() -> None:
+    """IEEE 13 with PV at noon over-voltaging the far end: the measured power
+    flow has the volt-var inverters absorbing, recorded per location with
+    their local voltage, and fewer node-intervals above 1.05 pu than the
+    same dispatch without volt-var."""
+    config = DsoConfig(
+        name="lda",
+        iso="iso",
+        feeder="configs/feeders/ieee13/Master.dss",
+        td_bus=5,
+        scale=1.0,
+        load_scale=0.3,
+        load_forecast_error=0.0,
+        aggregators=("a",),
+    )
+    time = TimeSettings(interval_s=300.0, n_intervals=4)
+    buses = ("675", "611", "652")
+    out = {}
+    for ratings in ({}, {"a": {"675": 1.5, "611": 0.5, "652": 0.5}}):
+        grid = GridOperator(config, {"a": buses}, time, seed=1, base_dir=ROOT, volt_var_mva=ratings)
+        grid.forecast(0)
+        actual = {"a": {"675": -1.4, "611": -0.5, "652": -0.5}}
+        _, _, tables = grid.measure(0, actual, actual, ["a"], 20.0, 0.0, tariff=25.0)
+        cols, rows = tables["der_locations"]
+        q = {r[3]: r[cols.index("q_mvar")] for r in rows}
+        v = {r[3]: r[cols.index("v_pu")] for r in rows}
+        feeder_cols, feeder_rows = tables["feeder"]
+        out[bool(ratings)] = (q, v, dict(zip(feeder_cols, feeder_rows[0], strict=True)))
+    assert "q_mvar" in DER_LOCATION_COLUMNS and "der_q_mvar" in FEEDER_COLUMNS
+    q_off, _, f_off = out[False]
+    q_on, v_on, f_on = out[True]
+    assert all(x == 0.0 for x in q_off.values())
+    assert f_off["vmax_pu"] > 1.05  # the case over-voltages without volt-var
+    for bus, rating in (("675", 1.5), ("611", 0.5), ("652", 0.5)):
+        expected = float(np.interp(v_on[bus], VOLT_VAR_V, VOLT_VAR_Q)) * rating
+        assert q_on[bus] == pytest.approx(expected, abs=2e-3 * rating)
+        assert q_on[bus] < 0.0  # absorbing
+    assert f_on["voltvar_converged"] and f_on["voltvar_iterations"] >= 2
+    assert f_on["der_q_mvar"] == pytest.approx(sum(q_on.values()))
+    assert f_on["vmax_pu"] < f_off["vmax_pu"]
+
+
+SCENARIO = """
+name = "volt-var"
+seed = 5
+hours = 24
+interval_minutes = 5
+model = "{model}"
+
+[transmission]
+case = "case9"
+
+[[ldas]]
+name = "lda5"
+feeder = "{feeder}"
+td_bus = 5
+scale = 10
+load_scale = 0.5
+
+[[ldas.aggregators]]
+name = "agg_homes"
+buses = ["675", "611", "652", "634"]
+
+[ldas.aggregators.homes]
+pv = 0.8
+volt_var = 1.0
+battery = 0.2
+"""
+
+
+@pytest.mark.federation
+@pytest.mark.parametrize("model", ["1", "3"])
+def test_volt_var_in_a_federation(tmp_path: Path, model: str) -> None:
+    """A federation whose home PV inverters all run volt-var: the utility's
+    power flow has them at their curve every interval, recorded per location
+    (``der_locations``) and per interval (``feeder``), the same way in a
+    grand-central and a layered model."""
+    from tests.federation import run_scenario, table
+
+    scenario = tmp_path / "volt-var.toml"
+    feeder = (ROOT / "configs" / "feeders" / "ieee13" / "Master.dss").as_posix()
+    scenario.write_text(SCENARIO.format(model=model, feeder=feeder))
+    built, outcome = run_scenario(scenario, tmp_path / "out", hours=1.0)
+    assert outcome.ok, outcome.failure
+    loc = table(built.results_dir, "der_locations")
+    feeder_rows = table(built.results_dir, "feeder")
+    assert len(feeder_rows) == 12 and feeder_rows["voltvar_converged"].all()
+    assert (loc["q_mvar"].abs() > 1e-4).any()
+    # every location on its curve: q = rating x curve(v), within the fixed
+    # point's tolerance (1e-3 of the rating); the rating read off the
+    # interval furthest from the dead band
+    loc = loc.assign(curve=np.interp(loc["v_pu"], VOLT_VAR_V, VOLT_VAR_Q))
+    checked = 0
+    for _, rows in loc.groupby("location"):
+        top = rows.loc[rows["curve"].abs().idxmax()]
+        if abs(top["curve"]) < 0.01:
+            continue
+        rating = top["q_mvar"] / top["curve"]
+        assert rating > 0.0
+        assert (rows["q_mvar"] - rating * rows["curve"]).abs().max() <= 1.5e-3 * rating
+        checked += 1
+    assert checked >= 2
+    per_interval = loc.groupby("interval")["q_mvar"].sum()
+    assert per_interval.to_numpy() == pytest.approx(feeder_rows["der_q_mvar"].to_numpy())
