@@ -659,6 +659,7 @@ class Feeder:
         self._branch_ratings = np.array(ratings)
         self._branch_starts = np.array(starts, dtype=np.intp)
         self._currents: _BranchCurrents | None = currents.finish(len(picks))
+        self._groups: _Groups | None = None
 
     def _element_columns(self, position: dict[str, int]) -> np.ndarray:
         """Node index (in ``AllNodeNames`` order) of each conductor of the active
@@ -1339,17 +1340,13 @@ class Feeder:
         dv_read = self._reading_derivative(volts, dvc)
         dl_up, dl_down = self._loading_derivative(volts, dvc, delta_mw)
         dp = self._source_derivative(volts, dvc, model)
-        n = len(self._der_names)
-        out = [np.zeros((len(self._node_names), n)), np.zeros((len(self._branch_names), n))]
-        dv = out[0]
-        up = out[1]
-        down = np.zeros_like(up)
-        dps = np.zeros(n)
+        column = np.empty(len(self._der_names), dtype=np.intp)
         for g, members in enumerate(groups):
-            dv[:, members] = dv_read[:, [g]]
-            up[:, members] = dl_up[:, [g]]
-            down[:, members] = dl_down[:, [g]]
-            dps[members] = dp[g]
+            column[members] = g
+        if np.array_equal(column, np.arange(len(groups))):  # one DER per bus, in order
+            dv, up, down, dps = dv_read, dl_up, dl_down, dp
+        else:
+            dv, up, down, dps = dv_read[:, column], dl_up[:, column], dl_down[:, column], dp[column]
         return self._magnitudes(volts), dv, up, down, dps
 
     def _reading_derivative(self, volts: np.ndarray, dvc: np.ndarray) -> np.ndarray:
@@ -1378,28 +1375,39 @@ class Feeder:
         n_br = len(self._branch_names)
         if not n_br or self._currents is None:
             return np.zeros((n_br, dvc.shape[1])), np.zeros((n_br, dvc.shape[1]))
-        # |I + dI|^2 = |I|^2 + 2 Re(conj(I) dI) + |dI|^2: real arrays only, and
+        # In units of each conductor's rating, |I + dI|^2 = |I|^2 + 2 Re(conj(I) dI)
+        # + |dI|^2, on contiguous real arrays (the real and imaginary parts of a
+        # complex array are strided views: every operation on them is slower);
         # the square root once per branch (the maximum commutes with it).
-        current = self._currents.product(volts)
+        inv = 1.0 / self._branch_ratings
+        current = self._currents.product(volts) * inv
         dcur = self._currents.product(dvc)
-        dcur *= delta_mw
-        re, im = dcur.real, dcur.imag
+        step = (delta_mw * inv)[:, None]
+        re = np.multiply(dcur.real, step)
+        im = np.multiply(dcur.imag, step)
+        del dcur
         cross = re * current.real[:, None]
         cross += im * current.imag[:, None]
         cross *= 2.0
-        square = re * re
-        square += im * im
-        inv = 1.0 / self._branch_ratings**2
-        base = (current.real**2 + current.imag**2) * inv
-        square *= inv[:, None]
-        cross *= inv[:, None]
-        square += base[:, None]
-        starts = self._branch_starts
-        l0 = np.sqrt(np.maximum.reduceat(base, starts))[:, None]
-        l_up = np.sqrt(np.maximum.reduceat(square + cross, starts, axis=0))
-        square -= cross
-        l_dn = np.sqrt(np.maximum.reduceat(np.maximum(square, 0.0), starts, axis=0))
+        re *= re
+        im *= im
+        re += im  # |dI|^2
+        del im
+        base = current.real**2 + current.imag**2
+        re += base[:, None]
+        up = re + cross
+        re -= cross  # |I - dI|^2
+        np.maximum(re, 0.0, out=re)
+        groups = self._branch_groups()
+        l0 = np.sqrt(groups.maximum(base))[:, None]
+        l_up = np.sqrt(groups.maximum(up))
+        l_dn = np.sqrt(groups.maximum(re))
         return (l_up - l0) / delta_mw, (l0 - l_dn) / delta_mw
+
+    def _branch_groups(self) -> _Groups:
+        if self._groups is None:
+            self._groups = _Groups.of(self._branch_starts, len(self._branch_picks))
+        return self._groups
 
     def _source_derivative(
         self, volts: np.ndarray, dvc: np.ndarray, model: _JacobianModel
@@ -1455,6 +1463,34 @@ class Feeder:
         if self._jacobian_cache is None or self._jacobian_cache.n_loads != self._dss.Loads.Count():
             self._jacobian_cache = _JacobianModel.build(self)
         return self._jacobian_cache
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Consecutive runs of rows (a branch's conductor rows, from ``starts``),
+    by run length: the maximum over each run is one reshape per length, much
+    faster than ``np.maximum.reduceat`` over the rows of a 2-D array."""
+
+    n: int
+    by_length: tuple[tuple[np.ndarray, np.ndarray, int], ...]
+    """Per run length: the runs (their positions) and their rows, in run order."""
+
+    @classmethod
+    def of(cls, starts: np.ndarray, n_rows: int) -> _Groups:
+        lengths = np.diff(np.append(starts, n_rows))
+        parts = []
+        for length in np.unique(lengths):
+            runs = np.flatnonzero(lengths == length)
+            rows = (starts[runs][:, None] + np.arange(length)).ravel()
+            parts.append((runs, rows, int(length)))
+        return cls(len(starts), tuple(parts))
+
+    def maximum(self, a: np.ndarray) -> np.ndarray:
+        """Maximum of ``a`` (rows first) over each run."""
+        out = np.empty((self.n, *a.shape[1:]))
+        for runs, rows, length in self.by_length:
+            out[runs] = a[rows].reshape(len(runs), length, *a.shape[1:]).max(axis=1)
+        return out
 
 
 class _BranchCurrents:
