@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from dsosim.federates.aggregator.pv import volt_var_ratings
 from dsosim.federates.aggregator.spec_json import fleet_from_json
@@ -38,6 +39,12 @@ from dsosim.federates.markets.lda_market import Limits
 
 
 def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Path) -> None:
+    # One BLAS thread: a federation runs several processes per core, and the
+    # DSO's BLAS work (matrix-vector products over every node and branch per
+    # DER) is too small to gain from threads that spin waiting for a core
+    # (`dsosim bench feeder`: 4x the CPU time of the LDA market's rows at
+    # 10,000 buses on a busy 2-core machine).
+    threadpool_limits(limits=1)
     cfg = config.dso(name)
     fleets = {a: config.aggregator(a).buses for a in cfg.aggregators}
     grid = GridOperator(

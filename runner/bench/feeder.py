@@ -16,6 +16,9 @@ in one market interval, split into
 * **recording**: the ``voltages`` and ``branches`` result rows of the
   measured state, built and encoded as the bus message the recorder gets.
 
+BLAS runs on one thread (``--blas-threads``), as in the DSO federate: a
+federation has several processes per core.
+
 The reference, measured in the same run on the same feeder and operating
 points, is the finite-difference linearisation (two OpenDSS power flows per
 DER bus, ``method="fd"``), timed on the first ``--reference-intervals``
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from dsosim.federates.common.curves import BidCurve, PlacedCurve
 from dsosim.federates.common.messages import TableRows, encode
@@ -69,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=2,
         help="intervals also linearised by finite differences, the reference (default 2)",
+    )
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        help="BLAS threads (default 1, as the DSO federate runs; 0: the library's default)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -252,10 +262,13 @@ def handle(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.blas_threads > 0:
+        threadpool_limits(limits=args.blas_threads)
+    blas = sorted({str(i["num_threads"]) for i in threadpool_info()})
     load = os.getloadavg()
     print(
         f"machine load average (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-        f"on {os.cpu_count()} cores",
+        f"on {os.cpu_count()} cores; BLAS threads {'/'.join(blas) or '-'}",
         flush=True,
     )
     results = []
