@@ -210,12 +210,12 @@ def launch(
     summary = _read_summary(results_dir)
     ours = stamp(results_dir) != before
     if stopped is not None:
-        failure = f"{stopped.reason}; the federation was stopped"
+        reason = f"{stopped.reason}; the federation was stopped"
         if ours:
             summary = mark_incomplete(results_dir, stopped.reason, summarise)
         else:
-            failure += " before it started (no results written)"
-        return LaunchOutcome(False, stopped.code, wall, summary, failure, stopped.reason)
+            reason += " before it started (no results written)"
+        return LaunchOutcome(False, stopped.code, wall, summary, reason, stopped.reason)
     ok = proc.returncode == 0 and ours and summary.get("complete") is True
     failure = None if ok else _failure(folder, output, proc.returncode, summary)
     if not ours and not ok:

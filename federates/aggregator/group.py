@@ -24,9 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dsosim.federates.aggregator.prices import Outlook
+from dsosim.federates.common.arrays import FloatArray, IntArray
 
-FloatArray = NDArray[np.float64]
-IntArray = NDArray[np.intp]
 EMPTY = np.zeros(0)
 EMPTY_INT = np.zeros(0, dtype=np.intp)
 
@@ -78,7 +77,7 @@ class DeviceGroup(Protocol):
 
 
 def per_bus_sum(bus: IntArray, values: FloatArray, n_bus: int) -> FloatArray:
-    return np.bincount(bus, values, minlength=n_bus)
+    return np.bincount(bus, values, minlength=n_bus).astype(float, copy=False)
 
 
 def per_bus_count(bus: IntArray, mask: NDArray[np.bool_], n_bus: int) -> NDArray[np.int64]:

@@ -241,7 +241,7 @@ def _hvacs(
             bus,
             _mw(power_kw[i]),
             cop=_r(cop[i]),
-            mode=mix.hvac_mode,  # type: ignore[arg-type]
+            mode=mix.hvac_mode,
             r_c_per_kw=_r(r[i]),
             c_kwh_per_c=_r(c[i]),
             setpoint_c=_r(setpoint[i], 2),

@@ -34,10 +34,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numpy.typing import NDArray
 
-FloatArray = NDArray[np.float64]
-IntArray = NDArray[np.intp]
+from dsosim.federates.common.arrays import FloatArray, IntArray
 
 
 def order_stat(sorted_rows: FloatArray, rows: IntArray, position: FloatArray) -> FloatArray:

@@ -56,6 +56,9 @@ def sky_table(
     """
     names = tuple(sorted(set(orientations), key=list(ORIENTATIONS).index))
     path = profile_path if profile_path is not None else site.profile
+    ghi: np.ndarray | None
+    dni: np.ndarray | None
+    dhi: np.ndarray | None
     if path is not None:
         hours, ghi, dni, dhi, temp = read_profile(path)
         step, offset = 3600.0, 1800.0
@@ -63,7 +66,7 @@ def sky_table(
         step, offset = CLEAR_STEP_S, CLEAR_STEP_S / 2.0
         n = round(86_400.0 / step)
         hours = (offset + step * np.arange(n)) / 3600.0
-        ghi = dni = dhi = None
+        ghi = dni = dhi = None  # the clear-sky model gives them
         temp = profiles.daily_temperature(hours, site.temp_min_c, site.temp_max_c)
     clear, overcast = _plane_of_array(site, hours, names, ghi, dni, dhi)
     return SkyTable(

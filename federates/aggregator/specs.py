@@ -42,17 +42,24 @@ the others are tilted by the site's ``tilt_deg``."""
 # ------------------------------------------------------------------ checks
 
 
-def _num(**bounds: float) -> Any:
-    """A strict, finite float (ints accepted, bools and strings refused)."""
-    return Annotated[float, Field(strict=True, allow_inf_nan=False, **bounds)]
+def _in(
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """Field metadata of a strict, finite float (ints accepted, bools and
+    strings refused) within the bounds given."""
+    return Field(strict=True, allow_inf_nan=False, gt=gt, ge=ge, lt=lt, le=le)
 
 
-Number = _num()
-Positive = _num(gt=0.0)
-NonNegative = _num(ge=0.0)
-Fraction = _num(ge=0.0, le=1.0)
-Hour = _num(ge=0.0, le=24.0)
-Price = _num(ge=PRICE_FLOOR, le=PRICE_CAP)
+Number = Annotated[float, _in()]
+Positive = Annotated[float, _in(gt=0.0)]
+NonNegative = Annotated[float, _in(ge=0.0)]
+Fraction = Annotated[float, _in(ge=0.0, le=1.0)]
+Hour = Annotated[float, _in(ge=0.0, le=24.0)]
+Price = Annotated[float, _in(ge=PRICE_FLOOR, le=PRICE_CAP)]
 Bus = Annotated[str, Field(strict=True, min_length=1)]
 Count = Annotated[int, Field(strict=True)]
 
@@ -137,8 +144,8 @@ class BatterySpec:
     soc_init: Fraction = 0.5
     soc_min: Fraction = 0.1
     soc_max: Fraction = 0.9
-    efficiency: _num(gt=0.0, le=1.0) = 0.9
-    self_discharge: _num(ge=0.0, lt=1.0) = 0.0  # a fraction lost per day
+    efficiency: Annotated[float, _in(gt=0.0, le=1.0)] = 0.9
+    self_discharge: Annotated[float, _in(ge=0.0, lt=1.0)] = 0.0  # a fraction lost per day
 
     def __post_init__(self) -> None:
         if not self.soc_min <= self.soc_init <= self.soc_max:
@@ -163,11 +170,13 @@ class PvSpec:
 
     bus: Bus
     rating_mw: Positive
-    dc_ac_ratio: _num(ge=0.5, le=3.0) = 1.2
+    dc_ac_ratio: Annotated[float, _in(ge=0.5, le=3.0)] = 1.2
     orientation: Orientation = "south"
-    temp_coeff: _num(ge=-0.02, le=0.0) = -0.004
+    temp_coeff: Annotated[float, _in(ge=-0.02, le=0.0)] = -0.004
     curtailable: Annotated[bool, Field(strict=True)] = True
-    curtail_cost: _num(ge=-PRICE_CAP, le=-PRICE_FLOOR) = 0.0  # -curtail_cost is a price
+    curtail_cost: Annotated[float, _in(ge=-PRICE_CAP, le=-PRICE_FLOOR)] = (
+        0.0  # -curtail_cost is a price
+    )
     volt_var: Annotated[bool, Field(strict=True)] = False
     profile: tuple[Fraction, ...] | None = None  # AC output per unit of the rating
 
@@ -194,7 +203,7 @@ class EvSpec:
     target_soc: Fraction = 0.9
     discharge_mw: NonNegative = 0.0
     min_soc: Fraction = 0.2
-    efficiency: _num(gt=0.5, le=1.0) = 0.92
+    efficiency: Annotated[float, _in(gt=0.5, le=1.0)] = 0.92
     wear_cost: Price = 40.0
 
     def __post_init__(self) -> None:
@@ -225,16 +234,16 @@ class HvacSpec:
 
     bus: Bus
     power_mw: Positive
-    cop: _num(ge=0.5, le=10.0) = 3.0
+    cop: Annotated[float, _in(ge=0.5, le=10.0)] = 3.0
     mode: Literal["cool", "heat"] = "cool"
     r_c_per_kw: Positive = 2.0
     c_kwh_per_c: Positive = 2.0
-    setpoint_c: _num(ge=5.0, le=35.0) = 23.0
-    band_c: _num(ge=0.1, le=10.0) = 1.0
-    comfort_price: _num(ge=0.0, le=PRICE_CAP) = 50.0
+    setpoint_c: Annotated[float, _in(ge=5.0, le=35.0)] = 23.0
+    band_c: Annotated[float, _in(ge=0.1, le=10.0)] = 1.0
+    comfort_price: Annotated[float, _in(ge=0.0, le=PRICE_CAP)] = 50.0
     internal_gain_kw: NonNegative = 0.5
     solar_gain_kw: NonNegative = 1.0
-    t_init_c: _num(ge=-30.0, le=60.0) | None = None
+    t_init_c: Annotated[float, _in(ge=-30.0, le=60.0)] | None = None
 
 
 @spec
@@ -249,17 +258,17 @@ class WaterHeaterSpec:
 
     bus: Bus
     power_mw: Positive = 0.0045
-    cop: _num(ge=0.5, le=10.0) = 0.98
+    cop: Annotated[float, _in(ge=0.5, le=10.0)] = 0.98
     tank_l: Positive = 190.0
     ua_w_per_c: Positive = 2.0
     draw_l_per_day: NonNegative = 200.0
-    draw_shift_h: _num(ge=-12.0, le=12.0) = 0.0
-    inlet_c: _num(ge=0.0, le=40.0) = 15.0
-    room_c: _num(ge=-10.0, le=40.0) = 20.0
-    setpoint_c: _num(ge=30.0, le=90.0) = 52.0
-    band_c: _num(ge=0.1, le=20.0) = 4.0
-    comfort_price: _num(ge=0.0, le=PRICE_CAP) = 30.0
-    t_init_c: _num(ge=0.0, le=100.0) | None = None
+    draw_shift_h: Annotated[float, _in(ge=-12.0, le=12.0)] = 0.0
+    inlet_c: Annotated[float, _in(ge=0.0, le=40.0)] = 15.0
+    room_c: Annotated[float, _in(ge=-10.0, le=40.0)] = 20.0
+    setpoint_c: Annotated[float, _in(ge=30.0, le=90.0)] = 52.0
+    band_c: Annotated[float, _in(ge=0.1, le=20.0)] = 4.0
+    comfort_price: Annotated[float, _in(ge=0.0, le=PRICE_CAP)] = 30.0
+    t_init_c: Annotated[float, _in(ge=0.0, le=100.0)] | None = None
 
 
 @spec
@@ -272,8 +281,8 @@ class InflexibleLoadSpec:
     bus: Bus
     peak_mw: Positive
     shape: LoadShape = "residential"
-    shift_h: _num(ge=-12.0, le=12.0) = 0.0
-    noise: _num(ge=0.0, le=0.5) = 0.05
+    shift_h: Annotated[float, _in(ge=-12.0, le=12.0)] = 0.0
+    noise: Annotated[float, _in(ge=0.0, le=0.5)] = 0.05
 
 
 @spec
@@ -382,16 +391,16 @@ class SiteSpec:
     ``tilt_deg`` (except ``flat`` ones) over ground of reflectance
     ``albedo``."""
 
-    latitude_deg: _num(ge=-66.0, le=66.0) = 35.0
-    longitude_deg: _num(ge=-180.0, le=180.0) = 0.0
-    utc_offset_h: _num(ge=-12.0, le=14.0) = 0.0
+    latitude_deg: Annotated[float, _in(ge=-66.0, le=66.0)] = 35.0
+    longitude_deg: Annotated[float, _in(ge=-180.0, le=180.0)] = 0.0
+    utc_offset_h: Annotated[float, _in(ge=-12.0, le=14.0)] = 0.0
     day_of_year: Annotated[int, Field(strict=True, ge=1, le=365)] = 172
-    tilt_deg: _num(ge=0.0, le=90.0) = 25.0
+    tilt_deg: Annotated[float, _in(ge=0.0, le=90.0)] = 25.0
     albedo: Fraction = 0.2
     cloudiness: Fraction = 0.3
-    temp_min_c: _num(ge=-40.0, le=50.0) = 21.0
-    temp_max_c: _num(le=55.0) = 33.0
-    temp_day_sd_c: _num(ge=0.0, le=10.0) = 1.5
+    temp_min_c: Annotated[float, _in(ge=-40.0, le=50.0)] = 21.0
+    temp_max_c: Annotated[float, _in(le=55.0)] = 33.0
+    temp_day_sd_c: Annotated[float, _in(ge=0.0, le=10.0)] = 1.5
     profile: str | None = None
 
     def __post_init__(self) -> None:
@@ -451,7 +460,7 @@ class FleetSpec:
     site: SiteSpec = field(default_factory=SiteSpec)
     sky: SkyTable | None = None
     price_prior: Price | Annotated[tuple[Price, ...], Field(min_length=1)] = 25.0
-    price_smoothing: _num(gt=0.0, le=1.0) = 0.2
+    price_smoothing: Annotated[float, _in(gt=0.0, le=1.0)] = 0.2
     load_forecast: Annotated[tuple[NonNegative, ...], Field(min_length=1)] | None = None
     price_memory_h: Positive = 24.0
     price_prior_h: Positive = 1.0
@@ -460,9 +469,9 @@ class FleetSpec:
     thermal_blocks: Annotated[int, Field(strict=True, ge=1)] = 2
     thermal_horizon_h: Positive = 2.0
     max_blocks: Annotated[int, Field(strict=True, ge=2)] = 16
-    response_error: _num(ge=0.0, lt=1.0) = 0.0
+    response_error: Annotated[float, _in(ge=0.0, lt=1.0)] = 0.0
     override_probability: Fraction = 0.0
-    ev_jitter_h: _num(ge=0.0, le=6.0) = 0.5
+    ev_jitter_h: Annotated[float, _in(ge=0.0, le=6.0)] = 0.5
     ev_energy_jitter: Fraction = 0.2
     weather_seed: Count | None = None
 

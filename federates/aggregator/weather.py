@@ -16,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
 
 from dsosim.federates.aggregator.specs import SiteSpec, SkyTable
 from dsosim.federates.common import profiles
+from dsosim.federates.common.arrays import FloatArray
 
-FloatArray = NDArray[np.float64]
 SECONDS_PER_DAY = 86_400.0
 CLOUD_TIME_CONSTANT_S = 1800.0
 

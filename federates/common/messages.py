@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -634,7 +634,7 @@ def _decode_hil_readings(r: _Reader, sender: str, interval: int) -> HilReadings:
     return HilReadings(sender, interval, actual, soc, tuple(names))
 
 
-_DECODERS = {
+_DECODERS: dict[str, Callable[[_Reader, str, int], Message]] = {
     HilSetpoints.KIND: _decode_hil_setpoints,
     HilReadings.KIND: _decode_hil_readings,
     FleetBid.KIND: _decode_fleet_bid,

@@ -28,13 +28,12 @@ from collections.abc import Callable
 from statistics import NormalDist
 
 import numpy as np
-from numpy.typing import NDArray
+
+from dsosim.federates.common.arrays import FloatArray
 
 SECONDS_PER_DAY = 86_400.0
 SUBSTEP_S = 60.0
 """Finest sampling used to average a shape over an interval, seconds."""
-
-FloatArray = NDArray[np.float64]
 
 
 # ----------------------------------------------------------------- helpers
@@ -338,7 +337,8 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 
 def _normal_cdf(x: FloatArray) -> FloatArray:
     """Standard normal CDF, elementwise (stdlib erf; avoids importing scipy)."""
-    return 0.5 * (1.0 + _erf(np.asarray(x, dtype=float) / math.sqrt(2.0)).astype(float))
+    erf = np.asarray(_erf(np.asarray(x, dtype=float) / math.sqrt(2.0)), dtype=float)
+    return 0.5 * (1.0 + erf)
 
 
 def pv_clear_sky(

@@ -1572,7 +1572,7 @@ def _entries(
     """COO entries of the rows ``local_rows`` of ``yprim``, placed from global
     row ``row0``, over the non-ground node columns ``cols``."""
     live = np.flatnonzero(cols >= 0)
-    block = yprim[np.ix_(local_rows, live)]
+    block = yprim[np.ix_(np.asarray(local_rows, dtype=np.intp), live)]
     rows = np.repeat(np.arange(row0, row0 + len(local_rows)), len(live))
     return rows, np.tile(cols[live], len(local_rows)), block.ravel()
 

@@ -514,7 +514,7 @@ class _Session:
     """One device's connection and state."""
 
     spec: DeviceSpec
-    socket: zmq.Socket  # type: ignore[type-arg]
+    socket: zmq.Socket
     welcome: Welcome | None = None
     """The WELCOME of the session now open (None: no session)."""
     model: Model | None = None
@@ -561,7 +561,7 @@ class Emulator:
         self.options = options
         self._clock = clock
         self._say = say or (lambda m: print(m, file=sys.stderr, flush=True))
-        self._context: zmq.Context | None = None  # type: ignore[type-arg]
+        self._context: zmq.Context | None = None
         self._sessions: list[_Session] = []
         self._log_file: IO[str] | None = None
         self._log: Any = None
@@ -600,7 +600,7 @@ class Emulator:
                 ["wall_s", "device", "seq", "answer", "setpoint_kw", "p_kw", "soc", "status"]
             )
 
-    def _connect(self) -> zmq.Socket:  # type: ignore[type-arg]
+    def _connect(self) -> zmq.Socket:
         assert self._context is not None
         sock = self._context.socket(zmq.DEALER)
         try:
@@ -868,7 +868,7 @@ class Emulator:
             GARBAGE_FRAME
             if garbage
             else self._encode(
-                Measurement(s.spec.device, seq, reading.p_kw, soc, reading.status, what)  # type: ignore[arg-type]
+                Measurement(s.spec.device, seq, reading.p_kw, soc, reading.status, what)
             )
         )
         self._send(s, frame)

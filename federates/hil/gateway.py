@@ -387,11 +387,11 @@ class Gateway:
 
     def connected(self) -> list[str]:
         """Device ids with an open session, sorted."""
-        return self._call(("connected",))  # type: ignore[no-any-return]
+        return self._call(("connected",))
 
     def take_counters(self) -> dict[str, int]:
         """The counters of :data:`COUNTERS` since the last call (then reset)."""
-        return self._call(("counters",))  # type: ignore[no-any-return]
+        return self._call(("counters",))
 
     def _known(self, device: str) -> DeviceInfo:
         try:
@@ -417,7 +417,7 @@ class Gateway:
         devices = [r.device for r in requests]
         if len(set(devices)) != len(devices):
             raise ValueError(f"a device is listed twice in one round: {devices}")
-        return self._call(("round", request, requests))  # type: ignore[no-any-return]
+        return self._call(("round", request, requests))
 
     def _call(self, command: tuple[Any, ...]) -> Any:
         """One request/answer with the I/O thread over the inproc pipe."""
@@ -480,7 +480,7 @@ class Gateway:
             if self._io_pipe in events:
                 self._io_pipe.recv()
                 command, self._command = self._command, None
-                if not self._on_command(command):
+                if command is not None and not self._on_command(command):
                     return
             now = time.perf_counter()
             self._expire_sessions(now)
@@ -647,7 +647,8 @@ class Gateway:
             try:
                 if curve:  # zero-copy frames carry the peer's authenticated key
                     parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    key = parts[-1].get("User-Id") if len(parts) > 1 else None
+                    user = parts[-1].get("User-Id") if len(parts) > 1 else None
+                    key = user if isinstance(user, str) else None
                     frames = [bytes(f.buffer) for f in parts]
                 else:
                     frames, key = self._router.recv_multipart(zmq.NOBLOCK), None

@@ -42,7 +42,7 @@ def answer_rows(
     interval: int, request: str, seq: int, exchanges: dict[str, Exchange]
 ) -> list[tuple[object, ...]]:
     """The recorded rows of one round."""
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for device in sorted(exchanges):
         ex = exchanges[device]
         m = ex.measurement
@@ -105,7 +105,7 @@ class ReplayGateway:
                     int(row.seq),
                     float(row.p_kw),
                     _none(row.soc),
-                    str(row.device_status),  # type: ignore[arg-type]
+                    str(row.device_status),
                     _none(row.answers),
                 )
             version = _none(row.protocol) or None

@@ -327,7 +327,9 @@ class DayAheadMarket:
         row_lo, row_hi = np.r_[rhs, lo], np.r_[rhs_hi, hi]
         # bid columns: one per (period, bus, price) group
         n_static = a.shape[1]
-        bid_rows, bid_cost, bid_hi = [], [], []
+        bid_rows: list[int] = []
+        bid_cost: list[float] = []
+        bid_hi: list[float] = []
         for t, (_, layout) in enumerate(grouped):
             layout.group_cols = (
                 n_static + len(bid_rows) + np.arange(len(layout.group_bus))
@@ -470,7 +472,7 @@ class DayAheadMarket:
         results = []
         for t in range(nt):
             base, layout = grouped[t]
-            cols = np.r_[np.arange(t * m.n_col, (t + 1) * m.n_col), layout.group_cols]  # type: ignore[attr-defined]
+            cols = np.r_[np.arange(t * m.n_col, (t + 1) * m.n_col), layout.group_cols]
             x_t = x[cols]
             local = _relocated(layout, m.n_col)
             d_t = duals[t * m.n_row : (t + 1) * m.n_row]
@@ -539,5 +541,5 @@ def _relocated(layout: BidLayout, n_col: int) -> BidLayout:
     (as in the period's own solution vector)."""
     import dataclasses
 
-    k = len(layout.group_bus)  # type: ignore[attr-defined]
-    return dataclasses.replace(layout, group_cols=(n_col + np.arange(k)).astype(np.int32))  # type: ignore[arg-type]
+    k = len(layout.group_bus)
+    return dataclasses.replace(layout, group_cols=(n_col + np.arange(k)).astype(np.int32))

@@ -479,7 +479,7 @@ class _Lp:
         its lower bound, ``<= 0`` at its upper) and every tight row the sign of
         its dual (``<= 0``).
         """
-        status, basic = self.highs.getBasicVariables()
+        status, basic = self.highs.getBasicVariables()  # type: ignore[attr-defined]
         basic_cols = np.zeros(self.dense.shape[1], dtype=bool)
         basic_cols[basic[basic >= 0]] = True
         tight_rows = np.ones(self.dense.shape[0], dtype=bool)
@@ -682,7 +682,7 @@ class _Sweep:
                 self.relaxed[key] = con
 
 
-def _round_mw(mw: float) -> float:
+def _round_mw(mw: float | np.ndarray) -> float:
     """Head demand to 1e-9 MW: LP round-off must not make two evaluations of the
     same dispatch look like a step."""
     return round(float(mw), 9)

@@ -122,10 +122,10 @@ def run_models(
         try:
             for future in as_completed(futures):
                 i = futures[future]
-                rows[i] = future.result()
+                row = rows[i] = future.result()
                 if on_done is not None:
                     m, s = tasks[i][0], tasks[i][1]
-                    on_done(m if s is None else f"{m} seed {s}", rows[i])
+                    on_done(m if s is None else f"{m} seed {s}", row)
         except BaseException:
             # runs not started yet are dropped; those running finish (or stall out)
             pool.shutdown(wait=False, cancel_futures=True)

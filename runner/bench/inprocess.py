@@ -203,13 +203,13 @@ def bodies(config: FederationConfig, base: Path) -> list[tuple[str, Callable[[An
     from dsosim.federates.imo.__main__ import run as run_imo
     from dsosim.federates.iso.__main__ import run as run_iso
 
-    out: list[tuple[str, Callable[[Any], None]]] = [(config.iso.name, lambda s: run_iso(s, config))]
-    for d in config.dsos:
-        out.append((d.name, lambda s, n=d.name: run_dso(s, config, n, base)))
-    for n in config.independent_names():
-        out.append((n, lambda s, n=n: run_imo(s, config, n)))
-    for a in config.aggregators:
-        out.append((a.name, lambda s, n=a.name: run_aggregator(s, config, n)))
+    def body(run: Callable[..., None], *args: Any) -> Callable[[Any], None]:
+        return lambda shell: run(shell, config, *args)
+
+    out = [(config.iso.name, body(run_iso))]
+    out += [(d.name, body(run_dso, d.name, base)) for d in config.dsos]
+    out += [(n, body(run_imo, n)) for n in config.independent_names()]
+    out += [(a.name, body(run_aggregator, a.name)) for a in config.aggregators]
     return out
 
 

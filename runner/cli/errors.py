@@ -60,9 +60,9 @@ def where_raised(exc: BaseException) -> str:
     (the object the failure happened in), or of the innermost frame at all."""
     frames = traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if _is_ours(f.filename)]
-    frame = (ours or frames or [None])[-1]
-    if frame is None:
+    if not (ours or frames):
         return "?"
+    frame = (ours or frames)[-1]
     return f"{Path(frame.filename).stem}.{frame.name} (line {frame.lineno})"
 
 
@@ -71,7 +71,9 @@ def _package_roots() -> tuple[str, ...]:
     import dsosim.runner
 
     return tuple(
-        str(Path(p).resolve()) for pkg in (dsosim.runner, dsosim.federates) for p in pkg.__path__
+        str(Path(p).resolve())
+        for pkg in (dsosim.runner, dsosim.federates)
+        for p in getattr(pkg, "__path__", ())
     )
 
 

@@ -292,7 +292,7 @@ def _write_files(
             )
 
     loads = ["! Spot loads (kW at peak, 0.95 power factor lagging)"]
-    for i in np.flatnonzero(tree.load_kw > 0):
+    for i in map(int, np.flatnonzero(tree.load_kw > 0)):
         kw = round(float(tree.load_kw[i]) * factor, 1)
         kvar = round(kw * math.tan(math.acos(0.95)), 1)
         ph = int(tree.phase[i])
@@ -311,9 +311,9 @@ def _write_files(
     dev = ["! Voltage control devices and the feeder's own DERs"]
     if devices.regulator is not None:
         i = devices.regulator
-        p = names[int(tree.parent[i])]
+        at = names[int(tree.parent[i])]
         dev.append(
-            f"New Transformer.lreg phases=3 windings=2 buses=[{p} {p}r] conns=[wye wye] "
+            f"New Transformer.lreg phases=3 windings=2 buses=[{at} {at}r] conns=[wye wye] "
             f"kvs=[{KV_PRIMARY} {KV_PRIMARY}] kvas=[10000 10000] xhl=0.01 %loadloss=0.0001"
         )
         dev.append("New RegControl.lreg transformer=lreg winding=2 vreg=124 band=2 ptratio=60")
