@@ -9,19 +9,13 @@ from pathlib import Path
 from dsosim.runner.build.federation import build
 from dsosim.runner.build.models import add_model_argument
 from dsosim.runner.build.scenario import ScenarioError
+from dsosim.runner.cli.options import add_time_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
-    p.add_argument(
-        "--start-hour",
-        type=float,
-        default=None,
-        help="start at this hour of the scenario's start date (e.g. 16 with --hours 4 "
-        "for the evening peak); profiles, weather and devices follow the clock",
-    )
+    add_time_arguments(p)
     add_model_argument(p)
     p.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
     p.add_argument(

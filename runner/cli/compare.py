@@ -14,6 +14,7 @@ from dsosim.runner.analysis.report import plot_all, write_html
 from dsosim.runner.analysis.seeds import aggregate, seed_list, with_intervals
 from dsosim.runner.build.models import MODEL_NAMES, canonical_model
 from dsosim.runner.build.scenario import ScenarioError, load_scenario
+from dsosim.runner.cli.options import add_time_arguments
 
 SHOWN = (
     "model",
@@ -36,14 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", required=True, help="output folder (comparison.csv, plots, report.html)"
     )
-    p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
-    p.add_argument(
-        "--start-hour",
-        type=float,
-        default=None,
-        help="start at this hour of the scenario's start date (e.g. 16 with --hours 4 "
-        "for the evening peak); profiles, weather and devices follow the clock",
-    )
+    add_time_arguments(p)
     p.add_argument(
         "--models",
         nargs="+",

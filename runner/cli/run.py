@@ -13,6 +13,7 @@ from dsosim.federates.common.lifecycle import AlreadyRunning, hold_lock
 from dsosim.runner.build.federation import BuildResult, build
 from dsosim.runner.build.models import add_model_argument
 from dsosim.runner.build.scenario import ScenarioError
+from dsosim.runner.cli.options import add_time_arguments
 from dsosim.runner.launch import build_and_launch
 
 HEADLINES = (
@@ -51,14 +52,7 @@ def progress_bar(total: int, *, quiet: bool) -> tqdm:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario")
     p.add_argument("--out", default=None, help="output folder (default: runs/<scenario file stem>)")
-    p.add_argument("--hours", type=float, default=None, help="override the scenario's hours")
-    p.add_argument(
-        "--start-hour",
-        type=float,
-        default=None,
-        help="start at this hour of the scenario's start date (e.g. 16 with --hours 4 "
-        "for the evening peak); profiles, weather and devices follow the clock",
-    )
+    add_time_arguments(p)
     add_model_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
