@@ -876,13 +876,20 @@ class Feeder:
         factors = np.broadcast_to(given, self._base_kw.shape)
         if not np.all(np.isfinite(factors)) or np.any(factors < 0.0):
             raise FeederError(f"feeder {self.name}: load multipliers must be finite and >= 0")
-        loads = self._dss.Loads
         self._kw_now = self._base_kw * factors
         self._kvar_now = self._base_kvar * factors
-        for i, (kw, kvar) in enumerate(zip(self._kw_now, self._kvar_now)):
-            loads.Idx(i + 1)
-            loads.kW(float(kw))  # sets kvar from the power factor ...
-            loads.kvar(float(kvar))  # ... so kvar is set second
+        # DSS-Python's own calls, without a check per call (thousands of loads;
+        # the engine's error state is checked once at the end).
+        loads = self._circuit.Loads
+        lib = loads._lib
+        select, set_kw, set_kvar = lib.Loads_Set_idx, lib.Loads_Set_kW, lib.Loads_Set_kvar
+        for i, (kw, kvar) in enumerate(
+            zip(self._kw_now.tolist(), self._kvar_now.tolist(), strict=True), start=1
+        ):
+            select(i)
+            set_kw(kw)  # sets kvar from the power factor ...
+            set_kvar(kvar)  # ... so kvar is set second
+        loads._check_for_error(None)
 
     def attach_der(self, name: str, bus: str) -> None:
         """Create a DER injection element at ``bus`` on all its phases (an equal
@@ -1209,7 +1216,8 @@ class Feeder:
         if columns is None:
             columns = self._fd_columns(delta_mw)
         v0, dv, dl_up, dl_down, dp = columns
-        up, down = _headrooms(v0[self._monitored], dv[self._monitored], lo, hi)
+        mon = self._monitored
+        up, down = _headrooms(v0, dv, lo, hi) if mon.all() else _headrooms(v0[mon], dv[mon], lo, hi)
         return Sensitivities(
             der_names=tuple(self._der_names),
             node_names=self._node_names,
@@ -1581,15 +1589,22 @@ def _headrooms(
     v0: np.ndarray, dv: np.ndarray, vmin: float, vmax: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per DER, MW of injection to the first vmax crossing and of consumption to
-    the first vmin crossing (linear, one DER at a time)."""
+    the first vmin crossing (linear, one DER at a time).
+
+    Net demand up by x moves node k by dv[k] * x: consumption reaches vmax
+    after (vmax - v0) / dv where dv > 0 and vmin after (v0 - vmin) / -dv where
+    dv < 0; injection the other way round. One division per entry, by |dv|."""
+    above = (vmax - v0)[:, None]
+    below = (v0 - vmin)[:, None]
+    size = np.abs(dv)
+    moves = size > 1e-12
+    rising = dv > 0.0
+    room = np.where(rising, above, below)  # for consumption
     with np.errstate(divide="ignore"):
-        # Net demand up by x moves node k by dv[k] * x.
-        to_vmax = np.where(dv > 1e-12, (vmax - v0)[:, None] / dv, math.inf)
-        to_vmin = np.where(dv < -1e-12, (v0 - vmin)[:, None] / -dv, math.inf)
-        from_vmax = np.where(dv < -1e-12, (vmax - v0)[:, None] / -dv, math.inf)
-        from_vmin = np.where(dv > 1e-12, (v0 - vmin)[:, None] / dv, math.inf)
-    consumption = np.minimum(to_vmax, to_vmin).min(axis=0, initial=math.inf)
-    injection = np.minimum(from_vmax, from_vmin).min(axis=0, initial=math.inf)
+        inv = np.divide(1.0, size, out=np.zeros_like(size), where=moves)
+    consumption = np.where(moves, room * inv, math.inf).min(axis=0, initial=math.inf)
+    room = (vmax - vmin) - room  # the other side, for injection
+    injection = np.where(moves, room * inv, math.inf).min(axis=0, initial=math.inf)
     return np.maximum(injection, 0.0), np.maximum(consumption, 0.0)
 
 

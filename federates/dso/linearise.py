@@ -283,10 +283,12 @@ def solve_dv(
     m = _assemble(np.concatenate([r1, r2]), np.concatenate([c1, c2]), np.concatenate([v1, v2]), n)
     k = rhs_currents.shape[1]
     rhs = np.zeros((2 * n, k))
-    for p, sign in ((a, -1.0), (b, 1.0)):
+    live = np.flatnonzero(np.any(rhs_currents != 0.0, axis=1))  # a DER's few branches
+    currents = rhs_currents[live]
+    for p, sign in ((a[live], -1.0), (b[live], 1.0)):
         keep = p >= 0
-        np.add.at(rhs, 2 * p[keep], sign * rhs_currents[keep].real)
-        np.add.at(rhs, 2 * p[keep] + 1, sign * rhs_currents[keep].imag)
+        np.add.at(rhs, 2 * p[keep], sign * currents[keep].real)
+        np.add.at(rhs, 2 * p[keep] + 1, sign * currents[keep].imag)
     x = splu(
         m, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1, options={"SymmetricMode": True}
     ).solve(rhs)
