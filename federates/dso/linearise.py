@@ -216,47 +216,89 @@ def real_form(y: sparse.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class _Pattern:
-    rows: np.ndarray
-    cols: np.ndarray
+class _Csc:
+    """Where COO entries land in a CSC matrix (duplicates summed)."""
+
     slot: np.ndarray
     """Where each COO entry lands in the CSC data (duplicates share a slot)."""
     indices: np.ndarray
     indptr: np.ndarray
 
-
-_PATTERNS: list[_Pattern] = []
-
-
-def _assemble(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int) -> sparse.csc_matrix:
-    """The CSC matrix of COO entries, duplicates summed. A feeder's Jacobian
-    has the same pattern every interval: its index arrays and where each
-    entry lands are kept (the last few patterns), and only the values are
-    summed into place."""
-    pattern = next(
-        (
-            p
-            for p in _PATTERNS
-            if len(p.rows) == len(rows)
-            and len(p.indptr) == 2 * n + 1
-            and np.array_equal(p.rows, rows)
-            and np.array_equal(p.cols, cols)
-        ),
-        None,
-    )
-    if pattern is None:
+    @classmethod
+    def of(cls, rows: np.ndarray, cols: np.ndarray, size: int) -> _Csc:
         order = np.lexsort((rows, cols))
         r, c = rows[order], cols[order]
         first = np.ones(len(r), dtype=bool)
         first[1:] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
         slot = np.empty(len(rows), dtype=np.intp)
         slot[order] = np.cumsum(first) - 1
-        indptr = np.searchsorted(c[first], np.arange(2 * n + 1))
-        pattern = _Pattern(rows.copy(), cols.copy(), slot, r[first], indptr)
+        return cls(slot, r[first], np.searchsorted(c[first], np.arange(size + 1)))
+
+    def matrix(self, vals: np.ndarray, size: int) -> sparse.csc_matrix:
+        data = np.bincount(self.slot, weights=vals, minlength=len(self.indices))
+        return sparse.csc_matrix((data, self.indices, self.indptr), shape=(size, size))
+
+
+@dataclass
+class _Pattern:
+    """A Jacobian's sparsity pattern: its COO indices, their CSC places, and,
+    once the first factorisation has chosen it, the fill-reducing order of
+    the unknowns with the CSC places of the matrix in that order."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    csc: _Csc
+    ordering: tuple[np.ndarray, np.ndarray, _Csc] | None = None
+    """(new position of each unknown, its inverse, the CSC places in that order)."""
+
+
+_PATTERNS: list[_Pattern] = []
+
+
+def _pattern(rows: np.ndarray, cols: np.ndarray, size: int) -> _Pattern:
+    """A feeder's Jacobian has the same pattern every interval: its index
+    arrays, where each entry lands and the order of the unknowns are kept (the
+    last few patterns), and only the values are summed into place."""
+    pattern = next(
+        (
+            p
+            for p in _PATTERNS
+            if len(p.rows) == len(rows)
+            and len(p.csc.indptr) == size + 1
+            and np.array_equal(p.rows, rows)
+            and np.array_equal(p.cols, cols)
+        ),
+        None,
+    )
+    if pattern is None:
+        pattern = _Pattern(rows.copy(), cols.copy(), _Csc.of(rows, cols, size))
         _PATTERNS.insert(0, pattern)
         del _PATTERNS[4:]
-    data = np.bincount(pattern.slot, weights=vals, minlength=len(pattern.indices))
-    return sparse.csc_matrix((data, pattern.indices, pattern.indptr), shape=(2 * n, 2 * n))
+    return pattern
+
+
+_SUPERLU = {"diag_pivot_thresh": 0.1, "options": {"SymmetricMode": True}}
+
+
+def _factor_solve(
+    rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, size: int, rhs: np.ndarray
+) -> np.ndarray:
+    """Solve the system of COO entries for ``rhs``. The first time a pattern
+    is seen SuperLU orders the unknowns (minimum degree on A + A^T); later
+    factorisations of the same pattern take the matrix already in that order
+    (``NATURAL``) and skip the ordering."""
+    pattern = _pattern(rows, cols, size)
+    if pattern.ordering is None:
+        lu = splu(pattern.csc.matrix(vals, size), permc_spec="MMD_AT_PLUS_A", **_SUPERLU)
+        x = lu.solve(rhs)
+        position = np.asarray(lu.perm_c, dtype=np.intp).copy()
+        inverse = np.empty_like(position)
+        inverse[position] = np.arange(size)
+        pattern.ordering = (position, inverse, _Csc.of(position[rows], position[cols], size))
+        return x
+    position, inverse, csc = pattern.ordering
+    lu = splu(csc.matrix(vals, size), permc_spec="NATURAL", **_SUPERLU)
+    return lu.solve(rhs[inverse])[position]
 
 
 def solve_dv(
@@ -280,7 +322,6 @@ def solve_dv(
     to ~1e-12 relative)."""
     r1, c1, v1 = y_real
     r2, c2, v2 = _incidence_entries(a, b, blocks)
-    m = _assemble(np.concatenate([r1, r2]), np.concatenate([c1, c2]), np.concatenate([v1, v2]), n)
     k = rhs_currents.shape[1]
     rhs = np.zeros((2 * n, k))
     live = np.flatnonzero(np.any(rhs_currents != 0.0, axis=1))  # a DER's few branches
@@ -289,7 +330,7 @@ def solve_dv(
         keep = p >= 0
         np.add.at(rhs, 2 * p[keep], sign * currents[keep].real)
         np.add.at(rhs, 2 * p[keep] + 1, sign * currents[keep].imag)
-    x = splu(
-        m, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1, options={"SymmetricMode": True}
-    ).solve(rhs)
+    x = _factor_solve(
+        np.concatenate([r1, r2]), np.concatenate([c1, c2]), np.concatenate([v1, v2]), 2 * n, rhs
+    )
     return x[0::2] + 1j * x[1::2]
