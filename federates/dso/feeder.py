@@ -1320,7 +1320,7 @@ class Feeder:
         br = model.branches
         vb = volts[br.a] - np.where(br.b >= 0, volts[np.maximum(br.b, 0)], 0.0)
         p_w, q_var = self._load_powers_w()
-        blocks = linearise.current_jacobian(linearise.branch_currents, vb, br, p_w, q_var)
+        blocks = linearise.load_jacobian(vb, br, p_w, q_var)
         # the other power-conversion elements: constant power per conductor
         extra_a, extra_s = self._other_pc_elements(volts)
         ea = np.concatenate([br.a, extra_a])
@@ -1330,14 +1330,14 @@ class Feeder:
             eblocks = linearise.current_jacobian(linearise.constant_power_current, ve, extra_s)
             blocks = tuple(np.concatenate([x, y]) for x, y in zip(blocks, eblocks, strict=True))
         groups = list(self._ders_by_bus().values())
-        unit = linearise.branch_currents(
-            vb, br, np.ones(len(p_w)), np.zeros(len(q_var))
-        )  # per W of each load
         rhs = np.zeros((len(ea), len(groups)), dtype=complex)
         for g, members in enumerate(groups):
             load = self._der_idx[members[0]] - 1
             rows = np.flatnonzero(br.load == load)
-            rhs[rows, g] = unit[rows] * 1.0e6
+            unit = linearise.branch_currents(  # per W of the DER's load element
+                vb[rows], br.take(rows), np.ones(len(p_w)), np.zeros(len(q_var))
+            )
+            rhs[rows, g] = unit * 1.0e6
         try:
             dvc = linearise.solve_dv(
                 model.real_entries(self), model.n_nodes, ea, eb, blocks, rhs
@@ -1394,9 +1394,9 @@ class Feeder:
         re = np.multiply(dcur.real, step)
         im = np.multiply(dcur.imag, step)
         del dcur
-        cross = re * current.real[:, None]
-        cross += im * current.imag[:, None]
-        cross *= 2.0
+        twice = 2.0 * current
+        cross = re * twice.real[:, None]
+        cross += im * twice.imag[:, None]
         re *= re
         im *= im
         re += im  # |dI|^2
@@ -1404,12 +1404,11 @@ class Feeder:
         base = current.real**2 + current.imag**2
         re += base[:, None]
         up = re + cross
-        re -= cross  # |I - dI|^2
-        np.maximum(re, 0.0, out=re)
+        re -= cross  # |I - dI|^2 (>= 0 but for rounding: clipped after the maximum)
         groups = self._branch_groups()
         l0 = np.sqrt(groups.maximum(base))[:, None]
         l_up = np.sqrt(groups.maximum(up))
-        l_dn = np.sqrt(groups.maximum(re))
+        l_dn = np.sqrt(np.maximum(groups.maximum(re), 0.0))
         return (l_up - l0) / delta_mw, (l0 - l_dn) / delta_mw
 
     def _branch_groups(self) -> _Groups:

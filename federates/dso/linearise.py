@@ -36,7 +36,7 @@ reproduced here); tests check the agreement on feeders with every load model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy import sparse
@@ -71,6 +71,10 @@ class PhaseBranches:
     """ZIPV's low-voltage cut-off (0: none)."""
     vlow: np.ndarray
     """``vlowpu``: below it every model is its nominal admittance."""
+
+    def take(self, rows: np.ndarray) -> PhaseBranches:
+        """The branches ``rows`` (their loads keep their indices)."""
+        return PhaseBranches(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
 
 def branch_currents(
@@ -175,6 +179,38 @@ def current_jacobian(
     d_re = (f(v + h, *args) - f(v - h, *args)) / (2.0 * h)  # type: ignore[operator]
     d_im = (f(v + 1j * h, *args) - f(v - 1j * h, *args)) / (2.0 * h)  # type: ignore[operator]
     return d_re.real, d_im.real, d_re.imag, d_im.imag
+
+
+def load_jacobian(
+    v: np.ndarray, branches: PhaseBranches, p_w: np.ndarray, q_var: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """d[Re i, Im i] / d[Re v, Im v] of every phase branch's current
+    (:func:`branch_currents`). A constant-power branch (model 1) inside its
+    ``vminpu``-``vmaxpu`` band draws ``i = conj(s / v)``, so ``di = w conj(dv)``
+    with ``w = -conj(s) / conj(v)^2``: in closed form (most of a feeder's
+    loads, and every DER). The other branches, and those within 1e-6 of a band
+    edge (where the model has a kink), by :func:`current_jacobian`."""
+    br = branches
+    mag = np.abs(v)
+    ratio = mag / br.v0
+    closed = (
+        (br.model == 1)
+        & (mag > 0.0)
+        & (ratio > br.vmin * (1.0 + 1e-6))
+        & (ratio < br.vmax * (1.0 - 1e-6))
+        & (ratio > br.vlow * (1.0 + 1e-6))
+    )
+    s0 = (p_w[br.load] + 1j * q_var[br.load]) * br.share
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(closed, -np.conj(s0) / np.conj(np.where(closed, v, 1.0)) ** 2, 0.0)
+    rr, ri = w.real.copy(), w.imag.copy()
+    ir, ii = w.imag.copy(), -w.real
+    rest = np.flatnonzero(~closed)
+    if len(rest):
+        got = current_jacobian(branch_currents, v[rest], br.take(rest), p_w, q_var)
+        for block, part in zip((rr, ri, ir, ii), got, strict=True):
+            block[rest] = part
+    return rr, ri, ir, ii
 
 
 def constant_power_current(v: np.ndarray, s: np.ndarray) -> np.ndarray:
