@@ -23,6 +23,7 @@ CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
         msg.Award("iso", 3, 5, 31.25, 30.0, 1.25, -12.5, -10.0, 28.5),
         msg.DayAheadBid("lda1", 288, 5, (CURVE.scaled(20), BidCurve(12.0))),
         msg.DayAheadPrices("iso", 288, 5, (21.5, 19.25, 30.0)),
+        msg.DayAheadOffer("agg1", 288, {"634": (BidCurve(0.2), CURVE), "675": (CURVE, CURVE)}),
         msg.Dispatch("lda1", 3, {"675": -0.5, "634": 0.1}, {"675": 31.0, "634": 32.5}),
         msg.Measurement("agg1", 3, {"675": -0.45, "634": 0.1}, {"675": -0.5, "634": 0.1}),
         msg.Meter("lda1", 3, 5, 48.2, {Party.agg("agg1"): -0.5}),
@@ -85,6 +86,14 @@ def test_day_ahead_messages_need_their_periods() -> None:
     )  # fmt: skip
     with pytest.raises(msg.MessageError, match=r"day_ahead_prices.lmp\[1\]: must be finite"):
         msg.decode(raw, source="iso")
+    raw = msgpack.packb(
+        {"v": msg.SCHEMA_VERSION, "kind": "day_ahead_offer", "sender": "agg1", "interval": 0,
+         "offers": {"634": [[0.1, []]], "675": [[0.1, []], [0.2, []]]}}
+    )  # fmt: skip
+    with pytest.raises(
+        msg.MessageError, match=r"agg1.*offers\[675\]: 2 periods, the others have 1"
+    ):
+        msg.decode(raw, source="agg1")
 
 
 def test_unknown_or_impersonating_sender_rejected() -> None:

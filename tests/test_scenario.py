@@ -248,6 +248,15 @@ def test_day_ahead_section_checked(tmp_path: Path) -> None:
     not_midnight = 'name = "s"\nstart = 2026-07-20T06:00:00\n[day_ahead]\nenabled = true\n'
     with pytest.raises(ScenarioError, match="must start at midnight"):
         load_scenario(_write(tmp_path, not_midnight + GOOD_LDA))
+    gate = 'name = "s"\n[day_ahead]\nenabled = true\ngate_closure_hours = 14\n'
+    scenario, _ = load_scenario(_write(tmp_path, gate + GOOD_LDA))
+    assert scenario.day_ahead.gate_closure_hours == 14
+    odd_gate = 'name = "s"\n[day_ahead]\nenabled = true\ngate_closure_hours = 0.1\n'
+    with pytest.raises(ScenarioError, match=r"gate_closure_hours \(0.1\) must be a whole number"):
+        load_scenario(_write(tmp_path, odd_gate + GOOD_LDA))
+    late_gate = 'name = "s"\n[day_ahead]\nenabled = true\ngate_closure_hours = 24\n'
+    with pytest.raises(ScenarioError, match="gate_closure_hours"):
+        load_scenario(_write(tmp_path, late_gate + GOOD_LDA))
     two_settlement = SCENARIOS_DIR / "two-settlement.toml"
     scenario, _ = load_scenario(two_settlement)
     assert scenario.hours == 72 and scenario.day_ahead.enabled

@@ -2,8 +2,10 @@
 day-ahead schedules paid at day-ahead prices, real-time deviations at
 real-time prices; the books close in every model.
 
-Who talks to whom (per day, before its first interval)::
+Who talks to whom (per day, at its gate closure)::
 
+    aggregators --DayAheadOffer (curves per location and hour)--> ISO (models 1-2)
+                                          or utility and DMO (3-6)  (DA_OFFER)
     utility (per LDA) --DayAheadBid (one curve per hour)--> ISO   (DA_BID)
     ISO: multi-period DC-OPF on its forecast loads + the bids     (DA_CLEAR)
     then every interval: ISO --Award (with da_mw, da_lmp)--> utility / DMO
@@ -92,6 +94,38 @@ def test_role_two_settlements_close_the_books() -> None:
     assert set(ledger[ledger["payer"] == "agg:x"]["item"]) == {"energy"}
 
 
+def test_role_an_aggregator_bidding_at_the_iso_holds_a_day_ahead_schedule() -> None:
+    """Models 1-2: an aggregator's day-ahead offer per location clears at the
+    ISO; every interval of the period pays its schedule at the day-ahead price
+    and only its real-time award's deviation from it at the real-time LMP."""
+    from dsosim.federates.common.config import DayAheadConfig
+
+    time = TimeSettings(interval_s=900.0, n_intervals=96)
+    config = IsoConfig(
+        name="iso",
+        case="case14",
+        interfaces=(IsoInterface(dso="a", td_bus=9),),
+        day_ahead=DayAheadConfig(load_forecast_error=0.0),
+    )
+    market = WholesaleMarket(config, time, seed=3)
+    utility, agg = BidKey("a", Party.utility("a")), BidKey("a", Party.agg("x"), "n1")
+    battery = BidCurve(-5.0, ((1000.0, 5.0), (1.0, 5.0)))  # sells 5 MW above 1000, buys below 1
+    da_bids = {utility: [BidCurve(20.0)] * 24, agg: [battery] * 24}
+    tables = market.clear_day_ahead(0, da_bids)
+    scheduled = [r for r in tables["day_ahead_awards"][1] if r[4] == "agg:x"]
+    assert len(scheduled) == 24 and all(r[7] == 0.0 for r in scheduled)  # idle at case14 prices
+    da_bids[agg] = [BidCurve(-2.0)] * 24  # a firm 2 MW sale every hour
+    tables = market.clear_day_ahead(0, da_bids)
+    da_price = {r[2]: r[6] for r in tables["day_ahead_awards"][1] if r[4] == "agg:x"}
+    clearing = market.clear(
+        5, [PlacedCurve(utility, BidCurve(20.0)), PlacedCurve(agg, BidCurve(-3.0))]
+    )
+    mine = [r for r in clearing.tables["settlements"][1] if r[2] == "agg:x"]
+    items = {r[4]: (r[5], r[6]) for r in mine}
+    assert items["day_ahead"] == pytest.approx((-2.0, da_price[1]))  # interval 5: hour 1
+    assert items["energy"] == pytest.approx((-1.0, clearing.awards[agg].lmp))
+
+
 @pytest.mark.federation
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["layered", "1", "4"])
@@ -114,9 +148,82 @@ def test_two_days_of_two_settlements(model: str, tmp_path: Path) -> None:
     assert abs(s["unreconciled"]) <= 1e-6 * s["buyers_paid"]
     # the LDA's day-ahead position in hour 13 of day 0, settled every interval of that hour
     awards = table(results, "day_ahead_awards")
-    hour = awards[(awards["day"] == 0) & (awards["period"] == 13)].iloc[0]
+    lda_awards = awards[~awards["party"].str.startswith("agg:")]
+    hour = lda_awards[(lda_awards["day"] == 0) & (lda_awards["period"] == 13)].iloc[0]
     da_rows = iso[(iso["item"] == "day_ahead") & (iso["payer"] == hour["party"])]
     in_hour = da_rows[(da_rows["interval"] >= 156) & (da_rows["interval"] < 168)]
     assert len(in_hour) == 12
     assert np.allclose(in_hour["mw"], hour["cleared_mw"])
     assert np.allclose(in_hour["price"], hour["lmp"])
+    # the aggregators offered day-ahead: to the ISO (model 1), or to the LDA,
+    # whose market operator settles each location's schedule at the day-ahead
+    # price, constant over the period, and its deviation at the DLMP
+    if model == "1":
+        mine = awards[awards["party"].str.startswith("agg:")]
+        assert set(mine["party"]) == {"agg:agg_solar", "agg:agg_storage"}
+        assert (mine["cleared_mw"].abs() > 1e-3).sum() > 10
+        agg_da = iso[(iso["item"] == "day_ahead") & iso["payer"].str.startswith("agg:")]
+    else:
+        assert set(awards["party"]) == {"dmo:lda5"}
+        agg_da = ledger[ledger["item"].str.startswith("day_ahead@")]
+        assert (agg_da["market"] == "lda:lda5").all() and (agg_da["payee"] == "dmo:lda5").all()
+        td = table(results, "interface").set_index("interval")
+        assert (agg_da["price"] != agg_da["interval"].map(td["lmp"])).any()  # not the RT price
+    assert len(agg_da) > 100 and (agg_da["mw"].abs() > 1e-3).any()
+    # (at the ISO an aggregator's locations settle as rows of the same item: compare sets)
+    per_interval = agg_da.groupby(["payer", "item", "interval"]).agg(
+        mw=("mw", lambda x: tuple(sorted(x))), price=("price", "max")
+    )
+    hourly = per_interval.reset_index().assign(hour=lambda f: f["interval"] // 12)
+    hourly = hourly.groupby(["payer", "item", "hour"])
+    assert (hourly["mw"].nunique() == 1).all() and (hourly["price"].nunique() == 1).all()
+    # forecasts beside what happened, from the ISO, the utility and each aggregator
+    forecasts = table(results, "forecasts")
+    assert set(forecasts["source"]) == {"iso", "lda5", "agg_solar", "agg_storage"}
+    load = forecasts[forecasts["quantity"] == "load_mw"]
+    assert len(load) == 26 and (load["forecast"] != load["actual"]).all()
+
+
+@pytest.mark.federation
+@pytest.mark.slow
+def test_gate_closure_the_day_before_and_a_byte_identical_rerun(tmp_path: Path) -> None:
+    """Day 1's market closes at 10:00 of day 0 (``gate_closure_hours = 14``):
+    the aggregators offer in the gap before interval 120, day 0's before
+    interval 0. The same scenario and seed run twice give the same bytes."""
+    import hashlib
+
+    feeder = (SCENARIOS.parent / "feeders" / "ieee13" / "Master.dss").resolve()
+    text = TWO.read_text().replace('"../feeders/ieee13/Master.dss"', json_str(feeder))
+    text = text.replace(
+        "load_forecast_error = 0.03\n", "load_forecast_error = 0.03\ngate_closure_hours = 14\n"
+    )
+    scenario = tmp_path / "gate.toml"
+    scenario.write_text(text)
+
+    def parts(results: Path) -> dict[str, str]:
+        return {
+            str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(results.rglob("part-*.parquet"))
+        }
+
+    runs = []
+    for name in ("first", "second"):
+        built, outcome = run_scenario(scenario, tmp_path / name, hours=25, timeout_s=600, model="4")
+        assert outcome.summary["complete"] is True, outcome.failure
+        runs.append(built.results_dir)
+    traffic = table(runs[0], "traffic")
+    offers = traffic[traffic["kind"] == "day_ahead_offer"]
+    assert sorted(set(offers["interval"])) == [0, 120]
+    assert set(offers["federate"]) == {"agg_solar", "agg_storage"}
+    assert list(table(runs[0], "day_ahead_iso")["day"]) == [0, 1]
+    s = outcome.summary
+    assert abs(s["settlement_residual"]) <= 1e-6 * s["buyers_paid"]
+    first = parts(runs[0])
+    assert len(first) >= 20 and "forecasts/part-00001.parquet" in first
+    assert parts(runs[1]) == first
+
+
+def json_str(path: Path) -> str:
+    import json
+
+    return json.dumps(str(path))

@@ -15,14 +15,15 @@ import zlib
 
 import numpy as np
 
-from dsosim.federates.aggregator.fleet import DeviceReading, Fleet
+from dsosim.federates.aggregator.fleet import DeviceReading, DispatchOutcome, Fleet
 from dsosim.federates.aggregator.results import der_tables
 from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig
 from dsosim.federates.common.curves import BidCurve, PlacedCurve
-from dsosim.federates.common.schedule import Phase, at
+from dsosim.federates.common.forecasts import FORECAST_COLUMNS, ForecastLog
+from dsosim.federates.common.schedule import DayAheadPhase, Phase, at, day_ahead_at, day_ahead_due
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
 
 
@@ -31,11 +32,12 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
     bid_to = routes.bid_target(config, cfg)  # None: passive, self-dispatched at the tariff
     dispatcher = routes.dispatcher_of(config, cfg)
     utility = cfg.dso
+    fleet_seed = config.seed + zlib.crc32(name.encode())
     fleet = Fleet(
         fleet_from_json(cfg.fleet),
         interval_s=config.time.interval_s,
         n_intervals=config.time.n_intervals,
-        seed=config.seed + zlib.crc32(name.encode()),
+        seed=fleet_seed,
         start_s=config.time.start_s,
     )
     if tuple(fleet.buses) != tuple(cfg.buses):
@@ -48,11 +50,33 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         d.id: (fleet.device_index(d.kind, d.bus, d.nth), d.bus) for d in config.hil_devices_of(name)
     }
     gateway = config.hil.name if hardware and config.hil else None
-    per_day = config.time.intervals_per_day
-    for k in range(config.time.n_intervals):
-        shell.advance(at(k, Phase.BID, config.time))
-        if config.iso.day_ahead is not None and k % per_day == 0:
-            _plan_from_day_ahead(shell, config, fleet, k, per_day)
+    da = config.iso.day_ahead
+    time = config.time
+    per_day = time.intervals_per_day
+    gate = da.gate_intervals(time.interval_s) if da is not None else 0
+    per_period = round(da.period_minutes * 60.0 / time.interval_s) if da is not None else 1
+    targets = routes.day_ahead_targets(config, cfg)
+    log = ForecastLog(name, per_day, per_period)
+    for k in range(time.n_intervals):
+        day = day_ahead_due(k, per_day, gate, time.n_intervals) if da is not None else None
+        if day is not None and targets:
+            shell.advance(day_ahead_at(k, DayAheadPhase.DA_OFFER, time))
+            plan = fleet.day_ahead(
+                day * per_day,
+                per_day // per_period,
+                per_period,
+                pv_error=da.pv_forecast_error,
+                seed=fleet_seed,
+            )
+            for target in targets:
+                shell.send(target, msg.DayAheadOffer(name, plan.first, plan.offers))
+            log.expect(day, "price_usd_mwh", plan.price.tolist())
+            log.expect(day, "net_mw", plan.net_mw.tolist())
+            if "pv" in {g.kind for g in fleet.groups}:
+                log.expect(day, "pv_mw", plan.pv_mw.tolist())
+        shell.advance(at(k, Phase.BID, time))
+        if day is not None:
+            _plan_from_day_ahead(shell, config, fleet, day * per_day, per_day)
         bids = fleet.bids(k)
         if bid_to is not None:
             shell.send(
@@ -73,18 +97,33 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         outcome = fleet.dispatch(k, setpoints, prices, measured)
         shell.send(utility, msg.Measurement(name, k, outcome.actual_by_bus(), setpoints))
         shell.record_tables(k, der_tables(name, outcome))
+        if da is not None:
+            _observe(log, k, outcome)
+            shell.record(k, "forecasts", FORECAST_COLUMNS, log.rows_after(k))
         shell.end_interval(k)
 
 
+def _observe(log: ForecastLog, k: int, outcome: DispatchOutcome) -> None:
+    """What the fleet did and was paid in interval ``k``, for the forecasts table."""
+    paid = outcome.prices[np.isfinite(outcome.prices)]
+    if len(paid):
+        log.observe(k, "price_usd_mwh", float(paid.mean()))
+    log.observe(k, "net_mw", float(outcome.actual_mw.sum()))
+    if "pv" in outcome.by_type:
+        log.observe(k, "pv_mw", outcome.total("pv", "available_mw"))
+
+
 def _plan_from_day_ahead(
-    shell: FederateShell, config: FederationConfig, fleet: Fleet, k: int, per_day: int
+    shell: FederateShell, config: FederationConfig, fleet: Fleet, first: int, per_day: int
 ) -> None:
     """The day's published day-ahead prices replace the fleet's learned price
-    forecast for the day's intervals (each period's price for its intervals)."""
+    forecast for the day's intervals (each period's price for its intervals);
+    ``first``: the day's first interval."""
     iso = config.iso.name
-    prices = expect(shell.receive(allowed_senders=[iso]), msg.DayAheadPrices, k, [iso])[iso]
+    prices = expect(shell.receive(allowed_senders=[iso]), msg.DayAheadPrices, first, [iso])[iso]
     per_period = per_day // len(prices.lmp)
-    fleet.publish_prices(k, np.repeat(np.asarray(prices.lmp, dtype=float), per_period).tolist())
+    lmp = np.repeat(np.asarray(prices.lmp, dtype=float), per_period).tolist()
+    fleet.publish_prices(first, lmp)
 
 
 def _dispatch(

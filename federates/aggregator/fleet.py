@@ -24,6 +24,8 @@ response error) comes from ``seed``; weather from ``spec.weather_seed``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +108,24 @@ class DispatchOutcome:
         """Fleet total of one state column of one type (0 if the type is absent)."""
         t = self.by_type.get(kind)
         return float(np.nansum(t.state[name])) if t is not None else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DayAheadPlan:
+    """A fleet's day-ahead offer and the plan behind it (:meth:`Fleet.day_ahead`).
+    Per-period arrays are fleet totals, means over the period's intervals."""
+
+    first: int
+    """The day's first interval."""
+    offers: dict[str, tuple[BidCurve, ...]]
+    """Per bus, one net-demand curve per period: the mean of the interval
+    curves the fleet expects to bid along its plan."""
+    price: FloatArray
+    """The price the plan was made at, $/MWh (mean over buses)."""
+    net_mw: FloatArray
+    """Planned net demand: every interval's curve taken at the expected price."""
+    pv_mw: FloatArray
+    """Forecast available PV power (the sky, before any curtailment), MW."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +376,69 @@ class Fleet:
         They replace the learned forecast for those intervals only."""
         self._est.publish(self._first + first, prices)
         self._cache = None  # offers depend on them
+
+    def day_ahead(
+        self, first: int, periods: int, per_period: int, *, pv_error: float = 0.0, seed: int = 0
+    ) -> DayAheadPlan:
+        """The fleet's day-ahead offer for the day starting at interval
+        ``first``, made now (before :attr:`interval`'s bids; ``first`` may lie
+        ahead, as at a gate closure inside the day before).
+
+        A copy of the fleet runs from now to the day's end, every interval
+        dispatched at its expected price (:meth:`forecast`: published prices
+        where there are any, the learned forecast elsewhere), with no price
+        learning: that is its state-of-charge plan (batteries, EVs and thermal
+        loads offer from their state and the price outlook, as in real
+        time). The day's offer per bus and period is the mean of the interval
+        curves along that plan, so at any price the period's offer is the
+        mean of what the interval offers would take. The fleet itself is not
+        changed. Devices forecast their own output with the fleet's models;
+        the day's sky (irradiance, and PV profiles) is forecast with a seeded
+        relative error per period (sd ``pv_error``, from ``seed`` and the
+        day), so real time sees more or less sun than the offer planned on.
+        Periods past the run's last interval offer nothing (a zero curve)."""
+        if not (isinstance(periods, int) and periods >= 1 and per_period >= 1):
+            raise ValueError(f"need periods >= 1 and per_period >= 1, got {periods}, {per_period}")
+        if first < self._t:
+            raise ValueError(f"day-ahead offer for a day starting at {first}, now {self._t}")
+        shadow = copy.deepcopy(self)
+        n_bus = len(self._buses)
+        end = min(first + periods * per_period, self.n_intervals)
+        if pv_error > 0.0 and end > first:
+            rng = np.random.default_rng([seed, 2909, first])
+            factor = np.maximum(0.0, 1.0 + rng.normal(0.0, pv_error, periods))
+            _forecast_sky(shadow, first, end, np.repeat(factor, per_period)[: end - first])
+        per_bus: list[list[list[BidCurve]]] = [[[] for _ in range(periods)] for _ in range(n_bus)]
+        price = np.zeros(periods)
+        net = np.zeros(periods)
+        pv = np.zeros(periods)
+        count = np.zeros(periods)
+        for t in range(self._t, end):
+            bids = shadow.bids(t)
+            expected = shadow.forecast(t, 1)[:, 0]
+            setpoints = {
+                b: bids[b].quantity_at(float(expected[i])) for i, b in enumerate(self._buses)
+            }
+            outcome = shadow.dispatch(t, setpoints, {})
+            if t < first:
+                continue
+            p = (t - first) // per_period
+            for i, b in enumerate(self._buses):
+                per_bus[i][p].append(bids[b])
+            count[p] += 1
+            price[p] += float(expected.mean())
+            net[p] += float(outcome.actual_mw.sum())
+            if "pv" in outcome.by_type:
+                pv[p] += outcome.total("pv", "available_mw")
+        offers = {
+            b: tuple(
+                BidCurve.combine(curves).scaled(1.0 / len(curves)) if curves else BidCurve(0.0)
+                for curves in per_bus[i]
+            )
+            for i, b in enumerate(self._buses)
+        }
+        n = np.maximum(count, 1)
+        return DayAheadPlan(first, offers, price / n, net / n, pv / n)
 
     def set_voltages(self, v_pu: Mapping[str, float]) -> None:
         """Give the fleet measured bus voltages (pu) for volt-var inverters;
@@ -612,6 +695,23 @@ class Fleet:
         self._cache = None
         self._plan = None
         return outcome
+
+
+def _forecast_sky(fleet: Fleet, first: int, end: int, factor: FloatArray) -> None:
+    """Scale ``fleet``'s irradiance and PV profiles over intervals ``first ..
+    end - 1`` by ``factor`` (a forecast's error; on a copy of a fleet)."""
+    if fleet.weather is not None:
+        poa = np.array(fleet.weather.poa, dtype=float)
+        poa[:, first:end, :] *= factor[None, :, None]
+        weather = dataclasses.replace(fleet.weather, poa=poa)
+        fleet.weather = weather
+        for g in fleet.groups:
+            if hasattr(g, "weather"):
+                g.weather = weather
+    for g in fleet.groups:
+        if isinstance(g, PvSystems):
+            g.profile = g.profile.copy()
+            g.profile[:, first:end] *= factor[None, :]
 
 
 def _check_reading(index: int, reading: DeviceReading, bounds: tuple[float, float]) -> None:

@@ -212,7 +212,7 @@ class TransmissionEvent(Strict):
 
 class DayAheadConfig(Strict):
     """The ISO's day-ahead market (``federates/iso/dayahead.py``), cleared once
-    per simulated day just before the day starts (``common.schedule``)."""
+    per simulated day at its gate closure (``common.schedule``)."""
 
     period_minutes: float = Field(60.0, gt=0, le=1440, description="day-ahead period")
     ramp_pu_per_h: PositiveFloat = Field(
@@ -222,6 +222,23 @@ class DayAheadConfig(Strict):
     load_forecast_error: float = Field(
         0.03, ge=0, lt=0.5, description="relative error (sd) of the day-ahead load forecasts"
     )
+    pv_forecast_error: float = Field(
+        0.1,
+        ge=0,
+        lt=1.0,
+        description="relative error (sd) per period of aggregators' day-ahead sky (PV) forecasts",
+    )
+    gate_closure_hours: float = Field(
+        0.0,
+        ge=0,
+        lt=24,
+        description="hours before a day starts that its market closes (0: just before it; "
+        "the first day's market always runs before the first interval)",
+    )
+
+    def gate_intervals(self, interval_s: float) -> int:
+        """``gate_closure_hours`` in market intervals (the scenario checks it is whole)."""
+        return round(self.gate_closure_hours * 3600.0 / interval_s)
 
 
 class IsoConfig(Strict):

@@ -118,6 +118,19 @@ class DayAheadBid:
 
 
 @dataclass(frozen=True, slots=True)
+class DayAheadOffer:
+    """Aggregator -> its day-ahead bidder (the ISO in models 1-2, the LDA's
+    utility and market operator in 3-6) at gate closure: per feeder location,
+    one net-demand curve per day-ahead period (per modelled feeder, like a
+    ``FleetBid``); ``interval`` is the day's first interval."""
+
+    KIND: ClassVar[str] = "day_ahead_offer"
+    sender: str
+    interval: int
+    offers: Mapping[str, tuple[BidCurve, ...]]
+
+
+@dataclass(frozen=True, slots=True)
 class Dispatch:
     """DERM -> aggregator: net-demand set-points and prices per location."""
 
@@ -257,6 +270,7 @@ Message = (
     FleetBid
     | InterfaceBid
     | DayAheadBid
+    | DayAheadOffer
     | DayAheadPrices
     | Award
     | Dispatch
@@ -275,6 +289,7 @@ KINDS: dict[str, type] = {
         FleetBid,
         InterfaceBid,
         DayAheadBid,
+        DayAheadOffer,
         DayAheadPrices,
         Award,
         Dispatch,
@@ -508,6 +523,25 @@ def _decode_day_ahead_bid(r: _Reader, sender: str, interval: int) -> DayAheadBid
     )
 
 
+def _decode_day_ahead_offer(r: _Reader, sender: str, interval: int) -> DayAheadOffer:
+    offers = r.get("offers")
+    if not isinstance(offers, dict) or not offers:
+        raise r.fail("offers", "must be a non-empty map of location -> curves per period")
+    out: dict[str, tuple[BidCurve, ...]] = {}
+    periods = None
+    for location, curves in offers.items():
+        name = r.text("offers key", location)
+        if not isinstance(curves, list) or not curves:
+            raise r.fail(f"offers[{name}]", "must be a non-empty list of curves, one per period")
+        if periods is not None and len(curves) != periods:
+            raise r.fail(f"offers[{name}]", f"{len(curves)} periods, the others have {periods}")
+        periods = len(curves)
+        out[name] = tuple(
+            r.curve(f"offers[{name}][{i}]", c, MAX_BLOCKS_PER_CURVE) for i, c in enumerate(curves)
+        )
+    return DayAheadOffer(sender, interval, out)
+
+
 def _decode_dispatch(r: _Reader, sender: str, interval: int) -> Dispatch:
     setpoints = r.number_map("setpoints_mw", MAX_ABS_MW)
     prices = r.number_map("prices")
@@ -640,6 +674,7 @@ _DECODERS: dict[str, Callable[[_Reader, str, int], Message]] = {
     FleetBid.KIND: _decode_fleet_bid,
     InterfaceBid.KIND: _decode_interface_bid,
     DayAheadBid.KIND: _decode_day_ahead_bid,
+    DayAheadOffer.KIND: _decode_day_ahead_offer,
     DayAheadPrices.KIND: _decode_day_ahead_prices,
     Award.KIND: _decode_award,
     Dispatch.KIND: _decode_dispatch,

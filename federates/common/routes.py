@@ -61,6 +61,20 @@ def bid_target(config: FederationConfig, agg: AggregatorConfig) -> str | None:
     return dmo_of(config, config.dso(agg.dso))
 
 
+def day_ahead_targets(config: FederationConfig, agg: AggregatorConfig) -> list[str]:
+    """Where an aggregator sends its day-ahead offer (none: it does not bid):
+    the ISO where aggregators bid there (models 1-2); in the layered models
+    the LDA's utility, which builds the LDA's day-ahead bid from it and its
+    feeder forecast, and the LDA's market operator if that is someone else
+    (it settles the aggregator's day-ahead schedule)."""
+    target = bid_target(config, agg)
+    if target is None:
+        return []
+    if target == config.iso.name:
+        return [target]
+    return sorted({agg.dso, target})
+
+
 def dispatcher_of(config: FederationConfig, agg: AggregatorConfig) -> str | None:
     """Who sends this aggregator its Dispatch (None: it self-dispatches at the tariff)."""
     if not bids_in_market(config, agg):

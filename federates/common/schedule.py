@@ -86,23 +86,45 @@ def at(interval: int, phase: Phase, time: Clock) -> float:
 
 
 class DayAheadPhase(IntEnum):
-    """Exchanges of the day-ahead market of day ``d``: at the end of the day
-    before (just before the day's first interval; for the first day in the
-    ``origin_s`` the federation keeps before interval 0)::
+    """Exchanges of the day-ahead market of day ``d``, at its gate closure:
+    just before the market interval ``gate_interval(d)`` (the day's first
+    interval, or ``gate_closure_hours`` before it, inside the day before; the
+    first day's market always runs before interval 0, in the ``origin_s``
+    the federation keeps for it)::
 
-        DA_BID    each LDA's T-D bidder -> ISO       DayAheadBid (one curve per period)
-        DA_CLEAR  ISO: multi-period DC-OPF           day-ahead schedules and prices
+        DA_OFFER  market aggregators -> their T-D bidder   DayAheadOffer (curves per period)
+                  (the ISO in models 1-2, the LDA's utility and DMO in 3-6)
+        DA_BID    each LDA's utility -> ISO               DayAheadBid (one curve per period)
+        DA_CLEAR  ISO: multi-period DC-OPF                day-ahead schedules and prices
     """
 
-    DA_BID = 0
-    DA_CLEAR = 1
+    DA_OFFER = 0
+    DA_BID = 1
+    DA_CLEAR = 2
 
 
 DAY_AHEAD_ORIGIN_SUBSTEPS = len(DayAheadPhase)
 """Sub-steps kept before interval 0 when a day-ahead market runs."""
 
 
-def day_ahead_at(day: int, phase: DayAheadPhase, time: Clock) -> float:
-    """Federation time (s) of ``phase`` of the day-ahead market for ``day``."""
-    first = at(day * time.intervals_per_day, Phase.BID, time)
+def gate_interval(day: int, per_day: int, gate_intervals: int) -> int:
+    """The market interval before whose BID the market of ``day`` runs:
+    ``gate_intervals`` before the day's first interval, never before interval 0."""
+    return max(0, day * per_day - gate_intervals)
+
+
+def day_ahead_due(interval: int, per_day: int, gate_intervals: int, n_intervals: int) -> int | None:
+    """The day whose day-ahead market runs just before ``interval``'s BID, if
+    any (days that start inside the run only; ``gate_intervals < per_day``, so
+    at most one day per interval)."""
+    day = (interval + gate_intervals) // per_day
+    if day * per_day >= n_intervals or gate_interval(day, per_day, gate_intervals) != interval:
+        return None
+    return day
+
+
+def day_ahead_at(interval: int, phase: DayAheadPhase, time: Clock) -> float:
+    """Federation time (s) of ``phase`` of a day-ahead market held just before
+    market interval ``interval`` (its :func:`gate_interval`)."""
+    first = at(interval, Phase.BID, time)
     return first - (len(DayAheadPhase) - int(phase)) * time.substep_s

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,24 @@ from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig
-from dsosim.federates.common.schedule import DayAheadPhase, Phase, at, day_ahead_at
+from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.forecasts import FORECAST_COLUMNS, ForecastLog
+from dsosim.federates.common.scale import TdScale
+from dsosim.federates.common.schedule import (
+    DayAheadPhase,
+    Phase,
+    at,
+    day_ahead_at,
+    day_ahead_due,
+)
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.dso.grid import Forecast, GridOperator
 from dsosim.federates.markets.derm_override import override_awards
 from dsosim.federates.markets.dmo_factory import make_dmo
 from dsosim.federates.markets.grid_model import to_message
-from dsosim.federates.markets.host import send_dispatch, send_interface_bid
+from dsosim.federates.markets.host import send_dispatch, send_interface_bid, take_day_ahead
 from dsosim.federates.markets.lda_market import Limits
+from dsosim.federates.markets.location import Location
 
 
 def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Path) -> None:
@@ -64,15 +75,29 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
     limits = Limits.planning(cfg.limits)  # the DERM plans with the margin
     element_index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(grid.locations)}
     da = config.iso.day_ahead
-    per_day = config.time.intervals_per_day
-    for k in range(config.time.n_intervals):
-        if da is not None and k % per_day == 0:
-            day = k // per_day
-            shell.advance(day_ahead_at(day, DayAheadPhase.DA_BID, config.time))
-            intervals = (k + np.arange(per_day)).reshape(round(1440.0 / da.period_minutes), -1)
-            curves = grid.day_ahead_bid(intervals, da.load_forecast_error, day, config.seed)
-            shell.send(cfg.iso, msg.DayAheadBid(name, k, cfg.td_bus, curves))
-        shell.advance(at(k, Phase.BID, config.time))
+    time = config.time
+    per_day = time.intervals_per_day
+    gate = da.gate_intervals(time.interval_s) if da is not None else 0
+    periods = round(1440.0 / da.period_minutes) if da is not None else 1
+    log = ForecastLog(name, per_day, per_day // periods)
+    offering = [
+        a for a in cfg.aggregators if name in routes.day_ahead_targets(config, config.aggregator(a))
+    ]
+    for k in range(time.n_intervals):
+        day = day_ahead_due(k, per_day, gate, time.n_intervals) if da is not None else None
+        if da is not None and day is not None:
+            shell.advance(day_ahead_at(k, DayAheadPhase.DA_BID, time))
+            offers = expect(
+                shell.receive(allowed_senders=offering), msg.DayAheadOffer, day * per_day, offering
+            )
+            intervals = (day * per_day + np.arange(per_day)).reshape(periods, -1)
+            fixed = grid.day_ahead_bid(intervals, da.load_forecast_error, day, config.seed)
+            log.expect(day, "load_mw", grid.day_ahead_load_mw)
+            curves = day_ahead_curve(fixed, offers, grid.td, grid.locations)
+            shell.send(cfg.iso, msg.DayAheadBid(name, day * per_day, cfg.td_bus, curves))
+            if dmo is not None:
+                take_day_ahead(dmo, offers, per_day)
+        shell.advance(at(k, Phase.BID, time))
         forecast = grid.forecast(k)
         if model_to is not None:
             shell.send(model_to, to_message(name, k, forecast.state, forecast.sens))
@@ -123,6 +148,9 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
         )
         shell.send(cfg.iso, msg.Meter(name, k, cfg.td_bus, td_flow, allocation))
         shell.record_tables(k, tables)
+        if da is not None:
+            log.observe(k, "load_mw", grid.measured_load_mw)
+            shell.record(k, "forecasts", FORECAST_COLUMNS, log.rows_after(k))
         shell.end_interval(k)
 
 
@@ -132,6 +160,35 @@ def _volt_var_ratings(fleet: dict[str, Any]) -> dict[str, float]:
     if not any(isinstance(d, dict) and d.get("volt_var") for d in fleet.get("pvs") or ()):
         return {}
     return volt_var_ratings(fleet_from_json(fleet).pvs)
+
+
+def day_ahead_curve(
+    fixed: Sequence[BidCurve],
+    offers: Mapping[str, msg.DayAheadOffer],
+    td: TdScale,
+    locations: Sequence[Location],
+) -> tuple[BidCurve, ...]:
+    """The LDA's day-ahead bid per period (T-D scale): the feeder forecast
+    (``fixed``) plus every aggregator's offer at each of its locations. Not
+    feeder-constrained (losses and limits of the DERs' dispatch are left to
+    real time); an offer for a location the aggregator does not serve is an error."""
+    known = {(loc.aggregator, loc.bus) for loc in locations}
+    per_period: list[list[BidCurve]] = [[c] for c in fixed]
+    for agg, m in sorted(offers.items()):
+        for bus, curves in sorted(m.offers.items()):
+            if (agg, bus) not in known:
+                raise msg.MessageError(
+                    agg, "day_ahead_offer.offers", f"{bus!r} is not a location of {agg!r}"
+                )
+            if len(curves) != len(fixed):
+                raise msg.MessageError(
+                    agg,
+                    "day_ahead_offer.offers",
+                    f"{len(curves)} periods at {bus!r}, expected {len(fixed)}",
+                )
+            for p, curve in enumerate(curves):
+                per_period[p].append(td.curve_to_td(curve))
+    return tuple(BidCurve.combine(curves) for curves in per_period)
 
 
 def _fleet_awards(

@@ -198,6 +198,10 @@ class GridOperator:
         compares with its prediction."""
         self._forecast_reused = False
         self._points: list[Forecast] = []
+        self.day_ahead_load_mw: list[float] = []
+        """The feeder's load (feeder scale) per period of the last day-ahead bid."""
+        self.measured_load_mw = 0.0
+        """The feeder's load at the last :meth:`measure`."""
 
     def _solve(self, *, controls: bool = True) -> FeederState:
         """One power flow at the loads and DER outputs set, with the volt-var
@@ -249,11 +253,13 @@ class GridOperator:
         last = len(self.profile) - 1
         self.feeder.set_der_mw(np.zeros(len(self.locations)))
         curves = []
+        self.day_ahead_load_mw = []
         for period, e in zip(intervals, errors):
             level = float(np.mean(self.profile[np.minimum(period, last)])) * (1.0 + e)
             self.feeder.set_load_multipliers(level)
             state = self._solve()
             curves.append(BidCurve(round(self.td.to_td(state.substation_p_mw), 9)))
+            self.day_ahead_load_mw.append(state.load_mw)
         return tuple(curves)
 
     def linearise_at(
@@ -371,6 +377,7 @@ class GridOperator:
         if self.volt_var is not None and self._vv_last is not None:
             q_loc, v_loc = self._vv_last.q_mvar, self._vv_last.v_pu
         self.der_mw = der
+        self.measured_load_mw = state.load_mw
         expost = self.expost(interval, target)
         td_flow = self.td.to_td(state.substation_p_mw)
         allocation: dict[Party, float] = {}

@@ -19,7 +19,7 @@ from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.markets.dmo_factory import make_dmo
 from dsosim.federates.markets.grid_model import from_message
-from dsosim.federates.markets.host import send_dispatch, send_interface_bid
+from dsosim.federates.markets.host import send_dispatch, send_interface_bid, take_day_ahead
 from dsosim.federates.markets.location import Location
 
 
@@ -30,9 +30,16 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
     ]
     dmo = make_dmo(config, cfg, locations)
     in_market = [a for a in cfg.aggregators if routes.bids_in_market(config, config.aggregator(a))]
+    per_day = config.time.intervals_per_day
     for k in range(config.time.n_intervals):
         shell.advance(at(k, Phase.AGGREGATE, config.time))
         received = shell.receive(allowed_senders=[cfg.name, *in_market])
+        # day-ahead offers (at a gate closure before this interval): to settle them
+        offers = [m for m in received if isinstance(m, msg.DayAheadOffer)]
+        if offers:
+            first = offers[0].interval
+            take_day_ahead(dmo, expect(offers, msg.DayAheadOffer, first, in_market), per_day)
+        received = [m for m in received if not isinstance(m, msg.DayAheadOffer)]
         grid = expect(
             [m for m in received if isinstance(m, msg.GridModel)], msg.GridModel, k, [cfg.name]
         )[cfg.name]

@@ -18,11 +18,19 @@ from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig
 from dsosim.federates.common.curves import BID_COLUMNS, bid_row
+from dsosim.federates.common.forecasts import FORECAST_COLUMNS, ForecastLog
 from dsosim.federates.common.parties import BidKey, Party, Role
+from dsosim.federates.common.routes import day_ahead_targets
 from dsosim.federates.common.scale import TdScale
-from dsosim.federates.common.schedule import DayAheadPhase, Phase, at, day_ahead_at
+from dsosim.federates.common.schedule import (
+    DayAheadPhase,
+    Phase,
+    at,
+    day_ahead_at,
+    day_ahead_due,
+)
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
-from dsosim.federates.iso.wholesale import AwardLine, IsoBid, WholesaleMarket
+from dsosim.federates.iso.wholesale import AwardLine, Clearing, IsoBid, WholesaleMarket
 
 
 def _expected(config: FederationConfig) -> dict[str, tuple[str, Party]]:
@@ -52,10 +60,15 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
     senders = sorted(set(expected) | set(utilities))
     holders = {d.name: _holder(config, d.name) for d in config.dsos}
     n = config.time.n_intervals
+    da = config.iso.day_ahead
+    gate = da.gate_intervals(config.time.interval_s) if da is not None else 0
+    log = ForecastLog(shell.name, market.per_day, market.per_period if da is not None else 1)
     for k in range(n + 1):
         early: list[msg.Message] = []  # meters that arrived with the day-ahead bids
-        if market.da is not None and k < n and k % market.per_day == 0:
-            early = _day_ahead(shell, config, market, k // market.per_day, holders, senders)
+        day = day_ahead_due(k, market.per_day, gate, n) if da is not None and k < n else None
+        if day is not None:
+            early = _day_ahead(shell, config, market, k, day, holders, senders)
+            _expect_forecasts(log, market, day)
         shell.advance(at(k, Phase.CLEAR, config.time))
         bids: list[IsoBid] = []
         got: set[str] = set()
@@ -102,6 +115,7 @@ def run(shell: FederateShell, config: FederationConfig) -> None:
         clearing = market.clear(k, bids)
         _send_awards(shell, config, market, k, clearing.awards)
         shell.record_tables(k, clearing.tables)
+        _observe(shell, log, market, k, clearing)
         shell.record(k, "bids", BID_COLUMNS, bid_rows)
         shell.end_interval(k)
 
@@ -110,20 +124,34 @@ def _day_ahead(
     shell: FederateShell,
     config: FederationConfig,
     market: WholesaleMarket,
+    k: int,
     day: int,
     holders: Mapping[str, Party],
     senders: list[str],
 ) -> list[msg.Message]:
-    """DA_CLEAR: every LDA's day-ahead bid (sent by its utility, for the
-    LDA's schedule holder), the day's clearing, its tables. Returns the other
-    messages received (the last interval's meters), for CLEAR."""
-    shell.advance(day_ahead_at(day, DayAheadPhase.DA_CLEAR, config.time))
+    """DA_CLEAR (before interval ``k``'s BID): every LDA's day-ahead bid (sent
+    by its utility, for the LDA's schedule holder) and, where aggregators bid
+    at the ISO (models 1-2), their day-ahead offers per location; the day's
+    clearing, its tables. Returns the other messages received (the last
+    interval's meters), for CLEAR."""
+    shell.advance(day_ahead_at(k, DayAheadPhase.DA_CLEAR, config.time))
     first = day * market.per_day
     utilities = [d.name for d in config.dsos]
+    offering = {
+        a.name: a.dso for a in config.aggregators if config.iso.name in day_ahead_targets(config, a)
+    }
     received = shell.receive(allowed_senders=senders)
-    others = [m for m in received if not isinstance(m, msg.DayAheadBid)]
-    bids_in = [m for m in received if isinstance(m, msg.DayAheadBid)]
-    got = expect(bids_in, msg.DayAheadBid, first, utilities)
+    day_ahead = (msg.DayAheadBid, msg.DayAheadOffer)
+    others = [m for m in received if not isinstance(m, day_ahead)]
+    got = expect(
+        [m for m in received if isinstance(m, msg.DayAheadBid)], msg.DayAheadBid, first, utilities
+    )
+    offers = expect(
+        [m for m in received if isinstance(m, msg.DayAheadOffer)],
+        msg.DayAheadOffer,
+        first,
+        sorted(offering),
+    )
     bids = {}
     for lda, m in got.items():
         if m.td_bus != market.interfaces[lda]:
@@ -133,6 +161,16 @@ def _day_ahead(
                 f"{m.td_bus} is not the T-D bus {market.interfaces[lda]} of {lda}",
             )
         bids[BidKey(lda, holders[lda])] = m.curves
+    for agg, offer in offers.items():
+        lda = offering[agg]
+        td = TdScale(config.dso(lda).scale)  # a fleet offers for the one modelled feeder
+        known = set(config.aggregator(agg).buses)
+        for bus, curves in offer.offers.items():
+            if bus not in known:
+                raise msg.MessageError(
+                    agg, "day_ahead_offer.offers", f"{bus!r} is not a location of {agg!r}"
+                )
+            bids[BidKey(lda, Party.agg(agg), bus)] = [td.curve_to_td(c) for c in curves]
     shell.record_tables(first, market.clear_day_ahead(day, bids))
     # published prices: every aggregator learns its LDA's day-ahead LMPs
     for dso in config.dsos:
@@ -140,6 +178,28 @@ def _day_ahead(
         for agg in dso.aggregators:
             shell.send(agg, msg.DayAheadPrices(shell.name, first, dso.td_bus, lmp))
     return others
+
+
+def _expect_forecasts(log: ForecastLog, market: WholesaleMarket, day: int) -> None:
+    """The ISO's forecasts for ``day``: its system load, and the day-ahead
+    price at each T-D bus (what real time then pays there)."""
+    schedule = market.days[day]
+    log.expect(day, "system_load_mw", schedule.forecast_load_mw.tolist())
+    for lda in sorted(market.interfaces):
+        log.expect(day, f"lmp_usd_mwh@{lda}", market.day_ahead_prices(day, lda))
+
+
+def _observe(
+    shell: FederateShell, log: ForecastLog, market: WholesaleMarket, k: int, clearing: Clearing
+) -> None:
+    """What happened in interval ``k``, for the forecasts table (with a day-ahead market)."""
+    if market.da is None:
+        return
+    log.observe(k, "system_load_mw", float(market.fixed_load(k).sum()))
+    for lda in sorted(market.interfaces):
+        line = next(a for key, a in clearing.awards.items() if key.lda == lda)
+        log.observe(k, f"lmp_usd_mwh@{lda}", line.lmp)
+    shell.record(k, "forecasts", FORECAST_COLUMNS, log.rows_after(k))
 
 
 def _bid_rows(k: int, m: msg.Message, party: Party) -> list[tuple[object, ...]]:

@@ -102,8 +102,8 @@ DA_ISO_COLUMNS = (
     "generation_cost",
     "congestion_rent",
     "forecast_load_mwh",
-    "solve_s",
 )
+"""No solve time: results are byte-identical across reruns (``dsosim bench da`` times it)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,7 @@ class DaySchedule:
     result: DayAheadResult
     awards: dict[BidKey, np.ndarray]  # per key, MW per period
     served: np.ndarray  # (periods, buses): withdrawal other than the bids
+    forecast_load_mw: np.ndarray  # (periods,): the case's fixed load as forecast, MW
 
 
 IsoBid: TypeAlias = PlacedCurve[BidKey]
@@ -247,7 +248,7 @@ class WholesaleMarket:
         served = np.stack([period.withdrawal_mw for period in result.periods])
         for k, mw in awards.items():
             served[:, self.bus_index[self.interfaces[k.lda]]] -= mw
-        self.days[day] = DaySchedule(result, awards, served)
+        self.days[day] = DaySchedule(result, awards, served, load.sum(axis=1))
         self.days.pop(day - 2, None)
         return self._day_ahead_tables(day, result, awards, load)
 
@@ -289,7 +290,6 @@ class WholesaleMarket:
             float(result.total_cost),
             float(rent),
             float(load.sum() * h),
-            float(result.solve_seconds),
         )
         return {
             "day_ahead": (DA_MARKET_COLUMNS, market),

@@ -32,9 +32,21 @@ def send_interface_bid(
     shell.record_tables(k, tables)
 
 
+def take_day_ahead(dmo: NodalDmo, offers: Mapping[str, msg.DayAheadOffer], per_day: int) -> None:
+    """The aggregators' day-ahead offers, for the DMO to settle their schedules."""
+    if not offers:
+        return
+    m = next(iter(offers.values()))
+    periods = len(next(iter(m.offers.values())))
+    dmo.take_day_ahead(
+        m.interval, per_day // periods, {a: dict(o.offers) for a, o in offers.items()}
+    )
+
+
 def send_dispatch(shell: FederateShell, dmo: NodalDmo, k: int, award: msg.Award) -> None:
     """DISPATCH: set-points and DLMPs that meet the ISO's award, to each aggregator."""
-    da = (award.da_mw, award.da_lmp) if award.da_mw else None
+    # a day-ahead schedule of the LDA, or a day-ahead price (a market ran)
+    da = (award.da_mw, award.da_lmp) if award.da_mw or award.da_lmp else None
     dispatch, tables = dmo.dispatch(k, award.lmp, award.cleared_mw, da)
     for agg, (setpoints, prices) in sorted(dispatch.items()):
         shell.send(agg, msg.Dispatch(shell.name, k, setpoints, prices))

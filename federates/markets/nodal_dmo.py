@@ -141,6 +141,34 @@ class NodalDmo:
         self.priced_on: Sensitivities | None = None
         """The linearisation the last dispatch was priced on."""
         self._pending: _Pending | None = None
+        self._day_ahead: dict[int, tuple[int, dict[tuple[str, str], tuple[BidCurve, ...]]]] = {}
+
+    def take_day_ahead(
+        self, first: int, per_period: int, offers: Mapping[str, Mapping[str, Sequence[BidCurve]]]
+    ) -> None:
+        """The aggregators' day-ahead offers for the day starting at interval
+        ``first`` (aggregator -> location -> one curve per period of
+        ``per_period`` intervals, feeder scale). Each location's day-ahead
+        schedule is its period's curve at the LDA's day-ahead price; the DMO
+        settles it at that price and only the set-point's deviation from it
+        at the DLMP (two settlements inside the LDA)."""
+        # the day running now and the next: older days are done
+        for old in sorted(self._day_ahead)[:-1]:
+            del self._day_ahead[old]
+        self._day_ahead[first] = (
+            per_period,
+            {(a, b): tuple(c) for a, by_bus in offers.items() for b, c in by_bus.items()},
+        )
+
+    def day_ahead_mw(self, interval: int, loc: Located, da_lmp: float) -> float:
+        """The location's day-ahead schedule (feeder scale) for ``interval``:
+        its offer for the period taken at the day-ahead price; 0 without one."""
+        for first, (per_period, offers) in self._day_ahead.items():
+            curves = offers.get((loc.aggregator, loc.bus))
+            if curves is None or not first <= interval < first + len(curves) * per_period:
+                continue
+            return curves[(interval - first) // per_period].quantity_at(da_lmp)
+        return 0.0
 
     def interface_bid(
         self,
@@ -259,6 +287,20 @@ class NodalDmo:
                     float(clearing.dlmp_congestion[i]),
                 )
             )
+            scheduled = self.day_ahead_mw(interval, loc, da_lmp) if da is not None else 0.0
+            if scheduled:
+                pay.append(
+                    ledger.Payment(
+                        interval,
+                        market,
+                        Party.agg(loc.aggregator),
+                        me,
+                        f"day_ahead@{loc.bus}",
+                        td.to_td(scheduled),
+                        da_lmp,
+                        h,
+                    )
+                )
             pay.append(
                 ledger.Payment(
                     interval,
@@ -266,7 +308,7 @@ class NodalDmo:
                     Party.agg(loc.aggregator),
                     me,
                     f"energy@{loc.bus}",
-                    td.to_td(mw - self.firm_mw(loc)),
+                    td.to_td(mw - self.firm_mw(loc) - scheduled),
                     price,
                     h,
                 )

@@ -194,11 +194,13 @@ def dmo_rents(ledger: pd.DataFrame, dispatch: pd.DataFrame) -> dict[str, Any]:
       DLMP (MW x h x ``dlmp_loss``), plus loss charges on peer-to-peer trades;
     * ``dmo_congestion_rent``: through the congestion and voltage component;
     * ``dmo_mismatch``: the energy the DMO sold inside the LDA at the energy
-      component of the DLMPs and to the utility at the T-D LMP, less what it
-      bought from the ISO: non-zero because the linearised feeder's head
-      power is not the sum of what was charged (losses at the operating point
-      are charged to the utility, marginal ones to the DERs; an award the
-      feeder cannot meet; the bid's loss error);
+      component of the DLMPs (with two settlements: the DERs' day-ahead
+      schedules at the day-ahead price, their deviations at the DLMPs) and to
+      the utility at the T-D LMP, less what it bought from the ISO: non-zero
+      because the linearised feeder's head power is not the sum of what was
+      charged (losses at the operating point are charged to the utility,
+      marginal ones to the DERs; an award the feeder cannot meet; the bid's
+      loss error);
     * ``dmo_imbalance``: minus the imbalance the DMOs were charged.
 
     They add up to ``dmo_surplus`` when every DMO payment is one of these
@@ -226,6 +228,8 @@ def dmo_rents(ledger: pd.DataFrame, dispatch: pd.DataFrame) -> dict[str, Any]:
     )
     p2p_loss = ledger["amount"][dmo_in & (item == "loss charge")].sum()
     utility = ledger["amount"][dmo_in & payer.str.startswith("utility:")].sum()
+    # two settlements: DER day-ahead schedules, at the LDA's day-ahead price
+    day_ahead = ledger["amount"][dmo_in & item.str.startswith("day_ahead@")].sum()
     to_iso = ledger["amount"][
         (ledger["market"] != "iso") & payer.str.startswith("dmo:") & (payee == "iso")
     ].sum()
@@ -235,6 +239,8 @@ def dmo_rents(ledger: pd.DataFrame, dispatch: pd.DataFrame) -> dict[str, Any]:
     return {
         "dmo_loss_rent": _r((parts["mwh"] * parts["dlmp_loss"]).sum() + p2p_loss, 2),
         "dmo_congestion_rent": _r((parts["mwh"] * parts["dlmp_congestion"]).sum(), 2),
-        "dmo_mismatch": _r((parts["mwh"] * parts["dlmp_energy"]).sum() + utility - to_iso, 2),
+        "dmo_mismatch": _r(
+            (parts["mwh"] * parts["dlmp_energy"]).sum() + day_ahead + utility - to_iso, 2
+        ),
         "dmo_imbalance": _r(-imbalance, 2),
     }

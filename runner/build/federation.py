@@ -342,6 +342,8 @@ def _day_ahead(scenario: Scenario) -> DayAheadConfig | None:
         ramp_pu_per_h=da.ramp_pu_per_h,
         segments=da.segments,
         load_forecast_error=da.load_forecast_error,
+        gate_closure_hours=da.gate_closure_hours,
+        pv_forecast_error=da.pv_forecast_error,
     )
 
 

@@ -81,6 +81,20 @@ class DayAhead(_Section):
     load_forecast_error: float = Field(
         0.03, ge=0, lt=0.5, description="relative error (sd) of day-ahead load forecasts"
     )
+    pv_forecast_error: float = Field(
+        0.1,
+        ge=0,
+        lt=1.0,
+        description="relative error (sd) per period of aggregators' day-ahead sky (PV) forecasts",
+    )
+    gate_closure_hours: float = Field(
+        0.0,
+        ge=0,
+        lt=24,
+        description="hours before each day starts that its market closes (0: just before "
+        "the day; 14: at 10:00 the day before); the first day's market runs before the "
+        "first interval whatever this says",
+    )
 
     @model_validator(mode="after")
     def _periods_tile_the_day(self) -> DayAhead:
@@ -430,6 +444,12 @@ class Scenario(_Section):
                 )
             if self.start.time() != datetime.min.time():
                 raise ValueError("day_ahead: the run must start at midnight (start = ...T00:00)")
+            gate = self.day_ahead.gate_closure_hours * 60.0 / self.interval_minutes
+            if abs(gate - round(gate)) > 1e-9:
+                raise ValueError(
+                    f"day_ahead.gate_closure_hours ({self.day_ahead.gate_closure_hours}) must be "
+                    f"a whole number of market intervals ({self.interval_minutes} minutes)"
+                )
         if self.hil is not None:
             if not self.real_time.enabled:
                 raise ValueError(

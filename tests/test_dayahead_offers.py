@@ -1,0 +1,152 @@
+"""Day-ahead offers of DER fleets and the pieces that carry them: the fleet's
+plan from its price forecast (``Fleet.day_ahead``), the gate closure, the
+forecasts table, the LDA's day-ahead bid built from the offers, the DMO's
+settlement of the DERs' schedules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dsosim.federates.aggregator.fleet import Fleet
+from dsosim.federates.aggregator.solar import sky_table
+from dsosim.federates.aggregator.specs import BatterySpec, FleetSpec, PvSpec, SiteSpec
+from dsosim.federates.common import messages as msg
+from dsosim.federates.common.curves import BidCurve
+from dsosim.federates.common.forecasts import ForecastLog
+from dsosim.federates.common.scale import TdScale
+from dsosim.federates.common.schedule import day_ahead_due, gate_interval
+from dsosim.federates.dso.__main__ import day_ahead_curve
+from dsosim.federates.markets.location import Location
+
+SITE = SiteSpec()
+SKY = sky_table(SITE, ["south"])
+# cheap at night and midday, dear in the morning and the evening
+PRIOR = tuple([20.0] * 6 + [60.0] * 6 + [20.0] * 6 + [80.0] * 6)
+
+
+def _battery_fleet(**spec: object) -> Fleet:
+    fields = {
+        "batteries": (BatterySpec("a", 1.0, 4.0),),
+        "price_prior": PRIOR,
+        "site": SITE,
+        "sky": SKY,
+        "response_error": 0.0,
+        **spec,
+    }
+    return Fleet(FleetSpec(**fields), interval_s=300.0, n_intervals=2 * 288, seed=1)
+
+
+def test_a_battery_plans_its_day_from_the_price_forecast() -> None:
+    """Charging in the cheap periods, discharging in the dear ones; the plan's
+    net demand is the offer taken at the price it was planned at."""
+    fleet = _battery_fleet()
+    plan = fleet.day_ahead(0, 24, 12)
+    assert plan.price.tolist() == pytest.approx(PRIOR)
+    cheap = np.array(PRIOR) == 20.0
+    assert plan.net_mw[cheap].sum() > 2.0  # charges (net demand > 0) when cheap ...
+    assert plan.net_mw[~cheap].sum() < -2.0  # ... and sells when dear
+    assert plan.net_mw[:6].sum() * 1.0 <= 4.0 / 0.9 + 1e-9  # never more than it can store
+    for p in range(24):  # the period offer at the plan's price is the plan
+        taken = plan.offers["a"][p].quantity_at(plan.price[p])
+        assert taken == pytest.approx(plan.net_mw[p], abs=1e-9)
+
+
+def test_the_plan_leaves_the_fleet_untouched_and_repeats() -> None:
+    fleet = _battery_fleet()
+    before = fleet.bids(0)
+    first = fleet.day_ahead(0, 24, 12)
+    assert fleet.interval == 0 and fleet.bids(0) == before
+    again = fleet.day_ahead(0, 24, 12)
+    assert again.offers == first.offers and np.array_equal(again.net_mw, first.net_mw)
+
+
+def test_an_offer_made_inside_the_day_before_plans_from_now() -> None:
+    """At a gate closure 12 hours before the day, the plan runs the rest of
+    today first: the battery starts the day from the state it plans to reach."""
+    fleet = _battery_fleet()
+    for k in range(144):  # to noon, idle
+        fleet.dispatch(k, {"a": 0.0}, {})
+    plan = fleet.day_ahead(288, 24, 12)
+    assert fleet.interval == 144
+    # the evening (80 $/MWh) sells what it has: nothing is left for day 2's first hours
+    assert plan.net_mw[:6].sum() > 2.0
+    with pytest.raises(ValueError, match="starting at 0, now 144"):
+        fleet.day_ahead(0, 24, 12)
+
+
+def test_pv_forecast_error_is_seeded_with_its_sd() -> None:
+    # without an error the forecast is the sky the day then has
+    spec = {"batteries": (), "pvs": (PvSpec("a", 1.0, orientation="south"),)}
+    exact = _battery_fleet(**spec).day_ahead(0, 24, 12)
+    fleet = _battery_fleet(**spec)
+    available = np.zeros(24)
+    for k in range(288):
+        out = fleet.dispatch(k, {"a": fleet.bids(k)["a"].quantity_at(0.0)}, {})
+        available[k // 12] += out.total("pv", "available_mw") / 12
+    assert exact.pv_mw == pytest.approx(available, abs=1e-12)
+    assert available.max() > 0.5
+    # with one, a relative error per period (a flat profile shows it unclipped)
+    spec = {"batteries": (), "pvs": (PvSpec("a", 1.0, profile=(0.5,) * 576),)}
+    noisy = _battery_fleet(**spec).day_ahead(0, 24, 12, pv_error=0.2, seed=5)
+    same = _battery_fleet(**spec).day_ahead(0, 24, 12, pv_error=0.2, seed=5)
+    other = _battery_fleet(**spec).day_ahead(0, 24, 12, pv_error=0.2, seed=6)
+    assert np.array_equal(noisy.pv_mw, same.pv_mw) and not np.allclose(noisy.pv_mw, other.pv_mw)
+    error = noisy.pv_mw / 0.5 - 1.0
+    # 24 draws of sd 0.2: the sample sd lies in [0.15, 0.28] with 95 % probability
+    assert 0.12 < error.std() < 0.3 and abs(error.mean()) < 0.15
+
+
+def test_periods_past_the_run_offer_nothing() -> None:
+    fleet = Fleet(
+        FleetSpec(batteries=(BatterySpec("a", 1.0, 4.0),), site=SITE, sky=SKY),
+        interval_s=300.0,
+        n_intervals=26 * 12,
+        seed=1,
+    )
+    plan = fleet.day_ahead(288, 24, 12)
+    assert all(c == BidCurve(0.0) for c in plan.offers["a"][2:])
+    assert plan.offers["a"][0] != BidCurve(0.0)
+
+
+def test_gate_closure_days_and_intervals() -> None:
+    per_day = 288
+    # at the day's start (no gate), every day's market runs before its first interval
+    assert [day_ahead_due(k, per_day, 0, 3 * per_day) for k in (0, 288, 576)] == [0, 1, 2]
+    assert day_ahead_due(5, per_day, 0, 3 * per_day) is None
+    # 14 hours before (10:00 the day before); the first day's before interval 0
+    gate = 14 * 12
+    assert gate_interval(0, per_day, gate) == 0 and gate_interval(1, per_day, gate) == 120
+    assert [day_ahead_due(k, per_day, gate, 3 * per_day) for k in (0, 120, 408)] == [0, 1, 2]
+    assert day_ahead_due(696, per_day, gate, 3 * per_day) is None  # day 3 is past the run
+
+
+def test_forecast_log_meets_each_period_with_its_actuals() -> None:
+    log = ForecastLog("lda", per_day=8, per_period=2)
+    log.expect(0, "load_mw", [1.0, 2.0, 3.0, 4.0])
+    rows = []
+    for k in range(8):
+        log.observe(k, "load_mw", 10.0 * k)
+        rows += log.rows_after(k)
+    assert rows == [
+        (0, 0, 0, "lda", "load_mw", 1.0, 5.0),
+        (2, 0, 1, "lda", "load_mw", 2.0, 25.0),
+        (4, 0, 2, "lda", "load_mw", 3.0, 45.0),
+        (6, 0, 3, "lda", "load_mw", 4.0, 65.0),
+    ]
+    log.observe(9, "load_mw", 1.0)  # no forecast covers it: nothing
+    assert log.rows_after(9) == []
+
+
+def test_the_lda_day_ahead_bid_adds_the_offers_to_the_feeder_forecast() -> None:
+    offer = BidCurve(-0.2, ((30.0, 0.5),))
+    offers = {"agg": msg.DayAheadOffer("agg", 0, {"675": (offer, BidCurve(0.1))})}
+    locations = [Location("agg", "675"), Location("agg", "611")]
+    fixed = (BidCurve(30.0), BidCurve(31.0))
+    curves = day_ahead_curve(fixed, offers, TdScale(10.0), locations)
+    assert curves[0].quantity_at(40.0) == pytest.approx(30.0 - 2.0)
+    assert curves[0].quantity_at(20.0) == pytest.approx(30.0 + 3.0)
+    assert curves[1] == BidCurve(32.0)
+    foreign = {"agg": msg.DayAheadOffer("agg", 0, {"999": (offer, offer)})}
+    with pytest.raises(msg.MessageError, match="'999' is not a location of 'agg'"):
+        day_ahead_curve(fixed, foreign, TdScale(10.0), locations)
