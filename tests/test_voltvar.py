@@ -259,3 +259,21 @@ def test_volt_var_in_a_federation(tmp_path: Path, model: str) -> None:
     assert checked >= 2
     per_interval = loc.groupby("interval")["q_mvar"].sum()
     assert per_interval.to_numpy() == pytest.approx(feeder_rows["der_q_mvar"].to_numpy())
+
+
+def test_locations_on_a_feeder_read_line_to_line() -> None:
+    """A delta feeder's readings are named bus.node.node (IEEE 37, read in
+    place): every location finds its bus's readings."""
+    feeder = Feeder(
+        ROOT.parent / "shared" / "feeders" / "ieee37" / "ieee37.dss",
+        name="ieee37",
+        voltage_basis="ll",
+    )
+    feeder.attach_der("a", "701")
+    feeder.attach_der("b", "742")
+    vv = VoltVar(feeder, ["701", "742"], [0.1, 0.0])
+    state = feeder.solve()
+    for k, bus in enumerate(("701", "742")):
+        readings = [i for i, n in enumerate(state.node_names) if n.split(".")[0] == bus]
+        assert len(readings) >= 1
+        assert vv.local_voltages(state)[k] == pytest.approx(state.v_pu[readings].mean())

@@ -891,6 +891,68 @@ class Feeder:
             set_kvar(kvar)  # ... so kvar is set second
         loads._check_for_error(None)
 
+    def load_shapes(self, times_s: np.ndarray, span_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """The feeder's own load shapes as multipliers of each load's compiled
+        kW and kvar (:attr:`loads` order), one row per start time: each load's
+        daily shape, else its yearly one, else its duty one, averaged over
+        ``[t, t + span_s)`` for each ``t`` of ``times_s`` (seconds from the
+        shape's start: midnight, and January 1 for a yearly shape; a shape
+        repeats after its last point, as OpenDSS wraps it); and whether each
+        load has one. Read as OpenDSS reads a shape: a fixed-interval shape's
+        point ``i`` (from 1) holds at ``i`` intervals, rounded to the nearest
+        point; one with an hour array is interpolated linearly; with
+        ``useactual`` its values are kW (the multiplier is then value over the
+        compiled kW). Loads of status ``fixed`` follow no shape in OpenDSS and
+        have none here; a shape's ``qmult`` is not used (kvar keeps the
+        load's power factor)."""
+        dss = self._dss
+        times = np.asarray(times_s, dtype=float)
+        out = np.ones((len(times), len(self._loads)))
+        has = np.zeros(len(self._loads), dtype=bool)
+        cache: dict[str, tuple[np.ndarray, bool]] = {}
+        for j, load in enumerate(self._loads):
+            dss.Loads.Name(load.name)
+            if dss.Loads.Status() == 1:  # fixed
+                continue
+            name = next(
+                (n for n in (dss.Loads.Daily(), dss.Loads.Yearly(), dss.Loads.Duty()) if n), ""
+            )
+            if not name or name.lower() == "default":
+                continue
+            key = name.lower()
+            if key not in cache:
+                cache[key] = self._shape_means(name, times, span_s)
+            values, actual = cache[key]
+            if actual:
+                if load.kw <= 0.0:
+                    continue
+                values = values / load.kw
+            out[:, j] = values
+            has[j] = True
+        return out, has
+
+    def _shape_means(self, name: str, times: np.ndarray, span_s: float) -> tuple[np.ndarray, bool]:
+        """One load shape's mean multiplier over each ``[t, t + span_s)``, and
+        whether its values are actual kW (``useactual``)."""
+        shape = self._dss.LoadShape
+        shape.Name(name)
+        mult = np.asarray(shape.PMult(), dtype=float)
+        step_h = float(shape.HrInterval())
+        if not len(mult):
+            return np.ones(len(times)), False
+        if step_h > 0.0:
+            samples = max(1, math.ceil(span_s / (step_h * 3600.0) - 1e-9))
+            at_h = (times[:, None] + np.arange(samples) * (span_s / samples)) / 3600.0
+            index = np.rint(at_h / step_h).astype(np.int64)  # OpenDSS: round(hr / interval)
+            values = mult[(index - 1) % len(mult)]  # point N also at time 0 (wrapped)
+        else:
+            hours = np.asarray(shape.TimeArray(), dtype=float)[: len(mult)]
+            samples = max(1, math.ceil(span_s / 60.0))
+            at_h = (times[:, None] + np.arange(samples) * (span_s / samples)) / 3600.0
+            period = hours[-1] if len(hours) and hours[-1] > 0.0 else 24.0
+            values = np.interp(np.mod(at_h, period), hours, mult)
+        return values.mean(axis=1), bool(shape.UseActual())
+
     def attach_der(self, name: str, bus: str) -> None:
         """Create a DER injection element at ``bus`` on all its phases (an equal
         share per phase), constant power, unity power factor, at 0 MW.

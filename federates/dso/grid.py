@@ -183,7 +183,11 @@ class GridOperator:
             if config.load_profile in shapes
             else np.ones(n)
         )
+        if config.load_profile == "feeder":
+            shape = self._own_shapes(time)
         self.profile = shape * config.load_scale
+        """Load multipliers per interval: one per interval, or, with the
+        feeder's own load shapes, one per interval and load."""
         rng = np.random.default_rng([seed, zlib.crc32(config.name.encode())])
         self.load_error = (
             rng.normal(0.0, config.load_forecast_error, n)
@@ -202,6 +206,16 @@ class GridOperator:
         """The feeder's load (feeder scale) per period of the last day-ahead bid."""
         self.measured_load_mw = 0.0
         """The feeder's load at the last :meth:`measure`."""
+
+    def _own_shapes(self, time: TimeSettings) -> np.ndarray:
+        """Every load's own load shape over the run's intervals (loads without
+        one follow the residential profile), (intervals, loads)."""
+        n = time.n_intervals
+        year = time.start.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+        first = (time.start - year).total_seconds()
+        own, has = self.feeder.load_shapes(first + np.arange(n) * time.interval_s, time.interval_s)
+        rest = residential_load(n, time.interval_s, start_s=time.start_s)
+        return np.where(has[None, :], own, rest[:, None])
 
     def _solve(self, *, controls: bool = True) -> FeederState:
         """One power flow at the loads and DER outputs set, with the volt-var
@@ -255,7 +269,7 @@ class GridOperator:
         curves = []
         self.day_ahead_load_mw = []
         for period, e in zip(intervals, errors):
-            level = float(np.mean(self.profile[np.minimum(period, last)])) * (1.0 + e)
+            level = np.mean(self.profile[np.minimum(period, last)], axis=0) * (1.0 + e)
             self.feeder.set_load_multipliers(level)
             state = self._solve()
             curves.append(BidCurve(round(self.td.to_td(state.substation_p_mw), 9)))

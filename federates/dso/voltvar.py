@@ -86,7 +86,8 @@ class VoltVar:
         self.curve_q = np.asarray(curve_q, dtype=float)
         self.tolerance_pu = float(tolerance_pu)
         self.max_iterations = int(max_iterations)
-        names = [n.rsplit(".", 1)[0].lower() for n in feeder.node_names]
+        # a reading is "bus.node" or, read line to line, "bus.node.node"
+        names = [n.split(".", 1)[0].lower() for n in feeder.node_names]
         self._nodes = []
         for bus in buses:
             idx = np.flatnonzero(np.array([n == bus.lower() for n in names], dtype=bool))

@@ -218,7 +218,12 @@ class Lda(_Section):
         le=MAX_SCALE,
         description="number of similar feeders this one stands for at the T-D bus",
     )
-    load_profile: Literal["residential", "commercial", "flat"] = "residential"
+    load_profile: Literal["residential", "commercial", "flat", "feeder"] = Field(
+        "residential",
+        description="daily shape of the feeder's loads: residential, commercial, flat, or "
+        "feeder (each load's own daily or yearly load shape from the feeder files, averaged "
+        "over each interval; loads without one follow the residential shape)",
+    )
     load_scale: float = Field(
         1.0, gt=0, le=5, description="multiplies the feeder's own loads (season, growth)"
     )

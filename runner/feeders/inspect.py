@@ -95,6 +95,24 @@ class BaseCase:
 
 
 @dataclass(frozen=True)
+class OwnShapes:
+    """The feeder's own load shapes (loads with a daily, yearly or duty shape)."""
+
+    n_loads: int
+    kw_share: float
+    """Share of the compiled load kW on loads with a shape."""
+    longest_h: float
+    """The longest shape's span, hours (24 for daily shapes)."""
+    day_peak: float
+    """Largest 5-minute mean of the first day's total load, per unit of the
+    compiled load (loads without a shape at their compiled kW)."""
+
+    @property
+    def daily(self) -> bool:
+        return self.longest_h <= 24.0 + 1e-9
+
+
+@dataclass(frozen=True)
 class FeederReport:
     master: Path
     circuit: str
@@ -115,6 +133,7 @@ class FeederReport:
     voltage_basis: VoltageBasis
     voltage_basis_reason: str
     base_case: BaseCase
+    own_shapes: OwnShapes | None = None
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -243,8 +262,35 @@ def inspect_feeder(
         voltage_basis=voltage_basis,
         voltage_basis_reason=reason,
         base_case=base,
+        own_shapes=_own_shapes(feeder),
     )
     return _with_warnings(report, vmin, vmax, feeder.notes)
+
+
+def _own_shapes(feeder: Feeder) -> OwnShapes | None:
+    """What the feeder's own load shapes are, if its loads have any."""
+    mult, has = feeder.load_shapes(np.arange(288) * 300.0, 300.0)
+    if not has.any():
+        return None
+    kw = np.array([ld.kw for ld in feeder.loads])
+    total = float(kw.sum())
+    dss = feeder.engine
+    longest = 0.0
+    for load, shaped in zip(feeder.loads, has, strict=True):
+        if not shaped:
+            continue
+        dss.Loads.Name(load.name)
+        name = next(n for n in (dss.Loads.Daily(), dss.Loads.Yearly(), dss.Loads.Duty()) if n)
+        dss.LoadShape.Name(name)
+        step = dss.LoadShape.HrInterval()
+        hours = step * dss.LoadShape.Npts() if step > 0 else max(dss.LoadShape.TimeArray())
+        longest = max(longest, float(hours))
+    return OwnShapes(
+        n_loads=int(has.sum()),
+        kw_share=float(kw[has].sum() / total) if total > 0 else 0.0,
+        longest_h=longest,
+        day_peak=float((mult @ kw).max() / total) if total > 0 else 0.0,
+    )
 
 
 def _choose_basis(source: Source, delta_share: float) -> tuple[VoltageBasis, str]:
@@ -388,6 +434,18 @@ def _with_warnings(
             f"{len(own)} PV system(s)/storage element(s) of the feeder's own: hand "
             "them to an aggregator (existing_ders_to), or they stay at their snapshot "
             "output all day"
+        )
+    shapes = report.own_shapes
+    if shapes is not None:
+        notes.append(
+            f"{shapes.n_loads} load(s) ({100 * shapes.kw_share:.0f} % of the kW) have load "
+            f"shapes of their own ({shapes.longest_h:g} h"
+            + (
+                '): the scenario follows them (load_profile = "feeder")'
+                if shapes.daily
+                else '): load_profile = "feeder" would follow them from January 1; '
+                "the scenario uses the residential profile"
+            )
         )
     gens = [d for d in report.existing_ders if d.enabled and d.kind == "generator"]
     if gens:

@@ -373,17 +373,35 @@ def _lda_lines(
             f"{r.load_mw * a.scale:.1f} MW peak at the T-D bus",
         )
     )
-    for key, value, fallback in (
-        (
+    shapes = r.own_shapes
+    if shapes is not None and shapes.daily and shapes.kw_share >= 0.5:
+        out.append(
+            _line(
+                "load_profile",
+                "feeder",
+                f"the feeder's own load shapes ({shapes.n_loads} of {r.n_loads} loads, "
+                f"{100 * shapes.kw_share:.0f} % of the kW; the day's peak is "
+                f"{shapes.day_peak:.2f} of the compiled load); residential, commercial or "
+                "flat for a standard shape",
+            )
+        )
+    else:
+        line = _field(
+            schema.Lda,
             "load_profile",
             "residential",
             "daily shape of the feeder's loads: residential, commercial or flat",
-        ),
-        ("load_forecast_error", 0.02, "std of the relative error of the DSO's load forecast"),
-    ):
-        line = _field(schema.Lda, key, value, fallback)
+        )
         if line:
             out.append(line)
+    line = _field(
+        schema.Lda,
+        "load_forecast_error",
+        0.02,
+        "std of the relative error of the DSO's load forecast",
+    )
+    if line:
+        out.append(line)
     out.append(_line("voltage_basis", r.voltage_basis, r.voltage_basis_reason))
     if a.existing_ders_to:
         own = [d for d in r.existing_ders if d.enabled and d.kind in ("pv", "storage")]
