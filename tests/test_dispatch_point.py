@@ -198,3 +198,41 @@ def test_control_margin_is_two_taps_of_each_regulator() -> None:
     # a node downstream moves with its phase's regulator, a little with the others
     assert two_taps * 0.9 < margin < two_taps * 1.5
     assert not math.isnan(margin)
+
+
+def test_loading_margin_covers_what_the_controls_do_to_currents() -> None:
+    """The planned loading limit keeps ``m / (vmin + m)`` free, ``m`` the
+    voltage margins: every regulator two taps lower than where the market
+    found it (the worst the control margin allows, every voltage lower)
+    raises no branch's loading by more than that fraction, at the evening
+    peak with the DERs at 634 and 671 charging."""
+    config = LimitsConfig(control_margin_pu=0.0144)
+    planned = Limits.planning(config)
+    m = config.operating_margin_pu + 0.0144
+    assert planned.max_loading == pytest.approx(1.0 - m / (config.vmin_pu + m))
+    assert planned.vmin_pu == pytest.approx(config.vmin_pu + m)
+    config = DsoConfig(
+        name="lda",
+        iso="iso",
+        feeder="configs/feeders/ieee13/Master.dss",
+        td_bus=5,
+        scale=1.0,
+        load_scale=0.6,
+        aggregators=("a",),
+    )
+    grid = GridOperator(config, {"a": ("634", "671")}, TIME, seed=1, base_dir=ROOT)
+    feeder = grid.feeder
+    feeder.set_load_multipliers(grid.profile[222])  # 18:30
+    feeder.set_der_mw([0.19, 0.5])
+    base = feeder.solve()
+    saved = controls.read(feeder)
+    lowered = controls.ControlState(
+        tuple((xf, w, tap - 2 * 0.00625) for xf, w, tap in saved.taps), saved.capacitors
+    )
+    controls.apply(feeder, lowered)
+    low = feeder.solve(controls=False)
+    controls.apply(feeder, saved)
+    loaded = base.loading > 0.3
+    rise = low.loading[loaded] / base.loading[loaded] - 1.0
+    assert rise.max() > 0.005  # the controls do move currents ...
+    assert rise.max() <= 1.0 - planned.max_loading  # ... by less than the margin

@@ -127,6 +127,9 @@ def test_tier_bypassing(comparison) -> None:
     for model in ("3", "4", "5", "6"):
         assert t.loc[model, "voltage_violations"] == 0, model
         assert t.loc[model, "expost_voltage_violations"] == 0, model
+        # and within the loading limit: planned with the margin the voltage
+        # margins make on the currents (lda_market.Limits.planning)
+        assert t.loc[model, "expost_thermal_violations"] == 0, model
         # the market's voltages hold to within the control margin plus the
         # linearisation's own error
         assert t.loc[model, "gap_lin_v_pu"] < 0.01, model

@@ -176,3 +176,32 @@ def test_derm_override_curtails_only_what_the_feeder_cannot_take() -> None:
         injection - f.state.der_mw[i]
     )
     assert v.max() == pytest.approx(1.04, abs=1e-6)  # as much as the band allows
+
+
+def test_derm_override_relinearised_at_its_set_points_holds_the_band() -> None:
+    """Model 2 with the utility re-linearising at its own set-points: the
+    big award at 675 is cut to where the power flow at those set-points (not
+    the forecast point's extrapolation) meets the band, and the set-points
+    stop moving."""
+    from dsosim.federates.markets.derm_override import override_awards, relinearised_overrides
+
+    op = _operator()
+    grid = op.grid
+    f = grid.forecast(144)
+    index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(grid.locations)}
+    limits = Limits(vmax_pu=1.04)
+    big = {"a1": {"675": -4.0 * SCALE, "634": 0.0}, "a2": {"611": 0.0}}
+    args = {"scale": TdScale(SCALE), "der_index": index, "limits": limits}
+    once = override_awards(big, state=f.state, sens=f.sens, **args)
+    decided = relinearised_overrides(
+        big, state=f.state, sens=f.sens, relinearise=lambda d: grid.linearise_at(144, d), **args
+    )
+    assert decided.converged and 1 <= decided.iterations <= 4
+    assert decided.change_mw <= 1e-3
+    assert decided.setpoints["a1"]["675"] != pytest.approx(once["a1"]["675"], abs=1e-3)
+    der = np.array(f.state.der_mw, dtype=float)
+    for (agg, bus), i in index.items():
+        der[i] = decided.setpoints[agg][bus]
+    grid.feeder.set_der_mw(der)
+    vmax = grid.feeder.solve().v_pu[f.state.monitored].max()
+    assert vmax == pytest.approx(1.04, abs=2e-4)  # the power flow, not the linearisation

@@ -16,6 +16,7 @@ Per interval k (see ``common.schedule``):
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,12 +42,13 @@ from dsosim.federates.common.schedule import (
 )
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.dso.grid import Forecast, GridOperator
-from dsosim.federates.markets.derm_override import override_awards
+from dsosim.federates.markets.derm_override import relinearised_overrides
 from dsosim.federates.markets.dmo_factory import make_dmo
 from dsosim.federates.markets.grid_model import to_message
 from dsosim.federates.markets.host import send_dispatch, send_interface_bid, take_day_ahead
 from dsosim.federates.markets.lda_market import Limits
 from dsosim.federates.markets.location import Location
+from dsosim.federates.markets.nodal_dmo import LINEARISATION_COLUMNS
 
 
 def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Path) -> None:
@@ -220,14 +222,24 @@ def _override_and_dispatch(
     limits: Limits,
     element_index: dict[tuple[str, str], int],
 ) -> None:
-    """Model 2: the ISO's awards, as feasible set-points, to the aggregators."""
-    setpoints = override_awards(
+    """Model 2: the ISO's awards, as feasible set-points, to the aggregators,
+    decided on the feeder re-linearised at them (the utility owns it)."""
+    decided = relinearised_overrides(
         {a: m.awards_mw for a, m in by_agg.items()},
         scale=grid.td,
         der_index=element_index,
         state=forecast.state,
         sens=forecast.sens,
         limits=limits,
+        relinearise=functools.partial(grid.linearise_at, k),
+    )
+    grid.use_planning(decided.sens)
+    setpoints = decided.setpoints
+    shell.record(
+        k,
+        "linearisation",
+        LINEARISATION_COLUMNS,
+        [(k, grid.name, decided.iterations, decided.change_mw, decided.converged, math.nan)],
     )
     rows = []
     for agg in sorted(by_agg):

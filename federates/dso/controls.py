@@ -117,6 +117,7 @@ def apply(feeder: Feeder, state: ControlState) -> None:
     for cap, states in state.capacitors:
         dss.Capacitors.Name(cap)
         dss.Capacitors.States(list(states))
+    feeder.controls_moved()
 
 
 def control_margin_pu(feeder: Feeder) -> float:

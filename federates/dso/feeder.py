@@ -292,6 +292,7 @@ class Feeder:
         self._der_buses: list[str] = []
         self._der_idx: list[int] = []
         self._der_mw = np.zeros(0)
+        self._controls_moved = False
         self._der_kvar: dict[int, float] = {}
         """kvar drawn by DER elements (load index -> kvar), volt-var only."""
         base = self.solve()
@@ -1109,9 +1110,18 @@ class Feeder:
             message = f"OpenDSS #{exc.args[0]}: {exc.args[1]}".strip()
             self._recover()
         flow_ok = converged or (hunting and bool(dss.Solution.Converged()))
-        if controls and self._currents is not None and self._currents.needs_refresh:
-            self._currents.refresh(self._element_yprim)
+        moved = controls or self._controls_moved
+        if moved and self._currents is not None and self._currents.needs_refresh:
+            self._currents.refresh(self._element_yprim)  # after the solve: it builds Yprim
+        self._controls_moved = False
         return self._state(converged, hunting, message, flow_ok)
+
+    def controls_moved(self) -> None:
+        """Regulator taps were set from outside (``dso.controls.apply``): re-read
+        the tap-changing transformers' admittances, which branch loadings are
+        computed with (a solve with controls does it by itself; one at frozen
+        controls would otherwise use the taps of the last solve with them)."""
+        self._controls_moved = True
 
     def _recover(self) -> None:
         """After an error every Solve fails (#99) until a command is parsed: parse

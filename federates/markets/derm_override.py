@@ -10,11 +10,17 @@ consumption), which every DER can deliver. Limits the DERs
 cannot fix are left soft (a slack at a high penalty) so the LP always solves.
 The difference between set-point and award is the override; it shows up as
 the LDA's deviation from the ISO schedule and is settled as imbalance.
+
+The utility owns the feeder, so, as its DMO does in models 3 and 5, it
+re-linearises at the set-points it decided (``relinearise``) and overrides
+again there, until no set-point moves more than ``RELINEARISE_TOL_MW``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import highspy
 import numpy as np
@@ -22,6 +28,7 @@ import numpy as np
 from dsosim.federates.common.scale import TdScale
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 from dsosim.federates.markets.lda_market import Limits
+from dsosim.federates.markets.nodal_dmo import RELINEARISE_MAX, RELINEARISE_TOL_MW, Relinearise
 
 SLACK_PENALTY = 1.0e6
 """Cost per pu (or fraction of rating) of a limit left violated, in MW of
@@ -101,18 +108,59 @@ def override_awards(
 ) -> dict[str, dict[str, float]]:
     """Set-points per aggregator and location (MW on the modelled feeder) for
     the ISO's awards (MW at the T-D interface, i.e. times ``scale``)."""
+    return relinearised_overrides(
+        awards_mw, scale=scale, der_index=der_index, state=state, sens=sens, limits=limits
+    ).setpoints
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    setpoints: dict[str, dict[str, float]]
+    """MW per aggregator and location (modelled feeder)."""
+    sens: Sensitivities
+    """The linearisation the set-points were decided on."""
+    iterations: int
+    """Re-linearisations at the set-points (0: none asked for)."""
+    change_mw: float
+    """Largest set-point move at the last re-linearisation (NaN: none)."""
+    converged: bool
+
+
+def relinearised_overrides(
+    awards_mw: Mapping[str, Mapping[str, float]],
+    *,
+    scale: TdScale,
+    der_index: Mapping[tuple[str, str], int],
+    state: FeederState,
+    sens: Sensitivities,
+    limits: Limits,
+    relinearise: Relinearise | None = None,
+) -> Overrides:
+    """:func:`override_awards`, then, with ``relinearise`` (the feeder
+    owner's power flow and linearisation at a dispatch, every DER in the
+    feeder's order), again on the feeder linearised at the set-points, until
+    none moves more than ``RELINEARISE_TOL_MW`` (at most ``RELINEARISE_MAX``
+    times). DERs without an award stay at their operating point."""
     keys = [(agg, bus) for agg in sorted(awards_mw) for bus in sorted(awards_mw[agg])]
     target = np.array([scale.to_feeder(awards_mw[a][b]) for a, b in keys])
-    setpoints = override(
-        target,
-        np.minimum(target, 0.0),
-        np.maximum(target, 0.0),
-        [der_index[key] for key in keys],
-        state,
-        sens,
-        limits,
-    )
+    index = [der_index[key] for key in keys]
+    lo, hi = np.minimum(target, 0.0), np.maximum(target, 0.0)
+    setpoints = override(target, lo, hi, index, state, sens, limits)
+    iterations, change = 0, math.nan
+    while relinearise is not None and iterations < RELINEARISE_MAX:
+        dispatch = np.array(state.der_mw, dtype=float)
+        dispatch[index] = setpoints
+        point = relinearise(dispatch)
+        if point is None:
+            break  # the power flow diverged: keep the last set-points
+        state, sens = point
+        again = override(target, lo, hi, index, state, sens, limits)
+        change = float(np.max(np.abs(again - setpoints), initial=0.0))
+        setpoints, iterations = again, iterations + 1
+        if change <= RELINEARISE_TOL_MW:
+            break
     out: dict[str, dict[str, float]] = {}
     for (agg, bus), mw in zip(keys, setpoints, strict=True):
         out.setdefault(agg, {})[bus] = float(mw)
-    return out
+    converged = iterations > 0 and change <= RELINEARISE_TOL_MW
+    return Overrides(out, sens, iterations, change, converged)

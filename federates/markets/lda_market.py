@@ -117,12 +117,19 @@ class Limits:
     def planning(cls, config: LimitsConfig) -> Limits:
         """The limits a market operator plans within: the LDA's voltage band
         narrowed on each side by its operating margin and the control margin
-        of its regulators and switched capacitors (``dso.controls``)."""
+        of its regulators and switched capacitors (``dso.controls``), and the
+        loading limit narrowed by what the same margin does to currents: a
+        constant-power element (a DER, a constant-power load) draws
+        ``I = S / V``, so a voltage planned at ``vmin + m`` that the controls
+        or the forecast leave ``m`` lower raises its current by
+        ``m / (vmin + m)`` of itself; the planned loading limit is
+        ``max_loading x (1 - m / (vmin + m))``."""
         margin = config.operating_margin_pu + (config.control_margin_pu or 0.0)
+        low = config.vmin_pu + margin
         return cls(
-            vmin_pu=config.vmin_pu + margin,
+            vmin_pu=low,
             vmax_pu=config.vmax_pu - margin,
-            max_loading=config.max_loading,
+            max_loading=config.max_loading * (1.0 - margin / low),
         )
 
 
