@@ -87,14 +87,16 @@ class VoltVar:
         self.tolerance_pu = float(tolerance_pu)
         self.max_iterations = int(max_iterations)
         # a reading is "bus.node" or, read line to line, "bus.node.node"
-        names = [n.split(".", 1)[0].lower() for n in feeder.node_names]
+        at: dict[str, list[int]] = {}
+        for i, n in enumerate(feeder.node_names):
+            at.setdefault(n.split(".", 1)[0].lower(), []).append(i)
+        self.active = self.ratings > 0.0
         self._nodes = []
-        for bus in buses:
-            idx = np.flatnonzero(np.array([n == bus.lower() for n in names], dtype=bool))
-            if not len(idx):
+        for bus, active in zip(buses, self.active.tolist(), strict=True):
+            idx = np.asarray(at.get(bus.lower(), ()), dtype=np.intp)
+            if active and not len(idx):
                 raise ValueError(f"feeder {feeder.name}: no voltage reading at bus {bus!r}")
             self._nodes.append(idx)
-        self.active = self.ratings > 0.0
         self.q_mvar = np.zeros(len(self.ratings))
         """The last fixed point (warm start of the next)."""
 
@@ -105,7 +107,7 @@ class VoltVar:
 
     def local_voltages(self, state: FeederState) -> np.ndarray:
         """Mean voltage (pu) of every DER location's bus at ``state``."""
-        return np.array([float(state.v_pu[idx].mean()) for idx in self._nodes])
+        return np.array([float(state.v_pu[idx].mean()) if len(idx) else 1.0 for idx in self._nodes])
 
     def curve(self, v_pu: np.ndarray) -> np.ndarray:
         """Reactive power injected, Mvar, at local voltages ``v_pu``."""
