@@ -22,9 +22,12 @@ def run_scenario(
     timeout_s: float = 300,
     edit_runner=None,
     model: str | None = None,
+    processes: int | None = None,
 ) -> tuple[BuildResult, LaunchOutcome]:
     def make() -> BuildResult:
-        built = build(scenario, out, hours=hours, port=free_port(), model=model)
+        built = build(
+            scenario, out, hours=hours, port=free_port(), model=model, processes=processes
+        )
         if edit_runner is not None:
             spec = json.loads(built.runner.read_text())
             edit_runner(spec)

@@ -87,6 +87,8 @@ def _cases(f: dict[str, Path], tmp: Path) -> list[list[str]]:
     quickstart = str(Path(__file__).resolve().parents[1] / "configs/scenarios/quickstart.toml")
     for key in ("missing", "garbage_toml", "a_dir", "wrong_types"):
         cases.append(["build", quickstart, "--hosts", str(f[key]), "--out", out])
+    cases.append(["build", quickstart, "--processes", "-1", "--out", out])
+    cases.append(["run", quickstart, "--processes", "-3", "--out", out, "--quiet"])
     for key in ("missing", "bad_dss", "empty_dss", "no_circuit_dss", "binary_dss", "a_dir"):
         path = str(f[key]).replace(".toml", ".dss")
         cases.append(["new-scenario", "--feeder", path, "--out", str(tmp / "s.toml"), "--force"])

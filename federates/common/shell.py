@@ -62,20 +62,28 @@ class Traffic:
 class FederateShell:
     """One HELICS message federate with a single global endpoint."""
 
-    def __init__(self, name: str, settings: HelicsSettings, *, recorder: str | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: HelicsSettings,
+        *,
+        recorder: str | None,
+        owns_library: bool = True,
+        core: str | None = None,
+    ) -> None:
         self.name = name
         self.recorder = recorder
+        self.owns_library = owns_library
+        """False when other federates share this process (``federates.pack``):
+        HELICS's library is closed once, by the process, after all of them."""
         self.traffic = Traffic()
         self._seq = 0
         info = h.helicsCreateFederateInfo()
         h.helicsFederateInfoSetCoreTypeFromString(info, settings.core_type)
-        init = f"--federates=1 --broker_address={settings.broker_address}"
-        if settings.broker_key:
-            init += f" --brokerkey={settings.broker_key}"
-        if name in settings.interfaces:  # on another host: say where the broker reaches us
-            init += f" --local_interface=tcp://{settings.interfaces[name]}"
-        init += f" --timeout={settings.connect_timeout_s}s"
-        h.helicsFederateInfoSetCoreInitString(info, init)
+        if core is not None:  # a core the process made for several federates (core_init)
+            h.helicsFederateInfoSetCoreName(info, core)
+        else:
+            h.helicsFederateInfoSetCoreInitString(info, core_init(name, settings, 1))
         h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_UNINTERRUPTIBLE, True)
         h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_TERMINATE_ON_ERROR, True)
         h.helicsFederateInfoSetTimeProperty(info, h.HELICS_PROPERTY_TIME_DELTA, 1e-6)
@@ -182,7 +190,8 @@ class FederateShell:
         federate_log(self.name).info(finished_line())
         h.helicsFederateDisconnect(self._fed)
         h.helicsFederateFree(self._fed)
-        h.helicsCloseLibrary()
+        if self.owns_library:
+            h.helicsCloseLibrary()
 
     def interrupt(self, reason: str) -> None:
         """From another thread (a stop signal): raise a global error, so this
@@ -200,9 +209,21 @@ class FederateShell:
             pass  # already in an error state: the federation knows
         try:
             h.helicsFederateFree(self._fed)
-            h.helicsCloseLibrary()
+            if self.owns_library:
+                h.helicsCloseLibrary()
         except h.HelicsException:
             pass
+
+
+def core_init(name: str, settings: HelicsSettings, federates: int) -> str:
+    """The init string of the HELICS core of ``federates`` federates, the first
+    of them ``name`` (its host's interface is the core's)."""
+    init = f"--federates={federates} --broker_address={settings.broker_address}"
+    if settings.broker_key:
+        init += f" --brokerkey={settings.broker_key}"
+    if name in settings.interfaces:  # on another host: say where the broker reaches us
+        init += f" --local_interface=tcp://{settings.interfaces[name]}"
+    return init + f" --timeout={settings.connect_timeout_s}s"
 
 
 def sender_of(message: Any) -> str:
@@ -291,6 +312,7 @@ def run_federate(
     body: Callable[[FederateShell], None],
     on_error: Callable[[str], None] | None = None,
     run_folder: Path | None = None,
+    stops: StopSignals | None = None,
 ) -> int:
     """Create the shell, run ``body`` and translate failures into a clean,
     federation-wide stop. Returns the process exit code. A stop signal (or the
@@ -300,10 +322,16 @@ def run_federate(
     ``.NAME.lock`` there: a second launch of the same runner is refused before
     it ever contacts the broker (a HELICS join attempt, even a refused one,
     can break a running federation: see the README, "what happens when things
-    go wrong")."""
+    go wrong").
+
+    ``stops``: the process's stop signals when several federates share it
+    (``federates.pack``, which also interrupts every federate on a stop);
+    otherwise this federate takes the process's signals itself."""
     log = federate_log(name)
-    die_with_parent()
-    stops = StopSignals(name).start()
+    shared = stops is not None
+    if stops is None:
+        die_with_parent()
+        stops = StopSignals(name).start()
     if run_folder is not None:
         try:
             hold_lock(run_folder / f".{name}.lock", f"federate {name!r} of {run_folder}")
@@ -319,7 +347,8 @@ def run_federate(
     except Exception as exc:
         log.error("could not join the federation: %s", exc)
         return 2
-    stops.on_stop(shell.interrupt)
+    if not shared:
+        stops.on_stop(shell.interrupt)
     try:
         body(shell)  # the first advance enters executing mode, after the body's set-up
     except h.HelicsException as exc:
@@ -338,6 +367,7 @@ def run_federate(
             on_error(text)
         shell.fail(text)
         return 1
-    stops.on_stop(None)
+    if not shared:
+        stops.on_stop(None)
     shell.close()
     return 0

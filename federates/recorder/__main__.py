@@ -10,6 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+# Imported now, not at the first flush or summary (where store and summary
+# import them): when a federate fails, helics run stops the recorder soon
+# after, and its last flush must not wait on an import.
+import pandas  # noqa: F401
+import pyarrow.parquet  # noqa: F401
+
 from dsosim.federates.common import ledger
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import RecorderConfig, load_federation

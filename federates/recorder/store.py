@@ -28,10 +28,10 @@ import shutil
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # pyarrow is imported at the first flush: the broker imports this module
+    import pyarrow as pa
 
 SUMMARY = "summary.json"
 TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -114,6 +114,9 @@ class ResultStore:
             columns, rows = self._buffers[table]
             if not rows:
                 continue
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
             data = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
             schema = self._schemas.get(table)
             arrow = pa.table(data, schema=schema) if schema else _infer(data)
@@ -218,6 +221,8 @@ def _why(exc: OSError) -> str:
 
 def _infer(data: dict[str, list[Any]]) -> pa.Table:
     """Arrow table with ints promoted to float where a column mixes them."""
+    import pyarrow as pa
+
     arrays = {}
     for name, values in data.items():
         if any(isinstance(v, float) for v in values):

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from dsosim.federates.common.parties import OPERATORS, Party, Role
+
+if TYPE_CHECKING:  # pandas is imported where a summary is made: the recorder starts faster
+    import pandas as pd
 
 
 def read_table(results_dir: str | Path, table: str) -> pd.DataFrame:
     """One result table (all its part files), or an empty frame."""
+    import pandas as pd
+
     folder = Path(results_dir) / table
     if not folder.is_dir() or not any(folder.glob("part-*.parquet")):
         return pd.DataFrame()
@@ -205,6 +208,8 @@ def dmo_rents(ledger: pd.DataFrame, dispatch: pd.DataFrame) -> dict[str, Any]:
 
     They add up to ``dmo_surplus`` when every DMO payment is one of these
     (``tests`` check it); a payment of another kind would show as a gap."""
+    import pandas as pd
+
     if dispatch.empty:
         return {}
     payee, payer, item = ledger["payee"], ledger["payer"], ledger["item"]

@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hours", type=float, default=2.0, help="simulated hours of every run (default 2)"
     )
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temp folder)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="pack the federates into this many processes (default: the scenario's "
+        "`processes`; 0: one per federate)",
+    )
 
 
 @dataclass
@@ -71,17 +78,22 @@ class FederationRun:
     processes: int
 
 
-def run_federation(scenario: str, ldas: int, hours: float, out: Path) -> FederationRun:
+def run_federation(
+    scenario: str, ldas: int, hours: float, out: Path, processes: int | None = None
+) -> FederationRun:
     """Build and launch the first ``ldas`` LDAs for ``hours``; read every log."""
     from dsosim.runner.build.federation import build
     from dsosim.runner.launch import launch
 
-    built = build(scenario, out, hours=hours, first_ldas=ldas)
+    built = build(scenario, out, hours=hours, first_ldas=ldas, processes=processes)
     t0 = time.time()
     outcome = launch(built.runner, built.results_dir, timeout_s=3600)
     if not outcome.ok:
         raise RuntimeError(f"the federation failed: {outcome.failure}")
+    # one log per process; a process may hold several federates (--processes),
+    # whose stamps then give the same process's CPU and memory
     stamps: dict[tuple[str, str], tuple[float, float, float]] = {}
+    process_of: dict[str, str] = {}
     for log in out.glob("*.log"):
         for m in STAMP.finditer(log.read_text(errors="replace")):
             stamps[(m.group(1), m.group(2))] = (
@@ -89,6 +101,7 @@ def run_federation(scenario: str, ldas: int, hours: float, out: Path) -> Federat
                 float(m.group(4)),
                 float(m.group(5) or 0.0),
             )
+            process_of[m.group(1)] = log.stem
     names = [*built.config.federate_names(), "broker"]
     missing = [(n, e) for n in names for e in ("executing", "finished") if (n, e) not in stamps]
     if missing:
@@ -98,14 +111,23 @@ def run_federation(scenario: str, ldas: int, hours: float, out: Path) -> Federat
         # the recorder's summary of the whole run is a one-off, not per interval
         return stamps.get((name, "intervals done"), stamps[(name, "finished")])
 
+    by_process: dict[str, list[str]] = {}
+    for n in names:
+        by_process.setdefault(process_of[n], []).append(n)
+    cpu = 0.0
+    peak = 0.0
+    for members in by_process.values():
+        cpu += max(end(n)[1] for n in members) - min(stamps[(n, "executing")][1] for n in members)
+        if "broker" not in members:
+            peak += max(stamps[(n, "finished")][2] for n in members)
     start = max(stamps[(n, "executing")][0] for n in names)
     return FederationRun(
         intervals=built.config.time.n_intervals,
         wall_s=max(end(n)[0] for n in names) - start,
-        cpu_s=sum(end(n)[1] - stamps[(n, "executing")][1] for n in names),
+        cpu_s=cpu,
         startup_s=start - t0,
-        peak_rss_mb=sum(stamps[(n, "finished")][2] for n in names if n != "broker"),
-        processes=len(names),
+        peak_rss_mb=peak,
+        processes=len(by_process),
     )
 
 
@@ -137,8 +159,10 @@ def devices_of(federation: Path) -> int:
     )
 
 
-def measure(scenario: str, ldas: int, hours: float, out: Path) -> dict[str, Any]:
-    run = run_federation(scenario, ldas, hours, out / f"ldas-{ldas}")
+def measure(
+    scenario: str, ldas: int, hours: float, out: Path, processes: int | None = None
+) -> dict[str, Any]:
+    run = run_federation(scenario, ldas, hours, out / f"ldas-{ldas}", processes)
     federation = out / f"ldas-{ldas}" / "federation.json"
     roles = run_inprocess(federation, "roles")
     serialised = run_inprocess(federation, "serialised")
@@ -210,7 +234,7 @@ def handle(args: argparse.Namespace) -> int:
     rows = []
     try:
         for count in counts:
-            row = measure(args.scenario, count, args.hours, out)
+            row = measure(args.scenario, count, args.hours, out, args.processes)
             rows.append(row)
             print(" | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS), flush=True)
     except ScenarioError as exc:

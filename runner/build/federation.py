@@ -52,7 +52,7 @@ from dsosim.federates.dso.feeder import Feeder, FeederError
 from dsosim.federates.hil.gateway import is_local_endpoint
 from dsosim.federates.iso.case import CaseError, load_case
 from dsosim.federates.iso.events import EventError, check_events
-from dsosim.runner.build import existing_ders
+from dsosim.runner.build import existing_ders, packing
 from dsosim.runner.build.hosts import HostsFile, assign, load_hosts, place, write_host_files
 from dsosim.runner.build.models import load_model
 from dsosim.runner.build.placement import bus_peak_loads, place_fleet
@@ -108,6 +108,7 @@ def build(
     first_ldas: int | None = None,
     hosts: str | Path | None = None,
     seed: int | None = None,
+    processes: int | None = None,
 ) -> BuildResult:
     """Write ``federation.json`` and ``runner.json`` for a scenario into ``out_dir``.
 
@@ -120,7 +121,9 @@ def build(
     N LDAs (``dsosim bench scale``).
     ``hosts`` (a hosts file, ``runner.build.hosts``) spreads the federation over
     several machines: one folder per host under ``out_dir``; the result's
-    ``runner`` is then the broker host's.
+    ``runner`` is then the broker host's. ``processes`` packs the federates
+    into that many processes (``runner.build.packing``; single host only);
+    None takes the scenario's ``processes``, 0 gives every federate its own.
     """
     plan = load_hosts(hosts) if hosts is not None else None
     scenario, base = load_scenario(scenario_path)
@@ -143,6 +146,7 @@ def build(
     def path_for(p: Path) -> str:
         return os.path.relpath(p, relative_to) if portable else str(p)
 
+    processes = _processes(processes, plan, scenario.processes)
     if port is None:
         port = plan.broker.port if plan is not None else free_port()
     config = federation_config(scenario, base, port=port, path_for=path_for, out_dir=out_abs)
@@ -162,8 +166,22 @@ def build(
     federation.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
     write_keys([out], portable=portable)
     runner = out / RUNNER_FILE
-    runner.write_text(json.dumps(runner_spec(config, python), indent=2) + "\n")
+    spec = runner_spec(config, python, processes=processes)
+    runner.write_text(json.dumps(spec, indent=2) + "\n")
     return BuildResult(runner, federation, out / config.recorder.results_dir, config)
+
+
+def _processes(asked: int | None, plan: HostsFile | None, scenario: int | None) -> int | None:
+    """How many processes the federates are packed into (None: one each)."""
+    if asked is None:
+        return scenario if plan is None else None
+    if asked < 0:
+        raise ScenarioError(f"--processes {asked}: give at least 1 (0: one per federate)")
+    if plan is not None and asked > 0:
+        raise ScenarioError(
+            "--processes packs federates on one host; with --hosts each has its own process"
+        )
+    return asked or None
 
 
 def recorder_config(dsos: list[DsoConfig], model: OrgModel) -> RecorderConfig:
@@ -495,9 +513,12 @@ def runner_spec(
     *,
     only: Sequence[str] | None = None,
     with_broker: bool = True,
+    processes: int | None = None,
 ) -> dict[str, Any]:
     """The ``helics run`` JSON: the broker plus one process per federate
-    (``only`` these federates, and the broker or not, for one of several hosts)."""
+    (``only`` these federates, and the broker or not, for one of several hosts),
+    or with ``processes`` the ISO, utilities, independent operators and
+    aggregators packed into that many processes (``runner.build.packing``)."""
     h = config.helics
     # the broker reads port, key and limits from the federation file: the key
     # never appears on a command line (``ps`` shows those to every user)
@@ -505,10 +526,26 @@ def runner_spec(
     if h.broker_interface != "127.0.0.1":
         broker += f" --interface {h.broker_interface}"
     entries = [{"name": BROKER_NAME, "directory": ".", "exec": broker}] if with_broker else []
-    kinds = [("iso", config.iso.name)]
-    kinds += [("dso", d.name) for d in config.dsos]
-    kinds += [("imo", name) for name in config.independent_names()]
-    kinds += [("aggregator", a.name) for a in config.aggregators]
+    kinds: list[tuple[str, str]] = []
+    if processes is not None:
+        if only is not None:
+            raise ValueError("packing federates into processes is for single-host builds")
+        for i, group in enumerate(packing.groups(config, processes)):
+            names = " ".join(f"--name {n}" for n in group)
+            entries.append(
+                {
+                    "name": packing.process_name(i),
+                    "directory": ".",
+                    "exec": (
+                        f"{python} -u -m dsosim.federates.pack --config {FEDERATION_FILE} {names}"
+                    ),
+                }
+            )
+    else:
+        kinds += [("iso", config.iso.name)]
+        kinds += [("dso", d.name) for d in config.dsos]
+        kinds += [("imo", name) for name in config.independent_names()]
+        kinds += [("aggregator", a.name) for a in config.aggregators]
     kinds += [("hil", config.hil.name)] if config.hil else []
     kinds += [("recorder", config.recorder.name)]
     for kind, name in kinds:

@@ -413,6 +413,13 @@ class Scenario(_Section):
     real_time: RealTime = RealTime()
     day_ahead: DayAhead = DayAhead()
     hil: Hil | None = Field(None, description="hardware in the loop (needs real_time.enabled)")
+    processes: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="pack the federates into this many processes (each stays a federate); "
+        "absent: one process per federate",
+    )
 
     @field_validator("start")
     @classmethod

@@ -9,7 +9,7 @@ from pathlib import Path
 from dsosim.runner.build.federation import build
 from dsosim.runner.build.models import add_model_argument
 from dsosim.runner.build.scenario import ScenarioError
-from dsosim.runner.cli.options import add_time_arguments
+from dsosim.runner.cli.options import add_processes_argument, add_time_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="HOSTS.toml",
         help="spread the federation over machines: one runner file per host (docs/deploy.md)",
     )
+    add_processes_argument(p)
     p.add_argument(
         "--portable",
         action="store_true",
@@ -42,6 +43,7 @@ def handle(args: argparse.Namespace) -> int:
             port=args.port,
             portable=args.portable,
             hosts=args.hosts,
+            processes=args.processes,
         )
     except (ScenarioError, ValueError, OSError) as exc:
         print(f"dsosim build: {exc}", file=sys.stderr)

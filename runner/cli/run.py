@@ -13,7 +13,7 @@ from dsosim.federates.common.lifecycle import AlreadyRunning, hold_lock
 from dsosim.runner.build.federation import BuildResult, build
 from dsosim.runner.build.models import add_model_argument
 from dsosim.runner.build.scenario import ScenarioError
-from dsosim.runner.cli.options import add_time_arguments
+from dsosim.runner.cli.options import add_processes_argument, add_time_arguments
 from dsosim.runner.launch import build_and_launch
 
 HEADLINES = (
@@ -54,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default: runs/<scenario file stem>)")
     add_time_arguments(p)
     add_model_argument(p)
+    add_processes_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--timeout",
@@ -108,7 +109,14 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace, out: Path) -> BuildResult:
-    return build(args.scenario, out, hours=args.hours, start_hour=args.start_hour, model=args.model)
+    return build(
+        args.scenario,
+        out,
+        hours=args.hours,
+        start_hour=args.start_hour,
+        model=args.model,
+        processes=args.processes,
+    )
 
 
 def _run(args: argparse.Namespace, out: Path) -> int:
