@@ -11,9 +11,9 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from dsosim.federates.recorder import store as store_mod
 from dsosim.federates.recorder.store import ResultStore, StoreError
 
 
@@ -31,7 +31,7 @@ def test_a_part_interrupted_mid_write_leaves_the_table_readable(tmp_path, monkey
         Path(where).write_bytes(b"PAR1 half a file")  # what a kill mid-write leaves
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store_mod.pq, "write_table", killed)
+    monkeypatch.setattr(pq, "write_table", killed)
     with pytest.raises(KeyboardInterrupt):
         _fill(store, 2, 2)
     assert len(pd.read_parquet(tmp_path / "dispatch")) == 2
@@ -48,7 +48,7 @@ def test_disk_full_is_a_named_incomplete_stop(tmp_path, monkeypatch) -> None:
         Path(where).write_bytes(b"x" * 100)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_mod.pq, "write_table", full)
+    monkeypatch.setattr(pq, "write_table", full)
     with pytest.raises(StoreError, match="cannot write results table 'dispatch': disk full"):
         _fill(store, 2, 2)
     assert not list((tmp_path / "dispatch").glob(".*.tmp"))
