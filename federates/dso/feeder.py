@@ -1411,15 +1411,15 @@ class Feeder:
             )
             rhs[rows, g] = unit * 1.0e6
         try:
-            dvc = linearise.solve_dv(
+            dvx = linearise.solve_dv_real(
                 model.real_entries(self), model.n_nodes, ea, eb, blocks, rhs
-            )  # V per MW
+            )  # V per MW, real form
         except RuntimeError as exc:  # singular: an island, a floating node
             self._factorised_why = f"the network matrix is singular ({exc})"
             return None
-        dv_read = self._reading_derivative(volts, dvc)
-        dl_up, dl_down = self._loading_derivative(volts, dvc, delta_mw)
-        dp = self._source_derivative(volts, dvc, model)
+        dv_read = self._reading_derivative(volts, dvx)
+        dl_up, dl_down = self._loading_derivative(volts, dvx, delta_mw)
+        dp = self._source_derivative(volts, dvx, model)
         column = np.empty(len(self._der_names), dtype=np.intp)
         for g, members in enumerate(groups):
             column[members] = g
@@ -1429,21 +1429,28 @@ class Feeder:
             dv, up, down, dps = dv_read[:, column], dl_up[:, column], dl_down[:, column], dp[column]
         return self._magnitudes(volts), dv, up, down, dps
 
-    def _reading_derivative(self, volts: np.ndarray, dvc: np.ndarray) -> np.ndarray:
-        """d|reading| (pu per MW) of every voltage reading, from complex dV."""
+    def _reading_derivative(self, volts: np.ndarray, dvx: np.ndarray) -> np.ndarray:
+        """d|reading| (pu per MW) of every voltage reading, from dV in real
+        form (:func:`.linearise.solve_dv_real`): Re(conj(V) dV) / |V|."""
         first = volts[self._node_first]
-        dfirst = dvc[self._node_first]
+        d_re = dvx[2 * self._node_first]
+        d_im = dvx[2 * self._node_first + 1]
         if self._ll_rows.any():
-            second = np.where(self._ll_rows, volts[self._node_second], 0.0)
-            dsecond = np.where(self._ll_rows[:, None], dvc[self._node_second], 0.0)
-            first, dfirst = first - second, dfirst - dsecond
+            ll = self._ll_rows
+            second = np.where(ll, volts[self._node_second], 0.0)
+            first = first - second
+            d_re -= np.where(ll[:, None], dvx[2 * self._node_second], 0.0)
+            d_im -= np.where(ll[:, None], dvx[2 * self._node_second + 1], 0.0)
         mag = np.abs(first)
         with np.errstate(divide="ignore", invalid="ignore"):
-            d = (np.conj(first)[:, None] * dfirst).real / mag[:, None]
-        return np.where(mag[:, None] > 0.0, d, 0.0) * self._node_scale[:, None]
+            scale = np.where(mag > 0.0, self._node_scale / mag, 0.0)
+        d_re *= (first.real * scale)[:, None]
+        d_im *= (first.imag * scale)[:, None]
+        d_re += d_im
+        return d_re
 
     def _loading_derivative(
-        self, volts: np.ndarray, dvc: np.ndarray, delta_mw: float
+        self, volts: np.ndarray, dvx: np.ndarray, delta_mw: float
     ) -> tuple[np.ndarray, np.ndarray]:
         """One-sided slopes of each branch's loading (its largest conductor
         current over rating) over steps of ``delta_mw`` each way, on the
@@ -1454,18 +1461,20 @@ class Feeder:
         forward and backward slopes differ, and the market uses both."""
         n_br = len(self._branch_names)
         if not n_br or self._currents is None:
-            return np.zeros((n_br, dvc.shape[1])), np.zeros((n_br, dvc.shape[1]))
+            return np.zeros((n_br, dvx.shape[1])), np.zeros((n_br, dvx.shape[1]))
         # In units of each conductor's rating, |I + dI|^2 = |I|^2 + 2 Re(conj(I) dI)
-        # + |dI|^2, on contiguous real arrays (the real and imaginary parts of a
-        # complex array are strided views: every operation on them is slower);
-        # the square root once per branch (the maximum commutes with it).
+        # + |dI|^2, on contiguous real arrays (the real-form product gives dI's
+        # real and imaginary parts as blocks; those of a complex array are
+        # strided views, slower in every operation); the square root once per
+        # branch (the maximum commutes with it).
         inv = 1.0 / self._branch_ratings
         current = self._currents.product(volts) * inv
-        dcur = self._currents.product(dvc)
+        dcur = self._currents.product_real(dvx)
         step = (delta_mw * inv)[:, None]
-        re = np.multiply(dcur.real, step)
-        im = np.multiply(dcur.imag, step)
-        del dcur
+        rows = len(inv)
+        re, im = dcur[:rows], dcur[rows:]
+        re *= step
+        im *= step
         twice = 2.0 * current
         cross = re * twice.real[:, None]
         cross += im * twice.imag[:, None]
@@ -1489,15 +1498,18 @@ class Feeder:
         return self._groups
 
     def _source_derivative(
-        self, volts: np.ndarray, dvc: np.ndarray, model: _JacobianModel
+        self, volts: np.ndarray, dvx: np.ndarray, model: _JacobianModel
     ) -> np.ndarray:
         """MW at the sources per MW at each DER column: the change of
-        -Re(sum V conj(I)) over every source's terminal conductors."""
-        total = np.zeros(dvc.shape[1])
+        -Re(sum V conj(I)) over every source's terminal conductors (dV in real
+        form)."""
+        total = np.zeros(dvx.shape[1])
         for cols, yrows, current in model.source_terms(self):
             v = volts[cols]
-            di = yrows @ dvc
-            total -= (dvc[cols] * np.conj(current)[:, None] + v[:, None] * np.conj(di)).real.sum(0)
+            parts = linearise.real_rows(yrows) @ dvx
+            di = parts[: len(cols)] + 1j * parts[len(cols) :]
+            dv = linearise.complex_rows(dvx, cols)
+            total -= (dv * np.conj(current)[:, None] + v[:, None] * np.conj(di)).real.sum(0)
         return total / 1.0e6
 
     def _load_powers_w(self) -> tuple[np.ndarray, np.ndarray]:
@@ -1586,6 +1598,8 @@ class _BranchCurrents:
         self._moving: list[tuple[str, int, list[int], np.ndarray]] = []
         self._matrix: Any = None
         self._moving_matrix: Any = None
+        self._matrix_real: Any = None
+        self._moving_real: Any = None
 
     def add(
         self,
@@ -1607,6 +1621,8 @@ class _BranchCurrents:
         self._matrix = self._csr(self._fixed)
         self._fixed = []
         self._moving_matrix = None
+        self._matrix_real = None
+        self._moving_real = None
         return self
 
     def refresh(self, yprim_of: Any) -> None:
@@ -1622,6 +1638,7 @@ class _BranchCurrents:
             self._moving_matrix = sparse.csr_matrix(
                 (vals, (local, cols)), shape=(len(self._moving_rows), self._n_nodes)
             )
+            self._moving_real = None
 
     @property
     def needs_refresh(self) -> bool:
@@ -1629,6 +1646,22 @@ class _BranchCurrents:
 
     def magnitudes(self, volts: np.ndarray) -> np.ndarray:
         return np.abs(self.product(volts))
+
+    def product_real(self, x: np.ndarray) -> np.ndarray:
+        """Conductor current changes of node voltage changes in real form
+        (:func:`.linearise.solve_dv_real`, one column per case): their real
+        parts in the first rows, their imaginary parts in as many below."""
+        if self._matrix_real is None:
+            self._matrix_real = linearise.real_rows(self._matrix)
+        out = self._matrix_real @ x
+        if self._moving_matrix is not None:
+            if self._moving_real is None:
+                self._moving_real = linearise.real_rows(self._moving_matrix)
+            moved = self._moving_real @ x
+            m = len(self._moving_rows)
+            out[self._moving_rows] += moved[:m]
+            out[self._n_rows + self._moving_rows] += moved[m:]
+        return out
 
     def product(self, volts: np.ndarray) -> np.ndarray:
         """Conductor currents (complex) of node voltages (a vector, or one

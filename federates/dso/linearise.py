@@ -350,7 +350,7 @@ def _factor_solve(
     return lu.solve(b), position
 
 
-def solve_dv(
+def solve_dv_real(
     y_real: tuple[np.ndarray, np.ndarray, np.ndarray],
     n: int,
     a: np.ndarray,
@@ -361,7 +361,8 @@ def solve_dv(
     """Solve ``(Y_net + E D E^T) dV = -E di`` (``y_real``: the COO entries of
     the real form of ``Y_net``, :func:`real_form`; ``n`` nodes) for every column of
     ``rhs_currents`` (branch current changes, shape (branches, columns));
-    returns complex dV, shape (nodes, columns). One sparse LU (SuperLU with a
+    returns dV in real form, shape (2 nodes, columns): node ``k``'s real
+    part in row ``2k``, its imaginary part in row ``2k + 1``. One sparse LU (SuperLU with a
     minimum-degree ordering of A + A^T, which keeps the fill-in of a radial
     network's matrix near its own size, in its symmetric mode: the matrix is
     structurally symmetric and near diagonally dominant, so pivots are taken
@@ -389,7 +390,42 @@ def solve_dv(
         (rhs[0], rhs[1], rhs[2]),
         k,
     )
-    dv = np.empty((n, k), dtype=complex)
-    dv.real = x[position[0::2]]
-    dv.imag = x[position[1::2]]
+    return x[position]
+
+
+def solve_dv(
+    y_real: tuple[np.ndarray, np.ndarray, np.ndarray],
+    n: int,
+    a: np.ndarray,
+    b: np.ndarray,
+    blocks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    rhs_currents: np.ndarray,
+) -> np.ndarray:
+    """:func:`solve_dv_real` as complex dV, shape (nodes, columns)."""
+    x = solve_dv_real(y_real, n, a, b, blocks, rhs_currents)
+    dv = np.empty((n, x.shape[1]), dtype=complex)
+    dv.real = x[0::2]
+    dv.imag = x[1::2]
     return dv
+
+
+def complex_rows(x: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Complex rows ``nodes`` of a real interleaved solution (:func:`solve_dv_real`)."""
+    return x[2 * nodes] + 1j * x[2 * nodes + 1]
+
+
+def real_rows(y: sparse.spmatrix) -> sparse.csr_matrix:
+    """A complex ``y`` (rows x nodes) as the real matrix that maps an
+    interleaved real solution (:func:`solve_dv_real`) to the real parts of
+    ``y dV`` in its first rows and the imaginary parts below: outputs in
+    contiguous blocks."""
+    coo = sparse.coo_matrix(y)
+    m = coo.shape[0]
+    r, c, g, bb = coo.row, 2 * coo.col, coo.data.real, coo.data.imag
+    return sparse.csr_matrix(
+        (
+            np.concatenate([g, -bb, bb, g]),
+            (np.concatenate([r, r, r + m, r + m]), np.concatenate([c, c + 1, c, c + 1])),
+        ),
+        shape=(2 * m, 2 * coo.shape[1]),
+    )
