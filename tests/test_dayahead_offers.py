@@ -150,3 +150,53 @@ def test_the_lda_day_ahead_bid_adds_the_offers_to_the_feeder_forecast() -> None:
     foreign = {"agg": msg.DayAheadOffer("agg", 0, {"999": (offer, offer)})}
     with pytest.raises(msg.MessageError, match="'999' is not a location of 'agg'"):
         day_ahead_curve(fixed, foreign, TdScale(10.0), locations)
+
+
+def test_forward_schedules_the_feeder_cannot_carry_are_unwound() -> None:
+    """Models 1-2: the ISO scheduled a 4 MW midday sale at bus 675 of IEEE 13
+    (x scale at the T-D bus) without seeing the feeder. The utility's check
+    keeps what the linearised feeder carries (up to its voltage limit) and
+    unwinds the rest; power flows confirm the schedule overloads the feeder
+    and what was kept much less. The check is linear at the forecast point, so
+    it misses the overload the reversed flow brings beyond it (as model 2's
+    DERM does): what it reports is a lower bound."""
+    from dsosim.federates.dso.unwound import ForwardCheck
+    from dsosim.federates.markets.lda_market import Limits
+    from tests.test_operator import SCALE, _operator
+
+    op = _operator()
+    index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(op.grid.locations)}
+    check = ForwardCheck("lda", TdScale(SCALE), index, Limits(), per_day=288)
+    hourly = [20.0] * 24
+    sale = tuple([0.0] * 12 + [-4.0 * SCALE] + [0.0] * 11)
+    small = tuple([0.0] * 12 + [0.02 * SCALE] + [0.0] * 11)
+    zero = (0.0,) * 24
+    check.take(
+        msg.DayAheadSchedules(
+            "iso", 0, tuple(hourly), {"a1": {"675": sale, "634": small}, "a2": {"611": zero}}
+        )
+    )
+    f = op.grid.forecast(150)  # 12:30, the period of the sale
+    check.check(150, f.state, f.sens)
+    rows = {(r[2], r[3]): r for r in check.rows(150, 30.0)}
+    da, carried, unwound = (rows[("a1", "675")][i] for i in (5, 6, 7))
+    assert da == pytest.approx(-4.0) and -4.0 < carried < -1.0 and unwound == da - carried
+    assert rows[("a1", "634")][7] == pytest.approx(0.0, abs=1e-9)  # a small purchase is carried
+    assert rows[("a1", "675")][8:] == (20.0, 30.0)  # day-ahead price, real-time LMP
+    i, m = index[("a1", "675")], f.state.monitored
+    move = np.zeros(len(op.grid.locations))
+    for (agg, bus), row in rows.items():
+        move[index[(agg, bus)]] = row[6] - f.state.der_mw[index[(agg, bus)]]
+    linear = f.state.v_pu[m] + f.sens.dv_dp[m] @ move
+    assert linear.max() == pytest.approx(1.05, abs=1e-6)  # as much as the band allows
+    der = np.zeros(len(op.grid.locations))
+    der[i] = da
+    scheduled = op.grid.linearise_at(150, der)
+    der[i] = carried
+    kept = op.grid.linearise_at(150, der)
+    assert scheduled is not None and kept is not None
+    assert scheduled[0].loading.max() > 1.5  # the schedule as cleared overloads a line
+    assert kept[0].loading.max() < 0.75 * scheduled[0].loading.max()
+    assert check.rows(151, 30.0) == []  # rows only for the interval checked
+    with pytest.raises(ValueError, match="not its locations"):
+        check.take(msg.DayAheadSchedules("iso", 288, (20.0,), {"a2": {"675": (1.0,)}}))

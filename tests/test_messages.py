@@ -24,6 +24,9 @@ CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
         msg.DayAheadBid("lda1", 288, 5, (CURVE.scaled(20), BidCurve(12.0))),
         msg.DayAheadPrices("iso", 288, 5, (21.5, 19.25, 30.0)),
         msg.DayAheadOffer("agg1", 288, {"634": (BidCurve(0.2), CURVE), "675": (CURVE, CURVE)}),
+        msg.DayAheadSchedules(
+            "iso", 288, (20.0, 21.5), {"agg1": {"634": (0.5, -1.0), "675": (0.0, 2.0)}, "agg2": {}}
+        ),
         msg.Dispatch("lda1", 3, {"675": -0.5, "634": 0.1}, {"675": 31.0, "634": 32.5}),
         msg.Measurement("agg1", 3, {"675": -0.45, "634": 0.1}, {"675": -0.5, "634": 0.1}),
         msg.Meter("lda1", 3, 5, 48.2, {Party.agg("agg1"): -0.5}),

@@ -177,6 +177,17 @@ def test_two_days_of_two_settlements(model: str, tmp_path: Path) -> None:
     hourly = per_interval.reset_index().assign(hour=lambda f: f["interval"] // 12)
     hourly = hourly.groupby(["payer", "item", "hour"])
     assert (hourly["mw"].nunique() == 1).all() and (hourly["price"].nunique() == 1).all()
+    # model 1: the utility checks the aggregators' schedules on its feeder every
+    # interval; it can only move a schedule toward zero
+    if model == "1":
+        unwound = table(results, "unwound")
+        assert len(unwound) == 26 * 12 * 9  # every interval, the nine aggregator locations
+        same_side = unwound["carried_mw"] * unwound["da_mw"] >= 0
+        smaller = unwound["carried_mw"].abs() <= unwound["da_mw"].abs() + 1e-9
+        assert same_side.all() and smaller.all()
+        assert np.allclose(unwound["unwound_mw"], unwound["da_mw"] - unwound["carried_mw"])
+    else:
+        assert not (results / "unwound").exists()
     # forecasts beside what happened, from the ISO, the utility and each aggregator
     forecasts = table(results, "forecasts")
     assert set(forecasts["source"]) == {"iso", "lda5", "agg_solar", "agg_storage"}

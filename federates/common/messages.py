@@ -131,6 +131,21 @@ class DayAheadOffer:
 
 
 @dataclass(frozen=True, slots=True)
+class DayAheadSchedules:
+    """ISO -> utility (models 1-2, where aggregators bid day-ahead at the ISO):
+    the day-ahead schedule of each aggregator location of its LDA, MW per
+    period at the T-D interface (x scale), and the LDA's day-ahead LMP per
+    period; ``interval`` is the day's first interval. The utility checks
+    them against its feeder (``unwound``)."""
+
+    KIND: ClassVar[str] = "day_ahead_schedules"
+    sender: str
+    interval: int
+    lmp: tuple[float, ...]
+    schedules: Mapping[str, Mapping[str, tuple[float, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
 class Dispatch:
     """DERM -> aggregator: net-demand set-points and prices per location."""
 
@@ -272,6 +287,7 @@ Message = (
     | DayAheadBid
     | DayAheadOffer
     | DayAheadPrices
+    | DayAheadSchedules
     | Award
     | Dispatch
     | Measurement
@@ -291,6 +307,7 @@ KINDS: dict[str, type] = {
         DayAheadBid,
         DayAheadOffer,
         DayAheadPrices,
+        DayAheadSchedules,
         Award,
         Dispatch,
         Measurement,
@@ -542,6 +559,31 @@ def _decode_day_ahead_offer(r: _Reader, sender: str, interval: int) -> DayAheadO
     return DayAheadOffer(sender, interval, out)
 
 
+def _decode_day_ahead_schedules(r: _Reader, sender: str, interval: int) -> DayAheadSchedules:
+    lmp = r.get("lmp")
+    if not isinstance(lmp, list) or not lmp:
+        raise r.fail("lmp", "must be a non-empty list of prices, one per period")
+    prices = tuple(r.number(f"lmp[{i}]", v) for i, v in enumerate(lmp))
+    schedules = r.get("schedules")
+    if not isinstance(schedules, dict):
+        raise r.fail("schedules", "must be a map of aggregator -> location -> MW per period")
+    out: dict[str, dict[str, tuple[float, ...]]] = {}
+    for agg, by_bus in schedules.items():
+        name = r.text("schedules key", agg)
+        if not isinstance(by_bus, dict):
+            raise r.fail(f"schedules[{name}]", "must be a map of location -> MW per period")
+        out[name] = {}
+        for bus, mws in by_bus.items():
+            where = f"schedules[{name}][{r.text(f'schedules[{name}] key', bus)}]"
+            if not isinstance(mws, list) or len(mws) != len(prices):
+                raise r.fail(where, f"must be a list of {len(prices)} MW, one per period")
+            values = tuple(r.number(f"{where}[{i}]", v) for i, v in enumerate(mws))
+            if any(abs(v) > MAX_ABS_MW for v in values):
+                raise r.fail(where, f"a schedule exceeds {MAX_ABS_MW:g} MW")
+            out[name][bus] = values
+    return DayAheadSchedules(sender, interval, prices, out)
+
+
 def _decode_dispatch(r: _Reader, sender: str, interval: int) -> Dispatch:
     setpoints = r.number_map("setpoints_mw", MAX_ABS_MW)
     prices = r.number_map("prices")
@@ -675,6 +717,7 @@ _DECODERS: dict[str, Callable[[_Reader, str, int], Message]] = {
     InterfaceBid.KIND: _decode_interface_bid,
     DayAheadBid.KIND: _decode_day_ahead_bid,
     DayAheadOffer.KIND: _decode_day_ahead_offer,
+    DayAheadSchedules.KIND: _decode_day_ahead_schedules,
     DayAheadPrices.KIND: _decode_day_ahead_prices,
     Award.KIND: _decode_award,
     Dispatch.KIND: _decode_dispatch,

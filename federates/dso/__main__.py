@@ -29,7 +29,7 @@ from dsosim.federates.aggregator.pv import volt_var_ratings
 from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
-from dsosim.federates.common.config import FederationConfig
+from dsosim.federates.common.config import FederationConfig, LimitsConfig
 from dsosim.federates.common.curves import BidCurve
 from dsosim.federates.common.forecasts import FORECAST_COLUMNS, ForecastLog
 from dsosim.federates.common.scale import TdScale
@@ -42,13 +42,14 @@ from dsosim.federates.common.schedule import (
 )
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.dso.grid import Forecast, GridOperator
+from dsosim.federates.dso.unwound import UNWOUND_COLUMNS, ForwardCheck
 from dsosim.federates.markets.derm_override import relinearised_overrides
 from dsosim.federates.markets.dmo_factory import make_dmo
 from dsosim.federates.markets.grid_model import to_message
 from dsosim.federates.markets.host import send_dispatch, send_interface_bid, take_day_ahead
 from dsosim.federates.markets.lda_market import Limits
 from dsosim.federates.markets.location import Location
-from dsosim.federates.markets.nodal_dmo import LINEARISATION_COLUMNS
+from dsosim.federates.markets.nodal_dmo import LINEARISATION_COLUMNS, NodalDmo
 
 
 def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Path) -> None:
@@ -76,31 +77,13 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
     model_to = routes.grid_model_target(config, cfg)
     limits = Limits.planning(cfg.limits)  # the DERM plans with the margin
     element_index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(grid.locations)}
-    da = config.iso.day_ahead
     time = config.time
-    per_day = time.intervals_per_day
-    gate = da.gate_intervals(time.interval_s) if da is not None else 0
-    periods = round(1440.0 / da.period_minutes) if da is not None else 1
-    log = ForecastLog(name, per_day, per_day // periods)
-    offering = [
-        a for a in cfg.aggregators if name in routes.day_ahead_targets(config, config.aggregator(a))
-    ]
+    day_ahead = _UtilityDayAhead(shell, config, name, grid, dmo, limits, element_index)
     for k in range(time.n_intervals):
-        day = day_ahead_due(k, per_day, gate, time.n_intervals) if da is not None else None
-        if da is not None and day is not None:
-            shell.advance(day_ahead_at(k, DayAheadPhase.DA_BID, time))
-            offers = expect(
-                shell.receive(allowed_senders=offering), msg.DayAheadOffer, day * per_day, offering
-            )
-            intervals = (day * per_day + np.arange(per_day)).reshape(periods, -1)
-            fixed = grid.day_ahead_bid(intervals, da.load_forecast_error, day, config.seed)
-            log.expect(day, "load_mw", grid.day_ahead_load_mw)
-            curves = day_ahead_curve(fixed, offers, grid.td, grid.locations)
-            shell.send(cfg.iso, msg.DayAheadBid(name, day * per_day, cfg.td_bus, curves))
-            if dmo is not None:
-                take_day_ahead(dmo, offers, per_day)
+        day_ahead.before(k)
         shell.advance(at(k, Phase.BID, time))
         forecast = grid.forecast(k)
+        day_ahead.at_bid(k, forecast)
         if model_to is not None:
             shell.send(model_to, to_message(name, k, forecast.state, forecast.sens))
 
@@ -123,6 +106,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
                 )
         awards = [m for m in received if isinstance(m, msg.Award)]
         award = expect(awards, msg.Award, k, [cfg.iso])[cfg.iso]
+        day_ahead.at_dispatch(k, award)
         if dmo is not None:
             # the utility owns the feeder: its market re-linearises at the dispatch
             dmo.relinearise = functools.partial(grid.linearise_at, k)
@@ -150,10 +134,94 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
         )
         shell.send(cfg.iso, msg.Meter(name, k, cfg.td_bus, td_flow, allocation))
         shell.record_tables(k, tables)
-        if da is not None:
-            log.observe(k, "load_mw", grid.measured_load_mw)
-            shell.record(k, "forecasts", FORECAST_COLUMNS, log.rows_after(k))
+        day_ahead.at_measure(k)
         shell.end_interval(k)
+
+
+class _UtilityDayAhead:
+    """The utility's part in the day-ahead market (nothing without one): at
+    each gate closure, the LDA's day-ahead bid from its feeder forecast and
+    the aggregators' offers sent to it (layered models; its DMO keeps them to
+    settle); in models 1-2 the aggregators' schedules from the ISO, checked
+    on the feeder every interval (``unwound``); the forecasts table."""
+
+    def __init__(
+        self,
+        shell: FederateShell,
+        config: FederationConfig,
+        name: str,
+        grid: GridOperator,
+        dmo: NodalDmo | None,
+        limits: Limits,
+        element_index: dict[tuple[str, str], int],
+    ) -> None:
+        self.shell, self.config, self.name, self.grid, self.dmo = shell, config, name, grid, dmo
+        self.cfg = config.dso(name)
+        self.da = config.iso.day_ahead
+        time = config.time
+        self.per_day = time.intervals_per_day
+        self.gate = self.da.gate_intervals(time.interval_s) if self.da is not None else 0
+        self.periods = round(1440.0 / self.da.period_minutes) if self.da is not None else 1
+        self.log = ForecastLog(name, self.per_day, self.per_day // self.periods)
+        targets = {
+            a: routes.day_ahead_targets(config, config.aggregator(a)) for a in self.cfg.aggregators
+        }
+        self.offering = [a for a, t in targets.items() if name in t]
+        at_iso = [a for a, t in targets.items() if self.cfg.iso in t]
+        self.forward = (
+            ForwardCheck(name, grid.td, element_index, _physical(self.cfg.limits), self.per_day)
+            if self.da is not None and at_iso
+            else None
+        )
+        self.day: int | None = None
+
+    def before(self, k: int) -> None:
+        """DA_BID, if a day-ahead market closes before interval ``k``."""
+        da, time = self.da, self.config.time
+        self.day = (
+            None if da is None else day_ahead_due(k, self.per_day, self.gate, time.n_intervals)
+        )
+        if da is None or self.day is None:
+            return
+        shell, grid, first = self.shell, self.grid, self.day * self.per_day
+        self.shell.advance(day_ahead_at(k, DayAheadPhase.DA_BID, time))
+        offers = expect(
+            shell.receive(allowed_senders=self.offering), msg.DayAheadOffer, first, self.offering
+        )
+        intervals = (first + np.arange(self.per_day)).reshape(self.periods, -1)
+        fixed = grid.day_ahead_bid(intervals, da.load_forecast_error, self.day, self.config.seed)
+        self.log.expect(self.day, "load_mw", grid.day_ahead_load_mw)
+        curves = day_ahead_curve(fixed, offers, grid.td, grid.locations)
+        shell.send(self.cfg.iso, msg.DayAheadBid(self.name, first, self.cfg.td_bus, curves))
+        if self.dmo is not None:
+            take_day_ahead(self.dmo, offers, self.per_day)
+
+    def at_bid(self, k: int, forecast: Forecast) -> None:
+        """Models 1-2: the day's schedules (after its market), and the check
+        of this interval's on the forecast."""
+        if self.forward is None:
+            return
+        iso = self.cfg.iso
+        if self.day is not None:
+            got = self.shell.receive(allowed_senders=[iso])
+            schedules = expect(got, msg.DayAheadSchedules, self.day * self.per_day, [iso])[iso]
+            self.forward.take(schedules)
+        self.forward.check(k, forecast.state, forecast.sens)
+
+    def at_dispatch(self, k: int, award: msg.Award) -> None:
+        if self.forward is not None:
+            self.shell.record(k, "unwound", UNWOUND_COLUMNS, self.forward.rows(k, award.lmp))
+
+    def at_measure(self, k: int) -> None:
+        if self.da is not None:
+            self.log.observe(k, "load_mw", self.grid.measured_load_mw)
+            self.shell.record(k, "forecasts", FORECAST_COLUMNS, self.log.rows_after(k))
+
+
+def _physical(limits: LimitsConfig) -> Limits:
+    """The feeder's own limits, without the margins a market plans within:
+    what it can carry."""
+    return Limits(vmin_pu=limits.vmin_pu, vmax_pu=limits.vmax_pu, max_loading=limits.max_loading)
 
 
 def _volt_var_ratings(fleet: dict[str, Any]) -> dict[str, float]:

@@ -177,6 +177,13 @@ def _day_ahead(
         lmp = market.day_ahead_prices(day, dso.name)
         for agg in dso.aggregators:
             shell.send(agg, msg.DayAheadPrices(shell.name, first, dso.td_bus, lmp))
+        if any(offering.get(a) == dso.name for a in dso.aggregators):
+            # the utility sees the aggregators' schedules on its feeder (``unwound``)
+            schedules: dict[str, dict[str, tuple[float, ...]]] = {}
+            for key, mw in sorted(market.days[day].awards.items()):
+                if key.lda == dso.name and key.party.role is Role.AGG:
+                    schedules.setdefault(key.party.name, {})[key.location] = tuple(mw.tolist())
+            shell.send(dso.name, msg.DayAheadSchedules(shell.name, first, lmp, schedules))
     return others
 
 

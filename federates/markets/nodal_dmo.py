@@ -250,6 +250,15 @@ class NodalDmo:
         rows: Rows = []
         me, market, h, td = Party.dmo(self.lda), f"lda:{self.lda}", self.hours, self.td
         da_mw, da_lmp = da if da is not None else (0.0, 0.0)
+        # two settlements inside the LDA: each DER location's day-ahead schedule,
+        # and the utility's, the rest of the LDA's (so the DMO passes its
+        # day-ahead position through at the day-ahead price)
+        scheduled = {
+            loc: self.day_ahead_mw(interval, loc, da_lmp) if da is not None else 0.0
+            for loc, _ in p.pairs
+        }
+        utility_da = da_mw - sum(td.to_td(mw) for mw in scheduled.values()) if da else 0.0
+        utility = Party.utility(self.lda)
         pay = [
             ledger.Payment(interval, market, me, ISO, "energy", cleared_mw - da_mw, lmp, h),
             *(
@@ -257,13 +266,18 @@ class NodalDmo:
                 if da_mw
                 else []
             ),
+            *(
+                [ledger.Payment(interval, market, utility, me, "day_ahead", utility_da, da_lmp, h)]
+                if utility_da
+                else []
+            ),
             ledger.Payment(
                 interval,
                 market,
-                Party.utility(self.lda),
+                utility,
                 me,
                 "energy",
-                td.to_td(utility_mw),
+                td.to_td(utility_mw) - utility_da,
                 lmp,
                 h,
             ),
@@ -287,8 +301,7 @@ class NodalDmo:
                     float(clearing.dlmp_congestion[i]),
                 )
             )
-            scheduled = self.day_ahead_mw(interval, loc, da_lmp) if da is not None else 0.0
-            if scheduled:
+            if scheduled[loc]:
                 pay.append(
                     ledger.Payment(
                         interval,
@@ -296,7 +309,7 @@ class NodalDmo:
                         Party.agg(loc.aggregator),
                         me,
                         f"day_ahead@{loc.bus}",
-                        td.to_td(scheduled),
+                        td.to_td(scheduled[loc]),
                         da_lmp,
                         h,
                     )
@@ -308,7 +321,7 @@ class NodalDmo:
                     Party.agg(loc.aggregator),
                     me,
                     f"energy@{loc.bus}",
-                    td.to_td(mw - self.firm_mw(loc) - scheduled),
+                    td.to_td(mw - self.firm_mw(loc) - scheduled[loc]),
                     price,
                     h,
                 )

@@ -57,6 +57,8 @@ COLUMNS = (
     "da_cost",
     "rt_cost",
     "deviation_cost",
+    "unwound_mwh",
+    "unwound_cost",
     "dmo_loss_rent",
     "dmo_congestion_rent",
     "dmo_mismatch",
@@ -160,6 +162,22 @@ def lda_wholesale_costs(ledger: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def unwound(table: pd.DataFrame, hours: float) -> dict[str, float]:
+    """Day-ahead schedules of aggregator locations the feeder could not carry
+    (``unwound`` table, models 1-2 with a day-ahead market), at the T-D
+    interface: ``unwound_mwh`` their energy (sum of |MW| x h x scale), and
+    ``unwound_cost`` what unwinding them at real-time prices costs their
+    holders beyond the day-ahead price, $ (sum of -unwound MW x h x scale x
+    (LMP - day-ahead LMP)). NaN where nothing was checked."""
+    if table.empty:
+        return {"unwound_mwh": math.nan, "unwound_cost": math.nan}
+    mw = table["unwound_mw"] * table["scale"] * hours
+    return {
+        "unwound_mwh": round(float(mw.abs().sum()), 4),
+        "unwound_cost": round(float((-mw * (table["lmp"] - table["da_lmp"])).sum()), 2),
+    }
+
+
 def metrics(results: Path, model: str, summary: dict[str, Any]) -> dict[str, Any]:
     """One comparison row from a run's tables (see docs/models.md for each column)."""
     org = load_model(model)
@@ -222,6 +240,8 @@ def metrics(results: Path, model: str, summary: dict[str, Any]) -> dict[str, Any
         row["dlmp_spread"] = round(float(spread.mean()), 4)
     row.update(lda_wholesale_costs(read_table(results, "settlements")))
     pv, feeder = read_table(results, "ders_pv"), read_table(results, "feeder")
+    interval_h = float(feeder["hours"].iloc[0]) if not feeder.empty else 0.0
+    row.update(unwound(read_table(results, "unwound"), interval_h))
     if not pv.empty and not feeder.empty:
         # per modelled feeder, times the LDA's scale: the LDA's curtailment
         hours, scale = float(feeder["hours"].iloc[0]), float(feeder["scale"].iloc[0])
