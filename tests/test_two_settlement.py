@@ -238,3 +238,27 @@ def json_str(path: Path) -> str:
     import json
 
     return json.dumps(str(path))
+
+
+@pytest.mark.federation
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["baseline", "2", "5", "6"])
+def test_the_books_close_across_both_settlements(model: str, tmp_path: Path) -> None:
+    """The models the two-day test leaves out, over the first day-ahead
+    market's first three hours: both settlements in every party's ledger, and
+    the books close (the ISO's, each DMO's, their views of each other)."""
+    built, outcome = run_scenario(TWO, tmp_path / model, hours=3, timeout_s=600, model=model)
+    s = outcome.summary
+    assert s["complete"] is True, outcome.failure
+    ledger = table(built.results_dir, "settlements")
+    assert abs(s["settlement_residual"]) <= 1e-6 * s["buyers_paid"]
+    assert abs(s["unreconciled"]) <= 1e-6 * s["buyers_paid"]
+    day_ahead = ledger[ledger["item"].str.startswith("day_ahead")]
+    payers = {p.split(":")[0] for p in day_ahead["payer"]}
+    if model == "baseline":  # the utility holds the LDA's schedule: its forecast load
+        assert "utility" in payers and "agg" not in payers
+    else:  # the aggregators' schedules settle too: at the ISO (2) or with the DMO (5, 6)
+        assert "agg" in payers
+    if model in ("5", "6"):
+        parts = ("dmo_loss_rent", "dmo_congestion_rent", "dmo_mismatch", "dmo_imbalance")
+        assert sum(s[k] for k in parts) == pytest.approx(s["dmo_surplus"], abs=0.05)
