@@ -277,3 +277,51 @@ def test_locations_on_a_feeder_read_line_to_line() -> None:
         readings = [i for i, n in enumerate(state.node_names) if n.split(".")[0] == bus]
         assert len(readings) >= 1
         assert vv.local_voltages(state)[k] == pytest.approx(state.v_pu[readings].mean())
+
+
+def test_closed_loop_linearisation_predicts_the_inverters_response() -> None:
+    """The markets' linearisation with the volt-var response folded in
+    predicts the voltages of a changed dispatch (the power flow with every
+    inverter at its new fixed point, taps held) an order of magnitude better
+    than the one at frozen reactive power, which overstates the change."""
+    config = DsoConfig(
+        name="lda",
+        iso="iso",
+        feeder="configs/feeders/ieee13/Master.dss",
+        td_bus=5,
+        scale=1.0,
+        load_scale=0.3,
+        load_forecast_error=0.0,
+        aggregators=("a",),
+    )
+    time = TimeSettings(interval_s=300.0, n_intervals=4)
+    grid = GridOperator(
+        config,
+        {"a": ("675", "611", "652")},
+        time,
+        seed=1,
+        base_dir=ROOT,
+        volt_var_mva={"a": {"675": 1.5, "611": 0.5, "652": 0.5}},
+    )
+    assert grid.volt_var is not None
+    at = {bus: grid.index[("a", bus)] for bus in ("675", "611", "652")}
+    grid.der_mw = np.zeros(3)
+    grid.der_mw[[at["675"], at["611"], at["652"]]] = (-1.2, -0.3, -0.3)
+    f = grid.forecast(0)
+    frozen = grid.feeder.sensitivities()  # at the same fixed point, reactive power frozen
+    vv = grid.volt_var
+    slopes = vv.slopes(vv.local_voltages(f.state))
+    assert np.count_nonzero(slopes < 0.0) >= 2  # absorbing, on the curve's slope
+    step = np.zeros(3)
+    step[[at["675"], at["652"]]] = (-0.1, -0.05)  # more injection
+    grid.feeder.set_der_mw(grid.der_mw + step)
+    state, result = vv.solve(controls=False)  # within the interval: taps stay
+    assert result.converged
+    assert vv.slopes(result.v_pu) == pytest.approx(slopes)  # the same curve segments
+    mon = f.state.monitored
+    actual = state.v_pu[mon] - f.state.v_pu[mon]
+    closed_err = np.abs(f.sens.dv_dp[mon] @ step - actual).max()
+    frozen_err = np.abs(frozen.dv_dp[mon] @ step - actual).max()
+    assert np.abs(actual).max() > 2e-3
+    assert closed_err < 0.1 * frozen_err  # measured: 4.4e-5 against 2.0e-3 pu
+    assert np.abs(frozen.dv_dp[mon] @ step).max() > np.abs(actual).max()  # frozen overstates

@@ -225,6 +225,14 @@ class GridOperator:
         state, self._vv_last = self.volt_var.solve(controls=controls)
         return state
 
+    def _linearise(self, state: FeederState) -> Sensitivities:
+        """The feeder's linearisation at ``state`` (the last solve), with the
+        volt-var inverters' response folded in if there are any."""
+        sens = self.feeder.sensitivities()
+        if self.volt_var is None:
+            return sens
+        return self.volt_var.closed_loop(state, sens)
+
     def _vv_columns(self) -> tuple[float, int, bool]:
         """(DER reactive power injected, Mvar; volt-var power flows; converged)
         of the last :meth:`_solve`."""
@@ -247,7 +255,7 @@ class GridOperator:
         self._forecast_reused = not state.power_flow_converged and self.forecast_point is not None
         if not self._forecast_reused:
             self.forecast_point = Forecast(
-                state, self.feeder.sensitivities(), controls.read(self.feeder)
+                state, self._linearise(state), controls.read(self.feeder)
             )
         assert self.forecast_point is not None
         self.planning_point = self.forecast_point
@@ -288,9 +296,7 @@ class GridOperator:
         state = self._solve()
         if not state.power_flow_converged:
             return None
-        self.planning_point = Forecast(
-            state, self.feeder.sensitivities(), controls.read(self.feeder)
-        )
+        self.planning_point = Forecast(state, self._linearise(state), controls.read(self.feeder))
         self._points.append(self.planning_point)
         return self.planning_point.state, self.planning_point.sens
 

@@ -24,20 +24,26 @@ its rating: a voltage error of 1.4e-4 pu on the curve's slope, about
 OpenDSS's own solution tolerance. A test holds the result to OpenDSS's
 ``InvControl`` on a PVSystem.
 
-The linearisation (:meth:`Feeder.sensitivities`) is taken with the reactive
-powers frozen at the fixed point; the ex-post check measures what that
-leaves out.
+The linearisation the markets plan with is :meth:`Feeder.sensitivities`
+(reactive powers frozen at the fixed point) with the inverters' response
+folded in (:meth:`VoltVar.closed_loop`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from dsosim.federates.aggregator.pv import VOLT_VAR_Q, VOLT_VAR_V
-from dsosim.federates.dso.feeder import Feeder, FeederState
+from dsosim.federates.dso.feeder import (
+    Feeder,
+    FeederState,
+    Sensitivities,
+    _frozen,
+    _headrooms,
+)
 
 _STEP_GAIN_MIN = -50.0
 
@@ -145,3 +151,72 @@ class VoltVar:
             q = np.where(self.active, q + h / (1.0 - gain), 0.0)
         self.q_mvar = last[0] if last is not None else q
         return state, VoltVarResult(last[0] if last else q, v, self.max_iterations, False, residual)
+
+    def slopes(self, v_pu: np.ndarray) -> np.ndarray:
+        """dQ/dV (Mvar injected per pu) of every location's curve at ``v_pu``:
+        the segment's slope (0 in the dead band and beyond the curve's ends;
+        at a breakpoint, the segment above it)."""
+        seg = np.clip(
+            np.searchsorted(self.curve_v, v_pu, side="right") - 1, 0, len(self.curve_v) - 2
+        )
+        inside = (v_pu >= self.curve_v[0]) & (v_pu < self.curve_v[-1])
+        dv = self.curve_v[seg + 1] - self.curve_v[seg]
+        dq = self.curve_q[seg + 1] - self.curve_q[seg]
+        return np.where(inside, dq / dv, 0.0) * self.ratings
+
+    def closed_loop(
+        self, state: FeederState, sens: Sensitivities, *, delta_mvar: float = 0.05
+    ) -> Sensitivities:
+        """``sens`` (taken at frozen reactive powers, the fixed point of
+        ``state``) with the inverters' response folded in: a change of
+        active power ``dP`` moves the local voltages, the inverters move
+        their reactive power along their curve's slope ``G`` at the operating
+        point, ``dQ = G (A_P dP + A_Q dQ)``, so ``dQ = (I - G A_Q)^-1 G A_P dP``
+        and every derivative ``d./dP`` gains ``d./dQ dQ/dP``. ``d./dQ`` by
+        central finite differences of ``delta_mvar`` at frozen controls (two
+        power flows per location on its curve's slope). Exact for changes
+        that stay on the same segments of the curves; the market's
+        re-linearisation at its dispatch takes a crossed breakpoint in."""
+        feeder = self.feeder
+        v_loc = self.local_voltages(state)
+        g = np.where(self.active, self.slopes(v_loc), 0.0)
+        on = np.flatnonzero(g != 0.0)
+        if not len(on):
+            return sens
+        q0 = self.q_mvar.copy()
+        mon = np.asarray(state.monitored, dtype=bool)
+        dv_q = np.zeros((len(state.v_pu), len(on)))
+        dl_q = np.zeros((len(state.loading), len(on)))
+        dp_q = np.zeros(len(on))
+        for c, j in enumerate(on):
+            flows = []
+            for sign in (1.0, -1.0):
+                q = q0.copy()
+                q[j] += sign * delta_mvar
+                feeder.set_der_mvar(-q)
+                flows.append(feeder.solve(controls=False))
+            up, down = flows
+            dv_q[:, c] = (up.v_pu - down.v_pu) / (2.0 * delta_mvar)
+            dl_q[:, c] = (up.loading - down.loading) / (2.0 * delta_mvar)
+            dp_q[c] = (up.substation_p_mw - down.substation_p_mw) / (2.0 * delta_mvar)
+        feeder.set_der_mvar(-q0)
+        feeder.solve(controls=False)
+        a_p = np.array([np.asarray(sens.dv_dp)[self._nodes[j]].mean(axis=0) for j in on])
+        a_q = np.array([dv_q[self._nodes[j]].mean(axis=0) for j in on])
+        gd = np.diag(g[on])
+        k = np.linalg.solve(np.eye(len(on)) - gd @ a_q, gd @ a_p)  # dQ(on)/dP, Mvar/MW
+        dv = np.asarray(sens.dv_dp) + dv_q @ k
+        dl = dl_q @ k
+        up_l = np.asarray(sens.dloading_dp_up) + dl
+        down_l = np.asarray(sens.dloading_dp_down) + dl
+        inj, cons = _headrooms(np.asarray(state.v_pu)[mon], dv[mon], sens.vmin, sens.vmax)
+        return replace(
+            sens,
+            dv_dp=_frozen(dv),
+            dloading_dp=_frozen((up_l + down_l) / 2.0),
+            dloading_dp_up=_frozen(up_l),
+            dloading_dp_down=_frozen(down_l),
+            dpsub_dp=_frozen(np.asarray(sens.dpsub_dp) + dp_q @ k),
+            injection_headroom_mw=_frozen(inj),
+            consumption_headroom_mw=_frozen(cons),
+        )
