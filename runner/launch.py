@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dsosim.federates.broker import ID_MAP_PREFIX
-from dsosim.federates.recorder.store import mark_incomplete
+from dsosim.federates.recorder.store import mark_incomplete, verdict_missing
 from dsosim.federates.recorder.summary import summarise
 from dsosim.runner.watchdog import group_alive
 
@@ -220,15 +220,17 @@ def launch(
     failure = None if ok else _failure(folder, output, proc.returncode, summary)
     if not ours and not ok:
         failure = f"{failure}\n(no results written: the federation never started)"
+    elif not ok and verdict_missing(summary) and results_dir.is_dir():
+        # The recorder was killed before it could write its final summary
+        # (helics run kills every process once one fails): do it for it, in
+        # place of its guardian's generic reason, naming the failure.
+        reason = failure or "run did not complete"
+        summary = mark_incomplete(results_dir, reason, summarise, only_if=verdict_missing)
     elif not ok and summary.get("status") == "incomplete" and helics_ids(folder):
         # the recorder's reason may name a federate by its HELICS id only
         named = name_ids(str(summary.get("error", "")), helics_ids(folder))
         if named != summary.get("error"):
             summary = mark_incomplete(results_dir, named, summarise)
-    elif not ok and summary.get("status") != "incomplete" and results_dir.is_dir():
-        # The recorder was killed before it could write its final summary
-        # (helics run kills every process once one fails): do it for it.
-        summary = mark_incomplete(results_dir, failure or "run did not complete", summarise)
     return LaunchOutcome(ok, proc.returncode, wall, summary, failure)
 
 

@@ -78,7 +78,7 @@ def recorder() -> RecorderConfig:
     from dsosim.federates.common.config import DsoConfig
 
     dso = DsoConfig.model_construct(name="lda5")
-    return recorder_config([dso], load_model("4"))
+    return recorder_config([dso], load_model("4"), ["agg_solar", "agg_storage"])
 
 
 def test_an_aggregator_cannot_book_itself_a_payment(recorder: RecorderConfig) -> None:
@@ -96,8 +96,22 @@ def test_settlement_rows_only_for_markets_their_writer_runs(recorder: RecorderCo
         entitled(recorder, _rows("iso", "settlements", ["retail:lda5"]))
     with pytest.raises(msg.MessageError, match=r"'lda5_imo'.*'retail:lda9'"):
         entitled(recorder, _rows("lda5_imo", "settlements", ["retail:lda9"]))
-    # tables nobody restricts stay open to every member
+
+
+def test_each_federate_writes_only_the_tables_of_its_kind(recorder: RecorderConfig) -> None:
     entitled(recorder, _rows("agg_solar", "ders", ["x"]))
+    entitled(recorder, _rows("lda5", "voltages", ["x"]))
+    entitled(recorder, _rows("lda5_imo", "dispatch", ["x"]))
+    for sender in ("iso", "lda5", "lda5_imo", "agg_storage"):
+        entitled(recorder, _rows(sender, "traffic", ["x"]))
+    with pytest.raises(msg.MessageError, match=r"'agg_solar'.*may not write table 'market'"):
+        entitled(recorder, _rows("agg_solar", "market", ["x"]))  # a forged LMP
+    with pytest.raises(msg.MessageError, match=r"'lda5_imo'.*may not write table 'voltages'"):
+        entitled(recorder, _rows("lda5_imo", "voltages", ["x"]))  # not its feeder
+    with pytest.raises(msg.MessageError, match=r"'iso'.*may not write table 'ders'"):
+        entitled(recorder, _rows("iso", "ders", ["x"]))
+    with pytest.raises(msg.MessageError, match=r"table 'made_up' is not one this federation"):
+        entitled(recorder, _rows("iso", "made_up", ["x"]))
 
 
 def test_a_forged_original_source_is_refused(monkeypatch) -> None:
@@ -122,3 +136,19 @@ def test_helics_ids_in_a_failure_are_named(tmp_path: Path) -> None:
     text = name_ids("stopped by the federation: lost comms with 1879048196", ids)
     assert text == "stopped by the federation: lost comms with 1879048196 (lda5)"
     assert name_ids("interval 1234567 of 99", ids) == "interval 1234567 of 99"
+
+
+def test_every_table_the_readme_lists_is_declared_for_its_writers() -> None:
+    """The recorder refuses undeclared tables: each documented table must be
+    declared (``TABLES_BY_ROLE``), and each declared one documented."""
+    from dsosim.federates.common.tables import TABLES_BY_ROLE
+    from tests.test_models import _readme_tables
+
+    declared = {t for tables in TABLES_BY_ROLE.values() for t in tables}
+    listed = set(_readme_tables())
+    prefixes = [n[:-1] for n in listed if n.endswith("*")]
+    assert sorted(n for n in listed if not n.endswith("*") and n not in declared) == []
+    assert all(any(t.startswith(p) for t in declared) for p in prefixes)
+    assert (
+        sorted(t for t in declared if t not in listed and not t.startswith(tuple(prefixes))) == []
+    )

@@ -105,6 +105,31 @@ def test_signal_to_helics_run_stops_its_children(tmp_path: Path, sig) -> None:
         kill_all_in(folder)
 
 
+def test_sigint_to_helics_run_still_marks_the_results_incomplete(tmp_path: Path) -> None:
+    """``helics run`` answers SIGINT by SIGKILLing every federate and exiting 0:
+    no federate can say anything, so the recorder's guardian does."""
+    from dsosim.federates.recorder.store import KILLED_RECORDER
+
+    built = build_quickstart(tmp_path, hours=48)
+    folder = built.runner.parent
+    try:
+        proc = helics_run(folder)
+        wait_running(folder)
+        os.kill(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=60)
+        deadline = time.monotonic() + 60
+        while summary(built.results_dir).get("status") == "running":
+            assert time.monotonic() < deadline, "summary.json still says running"
+            time.sleep(0.2)
+        s = summary(built.results_dir)
+        assert s["status"] == "incomplete" and s["error"] == KILLED_RECORDER
+        assert 12 <= s["intervals"] < 576  # what was flushed, summarised
+        assert len(pd.read_parquet(built.results_dir / "market")) > 0
+        assert no_orphans(folder) == []
+    finally:
+        kill_all_in(folder)
+
+
 def test_second_dsosim_run_on_the_same_folder_is_refused(out: Path) -> None:
     first = dsosim_run(out, hours=24)
     wait_running(out, intervals=1)

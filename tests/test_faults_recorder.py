@@ -59,6 +59,20 @@ def test_disk_full_is_a_named_incomplete_stop(tmp_path, monkeypatch) -> None:
     assert "disk full" in summary["error"]
 
 
+def test_a_stop_for_a_full_disk_says_so_once(tmp_path, monkeypatch) -> None:
+    store = ResultStore(tmp_path, flush_every=100)
+    _fill(store, 0, 2)
+
+    def full(table, where, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    stop = "stopped at interval 2: StoreError: [Errno 28] cannot write results table 'dispatch': "
+    stop += "disk full (no space left on device)"
+    summary = store.finish(complete=False, error=stop, summarise=lambda d: {})
+    assert summary["error"] == stop  # the final flush failed the same way: not said twice
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path):
     """A 1 MiB tmpfs (needs root and mount; skipped elsewhere)."""

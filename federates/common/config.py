@@ -392,10 +392,11 @@ class LedgerBoundConfig(Strict):
 class RecorderConfig(Strict):
     name: str
     results_dir: str
-    writers: dict[str, tuple[str, ...]] = Field(
-        default_factory=dict,
-        description="table -> the only federates that may write it (tables not named "
-        "here: any member of the federation)",
+    writers: dict[str, tuple[str, ...]] | None = Field(
+        None,
+        description="table -> the only federates that may write it; tables not named "
+        "are refused (dsosim build fills it from common.tables.TABLES_BY_ROLE). None: "
+        "any member may write any table (hand-written federations)",
     )
     markets: dict[str, tuple[str, ...]] = Field(
         default_factory=dict,

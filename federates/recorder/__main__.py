@@ -8,6 +8,7 @@ what it has and a ``summary.json`` saying whether the run is complete.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 
 # Imported now, not at the first flush or summary (where store and summary
@@ -23,19 +24,28 @@ from dsosim.federates.common.log import federate_log
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import REALTIME_COLUMNS, FederateShell, run_federate
 from dsosim.federates.common.usage import stamp
+from dsosim.federates.recorder import guardian
 from dsosim.federates.recorder.store import ResultStore
 from dsosim.federates.recorder.summary import summarise
 
 
 def entitled(rc: RecorderConfig, m: msg.TableRows) -> None:
     """Refuse rows a federate is not entitled to write (see RecorderConfig)."""
-    writers = rc.writers.get(m.table)
-    if writers is not None and m.sender not in writers:
-        raise msg.MessageError(
-            m.sender,
-            "rows.table",
-            f"may not write table {m.table!r} (only {sorted(writers)} may)",
-        )
+    if rc.writers is not None:
+        writers = rc.writers.get(m.table)
+        if writers is None:
+            raise msg.MessageError(
+                m.sender,
+                "rows.table",
+                f"table {m.table!r} is not one this federation writes "
+                "(tables are declared in common.tables.TABLES_BY_ROLE)",
+            )
+        if m.sender not in writers:
+            raise msg.MessageError(
+                m.sender,
+                "rows.table",
+                f"may not write table {m.table!r} (only {sorted(writers)} may)",
+            )
     if m.table == "settlements" and rc.markets and "market" in m.columns:
         at = m.columns.index("market")
         for i, row in enumerate(m.rows):
@@ -67,11 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     bound = None if lb is None else ledger.SanityBound(lb.max_mw, lb.max_price)
 
     log = federate_log(rc.name)
+    guard: list[subprocess.Popen[bytes]] = []  # alive as long as the recorder runs
 
     def body(shell: FederateShell) -> None:
         n = config.time.n_intervals
         shell.start()
         store.claim()
+        guard.append(guardian.start(store.dir))
         # One extra step after the last interval: the ISO settles the last
         # interval's imbalance at the start of the next one.
         for k in range(n + 1):

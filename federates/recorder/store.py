@@ -21,6 +21,7 @@ start never touches the previous run's results.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
@@ -157,7 +158,8 @@ class ResultStore:
             self.flush()
         except StoreError as exc:
             complete = False
-            error = f"{error}; {exc.strerror}" if error else str(exc.strerror)
+            why = str(exc.strerror)
+            error = (error if why in error else f"{error}; {why}") if error else why
         try:
             summary = summarise(self.dir)
         except Exception as exc:
@@ -170,19 +172,51 @@ class ResultStore:
         return summary
 
 
+KILLED_RECORDER = (
+    "the recorder was killed before it could finish (SIGKILL: e.g. SIGINT to "
+    "helics run, which kills every federate, or the out-of-memory killer)"
+)
+"""The verdict the recorder's guardian writes (``guardian``): a launcher that
+knows more (which federate failed) replaces it."""
+
+
+def verdict_missing(summary: dict[str, Any]) -> bool:
+    """No one who knew why has said so yet: the summary still says running (or
+    nothing), or only the guardian's generic verdict is there."""
+    return summary.get("status") != "incomplete" or summary.get("error") == KILLED_RECORDER
+
+
 def mark_incomplete(
-    results_dir: str | Path, error: str, summarise: Callable[[Path], dict[str, Any]]
+    results_dir: str | Path,
+    error: str,
+    summarise: Callable[[Path], dict[str, Any]],
+    *,
+    only_if: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     """After a run whose recorder was killed before it could finish: summarise
-    the parts already on disk and say the run is incomplete, and why."""
+    the parts already on disk and say the run is incomplete, and why. With
+    ``only_if``, only when it holds for the summary on disk (checked and written
+    under a lock: the guardian, the launcher and its watchdog may all try)."""
     folder = Path(results_dir)
+    lock = os.open(folder / ".verdict.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        summary = summarise(folder)
-    except Exception as exc:
-        summary = {"summary_error": f"{type(exc).__name__}: {exc}"}
-    summary.update(complete=False, status="incomplete", error=error)
-    write_json(folder / SUMMARY, summary)
-    return summary
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if only_if is not None:
+            try:
+                current = json.loads((folder / SUMMARY).read_text())
+            except (OSError, ValueError):
+                current = {}
+            if not only_if(current):
+                return dict(current)
+        try:
+            summary = summarise(folder)
+        except Exception as exc:
+            summary = {"summary_error": f"{type(exc).__name__}: {exc}"}
+        summary.update(complete=False, status="incomplete", error=error)
+        write_json(folder / SUMMARY, summary)
+        return summary
+    finally:
+        os.close(lock)
 
 
 def _with_timestamp(

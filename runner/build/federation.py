@@ -47,6 +47,7 @@ from dsosim.federates.common.config import (
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
 from dsosim.federates.common.profiles import wholesale_load
 from dsosim.federates.common.schedule import DAY_AHEAD_ORIGIN_SUBSTEPS
+from dsosim.federates.common.tables import TABLES_BY_ROLE
 from dsosim.federates.dso.controls import control_margin_pu
 from dsosim.federates.dso.feeder import Feeder, FeederError
 from dsosim.federates.hil.gateway import is_local_endpoint
@@ -184,20 +185,42 @@ def _processes(asked: int | None, plan: HostsFile | None, scenario: int | None) 
     return asked or None
 
 
-def recorder_config(dsos: list[DsoConfig], model: OrgModel) -> RecorderConfig:
-    """The recorder, with who may write the money: settlement rows only from
-    the ISO (its market) and each LDA's utility and independent operator (that
-    LDA's markets), so no market participant can book itself a payment."""
+def recorder_config(
+    dsos: list[DsoConfig],
+    model: OrgModel,
+    aggregators: Sequence[str],
+    hil: str | None = None,
+) -> RecorderConfig:
+    """The recorder, with who may write what: each federate only the tables of
+    its kind (``common.tables.TABLES_BY_ROLE``), and the money only from those
+    who run the markets: settlement rows from the ISO (its market) and each
+    LDA's utility and independent operator (that LDA's markets), so no market
+    participant can book itself a payment."""
     independent = "independent" in (model.dmo, model.derm)
     markets: dict[str, tuple[str, ...]] = {ISO_NAME: ("iso",)}
+    imos = [independent_name(d.name) for d in dsos] if independent else []
     for d in dsos:
         markets[d.name] = (f"*:{d.name}",)
         if independent:
             markets[independent_name(d.name)] = (f"*:{d.name}",)
+    kinds: list[tuple[str, Sequence[str]]] = [
+        ("iso", [ISO_NAME]),
+        ("dso", [d.name for d in dsos]),
+        ("dmo", [d.name for d in dsos] + imos),
+        ("aggregator", aggregators),
+        ("hil", [hil] if hil else []),
+        ("forecaster", [ISO_NAME, *(d.name for d in dsos), *aggregators]),
+    ]
+    everyone = [ISO_NAME, *(d.name for d in dsos), *imos, *aggregators, *([hil] if hil else [])]
+    writers: dict[str, list[str]] = {t: list(everyone) for t in TABLES_BY_ROLE["any"]}
+    for kind, names in kinds:
+        for table in TABLES_BY_ROLE[kind]:
+            writers.setdefault(table, [])
+            writers[table] += [n for n in names if n not in writers[table]]
     return RecorderConfig(
         name=RECORDER_NAME,
         results_dir="results",
-        writers={"settlements": tuple(markets)},
+        writers={t: tuple(w) for t, w in sorted(writers.items())},
         markets=markets,
     )
 
@@ -345,7 +368,12 @@ def federation_config(
         iso=iso,
         dsos=tuple(dsos),
         aggregators=tuple(aggregators),
-        recorder=recorder_config(dsos, load_model(scenario.model)),
+        recorder=recorder_config(
+            dsos,
+            load_model(scenario.model),
+            [a.name for a in aggregators],
+            hil.name if hil else None,
+        ),
         hil=hil,
         ledger_bound=ledger_bound,
     )
