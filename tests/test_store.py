@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from dsosim.federates.recorder.store import ResultStore
 
@@ -69,3 +70,22 @@ def test_timestamp_column_follows_interval(tmp_path: Path) -> None:
         pd.Timestamp("2026-07-21 01:00"),  # the next day: multi-day runs carry dates
     ]
     assert list(pd.read_parquet(tmp_path / "other").columns) == ["bus", "lmp"]
+
+
+def test_a_column_whose_type_shows_only_later_keeps_every_part_readable(tmp_path: Path) -> None:
+    """All None in the first flush (Arrow's null type), floats and ints later:
+    the table gets the wider type, earlier parts are rewritten in it."""
+    store = ResultStore(tmp_path, flush_every=1)
+    cols = ("interval", "x", "n", "note")
+    store.add("t", cols, [(0, None, 1, None)])
+    store.end_interval(0)
+    store.add("t", cols, [(1, 1.5, 2.5, "a")])
+    store.end_interval(1)
+    store.add("t", cols, [(2, None, 3, None)])
+    store.end_interval(2)
+    got = pd.read_parquet(tmp_path / "t").sort_values("interval")
+    assert got["x"].isna().tolist() == [True, False, True] and got["x"].iloc[1] == 1.5
+    assert got["n"].tolist() == [1.0, 2.5, 3.0] and got["note"].iloc[1] == "a"
+    store.add("t", cols, [(3, "not a number", 4, None)])
+    with pytest.raises(ValueError, match="table 't': column types changed"):
+        store.end_interval(3)

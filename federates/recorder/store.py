@@ -115,30 +115,45 @@ class ResultStore:
             columns, rows = self._buffers[table]
             if not rows:
                 continue
-            import pyarrow as pa
             import pyarrow.parquet as pq
 
             data = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
             schema = self._schemas.get(table)
-            arrow = pa.table(data, schema=schema) if schema else _infer(data)
+            arrow = self._conform(table, data, schema) if schema else _infer(data)
             self._schemas.setdefault(table, arrow.schema)
             part = self._parts.get(table, 0)
             folder = self.dir / table
             folder.mkdir(exist_ok=True)
             target = folder / f"part-{part:05d}.parquet"
-            tmp = folder / f".{target.name}.tmp"
-            try:
-                pq.write_table(arrow, tmp, compression="zstd")
-                os.replace(tmp, target)
-            except BaseException as exc:
-                tmp.unlink(missing_ok=True)  # frees the space a full disk needs
-                if isinstance(exc, OSError):
-                    raise StoreError(
-                        exc.errno or errno.EIO, f"cannot write results table {table!r}: {_why(exc)}"
-                    ) from None
-                raise
+            _write_part(arrow, target, table, pq)
             self._parts[table] = part + 1
             rows.clear()
+
+    def _conform(self, table: str, data: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+        """This flush's rows in the table's schema. A column whose type the first
+        rows could not tell (all None: Arrow's null type) or that widens (ints,
+        then floats) gets the wider type, and the parts already written are
+        rewritten in it, so that every part of a table has one schema."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pa.table(data, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            pass
+        fresh = _infer(data)
+        try:
+            wider = pa.unify_schemas([schema, fresh.schema], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(
+                f"table {table!r}: column types changed between flushes: {exc}"
+            ) from None
+        folder = self.dir / table
+        for part in range(self._parts.get(table, 0)):
+            target = folder / f"part-{part:05d}.parquet"
+            _write_part(pq.read_table(target).cast(wider), target, table, pq)
+        self._schemas[table] = wider
+        return fresh.cast(wider)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.dir / SUMMARY, summary)
@@ -251,6 +266,22 @@ def _why(exc: OSError) -> str:
     if exc.errno == errno.EDQUOT:
         return "disk quota exceeded"
     return exc.strerror or str(exc)
+
+
+def _write_part(arrow: pa.Table, target: Path, table: str, pq: Any) -> None:
+    """Write one part through a hidden temporary and a rename (a reader never
+    sees half a part); a full disk is a :class:`StoreError` naming the table."""
+    tmp = target.parent / f".{target.name}.tmp"
+    try:
+        pq.write_table(arrow, tmp, compression="zstd")
+        os.replace(tmp, target)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # frees the space a full disk needs
+        if isinstance(exc, OSError):
+            raise StoreError(
+                exc.errno or errno.EIO, f"cannot write results table {table!r}: {_why(exc)}"
+            ) from None
+        raise
 
 
 def _infer(data: dict[str, list[Any]]) -> pa.Table:
