@@ -648,4 +648,5 @@ def with_start_hour(scenario: Scenario, hour: float, where: str | Path) -> Scena
     try:
         return Scenario.model_validate(scenario.model_copy(update={"start": start}).model_dump())
     except ValidationError as exc:
-        raise ScenarioError(f"{where}: --start-hour {hour:g}: {exc.errors()[0]['msg']}") from None
+        why = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise ScenarioError(f"{where}: --start-hour {hour:g}: {why}") from None
