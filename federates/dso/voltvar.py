@@ -90,6 +90,11 @@ class VoltVar:
             raise ValueError("volt-var curve: voltages must increase, one Q per voltage")
         self.curve_v = np.asarray(curve_v, dtype=float)
         self.curve_q = np.asarray(curve_q, dtype=float)
+        if not (tolerance_pu > 0.0 and max_iterations >= 1):
+            raise ValueError(
+                f"volt-var fixed point: tolerance_pu must be > 0 and max_iterations >= 1, "
+                f"got {tolerance_pu} and {max_iterations}"
+            )
         self.tolerance_pu = float(tolerance_pu)
         self.max_iterations = int(max_iterations)
         # a reading is "bus.node" or, read line to line, "bus.node.node"
