@@ -34,7 +34,12 @@ from pathlib import Path
 import helics as h
 
 from dsosim.federates.common.config import FederationConfig, load_federation
-from dsosim.federates.common.lifecycle import StopSignals, die_with_parent
+from dsosim.federates.common.lifecycle import (
+    AlreadyRunning,
+    StopSignals,
+    die_with_parent,
+    hold_lock,
+)
 from dsosim.federates.common.log import federate_log
 from dsosim.federates.common.shell import FederateShell, core_init, run_federate
 
@@ -84,6 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     config, base = load_federation(args.config)
     bodies = [(name, body_of(config, name, base)) for name in args.name]
     die_with_parent()
+    # Every federate's lock first, before the process's HELICS core exists: a
+    # second launch of the same runner must never contact the broker (see
+    # ``run_federate``), and a core may connect as soon as it is made.
+    for name in args.name:
+        try:
+            hold_lock(base / f".{name}.lock", f"federate {name!r} of {base}")
+        except AlreadyRunning as exc:
+            federate_log(name).error(
+                "FAILED: %s: another launch of this federation is running; "
+                "not joining (it would disturb that run)",
+                exc,
+            )
+            return 2
     shown = args.name if len(args.name) <= 4 else [*args.name[:3], f"{len(args.name) - 3} more"]
     stops = StopSignals(f"process of {', '.join(shown)}").start()
     shells: list[FederateShell] = []
@@ -126,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     codes = [0] * len(bodies)
 
     def one(i: int, name: str, body: Body) -> None:
-        codes[i] = run_federate(name, lambda: shell_for(name), body, run_folder=base, stops=stops)
+        codes[i] = run_federate(name, lambda: shell_for(name), body, stops=stops)
 
     threads = [
         threading.Thread(target=one, args=(i, name, body), name=name)

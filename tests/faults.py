@@ -21,9 +21,20 @@ DSOSIM = [sys.executable, "-c", "import sys; from dsosim.runner.cli import main;
 
 def dsosim_run(out: Path, *extra: str, hours: float = 48.0) -> subprocess.Popen[str]:
     """``dsosim run`` of the quickstart in its own process (and session, so a
-    signal meant for it never reaches the test runner)."""
+    signal meant for it never reaches the test runner), one process per federate."""
     return subprocess.Popen(
-        [*DSOSIM, "run", str(QUICKSTART), "--out", str(out), "--hours", str(hours), *extra],
+        [
+            *DSOSIM,
+            "run",
+            str(QUICKSTART),
+            "--out",
+            str(out),
+            "--hours",
+            str(hours),
+            "--processes",
+            "0",
+            *extra,
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -117,7 +128,8 @@ def pid_of(folder: Path, name: str) -> int:
 
 
 def build_quickstart(folder: Path, *, hours: float):
-    """The quickstart built into ``folder`` on a free port (as ``dsosim build``)."""
+    """The quickstart built into ``folder`` on a free port (as ``dsosim build``),
+    one process per federate (so that one federate's process can be hurt alone)."""
     from dsosim.runner.build.federation import build, free_port
 
-    return build(QUICKSTART, folder, hours=hours, port=free_port())
+    return build(QUICKSTART, folder, hours=hours, port=free_port(), processes=0)

@@ -145,7 +145,7 @@ def _rogue(interval: int, mode: str):
 def test_malformed_bid_stops_the_federation_cleanly(tmp_path: Path) -> None:
     start = time.perf_counter()
     built, outcome = run_scenario(
-        QUICKSTART, tmp_path, hours=1.0, edit_runner=_rogue(4, "nan"), timeout_s=120
+        QUICKSTART, tmp_path, hours=1.0, edit_runner=_rogue(4, "nan"), timeout_s=120, processes=0
     )
     assert time.perf_counter() - start < 60
     assert not outcome.ok and outcome.returncode != 0
@@ -159,7 +159,7 @@ def test_malformed_bid_stops_the_federation_cleanly(tmp_path: Path) -> None:
 def test_killed_federate_stops_the_run_and_keeps_flushed_results(tmp_path: Path) -> None:
     start = time.perf_counter()
     built, outcome = run_scenario(
-        QUICKSTART, tmp_path, hours=2.0, edit_runner=_rogue(15, "kill"), timeout_s=120
+        QUICKSTART, tmp_path, hours=2.0, edit_runner=_rogue(15, "kill"), timeout_s=120, processes=0
     )
     assert time.perf_counter() - start < 60
     assert not outcome.ok

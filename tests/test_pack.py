@@ -80,8 +80,8 @@ def test_exit_code_prefers_the_failure() -> None:
 
 @pytest.mark.federation
 def test_packed_federation_writes_the_same_bytes(tmp_path: Path) -> None:
-    separate, o1 = run_scenario(QUICKSTART, tmp_path / "a", hours=1.0)
-    packed, o2 = run_scenario(QUICKSTART, tmp_path / "b", hours=1.0, processes=1)
+    separate, o1 = run_scenario(QUICKSTART, tmp_path / "a", hours=1.0, processes=0)
+    packed, o2 = run_scenario(QUICKSTART, tmp_path / "b", hours=1.0)  # quickstart: 1 process
     assert o1.ok and o2.ok, (o1.failure, o2.failure)
     spec = json.loads(packed.runner.read_text())
     assert [f["name"] for f in spec["federates"]] == ["dsosim-broker", "federates.1", "recorder"]
@@ -112,6 +112,29 @@ def test_stop_signal_to_a_packed_process_stops_every_federate(tmp_path: Path) ->
             assert f"[{name}]" in log
     finally:
         kill_all_in(folder)
+
+
+@pytest.mark.federation
+def test_second_launch_of_a_packed_runner_never_joins(tmp_path: Path) -> None:
+    """The packed process takes every federate's lock before its HELICS core
+    exists: a second launch of the same runner is refused without contacting
+    the broker, and the first run completes."""
+    built = build(QUICKSTART, tmp_path, hours=3, port=free_port(), processes=1)
+    folder = built.runner.parent
+    first = helics_run(folder)
+    try:
+        wait_running(folder, intervals=1)
+        second = helics_run(folder)
+        out2, _ = second.communicate(timeout=120)
+        assert second.returncode != 0, out2
+        out1, _ = first.communicate(timeout=300)
+        assert first.returncode == 0, out1
+        assert summary(built.results_dir)["complete"] is True
+        logs = "".join(p.read_text(errors="replace") for p in folder.glob("*.log"))
+        assert "another launch of this federation is running" in logs
+    finally:
+        kill_all_in(folder)
+        first.communicate()
 
 
 def _processes(folder: Path) -> list[str]:
