@@ -119,7 +119,7 @@ def test_second_launch_of_a_packed_runner_never_joins(tmp_path: Path) -> None:
     """The packed process takes every federate's lock before its HELICS core
     exists: a second launch of the same runner is refused without contacting
     the broker, and the first run completes."""
-    built = build(QUICKSTART, tmp_path, hours=3, port=free_port(), processes=1)
+    built = build(QUICKSTART, tmp_path, hours=24, port=free_port(), processes=1)
     folder = built.runner.parent
     first = helics_run(folder)
     try:
