@@ -94,8 +94,9 @@ def bus_price_order(bus: IntArray, price: FloatArray) -> IntArray:
     SIMD where the CPU has it) is much faster but orders ties arbitrarily.
     So: rank the distinct prices with one unstable sort (equal prices get
     equal ranks, whatever order the sort left them in), then sort integers
-    ``(bus * distinct + rank) * n + index``, which are unique, so an unstable
-    sort of them is the stable order. Falls back to ``lexsort`` for small
+    ``(bus * distinct + rank) << bits | index``, which are unique, so an unstable
+    sort of them is the stable order (bit operations, not a multiply and a
+    remainder: about a fifth faster again). Falls back to ``lexsort`` for small
     inputs, NaN prices or keys that would not fit in 64 bits."""
     n = len(price)
     if n < 4096:
@@ -108,15 +109,21 @@ def bus_price_order(bus: IntArray, price: FloatArray) -> IntArray:
     new = np.empty(n, dtype=bool)
     new[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=new[1:])  # -0.0 == 0.0, as lexsort has it
-    rank_sorted = np.cumsum(new) - 1
+    rank_sorted = np.cumsum(new)
+    rank_sorted -= 1
     distinct = int(rank_sorted[-1]) + 1
-    if (int(bus.max()) + 1) * distinct * n >= 2**63:
+    bits = (n - 1).bit_length()  # the index in the low bits, the (bus, rank) above
+    if (int(bus.max()) + 1) * distinct >= 2 ** (63 - bits):
         return np.lexsort((-price, bus))
     rank = np.empty(n, dtype=np.int64)
     rank[by_price] = rank_sorted
-    key = (bus.astype(np.int64) * distinct + rank) * n + np.arange(n, dtype=np.int64)
+    key = bus.astype(np.int64) * distinct
+    key += rank
+    key <<= bits
+    key |= np.arange(n, dtype=np.int64)
     key.sort()
-    return (key % n).astype(np.intp)
+    key &= (1 << bits) - 1
+    return key.astype(np.intp, copy=False)
 
 
 def pool(
