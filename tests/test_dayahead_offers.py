@@ -200,3 +200,24 @@ def test_forward_schedules_the_feeder_cannot_carry_are_unwound() -> None:
     assert check.rows(151, 30.0) == []  # rows only for the interval checked
     with pytest.raises(ValueError, match="not its locations"):
         check.take(msg.DayAheadSchedules("iso", 288, (20.0,), {"a2": {"675": (1.0,)}}))
+
+
+def test_inflexible_load_forecast_error_is_seeded_per_period_and_load() -> None:
+    from dsosim.federates.aggregator.specs import InflexibleLoadSpec
+
+    spec = {"batteries": (), "inflexible_loads": (InflexibleLoadSpec("a", 0.5),)}
+    exact = _battery_fleet(**spec).day_ahead(0, 24, 12)
+    fleet = _battery_fleet(**spec)
+    demand = np.zeros(24)
+    for k in range(288):
+        out = fleet.dispatch(k, {"a": fleet.bids(k)["a"].quantity_at(0.0)}, {})
+        demand[k // 12] += out.total("inflexible", "demand_mw") / 12
+    assert exact.load_mw == pytest.approx(demand, abs=1e-12)  # no error: what happens
+    noisy = _battery_fleet(**spec).day_ahead(0, 24, 12, load_error=0.05, seed=5)
+    again = _battery_fleet(**spec).day_ahead(0, 24, 12, load_error=0.05, seed=5)
+    assert np.array_equal(noisy.load_mw, again.load_mw)
+    error = noisy.load_mw / demand - 1.0
+    # 24 draws of sd 0.05: the sample sd lies in [0.039, 0.070] with 95 % probability
+    assert 0.03 < error.std() < 0.075 and abs(error.mean()) < 0.04
+    # the plan nets the forecast load: the period's offer is fixed at it
+    assert [c.quantity_at(0.0) for c in noisy.offers["a"]] == pytest.approx(noisy.load_mw)

@@ -191,7 +191,7 @@ def test_two_days_of_two_settlements(model: str, tmp_path: Path) -> None:
     # forecasts beside what happened, from the ISO, the utility and each aggregator
     forecasts = table(results, "forecasts")
     assert set(forecasts["source"]) == {"iso", "lda5", "agg_solar", "agg_storage"}
-    load = forecasts[forecasts["quantity"] == "load_mw"]
+    load = forecasts[(forecasts["quantity"] == "load_mw") & (forecasts["source"] == "lda5")]
     assert len(load) == 26 and (load["forecast"] != load["actual"]).all()
 
 

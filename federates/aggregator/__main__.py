@@ -66,14 +66,18 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
                 per_day // per_period,
                 per_period,
                 pv_error=da.pv_forecast_error,
+                load_error=da.load_forecast_error,
                 seed=fleet_seed,
             )
             for target in targets:
                 shell.send(target, msg.DayAheadOffer(name, plan.first, plan.offers))
             log.expect(day, "price_usd_mwh", plan.price.tolist())
             log.expect(day, "net_mw", plan.net_mw.tolist())
-            if "pv" in {g.kind for g in fleet.groups}:
+            kinds = {g.kind for g in fleet.groups}
+            if "pv" in kinds:
                 log.expect(day, "pv_mw", plan.pv_mw.tolist())
+            if "inflexible" in kinds:
+                log.expect(day, "load_mw", plan.load_mw.tolist())
         shell.advance(at(k, Phase.BID, time))
         if day is not None:
             _plan_from_day_ahead(shell, config, fleet, day * per_day, per_day)
@@ -111,6 +115,8 @@ def _observe(log: ForecastLog, k: int, outcome: DispatchOutcome) -> None:
     log.observe(k, "net_mw", float(outcome.actual_mw.sum()))
     if "pv" in outcome.by_type:
         log.observe(k, "pv_mw", outcome.total("pv", "available_mw"))
+    if "inflexible" in outcome.by_type:
+        log.observe(k, "load_mw", outcome.total("inflexible", "demand_mw"))
 
 
 def _plan_from_day_ahead(

@@ -126,6 +126,8 @@ class DayAheadPlan:
     """Planned net demand: every interval's curve taken at the expected price."""
     pv_mw: FloatArray
     """Forecast available PV power (the sky, before any curtailment), MW."""
+    load_mw: FloatArray
+    """Forecast inflexible demand, MW."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +380,14 @@ class Fleet:
         self._cache = None  # offers depend on them
 
     def day_ahead(
-        self, first: int, periods: int, per_period: int, *, pv_error: float = 0.0, seed: int = 0
+        self,
+        first: int,
+        periods: int,
+        per_period: int,
+        *,
+        pv_error: float = 0.0,
+        load_error: float = 0.0,
+        seed: int = 0,
     ) -> DayAheadPlan:
         """The fleet's day-ahead offer for the day starting at interval
         ``first``, made now (before :attr:`interval`'s bids; ``first`` may lie
@@ -395,7 +404,10 @@ class Fleet:
         changed. Devices forecast their own output with the fleet's models;
         the day's sky (irradiance, and PV profiles) is forecast with a seeded
         relative error per period (sd ``pv_error``, from ``seed`` and the
-        day), so real time sees more or less sun than the offer planned on.
+        day), so real time sees more or less sun than the offer planned on;
+        inflexible loads likewise (sd ``load_error``, per period and load).
+        Other devices (EV sessions, thermal loads) are forecast as they will
+        be.
         Periods past the run's last interval offer nothing (a zero curve)."""
         if not (isinstance(periods, int) and periods >= 1 and per_period >= 1):
             raise ValueError(f"need periods >= 1 and per_period >= 1, got {periods}, {per_period}")
@@ -408,11 +420,21 @@ class Fleet:
             rng = np.random.default_rng([seed, 2909, first])
             factor = np.maximum(0.0, 1.0 + rng.normal(0.0, pv_error, periods))
             _forecast_sky(shadow, first, end, np.repeat(factor, per_period)[: end - first])
+        if load_error > 0.0 and end > first:
+            rng = np.random.default_rng([seed, 3571, first])
+            for g in shadow.groups:
+                if isinstance(g, InflexibleLoads):
+                    factor = np.maximum(
+                        0.0, 1.0 + rng.normal(0.0, load_error, (periods, len(g.bus)))
+                    )
+                    g.demand = g.demand.copy()
+                    g.demand[first:end] *= np.repeat(factor, per_period, axis=0)[: end - first]
         per_bus: list[list[list[BidCurve]]] = [[[] for _ in range(periods)] for _ in range(n_bus)]
         price = np.zeros(periods)
         net = np.zeros(periods)
         pv = np.zeros(periods)
         count = np.zeros(periods)
+        load = np.zeros(periods)
         for t in range(self._t, end):
             bids = shadow.bids(t)
             expected = shadow.forecast(t, 1)[:, 0]
@@ -430,6 +452,7 @@ class Fleet:
             net[p] += float(outcome.actual_mw.sum())
             if "pv" in outcome.by_type:
                 pv[p] += outcome.total("pv", "available_mw")
+            load[p] += outcome.total("inflexible", "demand_mw")
         offers = {
             b: tuple(
                 BidCurve.combine(curves).scaled(1.0 / len(curves)) if curves else BidCurve(0.0)
@@ -438,7 +461,7 @@ class Fleet:
             for i, b in enumerate(self._buses)
         }
         n = np.maximum(count, 1)
-        return DayAheadPlan(first, offers, price / n, net / n, pv / n)
+        return DayAheadPlan(first, offers, price / n, net / n, pv / n, load / n)
 
     def set_voltages(self, v_pu: Mapping[str, float]) -> None:
         """Give the fleet measured bus voltages (pu) for volt-var inverters;
