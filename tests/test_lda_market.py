@@ -561,3 +561,13 @@ def test_fifty_ders_bid_matches_the_reference_and_dlmps_support_the_dispatch() -
         parts = clearing.dlmp_energy + clearing.dlmp_loss + clearing.dlmp_congestion
         assert np.allclose(parts, clearing.dlmp)
     assert binding_seen >= 3  # congestion and voltage limits are exercised
+
+
+def test_a_fall_within_lp_round_off_is_flattened_a_larger_one_is_an_error() -> None:
+    from dsosim.federates.markets.lda_market import _curve_from_points
+
+    # 2.5e-4 MW at 1.16 MW: the measured round-off with a row held by its slack
+    curve = _curve_from_points([(30.0, 1.155762696), (-4.78, 1.155514484), (-10.0, 1.5)], 1.0)
+    assert [q for _, q in curve.blocks] == pytest.approx([0.155762696, 1.5 - 1.155762696])
+    with pytest.raises(ValueError, match="not monotonic"):
+        _curve_from_points([(30.0, 1.2), (-4.78, 1.1)], 1.0)

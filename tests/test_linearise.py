@@ -190,6 +190,8 @@ def test_closed_form_load_jacobian_matches_differences_of_the_load_models(
     models (those differences are exact to ~1e-9 relative) to 1e-7 of the
     largest entry, and branches outside the band (every_model's low, high and
     lowest) keep the differences exactly."""
+    if isinstance(master, Path) and not master.is_file():
+        pytest.skip(f"shared feeder {master.name} not available")
     if master == "every_model":
         path = tmp_path / "models.dss"
         path.write_text(EVERY_MODEL)

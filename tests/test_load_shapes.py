@@ -17,7 +17,7 @@ from dsosim.federates.common.profiles import residential_load
 from dsosim.federates.dso.feeder import Feeder
 from dsosim.federates.dso.grid import GridOperator
 from dsosim.runner.feeders.inspect import inspect_feeder
-from tests.test_byof import SHARED
+from tests.test_byof import SHARED, _shared
 
 LV = SHARED / "lv-european"
 
@@ -86,7 +86,7 @@ def test_the_grid_operator_follows_the_lv_european_feeders_own_shapes() -> None:
     """With ``load_profile = "feeder"`` each of the 55 loads follows its own
     1-minute shape from the feeder's files (their 5-minute means here,
     computed from the files directly), and the power flow draws it."""
-    feeder_file = LV / "Master.dss"
+    feeder_file = _shared("lv-european/Master.dss")
     config = DsoConfig(
         name="lv",
         iso="iso",
@@ -130,10 +130,10 @@ def test_the_grid_operator_follows_the_lv_european_feeders_own_shapes() -> None:
 
 
 def test_new_scenario_follows_daily_shapes_not_yearly_ones() -> None:
-    lv = inspect_feeder(LV / "Master.dss")
+    lv = inspect_feeder(_shared("lv-european/Master.dss"))
     assert lv.own_shapes is not None
     assert lv.own_shapes.n_loads == 55 and lv.own_shapes.daily
     assert any('load_profile = "feeder"' in w for w in lv.warnings)
-    ckt7 = inspect_feeder(SHARED / "epri-ckt7" / "Master_ckt7.dss")
+    ckt7 = inspect_feeder(_shared("epri-ckt7/Master_ckt7.dss"))
     assert ckt7.own_shapes is not None and not ckt7.own_shapes.daily
     assert ckt7.own_shapes.longest_h == pytest.approx(8760.0)

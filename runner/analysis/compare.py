@@ -119,6 +119,12 @@ def run_models(
         return row
 
     rows: list[dict[str, Any] | None] = [None] * len(tasks)
+    if jobs == 1:  # no pool: OpenDSS once crashed creating an engine in a worker thread (CI)
+        for i, task in enumerate(tasks):
+            row = rows[i] = one(*task)
+            if on_done is not None:
+                on_done(task[0] if task[1] is None else f"{task[0]} seed {task[1]}", row)
+        return _ordered(pd.DataFrame(rows))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(one, *task): i for i, task in enumerate(tasks)}
         try:
@@ -132,7 +138,11 @@ def run_models(
             # runs not started yet are dropped; those running finish (or stall out)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    table = pd.DataFrame(rows)
+    return _ordered(pd.DataFrame(rows))
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison's columns in their documented order."""
     first = [c for c in ("model", "seed") if c in table.columns]
     return table[
         first
