@@ -264,8 +264,11 @@ def test_volt_var_in_a_federation(tmp_path: Path, model: str) -> None:
 def test_locations_on_a_feeder_read_line_to_line() -> None:
     """A delta feeder's readings are named bus.node.node (IEEE 37, read in
     place): every location finds its bus's readings."""
+    master = ROOT.parent / "shared" / "feeders" / "ieee37" / "ieee37.dss"
+    if not master.is_file():
+        pytest.skip("shared feeder ieee37 not available")
     feeder = Feeder(
-        ROOT.parent / "shared" / "feeders" / "ieee37" / "ieee37.dss",
+        master,
         name="ieee37",
         voltage_basis="ll",
     )
