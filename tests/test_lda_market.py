@@ -548,11 +548,15 @@ def test_fifty_ders_bid_matches_the_reference_and_dlmps_support_the_dispatch() -
     assert binding_seen >= 3  # congestion and voltage limits are exercised
 
 
-def test_a_fall_within_lp_round_off_is_flattened_a_larger_one_is_an_error() -> None:
+def test_a_fall_of_the_swept_demand_is_flattened_and_a_large_one_logged(caplog) -> None:
     from dsosim.federates.markets.lda_market import _curve_from_points
 
     # 2.5e-4 MW at 1.16 MW: the measured round-off with a row held by its slack
-    curve = _curve_from_points([(30.0, 1.155762696), (-4.78, 1.155514484), (-10.0, 1.5)], 1.0)
+    points = [(30.0, 1.155762696), (-4.78, 1.155514484), (-10.0, 1.5)]
+    curve, flattened = _curve_from_points(points, 1.0)
     assert [q for _, q in curve.blocks] == pytest.approx([0.155762696, 1.5 - 1.155762696])
-    with pytest.raises(ValueError, match="not monotonic"):
-        _curve_from_points([(30.0, 1.2), (-4.78, 1.1)], 1.0)
+    assert flattened == pytest.approx(2.48212e-4) and not caplog.records
+    curve, flattened = _curve_from_points([(30.0, 1.2), (-4.78, 1.1), (-9.0, 1.3)], 1.0)
+    assert [q for _, q in curve.blocks] == pytest.approx([0.2, 0.1])
+    assert flattened == pytest.approx(0.1)
+    assert "falls by 0.1 MW" in caplog.text and "-4.78 $/MWh" in caplog.text

@@ -44,6 +44,7 @@ lower price; every partially dispatched block has ``DLMP = its price``.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ _EPS_PRICE = 1e-4
 dispatch is unique and is the curve's quantity *at* the breakpoint price
 (blocks are taken at prices at or below theirs). Steps narrower than this in
 price may be merged into their neighbour."""
+_log = logging.getLogger(__name__)
 _COEF_TOL = 1e-7
 """Sensitivities below this (pu/MW, loading/MW) are finite-difference noise."""
 _MW_TOL = 1e-6
@@ -78,7 +80,11 @@ tolerance: HiGHS keeps rows in pu to 1e-7, which through sensitivities as
 small as ~1e-4 pu/MW is up to 1e-3 MW of head demand. Measured: 2.5e-4 MW at
 -4.78 $/MWh on the study's 220-bus feeder once the inverters' volt-var
 response entered the rows (the study stopped there under the former 1e-4),
-1.05e-5 MW on IEEE 13. A larger fall is a defect and stops the run."""
+1.05e-5 MW on IEEE 13. A larger fall is flattened too, but logged as a
+warning naming its size and price: it is the sweep's numerical trouble where
+rows are held only by their slacks (penalty 1e9 next to block costs of 1e4:
+4.4e-3 MW at 4,367 $/MWh, 0.3 % of the head demand, once in a day of the
+study), not a market outcome; ``AggregatedBid.flattened_mw`` says how much."""
 FORCED_DUAL = 1e-3
 """Fraction of the violation penalty above which a row's dual is no price
 (see ``_clearing``)."""
@@ -168,6 +174,9 @@ class AggregatedBid:
     """Network rows kept in the LP after screening."""
     n_lp_solves: int
     """LPs solved (prices where the unconstrained dispatch broke a row)."""
+    flattened_mw: float = 0.0
+    """The largest fall of the swept demand that was flattened to keep the
+    curve monotone (see ``_MONOTONE_TOL_MW``)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -435,6 +444,20 @@ def _denoise(a: np.ndarray) -> np.ndarray:
     return np.where(np.abs(a) > _COEF_TOL, a, 0.0)
 
 
+_WARM: tuple[tuple[str, str | int], ...] = (
+    ("presolve", "off"),
+    ("simplex_strategy", 4),
+    ("solver", "simplex"),
+)
+"""The LP's usual options: the primal simplex, warm from the last basis."""
+_FALLBACKS: tuple[tuple[tuple[str, str | int], ...], ...] = (
+    (("presolve", "on"), ("simplex_strategy", 1)),
+    (("presolve", "off"), ("simplex_strategy", 4)),
+    (("presolve", "on"), ("solver", "ipm")),
+)
+"""Fresh solves tried in turn when the warm one is not optimal (see ``_Lp.solve``)."""
+
+
 class _Lp:
     """The HiGHS model: block columns, one slack per network row, optionally the
     head balance with two imbalance columns. Costs are for *minimisation*."""
@@ -551,19 +574,27 @@ class _Lp:
         """Column values, row duals and objective; raises on anything not optimal."""
         self.highs.run()
         status = self.highs.getModelStatus()
-        if status != highspy.HighsModelStatus.kOptimal:
-            # The warm primal simplex without presolve can stall on the large
-            # penalty costs (status "Unknown"): solve again from scratch with
-            # HiGHS's defaults (presolve, scaling, dual simplex), then go back.
+        tried = [self.highs.modelStatusToString(status)]
+        # The warm primal simplex without presolve can stall on the large penalty
+        # costs (status "Unknown"); then solve again from scratch, first with
+        # HiGHS's defaults (presolve, dual simplex), then with the primal simplex
+        # (the dual one's ratio test can fail on penalties of 1e9 next to block
+        # costs of 1e4: "excessive dual values", status "Not Set", measured on
+        # the study's 220-bus feeder), last with the interior point method
+        # (crossover gives the basis the price sweep reads). Then go back.
+        for options in _FALLBACKS:
+            if status == highspy.HighsModelStatus.kOptimal:
+                break
             self.highs.clearSolver()
-            self.highs.setOptionValue("presolve", "on")
-            self.highs.setOptionValue("simplex_strategy", 1)
+            for key, value in options:
+                self.highs.setOptionValue(key, value)
             self.highs.run()
             status = self.highs.getModelStatus()
-            self.highs.setOptionValue("presolve", "off")
-            self.highs.setOptionValue("simplex_strategy", 4)
+            tried.append(self.highs.modelStatusToString(status))
+            for key, value in _WARM:
+                self.highs.setOptionValue(key, value)
         if status != highspy.HighsModelStatus.kOptimal:
-            raise LdaError(f"LDA LP not solved: {self.highs.modelStatusToString(status)}")
+            raise LdaError(f"LDA LP not solved: {' / '.join(tried)}")
         sol = self.highs.getSolution()
         x = np.asarray(sol.col_value)
         y = np.asarray(sol.row_dual)
@@ -657,13 +688,14 @@ def build_interface_bid(
             points.append((price, prob.head0 + below))
         slope, bottom = below, next_bottom
 
-    curve = _curve_from_points(points, base)
+    curve, flattened = _curve_from_points(points, base)
     return AggregatedBid(
         curve=curve,
         fixed_mw=float(fixed_mw),
         relaxed=tuple(sweep.relaxed.values()) + prob.stuck,
         n_rows=len(prob.rows.limit),
         n_lp_solves=sweep.n_lp,
+        flattened_mw=flattened,
     )
 
 
@@ -726,25 +758,33 @@ def _round_mw(mw: float | np.ndarray) -> float:
     return round(float(mw), 9)
 
 
-def _curve_from_points(points: list[tuple[float, float]], base_mw: float) -> BidCurve:
-    """Sort by price (high to low), check the demand never falls as the price
-    falls (beyond LP tolerance), drop noise steps and build the curve."""
+def _curve_from_points(points: list[tuple[float, float]], base_mw: float) -> tuple[BidCurve, float]:
+    """Sort by price (high to low), keep the demand from falling as the price
+    falls (a fall is the LP's tolerance: flattened, and logged beyond
+    ``_MONOTONE_TOL_MW``), drop noise steps and build the curve. Returns the
+    curve and the largest fall flattened, MW."""
     ordered = sorted(points, key=lambda pq: -pq[0])
     cleaned: list[tuple[float, float]] = []
     level = base_mw
+    flattened = 0.0
     for price, q in ordered:
-        # a fall within the LP's round-off (_MONOTONE_TOL_MW) is no step: the
-        # curve keeps its level there
-        if q < level - _MONOTONE_TOL_MW * (1.0 + abs(level)):
-            raise ValueError(
-                f"aggregate demand falls from {level} to {q} MW at {price} $/MWh: not monotonic"
-            )
+        fall = level - q
+        if fall > flattened:
+            flattened = fall
+            if fall > _MONOTONE_TOL_MW * (1.0 + abs(level)):
+                _log.warning(
+                    "interface bid: swept demand falls by %.3g MW (from %.6f) at %.2f $/MWh: "
+                    "flattened (LP tolerance where rows are held by their slacks)",
+                    fall,
+                    level,
+                    price,
+                )
         if q > level + _MW_TOL:
             level = q
             cleaned.append((price, q))
     curve = BidCurve.from_points(cleaned, base_mw)
     assert all(a[0] >= b[0] for a, b in zip(curve.blocks, curve.blocks[1:]))
-    return curve
+    return curve, flattened
 
 
 # --------------------------------------------------------------- clearing
