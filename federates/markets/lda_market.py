@@ -447,9 +447,12 @@ def _denoise(a: np.ndarray) -> np.ndarray:
 _WARM: tuple[tuple[str, str | int], ...] = (
     ("presolve", "off"),
     ("simplex_strategy", 4),
-    ("solver", "simplex"),
+    ("solver", "choose"),
 )
-"""The LP's usual options: the primal simplex, warm from the last basis."""
+"""The LP's usual options: small LPs re-solved from a warm basis after cost
+changes, so presolve and scaling only add set-up time (the basis stays primal
+feasible); the primal simplex; HiGHS's own choice of solver (the simplex, for
+an LP), as after an interior point fallback."""
 _FALLBACKS: tuple[tuple[tuple[str, str | int], ...], ...] = (
     (("presolve", "on"), ("simplex_strategy", 1)),
     (("presolve", "off"), ("simplex_strategy", 4)),
@@ -505,10 +508,8 @@ class _Lp:
         lp.a_matrix_.value_ = value
         self.highs = highspy.Highs()
         self.highs.setOptionValue("output_flag", False)
-        # Small LPs re-solved from a warm basis after cost changes: presolve
-        # and scaling only add set-up time; the basis stays primal feasible.
-        self.highs.setOptionValue("presolve", "off")
-        self.highs.setOptionValue("simplex_strategy", 4)
+        for option, setting in _WARM:
+            self.highs.setOptionValue(option, setting)
         self.highs.passModel(lp)
         self._block_idx = np.arange(nb, dtype=np.int32)
         self.dense = dense

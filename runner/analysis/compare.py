@@ -119,21 +119,22 @@ def run_models(
         return row
 
     rows: list[dict[str, Any] | None] = [None] * len(tasks)
+
+    def done(i: int, row: dict[str, Any]) -> None:
+        rows[i] = row
+        if on_done is not None:
+            m, s = tasks[i][0], tasks[i][1]
+            on_done(m if s is None else f"{m} seed {s}", row)
+
     if jobs == 1:  # no pool: OpenDSS once crashed creating an engine in a worker thread (CI)
         for i, task in enumerate(tasks):
-            row = rows[i] = one(*task)
-            if on_done is not None:
-                on_done(task[0] if task[1] is None else f"{task[0]} seed {task[1]}", row)
+            done(i, one(*task))
         return _ordered(pd.DataFrame(rows))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(one, *task): i for i, task in enumerate(tasks)}
         try:
             for future in as_completed(futures):
-                i = futures[future]
-                row = rows[i] = future.result()
-                if on_done is not None:
-                    m, s = tasks[i][0], tasks[i][1]
-                    on_done(m if s is None else f"{m} seed {s}", row)
+                done(futures[future], future.result())
         except BaseException:
             # runs not started yet are dropped; those running finish (or stall out)
             pool.shutdown(wait=False, cancel_futures=True)
