@@ -288,11 +288,17 @@ class Feeder:
         self._factorised_ok: bool | None = None
         self._factorised_why = ""
         self._jacobian_cache: _JacobianModel | None = None
+        self._der_rows_cache: (
+            tuple[_JacobianModel, tuple[int, ...], np.ndarray, np.ndarray, linearise.PhaseBranches]
+            | None
+        ) = None
         self._der_names: list[str] = []
         self._der_buses: list[str] = []
         self._der_idx: list[int] = []
         self._der_mw = np.zeros(0)
         self._controls_moved = False
+        self._refresh_due = False
+        self._flow: tuple[bool, bool, str, bool] = (False, False, "not solved", False)
         self._der_kvar: dict[int, float] = {}
         """kvar drawn by DER elements (load index -> kvar), volt-var only."""
         base = self.solve()
@@ -1093,6 +1099,16 @@ class Feeder:
         Non-convergence, including OpenDSS #485 (control iterations exceeded), is
         recorded in the state, never raised; the engine is left ready for the
         next solve."""
+        self.solve_flow(controls=controls)
+        return self.solved_state()
+
+    def solve_flow(self, *, controls: bool = True) -> bool:
+        """:meth:`solve` without reading the solution back: whether the power
+        flow converged (as ``FeederState.power_flow_converged``). Read what is
+        needed with :meth:`solved_voltages`, :meth:`solved_flows` or
+        :meth:`solved_state` (the state :meth:`solve` returns), before the
+        next solve: an iteration that needs only voltages (the volt-var fixed
+        point) then pays for no loadings or metering."""
         dss = self._dss
         message = ""
         hunting = False
@@ -1110,11 +1126,33 @@ class Feeder:
             message = f"OpenDSS #{exc.args[0]}: {exc.args[1]}".strip()
             self._recover()
         flow_ok = converged or (hunting and bool(dss.Solution.Converged()))
-        moved = controls or self._controls_moved
-        if moved and self._currents is not None and self._currents.needs_refresh:
-            self._currents.refresh(self._element_yprim)  # after the solve: it builds Yprim
+        # the tap-changing transformers' admittances (branch loadings) are re-read
+        # at the first use after the solve: it builds Yprim
+        self._refresh_due = self._refresh_due or controls or self._controls_moved
         self._controls_moved = False
-        return self._state(converged, hunting, message, flow_ok)
+        self._flow = (converged, hunting, message, flow_ok)
+        return flow_ok
+
+    def solved_voltages(self) -> np.ndarray:
+        """The voltage readings (pu) of the last solve (``FeederState.v_pu``)."""
+        return self._read_voltages()
+
+    def solved_flows(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Voltage readings (pu), branch loadings and substation MW of the last
+        solve (as in :meth:`solved_state`)."""
+        return self._read_voltages(), self._read_loading(), self._substation_mw()
+
+    def solved_state(self) -> FeederState:
+        """The state of the last solve (what :meth:`solve` returns)."""
+        return self._state(*self._flow)
+
+    def _fresh_currents(self) -> _BranchCurrents | None:
+        """The branch-current product with the tap-changing transformers'
+        admittances of the last solve."""
+        if self._refresh_due and self._currents is not None and self._currents.needs_refresh:
+            self._currents.refresh(self._element_yprim)
+        self._refresh_due = False
+        return self._currents
 
     def controls_moved(self) -> None:
         """Regulator taps were set from outside (``dso.controls.apply``): re-read
@@ -1212,8 +1250,9 @@ class Feeder:
         """Branch loadings of complex node voltages (needs the admittance product)."""
         if not self._branch_names:
             return np.zeros(0)
-        assert self._currents is not None
-        ratio = self._currents.magnitudes(volts) / self._branch_ratings
+        currents = self._fresh_currents()
+        assert currents is not None
+        ratio = currents.magnitudes(volts) / self._branch_ratings
         return np.maximum.reduceat(ratio, self._branch_starts)
 
     def _read_voltages(self) -> np.ndarray:
@@ -1403,13 +1442,11 @@ class Feeder:
             blocks = tuple(np.concatenate([x, y]) for x, y in zip(blocks, eblocks, strict=True))
         groups = list(self._ders_by_bus().values())
         rhs = np.zeros((len(ea), len(groups)), dtype=complex)
-        for g, members in enumerate(groups):
-            load = self._der_idx[members[0]] - 1
-            rows = np.flatnonzero(br.load == load)
-            unit = linearise.branch_currents(  # per W of the DER's load element
-                vb[rows], br.take(rows), np.ones(len(p_w)), np.zeros(len(q_var))
-            )
-            rhs[rows, g] = unit * 1.0e6
+        rows, group_of, der_branches = self._der_branch_rows(model, groups)
+        unit = linearise.branch_currents(  # per W of each DER bus's load element
+            vb[rows], der_branches, np.ones(len(p_w)), np.zeros(len(q_var))
+        )
+        rhs[rows, group_of] = unit * 1.0e6
         try:
             dvx = linearise.solve_dv_real(
                 model.real_entries(self), model.n_nodes, ea, eb, blocks, rhs
@@ -1428,6 +1465,23 @@ class Feeder:
         else:
             dv, up, down, dps = dv_read[:, column], dl_up[:, column], dl_down[:, column], dp[column]
         return self._magnitudes(volts), dv, up, down, dps
+
+    def _der_branch_rows(
+        self, model: _JacobianModel, groups: list[list[int]]
+    ) -> tuple[np.ndarray, np.ndarray, linearise.PhaseBranches]:
+        """The phase branches of the first DER element of every DER bus (one
+        per group of ``groups``): their rows, the group of each, and the
+        branches themselves (fixed while no DER is attached: cached)."""
+        key = tuple(self._der_idx[m[0]] for m in groups)
+        cached = self._der_rows_cache
+        if cached is None or cached[0] is not model or cached[1] != key:
+            br = model.branches
+            per_group = [np.flatnonzero(br.load == self._der_idx[m[0]] - 1) for m in groups]
+            rows = np.concatenate(per_group) if per_group else np.zeros(0, dtype=np.intp)
+            group_of = np.repeat(np.arange(len(groups)), [len(r) for r in per_group])
+            cached = (model, key, rows, group_of, br.take(rows))
+            self._der_rows_cache = cached
+        return cached[2], cached[3], cached[4]
 
     def _reading_derivative(self, volts: np.ndarray, dvx: np.ndarray) -> np.ndarray:
         """d|reading| (pu per MW) of every voltage reading, from dV in real
@@ -1460,7 +1514,8 @@ class Feeder:
         zero (a lateral feeding mostly a DER) or two conductors tie, the
         forward and backward slopes differ, and the market uses both."""
         n_br = len(self._branch_names)
-        if not n_br or self._currents is None:
+        currents = self._fresh_currents()
+        if not n_br or currents is None:
             return np.zeros((n_br, dvx.shape[1])), np.zeros((n_br, dvx.shape[1]))
         # In units of each conductor's rating, |I + dI|^2 = |I|^2 + 2 Re(conj(I) dI)
         # + |dI|^2, on contiguous real arrays (the real-form product gives dI's
@@ -1468,8 +1523,8 @@ class Feeder:
         # strided views, slower in every operation); the square root once per
         # branch (the maximum commutes with it).
         inv = 1.0 / self._branch_ratings
-        current = self._currents.product(volts) * inv
-        dcur = self._currents.product_real(dvx)
+        current = currents.product(volts) * inv
+        dcur = currents.product_real(dvx)
         step = (delta_mw * inv)[:, None]
         rows = len(inv)
         re, im = dcur[:rows], dcur[rows:]

@@ -118,7 +118,12 @@ class VoltVar:
 
     def local_voltages(self, state: FeederState) -> np.ndarray:
         """Mean voltage (pu) of every DER location's bus at ``state``."""
-        return np.array([float(state.v_pu[idx].mean()) if len(idx) else 1.0 for idx in self._nodes])
+        return self.local_voltages_of(state.v_pu)
+
+    def local_voltages_of(self, v_pu: np.ndarray) -> np.ndarray:
+        """Mean voltage (pu) of every DER location's bus, of the voltage
+        readings ``v_pu`` (every node, :attr:`FeederState.v_pu` order)."""
+        return np.array([float(v_pu[idx].mean()) if len(idx) else 1.0 for idx in self._nodes])
 
     def curve(self, v_pu: np.ndarray) -> np.ndarray:
         """Reactive power injected, Mvar, at local voltages ``v_pu``."""
@@ -136,16 +141,16 @@ class VoltVar:
         last: tuple[np.ndarray, np.ndarray] | None = None
         for iteration in range(1, self.max_iterations + 1):
             feeder.set_der_mvar(-q)
-            state = feeder.solve(controls=controls)
-            v = self.local_voltages(state)
-            if not state.power_flow_converged:
-                return state, VoltVarResult(q, v, iteration, False, float("nan"))
+            flow_ok = feeder.solve_flow(controls=controls)  # voltages only, until the last
+            v = self.local_voltages_of(feeder.solved_voltages())
+            if not flow_ok:
+                return feeder.solved_state(), VoltVarResult(q, v, iteration, False, float("nan"))
             f = self.curve(v)
             h = f - q
             residual = float(np.abs(h).max()) if len(h) else 0.0
             if np.all(np.abs(h) <= tol):
                 self.q_mvar = q
-                return state, VoltVarResult(q, v, iteration, True, residual)
+                return feeder.solved_state(), VoltVarResult(q, v, iteration, True, residual)
             if last is not None:
                 dq, df = q - last[0], f - last[1]
                 moved = np.abs(dq) > 1e-9
@@ -155,6 +160,7 @@ class VoltVar:
             last = (q, f)
             q = np.where(self.active, q + h / (1.0 - gain), 0.0)
         self.q_mvar = last[0] if last is not None else q
+        state = feeder.solved_state()
         return state, VoltVarResult(last[0] if last else q, v, self.max_iterations, False, residual)
 
     def slopes(self, v_pu: np.ndarray) -> np.ndarray:
@@ -199,11 +205,12 @@ class VoltVar:
                 q = q0.copy()
                 q[j] += sign * delta_mvar
                 feeder.set_der_mvar(-q)
-                flows.append(feeder.solve(controls=False))
-            up, down = flows
-            dv_q[:, c] = (up.v_pu - down.v_pu) / (2.0 * delta_mvar)
-            dl_q[:, c] = (up.loading - down.loading) / (2.0 * delta_mvar)
-            dp_q[c] = (up.substation_p_mw - down.substation_p_mw) / (2.0 * delta_mvar)
+                feeder.solve_flow(controls=False)
+                flows.append(feeder.solved_flows())
+            (v_up, l_up, p_up), (v_dn, l_dn, p_dn) = flows
+            dv_q[:, c] = (v_up - v_dn) / (2.0 * delta_mvar)
+            dl_q[:, c] = (l_up - l_dn) / (2.0 * delta_mvar)
+            dp_q[c] = (p_up - p_dn) / (2.0 * delta_mvar)
         feeder.set_der_mvar(-q0)
         feeder.solve(controls=False)
         a_p = np.array([np.asarray(sens.dv_dp)[self._nodes[j]].mean(axis=0) for j in on])
