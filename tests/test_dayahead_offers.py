@@ -16,7 +16,6 @@ from dsosim.federates.common.curves import BidCurve
 from dsosim.federates.common.forecasts import ForecastLog
 from dsosim.federates.common.scale import TdScale
 from dsosim.federates.common.schedule import day_ahead_due, gate_interval
-from dsosim.federates.dso.__main__ import day_ahead_curve
 from dsosim.federates.markets.location import Location
 
 SITE = SiteSpec()
@@ -138,18 +137,66 @@ def test_forecast_log_meets_each_period_with_its_actuals() -> None:
     assert log.rows_after(9) == []
 
 
-def test_the_lda_day_ahead_bid_adds_the_offers_to_the_feeder_forecast() -> None:
-    offer = BidCurve(-0.2, ((30.0, 0.5),))
-    offers = {"agg": msg.DayAheadOffer("agg", 0, {"675": (offer, BidCurve(0.1))})}
-    locations = [Location("agg", "675"), Location("agg", "611")]
-    fixed = (BidCurve(30.0), BidCurve(31.0))
-    curves = day_ahead_curve(fixed, offers, TdScale(10.0), locations)
-    assert curves[0].quantity_at(40.0) == pytest.approx(30.0 - 2.0)
-    assert curves[0].quantity_at(20.0) == pytest.approx(30.0 + 3.0)
-    assert curves[1] == BidCurve(32.0)
-    foreign = {"agg": msg.DayAheadOffer("agg", 0, {"999": (offer, offer)})}
-    with pytest.raises(msg.MessageError, match="'999' is not a location of 'agg'"):
-        day_ahead_curve(fixed, foreign, TdScale(10.0), locations)
+def test_the_lda_day_ahead_bid_is_the_feeder_constrained_bid_of_the_forecast() -> None:
+    """Layered models: the LDA's day-ahead bid per period is the real-time
+    market's interface bid of the offers on the feeder forecast of that
+    period. A 4 MW midday PV sale at bus 675 of IEEE 13 would load line
+    692-675 to twice its rating: the bid sells only what the feeder carries,
+    and the schedules cleared on the ISO's award keep the feeder's power flow
+    at the rating (within the linearisation's error), priced at day-ahead DLMPs
+    below the day-ahead LMP where the sale is curtailed. The DMO settles each
+    schedule at its day-ahead DLMP."""
+    from dsosim.federates.markets import day_ahead
+    from dsosim.federates.markets.lda_market import Limits
+    from tests.test_operator import SCALE, _operator
+
+    op = _operator()
+    grid, td, locations = op.grid, TdScale(SCALE), op.grid.locations
+    pv = BidCurve(-4.0, ((0.0, 4.0),))  # curtailable down to zero below 0 $/MWh
+    small = BidCurve(0.02, ((30.0, 0.05),))
+    offers = {
+        "a1": msg.DayAheadOffer("a1", 0, {"675": (small,) * 12 + (pv,) + (small,) * 11}),
+        "a2": msg.DayAheadOffer("a2", 0, {"611": (small,) * 24}),
+    }
+    plain = {a: dict(m.offers) for a, m in offers.items()}
+    day_ahead.check_offers(offers, locations, 24)
+    intervals = np.arange(288).reshape(24, 12)
+    ref = day_ahead.reference_der_mw(plain, locations, [20.0] * 24)
+    assert ref[12][[loc.bus for loc in locations].index("675")] == pytest.approx(-4.0)
+    points = [
+        day_ahead.Point(s, sens) for s, sens in grid.day_ahead_points(intervals, 0.0, 0, 3, ref)
+    ]
+    limits = Limits()
+    curves = day_ahead.lda_bid(points, plain, locations, limits, td)
+    # unconstrained, the head would take the whole sale (less the losses it saves)
+    free = td.to_td(points[12].state.substation_p_mw)  # at the reference: the sale taken
+    assert curves[12].quantity_at(20.0) > free + 0.5 * SCALE  # the feeder carries much less
+    assert points[12].state.loading.max() > 2.0  # at the reference point
+    # the ISO takes the bid at 20 $/MWh: the DMO clears the schedules on the forecast
+    award = curves[12].quantity_at(20.0)
+    sched = day_ahead.schedules(points[12], plain, locations, 12, td.to_feeder(award), 20.0, limits)
+    at_675 = sched[Location("a1", "675")]
+    assert -4.0 < at_675.mw < -0.5 and at_675.dlmp < 20.0 and at_675.congestion < 0.0
+    assert at_675.dlmp == pytest.approx(at_675.energy + at_675.loss + at_675.congestion)
+    der = np.zeros(len(locations))
+    for i, loc in enumerate(locations):
+        der[i] = sched[loc].mw if loc in sched else 0.0
+    flow = grid.linearise_at(150, der)  # the forecast load of 12:30, exact here (error 0)
+    assert flow is not None
+    assert flow[0].loading.max() == pytest.approx(1.0, abs=0.005)  # measured: 1.0003
+    assert flow[0].v_pu[flow[0].monitored].max() <= 1.05
+    # the DMO: the schedule settles at its day-ahead DLMP, the deviation at the DLMP
+    dmo = op.dmo
+    dmo.take_day_ahead(0, 12, plain, points)
+    op.interface_bid(150, {"a1": {"675": pv, "634": small}, "a2": {"611": small}})
+    _, tables = dmo.dispatch(150, 22.0, award, (award, 20.0))
+    rows = {r[3]: r for r in tables["day_ahead_dispatch"][1]}
+    assert rows["675"][4] == pytest.approx(at_675.mw) and rows["675"][5] == at_675.dlmp
+    paid = {r[4]: r for r in tables["settlements"][1]}
+    assert paid["day_ahead@675"][6] == at_675.dlmp
+    foreign = {"a1": msg.DayAheadOffer("a1", 0, {"999": (pv,) * 24})}
+    with pytest.raises(msg.MessageError, match="'999' is not a location of 'a1'"):
+        day_ahead.check_offers(foreign, locations, 24)
 
 
 def test_forward_schedules_the_feeder_cannot_carry_are_unwound() -> None:
@@ -182,7 +229,7 @@ def test_forward_schedules_the_feeder_cannot_carry_are_unwound() -> None:
     da, carried, unwound = (rows[("a1", "675")][i] for i in (5, 6, 7))
     assert da == pytest.approx(-4.0) and -4.0 < carried < -1.0 and unwound == da - carried
     assert rows[("a1", "634")][7] == pytest.approx(0.0, abs=1e-9)  # a small purchase is carried
-    assert rows[("a1", "675")][8:] == (20.0, 30.0)  # day-ahead price, real-time LMP
+    assert rows[("a1", "675")][8:10] == (20.0, 30.0)  # day-ahead price, real-time LMP
     i, m = index[("a1", "675")], f.state.monitored
     move = np.zeros(len(op.grid.locations))
     for (agg, bus), row in rows.items():
@@ -197,7 +244,38 @@ def test_forward_schedules_the_feeder_cannot_carry_are_unwound() -> None:
     assert scheduled is not None and kept is not None
     assert scheduled[0].loading.max() > 1.5  # the schedule as cleared overloads a line
     assert kept[0].loading.max() < 0.75 * scheduled[0].loading.max()
+    assert np.isnan(rows[("a1", "675")][10])  # no power flow given: not checked on it
     assert check.rows(151, 30.0) == []  # rows only for the interval checked
+    # the same check on the feeder's power flow: the linear one left the line
+    # at 132 % of its rating (its unwound MW are a lower bound here); the power
+    # flow's carries less and, checked again by a power flow, holds the rating
+    check.check(150, f.state, f.sens, lambda d, lin: op.grid.check_at(150, d, linearise=lin))
+    rows = {(r[2], r[3]): r for r in check.rows(150, 30.0)}
+    linear, pf, pf_unwound, settled = rows[("a1", "675")][7], *rows[("a1", "675")][10:]
+    assert settled and carried < pf < -1.0 and pf_unwound == pytest.approx(da - pf)
+    assert abs(pf_unwound) > abs(linear) + 0.5  # measured: 2.07 MW beside 1.39 MW
+    assert rows[("a1", "634")][11] == pytest.approx(0.0, abs=1e-9)
+    der = np.asarray(f.state.der_mw, dtype=float).copy()
+    for (agg, bus), row in rows.items():
+        der[index[(agg, bus)]] = row[6]
+    at_linear = op.grid.check_at(150, der, linearise=False)
+    for (agg, bus), row in rows.items():
+        der[index[(agg, bus)]] = row[10]
+    at_pf = op.grid.check_at(150, der, linearise=False)
+    assert at_linear is not None and at_pf is not None
+    assert at_linear[0].loading.max() > 1.2  # measured: 1.32
+    assert at_pf[0].loading.max() <= 1.0 + 1e-3  # measured: 1.0000
+    assert at_pf[0].v_pu[at_pf[0].monitored].max() <= 1.05
+    # a check leaves no trace: the forecast and the controls stay as they were
+    assert op.grid.forecast_point is not None and op.grid.forecast_point.state is f.state
+    # a schedule the feeder carries as it is needs no override: all carried
+    check.take(
+        msg.DayAheadSchedules(
+            "iso", 0, tuple(hourly), {"a1": {"675": small, "634": small}, "a2": {"611": zero}}
+        )
+    )
+    check.check(150, f.state, f.sens, lambda d, lin: op.grid.check_at(150, d, linearise=lin))
+    assert all(r[11] == 0.0 and r[12] for r in check.rows(150, 30.0))
     with pytest.raises(ValueError, match="not its locations"):
         check.take(msg.DayAheadSchedules("iso", 288, (20.0,), {"a2": {"675": (1.0,)}}))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import msgpack
@@ -157,6 +158,13 @@ def test_grid_model_round_trip_and_shape_check() -> None:
     bad = msgpack.unpackb(raw)
     bad["dv_dp"] = [[0.01]]  # one row for two nodes
     with pytest.raises(msg.MessageError, match="dv_dp: must be a 2 x 1 matrix"):
+        msg.decode(msgpack.packb(bad), source="lda1")
+    # a day-ahead forecast names its period of the day; a bad one is refused
+    ahead = dataclasses.replace(model, day_ahead_period=13)
+    assert msg.decode(msg.encode(ahead), source="lda1") == ahead
+    bad = msgpack.unpackb(msg.encode(ahead))
+    bad["day_ahead_period"] = -1
+    with pytest.raises(msg.MessageError, match="day_ahead_period: must be a period number"):
         msg.decode(msgpack.packb(bad), source="lda1")
 
 

@@ -220,6 +220,11 @@ class GridModel:
     dloading_up: tuple[tuple[float, ...], ...]
     dloading_down: tuple[tuple[float, ...], ...]
     dpsub_dp: tuple[float, ...]
+    day_ahead_period: int | None = None
+    """None: the forecast of interval ``interval``. A period number: the
+    day-ahead forecast of that period of the day starting at ``interval``,
+    the one the LDA's day-ahead bid was built on (models 4 and 6: the
+    operator clears the DERs' day-ahead schedules on it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,7 +663,17 @@ def _decode_grid_model(r: _Reader, sender: str, interval: int) -> GridModel:
         matrix("dloading_up", n_branch, n_der),
         matrix("dloading_down", n_branch, n_der),
         vector("dpsub_dp", n_der),
+        _day_ahead_period(r),
     )
+
+
+def _day_ahead_period(r: _Reader) -> int | None:
+    value = r.data.get("day_ahead_period")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise r.fail("day_ahead_period", f"must be a period number >= 0 or absent, got {value!r}")
+    return value
 
 
 def _decode_rows(r: _Reader, sender: str, interval: int) -> TableRows:

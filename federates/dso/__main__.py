@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,7 @@ from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig, LimitsConfig
-from dsosim.federates.common.curves import BidCurve
 from dsosim.federates.common.forecasts import FORECAST_COLUMNS, ForecastLog
-from dsosim.federates.common.scale import TdScale
 from dsosim.federates.common.schedule import (
     DayAheadPhase,
     Phase,
@@ -41,14 +38,15 @@ from dsosim.federates.common.schedule import (
     day_ahead_due,
 )
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
+from dsosim.federates.dso.feeder import FeederState, Sensitivities
 from dsosim.federates.dso.grid import Forecast, GridOperator
 from dsosim.federates.dso.unwound import UNWOUND_COLUMNS, ForwardCheck
+from dsosim.federates.markets import day_ahead
 from dsosim.federates.markets.derm_override import relinearised_overrides
 from dsosim.federates.markets.dmo_factory import make_dmo
 from dsosim.federates.markets.grid_model import to_message
 from dsosim.federates.markets.host import send_dispatch, send_interface_bid, take_day_ahead
 from dsosim.federates.markets.lda_market import Limits
-from dsosim.federates.markets.location import Location
 from dsosim.federates.markets.nodal_dmo import LINEARISATION_COLUMNS, NodalDmo
 
 
@@ -78,7 +76,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
     limits = Limits.planning(cfg.limits)  # the DERM plans with the margin
     element_index = {(loc.aggregator, loc.bus): i for i, loc in enumerate(grid.locations)}
     time = config.time
-    day_ahead = _UtilityDayAhead(shell, config, name, grid, dmo, limits, element_index)
+    day_ahead = _UtilityDayAhead(shell, config, name, grid, dmo, limits, element_index, model_to)
     for k in range(time.n_intervals):
         day_ahead.before(k)
         shell.advance(at(k, Phase.BID, time))
@@ -154,8 +152,14 @@ class _UtilityDayAhead:
         dmo: NodalDmo | None,
         limits: Limits,
         element_index: dict[tuple[str, str], int],
+        operator: str | None,
     ) -> None:
         self.shell, self.config, self.name, self.grid, self.dmo = shell, config, name, grid, dmo
+        self.limits, self.operator = limits, operator
+        self.seen_lmp: dict[int, float] = {}
+        """The last real-time LMP seen in each period of the day (the
+        reference price of the day-ahead feeder forecast)."""
+        self.last_lmp: float | None = None
         self.cfg = config.dso(name)
         self.da = config.iso.day_ahead
         time = config.time
@@ -189,12 +193,34 @@ class _UtilityDayAhead:
             shell.receive(allowed_senders=self.offering), msg.DayAheadOffer, first, self.offering
         )
         intervals = (first + np.arange(self.per_day)).reshape(self.periods, -1)
-        fixed = grid.day_ahead_bid(intervals, da.load_forecast_error, self.day, self.config.seed)
+        error, seed = da.load_forecast_error, self.config.seed
+        if not self.offering:  # no DER market in the LDA: the feeder forecast alone
+            curves = grid.day_ahead_bid(intervals, error, self.day, seed)
+        else:
+            # the layered models: the LDA market's bid on the feeder forecast
+            day_ahead.check_offers(offers, grid.locations, self.periods)
+            plain = {a: dict(m.offers) for a, m in offers.items()}
+            ref = day_ahead.reference_der_mw(plain, grid.locations, self._reference_prices())
+            points = [
+                day_ahead.Point(state, sens)
+                for state, sens in grid.day_ahead_points(intervals, error, self.day, seed, ref)
+            ]
+            curves = day_ahead.lda_bid(points, plain, grid.locations, self.limits, grid.td)
+            if self.dmo is not None:
+                take_day_ahead(self.dmo, offers, self.per_day, points)
+            elif self.operator is not None:  # models 4, 6: the operator clears the schedules
+                for p, point in enumerate(points):
+                    model = to_message(self.name, first, point.state, point.sens, p)
+                    shell.send(self.operator, model)
         self.log.expect(self.day, "load_mw", grid.day_ahead_load_mw)
-        curves = day_ahead_curve(fixed, offers, grid.td, grid.locations)
         shell.send(self.cfg.iso, msg.DayAheadBid(self.name, first, self.cfg.td_bus, curves))
-        if self.dmo is not None:
-            take_day_ahead(self.dmo, offers, self.per_day)
+
+    def _reference_prices(self) -> list[float | None]:
+        """Per period, the price the day-ahead feeder forecast places the
+        offering DERs at: the last real-time LMP seen in that period of the
+        day, else the last one seen; none before the first interval (the
+        DERs then at zero)."""
+        return [self.seen_lmp.get(p, self.last_lmp) for p in range(self.periods)]
 
     def at_bid(self, k: int, forecast: Forecast) -> None:
         """Models 1-2: the day's schedules (after its market), and the check
@@ -206,9 +232,18 @@ class _UtilityDayAhead:
             got = self.shell.receive(allowed_senders=[iso])
             schedules = expect(got, msg.DayAheadSchedules, self.day * self.per_day, [iso])[iso]
             self.forward.take(schedules)
-        self.forward.check(k, forecast.state, forecast.sens)
+        power_flow = functools.partial(self._check_at, k)
+        self.forward.check(k, forecast.state, forecast.sens, power_flow)
+
+    def _check_at(
+        self, k: int, der_mw: np.ndarray, linearise: bool
+    ) -> tuple[FeederState, Sensitivities | None] | None:
+        return self.grid.check_at(k, der_mw, linearise=linearise)
 
     def at_dispatch(self, k: int, award: msg.Award) -> None:
+        if self.da is not None:
+            self.seen_lmp[(k % self.per_day) // (self.per_day // self.periods)] = award.lmp
+            self.last_lmp = award.lmp
         if self.forward is not None:
             self.shell.record(k, "unwound", UNWOUND_COLUMNS, self.forward.rows(k, award.lmp))
 
@@ -230,35 +265,6 @@ def _volt_var_ratings(fleet: dict[str, Any]) -> dict[str, float]:
     if not any(isinstance(d, dict) and d.get("volt_var") for d in fleet.get("pvs") or ()):
         return {}
     return volt_var_ratings(fleet_from_json(fleet).pvs)
-
-
-def day_ahead_curve(
-    fixed: Sequence[BidCurve],
-    offers: Mapping[str, msg.DayAheadOffer],
-    td: TdScale,
-    locations: Sequence[Location],
-) -> tuple[BidCurve, ...]:
-    """The LDA's day-ahead bid per period (T-D scale): the feeder forecast
-    (``fixed``) plus every aggregator's offer at each of its locations. Not
-    feeder-constrained (losses and limits of the DERs' dispatch are left to
-    real time); an offer for a location the aggregator does not serve is an error."""
-    known = {(loc.aggregator, loc.bus) for loc in locations}
-    per_period: list[list[BidCurve]] = [[c] for c in fixed]
-    for agg, m in sorted(offers.items()):
-        for bus, curves in sorted(m.offers.items()):
-            if (agg, bus) not in known:
-                raise msg.MessageError(
-                    agg, "day_ahead_offer.offers", f"{bus!r} is not a location of {agg!r}"
-                )
-            if len(curves) != len(fixed):
-                raise msg.MessageError(
-                    agg,
-                    "day_ahead_offer.offers",
-                    f"{len(curves)} periods at {bus!r}, expected {len(fixed)}",
-                )
-            for p, curve in enumerate(curves):
-                per_period[p].append(td.curve_to_td(curve))
-    return tuple(BidCurve.combine(curves) for curves in per_period)
 
 
 def _fleet_awards(

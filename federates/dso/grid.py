@@ -262,27 +262,67 @@ class GridOperator:
         self._points = [self.forecast_point]
         return self.forecast_point
 
-    def day_ahead_bid(
+    def _day_ahead_levels(
         self, intervals: np.ndarray, error: float, day: int, seed: int
-    ) -> tuple[BidCurve, ...]:
-        """The LDA's day-ahead bid, one fixed curve per period (scaled): the
-        head power of the feeder with its loads at the period's mean forecast
-        times a seeded day-ahead error (sd ``error``), DERs not forecast (at
-        zero output; their real-time output settles as deviation). One power
-        flow per period. ``intervals``: (periods, intervals per period)."""
+    ) -> list[np.ndarray]:
+        """The loads' day-ahead forecast per period: the period's mean
+        forecast times a seeded day-ahead error (sd ``error``, one per
+        period). ``intervals``: (periods, intervals per period)."""
         rng = np.random.default_rng([seed, zlib.crc32(self.name.encode()), 104729, day])
         errors = rng.normal(0.0, error, len(intervals)) if error else np.zeros(len(intervals))
         last = len(self.profile) - 1
+        return [
+            np.mean(self.profile[np.minimum(period, last)], axis=0) * (1.0 + e)
+            for period, e in zip(intervals, errors)
+        ]
+
+    def day_ahead_bid(
+        self, intervals: np.ndarray, error: float, day: int, seed: int
+    ) -> tuple[BidCurve, ...]:
+        """The LDA's day-ahead bid without DERs in its market (baseline,
+        models 1-2), one fixed curve per period (scaled): the head power of
+        the feeder with its loads at the day-ahead forecast
+        (``_day_ahead_levels``), DERs not forecast (at zero output; their
+        real-time output settles as deviation). One power flow per period."""
         self.feeder.set_der_mw(np.zeros(len(self.locations)))
         curves = []
         self.day_ahead_load_mw = []
-        for period, e in zip(intervals, errors):
-            level = np.mean(self.profile[np.minimum(period, last)], axis=0) * (1.0 + e)
+        for level in self._day_ahead_levels(intervals, error, day, seed):
             self.feeder.set_load_multipliers(level)
             state = self._solve()
             curves.append(BidCurve(round(self.td.to_td(state.substation_p_mw), 9)))
             self.day_ahead_load_mw.append(state.load_mw)
         return tuple(curves)
+
+    def day_ahead_points(
+        self,
+        intervals: np.ndarray,
+        error: float,
+        day: int,
+        seed: int,
+        der_mw: Sequence[np.ndarray],
+    ) -> list[tuple[FeederState, Sensitivities]]:
+        """The feeder forecast the layered models' day-ahead bid is built on,
+        one per period: loads at the day-ahead forecast (the same draw as
+        ``day_ahead_bid``), the DERs at ``der_mw`` (per period, the feeder's
+        order), the regulators and capacitors responding; its power flow and
+        linearisation, as at a real-time forecast. A period whose power flow
+        diverges is an error (its numbers would mean nothing)."""
+        points = []
+        self.day_ahead_load_mw = []
+        levels = self._day_ahead_levels(intervals, error, day, seed)
+        for p, (level, ders) in enumerate(zip(levels, der_mw, strict=True)):
+            self.feeder.set_load_multipliers(level)
+            self.feeder.set_der_mw(ders)
+            state = self._solve()
+            if not state.power_flow_converged:
+                raise GridError(
+                    f"{self.name}: the day-ahead power flow of day {day} period {p} "
+                    f"did not converge ({state.message})"
+                )
+            points.append((state, self._linearise(state)))
+            self.day_ahead_load_mw.append(state.load_mw)
+        return points
 
     def linearise_at(
         self, interval: int, der_mw: np.ndarray
@@ -299,6 +339,25 @@ class GridOperator:
         self.planning_point = Forecast(state, self._linearise(state), controls.read(self.feeder))
         self._points.append(self.planning_point)
         return self.planning_point.state, self.planning_point.sens
+
+    def check_at(
+        self, interval: int, der_mw: np.ndarray, *, linearise: bool
+    ) -> tuple[FeederState, Sensitivities | None] | None:
+        """The feeder at the interval's forecast load with the DERs at
+        ``der_mw``, the regulators and capacitors responding, and (if asked)
+        its linearisation there: a check that leaves no trace (the controls
+        go back where they were; neither the forecast nor the planning point
+        changes). None if the power flow diverged."""
+        saved = controls.read(self.feeder)
+        try:
+            self.feeder.set_load_multipliers(self.profile[interval])
+            self.feeder.set_der_mw(der_mw)
+            state = self._solve()
+            if not state.power_flow_converged:
+                return None
+            return state, self._linearise(state) if linearise else None
+        finally:
+            controls.apply(self.feeder, saved)
 
     def use_planning(self, sens: Sensitivities | None) -> None:
         """The market priced its dispatch on ``sens`` (one of this interval's

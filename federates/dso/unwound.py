@@ -26,17 +26,32 @@ carried_mw``; MW on the modelled feeder, x ``scale`` at the T-D interface),
 the day-ahead price and the interval's real-time LMP. The cost of unwinding
 at real-time prices what was sold at day-ahead prices: ``-unwound_mw x
 (lmp - da_lmp)`` per hour (positive: the schedule holder loses).
+
+The check above is linear at the forecast point: a schedule that reverses a
+flow, or moves the regulators, takes the feeder beyond what the
+linearisation sees. With the feeder owner's power flow (``PowerFlow``) the
+same check is made again on the feeder itself (``carried_pf_mw``,
+``unwound_pf_mw``): a power flow at the forecast load with every scheduled
+DER at its schedule; if it keeps the feeder within its limits, everything is
+carried (exact); otherwise the override starts from the feeder linearised at
+the schedules and re-linearises at each set-point it decides until none
+moves more than 1 kW (at most ``RELINEARISE_MAX`` times, as model 2's DERM;
+``pf_converged`` says whether it got there). NaN where that power flow
+diverged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
+
+import numpy as np
 
 from dsosim.federates.common.messages import DayAheadSchedules
 from dsosim.federates.common.scale import TdScale
 from dsosim.federates.common.tables import Rows
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
-from dsosim.federates.markets.derm_override import override_awards
+from dsosim.federates.markets.derm_override import override_awards, relinearised_overrides
 from dsosim.federates.markets.lda_market import Limits
 
 UNWOUND_COLUMNS = (
@@ -50,7 +65,16 @@ UNWOUND_COLUMNS = (
     "unwound_mw",
     "da_lmp",
     "lmp",
+    "carried_pf_mw",
+    "unwound_pf_mw",
+    "pf_converged",
 )
+
+PowerFlow = Callable[[np.ndarray, bool], tuple[FeederState, Sensitivities | None] | None]
+"""The feeder owner's power flow at the interval's forecast load with the
+DERs at a dispatch (MW, the feeder's order), linearised there if asked
+(``GridOperator.check_at``); None if it diverged."""
+_LIMIT_TOL = 1e-6
 
 
 class ForwardCheck:
@@ -71,7 +95,9 @@ class ForwardCheck:
         self.limits = limits
         self.per_day = per_day
         self._days: dict[int, DayAheadSchedules] = {}
-        self._pending: tuple[int, list[tuple[str, str, float, float, float]]] | None = None
+        self._pending: (
+            tuple[int, list[tuple[str, str, float, float, float, float, bool]]] | None
+        ) = None
 
     def take(self, schedules: DayAheadSchedules) -> None:
         """A day's schedules (the ISO's ``DayAheadSchedules``); unknown
@@ -94,9 +120,16 @@ class ForwardCheck:
             return None
         return day, (interval - first) * len(day.lmp) // self.per_day
 
-    def check(self, interval: int, state: FeederState, sens: Sensitivities) -> None:
+    def check(
+        self,
+        interval: int,
+        state: FeederState,
+        sens: Sensitivities,
+        power_flow: PowerFlow | None = None,
+    ) -> None:
         """Check the schedules of ``interval``'s period on the feeder at its
-        forecast operating point (``state``, ``sens``)."""
+        forecast operating point (``state``, ``sens``), and, with
+        ``power_flow``, on the feeder's power flow (module docstring)."""
         self._pending = None
         found = self._schedule(interval)
         if found is None:
@@ -114,12 +147,69 @@ class ForwardCheck:
             sens=sens,
             limits=self.limits,
         )
+        by_flow, converged = (
+            self._by_power_flow(awards, state, power_flow)
+            if power_flow is not None
+            else (None, False)
+        )
         rows = []
         for agg in sorted(awards):
             for bus in sorted(awards[agg]):
                 da = self.td.to_feeder(awards[agg][bus])
-                rows.append((agg, bus, da, carried[agg][bus], day.lmp[p]))
+                pf = math.nan if by_flow is None else by_flow[agg][bus]
+                rows.append((agg, bus, da, carried[agg][bus], day.lmp[p], pf, converged))
         self._pending = (interval, rows)
+
+    def _by_power_flow(
+        self,
+        awards: Mapping[str, Mapping[str, float]],
+        state: FeederState,
+        power_flow: PowerFlow,
+    ) -> tuple[dict[str, dict[str, float]] | None, bool]:
+        """What the feeder carries of the schedules by its power flow, and
+        whether the re-linearised override settled (True when nothing had to
+        move); (None, False) if a power flow diverged."""
+        dispatch = np.array(state.der_mw, dtype=float)
+        for agg, by_bus in awards.items():
+            for bus, mw in by_bus.items():
+                dispatch[self.der_index[(agg, bus)]] = self.td.to_feeder(mw)
+        got = power_flow(dispatch, False)
+        if got is None:
+            return None, False
+        if self._within(got[0]):
+            as_scheduled = {
+                agg: {bus: self.td.to_feeder(mw) for bus, mw in by_bus.items()}
+                for agg, by_bus in awards.items()
+            }
+            return as_scheduled, True
+        got = power_flow(dispatch, True)
+        if got is None or got[1] is None:
+            return None, False
+
+        def relinearise(der: np.ndarray) -> tuple[FeederState, Sensitivities] | None:
+            point = power_flow(der, True)
+            return None if point is None or point[1] is None else (point[0], point[1])
+
+        decided = relinearised_overrides(
+            awards,
+            scale=self.td,
+            der_index=self.der_index,
+            state=got[0],
+            sens=got[1],
+            limits=self.limits,
+            relinearise=relinearise,
+        )
+        return decided.setpoints, decided.converged
+
+    def _within(self, state: FeederState) -> bool:
+        """The feeder's power flow within its own limits."""
+        v = np.asarray(state.v_pu)[np.asarray(state.monitored, dtype=bool)]
+        lim = self.limits
+        return bool(
+            np.all(v <= lim.vmax_pu + _LIMIT_TOL)
+            and np.all(v >= lim.vmin_pu - _LIMIT_TOL)
+            and np.all(np.asarray(state.loading) <= lim.max_loading + _LIMIT_TOL)
+        )
 
     def rows(self, interval: int, lmp: float) -> Rows:
         """The ``unwound`` rows of ``interval`` (after :meth:`check`), with
@@ -127,6 +217,20 @@ class ForwardCheck:
         if self._pending is None or self._pending[0] != interval:
             return []
         return [
-            (interval, self.lda, agg, bus, self.td.factor, da, c, da - c, da_lmp, lmp)
-            for agg, bus, da, c, da_lmp in self._pending[1]
+            (
+                interval,
+                self.lda,
+                agg,
+                bus,
+                self.td.factor,
+                da,
+                c,
+                da - c,
+                da_lmp,
+                lmp,
+                pf,
+                da - pf,
+                ok,
+            )
+            for agg, bus, da, c, da_lmp, pf, ok in self._pending[1]
         ]

@@ -14,9 +14,10 @@ import sys
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common import routes
-from dsosim.federates.common.config import FederationConfig, independent_name
+from dsosim.federates.common.config import DsoConfig, FederationConfig, independent_name
 from dsosim.federates.common.schedule import Phase, at
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
+from dsosim.federates.markets import day_ahead
 from dsosim.federates.markets.dmo_factory import make_dmo
 from dsosim.federates.markets.grid_model import from_message
 from dsosim.federates.markets.host import send_dispatch, send_interface_bid, take_day_ahead
@@ -34,12 +35,29 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
     for k in range(config.time.n_intervals):
         shell.advance(at(k, Phase.AGGREGATE, config.time))
         received = shell.receive(allowed_senders=[cfg.name, *in_market])
-        # day-ahead offers (at a gate closure before this interval): to settle them
+        # day-ahead offers (at a gate closure before this interval) and the
+        # feeder forecast per period the LDA's day-ahead bid was built on: to
+        # clear and settle the DERs' day-ahead schedules
         offers = [m for m in received if isinstance(m, msg.DayAheadOffer)]
+        forecasts = [
+            m for m in received if isinstance(m, msg.GridModel) and m.day_ahead_period is not None
+        ]
         if offers:
             first = offers[0].interval
-            take_day_ahead(dmo, expect(offers, msg.DayAheadOffer, first, in_market), per_day)
-        received = [m for m in received if not isinstance(m, msg.DayAheadOffer)]
+            take_day_ahead(
+                dmo,
+                expect(offers, msg.DayAheadOffer, first, in_market),
+                per_day,
+                _day_ahead_points(forecasts, first, cfg),
+            )
+        elif forecasts:
+            raise msg.MessageError(cfg.name, "grid_model", "a day-ahead forecast without offers")
+        received = [
+            m
+            for m in received
+            if not isinstance(m, msg.DayAheadOffer)
+            and not (isinstance(m, msg.GridModel) and m.day_ahead_period is not None)
+        ]
         grid = expect(
             [m for m in received if isinstance(m, msg.GridModel)], msg.GridModel, k, [cfg.name]
         )[cfg.name]
@@ -53,6 +71,25 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         award = expect(shell.receive(allowed_senders=[cfg.iso]), msg.Award, k, [cfg.iso])[cfg.iso]
         send_dispatch(shell, dmo, k, award)
         shell.end_interval(k)
+
+
+def _day_ahead_points(
+    models: list[msg.GridModel], first: int, cfg: DsoConfig
+) -> list[day_ahead.Point]:
+    """The utility's day-ahead feeder forecast, one grid model per period of
+    the day starting at ``first``, in period order."""
+    by_period = {m.day_ahead_period: m for m in models if m.interval == first}
+    if len(by_period) != len(models) or sorted(by_period) != list(range(len(models))):
+        raise msg.MessageError(
+            cfg.name,
+            "grid_model.day_ahead_period",
+            f"expected periods 0..{len(models) - 1} of the day at interval {first}, got "
+            f"{sorted((m.interval, m.day_ahead_period) for m in models)}",
+        )
+    return [
+        day_ahead.Point(*from_message(m, vmin=cfg.limits.vmin_pu, vmax=cfg.limits.vmax_pu))
+        for _, m in sorted(by_period.items())
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

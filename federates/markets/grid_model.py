@@ -15,7 +15,13 @@ from dsosim.federates.common.messages import GridModel
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
 
 
-def to_message(sender: str, interval: int, state: FeederState, sens: Sensitivities) -> GridModel:
+def to_message(
+    sender: str,
+    interval: int,
+    state: FeederState,
+    sens: Sensitivities,
+    day_ahead_period: int | None = None,
+) -> GridModel:
     m = state.monitored
     nodes = tuple(n for n, keep in zip(state.node_names, m, strict=True) if keep)
     return GridModel(
@@ -32,6 +38,7 @@ def to_message(sender: str, interval: int, state: FeederState, sens: Sensitiviti
         tuple(tuple(float(x) for x in row) for row in sens.dloading_dp_up),
         tuple(tuple(float(x) for x in row) for row in sens.dloading_dp_down),
         tuple(float(x) for x in sens.dpsub_dp),
+        day_ahead_period,
     )
 
 

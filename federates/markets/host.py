@@ -6,11 +6,12 @@ Python; this module only moves its inputs and outputs through the shell.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.shell import FederateShell
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
+from dsosim.federates.markets import day_ahead
 from dsosim.federates.markets.nodal_dmo import NodalDmo
 
 
@@ -32,14 +33,29 @@ def send_interface_bid(
     shell.record_tables(k, tables)
 
 
-def take_day_ahead(dmo: NodalDmo, offers: Mapping[str, msg.DayAheadOffer], per_day: int) -> None:
-    """The aggregators' day-ahead offers, for the DMO to settle their schedules."""
+def take_day_ahead(
+    dmo: NodalDmo,
+    offers: Mapping[str, msg.DayAheadOffer],
+    per_day: int,
+    points: Sequence[day_ahead.Point],
+) -> None:
+    """The aggregators' day-ahead offers, and the feeder forecast per period
+    the LDA's day-ahead bid was built on, for the DMO to clear and settle
+    their schedules."""
     if not offers:
         return
     m = next(iter(offers.values()))
-    periods = len(next(iter(m.offers.values())))
+    if len(points) != len(next(iter(m.offers.values()))):
+        raise msg.MessageError(
+            m.sender,
+            "day_ahead_offer.offers",
+            f"{len(next(iter(m.offers.values())))} periods, the feeder forecast has {len(points)}",
+        )
     dmo.take_day_ahead(
-        m.interval, per_day // periods, {a: dict(o.offers) for a, o in offers.items()}
+        m.interval,
+        per_day // len(points),
+        {a: dict(o.offers) for a, o in offers.items()},
+        points,
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from dsosim.federates.common.parties import ISO, Party
 from dsosim.federates.common.scale import TdScale
 from dsosim.federates.common.tables import Rows, Tables
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
+from dsosim.federates.markets import day_ahead
 from dsosim.federates.markets.lda_market import (
     DerCurve,
     LdaClearing,
@@ -113,6 +114,17 @@ class _Pending:
     passive_mw: float
 
 
+@dataclass(slots=True)
+class _DayAheadDay:
+    """One day's offers, the feeder forecast per period, and the periods
+    cleared so far (on the first interval of each that settles)."""
+
+    per_period: int
+    offers: dict[str, dict[str, tuple[BidCurve, ...]]]
+    points: tuple[day_ahead.Point, ...]
+    cleared: dict[int, dict[Located, day_ahead.Schedule]] = field(default_factory=dict)
+
+
 class NodalDmo:
     """Nodal distribution market: aggregate, then dispatch with DLMPs."""
 
@@ -141,34 +153,55 @@ class NodalDmo:
         self.priced_on: Sensitivities | None = None
         """The linearisation the last dispatch was priced on."""
         self._pending: _Pending | None = None
-        self._day_ahead: dict[int, tuple[int, dict[tuple[str, str], tuple[BidCurve, ...]]]] = {}
+        self._day_ahead: dict[int, _DayAheadDay] = {}
 
     def take_day_ahead(
-        self, first: int, per_period: int, offers: Mapping[str, Mapping[str, Sequence[BidCurve]]]
+        self,
+        first: int,
+        per_period: int,
+        offers: Mapping[str, Mapping[str, Sequence[BidCurve]]],
+        points: Sequence[day_ahead.Point],
     ) -> None:
         """The aggregators' day-ahead offers for the day starting at interval
         ``first`` (aggregator -> location -> one curve per period of
-        ``per_period`` intervals, feeder scale). Each location's day-ahead
-        schedule is its period's curve at the LDA's day-ahead price; the DMO
-        settles it at that price and only the set-point's deviation from it
-        at the DLMP (two settlements inside the LDA)."""
+        ``per_period`` intervals, feeder scale) and the feeder forecast of
+        each period the LDA's day-ahead bid was built on. Once the ISO's
+        award is known, each location's day-ahead schedule and day-ahead DLMP
+        is the period's clearing of that award on that forecast
+        (``day_ahead.schedules``); the DMO settles the schedule at that DLMP
+        and only the set-point's deviation from it at the real-time DLMP (two
+        settlements inside the LDA)."""
         # the day running now and the next: older days are done
         for old in sorted(self._day_ahead)[:-1]:
             del self._day_ahead[old]
-        self._day_ahead[first] = (
+        self._day_ahead[first] = _DayAheadDay(
             per_period,
-            {(a, b): tuple(c) for a, by_bus in offers.items() for b, c in by_bus.items()},
+            {a: {b: tuple(c) for b, c in by_bus.items()} for a, by_bus in offers.items()},
+            tuple(points),
         )
 
-    def day_ahead_mw(self, interval: int, loc: Located, da_lmp: float) -> float:
-        """The location's day-ahead schedule (feeder scale) for ``interval``:
-        its offer for the period taken at the day-ahead price; 0 without one."""
-        for first, (per_period, offers) in self._day_ahead.items():
-            curves = offers.get((loc.aggregator, loc.bus))
-            if curves is None or not first <= interval < first + len(curves) * per_period:
+    def day_ahead_schedules(
+        self, interval: int, da_mw: float, da_lmp: float
+    ) -> dict[Located, day_ahead.Schedule]:
+        """The DER locations' day-ahead schedules for ``interval`` (feeder
+        scale) and their day-ahead DLMPs, from the LDA's day-ahead award
+        ``da_mw`` (T-D scale) at ``da_lmp``; none without offers for it."""
+        for first, day in self._day_ahead.items():
+            period = (interval - first) // day.per_period
+            if not 0 <= period < len(day.points):
                 continue
-            return curves[(interval - first) // per_period].quantity_at(da_lmp)
-        return 0.0
+            if period not in day.cleared:
+                day.cleared[period] = day_ahead.schedules(
+                    day.points[period],
+                    day.offers,
+                    self.locations,
+                    period,
+                    self.td.to_feeder(da_mw),
+                    da_lmp,
+                    self.limits,
+                )
+            return day.cleared[period]
+        return {}
 
     def interface_bid(
         self,
@@ -250,13 +283,25 @@ class NodalDmo:
         rows: Rows = []
         me, market, h, td = Party.dmo(self.lda), f"lda:{self.lda}", self.hours, self.td
         da_mw, da_lmp = da if da is not None else (0.0, 0.0)
-        # two settlements inside the LDA: each DER location's day-ahead schedule,
-        # and the utility's, the rest of the LDA's (so the DMO passes its
-        # day-ahead position through at the day-ahead price)
-        scheduled = {
-            loc: self.day_ahead_mw(interval, loc, da_lmp) if da is not None else 0.0
-            for loc, _ in p.pairs
-        }
+        # two settlements inside the LDA: each DER location's day-ahead schedule
+        # at its day-ahead DLMP, and the utility's, the rest of the LDA's, at the
+        # day-ahead LMP (the DMO keeps the day-ahead loss and congestion rent)
+        da_at = self.day_ahead_schedules(interval, da_mw, da_lmp) if da is not None else {}
+        scheduled = {loc: da_at[loc].mw if loc in da_at else 0.0 for loc, _ in p.pairs}
+        da_rows: Rows = [
+            (
+                interval,
+                self.lda,
+                loc.aggregator,
+                loc.bus,
+                x.mw,
+                x.dlmp,
+                x.energy,
+                x.loss,
+                x.congestion,
+            )
+            for loc, x in sorted(da_at.items(), key=lambda t: (t[0].aggregator, t[0].bus))
+        ]
         utility_da = da_mw - sum(td.to_td(mw) for mw in scheduled.values()) if da else 0.0
         utility = Party.utility(self.lda)
         pay = [
@@ -310,7 +355,7 @@ class NodalDmo:
                         me,
                         f"day_ahead@{loc.bus}",
                         td.to_td(scheduled[loc]),
-                        da_lmp,
+                        da_at[loc].dlmp,
                         h,
                     )
                 )
@@ -330,6 +375,11 @@ class NodalDmo:
             "dispatch": (DISPATCH_COLUMNS, rows),
             "settlements": (ledger.COLUMNS, [x.row() for x in pay]),
             "linearisation": (LINEARISATION_COLUMNS, [lin_row]),
+            **(
+                {"day_ahead_dispatch": (day_ahead.DAY_AHEAD_DISPATCH_COLUMNS, da_rows)}
+                if da_rows
+                else {}
+            ),
         }
 
     def _clear_at_dispatch(

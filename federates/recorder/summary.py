@@ -49,6 +49,7 @@ def summarise(results_dir: str | Path) -> dict[str, Any]:
             "traffic",
             "expost",
             "linearisation",
+            "day_ahead_dispatch",
         )
     }
     out: dict[str, Any] = {}
@@ -83,7 +84,7 @@ def summarise(results_dir: str | Path) -> dict[str, Any]:
     s = t["settlements"]
     if not s.empty:
         out.update(settlement_balance(s, iso))
-        out.update(dmo_rents(s, t["dispatch"]))
+        out.update(dmo_rents(s, t["dispatch"], t["day_ahead_dispatch"]))
     refused = read_table(results_dir, "ledger_refused")
     invalid = int((~s["amount"].map(_finite)).sum()) if "amount" in s else 0
     if len(refused) or invalid:
@@ -189,16 +190,30 @@ def settlement_balance(ledger: pd.DataFrame, iso: pd.DataFrame) -> dict[str, Any
     }
 
 
-def dmo_rents(ledger: pd.DataFrame, dispatch: pd.DataFrame) -> dict[str, Any]:
+_DA_KEYS = (
+    "interval",
+    "aggregator",
+    "location",
+    "da_dlmp_energy",
+    "da_dlmp_loss",
+    "da_dlmp_congestion",
+)
+
+
+def dmo_rents(
+    ledger: pd.DataFrame, dispatch: pd.DataFrame, day_ahead: pd.DataFrame | None = None
+) -> dict[str, Any]:
     """The DMOs' surplus split by where it comes from, each term from the
     payments that make it (not as a remainder):
 
     * ``dmo_loss_rent``: what DERs paid through the loss component of their
       DLMP (MW x h x ``dlmp_loss``), plus loss charges on peer-to-peer trades;
+      with two settlements, real-time deviations at real-time DLMPs and
+      day-ahead schedules at day-ahead DLMPs (``day_ahead``: the
+      ``day_ahead_dispatch`` table), each through its own components;
     * ``dmo_congestion_rent``: through the congestion and voltage component;
     * ``dmo_mismatch``: the energy the DMO sold inside the LDA at the energy
-      component of the DLMPs (with two settlements: the DERs' day-ahead
-      schedules at the day-ahead price, their deviations at the DLMPs) and to
+      component of the DLMPs (day-ahead and real-time) and to
       the utility at the T-D LMP, less what it bought from the ISO: non-zero
       because the linearised feeder's head power is not the sum of what was
       charged (losses at the operating point are charged to the utility,
@@ -233,8 +248,30 @@ def dmo_rents(ledger: pd.DataFrame, dispatch: pd.DataFrame) -> dict[str, Any]:
     )
     p2p_loss = ledger["amount"][dmo_in & (item == "loss charge")].sum()
     utility = ledger["amount"][dmo_in & payer.str.startswith("utility:")].sum()
-    # two settlements: DER day-ahead schedules, at the LDA's day-ahead price
-    day_ahead = ledger["amount"][dmo_in & item.str.startswith("day_ahead@")].sum()
+    # two settlements: DER day-ahead schedules, at their day-ahead DLMPs
+    da = ledger[dmo_in & payer.str.startswith("agg:") & item.str.startswith("day_ahead@")]
+    da_parts = pd.DataFrame(
+        {
+            "interval": da["interval"].to_numpy(),
+            "aggregator": da["payer"].str.removeprefix("agg:").to_numpy(),
+            "location": da["item"].str.removeprefix("day_ahead@").to_numpy(),
+            "mwh": (da["mw"] * da["hours"]).to_numpy(),
+        }
+    )
+    if da_parts.empty:
+        da_energy = da_loss = da_congestion = 0.0
+    else:
+        if day_ahead is None or day_ahead.empty:
+            raise ValueError("day-ahead DER settlements without a day_ahead_dispatch table")
+        da_parts = da_parts.merge(
+            day_ahead[list(_DA_KEYS)],
+            on=["interval", "aggregator", "location"],
+            how="left",
+            validate="one_to_one",
+        )
+        da_energy = (da_parts["mwh"] * da_parts["da_dlmp_energy"]).sum()
+        da_loss = (da_parts["mwh"] * da_parts["da_dlmp_loss"]).sum()
+        da_congestion = (da_parts["mwh"] * da_parts["da_dlmp_congestion"]).sum()
     to_iso = ledger["amount"][
         (ledger["market"] != "iso") & payer.str.startswith("dmo:") & (payee == "iso")
     ].sum()
@@ -242,10 +279,12 @@ def dmo_rents(ledger: pd.DataFrame, dispatch: pd.DataFrame) -> dict[str, Any]:
         (ledger["market"] == "iso") & payer.str.startswith("dmo:") & (item == "imbalance")
     ].sum()
     return {
-        "dmo_loss_rent": _r((parts["mwh"] * parts["dlmp_loss"]).sum() + p2p_loss, 2),
-        "dmo_congestion_rent": _r((parts["mwh"] * parts["dlmp_congestion"]).sum(), 2),
+        "dmo_loss_rent": _r((parts["mwh"] * parts["dlmp_loss"]).sum() + p2p_loss + da_loss, 2),
+        "dmo_congestion_rent": _r(
+            (parts["mwh"] * parts["dlmp_congestion"]).sum() + da_congestion, 2
+        ),
         "dmo_mismatch": _r(
-            (parts["mwh"] * parts["dlmp_energy"]).sum() + day_ahead + utility - to_iso, 2
+            (parts["mwh"] * parts["dlmp_energy"]).sum() + da_energy + utility - to_iso, 2
         ),
         "dmo_imbalance": _r(-imbalance, 2),
     }

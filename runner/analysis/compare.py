@@ -59,6 +59,7 @@ COLUMNS = (
     "deviation_cost",
     "unwound_mwh",
     "unwound_cost",
+    "unwound_pf_mwh",
     "dmo_loss_rent",
     "dmo_congestion_rent",
     "dmo_mismatch",
@@ -176,16 +177,24 @@ def lda_wholesale_costs(ledger: pd.DataFrame) -> dict[str, float]:
 def unwound(table: pd.DataFrame, hours: float) -> dict[str, float]:
     """Day-ahead schedules of aggregator locations the feeder could not carry
     (``unwound`` table, models 1-2 with a day-ahead market), at the T-D
-    interface: ``unwound_mwh`` their energy (sum of |MW| x h x scale), and
-    ``unwound_cost`` what unwinding them at real-time prices costs their
-    holders beyond the day-ahead price, $ (sum of -unwound MW x h x scale x
-    (LMP - day-ahead LMP)). NaN where nothing was checked."""
+    interface: ``unwound_mwh`` their energy (sum of |MW| x h x scale) by the
+    utility's linear check, ``unwound_pf_mwh`` by the same check on the
+    feeder's power flow, and ``unwound_cost`` what unwinding the linear
+    check's at real-time prices costs their holders beyond the day-ahead
+    price, $ (sum of -unwound MW x h x scale x (LMP - day-ahead LMP)). NaN
+    where nothing was checked."""
     if table.empty:
-        return {"unwound_mwh": math.nan, "unwound_cost": math.nan}
+        return {"unwound_mwh": math.nan, "unwound_cost": math.nan, "unwound_pf_mwh": math.nan}
     mw = table["unwound_mw"] * table["scale"] * hours
+    pf = (
+        round(float((table["unwound_pf_mw"] * table["scale"] * hours).abs().sum()), 4)
+        if "unwound_pf_mw" in table
+        else math.nan
+    )
     return {
         "unwound_mwh": round(float(mw.abs().sum()), 4),
         "unwound_cost": round(float((-mw * (table["lmp"] - table["da_lmp"])).sum()), 2),
+        "unwound_pf_mwh": pf,
     }
 
 
