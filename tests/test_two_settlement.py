@@ -169,6 +169,19 @@ def test_two_days_of_two_settlements(model: str, tmp_path: Path) -> None:
         assert (agg_da["market"] == "lda:lda5").all() and (agg_da["payee"] == "dmo:lda5").all()
         td = table(results, "interface").set_index("interval")
         assert (agg_da["price"] != agg_da["interval"].map(td["lmp"])).any()  # not the RT price
+        # each schedule is the LDA market's day-ahead clearing on the feeder
+        # forecast, settled at its day-ahead DLMP; the feeder prices them apart
+        dd = table(results, "day_ahead_dispatch")
+        paid = agg_da.assign(
+            aggregator=agg_da["payer"].str.removeprefix("agg:"),
+            location=agg_da["item"].str.removeprefix("day_ahead@"),
+        ).merge(dd, on=["interval", "aggregator", "location"], validate="one_to_one")
+        assert len(paid) == len(agg_da)
+        assert np.allclose(paid["price"], paid["da_dlmp"])
+        assert np.allclose(paid["mw"], paid["da_mw"] * 10.0)  # the scenario's scale
+        assert (dd.groupby("interval")["da_dlmp"].nunique() > 1).mean() > 0.5
+        parts = ("dmo_loss_rent", "dmo_congestion_rent", "dmo_mismatch", "dmo_imbalance")
+        assert sum(s[k] for k in parts) == pytest.approx(s["dmo_surplus"], abs=0.05)
     assert len(agg_da) > 100 and (agg_da["mw"].abs() > 1e-3).any()
     # (at the ISO an aggregator's locations settle as rows of the same item: compare sets)
     per_interval = agg_da.groupby(["payer", "item", "interval"]).agg(
@@ -186,6 +199,11 @@ def test_two_days_of_two_settlements(model: str, tmp_path: Path) -> None:
         smaller = unwound["carried_mw"].abs() <= unwound["da_mw"].abs() + 1e-9
         assert same_side.all() and smaller.all()
         assert np.allclose(unwound["unwound_mw"], unwound["da_mw"] - unwound["carried_mw"])
+        # the same check on the feeder's power flow, likewise
+        assert unwound["carried_pf_mw"].notna().all() and unwound["pf_converged"].all()
+        assert (unwound["carried_pf_mw"] * unwound["da_mw"] >= 0).all()
+        assert (unwound["carried_pf_mw"].abs() <= unwound["da_mw"].abs() + 1e-9).all()
+        assert (unwound["unwound_pf_mw"].abs() > 1e-3).any()
     else:
         assert not (results / "unwound").exists()
     # forecasts beside what happened, from the ISO, the utility and each aggregator
