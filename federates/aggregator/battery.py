@@ -84,6 +84,13 @@ class Batteries:
         self.blocks = blocks
         self._before = self.energy
         self._last: dict[str, FloatArray] = {}
+        # per-battery constants of the offer, computed once
+        n = len(self.power)
+        self._mid = (np.arange(blocks) + 0.5) / blocks  # tranche midpoints, fraction of power
+        self._e1 = self.eta1[:, None]
+        self._per_unit = (self.power * dt_h)[:, None]  # grid MWh of one full-power interval
+        self._e1_per_unit = self._e1 * self._per_unit
+        self._owner = np.repeat(np.arange(n, dtype=np.intp), 2 * blocks)
 
     @property
     def soc(self) -> FloatArray:
@@ -107,16 +114,14 @@ class Batteries:
             return GroupOffer.fixed(np.zeros(0))
         windows, row = tick.outlook.cycle_windows(self.bus, self.horizon)
         horizon = windows[0].shape[1]
-        e1 = self.eta1[:, None]
-        per_unit = (self.power * dt)[:, None]  # grid MWh of one full-power interval
-        mid = (np.arange(k) + 0.5) / k  # tranche midpoints, fraction of the deliverable power
+        e1, per_unit, e1_per_unit, mid = self._e1, self._per_unit, self._e1_per_unit, self._mid
         out = mid * (dmax * dt / self.eta1)[:, None]  # stored MWh removed by mid-tranche
         into = mid * (cmax * dt * self.eta1)[:, None]  # stored MWh added by mid-tranche
         e_col, h_col, eta_col = stored[:, None], room[:, None], self.eta[:, None]
         # positions in the sorted expected prices, all four order statistics in one pass:
         # the n_d-th highest price values the stored energy, the n_c-th lowest the room
         value_at = horizon - (e_col - out) * e1 / per_unit, horizon - (e_col + into) * e1 / per_unit
-        cost_at = (h_col + out) / (e1 * per_unit) - 1.0, (h_col - into) / (e1 * per_unit) - 1.0
+        cost_at = (h_col + out) / e1_per_unit - 1.0, (h_col - into) / e1_per_unit - 1.0
         # windows: 0 to the valley, 1 to the peak after it, 2 to the peak, 3 to the valley after it
         v_out = order_stat(windows[0], row, value_at[0])
         c_out = order_stat(windows[1], row, cost_at[0])
@@ -133,8 +138,7 @@ class Batteries:
             ],
             axis=1,
         )
-        owner = np.repeat(np.arange(n, dtype=np.intp), 2 * k)
-        return GroupOffer(must - dmax, cmax, must, price.ravel(), mw.ravel(), owner)
+        return GroupOffer(must - dmax, cmax, must, price.ravel(), mw.ravel(), self._owner)
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:
         charge, discharge = np.maximum(net, 0.0), np.maximum(-net, 0.0)

@@ -91,6 +91,8 @@ class Evs:
             self.plugged, np.minimum(self.e_arrive[rows, self.sess] + charged, self.e_req), 0.0
         )
         self._last: dict[str, FloatArray] = {}
+        # block owners of the offer: every car twice (discharge, then charge)
+        self._owner = np.tile(np.arange(len(bus), dtype=np.intp), 2)
 
     def _sessions(
         self,
@@ -157,8 +159,7 @@ class Evs:
         c_price, d_price = both[:n], both[n:] / eta**2 + self.wear
         price = np.concatenate([d_price, c_price])
         mw = np.concatenate([dmax, flex])
-        owner = np.concatenate([np.arange(n), np.arange(n)]).astype(np.intp)
-        return GroupOffer(must - dmax, hi, hi, price, mw, owner)
+        return GroupOffer(must - dmax, hi, hi, price, mw, self._owner)
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:
         t = tick.t

@@ -101,9 +101,10 @@ def per_bus_extreme(bus: IntArray, values: FloatArray, n_bus: int, *, largest: b
     return out
 
 
-def tranches(lo: FloatArray, hi: FloatArray, k: int) -> tuple[FloatArray, FloatArray, IntArray]:
+def tranches(lo: FloatArray, hi: FloatArray, k: int) -> tuple[FloatArray, FloatArray]:
     """Split each device's range ``[lo, hi]`` into ``k`` equal tranches:
-    their midpoints ``(n, k)``, their size ``(n,)`` and block owners ``(n*k,)``."""
+    their midpoints ``(n, k)`` and their size ``(n,)`` (block ``j`` of
+    device ``i`` is entry ``i * k + j``: a group keeps those owners)."""
     size = (hi - lo) / k
     mid = lo[:, None] + size[:, None] * (np.arange(k) + 0.5)[None, :]
-    return mid, size, np.repeat(np.arange(len(lo), dtype=np.intp), k)
+    return mid, size

@@ -45,13 +45,16 @@ def order_stat(sorted_rows: FloatArray, rows: IntArray, position: FloatArray) ->
     >>> order_stat(np.array([[1.0, 2.0, 4.0]]), np.array([0, 0]), np.array([0.5, 5.0])).tolist()
     [1.5, 4.0]
     """
-    last = sorted_rows.shape[1] - 1
-    x = np.clip(position, 0.0, last)
-    i0 = np.floor(x).astype(np.intp)
-    i1 = np.minimum(i0 + 1, last)
+    width = sorted_rows.shape[1]
+    x = np.clip(position, 0.0, width - 1)
+    i0 = x.astype(np.intp)  # x >= 0: truncation is the floor
+    i1 = np.minimum(i0 + 1, width - 1)
     w = x - i0
-    r = rows.reshape(rows.shape + (1,) * (x.ndim - rows.ndim))
-    return sorted_rows[r, i0] * (1.0 - w) + sorted_rows[r, i1] * w
+    start = (rows * width).reshape(rows.shape + (1,) * (x.ndim - rows.ndim))
+    i0 += start
+    i1 += start
+    flat = sorted_rows.ravel()
+    return flat[i0] * (1.0 - w) + flat[i1] * w
 
 
 class PriceEstimate:
@@ -261,10 +264,11 @@ class Outlook:
         prices, per query; ``m = 0`` (no later interval) gives +inf.
 
         Each row of expected prices is sorted once (with the time index of
-        every sorted entry); the ``i``-th smallest of the first ``m`` is the
-        sorted entry where the running count of time indices below ``m``
-        first exceeds ``i``. That is one ``(queries, width)`` pass, however
-        different the queries' windows are.
+        every sorted entry). The first ``m`` of a row, sorted, are its sorted
+        entries whose time index is below ``m``, in order: they are laid out
+        once per distinct (row, ``m``) pair among the queries (one ``(pairs,
+        width)`` pass), and every query reads its two neighbours there. The
+        pairs are at most rows x width however many devices ask.
         """
         out = np.full(len(m), np.inf)
         has = m > 0
@@ -278,10 +282,19 @@ class Outlook:
         i1 = np.minimum(i0 + 1, mm - 1)
         w = x - i0
         row = self.est.label[buses[has]]
-        count = np.cumsum(order[row] < mm[:, None], axis=1)  # (queries, width)
-        j0 = np.argmax(count > i0[:, None], axis=1)
-        j1 = np.argmax(count > i1[:, None], axis=1)
-        out[has] = sorted_f[row, j0] * (1.0 - w) + sorted_f[row, j1] * w
+        pair_key = row * (width + 1) + mm
+        present = np.zeros(len(order) * (width + 1), dtype=bool)
+        present[pair_key] = True
+        pairs = np.flatnonzero(present)
+        pair_of = np.cumsum(present) - 1
+        p_row, p_m = np.divmod(pairs, width + 1)
+        inside = order[p_row] < p_m[:, None]  # (pairs, width): entries among the first m
+        rank = np.cumsum(inside, axis=1) - 1
+        prefix = np.empty((len(pairs), width))
+        which = np.nonzero(inside)
+        prefix[which[0], rank[inside]] = sorted_f[p_row][inside]
+        q = pair_of[pair_key]
+        out[has] = prefix[q, i0] * (1.0 - w) + prefix[q, i1] * w
         return out
 
     def _sorted(self, width: int) -> tuple[IntArray, FloatArray]:

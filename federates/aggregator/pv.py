@@ -141,10 +141,23 @@ class PvSystems:
             self.profile[i] = s.profile[:n_intervals]
         self._state: dict[str, FloatArray] = {}
         self._last: dict[str, FloatArray] = {}
+        self._reactive = self._volt_var()
+        # the modelled systems' constants, as (devices, 1) columns against the samples
+        m = self.modelled
+        self._orient_m = self.orient[m]
+        self._pdc0_m, self._gamma_m = self.pdc0[m, None], self.gamma[m, None]
+        self._rating_m = self.rating[m, None]
 
     def set_voltages(self, v_pu_by_bus: FloatArray) -> None:
         """Last known voltage (pu) at every bus of the fleet, for volt-var."""
         self.voltage = v_pu_by_bus[self.bus]
+        self._reactive = self._volt_var()
+
+    def _volt_var(self) -> tuple[FloatArray, FloatArray]:
+        """Reactive power (MVAr) at the last known voltages and the active
+        power it leaves room for (MW), per system."""
+        q = np.where(self.volt_var, volt_var(self.voltage), 0.0) * self.rating
+        return q, np.sqrt(np.maximum(self.rating**2 - q**2, 0.0))
 
     def _available(self, t: int) -> dict[str, FloatArray]:
         n = len(self.rating)
@@ -152,16 +165,22 @@ class PvSystems:
         poa, t_cell, clipped = np.zeros(n), np.full(n, np.nan), np.zeros(n)
         m = self.modelled
         if m.any() and self.weather is not None:
-            g = self.weather.poa[self.orient[m], t, :]  # (devices, samples)
-            tc = cell_temperature(g, self.weather.temp_air[t][None, :])
-            pdc = dc_power(g, tc, self.pdc0[m, None], self.gamma[m, None])
-            free = ac_unclipped(pdc, self.rating[m, None])
-            pac = np.minimum(free, self.rating[m, None])
-            avail[m] = pac.mean(axis=1)
-            clipped[m] = (free - pac).mean(axis=1)
-            poa[m], t_cell[m] = g.mean(axis=1), tc.mean(axis=1)
-        q = np.where(self.volt_var, volt_var(self.voltage), 0.0) * self.rating
-        avail = np.minimum(avail, np.sqrt(np.maximum(self.rating**2 - q**2, 0.0)))
+            # irradiance and cell temperature depend on the orientation only
+            g_o = self.weather.poa[:, t, :]  # (orientations, samples)
+            tc_o = cell_temperature(g_o, self.weather.temp_air[t][None, :])
+            orient = self._orient_m
+            if g_o.any():
+                g, tc = g_o[orient], tc_o[orient]  # (devices, samples)
+                pdc = dc_power(g, tc, self._pdc0_m, self._gamma_m)
+                free = ac_unclipped(pdc, self._rating_m)
+                pac = np.minimum(free, self._rating_m)
+                avail[m] = pac.mean(axis=1)
+                clipped[m] = (free - pac).mean(axis=1)
+            else:  # night: no irradiance, so no DC power, no AC power, nothing clipped
+                avail[m] = 0.0
+            poa[m], t_cell[m] = g_o.mean(axis=1)[orient], tc_o.mean(axis=1)[orient]
+        q, cap = self._reactive
+        avail = np.minimum(avail, cap)
         return {
             "available_mw": avail,
             "clipped_mw": clipped,

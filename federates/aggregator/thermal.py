@@ -80,10 +80,12 @@ def end_temperature(
     c: FloatArray,
     heat_kw: FloatArray,
     dt_h: float,
+    decay: FloatArray | None = None,
 ) -> FloatArray:
     """Exact end temperature of ``C dT/dt = G (T_src - T) + heat`` after
-    ``dt_h`` hours: the one formula every thermal device uses (see module)."""
-    a = np.exp(-g * dt_h / c)
+    ``dt_h`` hours: the one formula every thermal device uses (see module).
+    ``decay`` is ``exp(-G dt / C)`` when the caller already has it."""
+    a = np.exp(-g * dt_h / c) if decay is None else decay
     t_eq = t_src + heat_kw / g
     return t_eq + (t0 - t_eq) * a
 
@@ -134,6 +136,11 @@ class ThermalLoads:
         self._rng = np.random.default_rng([seed, 4])
         self._last: dict[str, FloatArray] = {}
         self._env: tuple[FloatArray, FloatArray, FloatArray] | None = None
+        # per-device constants of the offer, computed once
+        self._t_min, self._t_max = setpoint - band, setpoint + band
+        self._steep = (comfort * sign / band)[:, None]
+        self._owner = np.repeat(np.arange(len(bus), dtype=np.intp), blocks)
+        self._decay: tuple[FloatArray, FloatArray, FloatArray] | None = None
 
     # A subclass gives the environment of interval t: conductance G (kW/degC),
     # source temperature T_src (degC) and the ambient to report.
@@ -142,9 +149,9 @@ class ThermalLoads:
 
     def _bounds(self, t: int) -> tuple[FloatArray, ...]:
         g, t_src, ambient = self.environment(t)
-        free = end_temperature(self.temp, g, t_src, self.capacity, 0.0, self.dt_h)
-        slope = self.sign * self.cop * -np.expm1(-g * self.dt_h / self.capacity) / g  # degC/kW
-        t_min, t_max = self.setpoint - self.band, self.setpoint + self.band
+        a, slope = self._response(g)
+        free = end_temperature(self.temp, g, t_src, self.capacity, 0.0, self.dt_h, decay=a)
+        t_min, t_max = self._t_min, self._t_max
         p1, p2 = (t_min - free) / slope, (t_max - free) / slope
         lo_kw = np.clip(np.minimum(p1, p2), 0.0, self.p_kw)
         hi_kw = np.maximum(np.clip(np.maximum(p1, p2), 0.0, self.p_kw), lo_kw)
@@ -152,19 +159,28 @@ class ThermalLoads:
         self._env = (free, slope, ambient)
         return lo_kw, hi_kw, base_kw, free, slope
 
+    def _response(self, g: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Decay ``a = exp(-G dt / C)`` over the interval and the end
+        temperature's slope in power (degC/kW) for conductances ``g``; kept
+        while ``environment`` returns the same array (a constant ``G``)."""
+        if self._decay is not None and self._decay[0] is g:
+            return self._decay[1], self._decay[2]
+        a = np.exp(-g * self.dt_h / self.capacity)
+        slope = self.sign * self.cop * -np.expm1(-g * self.dt_h / self.capacity) / g
+        self._decay = (g, a, slope)
+        return a, slope
+
     def offer(self, tick: Tick) -> GroupOffer:
         lo_kw, hi_kw, base_kw, free, slope = self._bounds(tick.t)
         if len(lo_kw) == 0:
             return GroupOffer.fixed(np.zeros(0))
-        mid, size, owner = tranches(lo_kw, hi_kw, self.blocks)
+        mid, size = tranches(lo_kw, hi_kw, self.blocks)
         t_end = free[:, None] + slope[:, None] * mid
         p_ref = tick.outlook.mean_ahead(self.bus, self.horizon)
-        price = p_ref[:, None] + (self.comfort * self.sign / self.band)[:, None] * (
-            self.setpoint[:, None] - t_end
-        )
+        price = p_ref[:, None] + self._steep * (self.setpoint[:, None] - t_end)
         mw = np.repeat(size / 1000.0, self.blocks)
         return GroupOffer(
-            lo_kw / 1000.0, hi_kw / 1000.0, base_kw / 1000.0, price.ravel(), mw, owner
+            lo_kw / 1000.0, hi_kw / 1000.0, base_kw / 1000.0, price.ravel(), mw, self._owner
         )
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:

@@ -1,0 +1,243 @@
+"""The fleet's fast per-interval path gives bit-for-bit what the plain
+reference path gives: the block order from one integer sort against
+``np.lexsort``, the fill's price runs kept from assembly against runs
+recomputed per fill, order statistics from sorted prefixes against the
+running-count search, PV irradiance per orientation against per device,
+thermal decay kept across intervals against recomputed. The references
+below are the implementations the fast ones replaced (kept here verbatim)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from dsosim.federates.aggregator import offers, prices, pv, thermal
+from dsosim.federates.aggregator.fleet import Fleet
+from dsosim.federates.aggregator.population import HomeMix, home_devices
+from dsosim.federates.aggregator.solar import sky_table
+from dsosim.federates.aggregator.specs import (
+    FleetSpec,
+    FlexLoadSpec,
+    InflexibleLoadSpec,
+    ShiftableLoadSpec,
+    SiteSpec,
+)
+from dsosim.federates.common.arrays import FloatArray, IntArray
+
+DAY = 288
+SITE = SiteSpec()
+SKY = sky_table(SITE, ["flat", "south", "east", "west"])
+
+
+# ------------------------------------------------------------- references
+
+
+def _lexsort_order(bus: IntArray, price: FloatArray) -> IntArray:
+    return np.lexsort((-price, bus))
+
+
+def _reference_fill(offer: offers.FleetOffer, extra: FloatArray) -> FloatArray:
+    n_dev = len(offer.dev_lo)
+    if len(offer.blk_mw) == 0:
+        return np.zeros(n_dev)
+    bus, price, mw = offer.blk_bus, offer.blk_price, offer.blk_mw
+    new = np.empty(len(mw), dtype=bool)
+    new[0] = True
+    new[1:] = (bus[1:] != bus[:-1]) | (price[1:] != price[:-1])
+    group = np.cumsum(new) - 1
+    starts = np.flatnonzero(new)
+    g_mw = np.add.reduceat(mw, starts)
+    g_bus = bus[starts]
+    before = np.cumsum(g_mw) - g_mw
+    first = np.flatnonzero(np.concatenate(([True], g_bus[1:] != g_bus[:-1])))
+    bus_first = np.repeat(first, np.diff(np.append(first, len(g_mw))))
+    before -= before[bus_first]
+    share = np.clip((extra[g_bus] - before) / g_mw, 0.0, 1.0)
+    return np.bincount(offer.blk_owner, mw * share[group], minlength=n_dev)
+
+
+def _reference_order_stat(
+    sorted_rows: FloatArray, rows: IntArray, position: FloatArray
+) -> FloatArray:
+    last = sorted_rows.shape[1] - 1
+    x = np.clip(position, 0.0, last)
+    i0 = np.floor(x).astype(np.intp)
+    i1 = np.minimum(i0 + 1, last)
+    w = x - i0
+    r = rows.reshape(rows.shape + (1,) * (x.ndim - rows.ndim))
+    return sorted_rows[r, i0] * (1.0 - w) + sorted_rows[r, i1] * w
+
+
+def _reference_order_stat_ahead(
+    self: prices.Outlook, buses: IntArray, m: IntArray, position: FloatArray
+) -> FloatArray:
+    out = np.full(len(m), np.inf)
+    has = m > 0
+    if not has.any():
+        return out
+    width = min(int(m[has].max()), self.est.slots)
+    order, sorted_f = self._sorted(width)
+    mm = np.minimum(m[has], width)
+    x = np.clip(position[has], 0.0, mm - 1)
+    i0 = np.floor(x).astype(np.intp)
+    i1 = np.minimum(i0 + 1, mm - 1)
+    w = x - i0
+    row = self.est.label[buses[has]]
+    count = np.cumsum(order[row] < mm[:, None], axis=1)
+    j0 = np.argmax(count > i0[:, None], axis=1)
+    j1 = np.argmax(count > i1[:, None], axis=1)
+    out[has] = sorted_f[row, j0] * (1.0 - w) + sorted_f[row, j1] * w
+    return out
+
+
+def _reference_available(self: pv.PvSystems, t: int) -> dict[str, FloatArray]:
+    n = len(self.rating)
+    avail = self.rating * self.profile[:, t]
+    poa, t_cell, clipped = np.zeros(n), np.full(n, np.nan), np.zeros(n)
+    m = self.modelled
+    if m.any() and self.weather is not None:
+        g = self.weather.poa[self.orient[m], t, :]
+        tc = pv.cell_temperature(g, self.weather.temp_air[t][None, :])
+        pdc = pv.dc_power(g, tc, self.pdc0[m, None], self.gamma[m, None])
+        free = pv.ac_unclipped(pdc, self.rating[m, None])
+        pac = np.minimum(free, self.rating[m, None])
+        avail[m] = pac.mean(axis=1)
+        clipped[m] = (free - pac).mean(axis=1)
+        poa[m], t_cell[m] = g.mean(axis=1), tc.mean(axis=1)
+    q = np.where(self.volt_var, pv.volt_var(self.voltage), 0.0) * self.rating
+    avail = np.minimum(avail, np.sqrt(np.maximum(self.rating**2 - q**2, 0.0)))
+    return {
+        "available_mw": avail,
+        "clipped_mw": clipped,
+        "irradiance_w_m2": poa,
+        "cell_temp_c": t_cell,
+        "q_mvar": q,
+    }
+
+
+def _reference_response(self: thermal.ThermalLoads, g: FloatArray) -> tuple[FloatArray, FloatArray]:
+    a = np.exp(-g * self.dt_h / self.capacity)
+    return a, self.sign * self.cop * -np.expm1(-g * self.dt_h / self.capacity) / g
+
+
+def _use_references(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offers, "bus_price_order", _lexsort_order)
+    monkeypatch.setattr(offers, "fill", _reference_fill)
+    monkeypatch.setattr(prices, "order_stat", _reference_order_stat)
+    monkeypatch.setattr(prices.Outlook, "order_stat_ahead", _reference_order_stat_ahead)
+    monkeypatch.setattr(pv.PvSystems, "_available", _reference_available)
+    monkeypatch.setattr(thermal.ThermalLoads, "_response", _reference_response)
+    # the battery module imported order_stat by name
+    from dsosim.federates.aggregator import battery
+
+    monkeypatch.setattr(battery, "order_stat", _reference_order_stat)
+
+
+# ------------------------------------------------------------------ fleet
+
+
+def _mixed_fleet() -> Fleet:
+    """Every device type at every bus, volt-var inverters, enough devices
+    (about 3,000 blocks per interval at most buses) for the fast block
+    order to be used rather than its small-input fallback."""
+    buses = [f"bus{i}" for i in range(7)]
+    mix = HomeMix(pv=0.5, battery=0.3, ev=0.4, v2g=0.5, hvac=0.6, water_heater=0.4, volt_var=0.3)
+    got = home_devices(dict.fromkeys(buses, 300), mix, SITE, np.random.default_rng(8))
+    spec = FleetSpec(
+        batteries=tuple(got.batteries),
+        pvs=tuple(got.pvs),
+        evs=tuple(got.evs),
+        hvacs=tuple(got.hvacs),
+        water_heaters=tuple(got.water_heaters),
+        inflexible_loads=tuple(InflexibleLoadSpec(b, 0.01) for b in buses),
+        flex_loads=tuple(FlexLoadSpec(b, 0.01, value_per_mwh=70.0) for b in buses[::2]),
+        shiftable_loads=tuple(ShiftableLoadSpec(b, 0.01, 0.003, 22.0, 6.0) for b in buses[1::2]),
+        price_prior=tuple(20.0 + 15.0 * np.sin(np.arange(24) / 24 * 2 * np.pi - 2.0)),
+        site=SITE,
+        sky=SKY,
+    )
+    return Fleet(spec, interval_s=300.0, n_intervals=DAY, seed=5)
+
+
+def _day_digest() -> tuple[str, int]:
+    """SHA-256 over every curve, device plan and dispatch outcome of a day,
+    with per-bus prices, a published window, voltages and an unavailable
+    device along the way; and the most blocks seen in one interval."""
+    fleet = _mixed_fleet()
+    h = hashlib.sha256()
+    rng = np.random.default_rng(2)
+    most = 0
+
+    def feed(values: object) -> None:
+        h.update(np.ascontiguousarray(np.asarray(values, dtype=float)).tobytes())
+
+    fleet.set_available(3, False)
+    for t in range(DAY):
+        if t == 60:
+            fleet.publish_prices(120, (40.0 + 10.0 * np.sin(np.arange(48) / 6.0)).tolist())
+        if t == 100:
+            fleet.set_voltages({b: 1.0 + 0.012 * i for i, b in enumerate(fleet.buses)})
+        if t == 150:
+            fleet.set_available(3, True)
+        offer = fleet._offer(t)
+        most = max(most, len(offer.blk_mw))
+        bids = fleet.bids(t)
+        for c in bids.values():
+            feed([c.base_mw, *(x for block in c.blocks for x in block)])
+        price = 30.0 + 20.0 * np.sin(2 * np.pi * t / DAY) + rng.normal(0.0, 5.0)
+        pick = t % 4
+        setpoints = {
+            b: (
+                c.quantity_at(price)
+                if pick == 0
+                else c.min_mw
+                if pick == 1
+                else c.max_mw
+                if pick == 2
+                else c.base_mw + 0.5 * (c.max_mw - c.base_mw)
+            )
+            for b, c in bids.items()
+        }
+        feed(fleet.plan(t, setpoints))
+        out = fleet.dispatch(
+            t, setpoints, {b: float(price + 0.3 * i) for i, b in enumerate(fleet.buses)}
+        )
+        for name in ("target_mw", "actual_mw", "baseline_mw", "expected_price"):
+            feed(getattr(out, name))
+        feed(out.forecast_low)
+        feed(out.forecast_high)
+        for kind in sorted(out.by_type):
+            o = out.by_type[kind]
+            for arr in (o.baseline_mw, o.min_mw, o.max_mw, o.dispatched_mw, o.actual_mw):
+                feed(arr)
+            for name in sorted(o.state):
+                feed(o.state[name])
+    return h.hexdigest(), most
+
+
+def test_the_fast_path_gives_the_reference_paths_bits_over_a_day(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fast, most = _day_digest()
+    assert most > 4096  # the fast block order ran (smaller inputs use lexsort)
+    _use_references(monkeypatch)
+    assert offers.bus_price_order is _lexsort_order  # the references are in place
+    reference, _ = _day_digest()
+    assert fast == reference
+
+
+def test_block_order_resolves_prices_closer_than_its_key_keeps() -> None:
+    """Prices a few ulps apart share the key's price bits; the order is
+    still lexsort's (runs re-sorted exactly)."""
+    rng = np.random.default_rng(11)
+    n = 20000
+    bus = rng.integers(0, 5, n).astype(np.intp)
+    price = 12.5 + rng.integers(-3, 4, n) * np.spacing(12.5)
+    price[::7] = rng.uniform(-10.0, 50.0, len(price[::7]))
+    price[::11] = -0.0
+    assert np.array_equal(offers.bus_price_order(bus, price), np.lexsort((-price, bus)))
+    # more buses than the key can hold next to the index: the plain lexsort
+    wide = rng.integers(0, 2**40, n).astype(np.intp)
+    assert np.array_equal(offers.bus_price_order(wide, price), np.lexsort((-price, wide)))
