@@ -299,3 +299,53 @@ def test_inflexible_load_forecast_error_is_seeded_per_period_and_load() -> None:
     assert 0.03 < error.std() < 0.075 and abs(error.mean()) < 0.04
     # the plan nets the forecast load: the period's offer is fixed at it
     assert [c.quantity_at(0.0) for c in noisy.offers["a"]] == pytest.approx(noisy.load_mw)
+
+
+def test_ev_and_temperature_forecast_errors_are_seeded() -> None:
+    """EV sessions arriving in the day offered are forecast with a seeded
+    relative error in the energy they need, and the outdoor temperature of
+    air conditioners with a seeded error per period; without errors the plan
+    is what the fleet then does (a fleet at a fixed price is its own plan)."""
+    from dsosim.federates.aggregator.specs import EvSpec, HvacSpec
+
+    # commuters charging at work: they arrive at 07:00 and leave at 17:00 charged
+    evs = tuple(
+        EvSpec("a", 0.06, 0.007, 0.02 + 0.001 * i, arrival_h=7.0, departure_h=17.0)
+        for i in range(20)
+    )
+    hvacs = tuple(HvacSpec("a", 0.004) for _ in range(20))
+    spec = {"batteries": (), "evs": evs, "hvacs": hvacs, "sky": sky_table(SITE, ["flat"])}
+    exact = _battery_fleet(**spec).day_ahead(0, 24, 12)
+    fleet = _battery_fleet(**spec)
+    net = np.zeros(24)
+    for k in range(288):
+        out = fleet.dispatch(k, {"a": fleet.bids(k)["a"].quantity_at(PRIOR[k // 12])}, {})
+        net[k // 12] += out.total("ev", "charge_mw") / 12
+    assert exact.ev_mw == pytest.approx(net, abs=1e-9)  # no error: what happens
+    assert np.all(np.isfinite(exact.outdoor_c)) and exact.hvac_mw.sum() > 0.0
+
+    def plan(seed: int):
+        return _battery_fleet(**spec).day_ahead(
+            0, 24, 12, ev_error=0.3, temperature_error_c=2.0, seed=seed
+        )
+
+    noisy, again, other = plan(5), plan(5), plan(6)
+    assert np.array_equal(noisy.ev_mw, again.ev_mw)
+    assert np.array_equal(noisy.outdoor_c, again.outdoor_c)
+    assert not np.array_equal(noisy.ev_mw, other.ev_mw)
+    # the morning's arrivals need more or less than they will: the plan
+    # stores before they leave what it forecasts they need (day 0's sessions
+    # are column 1: the sessions start the evening before day 0)
+    from dsosim.federates.aggregator.ev import Evs
+
+    cars = next(g for g in _battery_fleet(**spec).groups if isinstance(g, Evs))
+    need = cars.e_req - cars.e_arrive[:, 1]
+    draw = np.random.default_rng([5, 4409, 0]).normal(0.0, 0.3, cars.arrive.shape)[:, 1]
+    forecast = np.minimum(need * np.maximum(1.0 + draw, 0.0), cars.e_req)
+    assert exact.ev_mw.sum() * 0.92 == pytest.approx(need.sum(), rel=1e-9)  # 1 h periods
+    assert noisy.ev_mw.sum() * 0.92 == pytest.approx(forecast.sum(), rel=1e-9)
+    assert abs(forecast.sum() / need.sum() - 1.0) > 0.01
+    delta = noisy.outdoor_c - exact.outdoor_c
+    # 24 draws of sd 2 degC: the sample sd lies in [1.55, 2.80] with 95 % probability
+    assert 1.3 < delta.std() < 3.0
+    assert not np.allclose(noisy.hvac_mw, exact.hvac_mw)  # the plan cools to it

@@ -15,7 +15,14 @@ import zlib
 
 import numpy as np
 
-from dsosim.federates.aggregator.fleet import DeviceReading, DispatchOutcome, Fleet
+from dsosim.federates.aggregator.fleet import (
+    DayAheadPlan,
+    DeviceReading,
+    DispatchOutcome,
+    Fleet,
+    ev_net_mw,
+    outdoor_c,
+)
 from dsosim.federates.aggregator.results import der_tables
 from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.common import messages as msg
@@ -67,17 +74,13 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
                 per_period,
                 pv_error=da.pv_forecast_error,
                 load_error=da.load_forecast_error,
+                ev_error=da.ev_forecast_error,
+                temperature_error_c=da.temperature_forecast_error_c,
                 seed=fleet_seed,
             )
             for target in targets:
                 shell.send(target, msg.DayAheadOffer(name, plan.first, plan.offers))
-            log.expect(day, "price_usd_mwh", plan.price.tolist())
-            log.expect(day, "net_mw", plan.net_mw.tolist())
-            kinds = {g.kind for g in fleet.groups}
-            if "pv" in kinds:
-                log.expect(day, "pv_mw", plan.pv_mw.tolist())
-            if "inflexible" in kinds:
-                log.expect(day, "load_mw", plan.load_mw.tolist())
+            _expect(log, day, plan, {g.kind for g in fleet.groups})
         shell.advance(at(k, Phase.BID, time))
         if day is not None:
             _plan_from_day_ahead(shell, config, fleet, day * per_day, per_day)
@@ -107,6 +110,21 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         shell.end_interval(k)
 
 
+def _expect(log: ForecastLog, day: int, plan: DayAheadPlan, kinds: set[str]) -> None:
+    """A day-ahead plan's forecasts, for the forecasts table."""
+    log.expect(day, "price_usd_mwh", plan.price.tolist())
+    log.expect(day, "net_mw", plan.net_mw.tolist())
+    if "pv" in kinds:
+        log.expect(day, "pv_mw", plan.pv_mw.tolist())
+    if "inflexible" in kinds:
+        log.expect(day, "load_mw", plan.load_mw.tolist())
+    if "ev" in kinds:
+        log.expect(day, "ev_mw", plan.ev_mw.tolist())
+    if "hvac" in kinds:
+        log.expect(day, "hvac_mw", plan.hvac_mw.tolist())
+        log.expect(day, "outdoor_c", plan.outdoor_c.tolist())
+
+
 def _observe(log: ForecastLog, k: int, outcome: DispatchOutcome) -> None:
     """What the fleet did and was paid in interval ``k``, for the forecasts table."""
     paid = outcome.prices[np.isfinite(outcome.prices)]
@@ -117,6 +135,11 @@ def _observe(log: ForecastLog, k: int, outcome: DispatchOutcome) -> None:
         log.observe(k, "pv_mw", outcome.total("pv", "available_mw"))
     if "inflexible" in outcome.by_type:
         log.observe(k, "load_mw", outcome.total("inflexible", "demand_mw"))
+    if "ev" in outcome.by_type:
+        log.observe(k, "ev_mw", ev_net_mw(outcome))
+    if "hvac" in outcome.by_type:
+        log.observe(k, "hvac_mw", outcome.total("hvac", "power_mw"))
+        log.observe(k, "outdoor_c", outdoor_c(outcome))
 
 
 def _plan_from_day_ahead(

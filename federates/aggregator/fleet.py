@@ -128,6 +128,13 @@ class DayAheadPlan:
     """Forecast available PV power (the sky, before any curtailment), MW."""
     load_mw: FloatArray
     """Forecast inflexible demand, MW."""
+    ev_mw: FloatArray
+    """Planned EV net charging (charge minus discharge), MW."""
+    hvac_mw: FloatArray
+    """Planned air-conditioner and heat-pump power, MW."""
+    outdoor_c: FloatArray
+    """Forecast outdoor temperature at the air conditioners and heat pumps,
+    degC (NaN without any)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +394,8 @@ class Fleet:
         *,
         pv_error: float = 0.0,
         load_error: float = 0.0,
+        ev_error: float = 0.0,
+        temperature_error_c: float = 0.0,
         seed: int = 0,
     ) -> DayAheadPlan:
         """The fleet's day-ahead offer for the day starting at interval
@@ -406,8 +415,12 @@ class Fleet:
         relative error per period (sd ``pv_error``, from ``seed`` and the
         day), so real time sees more or less sun than the offer planned on;
         inflexible loads likewise (sd ``load_error``, per period and load).
-        Other devices (EV sessions, thermal loads) are forecast as they will
-        be.
+        EV sessions that arrive from now to the day's end are forecast with a
+        seeded relative error in the energy they arrive needing (sd
+        ``ev_error`` per session; arrival and departure times as they will
+        be), and the outdoor temperature the air conditioners and heat pumps
+        see with a seeded error per period (sd ``temperature_error_c``, degC).
+        Water heaters' draws follow their daily profile, known exactly.
         Periods past the run's last interval offer nothing (a zero curve)."""
         if not (isinstance(periods, int) and periods >= 1 and per_period >= 1):
             raise ValueError(f"need periods >= 1 and per_period >= 1, got {periods}, {per_period}")
@@ -416,20 +429,18 @@ class Fleet:
         shadow = copy.deepcopy(self)
         n_bus = len(self._buses)
         end = min(first + periods * per_period, self.n_intervals)
-        if pv_error > 0.0 and end > first:
-            rng = np.random.default_rng([seed, 2909, first])
-            factor = np.maximum(0.0, 1.0 + rng.normal(0.0, pv_error, periods))
-            _forecast_sky(shadow, first, end, np.repeat(factor, per_period)[: end - first])
-        if load_error > 0.0 and end > first:
-            rng = np.random.default_rng([seed, 3571, first])
-            for g in shadow.groups:
-                if isinstance(g, InflexibleLoads):
-                    factor = np.maximum(
-                        0.0, 1.0 + rng.normal(0.0, load_error, (periods, len(g.bus)))
-                    )
-                    g.demand = g.demand.copy()
-                    g.demand[first:end] *= np.repeat(factor, per_period, axis=0)[: end - first]
+        if end > first:
+            _forecast_errors(
+                shadow,
+                self._t,
+                first,
+                end,
+                (periods, per_period),
+                errors=(pv_error, load_error, ev_error, temperature_error_c),
+                seed=seed,
+            )
         per_bus: list[list[list[BidCurve]]] = [[[] for _ in range(periods)] for _ in range(n_bus)]
+        ev, hvac, outdoor = np.zeros(periods), np.zeros(periods), np.zeros(periods)
         price = np.zeros(periods)
         net = np.zeros(periods)
         pv = np.zeros(periods)
@@ -453,6 +464,9 @@ class Fleet:
             if "pv" in outcome.by_type:
                 pv[p] += outcome.total("pv", "available_mw")
             load[p] += outcome.total("inflexible", "demand_mw")
+            ev[p] += ev_net_mw(outcome)
+            hvac[p] += outcome.total("hvac", "power_mw")
+            outdoor[p] += outdoor_c(outcome)
         offers = {
             b: tuple(
                 BidCurve.combine(curves).scaled(1.0 / len(curves)) if curves else BidCurve(0.0)
@@ -461,7 +475,9 @@ class Fleet:
             for i, b in enumerate(self._buses)
         }
         n = np.maximum(count, 1)
-        return DayAheadPlan(first, offers, price / n, net / n, pv / n, load / n)
+        return DayAheadPlan(
+            first, offers, price / n, net / n, pv / n, load / n, ev / n, hvac / n, outdoor / n
+        )
 
     def set_voltages(self, v_pu: Mapping[str, float]) -> None:
         """Give the fleet measured bus voltages (pu) for volt-var inverters;
@@ -718,6 +734,76 @@ class Fleet:
         self._cache = None
         self._plan = None
         return outcome
+
+
+def _forecast_errors(
+    shadow: Fleet,
+    now: int,
+    first: int,
+    end: int,
+    shape: tuple[int, int],
+    *,
+    errors: tuple[float, float, float, float],
+    seed: int,
+) -> None:
+    """Put the day-ahead forecast errors into ``shadow`` (a copy of a fleet)
+    for the day's intervals ``first .. end - 1`` (see :meth:`Fleet.day_ahead`):
+    ``errors`` are the sd of the sky (relative, per period), inflexible loads
+    (relative, per period and load), EV sessions' energy (relative, per
+    session) and outdoor temperature (degC, per period)."""
+    periods, per_period = shape
+    pv_error, load_error, ev_error, temperature_error_c = errors
+    if pv_error > 0.0:
+        rng = np.random.default_rng([seed, 2909, first])
+        factor = np.maximum(0.0, 1.0 + rng.normal(0.0, pv_error, periods))
+        _forecast_sky(shadow, first, end, np.repeat(factor, per_period)[: end - first])
+    if load_error > 0.0:
+        rng = np.random.default_rng([seed, 3571, first])
+        for g in shadow.groups:
+            if isinstance(g, InflexibleLoads):
+                factor = np.maximum(0.0, 1.0 + rng.normal(0.0, load_error, (periods, len(g.bus))))
+                g.demand = g.demand.copy()
+                g.demand[first:end] *= np.repeat(factor, per_period, axis=0)[: end - first]
+    if ev_error > 0.0:
+        rng = np.random.default_rng([seed, 4409, first])
+        for g in shadow.groups:
+            if isinstance(g, Evs):
+                _forecast_ev_energy(g, now, end, ev_error, rng)
+    if temperature_error_c > 0.0:
+        rng = np.random.default_rng([seed, 5303, first])
+        delta = np.repeat(rng.normal(0.0, temperature_error_c, periods), per_period)
+        for g in shadow.groups:
+            if isinstance(g, Hvacs):
+                g.outdoor = g.outdoor.copy()
+                g.outdoor[first:end] += delta[: end - first]
+
+
+def ev_net_mw(outcome: DispatchOutcome) -> float:
+    """The fleet's EV net charging in an outcome, MW (0 without EVs)."""
+    return outcome.total("ev", "charge_mw") - outcome.total("ev", "discharge_mw")
+
+
+def outdoor_c(outcome: DispatchOutcome) -> float:
+    """Mean outdoor temperature at the fleet's air conditioners and heat
+    pumps in an outcome, degC (NaN without any)."""
+    t = outcome.by_type.get("hvac")
+    if t is None:
+        return math.nan
+    ambient = np.asarray(t.state["ambient_c"], dtype=float)
+    return float(np.nanmean(ambient)) if np.isfinite(ambient).any() else math.nan
+
+
+def _forecast_ev_energy(
+    evs: Evs, now: int, end: int, error: float, rng: np.random.Generator
+) -> None:
+    """Forecast the energy EV sessions arriving in ``now .. end - 1`` arrive
+    needing, with a relative error (sd ``error``) per session (on a copy of a
+    fleet): sessions plugged in already are known."""
+    factor = np.maximum(1.0 + rng.normal(0.0, error, evs.arrive.shape), 0.0)
+    ahead = (evs.arrive >= now) & (evs.arrive < end)
+    need = evs.e_req[:, None] - evs.e_arrive
+    forecast = np.clip(evs.e_req[:, None] - need * factor, 0.0, evs.e_req[:, None])
+    evs.e_arrive = np.where(ahead, forecast, evs.e_arrive)
 
 
 def _forecast_sky(fleet: Fleet, first: int, end: int, factor: FloatArray) -> None:

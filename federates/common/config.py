@@ -228,6 +228,20 @@ class DayAheadConfig(Strict):
         lt=1.0,
         description="relative error (sd) per period of aggregators' day-ahead sky (PV) forecasts",
     )
+    ev_forecast_error: float = Field(
+        0.1,
+        ge=0,
+        lt=1.0,
+        description="relative error (sd) per session of aggregators' day-ahead forecasts of "
+        "the energy their EVs arrive needing",
+    )
+    temperature_forecast_error_c: float = Field(
+        1.0,
+        ge=0,
+        lt=10.0,
+        description="error (sd, degC) per period of aggregators' day-ahead outdoor temperature "
+        "forecasts (air conditioners and heat pumps)",
+    )
     gate_closure_hours: float = Field(
         0.0,
         ge=0,

@@ -390,6 +390,8 @@ def _day_ahead(scenario: Scenario) -> DayAheadConfig | None:
         load_forecast_error=da.load_forecast_error,
         gate_closure_hours=da.gate_closure_hours,
         pv_forecast_error=da.pv_forecast_error,
+        ev_forecast_error=da.ev_forecast_error,
+        temperature_forecast_error_c=da.temperature_forecast_error_c,
     )
 
 
