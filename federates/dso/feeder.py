@@ -298,6 +298,7 @@ class Feeder:
         self._der_mw = np.zeros(0)
         self._controls_moved = False
         self._refresh_due = False
+        self._factorisation: _Factorisation | None = None
         self._flow: tuple[bool, bool, str, bool] = (False, False, "not solved", False)
         self._der_kvar: dict[int, float] = {}
         """kvar drawn by DER elements (load index -> kvar), volt-var only."""
@@ -1074,6 +1075,8 @@ class Feeder:
         for idx, value in zip(self._der_idx, mvar.tolist()):
             kvar = value * 1000.0
             if kvar:
+                if self._der_kvar.get(idx) == kvar:
+                    continue  # set already (a volt-var iteration moves a few)
                 loads.Idx(idx)
                 loads.kvar(kvar)
                 self._der_kvar[idx] = kvar
@@ -1128,6 +1131,7 @@ class Feeder:
         flow_ok = converged or (hunting and bool(dss.Solution.Converged()))
         # the tap-changing transformers' admittances (branch loadings) are re-read
         # at the first use after the solve: it builds Yprim
+        self._factorisation = None
         self._refresh_due = self._refresh_due or controls or self._controls_moved
         self._controls_moved = False
         self._flow = (converged, hunting, message, flow_ok)
@@ -1311,6 +1315,7 @@ class Feeder:
             raise FeederError(f"feeder {self.name}: delta_mw must be > 0, got {delta_mw}")
         if method not in ("auto", "factorised", "fd"):
             raise FeederError(f"feeder {self.name}: unknown sensitivity method {method!r}")
+        self._factorisation = None
         if method == "auto" and self._factorised_ok is None and self._der_names:
             self._factorised_ok = self._check_factorised(delta_mw)
         factorised = method == "factorised" or (
@@ -1448,9 +1453,10 @@ class Feeder:
         )
         rhs[rows, group_of] = unit * 1.0e6
         try:
-            dvx = linearise.solve_dv_real(
-                model.real_entries(self), model.n_nodes, ea, eb, blocks, rhs
-            )  # V per MW, real form
+            solver = linearise.factor_dv_real(
+                model.real_entries(self), model.n_nodes, ea, eb, blocks
+            )
+            dvx = solver.solve(rhs)  # V per MW, real form
         except RuntimeError as exc:  # singular: an island, a floating node
             self._factorised_why = f"the network matrix is singular ({exc})"
             return None
@@ -1460,11 +1466,45 @@ class Feeder:
         column = np.empty(len(self._der_names), dtype=np.intp)
         for g, members in enumerate(groups):
             column[members] = g
+        self._factorisation = _Factorisation(solver, volts, vb, len(ea), model, column)
         if np.array_equal(column, np.arange(len(groups))):  # one DER per bus, in order
             dv, up, down, dps = dv_read, dl_up, dl_down, dp
         else:
             dv, up, down, dps = dv_read[:, column], dl_up[:, column], dl_down[:, column], dp[column]
         return self._magnitudes(volts), dv, up, down, dps
+
+    def reactive_sensitivities(
+        self, ders: np.ndarray, delta_mvar: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Derivatives per Mvar *drawn* by each DER of ``ders`` (attach order)
+        at the operating point of the last :meth:`sensitivities`, at frozen
+        controls: of every voltage reading (pu), of every branch loading (the
+        mean of its slopes over ``delta_mvar`` each way on the linearised
+        currents: a central difference) and of the head power (MW). From that
+        linearisation's own factorisation (one more solve of it, no power
+        flow); None if it was not factorised or a power flow was solved since
+        (take finite differences then)."""
+        f = self._factorisation
+        if f is None or not len(ders):
+            return None
+        groups = list(self._ders_by_bus().values())
+        rows, group_of, der_branches = self._der_branch_rows(f.model, groups)
+        n_loads = f.model.n_loads
+        unit = linearise.branch_currents(  # per var of each DER bus's load element
+            f.vb[rows], der_branches, np.zeros(n_loads), np.ones(n_loads)
+        )
+        wanted = f.column[np.asarray(ders, dtype=np.intp)]
+        pick = np.isin(group_of, wanted)
+        where = {int(g): c for c, g in enumerate(wanted.tolist())}
+        rhs = np.zeros((f.n_branches, len(wanted)), dtype=complex)
+        rhs[rows[pick], [where[int(g)] for g in group_of[pick]]] = unit[pick] * 1.0e6
+        dvx = f.solver.solve(rhs)  # V per Mvar drawn, real form
+        dl_up, dl_down = self._loading_derivative(f.volts, dvx, delta_mvar)
+        return (
+            self._reading_derivative(f.volts, dvx),
+            (dl_up + dl_down) / 2.0,
+            self._source_derivative(f.volts, dvx, f.model),
+        )
 
     def _der_branch_rows(
         self, model: _JacobianModel, groups: list[list[int]]
@@ -1609,6 +1649,22 @@ class Feeder:
         if self._jacobian_cache is None or self._jacobian_cache.n_loads != self._dss.Loads.Count():
             self._jacobian_cache = _JacobianModel.build(self)
         return self._jacobian_cache
+
+
+@dataclass(frozen=True)
+class _Factorisation:
+    """The last factorised linearisation's LU and operating point, for more
+    right-hand sides (:meth:`Feeder.reactive_sensitivities`)."""
+
+    solver: linearise.DvSolver
+    volts: np.ndarray
+    vb: np.ndarray
+    """Branch voltages of the load phase branches."""
+    n_branches: int
+    """Rows of the right-hand side (phase branches and other elements)."""
+    model: _JacobianModel
+    column: np.ndarray
+    """The right-hand-side column (DER bus) of every DER."""
 
 
 @dataclass(frozen=True)

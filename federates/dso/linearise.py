@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -317,37 +318,82 @@ def _pattern(rows: np.ndarray, cols: np.ndarray, size: int) -> _Pattern:
 _SUPERLU = {"diag_pivot_thresh": 0.1, "options": {"SymmetricMode": True}}
 
 
-def _factor_solve(
-    rows: np.ndarray,
-    cols: np.ndarray,
-    vals: np.ndarray,
-    size: int,
-    rhs: tuple[np.ndarray, np.ndarray, np.ndarray],
-    k: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Solve the system of COO entries for ``k`` right-hand sides given as
-    (row, column, value) entries (duplicates summed); returns the solution
-    and the position of each unknown's row in it. The first time a pattern
-    is seen SuperLU orders the unknowns (minimum degree on A + A^T); later
-    factorisations of the same pattern take the matrix already in that order
-    (``NATURAL``) and skip the ordering. The right-hand sides are built in
-    column-major order, which SuperLU solves in place (a row-major one it
-    copies first: ~40 % of the solve at 10,000 buses)."""
+class Factored:
+    """One sparse LU of a system (:func:`_factor`): solves right-hand sides
+    given as (row, column, value) entries (duplicates summed), ``k`` columns,
+    in the unknowns' own order."""
+
+    def __init__(self, lu: Any, position: np.ndarray | None, size: int) -> None:
+        self._lu = lu
+        self._position = position
+        self._size = size
+
+    def solve(self, rhs: tuple[np.ndarray, np.ndarray, np.ndarray], k: int) -> np.ndarray:
+        b_rows, b_cols, b_vals = rhs
+        b = np.zeros((self._size, k), order="F")
+        if self._position is None:
+            np.add.at(b, (b_rows, b_cols), b_vals)
+            return self._lu.solve(b)
+        np.add.at(b, (self._position[b_rows], b_cols), b_vals)
+        return self._lu.solve(b)[self._position]
+
+
+def _factor(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, size: int) -> Factored:
+    """Factorise the system of COO entries (duplicates summed). The first
+    time a pattern is seen SuperLU orders the unknowns (minimum degree on
+    A + A^T); later factorisations of the same pattern take the matrix
+    already in that order (``NATURAL``) and skip the ordering. Right-hand
+    sides are built in column-major order, which SuperLU solves in place (a
+    row-major one it copies first: ~40 % of the solve at 10,000 buses)."""
     pattern = _pattern(rows, cols, size)
-    b_rows, b_cols, b_vals = rhs
     if pattern.ordering is None:
-        b = np.zeros((size, k), order="F")
-        np.add.at(b, (b_rows, b_cols), b_vals)
         lu = splu(pattern.csc.matrix(vals, size), permc_spec="MMD_AT_PLUS_A", **_SUPERLU)
-        x = lu.solve(b)
         position = np.asarray(lu.perm_c, dtype=np.intp).copy()
         pattern.ordering = (position, _Csc.of(position[rows], position[cols], size))
-        return x, np.arange(size)
+        return Factored(lu, None, size)
     position, csc = pattern.ordering
-    b = np.zeros((size, k), order="F")
-    np.add.at(b, (position[b_rows], b_cols), b_vals)
     lu = splu(csc.matrix(vals, size), permc_spec="NATURAL", **_SUPERLU)
-    return lu.solve(b), position
+    return Factored(lu, position, size)
+
+
+def factor_dv_real(
+    y_real: tuple[np.ndarray, np.ndarray, np.ndarray],
+    n: int,
+    a: np.ndarray,
+    b: np.ndarray,
+    blocks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> DvSolver:
+    """The LU of ``Y_net + E D E^T`` in real form (see :func:`solve_dv_real`),
+    for as many sets of right-hand sides as needed."""
+    r1, c1, v1 = y_real
+    r2, c2, v2 = _incidence_entries(a, b, blocks)
+    lu = _factor(
+        np.concatenate([r1, r2]), np.concatenate([c1, c2]), np.concatenate([v1, v2]), 2 * n
+    )
+    return DvSolver(lu, a, b)
+
+
+class DvSolver:
+    """dV in real form for branch current changes, on one factorisation
+    (:func:`factor_dv_real`)."""
+
+    def __init__(self, lu: Factored, a: np.ndarray, b: np.ndarray) -> None:
+        self._lu, self._a, self._b = lu, a, b
+
+    def solve(self, rhs_currents: np.ndarray) -> np.ndarray:
+        """dV, shape (2 nodes, columns), for every column of ``rhs_currents``
+        (branch current changes, shape (branches, columns))."""
+        k = rhs_currents.shape[1]
+        live, col = np.nonzero(rhs_currents)  # a DER's few branches
+        current = rhs_currents[live, col]
+        parts = []
+        for p, sign in ((self._a[live], -1.0), (self._b[live], 1.0)):
+            keep = p >= 0
+            node, c, i = p[keep], col[keep], sign * current[keep]
+            parts.append((2 * node, c, i.real))
+            parts.append((2 * node + 1, c, i.imag))
+        rhs = tuple(np.concatenate(x) for x in zip(*parts, strict=True))
+        return self._lu.solve((rhs[0], rhs[1], rhs[2]), k)
 
 
 def solve_dv_real(
@@ -369,28 +415,8 @@ def solve_dv_real(
     from the diagonal unless one is below 0.1 of its column's largest entry;
     on the synthetic 5,000- and 10,000-bus feeders that halves the fill-in and
     the time of the default partial pivoting, and the solutions agree with it
-    to ~1e-12 relative)."""
-    r1, c1, v1 = y_real
-    r2, c2, v2 = _incidence_entries(a, b, blocks)
-    k = rhs_currents.shape[1]
-    live, col = np.nonzero(rhs_currents)  # a DER's few branches
-    current = rhs_currents[live, col]
-    parts = []
-    for p, sign in ((a[live], -1.0), (b[live], 1.0)):
-        keep = p >= 0
-        node, c, i = p[keep], col[keep], sign * current[keep]
-        parts.append((2 * node, c, i.real))
-        parts.append((2 * node + 1, c, i.imag))
-    rhs = tuple(np.concatenate(x) for x in zip(*parts, strict=True))
-    x, position = _factor_solve(
-        np.concatenate([r1, r2]),
-        np.concatenate([c1, c2]),
-        np.concatenate([v1, v2]),
-        2 * n,
-        (rhs[0], rhs[1], rhs[2]),
-        k,
-    )
-    return x[position]
+    to ~1e-12 relative). :func:`factor_dv_real` keeps the LU for more."""
+    return factor_dv_real(y_real, n, a, b, blocks).solve(rhs_currents)
 
 
 def solve_dv(

@@ -108,6 +108,12 @@ class VoltVar:
             if active and not len(idx):
                 raise ValueError(f"feeder {feeder.name}: no voltage reading at bus {bus!r}")
             self._nodes.append(idx)
+        counts = np.array([len(idx) for idx in self._nodes], dtype=np.intp)
+        self._by_count = [
+            (pos, np.stack([self._nodes[i] for i in pos], axis=1))
+            for pos in (np.flatnonzero(counts == c) for c in np.unique(counts[counts > 0]))
+        ]
+        """Locations by their number of readings: (locations, readings x locations)."""
         self.q_mvar = np.zeros(len(self.ratings))
         """The last fixed point (warm start of the next)."""
 
@@ -123,7 +129,12 @@ class VoltVar:
     def local_voltages_of(self, v_pu: np.ndarray) -> np.ndarray:
         """Mean voltage (pu) of every DER location's bus, of the voltage
         readings ``v_pu`` (every node, :attr:`FeederState.v_pu` order)."""
-        return np.array([float(v_pu[idx].mean()) if len(idx) else 1.0 for idx in self._nodes])
+        out = np.ones(len(self._nodes))
+        for positions, nodes in self._by_count:
+            # summed over the first axis: the order np.mean takes for a bus's few
+            # readings, so each mean is bit-for-bit that of v_pu[idx].mean()
+            out[positions] = v_pu[nodes].sum(axis=0) / nodes.shape[0]
+        return out
 
     def curve(self, v_pu: np.ndarray) -> np.ndarray:
         """Reactive power injected, Mvar, at local voltages ``v_pu``."""
@@ -176,43 +187,40 @@ class VoltVar:
         return np.where(inside, dq / dv, 0.0) * self.ratings
 
     def closed_loop(
-        self, state: FeederState, sens: Sensitivities, *, delta_mvar: float = 0.05
+        self,
+        state: FeederState,
+        sens: Sensitivities,
+        *,
+        delta_mvar: float = 0.05,
+        finite_differences: bool = False,
     ) -> Sensitivities:
         """``sens`` (taken at frozen reactive powers, the fixed point of
         ``state``) with the inverters' response folded in: a change of
         active power ``dP`` moves the local voltages, the inverters move
         their reactive power along their curve's slope ``G`` at the operating
         point, ``dQ = G (A_P dP + A_Q dQ)``, so ``dQ = (I - G A_Q)^-1 G A_P dP``
-        and every derivative ``d./dP`` gains ``d./dQ dQ/dP``. ``d./dQ`` by
-        central finite differences of ``delta_mvar`` at frozen controls (two
-        power flows per location on its curve's slope). Exact for changes
-        that stay on the same segments of the curves; the market's
-        re-linearisation at its dispatch takes a crossed breakpoint in."""
+        and every derivative ``d./dP`` gains ``d./dQ dQ/dP``. ``d./dQ`` at
+        frozen controls from the factorisation ``sens`` was taken with
+        (:meth:`Feeder.reactive_sensitivities`: no power flow; loadings as a
+        central difference of ``delta_mvar`` on the linearised currents), or
+        by central finite differences of ``delta_mvar`` (two power flows per
+        location on its curve's slope) where there is none or
+        ``finite_differences`` (the two agree to the bound
+        ``tests/test_voltvar.py`` holds). Exact for changes that stay on the
+        same segments of the curves; the market's re-linearisation at its
+        dispatch takes a crossed breakpoint in."""
         feeder = self.feeder
         v_loc = self.local_voltages(state)
         g = np.where(self.active, self.slopes(v_loc), 0.0)
         on = np.flatnonzero(g != 0.0)
         if not len(on):
             return sens
-        q0 = self.q_mvar.copy()
         mon = np.asarray(state.monitored, dtype=bool)
-        dv_q = np.zeros((len(state.v_pu), len(on)))
-        dl_q = np.zeros((len(state.loading), len(on)))
-        dp_q = np.zeros(len(on))
-        for c, j in enumerate(on):
-            flows = []
-            for sign in (1.0, -1.0):
-                q = q0.copy()
-                q[j] += sign * delta_mvar
-                feeder.set_der_mvar(-q)
-                feeder.solve_flow(controls=False)
-                flows.append(feeder.solved_flows())
-            (v_up, l_up, p_up), (v_dn, l_dn, p_dn) = flows
-            dv_q[:, c] = (v_up - v_dn) / (2.0 * delta_mvar)
-            dl_q[:, c] = (l_up - l_dn) / (2.0 * delta_mvar)
-            dp_q[c] = (p_up - p_dn) / (2.0 * delta_mvar)
-        feeder.set_der_mvar(-q0)
-        feeder.solve(controls=False)
+        analytic = None if finite_differences else feeder.reactive_sensitivities(on, delta_mvar)
+        if analytic is not None:  # per Mvar drawn; injected is the other way
+            dv_q, dl_q, dp_q = (-x for x in analytic)
+        else:
+            dv_q, dl_q, dp_q = self._reactive_fd(state, on, delta_mvar)
         a_p = np.array([np.asarray(sens.dv_dp)[self._nodes[j]].mean(axis=0) for j in on])
         a_q = np.array([dv_q[self._nodes[j]].mean(axis=0) for j in on])
         gd = np.diag(g[on])
@@ -232,3 +240,30 @@ class VoltVar:
             injection_headroom_mw=_frozen(inj),
             consumption_headroom_mw=_frozen(cons),
         )
+
+    def _reactive_fd(
+        self, state: FeederState, on: np.ndarray, delta_mvar: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """d(readings, loadings, head MW)/dQ injected at the locations ``on``
+        by central finite differences of ``delta_mvar`` (two power flows each,
+        at frozen controls; the operating point is solved again after)."""
+        feeder = self.feeder
+        q0 = self.q_mvar.copy()
+        dv_q = np.zeros((len(state.v_pu), len(on)))
+        dl_q = np.zeros((len(state.loading), len(on)))
+        dp_q = np.zeros(len(on))
+        for c, j in enumerate(on):
+            flows = []
+            for sign in (1.0, -1.0):
+                q = q0.copy()
+                q[j] += sign * delta_mvar
+                feeder.set_der_mvar(-q)
+                feeder.solve_flow(controls=False)
+                flows.append(feeder.solved_flows())
+            (v_up, l_up, p_up), (v_dn, l_dn, p_dn) = flows
+            dv_q[:, c] = (v_up - v_dn) / (2.0 * delta_mvar)
+            dl_q[:, c] = (l_up - l_dn) / (2.0 * delta_mvar)
+            dp_q[c] = (p_up - p_dn) / (2.0 * delta_mvar)
+        feeder.set_der_mvar(-q0)
+        feeder.solve(controls=False)
+        return dv_q, dl_q, dp_q
