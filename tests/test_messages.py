@@ -32,6 +32,9 @@ CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
         msg.Measurement("agg1", 3, {"675": -0.45, "634": 0.1}, {"675": -0.5, "634": 0.1}),
         msg.Meter("lda1", 3, 5, 48.2, {Party.agg("agg1"): -0.5}),
         msg.FleetAward("iso", 3, "agg1", {"675": -0.5}, {"675": 30.0}),
+        msg.LineariseAt("lda1_imo", 3, 1, (0.25, -0.5)),
+        msg.NoLinearisation("lda1", 3, 2),
+        msg.PricedOn("lda1_imo", 3, 0),
         msg.TableRows("iso", 3, "market", ("interval", "lmp"), ((3, 31.25), (3, 30.0))),
     ],
 )
@@ -181,3 +184,21 @@ def test_result_rows_encode_as_the_generic_walk_does() -> None:
         payload[f.name] = _to_wire(getattr(message, f.name))
     assert msg.encode(message) == msgpack.packb(payload, use_bin_type=True)
     assert msg.decode(msg.encode(message), source="lda") == message
+
+
+def test_round_trip_requests_are_checked() -> None:
+    """The independent operator's re-linearisation requests: a dispatch of
+    finite, bounded MW and a request number from 1 (0 names the forecast
+    model only in ``PricedOn``)."""
+    base = {"v": msg.SCHEMA_VERSION, "kind": "linearise_at", "sender": "imo", "interval": 4}
+    for fields, where in (
+        ({"iteration": 0, "der_mw": [0.1]}, "linearise_at.iteration: must be >= 1"),
+        ({"iteration": 1, "der_mw": [math.nan]}, r"linearise_at.der_mw\[0\]: must be finite"),
+        ({"iteration": 1, "der_mw": [1e9]}, r"linearise_at.der_mw\[0\]: \|1e\+09\| MW exceeds"),
+        ({"iteration": 1, "der_mw": 0.1}, "linearise_at.der_mw: must be a list"),
+    ):
+        with pytest.raises(msg.MessageError, match=where):
+            msg.decode(msgpack.packb({**base, **fields}), source="imo")
+    priced = {**base, "kind": "priced_on", "iteration": -1}
+    with pytest.raises(msg.MessageError, match="priced_on.iteration: must be >= 0"):
+        msg.decode(msgpack.packb(priced), source="imo")

@@ -228,6 +228,45 @@ class GridModel:
 
 
 @dataclass(frozen=True, slots=True)
+class LineariseAt:
+    """Independent market operator -> utility, inside DISPATCH: the feeder
+    linearised at this dispatch, please (MW per DER location, in the grid
+    model's order), the interval's forecast load and the controls free to
+    respond. The ``iteration``-th request of the interval (from 1); the
+    answer is a ``GridModel`` at that point, or ``NoLinearisation``."""
+
+    KIND: ClassVar[str] = "linearise_at"
+    sender: str
+    interval: int
+    iteration: int
+    der_mw: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NoLinearisation:
+    """Utility -> independent market operator: the power flow at the dispatch
+    of request ``iteration`` diverged (there is no linearisation there)."""
+
+    KIND: ClassVar[str] = "no_linearisation"
+    sender: str
+    interval: int
+    iteration: int
+
+
+@dataclass(frozen=True, slots=True)
+class PricedOn:
+    """Independent market operator -> utility, the last exchange of DISPATCH:
+    the dispatch was priced on the linearisation of request ``iteration``
+    (0: the forecast grid model), which the utility's ex-post check compares
+    with."""
+
+    KIND: ClassVar[str] = "priced_on"
+    sender: str
+    interval: int
+    iteration: int
+
+
+@dataclass(frozen=True, slots=True)
 class TableRows:
     """Any federate -> recorder: rows for one results table.
 
@@ -299,6 +338,9 @@ Message = (
     | Meter
     | FleetAward
     | GridModel
+    | LineariseAt
+    | NoLinearisation
+    | PricedOn
     | TableRows
     | Done
     | HilSetpoints
@@ -319,6 +361,9 @@ KINDS: dict[str, type] = {
         Meter,
         FleetAward,
         GridModel,
+        LineariseAt,
+        NoLinearisation,
+        PricedOn,
         TableRows,
         Done,
         HilSetpoints,
@@ -676,6 +721,32 @@ def _day_ahead_period(r: _Reader) -> int | None:
     return value
 
 
+def _decode_linearise_at(r: _Reader, sender: str, interval: int) -> LineariseAt:
+    value = r.get("der_mw")
+    if not isinstance(value, list):
+        raise r.fail("der_mw", "must be a list of numbers")
+    der = tuple(r.number(f"der_mw[{i}]", v) for i, v in enumerate(value))
+    for i, v in enumerate(der):
+        if abs(v) > MAX_ABS_MW:
+            raise r.fail(f"der_mw[{i}]", f"|{v:g}| MW exceeds {MAX_ABS_MW:g} MW")
+    return LineariseAt(sender, interval, _iteration(r, first=1), der)
+
+
+def _iteration(r: _Reader, *, first: int) -> int:
+    it = r.integer("iteration")
+    if it < first:
+        raise r.fail("iteration", f"must be >= {first}, got {it}")
+    return it
+
+
+def _decode_no_linearisation(r: _Reader, sender: str, interval: int) -> NoLinearisation:
+    return NoLinearisation(sender, interval, _iteration(r, first=1))
+
+
+def _decode_priced_on(r: _Reader, sender: str, interval: int) -> PricedOn:
+    return PricedOn(sender, interval, _iteration(r, first=0))
+
+
 def _decode_rows(r: _Reader, sender: str, interval: int) -> TableRows:
     table = r.text("table")
     if not TABLE_NAME.match(table):
@@ -740,6 +811,9 @@ _DECODERS: dict[str, Callable[[_Reader, str, int], Message]] = {
     Meter.KIND: _decode_meter,
     FleetAward.KIND: _decode_fleet_award,
     GridModel.KIND: _decode_grid_model,
+    LineariseAt.KIND: _decode_linearise_at,
+    NoLinearisation.KIND: _decode_no_linearisation,
+    PricedOn.KIND: _decode_priced_on,
     TableRows.KIND: _decode_rows,
     Done.KIND: _decode_done,
 }

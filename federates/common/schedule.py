@@ -12,6 +12,8 @@ deterministic and needs no wall-clock sleeps::
     t_k+1  AGGREGATE  DSO: feeder-constrained LDA curve  InterfaceBid -> ISO
     t_k+2  CLEAR      ISO: DC-OPF, LMPs                  Award -> DSO
     t_k+3  DISPATCH   DSO: LDA clearing, DLMPs           Dispatch -> aggregators
+                      (an independent operator: round trips with the utility
+                      inside it, ``round_trip_at``)
     t_k+4  RESPOND    aggregators with hardware: per-device set-points -> HIL gateway
     t_k+5  ACTUATE    HIL gateway: SETPOINT to devices (answers: round trip)
     t_k+5+s READBACK  HIL gateway: READ devices          HilReadings -> aggregators
@@ -83,6 +85,24 @@ def last_offset(time: Clock) -> float:
 def at(interval: int, phase: Phase, time: Clock) -> float:
     """Federation time (s) of ``phase`` in market interval ``interval``."""
     return time.origin_s + interval * time.step + offset(phase, time)
+
+
+ROUND_TRIP_SLOTS = 16
+"""DISPATCH is split into this many slots for the round trips of a market
+operator that does not own the feeder (models 4 and 6) with the utility that
+does: at slot ``2j - 1`` the utility reads the operator's ``j``-th dispatch
+to re-linearise at (``LineariseAt``) and answers with the feeder linearised
+there; at slot ``2j`` the operator reads it and clears again. The last
+exchange (``PricedOn``, and the set-points to the aggregators) is sent at the
+operator's last slot, so everything is in before RESPOND."""
+
+
+def round_trip_at(interval: int, slot: int, time: Clock) -> float:
+    """Federation time (s) of round-trip ``slot`` (1 ..
+    ``ROUND_TRIP_SLOTS - 1``) inside the DISPATCH sub-step of ``interval``."""
+    if not 0 < slot < ROUND_TRIP_SLOTS:
+        raise ValueError(f"round-trip slot {slot} is outside 1..{ROUND_TRIP_SLOTS - 1}")
+    return at(interval, Phase.DISPATCH, time) + slot * time.substep_s / ROUND_TRIP_SLOTS
 
 
 class DayAheadPhase(IntEnum):

@@ -9,13 +9,16 @@ Per interval k (see ``common.schedule``):
   market inside the LDA (baseline, models 1-2) the utility's own fixed bid;
 * DISPATCH: the ISO's interface award; as DMO the dispatch of the award; as
   DERM under an ISO-run DER market (model 2) the awards turned into
-  set-points, overridden where the feeder would be violated;
+  set-points, overridden where the feeder would be violated; for an
+  independent market operator (models 4, 6) the feeder linearised at each
+  dispatch it asks about (the same re-linearisation its own market does);
 * MEASURE: the DERs' actual output, the power flow, the meter reading.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -31,11 +34,13 @@ from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig, LimitsConfig
 from dsosim.federates.common.forecasts import FORECAST_COLUMNS, ForecastLog
 from dsosim.federates.common.schedule import (
+    Clock,
     DayAheadPhase,
     Phase,
     at,
     day_ahead_at,
     day_ahead_due,
+    round_trip_at,
 )
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.dso.feeder import FeederState, Sensitivities
@@ -105,6 +110,8 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
         awards = [m for m in received if isinstance(m, msg.Award)]
         award = expect(awards, msg.Award, k, [cfg.iso])[cfg.iso]
         day_ahead.at_dispatch(k, award)
+        if model_to is not None:
+            _answer_round_trips(shell, grid, k, model_to, forecast, time)
         if dmo is not None:
             # the utility owns the feeder: its market re-linearises at the dispatch
             dmo.relinearise = functools.partial(grid.linearise_at, k)
@@ -265,6 +272,54 @@ def _volt_var_ratings(fleet: dict[str, Any]) -> dict[str, float]:
     if not any(isinstance(d, dict) and d.get("volt_var") for d in fleet.get("pvs") or ()):
         return {}
     return volt_var_ratings(fleet_from_json(fleet).pvs)
+
+
+def _answer_round_trips(
+    shell: FederateShell,
+    grid: GridOperator,
+    k: int,
+    operator: str,
+    forecast: Forecast,
+    time: Clock,
+) -> None:
+    """DISPATCH, for an independent market operator (``host.UtilityRoundTrip``):
+    the feeder linearised at each dispatch it sends (the forecast load, the
+    controls free to respond: ``GridOperator.linearise_at``, as for the
+    utility's own market), until it says which linearisation it priced its
+    dispatch on (``PricedOn``), which the ex-post check then compares with."""
+    points: list[Sensitivities | None] = [forecast.sens]
+    n_der = len(grid.locations)
+    for j in itertools.count(1):
+        shell.advance(round_trip_at(k, 2 * j - 1, time))
+        got = shell.receive(allowed_senders=[operator])
+        if len(got) != 1 or got[0].interval != k:
+            raise RuntimeError(
+                f"interval {k}: expected one linearise_at or priced_on from {operator!r} "
+                f"at round trip {j}, got {sorted((m.KIND, m.interval) for m in got)}"
+            )
+        m = got[0]
+        if isinstance(m, msg.PricedOn):
+            if m.iteration >= len(points) or points[m.iteration] is None:
+                raise msg.MessageError(
+                    m.sender, "priced_on.iteration", f"{m.iteration}: no such linearisation"
+                )
+            grid.use_planning(points[m.iteration])
+            return
+        if not isinstance(m, msg.LineariseAt):
+            raise msg.MessageError(m.sender, "kind", f"{m.KIND} is not expected at DISPATCH")
+        if m.iteration != j or len(m.der_mw) != n_der:
+            raise msg.MessageError(
+                m.sender,
+                "linearise_at",
+                f"request {m.iteration} with {len(m.der_mw)} DERs, expected {j} with {n_der}",
+            )
+        point = grid.linearise_at(k, np.asarray(m.der_mw, dtype=float))
+        if point is None:
+            points.append(None)
+            shell.send(operator, msg.NoLinearisation(shell.name, k, j))
+        else:
+            points.append(point[1])
+            shell.send(operator, to_message(shell.name, k, *point))
 
 
 def _fleet_awards(

@@ -5,7 +5,11 @@ model: each interval the utility sends it the feeder limits as a grid model
 (``GridModel``), and it runs the same market roles the utility would.
 
 Per interval k: AGGREGATE reads the grid model and the DER bids and sends
-the LDA's bid to the ISO; DISPATCH reads the award and sends set-points.
+the LDA's bid to the ISO; DISPATCH reads the award, clears it, and, like the
+utility's market in models 3 and 5, clears again on the feeder linearised at
+its dispatch until it stops moving: each re-linearisation is a round trip to
+the utility inside DISPATCH (``host.UtilityRoundTrip``); then it sends the
+set-points, and tells the utility which linearisation it priced them on.
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ from dsosim.federates.common.shell import FederateShell, expect, federate_main
 from dsosim.federates.markets import day_ahead
 from dsosim.federates.markets.dmo_factory import make_dmo
 from dsosim.federates.markets.grid_model import from_message
-from dsosim.federates.markets.host import send_dispatch, send_interface_bid, take_day_ahead
+from dsosim.federates.markets.host import (
+    UtilityRoundTrip,
+    send_dispatch,
+    send_interface_bid,
+    take_day_ahead,
+)
 from dsosim.federates.markets.location import Location
 
 
@@ -69,7 +78,12 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
 
         shell.advance(at(k, Phase.DISPATCH, config.time))
         award = expect(shell.receive(allowed_senders=[cfg.iso]), msg.Award, k, [cfg.iso])[cfg.iso]
+        trip = UtilityRoundTrip(
+            shell, cfg.name, k, config.time, sens, vmin=cfg.limits.vmin_pu, vmax=cfg.limits.vmax_pu
+        )
+        dmo.relinearise = trip
         send_dispatch(shell, dmo, k, award)
+        trip.finish(dmo.priced_on)
         shell.end_interval(k)
 
 
