@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1599,9 +1599,9 @@ class Feeder:
         -Re(sum V conj(I)) over every source's terminal conductors (dV in real
         form)."""
         total = np.zeros(dvx.shape[1])
-        for cols, yrows, current in model.source_terms(self):
+        for cols, yrows_real, current in model.source_terms_real(self):
             v = volts[cols]
-            parts = linearise.real_rows(yrows) @ dvx
+            parts = yrows_real @ dvx
             di = parts[: len(cols)] + 1j * parts[len(cols) :]
             dv = linearise.complex_rows(dvx, cols)
             total -= (dv * np.conj(current)[:, None] + v[:, None] * np.conj(di)).real.sum(0)
@@ -1709,6 +1709,7 @@ class _BranchCurrents:
         self._moving: list[tuple[str, int, list[int], np.ndarray]] = []
         self._matrix: Any = None
         self._moving_matrix: Any = None
+        self._moving_vals: np.ndarray | None = None
         self._matrix_real: Any = None
         self._moving_real: Any = None
 
@@ -1732,6 +1733,7 @@ class _BranchCurrents:
         self._matrix = self._csr(self._fixed)
         self._fixed = []
         self._moving_matrix = None
+        self._moving_vals = None
         self._matrix_real = None
         self._moving_real = None
         return self
@@ -1745,6 +1747,9 @@ class _BranchCurrents:
                 for element, row0, rows, cols in self._moving
             ]
             rows, cols, vals = (np.concatenate(x) for x in zip(*parts, strict=True))
+            if self._moving_vals is not None and np.array_equal(self._moving_vals, vals):
+                return  # the taps did not move: the same matrices
+            self._moving_vals = vals
             self._moving_rows, local = np.unique(rows, return_inverse=True)
             self._moving_matrix = sparse.csr_matrix(
                 (vals, (local, cols)), shape=(len(self._moving_rows), self._n_nodes)
@@ -1915,6 +1920,13 @@ class _JacobianModel:
     branches: linearise.PhaseBranches
     variable: np.ndarray
     fixed_real: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    _entries_cache: tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    """The last :meth:`real_entries`, by the moving elements' admittances."""
+    _source_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any]] = field(
+        default_factory=dict
+    )
+    """Per source: its admittance, columns, live first-terminal conductors and
+    admittance rows (complex and real form) made of them."""
 
     @classmethod
     def build(cls, feeder: Feeder) -> _JacobianModel:
@@ -1965,15 +1977,36 @@ class _JacobianModel:
         computed once)."""
         if self.fixed_real is None:
             self.fixed_real = linearise.real_form(self.fixed)
-        moving = linearise.real_form(self._moving_y(feeder))
-        return tuple(  # type: ignore[return-value]
+        parts = []
+        for full in self.moving:
+            feeder._dss.Circuit.SetActiveElement(full)
+            parts.append((feeder._element_columns(self.position), feeder._element_yprim(full)))
+        # taps and capacitors mostly stay: the same admittances give the same entries
+        key = np.concatenate([y.ravel() for _, y in parts]) if parts else np.zeros(0)
+        cached = self._entries_cache
+        if cached is not None and np.array_equal(cached[0], key):
+            return cached[1]
+        moving = linearise.real_form(_sum_csr([_square(c, y) for c, y in parts], self.n_nodes))
+        entries: tuple[np.ndarray, np.ndarray, np.ndarray] = tuple(  # type: ignore[assignment]
             np.concatenate([a, b]) for a, b in zip(self.fixed_real, moving, strict=True)
         )
+        self._entries_cache = (key, entries)
+        return entries
 
     def source_terms(self, feeder: Feeder) -> list[tuple[np.ndarray, Any, np.ndarray]]:
         """Per source: node columns of its first terminal's live conductors,
         the rows of its admittance for them (over all its live columns, as a
         matrix over all nodes) and its present currents there."""
+        return [(cols, rows, current) for cols, rows, _, current in self._sources(feeder)]
+
+    def source_terms_real(self, feeder: Feeder) -> list[tuple[np.ndarray, Any, np.ndarray]]:
+        """:meth:`source_terms` with the admittance rows in real form
+        (:func:`.linearise.real_rows`)."""
+        return [(cols, real, current) for cols, _, real, current in self._sources(feeder)]
+
+    def _sources(self, feeder: Feeder) -> list[tuple[np.ndarray, Any, Any, np.ndarray]]:
+        """(columns, admittance rows, the same in real form, currents) per
+        source; the rows made again only when its admittance changed."""
         out = []
         dss = feeder._dss
         for full in self.sources:
@@ -1982,21 +2015,28 @@ class _JacobianModel:
             raw = np.asarray(dss.CktElement.Currents(), dtype=float)
             current = raw[0::2] + 1j * raw[1::2]
             y = feeder._element_yprim(full)
-            n_cond = dss.CktElement.NumConductors()
-            first = np.arange(n_cond)
-            live_first = first[cols[first] >= 0]
-            live = np.flatnonzero(cols >= 0)
-            rows = sparse.csr_matrix(
-                (
-                    y[np.ix_(live_first, live)].ravel(),
+            cached = self._source_cache.get(full)
+            if cached is None or not (
+                np.array_equal(cached[0], y) and np.array_equal(cached[1], cols)
+            ):
+                n_cond = dss.CktElement.NumConductors()
+                first = np.arange(n_cond)
+                live_first = first[cols[first] >= 0]
+                live = np.flatnonzero(cols >= 0)
+                rows = sparse.csr_matrix(
                     (
-                        np.repeat(np.arange(len(live_first)), len(live)),
-                        np.tile(cols[live], len(live_first)),
+                        y[np.ix_(live_first, live)].ravel(),
+                        (
+                            np.repeat(np.arange(len(live_first)), len(live)),
+                            np.tile(cols[live], len(live_first)),
+                        ),
                     ),
-                ),
-                shape=(len(live_first), self.n_nodes),
-            )
-            out.append((cols[live_first], rows, current[live_first]))
+                    shape=(len(live_first), self.n_nodes),
+                )
+                cached = (y, cols, live_first, rows, linearise.real_rows(rows))
+                self._source_cache[full] = cached
+            live_first = cached[2]
+            out.append((cols[live_first], cached[3], cached[4], current[live_first]))
         return out
 
 
