@@ -107,6 +107,13 @@ from dsosim.federates.iso.dcopf.status import (
     STATUS_OVER_SUPPLY,
 )
 
+BID_WINDOW = 1.0
+"""$/MWh: bid columns priced this close to their bus's LP price are in the QP
+(:meth:`DcOpf._solve_qp`) ..."""
+BID_WINDOW_SHARE = 0.02
+"""... or within this share of that price, whichever is wider; the others
+join the QP only when its prices say they must."""
+
 
 @dataclass(frozen=True, eq=False)
 class PeriodModel:
@@ -212,6 +219,12 @@ class DcOpf:
         self._build_model()
         self._pool: dict[int, list[int]] = {}
         self._active_bid_cols = np.zeros(0, dtype=np.int32)
+        # per LP column: the bus row of a bid column (-1 otherwise), its price and MW now
+        n = self._lp.getNumCol()
+        self._bid_bus = np.full(n, -1, dtype=np.int64)
+        self._bid_price = np.zeros(n)
+        self._bid_mw = np.zeros(n)
+        self._rhs = self._current_rhs()
 
     # ------------------------------------------------------------------ build
 
@@ -536,8 +549,7 @@ class DcOpf:
         nb = self.case.n_bus
         rows = np.arange(nb, dtype=np.int32)
         self._lp.changeRowsBounds(nb, rows, rhs, rhs)  # type: ignore[attr-defined]
-        if self._qp is not None:
-            self._qp.changeRowsBounds(nb, rows, rhs, rhs)  # type: ignore[attr-defined]
+        self._rhs = rhs  # the QP's are set when its bid columns are chosen (_solve_qp)
         started = time.perf_counter()
         solved = self._solve()
         elapsed = time.perf_counter() - started
@@ -632,33 +644,96 @@ class DcOpf:
         slack whose price says it should be used (LMP above the value of lost
         load, or below minus the spill price) is added and the QP solved
         again, so the final solution is optimal for the full problem.
+
+        Bid columns likewise (:meth:`_wanted_bids`): the solver's work grows
+        with the columns at a bound (each one a constraint in its working
+        set), and interface bids bring thousands, nearly all far from their
+        bus's price. The QP has the bids the LP holds in its basis, takes
+        partly, or prices near their bus's LP price; the others are fixed
+        where the LP left them (their MW moved to the balance rows' right-hand
+        side). A fixed bid on the wrong side of its bus's QP price (taken
+        above it, or left below it) is added and the QP solved again; so the
+        result is optimal for the full problem, as with every bid present.
         """
         mirror = self._mirror
         assert self._qp is not None and mirror is not None
         nb = self.case.n_bus
-        x_lp, _ = _solution(self._lp)
+        x_lp, duals_lp = _solution(self._lp)
         basis = self._lp.getBasis()
         col_status, row_status = basis.col_status, basis.row_status
-        in_basis = np.zeros(2 * nb, dtype=bool)
         basic = self._lp.getBasicVariables()[1]  # type: ignore[attr-defined]
-        basic = basic[(basic >= self._col_shed) & (basic < self._col_spill + nb)]
-        in_basis[basic - self._col_shed] = True
+        is_basic = np.zeros(self._lp.getNumCol(), dtype=bool)
+        is_basic[basic[basic >= 0]] = True
         slack = slice(self._col_shed, self._col_spill + nb)
-        wanted = (x_lp[slack] > SLACK_TOL_MW) | in_basis
+        wanted = (x_lp[slack] > SLACK_TOL_MW) | is_basic[slack]
+        bids = np.flatnonzero(self._bid_bus >= 0)
+        want_bid = self._wanted_bids(bids, x_lp, duals_lp[:nb], is_basic)
+        row_lp = np.asarray(self._lp.getSolution().row_value)
         starts = (self._crafted_statuses(col_status), col_status)
-        for _ in range(5):
+        tol = 1e-6 * max(1.0, self.voll, self.spill_price)  # QP duals are this accurate
+        for attempt in range(6):
             self._open_qp_slacks(wanted)
-            solved = self._run_qp_hot(x_lp, row_status, starts)
+            fixed, fixed_mw = self._open_qp_bids(bids, want_bid, x_lp)
+            held = np.bincount(self._bid_bus[fixed], fixed_mw, minlength=nb)
+            rhs = self._rhs + held
+            rows = np.arange(nb, dtype=np.int32)
+            self._qp.changeRowsBounds(nb, rows, rhs, rhs)  # type: ignore[attr-defined]
+            row_value = row_lp.copy()
+            row_value[:nb] += held
+            solved = self._run_qp_hot(x_lp, row_value, row_status, starts)
             if solved is None:
                 return None
             x, duals = solved
+            x[fixed] = fixed_mw
             lmp = duals[:nb]
-            tol = 1e-6 * max(1.0, self.voll, self.spill_price)  # QP duals are this accurate
             more = np.r_[lmp > self.voll + tol, lmp < -self.spill_price - tol] & ~wanted
-            if not more.any():
+            price, at_bus = self._bid_price[fixed], lmp[self._bid_bus[fixed]]
+            taken = fixed_mw > 0.0
+            wrong = np.where(taken, price < at_bus - tol, price > at_bus + tol)
+            wrong &= self._bid_mw[fixed] > 0.0  # a column switched off cannot move
+            if not more.any() and not wrong.any():
                 return x, duals
             wanted |= more
+            if attempt >= 2:  # prices moved far from the LP's: every bid in the QP
+                want_bid[:] = True
+            else:
+                want_bid[np.searchsorted(bids, fixed[wrong])] = True
         return None
+
+    def _wanted_bids(
+        self, bids: np.ndarray, x_lp: np.ndarray, lmp_lp: np.ndarray, is_basic: np.ndarray
+    ) -> np.ndarray:
+        """Bid columns the QP needs (mask over ``bids``): basic in the LP,
+        taken partly, or priced within ``BID_WINDOW`` of their bus's LP price."""
+        x, mw, price = x_lp[bids], self._bid_mw[bids], self._bid_price[bids]
+        inside = (x > SLACK_TOL_MW) & (x < mw - SLACK_TOL_MW)
+        lmp = lmp_lp[self._bid_bus[bids]]
+        near = np.abs(price - lmp) <= np.maximum(BID_WINDOW, BID_WINDOW_SHARE * np.abs(lmp))
+        return is_basic[bids] | inside | (near & (mw > 0.0))
+
+    def _open_qp_bids(
+        self, bids: np.ndarray, want: np.ndarray, x_lp: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Give the QP the bid columns wanted (with their cost and bounds now)
+        and take the others out; return the ones out and the MW they are
+        fixed at (where the LP left them: 0 or their whole block)."""
+        mirror = self._mirror
+        assert mirror is not None
+        present = mirror.present(bids)
+        mirror.remove(bids[present & ~want])
+        add = bids[want & ~present]
+        if len(add):
+            n = len(add)
+            mirror.add(
+                add,
+                -self._bid_price[add],
+                np.zeros(n),
+                self._bid_mw[add],
+                self._bid_bus[add],
+                -np.ones(n),
+            )
+        fixed = bids[~want]
+        return fixed, np.clip(x_lp[fixed], 0.0, self._bid_mw[fixed])
 
     def _open_qp_slacks(self, wanted: np.ndarray) -> None:
         """Give the QP the slack columns in ``wanted`` (shed then spill, per
@@ -680,13 +755,17 @@ class DcOpf:
         mirror.change_bounds(present, np.zeros(len(present)), upper)
 
     def _run_qp_hot(
-        self, x_lp: np.ndarray, row_status: Statuses, starts: tuple[Statuses, Statuses]
+        self,
+        x_lp: np.ndarray,
+        row_value: np.ndarray,
+        row_status: Statuses,
+        starts: tuple[Statuses, Statuses],
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """One QP solve from the LP optimum: first with the crafted basis,
-        then with the plain LP basis, then cold."""
+        """One QP solve from the LP optimum (``row_value``: the QP rows'
+        activity there): first with the crafted basis, then with the plain LP
+        basis, then cold."""
         mirror = self._mirror
         assert self._qp is not None and mirror is not None
-        row_value = self._lp.getSolution().row_value
         for col_status in starts:
             mirror.hot_start(x_lp, row_value, col_status, row_status)
             if _run(self._qp, retry_cold=False):
@@ -721,12 +800,17 @@ class DcOpf:
         group_mw: np.ndarray
         block_group: np.ndarray
         if len(mw):
-            keys = np.stack([bus, price])
-            groups, block_group = np.unique(keys, axis=1, return_inverse=True)
-            block_group = block_group.ravel()
-            group_bus = groups[0].astype(np.int64)
-            group_price = groups[1]
-            group_mw = np.bincount(block_group, weights=mw, minlength=groups.shape[1])
+            # groups in (bus, price) order, as np.unique(axis=1) gives them, by one lexsort
+            order = np.lexsort((price, bus))
+            s_bus, s_price = bus[order], price[order]
+            new = np.empty(len(order), dtype=bool)
+            new[0] = True
+            new[1:] = (s_bus[1:] != s_bus[:-1]) | (s_price[1:] != s_price[:-1])
+            block_group = np.empty(len(order), dtype=np.int64)
+            block_group[order] = np.cumsum(new) - 1
+            group_bus = s_bus[new].astype(np.int64)
+            group_price = s_price[new]
+            group_mw = np.bincount(block_group, weights=mw, minlength=len(group_bus))
         else:
             block_group = np.zeros(0, dtype=np.int64)
             group_bus = np.zeros(0, dtype=np.int64)
@@ -772,13 +856,17 @@ class DcOpf:
         return cols
 
     def _add_bid_columns(self, bus: np.ndarray) -> None:
+        """New bid columns, switched off; the QP gets them when it needs them
+        (:meth:`_solve_qp`)."""
         n = len(bus)
         zeros = np.zeros(n)
         first = self._lp.getNumCol()
         _add_columns(self._lp, zeros, zeros, zeros, bus, -np.ones(n))
+        self._bid_bus = np.r_[self._bid_bus, bus.astype(np.int64)]
+        self._bid_price = np.r_[self._bid_price, zeros]
+        self._bid_mw = np.r_[self._bid_mw, zeros]
         if self._mirror is not None:
             self._mirror.grow(first + n)
-            self._mirror.add(np.arange(first, first + n), zeros, zeros, zeros, bus, -np.ones(n))
 
     def _load_bid_columns(self, cols: np.ndarray, price: np.ndarray, mw: np.ndarray) -> None:
         """Re-price and re-bound the pool: this interval's groups get
@@ -792,9 +880,13 @@ class DcOpf:
                 continue
             self._lp.changeColsCost(len(which), which, cost)
             self._lp.changeColsBounds(len(which), which, lower, upper)
-            if self._mirror is not None:
-                self._mirror.change_costs(which, cost)
-                self._mirror.change_bounds(which, lower, upper)
+            self._bid_price[which] = -cost
+            self._bid_mw[which] = upper
+            if self._mirror is not None:  # the QP's bid columns present now
+                here = self._mirror.present(which)
+                if here.any():
+                    self._mirror.change_costs(which[here], cost[here])
+                    self._mirror.change_bounds(which[here], lower[here], upper[here])
         self._active_bid_cols = np.sort(cols)
 
     # ------------------------------------------------------------------ results

@@ -88,6 +88,24 @@ class _Mirror:
         self.qp_of[lp_cols] = np.arange(first, first + len(lp_cols))
         self.lp_of = np.r_[self.lp_of, lp_cols]
 
+    def remove(self, lp_cols: np.ndarray) -> None:
+        """Take these (present) LP columns out of the QP; the others keep their order."""
+        if len(lp_cols) == 0:
+            return
+        qp_cols = np.sort(self._cols(lp_cols))
+        status = self.highs.deleteCols(len(qp_cols), qp_cols)
+        if status != highspy.HighsStatus.kOk:
+            raise RuntimeError(f"HiGHS could not delete {len(qp_cols)} columns: {status}")
+        keep = np.ones(len(self.lp_of), dtype=bool)
+        keep[qp_cols] = False
+        self.lp_of = self.lp_of[keep]
+        self.qp_of[:] = -1
+        self.qp_of[self.lp_of] = np.arange(len(self.lp_of))
+
+    def present(self, lp_cols: np.ndarray) -> np.ndarray:
+        """Which of these LP columns the QP has."""
+        return self.qp_of[lp_cols] >= 0
+
     def _cols(self, lp_cols: np.ndarray) -> np.ndarray:
         cols = self.qp_of[lp_cols]
         assert np.all(cols >= 0), "column absent from the QP"
@@ -102,15 +120,16 @@ class _Mirror:
     def hot_start(
         self,
         x_lp: np.ndarray,
-        row_value: list[float],
+        row_value: list[float] | np.ndarray,
         col_status: Statuses,
         row_status: Statuses,
     ) -> None:
         """Start from an LP point and basis. Every LP column absent here must be
-        nonbasic at zero in it (so the two bases have the same size)."""
+        nonbasic in it (so the two bases have the same size), and ``row_value``
+        the rows' activity without the absent columns."""
         solution = highspy.HighsSolution()
         solution.col_value = x_lp[self.lp_of].tolist()
-        solution.row_value = row_value
+        solution.row_value = list(row_value)
         solution.value_valid = True
         self.highs.setSolution(solution)
         basis = highspy.HighsBasis()
