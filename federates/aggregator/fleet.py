@@ -225,8 +225,10 @@ class Fleet:
         self._cache: offers.FleetOffer | None = None
         self._plan: _Plan | None = None
         self._unavailable: set[int] = set()
-        self._range = (np.zeros(0), np.zeros(0))
+        self._range: tuple[FloatArray, FloatArray] | None = None
         """Each device's physical net-demand range this interval (see :meth:`device_range`)."""
+        self._range_parts: list[tuple[FloatArray, FloatArray]] = []
+        """The group offers' ranges it is made of, when asked for."""
 
     # --- construction
 
@@ -537,6 +539,10 @@ class Fleet:
         must lie inside it."""
         self._offer(interval)
         self._locate(index)
+        if self._range is None:
+            lo = np.concatenate([np.zeros(0), *(lo for lo, _ in self._range_parts)])
+            hi = np.concatenate([np.zeros(0), *(hi for _, hi in self._range_parts)])
+            self._range = (np.minimum(lo, 0.0), np.maximum(hi, 0.0))
         return float(self._range[0][index]), float(self._range[1][index])
 
     def _locate(self, index: int) -> tuple[int, int]:
@@ -588,9 +594,8 @@ class Fleet:
         group_offers = [g.offer(tick) for g in self.groups]
         # what each device can physically do, before the unavailable ones are withdrawn;
         # idling (0) is always possible, whatever a must-run or must-charge offer says
-        lo = np.concatenate([np.zeros(0), *(o.lo for o in group_offers)])
-        hi = np.concatenate([np.zeros(0), *(o.hi for o in group_offers)])
-        self._range = (np.minimum(lo, 0.0), np.maximum(hi, 0.0))
+        self._range_parts = [(o.lo, o.hi) for o in group_offers]  # _withdraw copies, not edits
+        self._range = None
         for index in sorted(self._unavailable):
             g, i = self._locate(index)
             _withdraw(group_offers[g], i)

@@ -67,10 +67,10 @@ def assemble(
     price = np.clip(price[keep], PRICE_FLOOR, PRICE_CAP)  # +inf (no later chance) -> the cap
     mw, owner = mw[keep], owner[keep].astype(np.intp)
     bus = dev_bus[owner]
-    order = bus_price_order(bus, price)
+    order, price = _bus_price_sort(bus, price)
     # sorted by bus: the bus column is each bus repeated as often as it has blocks
     bus = np.repeat(np.arange(n_bus), np.bincount(bus, minlength=n_bus))
-    price, mw, owner = price[order], mw[order], owner[order]
+    mw, owner = mw[order], owner[order]
     # the device range is its least net demand plus the blocks kept
     dev_hi = dev_lo + np.bincount(owner, mw, minlength=len(dev_lo))
     runs = None
@@ -116,18 +116,20 @@ def bus_price_order(bus: IntArray, price: FloatArray) -> IntArray:
     index order: such runs are found after the sort and re-sorted exactly.
     Falls back to ``lexsort`` for small inputs, NaN prices, negative buses,
     or too few bits left for the price."""
+    return _bus_price_sort(bus, price)[0]
+
+
+def _bus_price_sort(bus: IntArray, price: FloatArray) -> tuple[IntArray, FloatArray]:
+    """:func:`bus_price_order` and the prices in that order."""
     n = len(price)
-    if n < 4096:
-        return np.lexsort((-price, bus))
     neg = np.negative(price)
     neg += 0.0  # -0.0 -> 0.0 (lexsort compares them equal)
-    if np.isnan(neg.max()) or int(bus.min()) < 0:
-        return np.lexsort((-price, bus))
     index_bits = (n - 1).bit_length()
-    bus_bits = max(int(bus.max()).bit_length(), 1)
+    bus_bits = max(int(bus.max()).bit_length(), 1) if n else 1
     price_bits = 64 - index_bits - bus_bits
-    if price_bits < 24:
-        return np.lexsort((-price, bus))
+    if n < 4096 or np.isnan(neg.max()) or int(bus.min()) < 0 or price_bits < 24:
+        order = np.lexsort((-price, bus))
+        return order, price[order]
     # order-preserving image: flip every bit of negative floats, only the sign of the others
     bits = neg.view(np.int64)
     image = bits >> 63
@@ -142,17 +144,20 @@ def bus_price_order(bus: IntArray, price: FloatArray) -> IntArray:
     order = (key & np.uint64((1 << index_bits) - 1)).view(np.int64).astype(np.intp, copy=False)
     # prices cut to the same top bits but not equal: re-sort those runs exactly
     key >>= np.uint64(index_bits)
-    ordered = neg[order]
+    ordered = price[order]
     suspect = key[1:] == key[:-1]
     suspect &= ordered[1:] != ordered[:-1]
     if suspect.any():
-        _fix_near_ties(order, key, ordered, np.flatnonzero(suspect))
-    return order
+        _fix_near_ties(order, key, ordered, price, np.flatnonzero(suspect))
+    return order, ordered
 
 
-def _fix_near_ties(order: IntArray, run_key: IntArray, neg: FloatArray, pairs: IntArray) -> None:
+def _fix_near_ties(
+    order: IntArray, run_key: IntArray, ordered: FloatArray, price: FloatArray, pairs: IntArray
+) -> None:
     """Re-sort, by (-price, index), each run of equal ``run_key`` that holds a
-    pair ``(i, i + 1)`` of ``pairs`` (arrays in sorted order; ``order`` in place)."""
+    pair ``(i, i + 1)`` of ``pairs`` (arrays in sorted order; ``order`` and
+    ``ordered = price[order]`` in place)."""
     done = -1
     for i in pairs.tolist():
         if i < done:
@@ -161,7 +166,8 @@ def _fix_near_ties(order: IntArray, run_key: IntArray, neg: FloatArray, pairs: I
         a = int(np.searchsorted(run_key, k, side="left"))
         b = int(np.searchsorted(run_key, k, side="right"))
         members = order[a:b]
-        order[a:b] = members[np.lexsort((members, neg[a:b]))]
+        order[a:b] = members[np.lexsort((members, -ordered[a:b]))]
+        ordered[a:b] = price[order[a:b]]
         done = b
 
 
@@ -223,8 +229,8 @@ class PriceRuns:
     """The blocks of a :class:`FleetOffer` as runs of one bus and one price,
     the units :func:`fill` shares pro rata (the same every fill of an offer)."""
 
-    of_block: IntArray
-    """Run of each block."""
+    length: IntArray
+    """Blocks in each run (runs are consecutive, in block order)."""
     bus: IntArray
     mw: FloatArray
     before: FloatArray
@@ -232,16 +238,15 @@ class PriceRuns:
 
 
 def _price_runs(bus: IntArray, mw: FloatArray, new_price: BoolArray) -> PriceRuns:
-    of_block = np.cumsum(new_price, dtype=np.intp)
-    of_block -= 1
     starts = np.flatnonzero(new_price)
+    length = np.diff(np.append(starts, len(mw)))
     g_mw = np.add.reduceat(mw, starts)
     g_bus = bus[starts]
     before = np.cumsum(g_mw) - g_mw  # taken before the run, counted over all buses
     first = np.flatnonzero(np.concatenate(([True], g_bus[1:] != g_bus[:-1])))
     bus_first = np.repeat(first, np.diff(np.append(first, len(g_mw))))
     before -= before[bus_first]
-    return PriceRuns(of_block, g_bus, g_mw, before)
+    return PriceRuns(length, g_bus, g_mw, before)
 
 
 def fill(offer: FleetOffer, extra: FloatArray) -> FloatArray:
@@ -252,4 +257,6 @@ def fill(offer: FleetOffer, extra: FloatArray) -> FloatArray:
     if runs is None:
         return np.zeros(n_dev)
     share = np.clip((extra[runs.bus] - runs.before) / runs.mw, 0.0, 1.0)
-    return np.bincount(offer.blk_owner, offer.blk_mw * share[runs.of_block], minlength=n_dev)
+    return np.bincount(
+        offer.blk_owner, offer.blk_mw * np.repeat(share, runs.length), minlength=n_dev
+    )
