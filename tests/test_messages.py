@@ -35,6 +35,7 @@ CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
         msg.LineariseAt("lda1_imo", 3, 1, (0.25, -0.5)),
         msg.NoLinearisation("lda1", 3, 2),
         msg.PricedOn("lda1_imo", 3, 0),
+        msg.LocationVoltages("lda1", 3, {"611": 1.041, "675": 0.987}),
         msg.TableRows("iso", 3, "market", ("interval", "lmp"), ((3, 31.25), (3, 30.0))),
     ],
 )
@@ -202,3 +203,17 @@ def test_round_trip_requests_are_checked() -> None:
     priced = {**base, "kind": "priced_on", "iteration": -1}
     with pytest.raises(msg.MessageError, match="priced_on.iteration: must be >= 0"):
         msg.decode(msgpack.packb(priced), source="imo")
+
+
+def test_location_voltages_must_be_plausible() -> None:
+    raw = msgpack.packb(
+        {
+            "v": msg.SCHEMA_VERSION,
+            "kind": "location_voltages",
+            "sender": "lda1",
+            "interval": 2,
+            "v_pu": {"611": 0.0},
+        }
+    )
+    with pytest.raises(msg.MessageError, match=r"location_voltages.v_pu\[611\]: 0 pu"):
+        msg.decode(raw, source="lda1")

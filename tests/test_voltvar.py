@@ -230,7 +230,8 @@ battery = 0.2
 def test_volt_var_in_a_federation(tmp_path: Path, model: str) -> None:
     """A federation whose home PV inverters all run volt-var: the utility's
     power flow has them at their curve every interval, recorded per location
-    (``der_locations``) and per interval (``feeder``), the same way in a
+    (``der_locations``) and per interval (``feeder``), and the fleet records
+    what its inverters produced (``ders_pv``), the same way in a
     grand-central and a layered model."""
     from tests.federation import run_scenario, table
 
@@ -259,6 +260,15 @@ def test_volt_var_in_a_federation(tmp_path: Path, model: str) -> None:
     assert checked >= 2
     per_interval = loc.groupby("interval")["q_mvar"].sum()
     assert per_interval.to_numpy() == pytest.approx(feeder_rows["der_q_mvar"].to_numpy())
+    # the fleet's inverters, sent the voltages the power flow gave their
+    # locations, record the reactive power they produced there: the same as
+    # the utility's fixed point, inverter by inverter at rating x curve(v)
+    pv = table(built.results_dir, "ders_pv").rename(columns={"bus": "location"})
+    both = pv.merge(loc, on=["interval", "aggregator", "location"], suffixes=("_pv", "_pf"))
+    assert len(both) == len(loc) == len(pv)
+    assert (both["q_mvar_pv"].abs() > 1e-4).any()  # voltages out of the dead band
+    assert (both["q_mvar_pv"] - both["q_mvar_pf"]).abs().max() <= 1.5e-3 * both["rating_mw"].max()
+    assert (both["q_mvar_pv"] - both["rating_mw"] * both["curve"]).abs().max() < 1e-9
 
 
 def test_locations_on_a_feeder_read_line_to_line() -> None:

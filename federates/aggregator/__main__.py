@@ -3,9 +3,12 @@
 Per interval k (see ``common.schedule``): BID sends one curve per location to
 its market operator; REPORT reads the dispatch, runs the devices for the
 interval and reports what they actually did; records the ``ders*`` tables
-(``results``). A fleet with DERs run by hardware reads the dispatch earlier,
-at RESPOND, sends those DERs' set-points to the HIL gateway, and at REPORT
-uses the gateway's readings as their output.
+(``results``): with volt-var inverters half a sub-step after MEASURE, once the
+utility has sent the voltages its power flow gave the fleet's locations, at
+which the inverters' reactive power is theirs (``ders_pv.q_mvar``). A fleet
+with DERs run by hardware reads the dispatch earlier, at RESPOND, sends those
+DERs' set-points to the HIL gateway, and at REPORT uses the gateway's
+readings as their output.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dsosim.federates.aggregator.fleet import (
     ev_net_mw,
     outdoor_c,
 )
+from dsosim.federates.aggregator.pv import volt_var_ratings
 from dsosim.federates.aggregator.results import der_tables
 from dsosim.federates.aggregator.spec_json import fleet_from_json
 from dsosim.federates.common import messages as msg
@@ -30,7 +34,14 @@ from dsosim.federates.common import routes
 from dsosim.federates.common.config import FederationConfig
 from dsosim.federates.common.curves import BidCurve, PlacedCurve
 from dsosim.federates.common.forecasts import FORECAST_COLUMNS, ForecastLog
-from dsosim.federates.common.schedule import DayAheadPhase, Phase, at, day_ahead_at, day_ahead_due
+from dsosim.federates.common.schedule import (
+    DayAheadPhase,
+    Phase,
+    at,
+    day_ahead_at,
+    day_ahead_due,
+    voltages_at,
+)
 from dsosim.federates.common.shell import FederateShell, expect, federate_main
 
 
@@ -40,8 +51,11 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
     dispatcher = routes.dispatcher_of(config, cfg)
     utility = cfg.dso
     fleet_seed = config.seed + zlib.crc32(name.encode())
+    spec = fleet_from_json(cfg.fleet)
+    # volt-var inverters: the utility sends the voltages they had after MEASURE
+    volt_var = bool(volt_var_ratings(spec.pvs))
     fleet = Fleet(
-        fleet_from_json(cfg.fleet),
+        spec,
         interval_s=config.time.interval_s,
         n_intervals=config.time.n_intervals,
         seed=fleet_seed,
@@ -103,6 +117,7 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
             setpoints, prices = _dispatch(shell, config, dispatcher, bids, k)
         outcome = fleet.dispatch(k, setpoints, prices, measured)
         shell.send(utility, msg.Measurement(name, k, outcome.actual_by_bus(), setpoints))
+        outcome = _with_reactive(shell, fleet, utility, voltages_at(k, time), outcome, volt_var)
         shell.record_tables(k, der_tables(name, outcome))
         if da is not None:
             _observe(log, k, outcome)
@@ -123,6 +138,25 @@ def _expect(log: ForecastLog, day: int, plan: DayAheadPlan, kinds: set[str]) -> 
     if "hvac" in kinds:
         log.expect(day, "hvac_mw", plan.hvac_mw.tolist())
         log.expect(day, "outdoor_c", plan.outdoor_c.tolist())
+
+
+def _with_reactive(
+    shell: FederateShell,
+    fleet: Fleet,
+    utility: str,
+    when: float,
+    outcome: DispatchOutcome,
+    volt_var: bool,
+) -> DispatchOutcome:
+    """With volt-var inverters (``volt_var``), at ``when`` (half a sub-step
+    after MEASURE): the voltages the utility's power flow gave the fleet's
+    locations, and so the inverters' reactive power."""
+    if not volt_var:
+        return outcome
+    shell.advance(when)
+    got = shell.receive(allowed_senders=[utility])
+    v = expect(got, msg.LocationVoltages, outcome.interval, [utility])[utility]
+    return outcome.with_pv_reactive(fleet.volt_var_mvar(v.v_pu))
 
 
 def _observe(log: ForecastLog, k: int, outcome: DispatchOutcome) -> None:

@@ -104,6 +104,15 @@ class DispatchOutcome:
         """``{bus: actual MW}``, the shape of a measurement message."""
         return dict(zip(self.buses, self.actual_mw.tolist(), strict=True))
 
+    def with_pv_reactive(self, q_mvar: FloatArray) -> DispatchOutcome:
+        """The same outcome with the PV inverters' reactive power per bus
+        (``ders_pv.q_mvar``) known after the fact (:meth:`Fleet.volt_var_mvar`)."""
+        pv = self.by_type.get("pv")
+        if pv is None:
+            return self
+        pv = dataclasses.replace(pv, state={**pv.state, "q_mvar": np.asarray(q_mvar, dtype=float)})
+        return dataclasses.replace(self, by_type={**self.by_type, "pv": pv})
+
     def total(self, kind: str, name: str) -> float:
         """Fleet total of one state column of one type (0 if the type is absent)."""
         t = self.by_type.get(kind)
@@ -480,6 +489,22 @@ class Fleet:
         return DayAheadPlan(
             first, offers, price / n, net / n, pv / n, load / n, ev / n, hvac / n, outdoor / n
         )
+
+    def volt_var_mvar(self, v_pu: Mapping[str, float]) -> FloatArray:
+        """Reactive power (Mvar, + injected) per bus of the fleet's volt-var
+        inverters at the bus voltages ``v_pu`` (pu, every bus of the fleet):
+        each at ``rating x curve(v)`` (``PvSystems.reactive_mvar``); 0 at
+        buses without any. Unlike :meth:`set_voltages` it changes nothing
+        the fleet offers or does."""
+        idx, vals = self._vector(v_pu, "voltage", complete=True)
+        n = len(self._buses)
+        v = np.ones(n)
+        v[idx] = vals
+        out = np.zeros(n)
+        for g in self.groups:
+            if isinstance(g, PvSystems):
+                out += g.reactive_mvar(v, n)
+        return out
 
     def set_voltages(self, v_pu: Mapping[str, float]) -> None:
         """Give the fleet measured bus voltages (pu) for volt-var inverters;

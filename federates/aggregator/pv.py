@@ -159,6 +159,15 @@ class PvSystems:
         q = np.where(self.volt_var, volt_var(self.voltage), 0.0) * self.rating
         return q, np.sqrt(np.maximum(self.rating**2 - q**2, 0.0))
 
+    def reactive_mvar(self, v_pu_by_bus: FloatArray, n_bus: int) -> FloatArray:
+        """Per bus, the reactive power (Mvar, + injected) the volt-var
+        inverters produce at bus voltages ``v_pu_by_bus`` (the fleet's bus
+        order): each at ``rating x curve(v)``, carried on top of its active
+        output as in the utility's power flow (``dso.voltvar``), which is
+        where these voltages come from in a federation."""
+        q = np.where(self.volt_var, volt_var(v_pu_by_bus[self.bus]), 0.0) * self.rating
+        return per_bus_sum(self.bus, q, n_bus)
+
     def _available(self, t: int) -> dict[str, FloatArray]:
         n = len(self.rating)
         avail = self.rating * self.profile[:, t]

@@ -267,6 +267,20 @@ class PricedOn:
 
 
 @dataclass(frozen=True, slots=True)
+class LocationVoltages:
+    """Utility -> aggregator with volt-var inverters, after MEASURE: the
+    voltage (pu, the mean of the bus's phases) at each of its locations in
+    the interval's measured power flow, where every volt-var inverter sits at
+    its curve's fixed point: what the inverters there measured, and so the
+    reactive power each of them produced (``rating x curve(v)``)."""
+
+    KIND: ClassVar[str] = "location_voltages"
+    sender: str
+    interval: int
+    v_pu: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
 class TableRows:
     """Any federate -> recorder: rows for one results table.
 
@@ -341,6 +355,7 @@ Message = (
     | LineariseAt
     | NoLinearisation
     | PricedOn
+    | LocationVoltages
     | TableRows
     | Done
     | HilSetpoints
@@ -364,6 +379,7 @@ KINDS: dict[str, type] = {
         LineariseAt,
         NoLinearisation,
         PricedOn,
+        LocationVoltages,
         TableRows,
         Done,
         HilSetpoints,
@@ -747,6 +763,14 @@ def _decode_priced_on(r: _Reader, sender: str, interval: int) -> PricedOn:
     return PricedOn(sender, interval, _iteration(r, first=0))
 
 
+def _decode_location_voltages(r: _Reader, sender: str, interval: int) -> LocationVoltages:
+    v = r.number_map("v_pu")
+    for bus, x in v.items():
+        if not 0.0 < x < 2.0:
+            raise r.fail(f"v_pu[{bus}]", f"{x:g} pu is not a plausible voltage")
+    return LocationVoltages(sender, interval, v)
+
+
 def _decode_rows(r: _Reader, sender: str, interval: int) -> TableRows:
     table = r.text("table")
     if not TABLE_NAME.match(table):
@@ -814,6 +838,7 @@ _DECODERS: dict[str, Callable[[_Reader, str, int], Message]] = {
     LineariseAt.KIND: _decode_linearise_at,
     NoLinearisation.KIND: _decode_no_linearisation,
     PricedOn.KIND: _decode_priced_on,
+    LocationVoltages.KIND: _decode_location_voltages,
     TableRows.KIND: _decode_rows,
     Done.KIND: _decode_done,
 }

@@ -19,6 +19,8 @@ deterministic and needs no wall-clock sleeps::
     t_k+5+s READBACK  HIL gateway: READ devices          HilReadings -> aggregators
     t_k+6+s REPORT    aggregators: device physics        Measurement -> DSO
     t_k+7+s MEASURE   DSO: OpenDSS power flow            Meter -> ISO (settled at t_k+1 +2)
+                      (LocationVoltages -> aggregators with volt-var, read
+                      half a sub-step later: ``voltages_at``)
     t_k+8+s RECORD    recorder: writes the interval's rows
 
 (sub-steps ``substep_s`` apart, 1 s by default; ``s`` is the settle time the
@@ -103,6 +105,14 @@ def round_trip_at(interval: int, slot: int, time: Clock) -> float:
     if not 0 < slot < ROUND_TRIP_SLOTS:
         raise ValueError(f"round-trip slot {slot} is outside 1..{ROUND_TRIP_SLOTS - 1}")
     return at(interval, Phase.DISPATCH, time) + slot * time.substep_s / ROUND_TRIP_SLOTS
+
+
+def voltages_at(interval: int, time: Clock) -> float:
+    """Federation time (s), half a sub-step after MEASURE, at which an
+    aggregator with volt-var inverters reads the voltages the utility's
+    measured power flow gave its locations (``LocationVoltages``), and so
+    knows the reactive power its inverters produced, before RECORD."""
+    return at(interval, Phase.MEASURE, time) + 0.5 * time.substep_s
 
 
 class DayAheadPhase(IntEnum):

@@ -12,7 +12,8 @@ Per interval k (see ``common.schedule``):
   set-points, overridden where the feeder would be violated; for an
   independent market operator (models 4, 6) the feeder linearised at each
   dispatch it asks about (the same re-linearisation its own market does);
-* MEASURE: the DERs' actual output, the power flow, the meter reading.
+* MEASURE: the DERs' actual output, the power flow, the meter reading; to
+  each aggregator with volt-var inverters the voltages its locations had.
 """
 
 from __future__ import annotations
@@ -64,13 +65,15 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
     threadpool_limits(limits=1)
     cfg = config.dso(name)
     fleets = {a: config.aggregator(a).buses for a in cfg.aggregators}
+    volt_var_mva = {a: _volt_var_ratings(config.aggregator(a).fleet) for a in cfg.aggregators}
+    volt_var_fleets = sorted(a for a, ratings in volt_var_mva.items() if ratings)
     grid = GridOperator(
         cfg,
         fleets,
         config.time,
         seed=config.seed,
         base_dir=base_dir,
-        volt_var_mva={a: _volt_var_ratings(config.aggregator(a).fleet) for a in cfg.aggregators},
+        volt_var_mva=volt_var_mva,
     )
     in_market = [a for a in cfg.aggregators if routes.bids_in_market(config, config.aggregator(a))]
     dmo = (
@@ -138,6 +141,8 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
             tariff=config.model.tariff,
         )
         shell.send(cfg.iso, msg.Meter(name, k, cfg.td_bus, td_flow, allocation))
+        for agg in volt_var_fleets:  # what their inverters measured (reactive power)
+            shell.send(agg, msg.LocationVoltages(name, k, grid.location_voltages(agg)))
         shell.record_tables(k, tables)
         day_ahead.at_measure(k)
         shell.end_interval(k)

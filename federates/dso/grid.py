@@ -206,6 +206,9 @@ class GridOperator:
         """The feeder's load (feeder scale) per period of the last day-ahead bid."""
         self.measured_load_mw = 0.0
         """The feeder's load at the last :meth:`measure`."""
+        self.measured_v_loc = np.full(len(self.locations), np.nan)
+        """Local voltage (pu) per DER location at the last :meth:`measure`
+        (with volt-var inverters on the feeder; NaN without)."""
 
     def _own_shapes(self, time: TimeSettings) -> np.ndarray:
         """Every load's own load shape over the run's intervals (loads without
@@ -457,6 +460,7 @@ class GridOperator:
             q_loc, v_loc = self._vv_last.q_mvar, self._vv_last.v_pu
         self.der_mw = der
         self.measured_load_mw = state.load_mw
+        self.measured_v_loc = np.array(v_loc, dtype=float)  # a copy: the ex-post check solves again
         expost = self.expost(interval, target)
         td_flow = self.td.to_td(state.substation_p_mw)
         allocation: dict[Party, float] = {}
@@ -539,6 +543,16 @@ class GridOperator:
             ),
         }
         return td_flow, allocation, tables
+
+    def location_voltages(self, aggregator: str) -> dict[str, float]:
+        """The local voltage (pu) of each of ``aggregator``'s locations in the
+        last measured power flow, where the volt-var inverters sat at their
+        fixed point (what they measured)."""
+        return {
+            loc.bus: float(self.measured_v_loc[i])
+            for i, loc in enumerate(self.locations)
+            if loc.aggregator == aggregator
+        }
 
     # ------------------------------------------------------------ ex post
     def expost(self, interval: int, setpoints: np.ndarray) -> tuple[object, ...]:
