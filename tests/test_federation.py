@@ -60,6 +60,28 @@ def test_run_completes_with_every_table(base_run) -> None:
     assert (market["timestamp"] == start + pd.to_timedelta(market["interval"] * 300, "s")).all()
 
 
+def test_constraints_table_names_the_rows_that_shaped_each_clearing(base_run) -> None:
+    built, _ = base_run
+    rows = table(built.results_dir, "constraints")
+    assert set(rows["status"]) <= {"binding", "relaxed"} and len(rows) > 0
+    binding = rows[rows["status"] == "binding"]
+    # a binding row is at its limit with a market price
+    assert (binding["dual"] > 0.0).all()
+    assert np.allclose(binding["value"], binding["limit"], atol=1e-6)
+    # a relaxed row is past its rating at the operating point or held at any price
+    relaxed = rows[rows["status"] == "relaxed"]
+    past = np.where(
+        relaxed["kind"] == "vmin",
+        relaxed["limit"] - relaxed["value"],
+        relaxed["value"] - relaxed["limit"],
+    )
+    assert ((past > -1e-9) | (relaxed["dual"] > 0.0)).all()
+    # a dispatched DER sees the binding rows in its DLMP's congestion part
+    dispatch = table(built.results_dir, "dispatch")
+    congested = dispatch[dispatch["dlmp_congestion"].abs() > 1e-9]["interval"].unique()
+    assert set(congested) <= set(binding["interval"])
+
+
 def test_energy_balances_at_the_td_interface(base_run) -> None:
     built, _ = base_run
     feeder = table(built.results_dir, "feeder")

@@ -432,9 +432,12 @@ def test_ieee13_clearing_keeps_the_feeder_within_limits(
         feeder.set_der_mw(state.der_mw)
 
 
-def test_ieee13_overload_the_ders_cannot_remove_does_not_distort_the_bid() -> None:
+def test_ieee13_overload_the_ders_cannot_remove_is_held_no_worse_than_now() -> None:
     # XFM-1 is at ~1.18 of its rating; DERs at 675 and 680 move it by ~0.01 per
-    # MW only (through the voltage at 634). The market must not chase it.
+    # MW only (through the voltage at 634): no dispatch brings it within its
+    # rating. The market must not chase it (it is reported relaxed, the DSO
+    # acts outside the market) nor let the DERs add to it: consuming at 675 and
+    # 680 lowers the voltage at 634 and raises XFM-1's current.
     feeder = Feeder(IEEE13, name="ieee13")
     feeder.attach_der("pv675", "675")
     feeder.attach_der("bat680", "680")
@@ -442,20 +445,39 @@ def test_ieee13_overload_the_ders_cannot_remove_does_not_distort_the_bid() -> No
         _at("solar", "pv675", BidCurve(-0.5, ((-5.0, 0.5),))),
         _at("storage", "bat680", BidCurve(-0.5, ((45.0, 0.5), (25.0, 0.5)))),
     ]
+    feeder.set_der_mw(np.array([-0.5, -0.5]))  # both at their base: PV on, battery discharging
     state = feeder.solve()
     sens = feeder.sensitivities()
     fixed = fixed_head_mw(state)
     bid = build_interface_bid(curves, state, sens, fixed, Limits())
     assert [(c.kind, c.element) for c in bid.relaxed] == [("thermal", "Transformer.xfm1")]
+    xfm = state.branch_names.index("Transformer.xfm1")
     assert bid.relaxed[0].value == pytest.approx(1.18, abs=0.01)
-    # The same bid as if XFM-1 were within its rating (the substation
-    # transformer does bind here: at low prices the feeder takes it to 1.0).
+    # Without the overload (XFM-1 at half its rating) the feeder would take
+    # the battery's two charging blocks at 10 $/MWh (PV is curtailed below -5).
     loading = state.loading.copy()
-    loading[state.branch_names.index("Transformer.xfm1")] = 0.5
+    loading[xfm] = 0.5
     healthy = dataclasses.replace(state, loading=loading)
     without = build_interface_bid(curves, healthy, sens, fixed, Limits())
     assert without.relaxed == ()
-    assert bid.curve == without.curve
+    lmp = 10.0
+    free = clear_lda(without.curve.quantity_at(lmp), lmp, curves, healthy, sens, fixed, Limits())
+    assert free.der_mw == pytest.approx([-0.5, 0.5], abs=1e-6)  # the battery charges
+    # With it, the DERs may rearrange but not raise XFM-1 above its value now
+    # (at their set-points): linearised, it stays where it is, and the
+    # battery may not charge.
+    held = clear_lda(bid.curve.quantity_at(lmp), lmp, curves, state, sens, fixed, Limits())
+    slope = np.asarray(sens.dloading_dp_up)[xfm]
+    moved = float(slope @ (held.der_mw - np.asarray(state.der_mw)))
+    assert moved <= 1e-9
+    assert held.der_mw == pytest.approx([-0.5, -0.5], abs=1e-6)
+    # The interface bid lacks the battery's 1 MW of charging (at the head,
+    # through its loss factor).
+    lost = without.curve.quantity_at(lmp) - bid.curve.quantity_at(lmp)
+    assert lost == pytest.approx(float(sens.dpsub_dp[1]) * 1.0, abs=1e-6)
+    # The row binds and prices: a DER that adds to XFM-1 pays its share.
+    assert [c.element for c in held.binding] == ["Transformer.xfm1"]
+    assert held.binding[0].limit == pytest.approx(state.loading[xfm], abs=1e-9)
 
 
 def test_ieee13_dlmps_equal_lmp_times_loss_factor_when_nothing_binds(

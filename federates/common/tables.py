@@ -27,7 +27,15 @@ TABLES_BY_ROLE: dict[str, tuple[str, ...]] = {
     # the utility: its feeder, and (models 2, 3, 5) the LDA market it runs
     "dso": ("feeder", "voltages", "branches", "der_locations", "expost", "overrides", "unwound"),
     # whoever runs an LDA market: the utility or the independent operator
-    "dmo": ("bids", "dispatch", "linearisation", "settlements", "trades", "day_ahead_dispatch"),
+    "dmo": (
+        "bids",
+        "dispatch",
+        "linearisation",
+        "constraints",
+        "settlements",
+        "trades",
+        "day_ahead_dispatch",
+    ),
     "aggregator": (
         "ders",
         "ders_bus",

@@ -58,6 +58,23 @@ error of any fleet)."""
 RELINEARISE_MAX = 4
 """Re-linearisations per interval at most: a dispatch that a binding limit
 makes hop between two vertices stops there (reported as not converged)."""
+CONSTRAINT_COLUMNS = (
+    "interval",
+    "dso",
+    "status",
+    "kind",
+    "element",
+    "value",
+    "limit",
+    "dual",
+    "violation",
+)
+"""Network rows of the final clearing that shaped it: ``binding`` (at their
+limit with a market price, ``dual`` in $/h per pu or per unit of loading) and
+``relaxed`` (violated whatever the DERs do, or held only at any price). A row
+no dispatch can bring within its rating is held at its value at the operating
+point: it shows as ``relaxed`` (with the rating as its limit) and, where it
+binds, as ``binding`` with that value as its limit."""
 DISPATCH_COLUMNS = (
     "interval",
     "dso",
@@ -375,6 +392,7 @@ class NodalDmo:
             "dispatch": (DISPATCH_COLUMNS, rows),
             "settlements": (ledger.COLUMNS, [x.row() for x in pay]),
             "linearisation": (LINEARISATION_COLUMNS, [lin_row]),
+            "constraints": (CONSTRAINT_COLUMNS, _constraint_rows(interval, self.lda, clearing)),
             **(
                 {"day_ahead_dispatch": (day_ahead.DAY_AHEAD_DISPATCH_COLUMNS, da_rows)}
                 if da_rows
@@ -450,6 +468,14 @@ class NodalDmo:
         self.priced_on = sens
         row = (interval, self.lda, iterations, change, converged, correction)
         return clearing, sens, fixed, row
+
+
+def _constraint_rows(interval: int, lda: str, clearing: LdaClearing) -> list[tuple[object, ...]]:
+    return [
+        (interval, lda, status, c.kind, c.element, c.value, c.limit, c.dual, c.violation)
+        for status, rows in (("binding", clearing.binding), ("relaxed", clearing.relaxed))
+        for c in rows
+    ]
 
 
 def _linear_head(state: FeederState, sens: Sensitivities, fixed: float, der: np.ndarray) -> float:
