@@ -64,3 +64,19 @@ def test_a_qp_with_the_bids_near_the_price_clears_as_one_with_every_bid(
         np.testing.assert_allclose(a.gen_mw, b.gen_mw, rtol=0, atol=1e-5)
         np.testing.assert_allclose(a.curve_mw, b.curve_mw, rtol=0, atol=1e-5)
         assert a.objective == pytest.approx(b.objective, rel=1e-9)
+
+
+def test_reset_leaves_no_bid_in_the_qp_and_clears_as_a_fresh_model() -> None:
+    intervals = _intervals(4)
+    opf = DcOpf(load_case("case118"))
+    for load, curves in intervals[:3]:
+        opf.clear(load, curves)
+    assert opf._mirror is not None
+    bids = np.flatnonzero(opf._bid_bus >= 0)
+    assert opf._mirror.present(bids).any()
+    opf.reset()
+    assert not opf._mirror.present(bids).any()
+    again = opf.clear(*intervals[3])
+    fresh = DcOpf(load_case("case118")).clear(*intervals[3])
+    np.testing.assert_allclose(again.lmp, fresh.lmp, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(again.curve_mw, fresh.curve_mw, rtol=0, atol=1e-5)

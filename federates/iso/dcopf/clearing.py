@@ -518,6 +518,9 @@ class DcOpf:
         self._lp.setOptionValue("simplex_dual_edge_weight_strategy", -1)
         self._lp_warm = False
         self._pg_prev = None
+        if self._mirror is not None:  # nor on which bids the QP held (nor their order)
+            bids = np.flatnonzero(self._bid_bus >= 0)
+            self._mirror.remove(bids[self._mirror.present(bids)])
 
     def clear(self, fixed_load_mw: np.ndarray, curves: Sequence[BusCurve] = ()) -> OpfResult:
         """Clear one market interval.
