@@ -154,7 +154,12 @@ def test_killed_emulator_gets_hold_fallback_and_recovers(tmp_path: Path) -> None
     # real time: one row per grant, and no grant before its wall-clock time (rt_lead = 0)
     rt = pd.read_parquet(built.results_dir / "realtime")
     assert (rt[rt["federate"] == "hil"].groupby("interval").size() == 2).all()
-    assert rt["lag_ms"].min() > -5.0
+    # The shell reads its wall-clock zero just after entering executing mode,
+    # HELICS a moment before: on a loaded machine the process can be
+    # descheduled in between, which shows as every grant a few ms "early"
+    # (measured -5.04 ms at a load average of 18). A grant released early
+    # would be early by a sub-step (50 ms here): less than half of one is noise.
+    assert rt["lag_ms"].min() > -20.0
     assert outcome.summary["hil_fallback"] == int((hil["fallback"] != "none").sum())
 
 
