@@ -218,7 +218,7 @@ class DayAheadConfig(Strict):
     ramp_pu_per_h: PositiveFloat = Field(
         0.5, description="ramp rate, x PMAX per hour, of generators whose case gives none"
     )
-    segments: PositiveInt = Field(10, description="segments of the offer of a quadratic cost")
+    segments: int = Field(10, ge=1, le=100, description="offer segments of a quadratic cost")
     load_forecast_error: float = Field(
         0.03, ge=0, lt=0.5, description="relative error (sd) of the day-ahead load forecasts"
     )
@@ -246,8 +246,9 @@ class DayAheadConfig(Strict):
         0.0,
         ge=0,
         lt=24,
-        description="hours before a day starts that its market closes (0: just before it; "
-        "the first day's market always runs before the first interval)",
+        description="hours before each day starts that its market closes (0: just before "
+        "the day; 14: at 10:00 the day before); the first day's market runs before the "
+        "first interval whatever this says",
     )
 
     def gate_intervals(self, interval_s: float) -> int:

@@ -383,16 +383,7 @@ def _day_ahead(scenario: Scenario) -> DayAheadConfig | None:
     da = scenario.day_ahead
     if not da.enabled:
         return None
-    return DayAheadConfig(
-        period_minutes=da.period_minutes,
-        ramp_pu_per_h=da.ramp_pu_per_h,
-        segments=da.segments,
-        load_forecast_error=da.load_forecast_error,
-        gate_closure_hours=da.gate_closure_hours,
-        pv_forecast_error=da.pv_forecast_error,
-        ev_forecast_error=da.ev_forecast_error,
-        temperature_forecast_error_c=da.temperature_forecast_error_c,
-    )
+    return DayAheadConfig(**da.model_dump(exclude={"enabled"}))
 
 
 STALL_TIMEOUT_S = 120.0

@@ -29,6 +29,7 @@ from pydantic import (
 
 from dsosim.federates.common.config import (
     DEFAULT_START,
+    DayAheadConfig,
     LimitsConfig,
     TransmissionEvent,
     naive_start,
@@ -71,44 +72,11 @@ class Transmission(_Section):
     )
 
 
-class DayAhead(_Section):
+class DayAhead(_Section, DayAheadConfig):
+    """The scenario's ``[day_ahead]``: the federation's day-ahead settings
+    (``DayAheadConfig``, one declaration of each field) and whether it runs."""
+
     enabled: bool = Field(False, description="run the ISO's day-ahead market each day")
-    period_minutes: float = Field(60.0, gt=0, le=1440, description="day-ahead market period")
-    ramp_pu_per_h: PositiveFloat = Field(
-        0.5, description="generator ramp rate (x PMAX per hour) where the case gives none"
-    )
-    segments: int = Field(10, ge=1, le=100, description="offer segments of a quadratic cost")
-    load_forecast_error: float = Field(
-        0.03, ge=0, lt=0.5, description="relative error (sd) of day-ahead load forecasts"
-    )
-    pv_forecast_error: float = Field(
-        0.1,
-        ge=0,
-        lt=1.0,
-        description="relative error (sd) per period of aggregators' day-ahead sky (PV) forecasts",
-    )
-    ev_forecast_error: float = Field(
-        0.1,
-        ge=0,
-        lt=1.0,
-        description="relative error (sd) per session of aggregators' day-ahead forecasts of "
-        "the energy their EVs arrive needing",
-    )
-    temperature_forecast_error_c: float = Field(
-        1.0,
-        ge=0,
-        lt=10.0,
-        description="error (sd, degC) per period of aggregators' day-ahead outdoor temperature "
-        "forecasts (air conditioners and heat pumps)",
-    )
-    gate_closure_hours: float = Field(
-        0.0,
-        ge=0,
-        lt=24,
-        description="hours before each day starts that its market closes (0: just before "
-        "the day; 14: at 10:00 the day before); the first day's market runs before the "
-        "first interval whatever this says",
-    )
 
     @model_validator(mode="after")
     def _periods_tile_the_day(self) -> DayAhead:
