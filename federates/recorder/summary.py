@@ -200,6 +200,21 @@ _DA_KEYS = (
 )
 
 
+def _der_energy(rows: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """DER settlement rows (``item`` = ``prefix`` + location) as the keys of
+    the dispatch tables and the energy settled, MWh."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "interval": rows["interval"].to_numpy(),
+            "aggregator": rows["payer"].str.removeprefix("agg:").to_numpy(),
+            "location": rows["item"].str.removeprefix(prefix).to_numpy(),
+            "mwh": (rows["mw"] * rows["hours"]).to_numpy(),
+        }
+    )
+
+
 def dmo_rents(
     ledger: pd.DataFrame, dispatch: pd.DataFrame, day_ahead: pd.DataFrame | None = None
 ) -> dict[str, Any]:
@@ -223,21 +238,12 @@ def dmo_rents(
 
     They add up to ``dmo_surplus`` when every DMO payment is one of these
     (``tests`` check it); a payment of another kind would show as a gap."""
-    import pandas as pd
-
     if dispatch.empty:
         return {}
     payee, payer, item = ledger["payee"], ledger["payer"], ledger["item"]
     dmo_in = payee.str.startswith("dmo:") & (ledger["market"] != "iso")
-    der = ledger[dmo_in & payer.str.startswith("agg:") & item.str.startswith("energy@")]
-    keys = pd.DataFrame(
-        {
-            "interval": der["interval"].to_numpy(),
-            "aggregator": der["payer"].str.removeprefix("agg:").to_numpy(),
-            "location": der["item"].str.removeprefix("energy@").to_numpy(),
-            "mwh": (der["mw"] * der["hours"]).to_numpy(),
-        }
-    )
+    from_ders = dmo_in & payer.str.startswith("agg:")
+    keys = _der_energy(ledger[from_ders & item.str.startswith("energy@")], "energy@")
     parts = keys.merge(
         dispatch[
             ["interval", "aggregator", "location", "dlmp_energy", "dlmp_loss", "dlmp_congestion"]
@@ -249,15 +255,7 @@ def dmo_rents(
     p2p_loss = ledger["amount"][dmo_in & (item == "loss charge")].sum()
     utility = ledger["amount"][dmo_in & payer.str.startswith("utility:")].sum()
     # two settlements: DER day-ahead schedules, at their day-ahead DLMPs
-    da = ledger[dmo_in & payer.str.startswith("agg:") & item.str.startswith("day_ahead@")]
-    da_parts = pd.DataFrame(
-        {
-            "interval": da["interval"].to_numpy(),
-            "aggregator": da["payer"].str.removeprefix("agg:").to_numpy(),
-            "location": da["item"].str.removeprefix("day_ahead@").to_numpy(),
-            "mwh": (da["mw"] * da["hours"]).to_numpy(),
-        }
-    )
+    da_parts = _der_energy(ledger[from_ders & item.str.startswith("day_ahead@")], "day_ahead@")
     if da_parts.empty:
         da_energy = da_loss = da_congestion = 0.0
     else:
