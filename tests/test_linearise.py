@@ -216,3 +216,30 @@ def test_closed_form_load_jacobian_matches_differences_of_the_load_models(
     assert outside.any() and (~outside).any()
     for got, want in zip(closed, diffs, strict=True):
         np.testing.assert_array_equal(got[outside], want[outside])
+
+
+def test_a_feeders_linearisation_does_not_depend_on_the_feeders_linearised_between() -> None:
+    """Each feeder keeps its own sparsity pattern and ordering: linearising
+    five other feeders (five patterns) in between changes nothing, to the bit
+    (a cache shared by the process once evicted the ordering with more than
+    four feeders, and the next factorisation, ordered afresh, differed in the
+    last digits: results depended on how federates were packed in processes)."""
+    buses = ["675", "680", "652", "611", "634", "671"]
+
+    def feeder_with(n: int) -> Feeder:
+        feeder = Feeder(IEEE13, name=f"f{n}")
+        for k in range(n):
+            feeder.attach_der(f"d{k}", buses[k])
+        feeder.set_der_mw(np.linspace(-0.2, 0.1, n))
+        feeder.solve()
+        return feeder
+
+    main = feeder_with(6)
+    main.sensitivities(method="factorised")
+    alone = main.sensitivities(method="factorised")
+    others = [feeder_with(n) for n in range(1, 6)]
+    for other in others:
+        other.sensitivities(method="factorised")
+    again = main.sensitivities(method="factorised")
+    for field in ("dv_dp", "dloading_dp_up", "dloading_dp_down", "dpsub_dp"):
+        assert np.array_equal(getattr(alone, field), getattr(again, field)), field

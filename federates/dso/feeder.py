@@ -1454,7 +1454,7 @@ class Feeder:
         rhs[rows, group_of] = unit * 1.0e6
         try:
             solver = linearise.factor_dv_real(
-                model.real_entries(self), model.n_nodes, ea, eb, blocks
+                model.real_entries(self), model.n_nodes, ea, eb, blocks, model.patterns
             )
             dvx = solver.solve(rhs)  # V per MW, real form
         except RuntimeError as exc:  # singular: an island, a floating node
@@ -1927,6 +1927,9 @@ class _JacobianModel:
     )
     """Per source: its admittance, columns, live first-terminal conductors and
     admittance rows (complex and real form) made of them."""
+    patterns: list[linearise._Pattern] = field(default_factory=list)
+    """The Jacobian's sparsity patterns and orderings (this feeder's own: a
+    list shared by several feeders in one process would evict them)."""
 
     @classmethod
     def build(cls, feeder: Feeder) -> _JacobianModel:

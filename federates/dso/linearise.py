@@ -293,14 +293,14 @@ class _Pattern:
 _PATTERNS: list[_Pattern] = []
 
 
-def _pattern(rows: np.ndarray, cols: np.ndarray, size: int) -> _Pattern:
+def _pattern(rows: np.ndarray, cols: np.ndarray, size: int, patterns: list[_Pattern]) -> _Pattern:
     """A feeder's Jacobian has the same pattern every interval: its index
     arrays, where each entry lands and the order of the unknowns are kept (the
-    last few patterns), and only the values are summed into place."""
+    last few patterns, in ``patterns``), and only the values are summed into place."""
     pattern = next(
         (
             p
-            for p in _PATTERNS
+            for p in patterns
             if len(p.rows) == len(rows)
             and len(p.csc.indptr) == size + 1
             and np.array_equal(p.rows, rows)
@@ -310,8 +310,8 @@ def _pattern(rows: np.ndarray, cols: np.ndarray, size: int) -> _Pattern:
     )
     if pattern is None:
         pattern = _Pattern(rows.copy(), cols.copy(), _Csc.of(rows, cols, size))
-        _PATTERNS.insert(0, pattern)
-        del _PATTERNS[4:]
+        patterns.insert(0, pattern)
+        del patterns[4:]
     return pattern
 
 
@@ -338,14 +338,20 @@ class Factored:
         return self._lu.solve(b)[self._position]
 
 
-def _factor(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, size: int) -> Factored:
+def _factor(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    vals: np.ndarray,
+    size: int,
+    patterns: list[_Pattern] | None = None,
+) -> Factored:
     """Factorise the system of COO entries (duplicates summed). The first
     time a pattern is seen SuperLU orders the unknowns (minimum degree on
     A + A^T); later factorisations of the same pattern take the matrix
     already in that order (``NATURAL``) and skip the ordering. Right-hand
     sides are built in column-major order, which SuperLU solves in place (a
     row-major one it copies first: ~40 % of the solve at 10,000 buses)."""
-    pattern = _pattern(rows, cols, size)
+    pattern = _pattern(rows, cols, size, _PATTERNS if patterns is None else patterns)
     if pattern.ordering is None:
         lu = splu(pattern.csc.matrix(vals, size), permc_spec="MMD_AT_PLUS_A", **_SUPERLU)
         position = np.asarray(lu.perm_c, dtype=np.intp).copy()
@@ -362,13 +368,20 @@ def factor_dv_real(
     a: np.ndarray,
     b: np.ndarray,
     blocks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    patterns: list[_Pattern] | None = None,
 ) -> DvSolver:
     """The LU of ``Y_net + E D E^T`` in real form (see :func:`solve_dv_real`),
-    for as many sets of right-hand sides as needed."""
+    for as many sets of right-hand sides as needed. ``patterns``: where the
+    sparsity patterns seen are kept (one list per feeder; default one shared
+    by the process)."""
     r1, c1, v1 = y_real
     r2, c2, v2 = _incidence_entries(a, b, blocks)
     lu = _factor(
-        np.concatenate([r1, r2]), np.concatenate([c1, c2]), np.concatenate([v1, v2]), 2 * n
+        np.concatenate([r1, r2]),
+        np.concatenate([c1, c2]),
+        np.concatenate([v1, v2]),
+        2 * n,
+        patterns,
     )
     return DvSolver(lu, a, b)
 
