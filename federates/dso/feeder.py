@@ -1173,8 +1173,9 @@ class Feeder:
     def _state(
         self, converged: bool, hunting: bool, message: str, flow_ok: bool = True
     ) -> FeederState:
-        v = self._read_voltages()
-        loading = self._read_loading()
+        volts = self._complex_volts()
+        v = self._magnitudes(volts)
+        loading = self._loading_of(volts) if self._currents is not None else self._read_loading()
         p_kw, q_kvar = self._dss.Circuit.TotalPower()
         losses_w = self._dss.Circuit.Losses()[0]
         watched = v[self._monitored]
@@ -1709,7 +1710,8 @@ class _BranchCurrents:
         self._moving: list[tuple[str, int, list[int], np.ndarray]] = []
         self._matrix: Any = None
         self._moving_matrix: Any = None
-        self._moving_vals: np.ndarray | None = None
+        self._moving_raw: list[np.ndarray] | None = None
+        """The moving elements' primitive admittances the matrices were built of."""
         self._matrix_real: Any = None
         self._moving_real: Any = None
 
@@ -1733,7 +1735,7 @@ class _BranchCurrents:
         self._matrix = self._csr(self._fixed)
         self._fixed = []
         self._moving_matrix = None
-        self._moving_vals = None
+        self._moving_raw = None
         self._matrix_real = None
         self._moving_real = None
         return self
@@ -1742,14 +1744,17 @@ class _BranchCurrents:
         """Re-read the admittances of the tap-changing transformers (kept as
         a matrix over their own rows only: ``_moving_rows``)."""
         if self._moving:
+            raw = [yprim_of(element) for element, _, _, _ in self._moving]
+            if self._moving_raw is not None and all(
+                np.array_equal(a, b) for a, b in zip(raw, self._moving_raw, strict=True)
+            ):
+                return  # the taps did not move: the same matrices
+            self._moving_raw = raw
             parts = [
-                _entries(row0, rows, cols, yprim_of(element))
-                for element, row0, rows, cols in self._moving
+                _entries(row0, rows, cols, yprim)
+                for (_, row0, rows, cols), yprim in zip(self._moving, raw, strict=True)
             ]
             rows, cols, vals = (np.concatenate(x) for x in zip(*parts, strict=True))
-            if self._moving_vals is not None and np.array_equal(self._moving_vals, vals):
-                return  # the taps did not move: the same matrices
-            self._moving_vals = vals
             self._moving_rows, local = np.unique(rows, return_inverse=True)
             self._moving_matrix = sparse.csr_matrix(
                 (vals, (local, cols)), shape=(len(self._moving_rows), self._n_nodes)
