@@ -71,6 +71,9 @@ from dsosim.federates.common import profiles
 
 WATER_KWH_PER_L_C = 4.186 / 3600.0
 """Heat capacity of water, kWh per litre and degC."""
+_SHIFT_CHUNK = 256
+"""Water-heater draw shifts whose daily shape is sampled at once (bounds the
+temporaries: shifts x slots x samples)."""
 
 
 def end_temperature(
@@ -314,14 +317,22 @@ class WaterHeaters(ThermalLoads):
         self.room, self.inlet = col("room_c"), col("inlet_c")
         self.draw_l_h = col("draw_l_per_day") / 24.0  # mean draw, litres per hour
         slots = round(86_400.0 / interval_s)
-        # draw shape per time-of-day slot, averaged over the slot, per device shift
+        # draw shape per time-of-day slot, averaged over the slot, per device shift:
+        # computed once per distinct shift (specs round them), time-of-day slots first
         t = profiles.sample_times(slots, interval_s, 0.0) / 3600.0  # (slots, samples)
-        shift = col("draw_shift_h")
-        self.shape = profiles.hot_water_draw(t[None, :, :] - shift[:, None, None]).mean(axis=2)
+        shifts, which = np.unique(col("draw_shift_h"), return_inverse=True)
+        by_shift = np.empty((slots, len(shifts)))
+        for a in range(0, len(shifts), _SHIFT_CHUNK):
+            s = shifts[a : a + _SHIFT_CHUNK]
+            by_shift[:, a : a + len(s)] = (
+                profiles.hot_water_draw(t[None, :, :] - s[:, None, None]).mean(axis=2).T
+            )
+        self.shape = by_shift[:, which]
+        """Draw per unit of the daily mean, ``(slots, devices)``."""
         self.slots = slots
 
     def environment(self, t: int) -> tuple[FloatArray, FloatArray, FloatArray]:
-        flow = self.draw_l_h * self.shape[:, t % self.slots]  # litres per hour
+        flow = self.draw_l_h * self.shape[t % self.slots]  # litres per hour
         g_draw = flow * WATER_KWH_PER_L_C  # kW/degC
         g = self.ua + g_draw
         return g, (self.ua * self.room + g_draw * self.inlet) / g, self.room
