@@ -1448,26 +1448,37 @@ class Feeder:
             blocks = tuple(np.concatenate([x, y]) for x, y in zip(blocks, eblocks, strict=True))
         groups = list(self._ders_by_bus().values())
         rhs = np.zeros((len(ea), len(groups)), dtype=complex)
-        rows, group_of, der_branches = self._der_branch_rows(model, groups)
-        unit = linearise.branch_currents(  # per W of each DER bus's load element
-            vb[rows], der_branches, np.ones(len(p_w)), np.zeros(len(q_var))
+        rows, group_of, twice = self._der_branch_rows(model, groups)
+        # per W, then per var, of each DER bus's load element, in one call (the
+        # branches twice over: the second time their loads draw 1 var)
+        n_loads = len(p_w)
+        ones, zeros = np.ones(n_loads), np.zeros(n_loads)
+        units = linearise.branch_currents(
+            np.concatenate([vb[rows], vb[rows]]),
+            twice,
+            np.concatenate([ones, zeros]),
+            np.concatenate([zeros, ones]),
         )
+        unit, unit_q = units[: len(rows)], units[len(rows) :]
         rhs[rows, group_of] = unit * 1.0e6
         try:
-            solver = linearise.factor_dv_real(
-                model.real_entries(self), model.n_nodes, ea, eb, blocks, model.patterns
-            )
+            y_rows, y_cols, y_vals = model.real_entries(self)
+            solver = model.assembly(y_rows, y_cols, ea, eb).factor(y_vals, blocks)
             dvx = solver.solve(rhs)  # V per MW, real form
         except RuntimeError as exc:  # singular: an island, a floating node
             self._factorised_why = f"the network matrix is singular ({exc})"
             return None
         dv_read = self._reading_derivative(volts, dvx)
-        dl_up, dl_down = self._loading_derivative(volts, dvx, delta_mw)
-        dp = self._source_derivative(volts, dvx, model)
+        loading = self._loading_base(volts)
+        dl_up, dl_down = self._loading_derivative(loading, dvx, delta_mw)
+        sources = model.source_terms_real(self)
+        dp = self._source_derivative(volts, dvx, sources)
         column = np.empty(len(self._der_names), dtype=np.intp)
         for g, members in enumerate(groups):
             column[members] = g
-        self._factorisation = _Factorisation(solver, volts, vb, len(ea), model, column)
+        self._factorisation = _Factorisation(
+            solver, volts, len(ea), model, column, unit_q, loading, sources
+        )
         if np.array_equal(column, np.arange(len(groups))):  # one DER per bus, in order
             dv, up, down, dps = dv_read, dl_up, dl_down, dp
         else:
@@ -1489,22 +1500,19 @@ class Feeder:
         if f is None or not len(ders):
             return None
         groups = list(self._ders_by_bus().values())
-        rows, group_of, der_branches = self._der_branch_rows(f.model, groups)
-        n_loads = f.model.n_loads
-        unit = linearise.branch_currents(  # per var of each DER bus's load element
-            f.vb[rows], der_branches, np.zeros(n_loads), np.ones(n_loads)
-        )
+        rows, group_of, _ = self._der_branch_rows(f.model, groups)
+        unit = f.unit_q  # per var of each DER bus's load element
         wanted = f.column[np.asarray(ders, dtype=np.intp)]
         pick = np.isin(group_of, wanted)
         where = {int(g): c for c, g in enumerate(wanted.tolist())}
         rhs = np.zeros((f.n_branches, len(wanted)), dtype=complex)
         rhs[rows[pick], [where[int(g)] for g in group_of[pick]]] = unit[pick] * 1.0e6
         dvx = f.solver.solve(rhs)  # V per Mvar drawn, real form
-        dl_up, dl_down = self._loading_derivative(f.volts, dvx, delta_mvar)
+        dl_up, dl_down = self._loading_derivative(f.loading, dvx, delta_mvar)
         return (
             self._reading_derivative(f.volts, dvx),
             (dl_up + dl_down) / 2.0,
-            self._source_derivative(f.volts, dvx, f.model),
+            self._source_derivative(f.volts, dvx, f.sources),
         )
 
     def _der_branch_rows(
@@ -1512,7 +1520,8 @@ class Feeder:
     ) -> tuple[np.ndarray, np.ndarray, linearise.PhaseBranches]:
         """The phase branches of the first DER element of every DER bus (one
         per group of ``groups``): their rows, the group of each, and the
-        branches themselves (fixed while no DER is attached: cached)."""
+        branches themselves twice over, the second time with their loads
+        numbered after every load (fixed while no DER is attached: cached)."""
         key = tuple(self._der_idx[m[0]] for m in groups)
         cached = self._der_rows_cache
         if cached is None or cached[0] is not model or cached[1] != key:
@@ -1520,7 +1529,9 @@ class Feeder:
             per_group = [np.flatnonzero(br.load == self._der_idx[m[0]] - 1) for m in groups]
             rows = np.concatenate(per_group) if per_group else np.zeros(0, dtype=np.intp)
             group_of = np.repeat(np.arange(len(groups)), [len(r) for r in per_group])
-            cached = (model, key, rows, group_of, br.take(rows))
+            twice = br.take(np.concatenate([rows, rows]))
+            twice.load[len(rows) :] += model.n_loads
+            cached = (model, key, rows, group_of, twice)
             self._der_rows_cache = cached
         return cached[2], cached[3], cached[4]
 
@@ -1544,8 +1555,20 @@ class Feeder:
         d_re += d_im
         return d_re
 
+    def _loading_base(self, volts: np.ndarray) -> _LoadingBase | None:
+        """The conductor currents at ``volts`` :meth:`_loading_derivative`
+        starts from (None: no branches, or no admittance product)."""
+        currents = self._fresh_currents()
+        if not len(self._branch_names) or currents is None:
+            return None
+        inv = 1.0 / self._branch_ratings
+        current = currents.product(volts) * inv
+        base = current.real**2 + current.imag**2
+        l0 = np.sqrt(self._branch_groups().maximum(base))[:, None]
+        return _LoadingBase(currents, inv, current, base, l0)
+
     def _loading_derivative(
-        self, volts: np.ndarray, dvx: np.ndarray, delta_mw: float
+        self, start: _LoadingBase | None, dvx: np.ndarray, delta_mw: float
     ) -> tuple[np.ndarray, np.ndarray]:
         """One-sided slopes of each branch's loading (its largest conductor
         current over rating) over steps of ``delta_mw`` each way, on the
@@ -1555,16 +1578,14 @@ class Feeder:
         zero (a lateral feeding mostly a DER) or two conductors tie, the
         forward and backward slopes differ, and the market uses both."""
         n_br = len(self._branch_names)
-        currents = self._fresh_currents()
-        if not n_br or currents is None:
+        if start is None:
             return np.zeros((n_br, dvx.shape[1])), np.zeros((n_br, dvx.shape[1]))
+        currents, inv, current = start.currents, start.inv, start.current
         # In units of each conductor's rating, |I + dI|^2 = |I|^2 + 2 Re(conj(I) dI)
         # + |dI|^2, on contiguous real arrays (the real-form product gives dI's
         # real and imaginary parts as blocks; those of a complex array are
         # strided views, slower in every operation); the square root once per
         # branch (the maximum commutes with it).
-        inv = 1.0 / self._branch_ratings
-        current = currents.product(volts) * inv
         dcur = currents.product_real(dvx)
         step = (delta_mw * inv)[:, None]
         rows = len(inv)
@@ -1578,12 +1599,11 @@ class Feeder:
         im *= im
         re += im  # |dI|^2
         del im
-        base = current.real**2 + current.imag**2
-        re += base[:, None]
+        re += start.base[:, None]
         up = re + cross
         re -= cross  # |I - dI|^2 (>= 0 but for rounding: clipped after the maximum)
         groups = self._branch_groups()
-        l0 = np.sqrt(groups.maximum(base))[:, None]
+        l0 = start.l0
         l_up = np.sqrt(groups.maximum(up))
         l_dn = np.sqrt(np.maximum(groups.maximum(re), 0.0))
         return (l_up - l0) / delta_mw, (l0 - l_dn) / delta_mw
@@ -1594,13 +1614,16 @@ class Feeder:
         return self._groups
 
     def _source_derivative(
-        self, volts: np.ndarray, dvx: np.ndarray, model: _JacobianModel
+        self,
+        volts: np.ndarray,
+        dvx: np.ndarray,
+        sources: list[tuple[np.ndarray, Any, np.ndarray]],
     ) -> np.ndarray:
         """MW at the sources per MW at each DER column: the change of
         -Re(sum V conj(I)) over every source's terminal conductors (dV in real
-        form)."""
+        form; ``sources``: :meth:`_JacobianModel.source_terms_real`)."""
         total = np.zeros(dvx.shape[1])
-        for cols, yrows_real, current in model.source_terms_real(self):
+        for cols, yrows_real, current in sources:
             v = volts[cols]
             parts = yrows_real @ dvx
             di = parts[: len(cols)] + 1j * parts[len(cols) :]
@@ -1659,13 +1682,29 @@ class _Factorisation:
 
     solver: linearise.DvSolver
     volts: np.ndarray
-    vb: np.ndarray
-    """Branch voltages of the load phase branches."""
     n_branches: int
     """Rows of the right-hand side (phase branches and other elements)."""
     model: _JacobianModel
     column: np.ndarray
     """The right-hand-side column (DER bus) of every DER."""
+    unit_q: np.ndarray
+    """Currents of the DER buses' phase branches per var drawn."""
+    loading: _LoadingBase | None
+    sources: list[tuple[np.ndarray, Any, np.ndarray]]
+    """:meth:`_JacobianModel.source_terms_real` at this operating point."""
+
+
+@dataclass(frozen=True)
+class _LoadingBase:
+    """Conductor currents at an operating point, in units of their ratings,
+    their squared magnitudes and the branches' loadings
+    (:meth:`Feeder._loading_derivative`)."""
+
+    currents: _BranchCurrents
+    inv: np.ndarray
+    current: np.ndarray
+    base: np.ndarray
+    l0: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -1932,9 +1971,8 @@ class _JacobianModel:
     )
     """Per source: its admittance, columns, live first-terminal conductors and
     admittance rows (complex and real form) made of them."""
-    patterns: list[linearise._Pattern] = field(default_factory=list)
-    """The Jacobian's sparsity patterns and orderings (this feeder's own: a
-    list shared by several feeders in one process would evict them)."""
+    _assembly: linearise.Assembly | None = None
+    """The Jacobian's assembly: its pattern and ordering (this feeder's own)."""
 
     @classmethod
     def build(cls, feeder: Feeder) -> _JacobianModel:
@@ -2000,6 +2038,17 @@ class _JacobianModel:
         )
         self._entries_cache = (key, entries)
         return entries
+
+    def assembly(
+        self, rows: np.ndarray, cols: np.ndarray, a: np.ndarray, b: np.ndarray
+    ) -> linearise.Assembly:
+        """The assembly of the Jacobian of the network's entries at ``rows``,
+        ``cols`` (:meth:`real_entries`) and branches ``a`` -> ``b`` (made again
+        only if an index array changed)."""
+        made = self._assembly
+        if made is None or not made.fits(rows, cols, self.n_nodes, a, b):
+            made = self._assembly = linearise.Assembly(rows, cols, self.n_nodes, a, b)
+        return made
 
     def source_terms(self, feeder: Feeder) -> list[tuple[np.ndarray, Any, np.ndarray]]:
         """Per source: node columns of its first terminal's live conductors,
