@@ -243,3 +243,21 @@ def test_a_feeders_linearisation_does_not_depend_on_the_feeders_linearised_betwe
     again = main.sensitivities(method="factorised")
     for field in ("dv_dp", "dloading_dp_up", "dloading_dp_down", "dpsub_dp"):
         assert np.array_equal(getattr(alone, field), getattr(again, field)), field
+
+
+def test_bench_linearise_reference_and_present_agree_to_the_bit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``dsosim bench linearise`` times the present linearisation against the
+    one before its speed-up (runner/bench/linearise_reference.py), kept for
+    that: the speed-up changed no number, on the study's eight feeders with
+    their volt-var closed loops (no timing is checked here)."""
+    import argparse
+
+    from dsosim.runner.bench import linearise as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.handle(parser.parse_args(["--intervals", "2"])) == 0
+    out = capsys.readouterr().out
+    assert "results identical to the bit: 16 of 16 linearisations" in out
