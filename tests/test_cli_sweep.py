@@ -154,6 +154,8 @@ def _cases(f: dict[str, Path], tmp: Path) -> list[list[str]]:
         ["bench", "feeder", "--buses", "5"],
         ["bench", "feeder", "--buses", "1000", "--der-buses", "0"],
         ["bench", "feeder", "--buses", "1000", "--intervals", "0"],
+        ["bench", "lda", "--repeats", "0"],
+        ["bench", "lda", "--hours", "0.1", "--scenario", str(f["garbage_toml"])],
     ]
     run_dir = tmp / "a-run"
     run_dir.mkdir(exist_ok=True)

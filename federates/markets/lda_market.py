@@ -50,7 +50,8 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from itertools import repeat
+from typing import Literal, NamedTuple, TypeAlias
 
 import highspy
 import numpy as np
@@ -147,9 +148,11 @@ class Limits:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class NetworkConstraint:
-    """One network row at the LP solution (linearised values)."""
+class NetworkConstraint(NamedTuple):
+    """One network row at the LP solution (linearised values). A named tuple:
+    a feeder reports hundreds per clearing (every node past a voltage limit
+    no DER can fix), and a tuple is built four times faster than a frozen
+    dataclass."""
 
     kind: ConstraintKind
     element: str
@@ -308,6 +311,10 @@ def _check_inputs(state: FeederState, sens: Sensitivities, fixed_mw: float) -> N
         raise LdaError(f"fixed_mw must be finite, got {fixed_mw}")
 
 
+_KEPT_ROWS = 16
+"""Screenings kept (the most recently used): one per LDA whose roles share
+a process (several DSOs driven from one process, or the in-process bench),
+so that each LDA's clearing finds its interface bid's rows."""
 _LAST_ROWS: list[tuple[tuple[object, ...], tuple[_Rows, tuple[NetworkConstraint, ...]]]] = []
 
 
@@ -319,17 +326,19 @@ def _screened_rows(
     der_of: np.ndarray,
     size: np.ndarray,
 ) -> tuple[_Rows, tuple[NetworkConstraint, ...]]:
-    """:func:`_network_rows`, kept for the last inputs: the interface bid and
+    """:func:`_network_rows`, kept for recent inputs: the interface bid and
     the clearing of its award screen the same rows (same operating point,
     linearisation, limits and blocks). The state and the sensitivities are
     immutable (frozen, read-only arrays): the same objects are the same
     inputs."""
     key = (state, sens, limits, offset.tobytes(), der_of.tobytes(), size.tobytes())
-    for known, rows in _LAST_ROWS:
+    for i, (known, rows) in enumerate(_LAST_ROWS):
         if known[0] is state and known[1] is sens and known[2] == limits and known[3:] == key[3:]:
+            _LAST_ROWS.append(_LAST_ROWS.pop(i))
             return rows
     got = _network_rows(state, sens, limits, offset, der_of, size)
-    _LAST_ROWS[:] = [(key, got)]
+    _LAST_ROWS.append((key, got))
+    del _LAST_ROWS[:-_KEPT_ROWS]
     return got
 
 
@@ -421,17 +430,22 @@ def _network_rows(
         hold = unfixable & (kind == "thermal")
         held = np.where(hold, np.maximum(value, reach_lo), limit)
         keep = np.flatnonzero(movable & (reach_hi > held) & (~unfixable | hold))
-        stuck.extend(
-            NetworkConstraint(
-                kind=kind,
-                element=str(element[r]),
-                value=float(sg * value[r]),
-                limit=float(sg * limit),
-                dual=0.0,
-                violation=float(max(value[r] - limit, reach_lo[r] - limit)),
+        bad = np.flatnonzero(unfixable)
+        if len(bad):
+            over, least = value[bad] - limit, reach_lo[bad] - limit
+            stuck.extend(
+                map(
+                    NetworkConstraint._make,
+                    zip(
+                        repeat(kind),
+                        map(str, element[bad].tolist()),
+                        (sg * value[bad]).tolist(),
+                        repeat(float(sg * limit)),
+                        repeat(0.0),
+                        np.where(least > over, least, over).tolist(),  # max(over, least)
+                    ),
+                )
             )
-            for r in np.flatnonzero(unfixable)
-        )
         kinds.extend([kind] * len(keep))
         elements.extend(element[keep])
         picked_grad.append(sg * grad[keep])
@@ -737,10 +751,15 @@ class _Sweep:
         self.relaxed: dict[tuple[str, str], NetworkConstraint] = {}
         head_price = np.clip(prob.price / prob.weight, PRICE_FLOOR, PRICE_CAP)
         self.candidates = np.unique(head_price)  # ascending
+        self._snapped = {c: c for c in self.candidates.tolist()}
+        self._steps: _Steps | None = None
 
     def snap(self, lam: float) -> float:
         """A breakpoint found by ranging, put exactly on the block head price it
         is (it differs from it by rounding only)."""
+        exact = self._snapped.get(lam)
+        if exact is not None:
+            return exact  # a block head price already (the nearest one: distance 0)
         if len(self.candidates):
             k = int(np.argmin(np.abs(self.candidates - lam)))
             if abs(self.candidates[k] - lam) <= 1e-7 * max(1.0, abs(lam)):
@@ -750,14 +769,24 @@ class _Sweep:
     def at(self, lam: float) -> tuple[float, float]:
         """(head demand minus ``head0``, lowest price where the dispatch is still
         optimal); the dispatch is optimal on ``[bottom, lam]``."""
+        if self._steps is None:
+            self._steps = _Steps(self.prob, self.candidates)
+        step = self._steps.index.get(lam)
+        if step is not None and self._steps.feasible[step]:
+            return self._steps.demand[step], self._steps.bottom[step]
         prob = self.prob
         cost = lam * prob.weight - prob.price
-        x = np.where(cost < 0.0, prob.size, 0.0)
-        rows = prob.rows
-        if not np.any(rows.const + rows.coef @ x > rows.limit + 1e-9):
-            k = int(np.searchsorted(self.candidates, lam)) - 1  # highest candidate < lam
-            bottom = float(self.candidates[k]) if k >= 0 else -math.inf
-            return _round_mw(prob.weight @ x), bottom
+        if step is None:
+            x = np.where(cost < 0.0, prob.size, 0.0)
+            rows = prob.rows
+            if not np.any(rows.const + rows.coef @ x > rows.limit + 1e-9):
+                k = int(np.searchsorted(self.candidates, lam)) - 1  # highest candidate < lam
+                bottom = float(self.candidates[k]) if k >= 0 else -math.inf
+                return _round_mw(prob.weight @ x), bottom
+        return self._solve(lam, cost)
+
+    def _solve(self, lam: float, cost: np.ndarray) -> tuple[float, float]:
+        prob, rows = self.prob, self.prob.rows
         if self.lp is None:
             self.lp = _Lp(prob, self.limits, balance=None)
         self.lp.set_block_costs(cost)
@@ -777,6 +806,117 @@ class _Sweep:
                 key not in self.relaxed or self.relaxed[key].violation < con.violation
             ):
                 self.relaxed[key] = con
+
+
+_ROUNDING = 4.0 * np.finfo(float).eps
+"""Per summand, a bound on how far two floating-point sums of the same terms
+in different orders (or a BLAS product and a cumulative sum) can be apart,
+relative to the sum of the terms' magnitudes: each is within ``n u`` of the
+exact sum (``u`` = eps/2, Higham's bound for recursive summation, any order,
+with or without fused multiply-add), so they are within ``2 n u``; twice that
+for margin."""
+
+
+class _Steps:
+    """The unconstrained dispatch at every price the sweep steps to between
+    block head prices, all at once.
+
+    After a step that needs no LP the sweep's next price is ``c - _EPS_PRICE``
+    for a block head price ``c`` (the ``bottom`` of that step). At those
+    prices the unconstrained dispatch takes every block with
+    ``price * w - price_b < 0``: a set that only grows as the price falls (the
+    rounded product is monotone in the price, ``w > 0``), so each block enters
+    once, and the network rows' activity and the head demand at every price
+    are cumulative sums over blocks in their order of entry, instead of one
+    matrix product per price.
+
+    The results are those of evaluating each price on its own
+    (``_Sweep.at``'s general branch) exactly, not approximately: the sums
+    differ from that branch's products by rounding only (bounded by
+    ``_ROUNDING``), and where the bound leaves a row's comparison with its
+    limit, or the rounding of the demand to 1e-9 MW, undecided, that price
+    is evaluated as the general branch does.
+    """
+
+    __slots__ = ("bottom", "demand", "feasible", "index", "n_exact")
+
+    def __init__(self, prob: _Problem, candidates: np.ndarray) -> None:
+        prices = candidates - _EPS_PRICE  # ascending, as the candidates
+        n = len(prices)
+        entry = _entries(prices, prob.weight, prob.price)  # taken at step k iff k < entry
+        order = np.argsort(-entry, kind="stable")
+        # blocks taken at step k: the first n_taken[k] in entry order
+        n_taken = len(entry) - np.searchsorted(np.sort(entry), np.arange(n), side="right")
+        last = n_taken - 1
+        some = n_taken > 0
+
+        def cumulative(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Sum and sum of magnitudes of the first n_taken terms (last axis)."""
+            total = np.cumsum(terms, axis=-1)[..., last]
+            magnitude = np.cumsum(np.abs(terms), axis=-1)[..., last]
+            return np.where(some, total, 0.0), np.where(some, magnitude, 0.0)
+
+        bound_scale = _ROUNDING * (len(order) + 2)
+        rows = prob.rows
+        feasible = np.ones(n, dtype=bool)
+        undecided = np.zeros(n, dtype=bool)
+        if len(rows.limit):
+            act, mag = cumulative(rows.coef[:, order] * prob.size[order])
+            act = rows.const[:, None] + act
+            bound = bound_scale * (mag + np.abs(rows.const)[:, None])
+            threshold = (rows.limit + 1e-9)[:, None]
+            broken = np.any(act - bound > threshold, axis=0)
+            safe = np.all(act + bound <= threshold, axis=0)
+            feasible = safe
+            undecided = ~broken & ~safe
+        head, mag = cumulative(prob.weight[order] * prob.size[order])
+        scaled = head * 1e9
+        # distance to the nearest rounding boundary (half a 1e-9 MW unit)
+        tie = np.abs(scaled - np.floor(scaled) - 0.5)
+        undecided |= feasible & (
+            (tie <= 2e9 * bound_scale * mag + 4.0 * _ROUNDING * np.abs(scaled))
+            | (head == 0.0)  # the sign of a zero depends on the order of the sum
+            | (np.abs(scaled) >= 2.0**52)  # beyond exact integers (4.5e6 MW)
+        )
+        below = np.searchsorted(candidates, prices) - 1
+        self.index: dict[float, int] = dict(  # price -> step
+            zip(prices.tolist(), range(n), strict=True)
+        )
+        # whether the unconstrained dispatch breaks no row (else an LP decides)
+        self.feasible: list[bool] = feasible.tolist()
+        # head demand minus head0 (as _round_mw), where feasible
+        # (away from a tie, this is round(head, 9): see _round_mw)
+        self.demand: list[float] = (np.rint(scaled) / 1e9).tolist()
+        # the highest block head price below the step's price (-inf if none)
+        self.bottom: list[float] = np.where(below >= 0, candidates[below], -math.inf).tolist()
+        exact = np.flatnonzero(undecided).tolist()
+        self.n_exact = len(exact)  # steps evaluated one by one
+        for k in exact:
+            x = np.where(entry > k, prob.size, 0.0)
+            self.feasible[k] = not np.any(rows.const + rows.coef @ x > rows.limit + 1e-9)
+            self.demand[k] = _round_mw(prob.weight @ x)
+
+
+def _entries(prices: np.ndarray, weight: np.ndarray, price: np.ndarray) -> np.ndarray:
+    """Per block, at how many of the ascending ``prices`` the unconstrained
+    dispatch takes it (``p * weight - price < 0``, evaluated exactly as
+    ``_Sweep.at`` does): since that holds for a leading run of prices, the
+    count is where the run ends, found from the block's head price and
+    corrected by evaluating the condition on either side of it (rounding can
+    put the head price a position off)."""
+    n = len(prices)
+    entry = np.searchsorted(prices, price / weight)
+    if n == 0:
+        return entry
+    for _ in range(n + 1):
+        taken_before = prices[np.maximum(entry - 1, 0)] * weight - price < 0.0
+        taken_at = prices[np.minimum(entry, n - 1)] * weight - price < 0.0
+        early = (entry > 0) & ~taken_before  # the run ends before entry
+        late = (entry < n) & taken_at  # ... or after it
+        if not (early.any() or late.any()):
+            return entry
+        entry = entry - early + late
+    raise AssertionError("block entry prices did not settle")  # the condition is monotone
 
 
 def _round_mw(mw: float | np.ndarray) -> float:

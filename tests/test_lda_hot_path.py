@@ -1,0 +1,118 @@
+"""The LDA market's hot path gives the reference implementation's results,
+byte for byte: the interface bid's price sweep evaluated for all steps at
+once (``_Steps``), the screened rows, the clearing. The reference is the
+module as it was before that work (``dsosim.runner.bench.lda_reference``,
+the benchmark's reference too)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dsosim.federates.common.curves import BidCurve, PlacedCurve
+from dsosim.federates.markets import lda_market
+from dsosim.federates.markets.lda_market import Limits, build_interface_bid, clear_lda
+from dsosim.runner.bench import lda_reference
+from dsosim.runner.bench.lda import fields
+from tests.test_lda_market import linearised
+
+
+def _case(seed: int, n_der: int = 6, n_node: int = 8, n_branch: int = 4):
+    """A random feeder linearisation whose limits bind over the bids' range,
+    with prices on a coarse grid (many equal and near-equal head prices)."""
+    rng = np.random.default_rng(seed)
+    dv = rng.normal(0.0, 2e-3, (n_node, n_der)) * (rng.random((n_node, n_der)) < 0.7)
+    up = np.abs(rng.normal(0.0, 0.05, (n_branch, n_der)))
+    down = up * np.where(rng.random((n_branch, 1)) < 0.3, -1.0, 1.0)
+    state, sens = linearised(
+        1.0 + rng.normal(0.0, 0.01, n_node),
+        dv,
+        loading=rng.uniform(0.3, 0.95, n_branch),
+        dl_up=up,
+        dl_down=down,
+        dpsub=rng.uniform(0.97, 1.06, n_der),
+        der_mw=rng.normal(0.0, 0.5, n_der),
+    )
+    curves = []
+    for i in range(n_der):
+        for owner in ("a", "b")[: 1 + int(rng.random() < 0.4)]:
+            k = int(rng.integers(1, 9))
+            prices = np.sort(np.round(rng.uniform(-40.0, 120.0, k), int(rng.integers(0, 3))))[::-1]
+            sizes = np.round(rng.uniform(0.05, 1.5, k), 3)
+            curves.append(
+                PlacedCurve(
+                    f"d{i}",
+                    BidCurve(float(rng.uniform(-1.0, 0.5)), tuple(zip(prices, sizes, strict=True))),
+                    owner=owner,
+                )
+            )
+    return curves, state, sens, float(rng.uniform(0.5, 3.0))
+
+
+def _same(ours: object, theirs: object) -> None:
+    assert fields(ours) == fields(theirs)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bid_and_clearing_are_the_reference_ones(seed: int) -> None:
+    curves, state, sens, fixed = _case(seed)
+    limits = Limits(vmin_pu=0.985, vmax_pu=1.015, max_loading=1.0)
+    bid = build_interface_bid(curves, state, sens, fixed, limits)
+    _same(bid, lda_reference.build_interface_bid(curves, state, sens, fixed, limits))
+    for lmp in (-20.0, 15.0, 35.5, 80.0):
+        for award in (bid.curve.quantity_at(lmp), bid.curve.quantity_at(lmp) + 0.3):
+            _same(
+                clear_lda(award, lmp, curves, state, sens, fixed, limits),
+                lda_reference.clear_lda(award, lmp, curves, state, sens, fixed, limits),
+            )
+
+
+def test_the_swept_steps_are_the_general_evaluation_also_at_ties() -> None:
+    """Rows and demands put on their rounding boundaries: the all-steps
+    evaluation must decide every comparison and rounding as the one-price
+    evaluation does, where the rounding bound leaves it undecided."""
+    rng = np.random.default_rng(7)
+    exact_steps = 0
+    for trial in range(30):
+        curves, state, sens, fixed = _case(100 + trial)
+        prob = lda_market._build(curves, state, sens, fixed, Limits(vmax_pu=1.2, vmin_pu=0.8))
+        sweep = lda_market._Sweep(prob, Limits())
+        prices = sweep.candidates - lda_market._EPS_PRICE
+        # move each row's limit onto its activity at a random step (a tie)
+        rows = prob.rows
+        if len(rows.limit):
+            k = int(rng.integers(len(prices)))
+            x = np.where(prices[k] * prob.weight - prob.price < 0.0, prob.size, 0.0)
+            tied = rows.const + rows.coef @ x - 1e-9
+            rows = lda_market._Rows(
+                rows.kind, rows.element, tied, rows.const, rows.coef, rows.grad, rows.sign
+            )
+            prob = lda_market._Problem(**{**_fields(prob), "rows": rows})
+        steps = lda_market._Steps(prob, sweep.candidates)
+        for k, lam in enumerate(prices.tolist()):
+            x = np.where(lam * prob.weight - prob.price < 0.0, prob.size, 0.0)
+            feasible = not np.any(rows.const + rows.coef @ x > rows.limit + 1e-9)
+            assert steps.feasible[k] == feasible
+            if feasible:
+                assert repr(steps.demand[k]) == repr(round(float(prob.weight @ x), 9))
+        exact_steps += steps.n_exact
+    assert exact_steps > 0  # the ties were left to the one-price evaluation
+
+
+def test_demand_rounding_matches_python_round_near_boundaries() -> None:
+    """The vectorised rounding (rint of the value in 1e-9 MW units) is
+    Python's round(x, 9) wherever the bound does not flag a tie, including
+    values a few units in the last place from a boundary."""
+    rng = np.random.default_rng(3)
+    base = np.round(rng.uniform(-50.0, 50.0, 2000), 9) + 0.5e-9
+    values = base + rng.integers(-40, 41, base.size) * np.spacing(base)
+    scaled = values * 1e9
+    tie = np.abs(scaled - np.floor(scaled) - 0.5)
+    clear = tie > 4.0 * lda_market._ROUNDING * np.abs(scaled)
+    assert 0 < clear.sum() < clear.size  # both kinds are exercised
+    ours = (np.rint(scaled) / 1e9)[clear]
+    assert [repr(v) for v in ours.tolist()] == [repr(round(v, 9)) for v in values[clear].tolist()]
+
+
+def _fields(prob: lda_market._Problem) -> dict[str, object]:
+    return {name: getattr(prob, name) for name in prob.__slots__}
