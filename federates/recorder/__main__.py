@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_federate(
         rc.name,
-        lambda: FederateShell(rc.name, config.helics, recorder=None),
+        # an observer: no federate waits for the recorder's grants, so writing
+        # the results is off the federation's critical path (it trails behind)
+        lambda: FederateShell(rc.name, config.helics, recorder=None, observer=True),
         body,
         on_error,
         run_folder=base,
