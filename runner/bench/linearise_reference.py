@@ -8,10 +8,12 @@ the Jacobian's COO entries built every time and factorised by
 comparing index arrays; here in a list per feeder, as a process with at most
 four feeders had it: with more, the shared list of four evicted them and
 every factorisation ordered the unknowns again, which is slower still), the
-central differences of the load models in four calls, the right-hand side
-summed with ``np.add.at``, and the reactive derivatives of the volt-var
-closed loop computing their unit currents, the conductor currents and the
-sources' terms again. :func:`installed` puts it in place of the present one
+central differences of the load models in four calls, every load-model
+current by the general expressions (``linearise._branch_currents_any``, the
+whole of ``branch_currents`` then), the right-hand side summed with
+``np.add.at``, and the reactive derivatives of the volt-var closed loop
+computing their unit currents, the conductor currents and the sources'
+terms again. :func:`installed` puts it in place of the present one
 on one feeder, for the duration of a ``with`` block.
 """
 
@@ -95,7 +97,7 @@ def _load_jacobian(
     rest = np.flatnonzero(~closed)
     if len(rest):
         got = linearise.current_jacobian(
-            linearise.branch_currents, v[rest], br.take(rest), p_w, q_var
+            linearise._branch_currents_any, v[rest], br.take(rest), p_w, q_var
         )
         for block, part in zip((rr, ri, ir, ii), got, strict=True):
             block[rest] = part
@@ -179,7 +181,7 @@ def _factorised_columns(self: Feeder, delta_mw: float) -> _Columns | None:
     groups = list(self._ders_by_bus().values())
     rhs = np.zeros((len(ea), len(groups)), dtype=complex)
     rows, group_of, der_branches = _der_branches(self, model, groups)
-    unit = linearise.branch_currents(
+    unit = linearise._branch_currents_any(
         vb[rows], der_branches, np.ones(len(p_w)), np.zeros(len(q_var))
     )
     rhs[rows, group_of] = unit * 1.0e6
@@ -216,7 +218,9 @@ def _reactive_sensitivities(
     groups = list(self._ders_by_bus().values())
     rows, group_of, der_branches = _der_branches(self, f.model, groups)
     n_loads = f.model.n_loads
-    unit = linearise.branch_currents(f.vb[rows], der_branches, np.zeros(n_loads), np.ones(n_loads))
+    unit = linearise._branch_currents_any(
+        f.vb[rows], der_branches, np.zeros(n_loads), np.ones(n_loads)
+    )
     wanted = f.column[np.asarray(ders, dtype=np.intp)]
     pick = np.isin(group_of, wanted)
     where = {int(g): c for c, g in enumerate(wanted.tolist())}
