@@ -1735,6 +1735,10 @@ class _Groups:
         return out
 
 
+_TAP_STATES_KEPT = 32
+"""Tap states whose current matrices :class:`_BranchCurrents` keeps."""
+
+
 class _BranchCurrents:
     """Phase-conductor currents of the branches from the node voltages,
     ``I = Y_b V``: ``Y_b`` stacks the rows of each branch's primitive admittance
@@ -1749,8 +1753,12 @@ class _BranchCurrents:
         self._moving: list[tuple[str, int, list[int], np.ndarray]] = []
         self._matrix: Any = None
         self._moving_matrix: Any = None
-        self._moving_raw: list[np.ndarray] | None = None
+        self._moving_key: bytes | None = None
         """The moving elements' primitive admittances the matrices were built of."""
+        self._moving_rows = np.zeros(0, dtype=np.intp)
+        self._by_taps: dict[bytes, tuple[np.ndarray, Any, Any]] = {}
+        """Matrices of other tap states met before, by their admittances (the
+        ex-post check and the re-linearisation move the taps back and forth)."""
         self._matrix_real: Any = None
         self._moving_real: Any = None
 
@@ -1774,7 +1782,8 @@ class _BranchCurrents:
         self._matrix = self._csr(self._fixed)
         self._fixed = []
         self._moving_matrix = None
-        self._moving_raw = None
+        self._moving_key = None
+        self._by_taps = {}
         self._matrix_real = None
         self._moving_real = None
         return self
@@ -1784,11 +1793,22 @@ class _BranchCurrents:
         a matrix over their own rows only: ``_moving_rows``)."""
         if self._moving:
             raw = [yprim_of(element) for element, _, _, _ in self._moving]
-            if self._moving_raw is not None and all(
-                np.array_equal(a, b) for a, b in zip(raw, self._moving_raw, strict=True)
-            ):
+            key = b"".join(y.tobytes() for y in raw)
+            if key == self._moving_key:
                 return  # the taps did not move: the same matrices
-            self._moving_raw = raw
+            if self._moving_key is not None:
+                self._by_taps[self._moving_key] = (
+                    self._moving_rows,
+                    self._moving_matrix,
+                    self._moving_real,
+                )
+            self._moving_key = key
+            known = self._by_taps.pop(key, None)
+            if known is not None:  # a tap state seen before (the controls come and go)
+                self._moving_rows, self._moving_matrix, self._moving_real = known
+                return
+            while len(self._by_taps) >= _TAP_STATES_KEPT:
+                del self._by_taps[next(iter(self._by_taps))]  # the oldest
             parts = [
                 _entries(row0, rows, cols, yprim)
                 for (_, row0, rows, cols), yprim in zip(self._moving, raw, strict=True)
