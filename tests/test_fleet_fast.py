@@ -3,17 +3,20 @@ reference path gives: the block order from one integer sort against
 ``np.lexsort``, the fill's price runs kept from assembly against runs
 recomputed per fill, order statistics from sorted prefixes against the
 running-count search, PV irradiance per orientation against per device,
-thermal decay kept across intervals against recomputed. The references
+thermal decay kept across intervals against recomputed, per-bus sums by
+sparse matrix against ``np.bincount``. The references
 below are the implementations the fast ones replaced (kept here verbatim)."""
 
 from __future__ import annotations
 
 import hashlib
+import platform
+import sys
 
 import numpy as np
 import pytest
 
-from dsosim.federates.aggregator import offers, prices, pv, thermal
+from dsosim.federates.aggregator import group, heap, offers, prices, pv, thermal
 from dsosim.federates.aggregator.fleet import Fleet
 from dsosim.federates.aggregator.population import HomeMix, home_devices
 from dsosim.federates.aggregator.solar import sky_table
@@ -220,9 +223,11 @@ def _day_digest() -> tuple[str, int]:
 def test_the_fast_path_gives_the_reference_paths_bits_over_a_day(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(group, "SPARSE_FROM", 0)  # per-bus sums by sparse matrix
     fast, most = _day_digest()
     assert most > 4096  # the fast block order ran (smaller inputs use lexsort)
     _use_references(monkeypatch)
+    monkeypatch.setattr(group, "SPARSE_FROM", 10**12)  # np.bincount
     assert offers.bus_price_order is _lexsort_order  # the references are in place
     reference, _ = _day_digest()
     assert fast == reference
@@ -241,3 +246,16 @@ def test_block_order_resolves_prices_closer_than_its_key_keeps() -> None:
     # more buses than the key can hold next to the index: the plain lexsort
     wide = rng.integers(0, 2**40, n).astype(np.intp)
     assert np.array_equal(offers.bus_price_order(wide, price), np.lexsort((-price, wide)))
+
+
+def test_a_utility_scale_fleet_is_told_apart_and_glibc_keeps_its_freed_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fleets from ``SPARSE_FROM`` devices are ``large`` (sparse per-bus
+    sums; their federate keeps freed memory); glibc accepts the settings."""
+    assert not _mixed_fleet().large
+    monkeypatch.setattr(group, "SPARSE_FROM", 100)
+    fleet = _mixed_fleet()
+    assert fleet.large and fleet._bus_sums._matrix is not None
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert heap.keep_freed_memory() is glibc

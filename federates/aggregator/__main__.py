@@ -26,6 +26,7 @@ from dsosim.federates.aggregator.fleet import (
     ev_net_mw,
     outdoor_c,
 )
+from dsosim.federates.aggregator.heap import keep_freed_memory
 from dsosim.federates.aggregator.pv import volt_var_ratings
 from dsosim.federates.aggregator.results import der_tables
 from dsosim.federates.aggregator.spec_json import fleet_from_json
@@ -61,6 +62,8 @@ def run(shell: FederateShell, config: FederationConfig, name: str) -> None:
         seed=fleet_seed,
         start_s=config.time.start_s,
     )
+    if fleet.large:  # utility scale: reuse the megabytes each interval frees (heap)
+        keep_freed_memory()
     if tuple(fleet.buses) != tuple(cfg.buses):
         raise ValueError(
             f"fleet buses {fleet.buses} differ from the configured locations {cfg.buses}"

@@ -50,11 +50,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from dsosim.federates.aggregator.group import (
+    BusSums,
     FloatArray,
     GroupOffer,
     IntArray,
     Tick,
-    per_bus_sum,
 )
 from dsosim.federates.aggregator.prices import order_stat
 from dsosim.federates.aggregator.specs import BatterySpec
@@ -171,14 +171,15 @@ class Batteries:
         if self._last:
             self._last["charge_mw"][i], self._last["discharge_mw"][i] = max(mw, 0.0), max(-mw, 0.0)
 
-    def summary(self, n_bus: int) -> dict[str, FloatArray]:
-        energy = per_bus_sum(self.bus, self.energy, n_bus)
-        capacity = per_bus_sum(self.bus, self.capacity, n_bus)
+    def summary(self, sums: BusSums) -> dict[str, FloatArray]:
+        n_bus = sums.n_bus
+        energy = sums.sum(self.energy)
+        capacity = sums.sum(self.capacity)
         out = {
             "soc": np.divide(energy, capacity, out=np.full(n_bus, np.nan), where=capacity > 0),
             "energy_mwh": energy,
             "capacity_mwh": capacity,
         }
         for name, values in self._last.items():
-            out[name] = per_bus_sum(self.bus, values, n_bus)
+            out[name] = sums.sum(values)
         return out

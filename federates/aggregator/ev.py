@@ -34,12 +34,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from dsosim.federates.aggregator.group import (
+    BusSums,
     FloatArray,
     GroupOffer,
     IntArray,
     Tick,
-    per_bus_count,
-    per_bus_sum,
 )
 from dsosim.federates.aggregator.specs import EvSpec
 
@@ -193,12 +192,12 @@ class Evs:
         self.energy = np.where(arriving, self.e_arrive[rows, self.sess], self.energy)
         return net
 
-    def summary(self, n_bus: int) -> dict[str, FloatArray]:
+    def summary(self, sums: BusSums) -> dict[str, FloatArray]:
         last = self._last
         out: dict[str, FloatArray] = {
-            "plugged": per_bus_count(self.bus, last["plugged"], n_bus),
-            "departures": per_bus_count(self.bus, last["departures"], n_bus),
+            "plugged": sums.count_true(last["plugged"]),
+            "departures": sums.count_true(last["departures"]),
         }
         for name in ("energy_mwh", "needed_mwh", "charge_mw", "discharge_mw", "shortfall_mwh"):
-            out[name] = per_bus_sum(self.bus, last[name], n_bus)
+            out[name] = sums.sum(last[name])
         return out

@@ -33,10 +33,18 @@ from numbers import Real
 
 import numpy as np
 
+from dsosim.federates.aggregator import group as group_module
 from dsosim.federates.aggregator import offers
 from dsosim.federates.aggregator.battery import Batteries
 from dsosim.federates.aggregator.ev import Evs
-from dsosim.federates.aggregator.group import DeviceGroup, FloatArray, GroupOffer, IntArray, Tick
+from dsosim.federates.aggregator.group import (
+    BusSums,
+    DeviceGroup,
+    FloatArray,
+    GroupOffer,
+    IntArray,
+    Tick,
+)
 from dsosim.federates.aggregator.loads import CurtailableLoads, InflexibleLoads, ShiftableLoads
 from dsosim.federates.aggregator.prices import Outlook, PriceEstimate
 from dsosim.federates.aggregator.pv import PvSystems
@@ -218,6 +226,13 @@ class Fleet:
             else np.zeros(0, dtype=np.intp)
         )
         self._spans = np.cumsum([0] + [len(g.bus) for g in self.groups])
+        self.large = len(self._dev_bus) >= group_module.SPARSE_FROM
+        """A utility-scale fleet (``group.SPARSE_FROM`` devices or more): per-bus
+        sums by sparse matrix, and its federate keeps freed memory (``heap``)."""
+        n_bus = len(self._buses)
+        self._group_sums = [BusSums(g.bus, n_bus, sparse=self.large) for g in self.groups]
+        self._bus_sums = BusSums(self._dev_bus, n_bus, sparse=self.large)
+        """Per-bus sums over each group's devices and over the whole fleet."""
         self._horizon = max(1, round(spec.horizon_h / self._dt_h))
         thermal_horizon = max(1, round(spec.thermal_horizon_h / self._dt_h))
         # devices plan up to a horizon past the last interval: prices can be published there
@@ -624,9 +639,7 @@ class Fleet:
         for index in sorted(self._unavailable):
             g, i = self._locate(index)
             _withdraw(group_offers[g], i)
-        self._cache = offers.assemble(
-            interval, group_offers, self._dev_bus, len(self._buses), self.spec.max_blocks
-        )
+        self._cache = offers.assemble(interval, group_offers, self._bus_sums, self.spec.max_blocks)
         return self._cache
 
     # --- dispatch
@@ -713,8 +726,13 @@ class Fleet:
             _check_reading(index, reading, self.device_range(interval, index))
         by_type: dict[str, TypeOutcome] = {}
         actual = np.empty(len(net))
-        for g, g_offer, a, b in zip(
-            self.groups, offer.groups, self._spans[:-1], self._spans[1:], strict=True
+        for g, sums, g_offer, a, b in zip(
+            self.groups,
+            self._group_sums,
+            offer.groups,
+            self._spans[:-1],
+            self._spans[1:],
+            strict=True,
         ):
             actual[a:b] = g.apply(tick, g_offer, net[a:b])
             for index in sorted(i for i in readings if a <= i < b):
@@ -723,21 +741,16 @@ class Fleet:
                 sync = getattr(g, "sync", None)
                 if sync is not None:
                     sync(index - a, reading.mw, reading.soc)
-            bus = g.bus
-
-            def per_bus(x: FloatArray, bus: IntArray = bus) -> FloatArray:
-                return np.bincount(bus, x, minlength=n_bus)
-
             by_type[g.kind] = TypeOutcome(
                 kind=g.kind,
                 table=g.table,
-                devices=np.bincount(bus, minlength=n_bus).astype(np.int64),
-                baseline_mw=per_bus(offer.dev_base[a:b]),
-                min_mw=per_bus(offer.dev_lo[a:b]),
-                max_mw=per_bus(offer.dev_hi[a:b]),
-                dispatched_mw=per_bus(dispatched[a:b]),
-                actual_mw=per_bus(actual[a:b]),
-                state=g.summary(n_bus),
+                devices=sums.count.copy(),
+                baseline_mw=sums.sum(offer.dev_base[a:b]),
+                min_mw=sums.sum(offer.dev_lo[a:b]),
+                max_mw=sums.sum(offer.dev_hi[a:b]),
+                dispatched_mw=sums.sum(dispatched[a:b]),
+                actual_mw=sums.sum(actual[a:b]),
+                state=g.summary(sums),
             )
         price_by_bus = np.full(n_bus, np.nan)
         price_by_bus[p_idx] = p_vals
@@ -750,8 +763,8 @@ class Fleet:
             buses=self._buses,
             requested_mw=_readonly(plan.requested.copy()),
             target_mw=_readonly(plan.target.copy()),
-            actual_mw=_readonly(np.bincount(self._dev_bus, actual, minlength=n_bus)),
-            baseline_mw=_readonly(np.bincount(self._dev_bus, offer.dev_base, minlength=n_bus)),
+            actual_mw=_readonly(self._bus_sums.sum(actual)),
+            baseline_mw=_readonly(self._bus_sums.sum(offer.dev_base)),
             prices=_readonly(price_by_bus),
             by_type=by_type,
             expected_price=_readonly(tick.outlook.now(everyone)),

@@ -18,7 +18,7 @@ A group holds every device of one type as arrays. Per interval it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -73,7 +73,60 @@ class DeviceGroup(Protocol):
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray: ...
 
-    def summary(self, n_bus: int) -> dict[str, FloatArray]: ...
+    def summary(self, sums: BusSums) -> dict[str, FloatArray]: ...
+
+
+SPARSE_FROM = 20_000
+"""Fleets of at least this many devices sum per bus with a sparse matrix
+(:class:`BusSums`); smaller ones use ``np.bincount`` and never import scipy
+(about 0.3 s of start-up per process)."""
+
+
+class BusSums:
+    """Per-bus sums of one group's device values, bit for bit what
+    ``np.bincount(bus, values, minlength=n_bus)`` gives: each bus adds its
+    devices' values in device order, starting from 0.0.
+
+    With ``sparse`` it multiplies a ``(buses, devices)`` 0/1 CSR matrix
+    (scipy.sparse) by the values: the same additions in the same order (a
+    row's entries are in ascending column order and ``1.0 * x`` is exact), a
+    few times faster than ``bincount`` on large groups (the row's sum stays in
+    a register instead of being stored and reloaded per device; 0.03 against
+    0.12 ms for 35,000 devices). The devices per bus are counted once."""
+
+    def __init__(self, bus: IntArray, n_bus: int, *, sparse: bool) -> None:
+        self.bus = bus
+        self.n_bus = n_bus
+        self.sparse = sparse
+        self.count = np.bincount(bus, minlength=n_bus).astype(np.int64)
+        """Devices per bus (do not modify)."""
+        self._matrix: Any = None
+        if sparse:
+            from scipy import sparse as sp
+
+            n = len(bus)
+            self._matrix = sp.csr_array(
+                (np.ones(n), (bus, np.arange(n))), shape=(n_bus, n), dtype=float
+            )
+
+    def sum(self, values: FloatArray) -> FloatArray:
+        """Sum per bus of ``values`` (one per device)."""
+        if self._matrix is None:
+            return np.bincount(self.bus, values, minlength=self.n_bus).astype(float, copy=False)
+        out: FloatArray = self._matrix @ np.asarray(values, dtype=float)
+        return out
+
+    def count_true(self, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        """Devices per bus where ``mask`` holds."""
+        if self._matrix is None:
+            return per_bus_count(self.bus, mask, self.n_bus)
+        return self.sum(mask.astype(float)).astype(np.int64)
+
+    def mean(self, values: FloatArray) -> FloatArray:
+        """Mean per bus (NaN where a bus has no device), as :func:`per_bus_mean`."""
+        out = np.full(self.n_bus, np.nan)
+        np.divide(self.sum(values), self.count, out=out, where=self.count > 0)
+        return out
 
 
 def per_bus_sum(bus: IntArray, values: FloatArray, n_bus: int) -> FloatArray:

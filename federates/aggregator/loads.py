@@ -19,11 +19,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from dsosim.federates.aggregator.group import (
+    BusSums,
     FloatArray,
     GroupOffer,
     IntArray,
     Tick,
-    per_bus_sum,
 )
 from dsosim.federates.aggregator.specs import (
     LOAD_SHAPES,
@@ -83,9 +83,9 @@ class InflexibleLoads:
         self._last = net
         return net
 
-    def summary(self, n_bus: int) -> dict[str, FloatArray]:
-        served = per_bus_sum(self.bus, self._last, n_bus)
-        return {"demand_mw": served, "served_mw": served, "unserved_mw": np.zeros(n_bus)}
+    def summary(self, sums: BusSums) -> dict[str, FloatArray]:
+        served = sums.sum(self._last)
+        return {"demand_mw": served, "served_mw": served, "unserved_mw": np.zeros(sums.n_bus)}
 
 
 class CurtailableLoads:
@@ -118,8 +118,8 @@ class CurtailableLoads:
         self._last = {"demand_mw": offer.hi, "served_mw": net, "unserved_mw": offer.hi - net}
         return net
 
-    def summary(self, n_bus: int) -> dict[str, FloatArray]:
-        return {k: per_bus_sum(self.bus, v, n_bus) for k, v in self._last.items()}
+    def summary(self, sums: BusSums) -> dict[str, FloatArray]:
+        return {k: sums.sum(v) for k, v in self._last.items()}
 
 
 class ShiftableLoads:
@@ -186,5 +186,5 @@ class ShiftableLoads:
         self._last = {"demand_mw": offer.hi, "served_mw": net, "unserved_mw": offer.hi - net}
         return net
 
-    def summary(self, n_bus: int) -> dict[str, FloatArray]:
-        return {k: per_bus_sum(self.bus, v, n_bus) for k, v in self._last.items()}
+    def summary(self, sums: BusSums) -> dict[str, FloatArray]:
+        return {k: sums.sum(v) for k, v in self._last.items()}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from dsosim.federates.aggregator.group import FloatArray, GroupOffer, IntArray
+from dsosim.federates.aggregator.group import BusSums, FloatArray, GroupOffer, IntArray
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
 
 BoolArray = NDArray[np.bool_]
@@ -54,8 +54,11 @@ class FleetOffer:
 
 
 def assemble(
-    interval: int, groups: list[GroupOffer], dev_bus: IntArray, n_bus: int, max_blocks: int
+    interval: int, groups: list[GroupOffer], bus_sums: BusSums, max_blocks: int
 ) -> FleetOffer:
+    """The fleet's offer from its groups' (in fleet order), with the devices'
+    buses and their per-bus sums in ``bus_sums``."""
+    dev_bus, n_bus = bus_sums.bus, bus_sums.n_bus
     offsets = np.cumsum([0] + [len(g.lo) for g in groups])
     dev_lo = np.concatenate([g.lo for g in groups])
     dev_hi = np.concatenate([g.hi for g in groups])
@@ -86,8 +89,8 @@ def assemble(
         dev_lo=dev_lo,
         dev_hi=dev_hi,
         dev_base=dev_base,
-        bus_lo=np.bincount(dev_bus, dev_lo, minlength=n_bus),
-        bus_hi=np.bincount(dev_bus, dev_hi, minlength=n_bus),
+        bus_lo=bus_sums.sum(dev_lo),
+        bus_hi=bus_sums.sum(dev_hi),
         blk_bus=bus,
         blk_price=price,
         blk_mw=mw,

@@ -28,11 +28,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from dsosim.federates.aggregator.group import (
+    BusSums,
     FloatArray,
     GroupOffer,
     IntArray,
     Tick,
-    per_bus_mean,
     per_bus_sum,
 )
 from dsosim.federates.aggregator.specs import PvSpec
@@ -141,6 +141,7 @@ class PvSystems:
             self.profile[i] = s.profile[:n_intervals]
         self._state: dict[str, FloatArray] = {}
         self._last: dict[str, FloatArray] = {}
+        self._modelled_sums: BusSums | None = None
         self._reactive = self._volt_var()
         # the modelled systems' constants, as (devices, 1) columns against the samples
         m = self.modelled
@@ -224,12 +225,13 @@ class PvSystems:
             self._last["output_mw"][i] = -mw
             self._last["curtailed_mw"][i] = self._last["available_mw"][i] + mw
 
-    def summary(self, n_bus: int) -> dict[str, FloatArray]:
-        out = {"rating_mw": per_bus_sum(self.bus, self.rating, n_bus)}
+    def summary(self, sums: BusSums) -> dict[str, FloatArray]:
+        out = {"rating_mw": sums.sum(self.rating)}
         for name in ("available_mw", "output_mw", "curtailed_mw", "clipped_mw", "q_mvar"):
-            out[name] = per_bus_sum(self.bus, self._last[name], n_bus)
+            out[name] = sums.sum(self._last[name])
+        m = self.modelled
+        if self._modelled_sums is None or self._modelled_sums.n_bus != sums.n_bus:
+            self._modelled_sums = BusSums(self.bus[m], sums.n_bus, sparse=sums.sparse)
         for name in ("irradiance_w_m2", "cell_temp_c"):
-            values = self._last[name]
-            m = self.modelled
-            out[name] = per_bus_mean(self.bus[m], values[m], n_bus)
+            out[name] = self._modelled_sums.mean(self._last[name][m])
         return out

@@ -55,14 +55,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from dsosim.federates.aggregator.group import (
+    BusSums,
     FloatArray,
     GroupOffer,
     IntArray,
     Tick,
-    per_bus_count,
     per_bus_extreme,
-    per_bus_mean,
-    per_bus_sum,
     tranches,
 )
 from dsosim.federates.aggregator.specs import HvacSpec, WaterHeaterSpec
@@ -207,16 +205,16 @@ class ThermalLoads:
         self._env = None
         return actual
 
-    def summary(self, n_bus: int) -> dict[str, FloatArray]:
-        last, b = self._last, self.bus
+    def summary(self, sums: BusSums) -> dict[str, FloatArray]:
+        last, b, n_bus = self._last, self.bus, sums.n_bus
         return {
-            "temp_mean_c": per_bus_mean(b, last["temp"], n_bus),
+            "temp_mean_c": sums.mean(last["temp"]),
             "temp_min_c": per_bus_extreme(b, last["temp"], n_bus, largest=False),
             "temp_max_c": per_bus_extreme(b, last["temp"], n_bus, largest=True),
-            "out_of_band": per_bus_count(b, last["out_of_band"], n_bus),
-            "overrides": per_bus_count(b, last["overrides"], n_bus),
-            "power_mw": per_bus_sum(b, last["power_mw"], n_bus),
-            "ambient_c": per_bus_mean(b, last["ambient"], n_bus),
+            "out_of_band": sums.count_true(last["out_of_band"]),
+            "overrides": sums.count_true(last["overrides"]),
+            "power_mw": sums.sum(last["power_mw"]),
+            "ambient_c": sums.mean(last["ambient"]),
         }
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from dsosim.federates.aggregator.fleet import Fleet
+from dsosim.federates.aggregator.heap import keep_freed_memory
 from dsosim.federates.aggregator.population import HomeMix, home_devices
 from dsosim.federates.aggregator.solar import sky_table
 from dsosim.federates.aggregator.specs import FleetSpec, InflexibleLoadSpec, SiteSpec
@@ -95,10 +96,13 @@ def handle(args: argparse.Namespace) -> int:
     fleet = build_fleet(args.devices, args.buses, seed=args.seed, n_intervals=args.intervals)
     build_s = time.perf_counter() - built_at
     fleet_mb = _rss_mb() - rss_before
+    kept = fleet.large and keep_freed_memory()  # as the aggregator federate does
     counts = {g.kind: len(g.bus) for g in fleet.groups}
     print(
         f"fleet: {sum(counts.values())} devices at {len(fleet.buses)} buses: "
         + ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        + ("; utility scale: sparse per-bus sums, freed memory kept" if fleet.large else "")
+        + (" (glibc declined)" if fleet.large and not kept else "")
     )
     rng = np.random.default_rng(args.seed)
     times, cpu_times, blocks = [], [], 0
