@@ -89,3 +89,12 @@ def test_a_column_whose_type_shows_only_later_keeps_every_part_readable(tmp_path
     store.add("t", cols, [(3, "not a number", 4, None)])
     with pytest.raises(ValueError, match="table 't': column types changed"):
         store.end_interval(3)
+
+
+def test_a_row_of_the_wrong_width_is_refused_naming_the_table(tmp_path: Path) -> None:
+    """Rows are taken column by column at the flush: a row that is short (or
+    long) must not shift or drop values silently."""
+    store = ResultStore(tmp_path, flush_every=100)
+    store.add("market", ("interval", "bus", "lmp"), [(0, 1, 20.0), (0, 2)])
+    with pytest.raises(ValueError, match=r"table 'market': rows of \[2, 3\] values for 3"):
+        store.flush()

@@ -78,24 +78,27 @@ def refusal(
     congestion component can legitimately be far above the price cap on a
     small quantity (the amount stays small)."""
     values = dict(zip(columns, row, strict=False))
-    who = (
-        f"interval {values.get('interval')!r}: {values.get('payer')!r} -> "
-        f"{values.get('payee')!r} ({values.get('market')!r} {values.get('item')!r})"
-    )
+
+    def who() -> str:  # only for a refused row (the recorder screens every row)
+        return (
+            f"interval {values.get('interval')!r}: {values.get('payer')!r} -> "
+            f"{values.get('payee')!r} ({values.get('market')!r} {values.get('item')!r})"
+        )
+
     numbers: dict[str, float] = {}
     for name in ("mw", "price", "hours", "amount"):
         v = values.get(name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return f"{who}: {name} {v!r} is not a finite number"
+            return f"{who()}: {name} {v!r} is not a finite number"
         numbers[name] = float(v)
     if numbers["hours"] <= 0:
-        return f"{who}: hours {numbers['hours']!r} must be > 0"
+        return f"{who()}: hours {numbers['hours']!r} must be > 0"
     if bound is None:
         return None
     limit = bound.amount(numbers["hours"])
     if abs(numbers["amount"]) > limit:
         return (
-            f"{who}: amount {numbers['amount']:.6g} $ beyond the sanity bound {limit:.6g} $ "
+            f"{who()}: amount {numbers['amount']:.6g} $ beyond the sanity bound {limit:.6g} $ "
             f"derived from the case"
         )
     return None
