@@ -611,8 +611,8 @@ class _Lp:
             return -math.inf
         return -float(np.maximum(room, 0.0).min())
 
-    def solve(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """Column values, row duals and objective; raises on anything not optimal."""
+    def solve(self) -> tuple[np.ndarray, np.ndarray]:
+        """Column values and row duals; raises on anything not optimal."""
         self.highs.run()
         status = self.highs.getModelStatus()
         tried = [self.highs.modelStatusToString(status)]
@@ -640,7 +640,7 @@ class _Lp:
         x = np.asarray(sol.col_value)
         y = np.asarray(sol.row_dual)
         self._last = (x, np.asarray(sol.col_dual), y)
-        return x, y, float(self.highs.getInfo().objective_function_value)
+        return x, y
 
 
 def _csc(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -790,7 +790,7 @@ class _Sweep:
         if self.lp is None:
             self.lp = _Lp(prob, self.limits, balance=None)
         self.lp.set_block_costs(cost)
-        cols, duals, _ = self.lp.solve()
+        cols, duals = self.lp.solve()
         self.n_lp += 1
         nb = len(prob.price)
         x = cols[:nb]
@@ -1006,7 +1006,7 @@ def clear_lda(
     if price_taker or abs(taker_mw - target) <= tol:
         return _clearing(prob, award_mw, lmp, taker[0], taker[1], nb, nr, limits)
     lp.set_balance(target, target, allow_imbalance=True)
-    cols, duals, _ = lp.solve()
+    cols, duals = lp.solve()
     if abs(cols[nb + nr] - cols[nb + nr + 1]) <= tol:
         return _clearing(prob, award_mw, lmp, cols, duals, nb, nr, limits)
     deliverable = float(prob.weight @ cols[:nb])
@@ -1015,7 +1015,7 @@ def clear_lda(
         # allows: its dispatch is the closest one, priced at the LMP.
         return _clearing(prob, award_mw, lmp, taker[0], taker[1], nb, nr, limits)
     lp.set_balance(deliverable, deliverable, allow_imbalance=False)
-    cols, duals, _ = lp.solve()
+    cols, duals = lp.solve()
     return _clearing(prob, award_mw, lmp, cols, duals, nb, nr, limits)
 
 
