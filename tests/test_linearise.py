@@ -13,6 +13,7 @@ generator.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,47 @@ def test_branch_currents_of_the_usual_models_are_those_of_the_general_expression
         short = linearise.branch_currents(v, br, p_w, q_var)
         general = linearise._branch_currents_any(v, br, p_w, q_var)
         assert np.array_equal(short.view(np.uint64), general.view(np.uint64)), models
+
+
+@pytest.mark.parametrize(
+    ("load_scale", "der_mw", "loop"), [(0.3, -0.3, "closed"), (1.0, 0.3, "open")]
+)
+def test_utility_linearisation_computes_each_headroom_once_with_the_same_numbers(
+    load_scale: float, der_mw: float, loop: str
+) -> None:
+    """With volt-var inverters the utility takes the open-loop sensitivities
+    without headrooms and lets the closed loop compute them for its own
+    derivatives, or, where no inverter is on a slope (the open loop stands),
+    fills them in: the same linearisation to the bit as computing them twice."""
+    from dsosim.federates.common.config import DsoConfig, TimeSettings
+    from dsosim.federates.dso.grid import GridOperator
+
+    config = DsoConfig(
+        name="lda",
+        iso="iso",
+        feeder=str(IEEE13),
+        td_bus=5,
+        scale=1.0,
+        load_scale=load_scale,
+        load_forecast_error=0.0,
+        aggregators=("a",),
+    )
+    ratings = {"a": {"675": 1.5, "611": 0.5, "652": 0.5}}
+    time = TimeSettings(interval_s=300.0, n_intervals=4)
+    grid = GridOperator(
+        config, {"a": ("675", "611", "652")}, time, seed=1, base_dir=Path("/"), volt_var_mva=ratings
+    )
+    grid.der_mw = np.full(3, der_mw)
+    state = grid.forecast(0).state  # linearised once: the ordering is chosen
+    got = grid._linearise(state)
+    assert grid.volt_var is not None
+    open_loop = grid.feeder.sensitivities()
+    want = grid.volt_var.closed_loop(state, open_loop)
+    assert (want is open_loop) == (loop == "open")
+    assert np.isfinite(got.injection_headroom_mw).all()
+    for f in fields(want):
+        a, b = getattr(got, f.name), getattr(want, f.name)
+        if isinstance(a, np.ndarray):
+            assert np.array_equal(a.view(np.uint8), b.view(np.uint8)), f.name
+        else:
+            assert a == b, f.name

@@ -299,6 +299,8 @@ class Feeder:
         self._controls_moved = False
         self._refresh_due = False
         self._factorisation: _Factorisation | None = None
+        self._headroom_v0 = np.zeros(0)
+        """The voltage readings of the last :meth:`sensitivities`."""
         self._flow: tuple[bool, bool, str, bool] = (False, False, "not solved", False)
         self._der_kvar: dict[int, float] = {}
         """kvar drawn by DER elements (load index -> kvar), volt-var only."""
@@ -1293,10 +1295,13 @@ class Feeder:
         *,
         delta_mw: float = 0.1,
         method: SensitivityMethod = "auto",
+        headrooms: bool = True,
     ) -> Sensitivities:
         """Linearise around the current operating point (the last :meth:`solve`)
         for every attached DER, at frozen controls. ``vmin``/``vmax`` (default:
-        the feeder's) are the band the headrooms are measured against.
+        the feeder's) are the band the headrooms are measured against;
+        ``headrooms=False`` leaves them NaN, for a caller that replaces the
+        voltage derivatives (:meth:`with_headrooms` fills them in).
 
         ``method``: ``"factorised"`` solves the power flow's Jacobian once
         (:mod:`.linearise`; one sparse LU for all DERs, no extra power flow);
@@ -1333,8 +1338,11 @@ class Feeder:
         if columns is None:
             columns = self._fd_columns(delta_mw)
         v0, dv, dl_up, dl_down, dp = columns
-        mon = self._monitored
-        up, down = _headrooms(v0, dv, lo, hi) if mon.all() else _headrooms(v0[mon], dv[mon], lo, hi)
+        self._headroom_v0 = v0
+        if headrooms:
+            up, down = self._headrooms_of(v0, dv, lo, hi)
+        else:
+            up = down = np.full(len(self._der_names), np.nan)
         return Sensitivities(
             der_names=tuple(self._der_names),
             node_names=self._node_names,
@@ -1349,6 +1357,24 @@ class Feeder:
             vmax=hi,
             injection_headroom_mw=_frozen(up),
             consumption_headroom_mw=_frozen(down),
+        )
+
+    def _headrooms_of(
+        self, v0: np.ndarray, dv: np.ndarray, lo: float, hi: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        mon = self._monitored
+        return _headrooms(v0, dv, lo, hi) if mon.all() else _headrooms(v0[mon], dv[mon], lo, hi)
+
+    def with_headrooms(self, sens: Sensitivities) -> Sensitivities:
+        """``sens`` (from the last :meth:`sensitivities`, ``headrooms=False``)
+        with its headrooms, from its own voltage derivatives and that
+        linearisation's voltages (the numbers :meth:`sensitivities` would have
+        given)."""
+        up, down = self._headrooms_of(
+            self._headroom_v0, np.asarray(sens.dv_dp), sens.vmin, sens.vmax
+        )
+        return replace(
+            sens, injection_headroom_mw=_frozen(up), consumption_headroom_mw=_frozen(down)
         )
 
     _Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -1991,6 +2017,8 @@ class _JacobianModel:
     )
     """Per source: its admittance, columns, live first-terminal conductors and
     admittance rows (complex and real form) made of them."""
+    _columns: dict[str, np.ndarray] = field(default_factory=dict)
+    """Node columns of the moving elements and sources, by element."""
     _assembly: linearise.Assembly | None = None
     """The Jacobian's assembly: its pattern and ordering (this feeder's own)."""
 
@@ -2043,10 +2071,9 @@ class _JacobianModel:
         computed once)."""
         if self.fixed_real is None:
             self.fixed_real = linearise.real_form(self.fixed)
-        parts = []
-        for full in self.moving:
-            feeder._dss.Circuit.SetActiveElement(full)
-            parts.append((feeder._element_columns(self.position), feeder._element_yprim(full)))
+        parts = [
+            (self.columns_of(feeder, full), feeder._element_yprim(full)) for full in self.moving
+        ]
         # taps and capacitors mostly stay: the same admittances give the same entries
         key = np.concatenate([y.ravel() for _, y in parts]) if parts else np.zeros(0)
         cached = self._entries_cache
@@ -2058,6 +2085,15 @@ class _JacobianModel:
         )
         self._entries_cache = (key, entries)
         return entries
+
+    def columns_of(self, feeder: Feeder, full: str) -> np.ndarray:
+        """:meth:`Feeder._element_columns` of the element ``full`` (its buses
+        do not change: read once)."""
+        cols = self._columns.get(full)
+        if cols is None:
+            feeder._dss.Circuit.SetActiveElement(full)
+            cols = self._columns[full] = feeder._element_columns(self.position)
+        return cols
 
     def assembly(
         self, rows: np.ndarray, cols: np.ndarray, a: np.ndarray, b: np.ndarray
@@ -2087,8 +2123,8 @@ class _JacobianModel:
         out = []
         dss = feeder._dss
         for full in self.sources:
+            cols = self.columns_of(feeder, full)
             dss.Circuit.SetActiveElement(full)
-            cols = feeder._element_columns(self.position)
             raw = np.asarray(dss.CktElement.Currents(), dtype=float)
             current = raw[0::2] + 1j * raw[1::2]
             y = feeder._element_yprim(full)

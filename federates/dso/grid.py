@@ -231,10 +231,17 @@ class GridOperator:
     def _linearise(self, state: FeederState) -> Sensitivities:
         """The feeder's linearisation at ``state`` (the last solve), with the
         volt-var inverters' response folded in if there are any."""
-        sens = self.feeder.sensitivities()
         if self.volt_var is None:
-            return sens
-        return self.volt_var.closed_loop(state, sens)
+            return self.feeder.sensitivities()
+        # the closed loop computes the headrooms of its own derivatives: those
+        # of the open loop only where it keeps it (no inverter on a slope)
+        sens = self.volt_var.closed_loop(state, self.feeder.sensitivities(headrooms=False))
+        if (
+            np.isnan(sens.injection_headroom_mw).any()
+            or np.isnan(sens.consumption_headroom_mw).any()
+        ):
+            sens = self.feeder.with_headrooms(sens)
+        return sens
 
     def _vv_columns(self) -> tuple[float, int, bool]:
         """(DER reactive power injected, Mvar; volt-var power flows; converged)
