@@ -247,6 +247,7 @@ class Fleet:
         )
         self._voltage = np.ones(len(self._buses))
         self._cache: offers.FleetOffer | None = None
+        self._owners = offers.BlockOwners()
         self._plan: _Plan | None = None
         self._unavailable: set[int] = set()
         self._range: tuple[FloatArray, FloatArray] | None = None
@@ -639,7 +640,9 @@ class Fleet:
         for index in sorted(self._unavailable):
             g, i = self._locate(index)
             _withdraw(group_offers[g], i)
-        self._cache = offers.assemble(interval, group_offers, self._bus_sums, self.spec.max_blocks)
+        self._cache = offers.assemble(
+            interval, group_offers, self._bus_sums, self.spec.max_blocks, self._owners
+        )
         return self._cache
 
     # --- dispatch

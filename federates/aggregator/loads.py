@@ -101,17 +101,17 @@ class CurtailableLoads:
         self.kind_index = np.array([LOAD_SHAPES.index(s.shape) for s in specs], dtype=np.intp)
         self.shapes = _daily_shapes(interval_s)
         self._last: dict[str, FloatArray] = {}
+        self._owner = np.arange(len(specs), dtype=np.intp)
 
     def offer(self, tick: Tick) -> GroupOffer:
         demand = self.peak * self.shapes[self.kind_index, tick.slot]
-        n = len(demand)
         return GroupOffer(
             (1.0 - self.share) * demand,
             demand,
             demand,
             self.value,
             self.share * demand,
-            np.arange(n, dtype=np.intp),
+            self._owner,
         )
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:
@@ -148,6 +148,7 @@ class ShiftableLoads:
         self.remaining = np.where(inside, self.energy * n_rem / self.length, 0.0)
         self._due = np.zeros(len(specs))
         self._last: dict[str, FloatArray] = {}
+        self._owner = np.arange(len(specs), dtype=np.intp)
 
     def _position(self, t: int) -> tuple[np.ndarray, IntArray]:
         """Whether interval ``t`` lies in each window, and how many intervals
@@ -178,7 +179,7 @@ class ShiftableLoads:
             hi,
             price,
             np.maximum(hi - must, 0.0),
-            np.arange(n, dtype=np.intp),
+            self._owner,
         )
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:

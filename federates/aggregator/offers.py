@@ -53,23 +53,50 @@ class FleetOffer:
     runs: PriceRuns | None = None  # None when there are no blocks
 
 
+class BlockOwners:
+    """The fleet-wide device index and bus of every block the groups offer,
+    in group order, kept while each group offers the same ``owner`` array
+    (the same object: every group but a withdrawn device's keeps one)."""
+
+    def __init__(self) -> None:
+        self._arrays: list[IntArray] = []
+        self.owner: IntArray = np.zeros(0, dtype=np.intp)
+        self.bus: IntArray = np.zeros(0, dtype=np.intp)
+
+    def of(self, groups: list[GroupOffer], dev_bus: IntArray) -> tuple[IntArray, IntArray]:
+        same = len(self._arrays) == len(groups) and all(
+            a is g.owner for a, g in zip(self._arrays, groups, strict=True)
+        )
+        if not same:
+            offsets = np.cumsum([0] + [len(g.lo) for g in groups])
+            self.owner = np.concatenate(
+                [g.owner + off for g, off in zip(groups, offsets, strict=False)]
+            ).astype(np.intp)
+            self.bus = dev_bus[self.owner]
+            self._arrays = [g.owner for g in groups]  # held, so no other array takes their ids
+        return self.owner, self.bus
+
+
 def assemble(
-    interval: int, groups: list[GroupOffer], bus_sums: BusSums, max_blocks: int
+    interval: int,
+    groups: list[GroupOffer],
+    bus_sums: BusSums,
+    max_blocks: int,
+    owners: BlockOwners | None = None,
 ) -> FleetOffer:
     """The fleet's offer from its groups' (in fleet order), with the devices'
-    buses and their per-bus sums in ``bus_sums``."""
+    buses and their per-bus sums in ``bus_sums`` (and the blocks' owners kept
+    in ``owners`` from one interval to the next)."""
     dev_bus, n_bus = bus_sums.bus, bus_sums.n_bus
-    offsets = np.cumsum([0] + [len(g.lo) for g in groups])
+    all_owner, all_bus = (owners or BlockOwners()).of(groups, dev_bus)
     dev_lo = np.concatenate([g.lo for g in groups])
     dev_hi = np.concatenate([g.hi for g in groups])
     dev_base = np.clip(np.concatenate([g.base for g in groups]), dev_lo, dev_hi)
     price = np.concatenate([g.price for g in groups])
     mw = np.concatenate([g.mw for g in groups])
-    owner = np.concatenate([g.owner + off for g, off in zip(groups, offsets, strict=False)])
     keep = mw > EPS_MW
     price = np.clip(price[keep], PRICE_FLOOR, PRICE_CAP)  # +inf (no later chance) -> the cap
-    mw, owner = mw[keep], owner[keep].astype(np.intp)
-    bus = dev_bus[owner]
+    mw, owner, bus = mw[keep], all_owner[keep], all_bus[keep]
     order, price = _bus_price_sort(bus, price)
     # sorted by bus: the bus column is each bus repeated as often as it has blocks
     bus = np.repeat(np.arange(n_bus), np.bincount(bus, minlength=n_bus))

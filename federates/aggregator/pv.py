@@ -142,6 +142,8 @@ class PvSystems:
         self._state: dict[str, FloatArray] = {}
         self._last: dict[str, FloatArray] = {}
         self._modelled_sums: BusSums | None = None
+        self._curtail_owner = np.flatnonzero(self.curtailable).astype(np.intp)
+        self._curtail_price = self.price[self._curtail_owner]
         self._reactive = self._volt_var()
         # the modelled systems' constants, as (devices, 1) columns against the samples
         m = self.modelled
@@ -202,15 +204,15 @@ class PvSystems:
     def offer(self, tick: Tick) -> GroupOffer:
         self._state = self._available(tick.t)
         avail = self._state["available_mw"]
-        curt = self.curtailable & (avail > 0.0)
-        owner = np.flatnonzero(curt).astype(np.intp)
+        # every curtailable system offers a block (empty ones, at night, are dropped
+        # with the fleet's other empty blocks): the same owners every interval
         return GroupOffer(
             -avail,
             np.where(self.curtailable, 0.0, -avail),
             -avail,
-            self.price[owner],
-            avail[owner],
-            owner,
+            self._curtail_price,
+            avail[self._curtail_owner],
+            self._curtail_owner,
         )
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:
