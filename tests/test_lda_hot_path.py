@@ -116,3 +116,37 @@ def test_demand_rounding_matches_python_round_near_boundaries() -> None:
 
 def _fields(prob: lda_market._Problem) -> dict[str, object]:
     return {name: getattr(prob, name) for name in prob.__slots__}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_clearing_without_network_rows_is_the_reference_one(seed: int) -> None:
+    """No row left after screening: the price taker is solved without HiGHS
+    where no block cost is near zero; with costs from 1e-8 to 1e-3 $/MWh from
+    zero, an LMP of zero, and awards the taker does and does not meet."""
+    rng = np.random.default_rng(seed)
+    n = 6
+    state, sens = linearised([1.0], [[0.0] * n], dpsub=rng.uniform(0.95, 1.05, n))
+    limits = Limits()
+    solved_alone = 0
+    for trial in range(25):
+        lmp = 0.0 if trial == 0 else float(rng.uniform(-20.0, 80.0))
+        curves = []
+        for i in range(n):
+            prices = [*rng.uniform(-50.0, 150.0, 3).tolist(), 9999.0]
+            gap = float(rng.choice([-1.0, 1.0]) * 10.0 ** rng.uniform(-8.0, -3.0))
+            if rng.random() < 0.25:
+                prices[0] = lmp * float(sens.dpsub_dp[i]) + gap
+            blocks = tuple((p, float(rng.uniform(0.1, 1.0))) for p in sorted(prices)[::-1])
+            curves.append(PlacedCurve(f"d{i}", BidCurve(-0.5, blocks), owner="a"))
+        prob = lda_market._build(curves, state, sens, 1.0, limits)
+        solved_alone += lda_market._separable_taker(prob, lmp, limits) is not None
+        bid = build_interface_bid(curves, state, sens, 1.0, limits)
+        for award in (bid.curve.quantity_at(lmp), bid.curve.quantity_at(lmp) + 0.2):
+            for taker in (False, True):
+                _same(
+                    clear_lda(award, lmp, curves, state, sens, 1.0, limits, price_taker=taker),
+                    lda_reference.clear_lda(
+                        award, lmp, curves, state, sens, 1.0, limits, price_taker=taker
+                    ),
+                )
+    assert 0 < solved_alone < 25  # both paths are exercised

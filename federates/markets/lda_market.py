@@ -996,11 +996,16 @@ def clear_lda(
         raise LdaError(f"award {award_mw} MW and LMP {lmp} $/MWh must be finite")
     prob = _build(curves, state, sens, fixed_mw, limits)
     target = award_mw - prob.head0
+    tol = _MW_TOL * (1.0 + abs(award_mw))
+    separable = _separable_taker(prob, lmp, limits)
+    if separable is not None:
+        taker_mw = float(prob.weight @ separable[0][: len(prob.price)])
+        if price_taker or abs(taker_mw - target) <= tol:
+            return _clearing(prob, award_mw, lmp, *separable, len(prob.price), 0, limits)
     lp = _Lp(prob, limits, balance=(-highspy.kHighsInf, highspy.kHighsInf))
     lp.set_balance(-highspy.kHighsInf, highspy.kHighsInf, allow_imbalance=False)
     lp.set_block_costs(lmp * prob.weight - prob.price)
     nb, nr = lp.n_blocks, lp.n_rows
-    tol = _MW_TOL * (1.0 + abs(award_mw))
     taker = lp.solve()
     taker_mw = float(prob.weight @ taker[0][:nb])
     if price_taker or abs(taker_mw - target) <= tol:
@@ -1017,6 +1022,40 @@ def clear_lda(
     lp.set_balance(deliverable, deliverable, allow_imbalance=False)
     cols, duals = lp.solve()
     return _clearing(prob, award_mw, lmp, cols, duals, nb, nr, limits)
+
+
+_SEPARABLE_MARGIN = 1e-5
+"""$/MWh: a block cost this close to zero leaves the price taker's LP to
+HiGHS. Its dual feasibility tolerance is 1e-7: a block whose cost is
+negative by less may stay at 0 (measured: HiGHS and the separable optimum
+differ in about half of the cases with a cost in [1e-8, 1e-7), in none of
+739 in [1e-7, 1e-6), with block prices up to 9,999 $/MWh beside them)."""
+
+
+def _separable_taker(
+    prob: _Problem, lmp: float, limits: Limits
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The price taker's LP solution (columns and row duals, as ``_Lp.solve``
+    gives them) where it needs no solver: with no network row left after
+    screening, that LP is separable (each block alone against its cost
+    ``lmp * w - price``; the head balance row is free and the imbalance
+    columns are fixed at 0), and where no cost is within ``_SEPARABLE_MARGIN``
+    of zero its optimum is unique: every block at its upper bound if its cost
+    is negative, else at 0, the free row's dual 0. HiGHS returns exactly that
+    (a non-basic column sits exactly on its bound; its scale factors are
+    powers of two), so the clearing is the one it would give, bit for bit
+    (tested against the reference, on random cases and on every clearing of
+    a study run). None where that does not hold: network rows, a cost near
+    zero, or an LMP of zero (the sign of the zero dual would reach the
+    energy price)."""
+    if len(prob.rows.limit) or lmp == 0.0:
+        return None
+    cost = lmp * prob.weight - prob.price
+    if np.any(np.abs(cost) <= _SEPARABLE_MARGIN):
+        return None
+    cols = np.zeros(len(cost) + 2)
+    cols[: len(cost)] = np.where(cost < 0.0, prob.size, 0.0)
+    return cols, np.zeros(1)
 
 
 def _clearing(
