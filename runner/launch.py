@@ -69,6 +69,28 @@ def build_and_launch(
     raise AssertionError("unreachable")
 
 
+HELICS_RUN = """\
+import contextlib, io, sys
+sys.modules["helics_cli_extras"] = None
+with contextlib.redirect_stdout(io.StringIO()):
+    from helics.cli import cli
+sys.argv[0] = "helics"
+sys.exit(cli())
+"""
+"""``helics run`` as the ``helics`` command runs it, less its start-up cost: the
+CLI module imports its optional web-interface package (Flask, SQLAlchemy:
+about 0.5 s of CPU, measured) only to print its version, so it is imported
+here as if that package were not installed (which the CLI supports: it then
+notes, on stdout, that it is missing; that note is dropped). Every process
+of the federation waits for this one to start, so its start-up is the
+federation's."""
+
+
+def helics_run(runner: Path) -> list[str]:
+    """The command that runs ``helics run --path=runner`` (see :data:`HELICS_RUN`)."""
+    return [sys.executable, "-c", HELICS_RUN, "run", f"--path={runner.name}"]
+
+
 def helics_command() -> str:
     """The ``helics`` CLI of this environment (next to this interpreter first)."""
     beside = Path(sys.executable).with_name("helics")
@@ -188,7 +210,7 @@ def launch(
     stopped: Stopped | None = None
     with stop_on_signals():
         proc = subprocess.Popen(
-            [helics_command(), "run", f"--path={runner.name}"],
+            helics_run(runner),
             cwd=folder,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

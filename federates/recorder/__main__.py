@@ -11,12 +11,6 @@ import argparse
 import subprocess
 import sys
 
-# Imported now, not at the first flush or summary (where store and summary
-# import them): when a federate fails, helics run stops the recorder soon
-# after, and its last flush must not wait on an import.
-import pandas  # noqa: F401
-import pyarrow.parquet  # noqa: F401
-
 from dsosim.federates.common import ledger
 from dsosim.federates.common import messages as msg
 from dsosim.federates.common.config import RecorderConfig, load_federation
@@ -84,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         shell.start()
         store.claim()
         guard.append(guardian.start(store.dir))
+        # Imported once the federation runs, not at the process's start (where
+        # they would take a second of CPU from the other federates' start-up:
+        # no federate waits for the recorder, an observer), and not at the
+        # first flush or summary either: when a federate fails, helics run
+        # stops the recorder soon after, and its last flush must not wait on
+        # an import.
+        import pandas  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+
         # One extra step after the last interval: the ISO settles the last
         # interval's imbalance at the start of the next one.
         for k in range(n + 1):
