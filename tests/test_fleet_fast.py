@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from dsosim.federates.aggregator import group, heap, offers, prices, pv, thermal
 from dsosim.federates.aggregator.fleet import Fleet
@@ -39,6 +40,58 @@ SKY = sky_table(SITE, ["flat", "south", "east", "west"])
 
 def _lexsort_order(bus: IntArray, price: FloatArray) -> IntArray:
     return np.lexsort((-price, bus))
+
+
+def _lexsort_sort(
+    bus: IntArray, price: FloatArray, n_bus: int | None
+) -> tuple[IntArray, FloatArray, IntArray]:
+    order = np.lexsort((-price, bus))
+    per_bus = np.bincount(bus, minlength=n_bus or 0)
+    return order, price[order], per_bus
+
+
+def _reference_pool(
+    bus: IntArray,
+    price: FloatArray,
+    mw: FloatArray,
+    n_bus: int,
+    max_blocks: int,
+    first: NDArray[np.bool_],
+    new_price: NDArray[np.bool_],
+    per_bus: IntArray,
+    sparse: bool,
+) -> tuple[IntArray, FloatArray, FloatArray]:
+    start = np.flatnonzero(first)
+    distinct = np.zeros(n_bus, dtype=np.intp)
+    distinct[bus[start]] = np.add.reduceat(new_price.view(np.int8), start, dtype=np.intp)
+    cum = np.cumsum(mw)
+    before = np.repeat(cum[start] - mw[start], np.diff(np.append(start, len(mw))))
+    total = np.bincount(bus, mw, minlength=n_bus)
+    within = cum - before - 0.5 * mw
+    band = np.minimum((within / total[bus] * max_blocks).astype(np.intp), max_blocks - 1)
+    big = distinct[bus] > max_blocks
+    new = first.copy()
+    new[1:] |= np.where(big[1:], band[1:] != band[:-1], new_price[1:])
+    starts = np.flatnonzero(new)
+    g_mw = np.add.reduceat(mw, starts)
+    g_price = np.add.reduceat(price * mw, starts) / g_mw
+    hi, lo = np.maximum.reduceat(price, starts), np.minimum.reduceat(price, starts)
+    g_price = np.where(hi == lo, hi, np.clip(g_price, lo, hi))
+    return bus[starts], g_price, g_mw
+
+
+def _reference_price_runs(
+    bus: IntArray, mw: FloatArray, new_price: NDArray[np.bool_]
+) -> offers.PriceRuns:
+    starts = np.flatnonzero(new_price)
+    length = np.diff(np.append(starts, len(mw)))
+    g_mw = np.add.reduceat(mw, starts)
+    g_bus = bus[starts]
+    before = np.cumsum(g_mw) - g_mw
+    first = np.flatnonzero(np.concatenate(([True], g_bus[1:] != g_bus[:-1])))
+    bus_first = np.repeat(first, np.diff(np.append(first, len(g_mw))))
+    before -= before[bus_first]
+    return offers.PriceRuns(length, g_bus, g_mw, before)
 
 
 def _reference_fill(offer: offers.FleetOffer, extra: FloatArray) -> FloatArray:
@@ -127,6 +180,9 @@ def _reference_response(self: thermal.ThermalLoads, g: FloatArray) -> tuple[Floa
 
 def _use_references(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(offers, "bus_price_order", _lexsort_order)
+    monkeypatch.setattr(offers, "_bus_price_sort", _lexsort_sort)
+    monkeypatch.setattr(offers, "_pool", _reference_pool)
+    monkeypatch.setattr(offers, "_price_runs", _reference_price_runs)
     monkeypatch.setattr(offers, "fill", _reference_fill)
     monkeypatch.setattr(prices, "order_stat", _reference_order_stat)
     monkeypatch.setattr(prices.Outlook, "order_stat_ahead", _reference_order_stat_ahead)
@@ -231,6 +287,33 @@ def test_the_fast_path_gives_the_reference_paths_bits_over_a_day(
     assert offers.bus_price_order is _lexsort_order  # the references are in place
     reference, _ = _day_digest()
     assert fast == reference
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_pooling_gives_the_reference_bits_whichever_buses_are_pooled(sparse: bool) -> None:
+    """Buses with more distinct prices than ``max_blocks`` (banded), fewer
+    (every price its own block), and both at once, with ties."""
+    rng = np.random.default_rng(3)
+    cases = ([40, 300, 7, 0, 90], [5, 9, 3], [200, 400, 100], [3000, 0, 2500, 0, 0], [0, 5000, 10])
+    for sizes in cases:  # the last two sort by integer keys (4,096 blocks or more)
+        bus = np.repeat(np.arange(len(sizes)), sizes)
+        price = np.round(rng.uniform(-20.0, 60.0, len(bus)), 1)
+        mw = rng.uniform(1e-6, 0.01, len(bus))
+        order, price, per_bus = offers._bus_price_sort(bus, price, len(sizes))
+        mw = mw[order]
+        assert per_bus.tolist() == sizes
+        first, new_price = offers._run_starts(bus, price)
+        args = (bus, price, mw, len(sizes), 16, first, new_price, per_bus)
+        got = offers._pool(*args, sparse)
+        want = _reference_pool(*args, sparse)
+        for a, b in zip(got, want, strict=True):
+            assert a.tobytes() == b.tobytes()
+        runs, ref = (
+            offers._price_runs(bus, mw, new_price),
+            _reference_price_runs(bus, mw, new_price),
+        )
+        for name in ("length", "bus", "mw", "before"):
+            assert getattr(runs, name).tobytes() == getattr(ref, name).tobytes()
 
 
 def test_block_order_resolves_prices_closer_than_its_key_keeps() -> None:

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from dsosim.federates.aggregator.group import BusSums, FloatArray, GroupOffer, IntArray
+from dsosim.federates.aggregator.group import (
+    BusSums,
+    FloatArray,
+    GroupOffer,
+    IntArray,
+    sorted_bus_sums,
+)
 from dsosim.federates.common.curves import PRICE_CAP, PRICE_FLOOR
 
 BoolArray = NDArray[np.bool_]
@@ -94,19 +100,22 @@ def assemble(
     dev_base = np.clip(np.concatenate([g.base for g in groups]), dev_lo, dev_hi)
     price = np.concatenate([g.price for g in groups])
     mw = np.concatenate([g.mw for g in groups])
-    keep = mw > EPS_MW
-    price = np.clip(price[keep], PRICE_FLOOR, PRICE_CAP)  # +inf (no later chance) -> the cap
-    mw, owner, bus = mw[keep], all_owner[keep], all_bus[keep]
-    order, price = _bus_price_sort(bus, price)
+    kept = np.flatnonzero(mw > EPS_MW)
+    price = price[kept]
+    np.clip(price, PRICE_FLOOR, PRICE_CAP, out=price)  # +inf (no later chance) -> the cap
+    order, price, per_bus = _bus_price_sort(all_bus[kept], price, n_bus)
+    kept = kept[order]  # the blocks kept, in order
+    mw, owner = mw[kept], all_owner[kept]
     # sorted by bus: the bus column is each bus repeated as often as it has blocks
-    bus = np.repeat(np.arange(n_bus), np.bincount(bus, minlength=n_bus))
-    mw, owner = mw[order], owner[order]
+    bus = np.repeat(np.arange(n_bus), per_bus)
     # the device range is its least net demand plus the blocks kept
     dev_hi = dev_lo + np.bincount(owner, mw, minlength=len(dev_lo))
     runs = None
     if len(mw):
         first, new_price = _run_starts(bus, price)
-        c_bus, c_price, c_mw = _pool(bus, price, mw, n_bus, max_blocks, first, new_price)
+        c_bus, c_price, c_mw = _pool(
+            bus, price, mw, n_bus, max_blocks, first, new_price, per_bus, bus_sums.sparse
+        )
         runs = _price_runs(bus, mw, new_price)
     else:
         c_bus, c_price, c_mw = bus, price, mw
@@ -146,11 +155,14 @@ def bus_price_order(bus: IntArray, price: FloatArray) -> IntArray:
     index order: such runs are found after the sort and re-sorted exactly.
     Falls back to ``lexsort`` for small inputs, NaN prices, negative buses,
     or too few bits left for the price."""
-    return _bus_price_sort(bus, price)[0]
+    return _bus_price_sort(bus, price, None)[0]
 
 
-def _bus_price_sort(bus: IntArray, price: FloatArray) -> tuple[IntArray, FloatArray]:
-    """:func:`bus_price_order` and the prices in that order."""
+def _bus_price_sort(
+    bus: IntArray, price: FloatArray, n_bus: int | None
+) -> tuple[IntArray, FloatArray, IntArray]:
+    """:func:`bus_price_order`, the prices in that order, and with ``n_bus``
+    the blocks per bus (read off the sorted keys; empty without ``n_bus``)."""
     n = len(price)
     neg = np.negative(price)
     neg += 0.0  # -0.0 -> 0.0 (lexsort compares them equal)
@@ -159,7 +171,8 @@ def _bus_price_sort(bus: IntArray, price: FloatArray) -> tuple[IntArray, FloatAr
     price_bits = 64 - index_bits - bus_bits
     if n < 4096 or np.isnan(neg.max()) or int(bus.min()) < 0 or price_bits < 24:
         order = np.lexsort((-price, bus))
-        return order, price[order]
+        per_bus = np.bincount(bus, minlength=n_bus) if n_bus is not None else np.zeros(0, np.intp)
+        return order, price[order], per_bus
     # order-preserving image: flip every bit of negative floats, only the sign of the others
     bits = neg.view(np.int64)
     image = bits >> 63
@@ -172,6 +185,13 @@ def _bus_price_sort(bus: IntArray, price: FloatArray) -> tuple[IntArray, FloatAr
     key |= np.arange(n, dtype=np.uint64)
     key.sort()
     order = (key & np.uint64((1 << index_bits) - 1)).view(np.int64).astype(np.intp, copy=False)
+    per_bus = np.zeros(0, dtype=np.intp)
+    if n_bus is not None:  # where each bus's keys start (buses < n_bus)
+        top = int(bus.max())
+        cuts = np.searchsorted(
+            key, np.arange(1, top + 1, dtype=np.uint64) << np.uint64(price_bits + index_bits)
+        )
+        per_bus = np.diff(np.concatenate(([0], cuts, np.full(n_bus - top, n))))
     # prices cut to the same top bits but not equal: re-sort those runs exactly
     key >>= np.uint64(index_bits)
     ordered = price[order]
@@ -179,7 +199,7 @@ def _bus_price_sort(bus: IntArray, price: FloatArray) -> tuple[IntArray, FloatAr
     suspect &= ordered[1:] != ordered[:-1]
     if suspect.any():
         _fix_near_ties(order, key, ordered, price, np.flatnonzero(suspect))
-    return order, ordered
+    return order, ordered, per_bus
 
 
 def _fix_near_ties(
@@ -209,7 +229,8 @@ def pool(
     if len(mw) == 0:
         return bus, price, mw
     first, new_price = _run_starts(bus, price)
-    return _pool(bus, price, mw, n_bus, max_blocks, first, new_price)
+    per_bus = np.bincount(bus, minlength=n_bus)
+    return _pool(bus, price, mw, n_bus, max_blocks, first, new_price, per_bus, False)
 
 
 def _run_starts(bus: IntArray, price: FloatArray) -> tuple[BoolArray, BoolArray]:
@@ -233,25 +254,60 @@ def _pool(
     max_blocks: int,
     first: BoolArray,
     new_price: BoolArray,
+    per_bus: IntArray,
+    sparse: bool,
 ) -> tuple[IntArray, FloatArray, FloatArray]:
+    """:func:`pool` of blocks sorted by bus (``per_bus`` of them at each bus),
+    given where each bus and each price starts; with ``sparse``, each bus's
+    total by :class:`BusSums`' sparse product (the same sum)."""
     start = np.flatnonzero(first)
     distinct = np.zeros(n_bus, dtype=np.intp)  # distinct prices per bus
     distinct[bus[start]] = np.add.reduceat(new_price.view(np.int8), start, dtype=np.intp)
-    cum = np.cumsum(mw)
-    before = np.repeat(cum[start] - mw[start], np.diff(np.append(start, len(mw))))
-    total = np.bincount(bus, mw, minlength=n_bus)
-    within = cum - before - 0.5 * mw  # quantity up to the middle of the block
-    band = np.minimum((within / total[bus] * max_blocks).astype(np.intp), max_blocks - 1)
-    big = distinct[bus] > max_blocks
-    # a new group at every new bus, and at a new price (small buses) or band (big ones)
-    new = first.copy()
-    new[1:] |= np.where(big[1:], band[1:] != band[:-1], new_price[1:])
+    big = distinct > max_blocks
+    if not big.any():  # every block of a price its own group, at every bus
+        new = new_price.copy()
+    else:
+        band = _bands(bus, mw, n_bus, max_blocks, start, per_bus, sparse)
+        # a new group at every new bus, and at a new price (small buses) or band (big ones)
+        new = first.copy()
+        if big.all():
+            new[1:] |= band[1:] != band[:-1]
+        else:
+            new[1:] |= np.where(np.repeat(big, per_bus)[1:], band[1:] != band[:-1], new_price[1:])
     starts = np.flatnonzero(new)
     g_mw = np.add.reduceat(mw, starts)
     g_price = np.add.reduceat(price * mw, starts) / g_mw
     hi, lo = np.maximum.reduceat(price, starts), np.minimum.reduceat(price, starts)
     g_price = np.where(hi == lo, hi, np.clip(g_price, lo, hi))
     return bus[starts], g_price, g_mw
+
+
+def _bands(
+    bus: IntArray,
+    mw: FloatArray,
+    n_bus: int,
+    max_blocks: int,
+    start: IntArray,
+    per_bus: IntArray,
+    sparse: bool,
+) -> IntArray:
+    """Each block's band: where the middle of its quantity falls along its bus's
+    total, in ``max_blocks`` equal parts (blocks sorted by bus, ``start`` the
+    first of each bus present)."""
+    cum = np.cumsum(mw)
+    before = np.repeat(cum[start] - mw[start], np.diff(np.append(start, len(mw))))
+    if sparse:
+        total = sorted_bus_sums(mw, per_bus)
+    else:
+        total = np.bincount(bus, mw, minlength=n_bus)
+    # quantity up to the middle of the block: cum - before - 0.5 * mw, in place
+    within = np.subtract(cum, before, out=before)
+    within -= np.multiply(mw, 0.5, out=cum)
+    within /= np.repeat(total, per_bus)
+    within *= max_blocks
+    band = within.astype(np.intp)
+    np.minimum(band, max_blocks - 1, out=band)
+    return band
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,10 +328,10 @@ def _price_runs(bus: IntArray, mw: FloatArray, new_price: BoolArray) -> PriceRun
     length = np.diff(np.append(starts, len(mw)))
     g_mw = np.add.reduceat(mw, starts)
     g_bus = bus[starts]
-    before = np.cumsum(g_mw) - g_mw  # taken before the run, counted over all buses
+    before = np.cumsum(g_mw)
+    before -= g_mw  # taken before the run, counted over all buses
     first = np.flatnonzero(np.concatenate(([True], g_bus[1:] != g_bus[:-1])))
-    bus_first = np.repeat(first, np.diff(np.append(first, len(g_mw))))
-    before -= before[bus_first]
+    before -= np.repeat(before[first], np.diff(np.append(first, len(g_mw))))
     return PriceRuns(length, g_bus, g_mw, before)
 
 
@@ -286,7 +342,10 @@ def fill(offer: FleetOffer, extra: FloatArray) -> FloatArray:
     runs = offer.runs
     if runs is None:
         return np.zeros(n_dev)
-    share = np.clip((extra[runs.bus] - runs.before) / runs.mw, 0.0, 1.0)
-    return np.bincount(
-        offer.blk_owner, offer.blk_mw * np.repeat(share, runs.length), minlength=n_dev
-    )
+    share = extra[runs.bus]
+    share -= runs.before
+    share /= runs.mw
+    np.clip(share, 0.0, 1.0, out=share)
+    taken = np.repeat(share, runs.length)
+    taken *= offer.blk_mw
+    return np.bincount(offer.blk_owner, taken, minlength=n_dev)
