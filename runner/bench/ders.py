@@ -12,10 +12,15 @@ noise, and per-bus prices that differ slightly (as DLMPs do). Building the
 set-points is the market's work and is not timed. The weather (pvlib) is
 prepared before timing starts, as the federation build does.
 
-It prints the fleet's memory (resident growth while building it, and the
-process's peak) and the CPU time per interval (on a busy machine the wall
-time includes waiting for a core). The last line gives the median wall time
-per interval.
+It prints the fleet's memory (resident growth while building it and after
+the run, and the process's peak) and the CPU time per interval (on a busy
+machine the wall time includes waiting for a core), next to a reference
+timed in the same run between intervals: ``np.lexsort`` and a cumulative sum
+over two random blocks per device (about what a 100,000-device interval
+offers), so a figure from a busy machine can be read against one from a
+quiet one. A fleet of ``group.SPARSE_FROM`` devices or more keeps freed
+memory, as its aggregator federate does (``aggregator.heap``). The last line
+gives the median wall time per interval.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dsosim.federates.aggregator.heap import keep_freed_memory
 from dsosim.federates.aggregator.population import HomeMix, home_devices
 from dsosim.federates.aggregator.solar import sky_table
 from dsosim.federates.aggregator.specs import FleetSpec, InflexibleLoadSpec, SiteSpec
+from dsosim.federates.common.arrays import FloatArray, IntArray
 
 MIX = HomeMix(pv=0.3, battery=0.1, ev=0.2, v2g=0.25, hvac=0.5, water_heater=0.3)
 DEVICES_PER_HOME = MIX.pv + MIX.battery + MIX.ev + MIX.hvac + MIX.water_heater
@@ -74,6 +80,23 @@ def build_fleet(devices: int, buses: int, *, seed: int, n_intervals: int) -> Fle
     return Fleet(spec, interval_s=300.0, n_intervals=n_intervals, seed=seed)
 
 
+REFERENCE_EVERY = 8
+"""Intervals between two timings of the reference work."""
+
+
+def _reference_blocks(n: int, buses: int, seed: int) -> tuple[IntArray, FloatArray, FloatArray]:
+    """Random blocks (bus, price, MW) for the reference work."""
+    rng = np.random.default_rng([seed, 17])
+    return rng.integers(0, buses, n), rng.uniform(-20.0, 80.0, n), rng.uniform(0.0, 0.01, n)
+
+
+def _reference_work(bus: IntArray, price: FloatArray, mw: FloatArray) -> float:
+    """Plain numpy on as many blocks as the fleet offers: the block order by
+    ``lexsort`` and a running total, what a fleet interval does once each."""
+    order = np.lexsort((-price, bus))
+    return float(np.cumsum(mw[order])[-1])
+
+
 def _rss_mb() -> float:
     """This process's resident memory now (Linux ``/proc``; 0 elsewhere)."""
     try:
@@ -105,8 +128,13 @@ def handle(args: argparse.Namespace) -> int:
         + (" (glibc declined)" if fleet.large and not kept else "")
     )
     rng = np.random.default_rng(args.seed)
-    times, cpu_times, blocks = [], [], 0
+    ref = _reference_blocks(2 * args.devices, len(fleet.buses), args.seed)
+    times, cpu_times, ref_times, blocks = [], [], [], 0
     for k in range(args.intervals):
+        if k % REFERENCE_EVERY == 0:  # between intervals, so both see the same machine
+            cpu = time.process_time()
+            _reference_work(*ref)
+            ref_times.append(time.process_time() - cpu)
         price = 30.0 + 20.0 * np.sin(2 * np.pi * (k / 288.0 - 0.25)) + rng.normal(0.0, 5.0)
         start, cpu = time.perf_counter(), time.process_time()
         bids = fleet.bids(k)
@@ -129,10 +157,16 @@ def handle(args: argparse.Namespace) -> int:
         f"cpu: median {statistics.median(cpu_ms):.2f} ms, p10 {cpu_ms[len(cpu_ms) // 10]:.2f} ms, "
         f"p90 {cpu_ms[(9 * len(cpu_ms)) // 10]:.2f} ms per interval (this process's CPU time)"
     )
+    ref_ms = statistics.median(ref_times) * 1000.0
+    print(
+        f"reference (same run): np.lexsort and a cumsum of {len(ref[0])} random blocks "
+        f"(2 per device), median {ref_ms:.2f} ms CPU; an interval takes "
+        f"{statistics.median(cpu_ms) / ref_ms:.2f} x the reference"
+    )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(
         f"memory: fleet {fleet_mb:.0f} MB (resident growth while building it, {build_s:.1f} s), "
-        f"process peak {peak_mb:.0f} MB"
+        f"{_rss_mb() - rss_before:.0f} MB after the run, process peak {peak_mb:.0f} MB"
     )
     print(
         f"ders: median {statistics.median(ms):.2f} ms per interval (bids + dispatch, "
