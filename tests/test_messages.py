@@ -37,6 +37,14 @@ CURVE = BidCurve(-1.5, ((40.0, 1.0), (25.0, 2.0), (-10.0, 0.5)))
         msg.PricedOn("lda1_imo", 3, 0),
         msg.LocationVoltages("lda1", 3, {"611": 1.041, "675": 0.987}),
         msg.TableRows("iso", 3, "market", ("interval", "lmp"), ((3, 31.25), (3, 30.0))),
+        msg.RowsBatch(
+            "iso",
+            3,
+            (
+                msg.TableRows("iso", 2, "imbalance", ("interval", "mw"), ((2, -1.5),)),
+                msg.TableRows("iso", 3, "market", ("interval", "lmp"), ((3, 31.25), (3, 30.0))),
+            ),
+        ),
     ],
 )
 def test_round_trip(record: msg.Message) -> None:
@@ -217,3 +225,44 @@ def test_location_voltages_must_be_plausible() -> None:
     )
     with pytest.raises(msg.MessageError, match=r"location_voltages.v_pu\[611\]: 0 pu"):
         msg.decode(raw, source="lda1")
+
+
+def test_result_rows_with_numpy_values_encode_as_their_python_values() -> None:
+    """Rows are packed as they are (no walk over every value): numpy scalars
+    and arrays give the bytes of the Python values they hold."""
+    import numpy as np
+
+    plain = ((4, "lda", 1.25, True, [1.0, 2.0], 7), (4, "lda", 0.5, False, [3.0], 8))
+    mixed = (
+        (np.int64(4), "lda", np.float64(1.25), np.bool_(True), np.array([1.0, 2.0]), np.int32(7)),
+        (4, np.str_("lda"), np.float32(0.5), False, (np.float64(3.0),), 8),
+    )
+    cols = ("interval", "dso", "x", "flag", "v", "n")
+    raw = msg.encode(msg.TableRows("lda", 4, "t", cols, mixed))
+    assert raw == msg.encode(msg.TableRows("lda", 4, "t", cols, plain))
+    with pytest.raises(TypeError, match="cannot encode object"):
+        msg.encode(msg.TableRows("lda", 4, "t", ("x",), ((object(),),)))
+
+
+@pytest.mark.parametrize(
+    ("parts", "where"),
+    [
+        ({"a": 1}, r"rows_batch.parts: must be a list of \[interval, table, columns, rows\]"),
+        ([[3, "market", ["interval"]]], r"rows_batch.parts\[0\]: must be \[interval"),
+        ([[3, "market", ["interval"], [[3]]], [2.5, "m", ["i"], []]], r"parts\[1\].interval"),
+        ([[3, "../x", ["interval"], [[3]]]], r"parts\[0\].table: '../x' is not a table name"),
+        ([[3, "market", ["interval", "lmp"], [[3, 1.0], [3]]]], r"parts\[0\].rows\[1\]: must"),
+    ],
+)
+def test_a_malformed_rows_batch_is_refused_naming_the_part(parts: object, where: str) -> None:
+    raw = msgpack.packb(
+        {
+            "v": msg.SCHEMA_VERSION,
+            "kind": "rows_batch",
+            "sender": "iso",
+            "interval": 3,
+            "parts": parts,
+        }
+    )
+    with pytest.raises(msg.MessageError, match=where):
+        msg.decode(raw, source="iso")

@@ -83,6 +83,7 @@ class FederateShell:
         HELICS's library is closed once, by the process, after all of them."""
         self.traffic = Traffic()
         self._seq = 0
+        self._rows: list[msg.TableRows] = []
         info = h.helicsCreateFederateInfo()
         h.helicsFederateInfoSetCoreTypeFromString(info, settings.core_type)
         if core is not None:  # a core the process made for several federates (core_init)
@@ -132,6 +133,7 @@ class FederateShell:
         """Block until the federation grants time ``t`` (exactly, we are
         uninterruptible). In real time, notes the wall time of the grant."""
         self.start()
+        self.send_rows()
         self.time = h.helicsFederateRequestTime(self._fed, t)
         if self.real_time:
             self._grants.append((self.time, time.perf_counter() - self._wall0))
@@ -155,19 +157,21 @@ class FederateShell:
     def record(
         self, interval: int, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
-        """Send rows of a results table to the recorder (if there is one)."""
+        """Rows of a results table for the recorder (if there is one): sent
+        with the others of this time step, in one message, when the federate
+        next asks for time (or closes), so at the same federation time as
+        one message per table and read by the recorder in the same order.
+        Values may be numpy scalars and arrays (``messages.encode``)."""
         if self.recorder is None or not rows:
             return
-        self.send(
-            self.recorder,
-            msg.TableRows(
-                self.name,
-                interval,
-                table,
-                tuple(columns),
-                tuple(tuple(_plain(v) for v in r) for r in rows),
-            ),
-        )
+        self._rows.append(msg.TableRows(self.name, interval, table, tuple(columns), rows))
+
+    def send_rows(self) -> None:
+        """Send the rows recorded since the last time step (one ``RowsBatch``)."""
+        if not self._rows or self.recorder is None:
+            return
+        parts, self._rows = tuple(self._rows), []
+        self.send(self.recorder, msg.RowsBatch(self.name, parts[0].interval, parts))
 
     def end_interval(self, interval: int) -> None:
         """Send this interval's bookkeeping to the recorder and reset it: the
@@ -200,6 +204,7 @@ class FederateShell:
 
     # -------------------------------------------------------------- closing
     def close(self) -> None:
+        self.send_rows()
         federate_log(self.name).info(finished_line())
         h.helicsFederateDisconnect(self._fed)
         h.helicsFederateFree(self._fed)
@@ -308,15 +313,6 @@ def federate_main(
         lambda shell: body(shell, config, args.name, base),
         run_folder=base,
     )
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and arrays to plain Python values msgpack can encode."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def run_federate(

@@ -92,15 +92,20 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(n + 1):
             shell.advance(at(k, Phase.RECORD, config.time))
             for m in shell.receive(allowed_senders=senders):
-                if not isinstance(m, msg.TableRows):
+                if isinstance(m, msg.RowsBatch):
+                    parts: tuple[msg.TableRows, ...] = m.parts
+                elif isinstance(m, msg.TableRows):
+                    parts = (m,)
+                else:
                     raise msg.MessageError(
                         m.sender, "kind", f"recorder only accepts rows, got {m.KIND}"
                     )
-                entitled(rc, m)
-                if m.table == "settlements":
-                    _add_settlements(store, m, bound, rc.name)
-                else:
-                    store.add(m.table, m.columns, m.rows)
+                for part in parts:
+                    entitled(rc, part)
+                    if part.table == "settlements":
+                        _add_settlements(store, part, bound, rc.name)
+                    else:
+                        store.add(part.table, part.columns, part.rows)
             own = shell.take_grants(k)
             if own:
                 store.add("realtime", REALTIME_COLUMNS, own)

@@ -55,6 +55,7 @@ class LocalShell(FederateShell):
         self.recorder = bus.recorder
         self.traffic = bus.traffic_for(name)
         self._seq = 0
+        self._rows: list[msg.TableRows] = []
         self.real_time = False
         self._grants: list[tuple[float, float]] = []
         self.time = 0.0
@@ -67,6 +68,7 @@ class LocalShell(FederateShell):
         return
 
     def advance(self, t: float) -> float:
+        self.send_rows()
         self._bus.yield_to_scheduler(self, t)
         self._go.acquire()
         self.time = t
@@ -86,7 +88,7 @@ class LocalShell(FederateShell):
         ]
 
     def close(self) -> None:
-        return
+        self.send_rows()
 
     def fail(self, text: str) -> None:
         return
@@ -169,9 +171,10 @@ class LocalBus:
         if interval > self._interval >= 0 and self._store is not None:
             self._rows.sort(key=lambda item: (item[0], item[1]))
             for sender, _, payload in self._rows:
-                rows = msg.decode(payload, source=sender)
-                assert isinstance(rows, msg.TableRows)
-                self._store.add(rows.table, rows.columns, rows.rows)
+                batch = msg.decode(payload, source=sender)
+                assert isinstance(batch, msg.RowsBatch)
+                for rows in batch.parts:
+                    self._store.add(rows.table, rows.columns, rows.rows)
             self._rows.clear()
             self._store.end_interval(self._interval)
         self._interval = max(self._interval, interval)
@@ -182,6 +185,7 @@ class LocalBus:
     def _body(self, shell: LocalShell, body: Callable[[LocalShell], None]) -> None:
         try:
             body(shell)
+            shell.close()  # as run_federate does: the last rows go out
         except BaseException as exc:  # reported by the scheduler thread
             self._errors.append(exc)
         finally:
