@@ -476,7 +476,7 @@ def _reach(
     base = grad @ offset
     hi = base + pos @ s_pos + neg @ s_neg
     lo = base + neg @ s_pos + pos @ s_neg
-    moves = np.any(grad[:, live] != 0.0, axis=1)
+    moves = np.any((grad != 0.0) & live, axis=1)
     return hi, lo, moves
 
 

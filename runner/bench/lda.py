@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hours", type=float, default=2.0, help="simulated hours recorded (default: %(default)s)"
     )
     parser.add_argument(
+        "--start-hour",
+        type=float,
+        default=None,
+        help="hour of the day the run starts (default: the scenario's; the feeders' limits "
+        "bind around midday, where the interface bids need LPs)",
+    )
+    parser.add_argument(
         "--repeats", type=int, default=3, help="replays of every call per side (default: 3)"
     )
 
@@ -78,14 +85,14 @@ def recording(calls: list[Call]) -> Iterator[None]:
             setattr(module, name, func)
 
 
-def record(scenario: str | Path, hours: float) -> list[Call]:
+def record(scenario: str | Path, hours: float, start_hour: float | None = None) -> list[Call]:
     """Run the scenario in one process and return the DMOs' calls in order."""
     from dsosim.runner.bench.inprocess import measure
     from dsosim.runner.build.federation import build
 
     calls: list[Call] = []
     with tempfile.TemporaryDirectory(prefix="dsosim-bench-lda-") as tmp:
-        build(scenario, tmp, hours=hours)
+        build(scenario, tmp, hours=hours, start_hour=start_hour)
         with recording(calls):
             measure(Path(tmp) / "federation.json", "roles")
     return calls
@@ -141,7 +148,7 @@ def handle(args: argparse.Namespace) -> int:
 
     print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min)")
     try:
-        calls = record(args.scenario, args.hours)
+        calls = record(args.scenario, args.hours, args.start_hour)
     except ScenarioError as exc:
         print(f"dsosim bench lda: {exc}", file=sys.stderr)
         return 2
@@ -151,7 +158,8 @@ def handle(args: argparse.Namespace) -> int:
     count = {kind: sum(1 for c in calls if c[0] == kind) for kind in KINDS}
     print(
         f"recorded {count['bid']} interface bids and {count['clear']} clearings "
-        f"({Path(args.scenario).name}, {args.hours:g} h)"
+        f"({Path(args.scenario).name}, {args.hours:g} h"
+        + (f" from {args.start_hour:g}:00)" if args.start_hour is not None else ")")
     )
     sides = {"reference": lda_reference, "current": lda_market}
     best: dict[str, Timing] = {}
