@@ -398,3 +398,23 @@ def test_reactive_derivatives_from_the_factorisation_match_finite_differences() 
     dss.Text.Command("set tolerance=0.0001")
     assert np.abs(a.dv_dp - b.dv_dp).max() <= 1e-4 * np.abs(b.dv_dp).max()
     assert np.abs(a.dpsub_dp - b.dpsub_dp).max() <= 1e-4
+
+
+def test_location_means_are_each_locations_mean_bit_for_bit() -> None:
+    """The closed loop averages every location's reading rows at once, grouped
+    by the number of readings (a three-phase and two single-phase buses on
+    IEEE 13); each row equals NumPy's mean over that location's readings to
+    the bit, so grouping changed no result."""
+    feeder = Feeder(ROOT / "configs" / "feeders" / "ieee13" / "Master.dss", name="ieee13")
+    buses = ["675", "611", "652"]
+    for bus in buses:
+        feeder.attach_der(bus, bus)
+    vv = VoltVar(feeder, buses, [0.5, 0.2, 0.0])
+    rows = np.random.default_rng(7).normal(size=(len(feeder.node_names), 5)) * 1e-3
+    means = vv._location_means(rows)
+    counts = set()
+    for k, bus in enumerate(buses):
+        idx = [i for i, n in enumerate(feeder.node_names) if n.split(".")[0] == bus]
+        counts.add(len(idx))
+        assert np.array_equal(means[k], rows[idx].mean(axis=0))
+    assert counts == {1, 3}

@@ -136,6 +136,17 @@ class VoltVar:
             out[positions] = v_pu[nodes].sum(axis=0) / nodes.shape[0]
         return out
 
+    def _location_means(self, rows: np.ndarray) -> np.ndarray:
+        """Mean over every location's readings of ``rows`` (one row per
+        reading, :attr:`FeederState.v_pu` order): (locations, columns), 0 at a
+        location without readings. Summed over the first axis and divided, as
+        ``np.mean(axis=0)`` does, so each row is bit for bit
+        ``rows[idx].mean(axis=0)``."""
+        out = np.zeros((len(self._nodes), *rows.shape[1:]))
+        for positions, nodes in self._by_count:
+            out[positions] = rows[nodes].sum(axis=0) / nodes.shape[0]
+        return out
+
     def curve(self, v_pu: np.ndarray) -> np.ndarray:
         """Reactive power injected, Mvar, at local voltages ``v_pu``."""
         return np.interp(v_pu, self.curve_v, self.curve_q) * self.ratings
@@ -221,8 +232,8 @@ class VoltVar:
             dv_q, dl_q, dp_q = (-x for x in analytic)
         else:
             dv_q, dl_q, dp_q = self._reactive_fd(state, on, delta_mvar)
-        a_p = np.array([np.asarray(sens.dv_dp)[self._nodes[j]].mean(axis=0) for j in on])
-        a_q = np.array([dv_q[self._nodes[j]].mean(axis=0) for j in on])
+        a_p = self._location_means(np.asarray(sens.dv_dp))[on]
+        a_q = self._location_means(dv_q)[on]
         gd = np.diag(g[on])
         k = np.linalg.solve(np.eye(len(on)) - gd @ a_q, gd @ a_p)  # dQ(on)/dP, Mvar/MW
         dv = np.asarray(sens.dv_dp) + dv_q @ k
