@@ -150,6 +150,7 @@ class PvSystems:
         self._orient_m = self.orient[m]
         self._pdc0_m, self._gamma_m = self.pdc0[m, None], self.gamma[m, None]
         self._rating_m = self.rating[m, None]
+        self._dc_rating_m = self._rating_m / ETA_INV_NOM
 
     def set_voltages(self, v_pu_by_bus: FloatArray) -> None:
         """Last known voltage (pu) at every bus of the fleet, for volt-var."""
@@ -182,12 +183,11 @@ class PvSystems:
             tc_o = cell_temperature(g_o, self.weather.temp_air[t][None, :])
             orient = self._orient_m
             if g_o.any():
-                g, tc = g_o[orient], tc_o[orient]  # (devices, samples)
-                pdc = dc_power(g, tc, self._pdc0_m, self._gamma_m)
-                free = ac_unclipped(pdc, self._rating_m)
+                free = self._ac_unclipped(g_o, tc_o)
                 pac = np.minimum(free, self._rating_m)
                 avail[m] = pac.mean(axis=1)
-                clipped[m] = (free - pac).mean(axis=1)
+                free -= pac
+                clipped[m] = free.mean(axis=1)
             else:  # night: no irradiance, so no DC power, no AC power, nothing clipped
                 avail[m] = 0.0
             poa[m], t_cell[m] = g_o.mean(axis=1)[orient], tc_o.mean(axis=1)[orient]
@@ -200,6 +200,26 @@ class PvSystems:
             "cell_temp_c": t_cell,
             "q_mvar": q,
         }
+
+    def _ac_unclipped(self, g_o: FloatArray, tc_o: FloatArray) -> FloatArray:
+        """``ac_unclipped(dc_power(...))`` of every modelled system, ``(devices,
+        samples)``, from the irradiance and cell temperature per orientation:
+        the same operations in the same order, in place on two arrays."""
+        pdc = g_o[self._orient_m]  # pdc0 * poa * 0.001 * (1 + gamma * (temp_cell - 25))
+        np.multiply(self._pdc0_m, pdc, out=pdc)
+        pdc *= 0.001
+        x = (tc_o - 25.0)[self._orient_m]
+        x *= self._gamma_m
+        x += 1.0
+        pdc *= x
+        zeta = np.divide(pdc, self._dc_rating_m, out=x)  # the inverter's part load
+        inv = np.divide(0.0059, zeta, out=np.zeros_like(zeta), where=zeta != 0.0)
+        eta = np.multiply(zeta, -0.0162, out=zeta)
+        eta -= inv
+        eta += 0.9858
+        eta *= ETA_INV_NOM / ETA_INV_REF
+        pdc *= eta
+        return np.maximum(pdc, 0.0, out=pdc)
 
     def offer(self, tick: Tick) -> GroupOffer:
         self._state = self._available(tick.t)
