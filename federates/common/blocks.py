@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -48,10 +49,7 @@ def flatten(
     n = len(positions)
     base = np.zeros(n)
     has_curve = np.zeros(n, dtype=bool)
-    curve_of: list[int] = []
-    place_of: list[int] = []
-    price: list[float] = []
-    size: list[float] = []
+    pos_of = np.empty(len(curves), dtype=np.int64)
     for c, placed in enumerate(curves):
         try:
             pos = positions.get(placed.at)
@@ -63,16 +61,16 @@ def flatten(
             )
         has_curve[pos] = True
         base[pos] += placed.curve.base_mw
-        for p, mw in placed.curve.blocks:
-            curve_of.append(c)
-            place_of.append(pos)
-            price.append(p)
-            size.append(mw)
+        pos_of[c] = pos
+    # the blocks in one pass in C (a curve's blocks are validated (price, mw) pairs)
+    counts = np.fromiter((len(placed.curve.blocks) for placed in curves), np.int64, len(curves))
+    values = chain.from_iterable(chain.from_iterable(placed.curve.blocks for placed in curves))
+    pairs = np.fromiter(values, float, 2 * int(counts.sum())).reshape(-1, 2)
     return Blocks(
-        curve=np.asarray(curve_of, dtype=np.int64),
-        place=np.asarray(place_of, dtype=np.int64),
-        price=np.asarray(price, dtype=float),
-        mw=np.asarray(size, dtype=float),
+        curve=np.repeat(np.arange(len(curves), dtype=np.int64), counts),
+        place=np.repeat(pos_of, counts),
+        price=pairs[:, 0].copy(),
+        mw=pairs[:, 1].copy(),
         base_mw=base,
         has_curve=has_curve,
     )

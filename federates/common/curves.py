@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Generic, TypeVar
 
 PRICE_FLOOR = -1000.0
@@ -101,7 +102,7 @@ class BidCurve:
     @property
     def max_mw(self) -> float:
         """Net demand at the price floor (the most the bidder will take)."""
-        return self.base_mw + sum(mw for _, mw in self.blocks)
+        return self.base_mw + sum(map(itemgetter(1), self.blocks))  # the blocks in order
 
     def quantity_at(self, price: float) -> float:
         """Net demand, MW, at a given price (blocks priced >= price are taken)."""

@@ -1,0 +1,77 @@
+"""Curve flattening (common/blocks.py) and BidCurve.max_mw: bit for bit what
+the plain per-block loops they replaced give (kept here as the reference)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dsosim.federates.common.blocks import PlacementError, flatten
+from dsosim.federates.common.curves import BidCurve, PlacedCurve
+
+
+def _flatten_loop(curves, positions):  # the loop flatten was before it went to numpy
+    base = np.zeros(len(positions))
+    has_curve = np.zeros(len(positions), dtype=bool)
+    curve_of, place_of, price, size = [], [], [], []
+    for c, placed in enumerate(curves):
+        pos = positions[placed.at]
+        has_curve[pos] = True
+        base[pos] += placed.curve.base_mw
+        for p, mw in placed.curve.blocks:
+            curve_of.append(c)
+            place_of.append(pos)
+            price.append(p)
+            size.append(mw)
+    return (
+        np.asarray(curve_of, dtype=np.int64),
+        np.asarray(place_of, dtype=np.int64),
+        np.asarray(price, dtype=float),
+        np.asarray(size, dtype=float),
+        base,
+        has_curve,
+    )
+
+
+def _curves(rng: np.random.Generator, n_curves: int, max_blocks: int) -> list[PlacedCurve[str]]:
+    out = []
+    for c in range(n_curves):
+        n = int(rng.integers(0, max_blocks + 1))
+        prices = np.sort(rng.uniform(-50.0, 300.0, n))[::-1].tolist()
+        if n and c % 3 == 0:
+            prices[0] = math.ceil(prices[0])  # an int price, as a hand-written curve may have
+        mws = rng.uniform(1e-4, 3.0, n).tolist()
+        curve = BidCurve(float(rng.normal(0.0, 5.0)), tuple(zip(prices, mws, strict=True)))
+        out.append(PlacedCurve(f"p{int(rng.integers(0, 7))}", curve, f"owner{c}"))
+    return out
+
+
+@pytest.mark.parametrize(("n_curves", "max_blocks"), [(0, 0), (1, 0), (8, 300), (250, 4)])
+def test_flatten_is_the_per_block_loop(n_curves: int, max_blocks: int) -> None:
+    rng = np.random.default_rng(n_curves + max_blocks)
+    positions = {f"p{i}": i for i in range(7)}
+    curves = _curves(rng, n_curves, max_blocks)
+    got = flatten(curves, positions, "place", "test")
+    want = _flatten_loop(curves, positions)
+    fields = (got.curve, got.place, got.price, got.mw, got.base_mw, got.has_curve)
+    for name, a, b in zip(
+        ("curve", "place", "price", "mw", "base", "has"), fields, want, strict=True
+    ):
+        assert a.dtype == b.dtype, name
+        assert a.shape == b.shape, name
+        assert a.tobytes() == b.tobytes(), name
+
+
+def test_flatten_names_a_curve_at_an_unknown_place() -> None:
+    curves = [PlacedCurve("p9", BidCurve(1.0, ((10.0, 1.0),)), "lda3")]
+    with pytest.raises(PlacementError, match="curve 0 of 'lda3': place 'p9' is not a place of x"):
+        flatten(curves, {"p0": 0}, "place", "x")
+
+
+def test_max_mw_is_the_sum_in_block_order() -> None:
+    rng = np.random.default_rng(5)
+    for placed in _curves(rng, 40, 300):
+        curve = placed.curve
+        assert curve.max_mw == curve.base_mw + sum(mw for _, mw in curve.blocks)
