@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         store.claim()
         guard.append(guardian.start(store.dir))
         # Imported once the federation runs, not at the process's start (where
-        # they would take a second of CPU from the other federates' start-up:
-        # no federate waits for the recorder, an observer), and not at the
+        # they would take a second of CPU from the other federates' start-up;
+        # the federation's first RECORD is a few sub-steps away), and not at the
         # first flush or summary either: when a federate fails, helics run
         # stops the recorder soon after, and its last flush must not wait on
         # an import.
@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_federate(
         rc.name,
-        # an observer: no federate waits for the recorder's grants, so writing
-        # the results is off the federation's critical path (it trails behind)
-        lambda: FederateShell(rc.name, config.helics, recorder=None, observer=True),
+        # in lock-step, not a HELICS observer: an observer trails the federation,
+        # and when a federate fails, the rows it had not yet read are lost
+        lambda: FederateShell(rc.name, config.helics, recorder=None),
         body,
         on_error,
         run_folder=base,
