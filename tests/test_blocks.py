@@ -75,3 +75,70 @@ def test_max_mw_is_the_sum_in_block_order() -> None:
     for placed in _curves(rng, 40, 300):
         curve = placed.curve
         assert curve.max_mw == curve.base_mw + sum(mw for _, mw in curve.blocks)
+
+
+def _outcome(base: object, blocks: object) -> str:
+    try:
+        BidCurve(base, blocks)  # type: ignore[arg-type]
+    except Exception as exc:  # the outcome itself is compared
+        return f"{type(exc).__name__}: {exc}"
+    return "valid"
+
+
+def _long_curves() -> list[tuple[object, list[object]]]:
+    rng = np.random.default_rng(11)
+    n = 64
+    good = list(
+        zip(
+            np.sort(rng.uniform(-900, 9000, n))[::-1].tolist(),
+            rng.uniform(0.1, 5, n).tolist(),
+            strict=True,
+        )
+    )
+    cases: list[tuple[object, list[object]]] = [
+        (3.0, list(good)),
+        (-2, list(good)),
+        (0.0, [(50, 1)] * n),
+    ]
+    bad_blocks: list[object] = [
+        (math.nan, 1.0),
+        (10.0, math.inf),
+        (True, 1.0),
+        (np.float64(10.0), 1.0),
+        (10.0, 0.0),
+        (10.0, -1.0),
+        (20000.0, 1.0),
+        (-2000.0, 1.0),
+        (10.0, 1.0, 2.0),
+        (10.0,),
+        "ab",
+        7,
+        ("10", 1.0),
+        (10**400, 1.0),
+        (10.0, 2e5),
+    ]
+    for i, block in enumerate(bad_blocks):
+        blocks = list(good)
+        blocks[(7 * i) % n] = block
+        cases.append((1.0, blocks))
+    swapped = list(good)
+    swapped[10], swapped[11] = swapped[11], swapped[10]  # not monotonic
+    cases.append((1.0, swapped))
+    for base in (math.nan, True, 2e5, "1", 10**400, 99_999.0):  # the last: the total too large
+        cases.append((base, list(good)))
+    return cases
+
+
+def test_long_curves_checked_at_once_exactly_as_block_by_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dsosim.federates.common import curves
+
+    cases = _long_curves()
+    at_once = [_outcome(base, tuple(blocks)) for base, blocks in cases]
+    assert [curves._plainly_valid(base, tuple(b)) for base, b in cases[:3]] == [True] * 3  # type: ignore[arg-type]
+    monkeypatch.setattr(curves, "_CHECK_AT_ONCE", 10**9)
+    one_by_one = [_outcome(base, tuple(blocks)) for base, blocks in cases]
+    assert at_once == one_by_one
+    assert at_once[:3] == ["valid"] * 3
+    assert all(o != "valid" for o in at_once[3:]), at_once
