@@ -157,6 +157,9 @@ class WholesaleMarket:
             raise ValueError(f"ISO {config.name!r}: {exc}") from None
         self._opfs: dict[frozenset[int], DcOpf] = {frozenset(): self.opf}
         self.bus_index = {int(b): i for i, b in enumerate(self.case.bus_ids)}
+        # the settlement parties of the case's loads and generators, made once
+        self._load_party = [Party.load(int(b)) for b in self.case.bus_ids]
+        self._gen_party = [Party.gen(g) for g in range(self.case.n_gen)]
         for iface in config.interfaces:
             if iface.td_bus not in self.bus_index:
                 raise ValueError(
@@ -453,7 +456,7 @@ class WholesaleMarket:
                         h,
                     )
                 )
-        for i, bus in enumerate(self.case.bus_ids):
+        for i in range(self.case.n_bus):
             da_load = (
                 (float(day.served[p, i]), float(day.result.periods[p].lmp[i]))
                 if day is not None
@@ -461,7 +464,7 @@ class WholesaleMarket:
             )
             if served[i] != 0.0 or da_load is not None:
                 self._settle(
-                    pay, k, Party.load(int(bus)), ISO, float(served[i]), float(lmp[i]), da_load
+                    pay, k, self._load_party[i], ISO, float(served[i]), float(lmp[i]), da_load
                 )
         gen_rows: Rows = []
         for g, (bus, mw) in enumerate(zip(self.case.gen_bus, res.gen_mw, strict=True)):
@@ -473,7 +476,7 @@ class WholesaleMarket:
                 else None
             )
             if mw != 0.0 or da_gen is not None:
-                self._settle(pay, k, ISO, Party.gen(g), float(mw), float(lmp[at_bus]), da_gen)
+                self._settle(pay, k, ISO, self._gen_party[g], float(mw), float(lmp[at_bus]), da_gen)
         out.tables["market"] = (
             MARKET_COLUMNS,
             [

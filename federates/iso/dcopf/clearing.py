@@ -874,7 +874,10 @@ class DcOpf:
     def _load_bid_columns(self, cols: np.ndarray, price: np.ndarray, mw: np.ndarray) -> None:
         """Re-price and re-bound the pool: this interval's groups get
         ``cost = -price`` and ``[0, mw]``; last interval's other columns are
-        switched off (``[0, 0]``, cost 0)."""
+        switched off (``[0, 0]``, cost 0). Columns are passed to HiGHS in
+        increasing order (it sorts them otherwise)."""
+        order = np.argsort(cols)
+        cols, price, mw = cols[order], price[order], mw[order]
         stale = np.setdiff1d(self._active_bid_cols, cols, assume_unique=True).astype(np.int32)
         z = np.zeros(len(stale))
         changes = ((stale, z, z, z), (cols, -price, np.zeros(len(cols)), mw))
@@ -890,7 +893,7 @@ class DcOpf:
                 if here.any():
                     self._mirror.change_costs(which[here], cost[here])
                     self._mirror.change_bounds(which[here], lower[here], upper[here])
-        self._active_bid_cols = np.sort(cols)
+        self._active_bid_cols = cols
 
     # ------------------------------------------------------------------ results
 
