@@ -1,5 +1,7 @@
 """Curve flattening (common/blocks.py) and BidCurve.max_mw: bit for bit what
-the plain per-block loops they replaced give (kept here as the reference)."""
+the plain per-block loops they replaced give (the flattening's is kept as the
+benchmark's reference, runner/bench/iso_reference.py); long curves checked at
+once exactly as block by block."""
 
 from __future__ import annotations
 
@@ -10,29 +12,7 @@ import pytest
 
 from dsosim.federates.common.blocks import PlacementError, flatten
 from dsosim.federates.common.curves import BidCurve, PlacedCurve
-
-
-def _flatten_loop(curves, positions):  # the loop flatten was before it went to numpy
-    base = np.zeros(len(positions))
-    has_curve = np.zeros(len(positions), dtype=bool)
-    curve_of, place_of, price, size = [], [], [], []
-    for c, placed in enumerate(curves):
-        pos = positions[placed.at]
-        has_curve[pos] = True
-        base[pos] += placed.curve.base_mw
-        for p, mw in placed.curve.blocks:
-            curve_of.append(c)
-            place_of.append(pos)
-            price.append(p)
-            size.append(mw)
-    return (
-        np.asarray(curve_of, dtype=np.int64),
-        np.asarray(place_of, dtype=np.int64),
-        np.asarray(price, dtype=float),
-        np.asarray(size, dtype=float),
-        base,
-        has_curve,
-    )
+from dsosim.runner.bench import iso_reference
 
 
 def _curves(rng: np.random.Generator, n_curves: int, max_blocks: int) -> list[PlacedCurve[str]]:
@@ -54,11 +34,9 @@ def test_flatten_is_the_per_block_loop(n_curves: int, max_blocks: int) -> None:
     positions = {f"p{i}": i for i in range(7)}
     curves = _curves(rng, n_curves, max_blocks)
     got = flatten(curves, positions, "place", "test")
-    want = _flatten_loop(curves, positions)
-    fields = (got.curve, got.place, got.price, got.mw, got.base_mw, got.has_curve)
-    for name, a, b in zip(
-        ("curve", "place", "price", "mw", "base", "has"), fields, want, strict=True
-    ):
+    ref = iso_reference.flatten(curves, positions, "place", "test")
+    for name in ("curve", "place", "price", "mw", "base_mw", "has_curve"):
+        a, b = getattr(got, name), getattr(ref, name)
         assert a.dtype == b.dtype, name
         assert a.shape == b.shape, name
         assert a.tobytes() == b.tobytes(), name
