@@ -80,6 +80,10 @@ def _long_curves() -> list[tuple[object, list[object]]]:
     ]
     bad_blocks: list[object] = [
         (math.nan, 1.0),
+        (math.inf, 1.0),
+        (-math.inf, 1.0),
+        (10.0, -math.inf),
+        (10.0, math.nan),
         (10.0, math.inf),
         (True, 1.0),
         (np.float64(10.0), 1.0),

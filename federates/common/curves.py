@@ -163,8 +163,9 @@ class PlacedCurve(Generic[Place]):
     owner: str = ""
 
 
-_CHECK_AT_ONCE = 32
-"""Curves with at least this many blocks are checked with numpy first."""
+_CHECK_AT_ONCE = 64
+"""Curves with at least this many blocks are checked with numpy first (below, the
+loop is as fast: measured by `dsosim bench iso`'s last line and by hand)."""
 
 
 def _plainly_valid(base_mw: float, blocks: tuple[tuple[float, float], ...]) -> bool:
@@ -186,10 +187,11 @@ def _plainly_valid(base_mw: float, blocks: tuple[tuple[float, float], ...]) -> b
         return False
     price, mw = values[0::2], values[1::2]
     # the running total exactly as validate adds it: |base| first, then block by block
-    total = np.cumsum(np.r_[start, mw])[-1]
+    total = np.cumsum(np.concatenate(([start], mw)))[-1]
+    # NaN fails every comparison (min and max propagate it), an infinite price
+    # the range and an infinite quantity the total: no separate finiteness test
     return bool(
-        np.isfinite(values).all()
-        and price.min() >= PRICE_FLOOR
+        price.min() >= PRICE_FLOOR
         and price.max() <= PRICE_CAP
         and mw.min() > 0.0
         and not (price[1:] > price[:-1]).any()
