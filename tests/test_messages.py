@@ -266,3 +266,43 @@ def test_a_malformed_rows_batch_is_refused_naming_the_part(parts: object, where:
     )
     with pytest.raises(msg.MessageError, match=where):
         msg.decode(raw, source="iso")
+
+
+def _decoded(raw: bytes) -> str:
+    try:
+        m = msg.decode(raw, source="lda1")
+    except msg.MessageError as exc:
+        return f"refused: {exc}"
+    assert isinstance(m, msg.InterfaceBid)
+    assert all(type(x) is float for block in m.curve.blocks for x in block)
+    return repr(m.curve)
+
+
+def test_curve_blocks_read_at_once_exactly_as_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    good = [[100.0 - 0.5 * i, 0.01 + 0.001 * i] for i in range(80)]
+    bads: list[object] = [
+        7,
+        [30.0],
+        [30.0, 1.0, 2.0],
+        (30.0, 1.0),
+        [30, 1.0],
+        [30.0, 1],
+        [True, 1.0],
+        [math.nan, 1.0],
+        [30.0, math.inf],
+        [30.0, -1.0],
+        ["30", 1.0],
+        [None, 1.0],
+    ]
+    blocks_variants = [good, [], [[30.0, 1.0]]]
+    for bad in bads:  # last, below every other price: only the block itself is wrong
+        blocks_variants.append([*good, bad])
+    raws = [_raw(curve=[1.5, blocks]) for blocks in blocks_variants]
+    at_once = [_decoded(raw) for raw in raws]
+    assert msg._plain_pairs(good) is not None
+    monkeypatch.setattr(msg, "_plain_pairs", lambda raw: None)
+    one_by_one = [_decoded(raw) for raw in raws]
+    assert at_once == one_by_one
+    assert [o.startswith("refused") for o in at_once[:3]] == [False] * 3
+    # a tuple travels as a list, an int is a number (read as a float by the loop)
+    assert sum(o.startswith("refused") for o in at_once[3:]) == len(bads) - 3

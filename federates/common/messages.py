@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import chain
 from typing import Any, ClassVar
 
 import msgpack
@@ -499,16 +500,18 @@ class _Reader:
                 f"{name}.blocks", f"{len(value[1])} blocks; at most {max_blocks} are accepted"
             )
         base = self.number(f"{name}.base_mw", value[0])
-        blocks = []
-        for i, block in enumerate(value[1]):
-            if not (isinstance(block, list) and len(block) == 2):
-                raise self.fail(f"{name}.blocks[{i}]", "must be a [price, mw] pair")
-            blocks.append(
-                (
-                    self.number(f"{name}.blocks[{i}].price", block[0]),
-                    self.number(f"{name}.blocks[{i}].mw", block[1]),
+        blocks = _plain_pairs(value[1])
+        if blocks is None:
+            blocks = []
+            for i, block in enumerate(value[1]):
+                if not (isinstance(block, list) and len(block) == 2):
+                    raise self.fail(f"{name}.blocks[{i}]", "must be a [price, mw] pair")
+                blocks.append(
+                    (
+                        self.number(f"{name}.blocks[{i}].price", block[0]),
+                        self.number(f"{name}.blocks[{i}].mw", block[1]),
+                    )
                 )
-            )
         try:
             return BidCurve(base, tuple(blocks))
         except CurveError as exc:
@@ -527,6 +530,19 @@ class _Reader:
                 if abs(v) > bound:
                     raise self.fail(f"{name}[{k}]", f"|{v:g}| MW exceeds {bound:g} MW")
         return out
+
+
+def _plain_pairs(raw: list[Any]) -> list[tuple[float, float]] | None:
+    """The blocks as ``(price, mw)`` tuples when every one is a ``[float, float]``
+    pair of finite floats, the case of every well-formed message (what
+    ``_Reader.number`` returns for them, without a call per value); else None,
+    and the blocks are read one by one so that an error names the first bad one."""
+    if set(map(type, raw)) - {list} or set(map(len, raw)) - {2}:
+        return None
+    values = list(chain.from_iterable(raw))
+    if set(map(type, values)) - {float} or not all(map(math.isfinite, values)):
+        return None
+    return list(map(tuple, raw))
 
 
 def decode(raw: bytes, *, source: str, allowed_senders: Sequence[str] | None = None) -> Message:

@@ -15,8 +15,9 @@ median after the first ``--warm`` clears.
 A second reference times the same clears with the curve flattening as it
 was before it went to numpy (``iso_reference.flatten``: one Python append per
 block), so the gain of that change shows in the same run ("loop flatten");
-and a last line times checking one interface curve's blocks (BidCurve's
-validation) at once against block by block.
+and the last lines time checking one interface curve's blocks (BidCurve's
+validation) at once against block by block, and decoding the interface bids
+from the wire with their blocks read at once against one by one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import timeit
 import numpy as np
 
 from dsosim.federates.common import curves as curves_module
+from dsosim.federates.common import messages as msg
 from dsosim.federates.common.curves import BidCurve
 from dsosim.federates.iso.case import load_case
 from dsosim.federates.iso.dcopf import BusCurve, DcOpf, clearing
@@ -130,7 +132,37 @@ def handle(args: argparse.Namespace) -> int:
         "flattening, LMPs bit for bit the same; the last reference's QP holds every bid column)"
     )
     print(_validation_line(args.blocks, args.seed))
+    print(_decode_line(max(counts), args.blocks, args.seed))
     return 0
+
+
+def _decode_line(n_lda: int, blocks: int, seed: int) -> str:
+    """Milliseconds for the ISO to decode ``n_lda`` interface bids from the
+    wire, the blocks read at once against one by one (same messages)."""
+    curves = _inputs(n_lda, blocks, 1, seed)[0][1]
+    raws = [(msg.encode(msg.InterfaceBid(c.owner, 0, c.at, c.curve)), c.owner) for c in curves]
+
+    def per_interval() -> float:
+        number = 20
+        runs = timeit.repeat(
+            lambda: [msg.decode(raw, source=sender) for raw, sender in raws],
+            number=number,
+            repeat=5,
+        )
+        return 1e3 * min(runs) / number
+
+    at_once = per_interval()
+    plain_pairs = msg._plain_pairs
+    msg._plain_pairs = lambda raw: None
+    try:
+        one_by_one = per_interval()
+    finally:
+        msg._plain_pairs = plain_pairs
+    return (
+        f"decoding {n_lda} interface bids of {blocks} blocks: {at_once:.2f} ms with the blocks "
+        f"read at once, {one_by_one:.2f} ms one by one (ratio {one_by_one / at_once:.2f}; "
+        "wall, best of 5)"
+    )
 
 
 def _validation_line(blocks: int, seed: int) -> str:
