@@ -193,14 +193,20 @@ class FederateShell:
 
     def receive(self, allowed_senders: Sequence[str] | None = None) -> list[msg.Message]:
         """All messages delivered so far, validated, in a deterministic order."""
+        return [
+            msg.decode(data, source=src, allowed_senders=allowed_senders)
+            for src, data in self.receive_raw()
+        ]
+
+    def receive_raw(self) -> list[tuple[str, bytes]]:
+        """All messages delivered so far as (sender, bytes), not yet decoded,
+        sorted by (sender, arrival order): the order :meth:`receive` gives."""
         raw: list[tuple[str, int, bytes]] = []
         while h.helicsEndpointHasMessage(self._endpoint):
             m = h.helicsEndpointGetMessage(self._endpoint)
             raw.append((sender_of(m), len(raw), message_bytes(m)))
         raw.sort(key=lambda item: (item[0], item[1]))
-        return [
-            msg.decode(data, source=src, allowed_senders=allowed_senders) for src, _, data in raw
-        ]
+        return [(src, data) for src, _, data in raw]
 
     # -------------------------------------------------------------- closing
     def close(self) -> None:

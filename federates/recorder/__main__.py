@@ -8,8 +8,12 @@ what it has and a ``summary.json`` saying whether the run is complete.
 from __future__ import annotations
 
 import argparse
+import queue
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from typing import Any
 
 from dsosim.federates.common import ledger
 from dsosim.federates.common import messages as msg
@@ -49,6 +53,47 @@ def entitled(rc: RecorderConfig, m: msg.TableRows) -> None:
                     f"rows[{i}].market",
                     f"may not book settlements in market {row[at]!r}",
                 )
+
+
+class Writer:
+    """Decodes, checks and stores each RECORD's rows in a thread of its own,
+    in order, while the recorder's federate already waits for its next grant:
+    its RECORD step only collects the messages' bytes, so the rows' work
+    (msgpack, checks, Arrow, Parquet) overlaps the federation's next
+    interval instead of holding it (HELICS calls release the interpreter's
+    lock). The recorder stays in lock-step: everything sent before a failure
+    was received and is written before the results are closed."""
+
+    def __init__(self, write: Callable[..., None]) -> None:
+        self._write = write
+        self._jobs: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="recorder-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, *job: Any) -> None:
+        self._jobs.put(job)
+
+    def check(self) -> None:
+        """Raise the writer's failure, if it had one (rows it refused)."""
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Wait until every queued step is written; raise the writer's failure."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        self.check()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self.error is not None:
+                continue  # after a failure the rest is dropped, as it would be unread
+            try:
+                self._write(*job)
+            except BaseException as exc:
+                self.error = exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,34 +138,38 @@ def main(argv: list[str] | None = None) -> int:
         # One extra step after the last interval: the ISO settles the last
         # interval's imbalance at the start of the next one.
         for k in range(n + 1):
+            writer.check()  # rows it refused stop the federation
             shell.advance(at(k, Phase.RECORD, config.time))
-            for m in shell.receive(allowed_senders=senders):
-                if isinstance(m, msg.RowsBatch):
-                    parts: tuple[msg.TableRows, ...] = m.parts
-                elif isinstance(m, msg.TableRows):
-                    parts = (m,)
-                else:
-                    raise msg.MessageError(
-                        m.sender, "kind", f"recorder only accepts rows, got {m.KIND}"
-                    )
-                for part in parts:
-                    entitled(rc, part)
-                    if part.table == "settlements":
-                        _add_settlements(store, part, bound, rc.name)
-                    else:
-                        store.add(part.table, part.columns, part.rows)
-            own = shell.take_grants(k)
-            if own:
-                store.add("realtime", REALTIME_COLUMNS, own)
-            state["interval"] = k
-            store.end_interval(k)
-            if k < n and ((k + 1) % rc.flush_every == 0 or k + 1 == n):
-                log.info("progress %d/%d", k + 1, n)
+            writer.put(k, shell.receive_raw(), shell.take_grants(k))
+        writer.close()
         log.info(stamp("intervals done"))  # dsosim bench scale
         summary = store.finish(complete=True, error=None, summarise=summarise)
         log.info("results complete: %s intervals", summary.get("intervals"))
 
+    def write(k: int, raw: list[tuple[str, bytes]], own: list[tuple[Any, ...]]) -> None:
+        """RECORD of interval ``k``: its rows decoded, checked and stored."""
+        n = config.time.n_intervals
+        for src, data in raw:
+            for part in _parts(msg.decode(data, source=src, allowed_senders=senders)):
+                entitled(rc, part)
+                if part.table == "settlements":
+                    _add_settlements(store, part, bound, rc.name)
+                else:
+                    store.add(part.table, part.columns, part.rows)
+        if own:
+            store.add("realtime", REALTIME_COLUMNS, own)
+        state["interval"] = k
+        store.end_interval(k)
+        if k < n and ((k + 1) % rc.flush_every == 0 or k + 1 == n):
+            log.info("progress %d/%d", k + 1, n)
+
+    writer = Writer(write)
+
     def on_error(text: str) -> None:
+        try:
+            writer.close()  # what was received is written
+        except Exception:
+            pass  # the writer's own failure: already the reason we stop
         store.finish(
             complete=False,
             error=f"stopped at interval {state['interval'] + 1}: {text}",
@@ -136,6 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         on_error,
         run_folder=base,
     )
+
+
+def _parts(m: msg.Message) -> tuple[msg.TableRows, ...]:
+    """The tables of a rows message (one, or a batch's)."""
+    if isinstance(m, msg.RowsBatch):
+        return m.parts
+    if isinstance(m, msg.TableRows):
+        return (m,)
+    raise msg.MessageError(m.sender, "kind", f"recorder only accepts rows, got {m.KIND}")
 
 
 def _add_settlements(
