@@ -95,15 +95,14 @@ def branch_currents(
     return _branch_currents_any(v, branches, p_w, q_var)
 
 
-def _branch_currents_pzi(
+def _load_terms(
     v: np.ndarray, br: PhaseBranches, p_w: np.ndarray, q_var: np.ndarray
-) -> np.ndarray:
-    """:func:`branch_currents` of constant-power, -impedance and -current
-    branches (models 1, 2, 5: a feeder's usual loads and every DER) by the
-    same expressions, computing only those of the models present (the same
-    currents to the bit: every operation is element by element; a test
-    holds the two equal in every zone)."""
-    m = br.model
+) -> tuple[np.ndarray, ...]:
+    """What every load model's current is built of, per branch: its share of
+    the load's P and Q (W, var) and their complex sum, the base voltage, the
+    admittance at it, the voltage's magnitude and unit phasor (0 at a dead
+    node), the low-voltage, vminpu and vmaxpu thresholds (V), the current at
+    the first, and the span between the first two."""
     p0 = p_w[br.load] * br.share
     q0 = q_var[br.load] * br.share
     s0 = p0 + 1j * q0
@@ -115,6 +114,19 @@ def _branch_currents_pzi(
     v_low, v95, v105 = br.vlow * vb, br.vmin * vb, br.vmax * vb
     i_low = y * v_low
     span = np.where(v95 > v_low, v95 - v_low, 1.0)
+    return p0, q0, s0, vb, y, mag, unit, v_low, v95, v105, i_low, span
+
+
+def _branch_currents_pzi(
+    v: np.ndarray, br: PhaseBranches, p_w: np.ndarray, q_var: np.ndarray
+) -> np.ndarray:
+    """:func:`branch_currents` of constant-power, -impedance and -current
+    branches (models 1, 2, 5: a feeder's usual loads and every DER) by the
+    same expressions, computing only those of the models present (the same
+    currents to the bit: every operation is element by element; a test
+    holds the two equal in every zone)."""
+    m = br.model
+    _, _, s0, vb, y, mag, unit, v_low, v95, v105, i_low, span = _load_terms(v, br, p_w, q_var)
     const_i = m == 5
     slope = np.where(const_i, (y * vb - i_low) / span, (y / br.vmin**2 * v95 - i_low) / span)
     low_zone = (i_low + slope * (mag - v_low)) * unit
@@ -140,18 +152,8 @@ def _branch_currents_any(
     v: np.ndarray, br: PhaseBranches, p_w: np.ndarray, q_var: np.ndarray
 ) -> np.ndarray:
     """:func:`branch_currents` of branches of any model."""
-    p0 = p_w[br.load] * br.share
-    q0 = q_var[br.load] * br.share
-    s0 = p0 + 1j * q0
-    vb = br.v0
-    y = np.conj(s0) / vb**2
-    mag = np.abs(v)
-    safe = np.where(mag > 0.0, mag, 1.0)
-    unit = np.where(mag > 0.0, v / safe, 0.0)
+    p0, q0, s0, vb, y, mag, unit, v_low, v95, v105, i_low, span = _load_terms(v, br, p_w, q_var)
     vr = mag / vb
-    v_low, v95, v105 = br.vlow * vb, br.vmin * vb, br.vmax * vb
-    i_low = y * v_low
-    span = np.where(v95 > v_low, v95 - v_low, 1.0)
     m95 = (y / br.vmin**2 * v95 - i_low) / span
     m95i = (y * vb - i_low) / span
     interp = (i_low + m95 * (mag - v_low)) * unit  # between vlowpu and vminpu
