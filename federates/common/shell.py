@@ -62,9 +62,6 @@ class Traffic:
 class FederateShell:
     """One HELICS message federate with a single global endpoint."""
 
-    observer = False
-    """Receives only (the recorder): see ``__init__``."""
-
     def __init__(
         self,
         name: str,
@@ -73,11 +70,9 @@ class FederateShell:
         recorder: str | None,
         owns_library: bool = True,
         core: str | None = None,
-        observer: bool = False,
     ) -> None:
         self.name = name
         self.recorder = recorder
-        self.observer = observer
         self.owns_library = owns_library
         """False when other federates share this process (``federates.pack``):
         HELICS's library is closed once, by the process, after all of them."""
@@ -92,12 +87,6 @@ class FederateShell:
             h.helicsFederateInfoSetCoreInitString(info, core_init(name, settings, 1))
         h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_UNINTERRUPTIBLE, True)
         h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_TERMINATE_ON_ERROR, True)
-        if observer:
-            # receives only: nobody's grant waits for this federate's (HELICS's
-            # time coordination drops it from every other federate's dependencies),
-            # while it is still granted a time only once every message sent
-            # before that time is in
-            h.helicsFederateInfoSetFlagOption(info, h.HELICS_FLAG_OBSERVER, True)
         h.helicsFederateInfoSetTimeProperty(info, h.HELICS_PROPERTY_TIME_DELTA, 1e-6)
         self.real_time = settings.real_time
         if settings.real_time:
@@ -147,8 +136,6 @@ class FederateShell:
 
     # ------------------------------------------------------------- messages
     def send(self, destination: str, message: msg.Message) -> None:
-        if self.observer:
-            raise RuntimeError(f"{self.name} only receives: it cannot send to {destination}")
         raw = msg.encode(message)
         h.helicsEndpointSendBytesTo(self._endpoint, raw, destination)
         if destination != self.recorder:
