@@ -235,13 +235,9 @@ class GridOperator:
             return self.feeder.sensitivities()
         # the closed loop computes the headrooms of its own derivatives: those
         # of the open loop only where it keeps it (no inverter on a slope)
-        sens = self.volt_var.closed_loop(state, self.feeder.sensitivities(headrooms=False))
-        if (
-            np.isnan(sens.injection_headroom_mw).any()
-            or np.isnan(sens.consumption_headroom_mw).any()
-        ):
-            sens = self.feeder.with_headrooms(sens)
-        return sens
+        open_loop = self.feeder.sensitivities(headrooms=False)
+        sens = self.volt_var.closed_loop(state, open_loop)
+        return self.feeder.with_headrooms(sens) if sens is open_loop else sens
 
     def _vv_columns(self) -> tuple[float, int, bool]:
         """(DER reactive power injected, Mvar; volt-var power flows; converged)
