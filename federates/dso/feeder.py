@@ -56,6 +56,7 @@ import opendssdirect
 from scipy import sparse
 
 from dsosim.federates.dso import controls, linearise
+from dsosim.federates.dso.batch import LoadBatch
 from dsosim.federates.dso.casefold import (
     CaseInsensitiveView,
     case_variant,
@@ -304,6 +305,7 @@ class Feeder:
         self._flow: tuple[bool, bool, str, bool] = (False, False, "not solved", False)
         self._der_kvar: dict[int, float] = {}
         """kvar drawn by DER elements (load index -> kvar), volt-var only."""
+        self._batches: dict[tuple[int, ...], LoadBatch] = {}
         base = self.solve()
         if not base.converged:
             raise FeederError(
@@ -560,6 +562,7 @@ class Feeder:
         self._base_kvar = np.array([ld.kvar for ld in loads])
         self._kw_now = self._base_kw.copy()
         self._kvar_now = self._base_kvar.copy()
+        self._load_batch = LoadBatch(dss, range(1, len(loads) + 1))
 
     def _index_nodes(self) -> None:
         """Node order, voltage bases, monitored mask and the LL pairs if needed."""
@@ -888,18 +891,10 @@ class Feeder:
             raise FeederError(f"feeder {self.name}: load multipliers must be finite and >= 0")
         self._kw_now = self._base_kw * factors
         self._kvar_now = self._base_kvar * factors
-        # DSS-Python's own calls, without a check per call (thousands of loads;
-        # the engine's error state is checked once at the end).
-        loads = self._circuit.Loads
-        lib = loads._lib
-        select, set_kw, set_kvar = lib.Loads_Set_idx, lib.Loads_Set_kW, lib.Loads_Set_kvar
-        for i, (kw, kvar) in enumerate(
-            zip(self._kw_now.tolist(), self._kvar_now.tolist(), strict=True), start=1
-        ):
-            select(i)
-            set_kw(kw)  # sets kvar from the power factor ...
-            set_kvar(kvar)  # ... so kvar is set second
-        loads._check_for_error(None)
+        # every load in one call per property (thousands of loads); kW first:
+        # it sets kvar from the power factor, so kvar is set second
+        self._load_batch.set("kW", self._kw_now)
+        self._load_batch.set("kvar", self._kvar_now)
 
     def load_shapes(self, times_s: np.ndarray, span_s: float) -> tuple[np.ndarray, np.ndarray]:
         """The feeder's own load shapes as multipliers of each load's compiled
@@ -1058,9 +1053,24 @@ class Feeder:
             )
         if not np.all(np.isfinite(mw)):
             raise FeederError(f"feeder {self.name}: DER set-points must be finite")
-        for idx, value in zip(self._der_idx, mw):
-            self._set_der_kw(idx, value * 1000.0)
+        # one call for every DER's kW (it resets kvar from the power factor),
+        # then one for the volt-var reactive powers set (as _set_der_kw does)
+        self._batch(self._der_idx).set("kW", mw * 1000.0)
+        if self._der_kvar:
+            with_q = [idx for idx in self._der_idx if idx in self._der_kvar]
+            self._batch(with_q).set("kvar", np.array([self._der_kvar[i] for i in with_q]))
         self._der_mw = mw.copy()
+
+    def _batch(self, indices: Sequence[int]) -> LoadBatch:
+        """The loads of ``indices`` as one batch (a few sets are kept: the
+        DERs, those with a reactive power set)."""
+        key = tuple(indices)
+        batch = self._batches.get(key)
+        if batch is None:
+            if len(self._batches) >= 8:
+                self._batches.clear()
+            batch = self._batches[key] = LoadBatch(self._dss, key)
+        return batch
 
     def set_der_mvar(self, values: np.ndarray | Sequence[float]) -> None:
         """Set every DER's reactive power, Mvar drawn (positive = absorbed,
@@ -1218,12 +1228,9 @@ class Feeder:
         power. One read per DER instead of one per load (thousands on a large
         feeder); :meth:`_metered_load_mw_by_element` is the element-by-element
         sum, and the tests hold the two equal."""
-        loads = self._dss.Loads
-        element = self._dss.CktElement
         der_kw = 0.0
-        for idx in self._der_idx:
-            loads.Idx(idx)
-            der_kw += element.TotalPowers()[0]
+        for kw in self._batch(self._der_idx).total_kw():  # summed in order, as one by one
+            der_kw += kw
         return substation_mw - losses_mw - der_kw / 1000.0
 
     def _metered_load_mw_by_element(self) -> float:
