@@ -37,6 +37,14 @@ LONG = pytest.mark.skipif(
 )
 
 
+def _tails(folder: Path, output: str) -> str:
+    """What a failed assertion shows: the launcher's output and every log's end."""
+    parts = [f"helics run:\n{output[-1500:]}"]
+    for log in sorted(folder.glob("*.log")):
+        parts.append(f"{log.name}:\n{log.read_text(errors='replace')[-1500:]}")
+    return "\n".join(parts)
+
+
 @pytest.fixture
 def out(tmp_path: Path):
     folder = tmp_path / "run"
@@ -96,11 +104,12 @@ def test_signal_to_helics_run_stops_its_children(tmp_path: Path, sig) -> None:
         proc = helics_run(folder)
         wait_running(folder)
         os.kill(proc.pid, sig)
-        proc.communicate(timeout=60)
+        output, _ = proc.communicate(timeout=60)
         assert no_orphans(folder) == []
         s = summary(built.results_dir)
-        assert s["status"] == "incomplete"
-        assert "stopped: its parent process (helics run) ended" in s["error"]
+        logs = _tails(folder, output)
+        assert s["status"] == "incomplete", logs
+        assert "stopped: its parent process (helics run) ended" in s["error"], logs
     finally:
         kill_all_in(folder)
 

@@ -98,3 +98,43 @@ def test_a_row_of_the_wrong_width_is_refused_naming_the_table(tmp_path: Path) ->
     store.add("market", ("interval", "bus", "lmp"), [(0, 1, 20.0), (0, 2)])
     with pytest.raises(ValueError, match=r"table 'market': rows of \[2, 3\] values for 3"):
         store.flush()
+
+
+def test_a_stop_announced_before_a_hard_death_keeps_its_reason(tmp_path: Path) -> None:
+    """A recorder told to stop writes its reason at once (from its signal
+    watcher); if it then dies before summarising, its guardian summarises the
+    parts on disk under that reason instead of the generic 'killed' one."""
+    import subprocess
+    import sys
+
+    from dsosim.federates.recorder.store import KILLED_RECORDER
+
+    store = ResultStore(tmp_path, flush_every=2)
+    for k in range(4):  # two parts on disk
+        columns = ("interval", "hours", "generation_cost", "congestion_rent", "shed_mw", "status")
+        store.add("iso", (*columns, "bids"), [(k, 1 / 12, 100.0, 0.0, 0.0, "optimal", 3)])
+        store.end_interval(k)
+    store.announce_stop("stopped at interval 4: recorder stopped by SIGTERM")
+    bare = json.loads((tmp_path / "summary.json").read_text())
+    assert bare == {
+        "complete": False,
+        "status": "incomplete",
+        "error": "stopped at interval 4: recorder stopped by SIGTERM",
+    }
+    # the process dies here; its guardian sees the pipe close (stdin at EOF)
+    guardian = [sys.executable, "-m", "dsosim.federates.recorder.guardian", str(tmp_path)]
+    subprocess.run(guardian, stdin=subprocess.DEVNULL, check=True, timeout=120)
+    after = json.loads((tmp_path / "summary.json").read_text())
+    assert after["error"] == bare["error"] != KILLED_RECORDER
+    assert after["status"] == "incomplete" and after["complete"] is False
+    # summarised from the parts on disk
+    assert after["intervals"] == 4 and after["generation_cost"] == 400.0
+
+
+def test_a_finishing_store_ignores_a_late_stop_announcement(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path, flush_every=100)
+    _fill(store, 3)
+    store.finish(complete=False, error="dso1 failed", summarise=lambda d: {"n": 1})
+    store.announce_stop("late")  # the watcher thread, after the main thread finished
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["error"] == "dso1 failed" and on_disk["n"] == 1

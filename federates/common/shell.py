@@ -226,6 +226,18 @@ class FederateShell:
             pass
 
 
+def _first(before: Callable[[str], None], then: Callable[[str], None]) -> Callable[[str], None]:
+    """``before(reason)``, then ``then(reason)`` whatever ``before`` did."""
+
+    def both(reason: str) -> None:
+        try:
+            before(reason)
+        finally:
+            then(reason)
+
+    return both
+
+
 def core_init(name: str, settings: HelicsSettings, federates: int) -> str:
     """The init string of the HELICS core of ``federates`` federates, the first
     of them ``name`` (its host's interface is the core's)."""
@@ -315,6 +327,7 @@ def run_federate(
     on_error: Callable[[str], None] | None = None,
     run_folder: Path | None = None,
     stops: StopSignals | None = None,
+    on_signal: Callable[[str], None] | None = None,
 ) -> int:
     """Create the shell, run ``body`` and translate failures into a clean,
     federation-wide stop. Returns the process exit code. A stop signal (or the
@@ -328,7 +341,12 @@ def run_federate(
 
     ``stops``: the process's stop signals when several federates share it
     (``federates.pack``, which also interrupts every federate on a stop);
-    otherwise this federate takes the process's signals itself."""
+    otherwise this federate takes the process's signals itself.
+
+    ``on_signal(reason)``: run by the signal watcher when a stop signal comes,
+    before the HELICS global error that stops the federation (the recorder
+    writes its verdict there, so that the reason survives whatever happens to
+    the process next)."""
     log = federate_log(name)
     shared = stops is not None
     if stops is None:
@@ -350,7 +368,7 @@ def run_federate(
         log.error("could not join the federation: %s", exc)
         return 2
     if not shared:
-        stops.on_stop(shell.interrupt)
+        stops.on_stop(shell.interrupt if on_signal is None else _first(on_signal, shell.interrupt))
     try:
         body(shell)  # the first advance enters executing mode, after the body's set-up
     except h.HelicsException as exc:

@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             summarise=summarise,
         )
 
+    def on_signal(reason: str) -> None:
+        store.announce_stop(f"stopped at interval {state['interval'] + 1}: {reason}")
+
     return run_federate(
         rc.name,
         # in lock-step, not a HELICS observer: an observer trails the federation,
@@ -184,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         body,
         on_error,
         run_folder=base,
+        on_signal=on_signal,
     )
 
 

@@ -9,8 +9,10 @@ pipe that only the recorder writes to. When the pipe closes, the recorder has
 ended; if ``summary.json`` still says ``running`` (its own verdict never came),
 the guardian summarises what is on disk and marks the run incomplete with a
 generic reason (``store.KILLED_RECORDER``), which ``dsosim run`` replaces with
-the failing federate's name when it knows it. It imports only the standard
-library until then.
+the failing federate's name when it knows it. A recorder that was told to stop
+writes its reason first (``ResultStore.announce_stop``); if it died before
+summarising, the guardian summarises under that reason. It imports only the
+standard library until then.
 """
 
 from __future__ import annotations
@@ -41,15 +43,23 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     sys.stdin.buffer.read()  # until the recorder ends, however it ends
     try:
-        status = json.loads((results / "summary.json").read_text()).get("status")
+        current = json.loads((results / "summary.json").read_text())
     except (OSError, ValueError):
         return 0
-    if status != "running":
+    if current.get("status") not in ("running", "incomplete"):
         return 0
-    from dsosim.federates.recorder.store import KILLED_RECORDER, mark_incomplete
+    from dsosim.federates.recorder.store import (
+        KILLED_RECORDER,
+        is_bare_verdict,
+        mark_incomplete,
+    )
     from dsosim.federates.recorder.summary import summarise
 
-    mark_incomplete(results, KILLED_RECORDER, summarise, only_if=_still_running)
+    if current.get("status") == "running":
+        mark_incomplete(results, KILLED_RECORDER, summarise, only_if=_still_running)
+    elif is_bare_verdict(current):
+        # it said why it stopped, then died before summarising: keep its reason
+        mark_incomplete(results, str(current.get("error")), summarise, only_if=is_bare_verdict)
     return 0
 
 

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from operator import itemgetter
@@ -68,6 +69,8 @@ class ResultStore:
         self._schemas: dict[str, pa.Schema] = {}
         self._parts: dict[str, int] = {}
         self.claimed = False
+        self._verdict = threading.Lock()
+        self._finishing = False
         if claim:
             self.claim()
 
@@ -179,7 +182,19 @@ class ResultStore:
         return fresh.cast(wider)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json(self.dir / SUMMARY, summary)
+        with self._verdict:
+            write_json(self.dir / SUMMARY, summary)
+
+    def announce_stop(self, error: str) -> None:
+        """Say at once, from any thread, that the run is stopping and why (a
+        stop signal's watcher, before it touches HELICS): if the process then
+        dies before :meth:`finish` (a crash, a SIGKILL, its grace running out),
+        the verdict is on disk with its real reason and the guardian completes
+        the summary from the parts on disk. Once :meth:`finish` has begun it
+        writes the verdict itself and this does nothing."""
+        with self._verdict:
+            if self.claimed and not self._finishing:
+                write_json(self.dir / SUMMARY, bare_verdict(error))
 
     def finish(
         self, *, complete: bool, error: str | None, summarise: Callable[[Path], dict[str, Any]]
@@ -189,9 +204,11 @@ class ResultStore:
         A store that never claimed its folder writes nothing."""
         if not self.claimed:
             return {}
+        with self._verdict:
+            self._finishing = True
         if not complete:
             # first the verdict, cheaply: a stop may not leave time to summarise
-            self.write_summary({"complete": False, "status": "incomplete", "error": error})
+            self.write_summary(bare_verdict(error))
         try:
             self.flush()
         except StoreError as exc:
@@ -208,6 +225,17 @@ class ResultStore:
             summary["error"] = error
         self.write_summary(summary)
         return summary
+
+
+def bare_verdict(error: str | None) -> dict[str, Any]:
+    """The summary written first when a run stops: the verdict and its reason,
+    before anything is summarised (that may not get done: see ``guardian``)."""
+    return {"complete": False, "status": "incomplete", "error": error}
+
+
+def is_bare_verdict(summary: dict[str, Any]) -> bool:
+    """A stop's verdict with nothing summarised yet."""
+    return summary.get("status") == "incomplete" and set(summary) <= {"complete", "status", "error"}
 
 
 KILLED_RECORDER = (
