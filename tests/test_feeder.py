@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dsosim.federates.dso import controls
 from dsosim.federates.dso.feeder import Feeder, FeederError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -498,3 +499,25 @@ def test_a_diverging_power_flow_is_recorded_as_such_and_the_next_one_recovers(
     again = feeder.solve()
     assert again.converged and again.power_flow_converged
     assert again.substation_p_mw == pytest.approx(1.0 + again.losses_mw, abs=1e-3)
+
+
+def test_control_state_follows_taps_and_new_controls(ieee13: Feeder) -> None:
+    """controls.read looks the regulated windings and switched capacitors up
+    once per feeder: the taps are read every time, and a control added later
+    (the number of RegControls or CapControls changes) is seen."""
+    before = controls.read(ieee13)
+    assert [t[0] for t in before.taps] == ["reg1", "reg2", "reg3"]
+    xf, wdg, tap = before.taps[0]
+    ieee13.engine.Transformers.Name(xf)
+    ieee13.engine.Transformers.Wdg(wdg)
+    ieee13.engine.Transformers.Tap(tap + TAP_STEP)
+    assert controls.read(ieee13).taps[0][2] == pytest.approx(tap + TAP_STEP)
+    controls.apply(ieee13, before)
+    assert controls.read(ieee13) == before
+    assert "extra" not in [c for c, _ in before.capacitors]
+    ieee13.engine.Text.Command("New Capacitor.extra bus1=675 phases=3 kvar=300 kv=4.16")
+    ieee13.engine.Text.Command(
+        "New CapControl.extra capacitor=extra element=Line.692675 type=voltage "
+        "on=118 off=126 ptratio=20"
+    )
+    assert "extra" in [c for c, _ in controls.read(ieee13).capacitors]

@@ -20,6 +20,7 @@ Fixed capacitors (no CapControl) never switch and call for no margin.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -92,16 +93,36 @@ def switched_capacitors(feeder: Feeder) -> list[str]:
     return sorted(set(out))
 
 
+_Controlled = tuple[tuple[int, int], tuple[tuple[str, int], ...], tuple[str, ...]]
+_CONTROLLED: weakref.WeakKeyDictionary[Feeder, _Controlled] = weakref.WeakKeyDictionary()
+
+
+def _controlled(feeder: Feeder) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """The regulated windings (transformer, winding) and switched capacitors
+    of :func:`regulators` and :func:`switched_capacitors`, looked up once per
+    feeder (again only if the number of RegControls or CapControls changes):
+    the DSO reads the controls several times an interval."""
+    dss = feeder.engine
+    counts = (dss.RegControls.Count(), dss.CapControls.Count())
+    known = _CONTROLLED.get(feeder)
+    if known is None or known[0] != counts:
+        windings = tuple((r.transformer, r.winding) for r in regulators(feeder))
+        known = (counts, windings, tuple(switched_capacitors(feeder)))
+        _CONTROLLED[feeder] = known
+    return known[1], known[2]
+
+
 def read(feeder: Feeder) -> ControlState:
     """The controls' present state."""
     dss = feeder.engine
+    windings, capacitors = _controlled(feeder)
     taps = []
-    for r in regulators(feeder):
-        dss.Transformers.Name(r.transformer)
-        dss.Transformers.Wdg(r.winding)
-        taps.append((r.transformer, r.winding, float(dss.Transformers.Tap())))
+    for xf, wdg in windings:
+        dss.Transformers.Name(xf)
+        dss.Transformers.Wdg(wdg)
+        taps.append((xf, wdg, float(dss.Transformers.Tap())))
     caps = []
-    for c in switched_capacitors(feeder):
+    for c in capacitors:
         dss.Capacitors.Name(c)
         caps.append((c, tuple(int(s) for s in dss.Capacitors.States())))
     return ControlState(tuple(taps), tuple(caps))
