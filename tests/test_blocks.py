@@ -6,6 +6,7 @@ once exactly as block by block."""
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -124,3 +125,66 @@ def test_long_curves_checked_at_once_exactly_as_block_by_block(
     assert at_once == one_by_one
     assert at_once[:3] == ["valid"] * 3
     assert all(o != "valid" for o in at_once[3:]), at_once
+
+
+def _many_outcome(base: np.ndarray, price: np.ndarray, mw: np.ndarray, start: list[int]) -> object:
+    try:
+        got = BidCurve.many(base, price, mw, np.array(start))
+    except Exception as exc:  # the outcome itself is compared
+        return f"{type(exc).__name__}: {exc}"
+    return [(c.base_mw, c.blocks) for c in got]
+
+
+def _one_by_one(base: np.ndarray, price: np.ndarray, mw: np.ndarray, start: list[int]) -> object:
+    try:
+        got = [
+            BidCurve(b, tuple(zip(price[x:z].tolist(), mw[x:z].tolist(), strict=True)))
+            for b, x, z in zip(base.tolist(), start[:-1], start[1:], strict=True)
+        ]
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return [(c.base_mw, c.blocks) for c in got]
+
+
+def test_many_curves_checked_at_once_exactly_as_one_by_one() -> None:
+    """BidCurve.many (a fleet's bus curves from arrays) gives the curves, or
+    the error, that building them one by one gives; valid sets take the
+    checked-at-once path (empty curves, a price rising from one curve to the
+    next and a total just inside the bound are valid)."""
+    from dsosim.federates.common import curves
+
+    rng = np.random.default_rng(4)
+    start = [0, 5, 5, 12, 20, 20]
+    m = start[-1]
+    price = np.concatenate(
+        [np.sort(rng.uniform(-900.0, 9000.0, b - a))[::-1] for a, b in pairwise(start)]
+    )
+    mw = rng.uniform(1e-6, 2.0, m)
+    base = rng.uniform(-5.0, 5.0, len(start) - 1)
+    good = [(base, price, mw)]
+    edge = base.copy()
+    edge[2] = 100_000.0 - float(mw[5:12].sum()) - 1.0  # total just inside MAX_ABS_MW
+    good.append((edge, price, mw))
+    for b, p, q in good:
+        assert curves._all_valid(b, p, q, np.array(start))
+        assert _many_outcome(b, p, q, start) == _one_by_one(b, p, q, start)
+    bad: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for j, value in [(3, math.nan), (7, math.inf), (19, -math.inf), (0, 20000.0), (13, -2000.0)]:
+        p = price.copy()
+        p[j] = value
+        bad.append((base, p, mw))
+    p = price.copy()
+    p[8], p[9] = p[9], p[8]  # not monotonic inside a curve
+    bad.append((base, p, mw))
+    for j, value in [(4, 0.0), (6, -1.0), (12, math.nan), (15, math.inf), (1, 2e5)]:
+        q = mw.copy()
+        q[j] = value
+        bad.append((base, price, q))
+    for i, value in [(0, math.nan), (4, 2e5), (1, -math.inf), (3, 99_999.0)]:
+        b = base.copy()
+        b[i] = value
+        bad.append((b, price, mw))
+    for b, p, q in bad:
+        want = _one_by_one(b, p, q, start)
+        assert isinstance(want, str), (b, p, q)
+        assert _many_outcome(b, p, q, start) == want

@@ -342,3 +342,18 @@ def test_a_utility_scale_fleet_is_told_apart_and_glibc_keeps_its_freed_memory(
     assert fleet.large and fleet._bus_sums._matrix is not None
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert heap.keep_freed_memory() is glibc
+
+
+def test_price_windows_copy_what_indexing_gives_in_its_layout() -> None:
+    """``PriceEstimate.window`` (slices) gives ``rows[:, intervals % slots]``
+    bit for bit and in the same column-major layout, so a mean along a row
+    adds in the same order (a row-major copy sums pairwise: other bits)."""
+    est = prices.PriceEstimate(3, np.arange(288.0), 0.1)
+    for n_rows in (1, 3, 25):
+        est._rows = np.random.default_rng(n_rows).normal(30.0, 9.0, (n_rows, 288))
+        for first in (0, 5, 287, 288, 1000):
+            for n in (1, 12, 283, 288, 289, 600):
+                got, want = est.window(first, n), est.rows[:, (first + np.arange(n)) % 288]
+                assert got.strides == want.strides
+                assert got.tobytes(order="A") == want.tobytes(order="A")
+                assert got.mean(axis=1).tobytes() == want.mean(axis=1).tobytes()

@@ -247,6 +247,7 @@ class Fleet:
         )
         self._voltage = np.ones(len(self._buses))
         self._cache: offers.FleetOffer | None = None
+        self._ticked: Tick | None = None  # this interval's, while the price estimate holds
         self._owners = offers.BlockOwners()
         self._plan: _Plan | None = None
         self._unavailable: set[int] = set()
@@ -412,6 +413,7 @@ class Fleet:
         They replace the learned forecast for those intervals only."""
         self._est.publish(self._first + first, prices)
         self._cache = None  # offers depend on them
+        self._ticked = None
 
     def day_ahead(
         self,
@@ -597,14 +599,8 @@ class Fleet:
     def bids(self, interval: int) -> dict[str, BidCurve]:
         """One net-demand curve per bus for ``interval`` (see module docstring)."""
         offer = self._offer(interval)
-        prices = offer.curve_price.tolist()
-        mws = offer.curve_mw.tolist()
-        start = offer.curve_start.tolist()
-        lo = offer.bus_lo.tolist()
-        return {
-            bus: BidCurve(base, tuple(zip(prices[a:b], mws[a:b])))
-            for bus, base, a, b in zip(self._buses, lo, start[:-1], start[1:], strict=True)
-        }
+        curves = BidCurve.many(offer.bus_lo, offer.curve_price, offer.curve_mw, offer.curve_start)
+        return dict(zip(self._buses, curves, strict=True))
 
     def _check_interval(self, interval: int, what: str) -> None:
         if interval != self._t:
@@ -618,14 +614,18 @@ class Fleet:
             )
 
     def _tick(self, t: int) -> Tick:
+        """Interval ``t`` as the devices see it: one per interval (its outlook
+        keeps what it computed) until the price estimate changes."""
         clock = self._first + t
-        return Tick(
-            t=clock,
-            slot=clock % self._slots,
-            slots=self._slots,
-            dt_h=self._dt_h,
-            outlook=Outlook(self._est, clock),
-        )
+        if self._ticked is None or self._ticked.t != clock:
+            self._ticked = Tick(
+                t=clock,
+                slot=clock % self._slots,
+                slots=self._slots,
+                dt_h=self._dt_h,
+                outlook=Outlook(self._est, clock),
+            )
+        return self._ticked
 
     def _offer(self, interval: int) -> offers.FleetOffer:
         self._check_interval(interval, "bids")
@@ -776,6 +776,7 @@ class Fleet:
             published=published,
         )
         self._est.update(p_idx, p_vals, clock % self._slots)
+        self._ticked = None
         self._t += 1
         self._cache = None
         self._plan = None

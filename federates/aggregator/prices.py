@@ -91,6 +91,7 @@ class PriceEstimate:
         self.smoothed = np.zeros((1, len(self.x)))
         self.seen = np.zeros((1, len(self.x)), dtype=np.int64)
         self.published = np.full(n_intervals, np.nan)
+        self._any_published = False  # whether ``published`` holds a finite price
         self._rows: FloatArray | None = None
 
     @property
@@ -129,6 +130,21 @@ class PriceEstimate:
         end = min(first + len(values), len(self.published))
         if end > first:
             self.published[first:end] = values[: end - first]
+            self._any_published = True
+
+    def window(self, first: int, n: int) -> FloatArray:
+        """Every row's learned price of intervals ``first ... first + n - 1``:
+        ``rows[:, intervals % slots]`` copied slice by slice, in the column-major
+        layout that indexing gives (sums along a row add in that order)."""
+        rows, slots = self.rows, self.slots
+        out = np.empty((len(rows), n), order="F")
+        a, done = first % slots, 0
+        while done < n:
+            take = min(n - done, slots - a)
+            out[:, done : done + take] = rows[:, a : a + take]
+            done += take
+            a = 0
+        return out
 
     def forecast(self, buses: IntArray, intervals: IntArray) -> FloatArray:
         """Expected price per bus (rows) and absolute interval (columns)."""
@@ -139,9 +155,9 @@ class PriceEstimate:
         return out
 
     def published_at(self, intervals: IntArray) -> FloatArray | None:
-        n = len(self.published)
-        if n == 0 or not np.any(np.isfinite(self.published)):
+        if not self._any_published:
             return None
+        n = len(self.published)
         inside = intervals < n
         pub = np.full(len(intervals), np.nan)
         pub[inside] = self.published[intervals[inside]]
@@ -189,14 +205,18 @@ class Outlook:
         self.est = estimate
         self.t = t
         self._prefix: tuple[int, IntArray, FloatArray] | None = None
+        self._ahead: dict[int, FloatArray] = {}
 
     def ahead(self, n: int) -> FloatArray:
-        """Every row's expected prices of the next ``n`` intervals (t+1 ... t+n)."""
-        intervals = self.t + 1 + np.arange(n)
-        out = self.est.rows[:, intervals % self.est.slots]
-        pub = self.est.published_at(intervals)
-        if pub is not None:
-            out = np.where(np.isfinite(pub)[None, :], pub[None, :], out)
+        """Every row's expected prices of the next ``n`` intervals (t+1 ... t+n);
+        computed once per ``n`` (do not modify)."""
+        out = self._ahead.get(n)
+        if out is None:
+            out = self.est.window(self.t + 1, n)
+            pub = self.est.published_at(self.t + 1 + np.arange(n))
+            if pub is not None:
+                out = np.where(np.isfinite(pub)[None, :], pub[None, :], out)
+            self._ahead[n] = out
         return out
 
     def now(self, buses: IntArray) -> FloatArray:

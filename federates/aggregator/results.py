@@ -64,82 +64,94 @@ KIND_TABLES = ("ders_thermal", "ders_load")
 """Tables shared by several device types, told apart by a ``kind`` column."""
 
 
-def _value(x: Any) -> Any:
-    if isinstance(x, (np.integer, np.bool_)):
-        return int(x)
-    return float(x)
+def _column(values: Any, at: Any = None) -> list[Any]:
+    """A column of Python values: ``int`` for integer and boolean arrays,
+    ``float`` otherwise (``at``: the entries to take)."""
+    a = np.asarray(values)
+    if at is not None:
+        a = a[at]
+    if a.dtype.kind in "biu":
+        return a.astype(np.int64).tolist()
+    return a.astype(float).tolist()
 
 
 def der_tables(aggregator: str, outcome: DispatchOutcome) -> Tables:
     """Every table row of one interval's outcome."""
     k = outcome.interval
     tables: Tables = {}
+    buses = outcome.buses
+    n = len(buses)
+    ks, aggs = [k] * n, [aggregator] * n
+    prices, requested = _column(outcome.prices), _column(outcome.requested_mw)
     tables["ders_bus"] = (
         BUS_COLUMNS,
-        [
-            (
-                k,
-                aggregator,
-                bus,
-                float(outcome.prices[i]),
-                float(outcome.requested_mw[i]),
-                float(outcome.target_mw[i]),
-                float(outcome.actual_mw[i]),
-                float(outcome.baseline_mw[i]),
-                float(outcome.actual_mw[i] - outcome.requested_mw[i]),
+        list(
+            zip(
+                ks,
+                aggs,
+                buses,
+                prices,
+                requested,
+                _column(outcome.target_mw),
+                _column(outcome.actual_mw),
+                _column(outcome.baseline_mw),
+                _column(outcome.actual_mw - outcome.requested_mw),
+                strict=True,
             )
-            for i, bus in enumerate(outcome.buses)
-        ],
+        ),
     )
     source = "published" if outcome.published else "learned"
     tables["price_forecast"] = (
         FORECAST_COLUMNS,
-        [
-            (
-                k,
-                aggregator,
-                bus,
-                source,
-                float(outcome.expected_price[i]),
-                float(outcome.prices[i]),
-                float(outcome.forecast_low[i]),
-                float(outcome.forecast_high[i]),
+        list(
+            zip(
+                ks,
+                aggs,
+                buses,
+                [source] * n,
+                _column(outcome.expected_price),
+                prices,
+                _column(outcome.forecast_low),
+                _column(outcome.forecast_high),
+                strict=True,
             )
-            for i, bus in enumerate(outcome.buses)
-        ],
+        ),
     )
-    type_rows = []
+    type_rows: list[tuple[Any, ...]] = []
     for kind, t in outcome.by_type.items():
         at = np.flatnonzero(t.devices > 0)
-        for i in at:
-            type_rows.append(
-                (
-                    k,
-                    aggregator,
-                    outcome.buses[i],
-                    kind,
-                    int(t.devices[i]),
-                    float(t.baseline_mw[i]),
-                    float(t.min_mw[i]),
-                    float(t.max_mw[i]),
-                    float(t.dispatched_mw[i]),
-                    float(t.actual_mw[i]),
-                )
+        m = len(at)
+        where = [buses[i] for i in at.tolist()]
+        devices = _column(t.devices, at)
+        type_rows.extend(
+            zip(
+                [k] * m,
+                [aggregator] * m,
+                where,
+                [kind] * m,
+                devices,
+                _column(t.baseline_mw, at),
+                _column(t.min_mw, at),
+                _column(t.max_mw, at),
+                _column(t.dispatched_mw, at),
+                _column(t.actual_mw, at),
+                strict=True,
             )
-        names = tuple(t.state)
+        )
+        state_names = tuple(t.state)
         kinded = t.table in KIND_TABLES
-        columns = KEY + (("kind",) if kinded else ()) + ("devices",) + names
-        rows = [
-            (
-                k,
-                aggregator,
-                outcome.buses[i],
-                *((kind,) if kinded else ()),
-                int(t.devices[i]),
-                *(_value(t.state[n][i]) for n in names),
+        columns = KEY + (("kind",) if kinded else ()) + ("devices",) + state_names
+        rows = list(
+            zip(
+                [k] * m,
+                [aggregator] * m,
+                where,
+                *(([kind] * m,) if kinded else ()),
+                devices,
+                *(_column(t.state[name], at) for name in state_names),
+                strict=True,
             )
-            for i in at
-        ]
+        )
         if t.table in tables:
             tables[t.table][1].extend(rows)
         else:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, pairwise
 from operator import itemgetter
 from typing import Generic, TypeVar
 
@@ -131,6 +131,29 @@ class BidCurve:
         return BidCurve(base, tuple(sorted(pooled.items(), key=lambda b: -b[0])))
 
     @staticmethod
+    def many(
+        base_mw: np.ndarray, price: np.ndarray, mw: np.ndarray, start: np.ndarray
+    ) -> list[BidCurve]:
+        """Curves ``i = 0, 1, ...`` of ``base_mw[i]`` and the blocks
+        ``(price[j], mw[j])``, ``start[i] <= j < start[i + 1]`` (float
+        arrays; ``start`` has one entry more than ``base_mw``). Every check of
+        :meth:`validate` is made at once on the arrays; only when one may
+        fail are the curves built (and checked) one by one, so the error
+        names the first offending field as before."""
+        prices, mws, bases = price.tolist(), mw.tolist(), base_mw.tolist()
+        cuts = start.tolist()
+        pairs = pairwise(cuts)
+        if not _all_valid(base_mw, price, mw, start):
+            return [
+                BidCurve(b, tuple(zip(prices[a:z], mws[a:z])))
+                for b, (a, z) in zip(bases, pairs, strict=True)
+            ]
+        return [
+            _unchecked(b, tuple(zip(prices[a:z], mws[a:z])))
+            for b, (a, z) in zip(bases, pairs, strict=True)
+        ]
+
+    @staticmethod
     def from_points(points: Sequence[tuple[float, float]], base_mw: float) -> BidCurve:
         """Build a curve from ``(price, net_demand_mw)`` points of a demand
         function sampled at decreasing prices, starting from ``base_mw`` at the
@@ -197,6 +220,41 @@ def _plainly_valid(base_mw: float, blocks: tuple[tuple[float, float], ...]) -> b
         and not (price[1:] > price[:-1]).any()
         and total <= MAX_ABS_MW
     )
+
+
+def _unchecked(base_mw: float, blocks: tuple[tuple[float, float], ...]) -> BidCurve:
+    """A curve built without :meth:`BidCurve.validate` (its values checked already)."""
+    curve = object.__new__(BidCurve)
+    object.__setattr__(curve, "base_mw", base_mw)
+    object.__setattr__(curve, "blocks", blocks)
+    return curve
+
+
+def _all_valid(base_mw: np.ndarray, price: np.ndarray, mw: np.ndarray, start: np.ndarray) -> bool:
+    """True only if every curve of :meth:`BidCurve.many` passes
+    :meth:`BidCurve.validate`: finite bases within ``MAX_ABS_MW``, prices in
+    range and non-increasing within each curve, quantities > 0, each curve's
+    total within ``MAX_ABS_MW`` with a margin far above any difference the
+    order of the additions makes; False says nothing."""
+    n, m = len(base_mw), len(price)
+    if len(start) != n + 1 or len(mw) != m or int(start[0]) != 0 or int(start[-1]) != m:
+        return False
+    base = np.abs(base_mw)
+    if n and not base.max() <= MAX_ABS_MW:  # NaN fails too
+        return False
+    if m == 0:
+        return True
+    # NaN fails every comparison, an infinite price the range, an infinite quantity the total
+    if not (price.min() >= PRICE_FLOOR and price.max() <= PRICE_CAP and mw.min() > 0.0):
+        return False
+    rising = price[1:] > price[:-1]
+    inner = start[1:-1]
+    rising[inner[(inner > 0) & (inner < m)] - 1] = False  # one curve's last, the next's first
+    if rising.any():
+        return False
+    total = base + np.add.reduceat(np.append(mw, 0.0), start[:-1])
+    total[start[:-1] == start[1:]] = base[start[:-1] == start[1:]]  # curves without blocks
+    return bool(total.max() <= MAX_ABS_MW * (1.0 - 1e-9))
 
 
 def _finite(x: object) -> bool:
