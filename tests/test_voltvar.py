@@ -418,3 +418,21 @@ def test_location_means_are_each_locations_mean_bit_for_bit() -> None:
         counts.add(len(idx))
         assert np.array_equal(means[k], rows[idx].mean(axis=0))
     assert counts == {1, 3}
+
+
+def test_bench_voltvar_reference_and_present_agree_to_the_bit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``dsosim bench voltvar`` runs each DSO interval of the study's eight
+    LDAs with the present power flows and with those before their speed-up
+    (runner/bench/voltvar_reference.py): the speed-up changed no number
+    (no timing is checked here)."""
+    import argparse
+
+    from dsosim.runner.bench import voltvar as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.handle(parser.parse_args(["--intervals", "2"])) == 0
+    out = capsys.readouterr().out
+    assert "results identical to the bit: 16 of 16 LDA intervals" in out

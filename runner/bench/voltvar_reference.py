@@ -1,0 +1,107 @@
+"""The utility's power flows as they were before this round's speed-up (main
+of 30 Nov 2026, 16:30 UTC), kept as the reference ``dsosim bench voltvar``
+times the present ones against in the same run, and checks them equal to.
+
+The same engine calls in the same order, one at a time: every load's kW and
+kvar set through the classic ``Loads`` API, each DER's kW likewise, each
+DER element's power read one by one for the metered load, and the
+regulators and switched capacitors looked up again at every read of the
+control state. :func:`installed` puts them in place on one utility (its
+feeder's methods, and ``controls.read`` while the block runs).
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from dsosim.federates.dso import controls
+from dsosim.federates.dso.feeder import Feeder, FeederError
+from dsosim.federates.dso.grid import GridOperator
+
+
+def set_load_multipliers(self: Feeder, m: np.ndarray | float) -> None:
+    given = np.asarray(m, dtype=float)
+    if given.ndim > 1 or (given.ndim == 1 and given.shape != self._base_kw.shape):
+        raise FeederError(
+            f"feeder {self.name}: {given.shape} multipliers for {len(self._loads)} loads"
+        )
+    factors = np.broadcast_to(given, self._base_kw.shape)
+    if not np.all(np.isfinite(factors)) or np.any(factors < 0.0):
+        raise FeederError(f"feeder {self.name}: load multipliers must be finite and >= 0")
+    self._kw_now = self._base_kw * factors
+    self._kvar_now = self._base_kvar * factors
+    loads = self._circuit.Loads
+    lib = loads._lib
+    select, set_kw, set_kvar = lib.Loads_Set_idx, lib.Loads_Set_kW, lib.Loads_Set_kvar
+    for i, (kw, kvar) in enumerate(
+        zip(self._kw_now.tolist(), self._kvar_now.tolist(), strict=True), start=1
+    ):
+        select(i)
+        set_kw(kw)
+        set_kvar(kvar)
+    loads._check_for_error(None)
+
+
+def set_der_mw(self: Feeder, values: Any) -> None:
+    mw = np.asarray(values, dtype=float)
+    if mw.shape != (len(self._der_names),):
+        raise FeederError(
+            f"feeder {self.name}: {mw.shape} DER values for {len(self._der_names)} DERs"
+        )
+    if not np.all(np.isfinite(mw)):
+        raise FeederError(f"feeder {self.name}: DER set-points must be finite")
+    for idx, value in zip(self._der_idx, mw):
+        self._set_der_kw(idx, value * 1000.0)
+    self._der_mw = mw.copy()
+
+
+def _metered_load_mw(self: Feeder, substation_mw: float, losses_mw: float) -> float:
+    loads = self._dss.Loads
+    element = self._dss.CktElement
+    der_kw = 0.0
+    for idx in self._der_idx:
+        loads.Idx(idx)
+        der_kw += element.TotalPowers()[0]
+    return substation_mw - losses_mw - der_kw / 1000.0
+
+
+def read(feeder: Feeder) -> controls.ControlState:
+    dss = feeder.engine
+    taps = []
+    for r in controls.regulators(feeder):
+        dss.Transformers.Name(r.transformer)
+        dss.Transformers.Wdg(r.winding)
+        taps.append((r.transformer, r.winding, float(dss.Transformers.Tap())))
+    caps = []
+    for c in controls.switched_capacitors(feeder):
+        dss.Capacitors.Name(c)
+        caps.append((c, tuple(int(s) for s in dss.Capacitors.States())))
+    return controls.ControlState(tuple(taps), tuple(caps))
+
+
+def install(grid: GridOperator) -> None:
+    """The reference methods on ``grid``'s feeder, for good (``controls.read``
+    is put in place by :func:`installed` around each use)."""
+    feeder = grid.feeder
+    for name, fn in (
+        ("set_load_multipliers", set_load_multipliers),
+        ("set_der_mw", set_der_mw),
+        ("_metered_load_mw", _metered_load_mw),
+    ):
+        setattr(feeder, name, types.MethodType(fn, feeder))
+
+
+@contextmanager
+def installed() -> Iterator[None]:
+    """The reference ``controls.read`` for the duration of the block."""
+    present = controls.read
+    controls.read = read
+    try:
+        yield
+    finally:
+        controls.read = present
