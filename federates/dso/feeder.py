@@ -563,6 +563,9 @@ class Feeder:
         self._kw_now = self._base_kw.copy()
         self._kvar_now = self._base_kvar.copy()
         self._load_batch = LoadBatch(dss, range(1, len(loads) + 1))
+        self._factors_set: np.ndarray | None = None
+        """The multipliers of the last :meth:`set_load_multipliers` (the
+        loads are set only through it)."""
 
     def _index_nodes(self) -> None:
         """Node order, voltage bases, monitored mask and the LL pairs if needed."""
@@ -889,12 +892,15 @@ class Feeder:
         factors = np.broadcast_to(given, self._base_kw.shape)
         if not np.all(np.isfinite(factors)) or np.any(factors < 0.0):
             raise FeederError(f"feeder {self.name}: load multipliers must be finite and >= 0")
+        if self._factors_set is not None and np.array_equal(factors, self._factors_set):
+            return  # set already (the DSO's dispatch point is at its forecast's load)
         self._kw_now = self._base_kw * factors
         self._kvar_now = self._base_kvar * factors
         # every load in one call per property (thousands of loads); kW first:
         # it sets kvar from the power factor, so kvar is set second
         self._load_batch.set("kW", self._kw_now)
         self._load_batch.set("kvar", self._kvar_now)
+        self._factors_set = factors.copy()
 
     def load_shapes(self, times_s: np.ndarray, span_s: float) -> tuple[np.ndarray, np.ndarray]:
         """The feeder's own load shapes as multipliers of each load's compiled
@@ -1083,18 +1089,22 @@ class Feeder:
             )
         if not np.all(np.isfinite(mvar)):
             raise FeederError(f"feeder {self.name}: DER reactive powers must be finite")
-        loads = self._dss.Loads
+        loads = self._circuit.Loads
+        lib = loads._lib
+        moved = False
         for idx, value in zip(self._der_idx, mvar.tolist()):
             kvar = value * 1000.0
             if kvar:
-                if self._der_kvar.get(idx) == kvar:
-                    continue  # set already (a volt-var iteration moves a few)
-                loads.Idx(idx)
-                loads.kvar(kvar)
-                self._der_kvar[idx] = kvar
+                if self._der_kvar.get(idx) != kvar:
+                    self._der_kvar[idx] = kvar
+                    moved = True
             elif self._der_kvar.pop(idx, None) is not None:
-                loads.Idx(idx)
-                loads.PF(1.0)  # kvar 0; setting kvar=0 at kW=0 would leave pf=0
+                lib.Loads_Set_idx(idx)
+                lib.Loads_Set_PF(1.0)  # kvar 0; setting kvar=0 at kW=0 would leave pf=0
+        loads._check_for_error(None)
+        if moved:  # every one set in one call (those that did not move to the same kvar)
+            with_q = [idx for idx in self._der_idx if idx in self._der_kvar]
+            self._batch(with_q).set("kvar", np.array([self._der_kvar[i] for i in with_q]))
 
     def _set_der_kw(self, idx: int, kw: float) -> None:
         loads = self._dss.Loads

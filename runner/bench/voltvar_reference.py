@@ -3,7 +3,9 @@ of 30 Nov 2026, 16:30 UTC), kept as the reference ``dsosim bench voltvar``
 times the present ones against in the same run, and checks them equal to.
 
 The same engine calls in the same order, one at a time: every load's kW and
-kvar set through the classic ``Loads`` API, each DER's kW likewise, each
+kvar set through the classic ``Loads`` API at every call (also when they
+are set already), each DER's kW and reactive power likewise (the latter
+through OpenDSSDirect.py's checked calls), each
 DER element's power read one by one for the metered load, and the
 regulators and switched capacitors looked up again at every read of the
 control state. :func:`installed` puts them in place on one utility (its
@@ -60,6 +62,28 @@ def set_der_mw(self: Feeder, values: Any) -> None:
     self._der_mw = mw.copy()
 
 
+def set_der_mvar(self: Feeder, values: Any) -> None:
+    mvar = np.asarray(values, dtype=float)
+    if mvar.shape != (len(self._der_names),):
+        raise FeederError(
+            f"feeder {self.name}: {mvar.shape} DER values for {len(self._der_names)} DERs"
+        )
+    if not np.all(np.isfinite(mvar)):
+        raise FeederError(f"feeder {self.name}: DER reactive powers must be finite")
+    loads = self._dss.Loads
+    for idx, value in zip(self._der_idx, mvar.tolist()):
+        kvar = value * 1000.0
+        if kvar:
+            if self._der_kvar.get(idx) == kvar:
+                continue
+            loads.Idx(idx)
+            loads.kvar(kvar)
+            self._der_kvar[idx] = kvar
+        elif self._der_kvar.pop(idx, None) is not None:
+            loads.Idx(idx)
+            loads.PF(1.0)
+
+
 def _metered_load_mw(self: Feeder, substation_mw: float, losses_mw: float) -> float:
     loads = self._dss.Loads
     element = self._dss.CktElement
@@ -91,6 +115,7 @@ def install(grid: GridOperator) -> None:
     for name, fn in (
         ("set_load_multipliers", set_load_multipliers),
         ("set_der_mw", set_der_mw),
+        ("set_der_mvar", set_der_mvar),
         ("_metered_load_mw", _metered_load_mw),
     ):
         setattr(feeder, name, types.MethodType(fn, feeder))
