@@ -27,6 +27,9 @@ from pydantic import (
 from dsosim.federates.common.schedule import last_offset
 
 DEFAULT_START = datetime(2026, 7, 20, 0, 0)
+REUSE_LINEARISATION_KW = 10.0
+"""Default move (kW and kvar at every DER location) within which a utility
+reuses its last linearisation at the market's dispatch (docs/scenario.md)."""
 """Start of a run when the scenario gives none: a summer Monday, midnight."""
 
 
@@ -316,6 +319,13 @@ class DsoConfig(Strict):
     voltage_basis: Literal["ln", "ll"] = "ln"
     limits: LimitsConfig = LimitsConfig()
     aggregators: tuple[str, ...]
+    reuse_linearisation_kw: float = Field(
+        REUSE_LINEARISATION_KW,
+        ge=0,
+        description="the market's re-linearisation at its dispatch reuses the last one when "
+        "no DER location moved more (kW, kvar) and no control or volt-var segment changed; "
+        "0: always re-linearise",
+    )
 
 
 class AggregatorConfig(Strict):

@@ -306,6 +306,7 @@ def federation_config(
                 load_profile=lda.load_profile,
                 load_scale=lda.load_scale,
                 load_forecast_error=lda.load_forecast_error,
+                reuse_linearisation_kw=lda.reuse_linearisation_kw,
                 voltage_basis=lda.voltage_basis,
                 limits=_limits(lda, Path(dso_feeder)),
                 aggregators=tuple(a.name for a in lda.aggregators),

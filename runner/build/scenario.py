@@ -29,6 +29,7 @@ from pydantic import (
 
 from dsosim.federates.common.config import (
     DEFAULT_START,
+    REUSE_LINEARISATION_KW,
     DayAheadConfig,
     LimitsConfig,
     TransmissionEvent,
@@ -210,6 +211,13 @@ class Lda(_Section):
         1.0, gt=0, le=5, description="multiplies the feeder's own loads (season, growth)"
     )
     load_forecast_error: float = Field(0.02, ge=0, lt=0.5, description="std of relative load error")
+    reuse_linearisation_kw: float = Field(
+        REUSE_LINEARISATION_KW,
+        ge=0,
+        description="at the market's dispatch, the utility reuses its last linearisation if no "
+        "DER location moved by more than this (kW, and kvar), no regulator tap or capacitor "
+        "moved and no volt-var inverter changed segment; 0: always re-linearise",
+    )
     voltage_basis: Literal["ln", "ll"] = Field(
         "ln", description="read voltages line-to-neutral (ln) or line-to-line (ll, delta feeders)"
     )
