@@ -70,6 +70,43 @@ def test_screen_splits_rows() -> None:
     assert "mw nan" in str(refused[0][-1])
 
 
+def _with(row: tuple, **values: object) -> tuple:
+    out = list(row)
+    for name, value in values.items():
+        out[ledger.COLUMNS.index(name)] = value
+    return tuple(out)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _row(math.nan),
+        _row(0.1, math.inf),
+        _row(2001.0, 1e4),
+        _row(10.0, 30.0, 0.0),
+        _row(10.0, 30.0, -H),
+        _with(_row(1.0), mw=True),  # a bool is no number
+        _with(_row(1.0), price="30"),
+        _with(_row(1.0), hours=None),
+        _with(_row(1.0), amount=10**13),  # an int amount beyond the bound
+        _row(1.0)[:-1],  # a row too short
+    ],
+)
+@pytest.mark.parametrize("bound", [BOUND, None])
+def test_screen_of_many_rows_is_the_row_by_row_screen(bad: tuple, bound) -> None:
+    """The column-wise check that passes whole batches at once accepts exactly
+    what ``refusal`` accepts, row by row; ints pass as numbers."""
+    rows = [_row(1.0), _with(_row(2.0), mw=2, price=30, hours=1, amount=60), bad, _row(-3.0)]
+    good, refused = ledger.screen(rows, bound)
+    expected = [r for r in rows if ledger.refusal(r, bound) is None]
+    assert good == expected
+    assert [r[-1] for r in refused] == [
+        ledger.refusal(r, bound) for r in rows if ledger.refusal(r, bound) is not None
+    ]
+    clean = [r for r in rows if r is not bad]
+    assert ledger.screen(clean, bound) == (clean, [])
+
+
 def _results(tmp: Path, settlements: list[tuple], refused: list[tuple]) -> Path:
     store = ResultStore(tmp, flush_every=1)
     store.add(

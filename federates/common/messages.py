@@ -407,6 +407,10 @@ KINDS: dict[str, type] = {
         HilReadings,
     )
 }
+_FIELDS: dict[str, frozenset[str]] = {
+    kind: frozenset({"v", "kind"} | {f.name for f in fields(cls)}) for kind, cls in KINDS.items()
+}
+"""The fields a message of each kind may have (looked up per message, so made once)."""
 
 
 # -------------------------------------------------------------------- encoding
@@ -588,7 +592,7 @@ def decode(raw: bytes, *, source: str, allowed_senders: Sequence[str] | None = N
     interval = r.integer("interval")
     if interval < 0:
         raise r.fail("interval", f"must be >= 0, got {interval}")
-    extra = set(data) - {"v", "kind"} - {f.name for f in fields(KINDS[kind])}
+    extra = set(data) - _FIELDS[kind]
     if extra:
         raise r.fail(sorted(extra)[0], "unexpected field")
     return _DECODERS[kind](r, sender, interval)
