@@ -1,6 +1,9 @@
-"""The LDA market's hot path gives the reference implementation's results,
-byte for byte: the interface bid's price sweep evaluated for all steps at
-once (``_Steps``), the screened rows, the clearing. The reference is the
+"""The LDA market's hot path gives the reference implementation's results:
+the clearing byte for byte (the screened rows too); the interface bid byte
+for byte where its price sweep needs no LP (``_Steps`` evaluates every step
+between block prices at once), and within the sweep's stated bound
+(``SWEEP_PRICE_BOUND``, ``SWEEP_MW_BOUND``) where its steps are pivots of
+its own (``parametric``) instead of HiGHS solves. The reference is the
 module as it was before that work (``dsosim.runner.bench.lda_reference``,
 the benchmark's reference too)."""
 
@@ -10,10 +13,10 @@ import numpy as np
 import pytest
 
 from dsosim.federates.common.curves import BidCurve, PlacedCurve
-from dsosim.federates.markets import lda_market
+from dsosim.federates.markets import lda_market, parametric
 from dsosim.federates.markets.lda_market import Limits, build_interface_bid, clear_lda
 from dsosim.runner.bench import lda_reference
-from dsosim.runner.bench.lda import fields
+from dsosim.runner.bench.lda import bid_gaps, bid_outside_bound, fields
 from tests.test_lda_market import linearised
 
 
@@ -58,7 +61,10 @@ def test_bid_and_clearing_are_the_reference_ones(seed: int) -> None:
     curves, state, sens, fixed = _case(seed)
     limits = Limits(vmin_pu=0.985, vmax_pu=1.015, max_loading=1.0)
     bid = build_interface_bid(curves, state, sens, fixed, limits)
-    _same(bid, lda_reference.build_interface_bid(curves, state, sens, fixed, limits))
+    ref = lda_reference.build_interface_bid(curves, state, sens, fixed, limits)
+    assert bid_outside_bound(bid, ref) == []
+    if bid.n_lp_solves == 0:
+        _same(bid, ref)  # no LP: the sweep is the reference's, exactly
     for lmp in (-20.0, 15.0, 35.5, 80.0):
         for award in (bid.curve.quantity_at(lmp), bid.curve.quantity_at(lmp) + 0.3):
             _same(
@@ -150,3 +156,64 @@ def test_clearing_without_network_rows_is_the_reference_one(seed: int) -> None:
                     ),
                 )
     assert 0 < solved_alone < 25  # both paths are exercised
+
+
+LIMIT_SETS = (
+    Limits(vmin_pu=0.985, vmax_pu=1.015, max_loading=1.0),
+    Limits(vmin_pu=0.99, vmax_pu=1.01, max_loading=0.8),
+)
+
+
+@pytest.mark.parametrize(
+    ("n_der", "n_node", "n_branch", "seeds"), [(6, 8, 4, 200), (20, 30, 10, 40)]
+)
+def test_the_swept_bid_is_the_highs_sweeps_within_the_stated_bound(
+    n_der: int, n_node: int, n_branch: int, seeds: int
+) -> None:
+    """Random feeders whose rows bind, prices on a coarse grid (many ties):
+    the sweep's own pivots give the bid the reference's HiGHS solves give,
+    block for block, within SWEEP_PRICE_BOUND and SWEEP_MW_BOUND. The bound
+    is not idle: breakpoints between block prices do differ by rounding."""
+    solves = moved = 0
+    for seed in range(seeds):
+        curves, state, sens, fixed = _case(1000 + seed, n_der, n_node, n_branch)
+        for limits in LIMIT_SETS:
+            bid = build_interface_bid(curves, state, sens, fixed, limits)
+            ref = lda_reference.build_interface_bid(curves, state, sens, fixed, limits)
+            assert bid_outside_bound(bid, ref) == [], (seed, limits)
+            solves += bid.n_lp_solves
+            moved += bid_gaps(bid, ref) != (0.0, 0.0)
+    assert solves > 10 * seeds  # the rows bind: the sweep pivots
+    assert moved > 0
+
+
+def test_a_step_the_pivots_cannot_take_is_solved_by_highs(monkeypatch) -> None:
+    """Every step refused by the pivots (PivotError) falls back to HiGHS from
+    its own basis: the reference's sweep, byte for byte; every other step
+    refused: within the bound."""
+    real = parametric.ParametricLp.solve
+    calls = {"n": 0}
+
+    def every_other(self, lam):
+        calls["n"] += 1
+        if calls["n"] % 2:
+            raise parametric.PivotError("test")
+        return real(self, lam)
+
+    def never(self, lam):
+        raise parametric.PivotError("test")
+
+    limits = LIMIT_SETS[0]
+    checked = 0
+    for seed in range(15):
+        curves, state, sens, fixed = _case(seed)
+        ref = lda_reference.build_interface_bid(curves, state, sens, fixed, limits)
+        if ref.n_lp_solves < 3:
+            continue
+        checked += 1
+        monkeypatch.setattr(parametric.ParametricLp, "solve", never)
+        _same(build_interface_bid(curves, state, sens, fixed, limits), ref)
+        monkeypatch.setattr(parametric.ParametricLp, "solve", every_other)
+        bid = build_interface_bid(curves, state, sens, fixed, limits)
+        assert bid_outside_bound(bid, ref) == []
+    assert checked >= 5

@@ -8,8 +8,13 @@ times through the reference implementation (``lda_reference``: the module as
 it was before the hot-path work) and through the current ``lda_market``,
 alternating which goes first, and the table gives the milliseconds per
 interface bid and per clearing of each (the best of the repeats, wall and
-CPU), their ratio, and whether every result is identical: every field, arrays
-byte for byte, everything else by its ``repr`` (exact for floats).
+CPU), their ratio, and whether the results agree: every clearing identical
+(every field, arrays byte for byte, everything else by its ``repr``, exact
+for floats); every interface bid identical or within the bound the price
+sweep states (``lda_market.SWEEP_PRICE_BOUND`` and ``SWEEP_MW_BOUND``: its
+steps are pivots of its own since the reference solved each with HiGHS, so a
+breakpoint between block prices may differ by rounding), with how many bids
+are identical and the largest gaps of the others.
 
 The machine may be shared: the load average is printed with the figures; the
 ratio, measured in the same run on the same inputs, moves much less than the
@@ -130,14 +135,86 @@ def fields(result: Any) -> list[tuple[str, bytes | str]]:
     return out
 
 
+DIAGNOSTIC = ("relaxed", "n_lp_solves", "flattened_mw")
+"""Interface bid fields that describe the sweep's path, not the bid (nothing
+downstream reads them): the rows it had to relax (compared as a set of
+elements: their worst violation is over the prices the sweep visited, and of
+a kinked branch's two rows the worse one is kept, a tie to rounding), how
+many steps it solved, the largest fall it flattened."""
+
+
+def bid_outside_bound(ours: lda_market.AggregatedBid, ref: Any) -> list[str]:
+    """Where the interface bid ``ours`` is not ``ref`` within the sweep's
+    stated bound (``SWEEP_PRICE_BOUND``, ``SWEEP_MW_BOUND``): the same
+    ``base_mw``, ``fixed_mw``, ``n_rows``, number of blocks and elements of
+    relaxed rows (see ``DIAGNOSTIC``), every block's price and MW within the
+    bound. Empty if it is."""
+    out = []
+    a, b = ours.curve, ref.curve
+    if (repr(a.base_mw), repr(ours.fixed_mw), ours.n_rows) != (
+        repr(b.base_mw),
+        repr(ref.fixed_mw),
+        ref.n_rows,
+    ):
+        out.append("base_mw, fixed_mw or n_rows")
+    if len(a.blocks) != len(b.blocks):
+        out.append(f"{len(a.blocks)} blocks, not {len(b.blocks)}")
+    else:
+        dp, dq = bid_gaps(ours, ref)
+        if dp > lda_market.SWEEP_PRICE_BOUND:
+            out.append(f"a price {dp:.3g} $/MWh away")
+        if dq > lda_market.SWEEP_MW_BOUND:
+            out.append(f"a quantity {dq:.3g} MW away")
+    if {(c.kind, c.element) for c in ours.relaxed} != {(c.kind, c.element) for c in ref.relaxed}:
+        out.append("relaxed rows")
+    return out
+
+
+def bid_gaps(ours: Any, ref: Any) -> tuple[float, float]:
+    """Largest gap of a block's price ($/MWh) and MW between two bids with
+    the same number of blocks."""
+    a = np.array(ours.curve.blocks, dtype=float).reshape(-1, 2)
+    b = np.array(ref.curve.blocks, dtype=float).reshape(-1, 2)
+    gap = np.abs(a - b).max(axis=0, initial=0.0)
+    return float(gap[0]), float(gap[1])
+
+
 def differences(ours: list[Any], theirs: list[Any], calls: list[Call]) -> list[str]:
-    """Calls whose results differ, naming the fields."""
+    """Calls whose results differ, naming the fields: clearings field by
+    field, exactly; interface bids beyond the sweep's stated bound (see
+    :func:`bid_outside_bound`)."""
     out = []
     for k, (a, b, (kind, _, _)) in enumerate(zip(ours, theirs, calls, strict=True)):
-        differ = [n for (n, x), (_, y) in zip(fields(a), fields(b), strict=True) if x != y]
+        if kind == "bid":
+            differ = bid_outside_bound(a, b)
+        else:
+            differ = [n for (n, x), (_, y) in zip(fields(a), fields(b), strict=True) if x != y]
         if differ:
             out.append(f"call {k} ({kind}): {', '.join(differ)}")
     return out
+
+
+def bid_summary(ours: list[Any], theirs: list[Any], calls: list[Call]) -> str:
+    """How many interface bids are identical to the reference (every field
+    but the diagnostic ones, by repr), and the largest gaps of the others."""
+    same = worst_p = worst_q = 0.0
+    n = 0
+    for a, b, (kind, _, _) in zip(ours, theirs, calls, strict=True):
+        if kind != "bid":
+            continue
+        n += 1
+        fa = [f for f in fields(a) if f[0] not in DIAGNOSTIC]
+        fb = [f for f in fields(b) if f[0] not in DIAGNOSTIC]
+        if fa == fb:
+            same += 1
+        elif len(a.curve.blocks) == len(b.curve.blocks):
+            dp, dq = bid_gaps(a, b)
+            worst_p, worst_q = max(worst_p, dp), max(worst_q, dq)
+    return (
+        f"interface bids: {int(same)} of {n} identical, the others within "
+        f"{worst_p:.2g} $/MWh and {worst_q:.2g} MW of the reference "
+        f"(bound {lda_market.SWEEP_PRICE_BOUND:g} $/MWh, {lda_market.SWEEP_MW_BOUND:g} MW)"
+    )
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -185,10 +262,14 @@ def handle(args: argparse.Namespace) -> int:
             f"   ({rc:.2f} -> {cc:.2f} ms CPU, {rc / max(cc, 1e-9):.1f}x)"
         )
     print(f"load after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min)")
+    print(bid_summary(results["current"], results["reference"], calls))
     if diff:
         print(f"results differ in {len(diff)} of {len(calls)} calls:")
         for line in diff[:20]:
             print(f"  {line}")
         return 1
-    print(f"results identical in all {len(calls)} calls")
+    print(
+        f"results identical in all {count['clear']} clearings, interface bids within the bound "
+        f"in all {count['bid']}"
+    )
     return 0
