@@ -50,6 +50,14 @@ def _lexsort_sort(
     return order, price[order], per_bus
 
 
+def _lexsort_kept(
+    owners: offers.BlockOwners, kept: IntArray, price: FloatArray, n_bus: int
+) -> tuple[IntArray, FloatArray, IntArray]:
+    bus = owners.bus[kept]
+    order = np.lexsort((-price[kept], bus))
+    return kept[order], price[kept][order], np.bincount(bus, minlength=n_bus)
+
+
 def _reference_pool(
     bus: IntArray,
     price: FloatArray,
@@ -78,6 +86,34 @@ def _reference_pool(
     hi, lo = np.maximum.reduceat(price, starts), np.minimum.reduceat(price, starts)
     g_price = np.where(hi == lo, hi, np.clip(g_price, lo, hi))
     return bus[starts], g_price, g_mw
+
+
+def _reference_run_starts(
+    bus: IntArray, price: FloatArray
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    first = np.empty(len(bus), dtype=bool)
+    first[0] = True
+    np.not_equal(bus[1:], bus[:-1], out=first[1:])
+    new_price = np.empty(len(bus), dtype=bool)
+    new_price[0] = True
+    np.not_equal(price[1:], price[:-1], out=new_price[1:])
+    new_price |= first
+    return first, new_price
+
+
+def _reference_curves_and_runs(
+    bus: IntArray,
+    price: FloatArray,
+    mw: FloatArray,
+    per_bus: IntArray,
+    max_blocks: int,
+    sliced: bool,
+) -> tuple[IntArray, FloatArray, FloatArray, offers.PriceRuns]:
+    first, new_price = _reference_run_starts(bus, price)
+    c_bus, c_price, c_mw = _reference_pool(
+        bus, price, mw, len(per_bus), max_blocks, first, new_price, per_bus, sliced
+    )
+    return c_bus, c_price, c_mw, _reference_price_runs(bus, mw, new_price)
 
 
 def _reference_price_runs(
@@ -181,8 +217,8 @@ def _reference_response(self: thermal.ThermalLoads, g: FloatArray) -> tuple[Floa
 def _use_references(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(offers, "bus_price_order", _lexsort_order)
     monkeypatch.setattr(offers, "_bus_price_sort", _lexsort_sort)
-    monkeypatch.setattr(offers, "_pool", _reference_pool)
-    monkeypatch.setattr(offers, "_price_runs", _reference_price_runs)
+    monkeypatch.setattr(offers, "_sort_kept", _lexsort_kept)
+    monkeypatch.setattr(offers, "_curves_and_runs", _reference_curves_and_runs)
     monkeypatch.setattr(offers, "fill", _reference_fill)
     monkeypatch.setattr(prices, "order_stat", _reference_order_stat)
     monkeypatch.setattr(prices.Outlook, "order_stat_ahead", _reference_order_stat_ahead)
@@ -292,7 +328,9 @@ def test_the_fast_path_gives_the_reference_paths_bits_over_a_day(
 @pytest.mark.parametrize("sparse", [False, True])
 def test_pooling_gives_the_reference_bits_whichever_buses_are_pooled(sparse: bool) -> None:
     """Buses with more distinct prices than ``max_blocks`` (banded), fewer
-    (every price its own block), and both at once, with ties."""
+    (every price its own block), and both at once, with ties, some buses
+    without blocks; per-bus values repeated over the blocks, and applied bus
+    by bus to slices (``sparse``: a utility-scale fleet)."""
     rng = np.random.default_rng(3)
     cases = ([40, 300, 7, 0, 90], [5, 9, 3], [200, 400, 100], [3000, 0, 2500, 0, 0], [0, 5000, 10])
     for sizes in cases:  # the last two sort by integer keys (4,096 blocks or more)
@@ -302,18 +340,12 @@ def test_pooling_gives_the_reference_bits_whichever_buses_are_pooled(sparse: boo
         order, price, per_bus = offers._bus_price_sort(bus, price, len(sizes))
         mw = mw[order]
         assert per_bus.tolist() == sizes
-        first, new_price = offers._run_starts(bus, price)
-        args = (bus, price, mw, len(sizes), 16, first, new_price, per_bus)
-        got = offers._pool(*args, sparse)
-        want = _reference_pool(*args, sparse)
-        for a, b in zip(got, want, strict=True):
+        got = offers._curves_and_runs(bus, price, mw, per_bus, 16, sparse)
+        want = _reference_curves_and_runs(bus, price, mw, per_bus, 16, sparse)
+        for a, b in zip(got[:3], want[:3], strict=True):
             assert a.tobytes() == b.tobytes()
-        runs, ref = (
-            offers._price_runs(bus, mw, new_price),
-            _reference_price_runs(bus, mw, new_price),
-        )
         for name in ("length", "bus", "mw", "before"):
-            assert getattr(runs, name).tobytes() == getattr(ref, name).tobytes()
+            assert getattr(got[3], name).tobytes() == getattr(want[3], name).tobytes()
 
 
 def test_block_order_resolves_prices_closer_than_its_key_keeps() -> None:
@@ -329,6 +361,30 @@ def test_block_order_resolves_prices_closer_than_its_key_keeps() -> None:
     # more buses than the key can hold next to the index: the plain lexsort
     wide = rng.integers(0, 2**40, n).astype(np.intp)
     assert np.array_equal(offers.bus_price_order(wide, price), np.lexsort((-price, wide)))
+
+
+def test_kept_blocks_sort_as_lexsort_with_near_ties_and_empty_buses() -> None:
+    """The fleet's block order from keys tagged with each block's own index
+    (only the blocks kept, some buses without any) is lexsort's, prices a few
+    ulps apart and signed zeros included."""
+    rng = np.random.default_rng(12)
+    n = 30000
+    bus = rng.integers(0, 6, n).astype(np.intp)
+    bus[bus == 4] = 5  # bus 4 offers nothing
+    price = 12.5 + rng.integers(-3, 4, n) * np.spacing(12.5)
+    price[::7] = rng.uniform(-10.0, 50.0, len(price[::7]))
+    price[::11] = -0.0
+    price[::13] = 0.0
+    owner = np.arange(n, dtype=np.intp)
+    groups = [group.GroupOffer(price, price, price, price, price, owner)]
+    owners = offers.BlockOwners()
+    owners.of(groups, bus)
+    for kept in (np.arange(n), np.flatnonzero(rng.random(n) < 0.6), np.arange(0, n, 9)):
+        got = offers._sort_kept(owners, kept, price, 7)
+        want = _lexsort_kept(owners, kept, price, 7)
+        for a, b in zip(got, want, strict=True):
+            assert a.tobytes() == b.tobytes()
+        assert got[2][4] == 0 and got[2][6] == 0
 
 
 def test_a_utility_scale_fleet_is_told_apart_and_glibc_keeps_its_freed_memory(

@@ -167,12 +167,3 @@ def per_bus_extreme(bus: IntArray, values: FloatArray, n_bus: int, *, largest: b
     (np.maximum if largest else np.minimum).at(out, bus, values)
     out[~np.isfinite(out)] = np.nan
     return out
-
-
-def tranches(lo: FloatArray, hi: FloatArray, k: int) -> tuple[FloatArray, FloatArray]:
-    """Split each device's range ``[lo, hi]`` into ``k`` equal tranches:
-    their midpoints ``(n, k)`` and their size ``(n,)`` (block ``j`` of
-    device ``i`` is entry ``i * k + j``: a group keeps those owners)."""
-    size = (hi - lo) / k
-    mid = lo[:, None] + size[:, None] * (np.arange(k) + 0.5)[None, :]
-    return mid, size

@@ -68,6 +68,25 @@ class BlockOwners:
         self._arrays: list[IntArray] = []
         self.owner: IntArray = np.zeros(0, dtype=np.intp)
         self.bus: IntArray = np.zeros(0, dtype=np.intp)
+        self._tags: tuple[NDArray[np.uint64], int, int] | None = None
+
+    def tags(self) -> tuple[NDArray[np.uint64], int, int]:
+        """Each block's sort-key tag, ``bus | 0 | index`` from the high bits
+        down (see :func:`bus_price_order`; the index is the block's in group
+        order), the bits left for the price between them and the index bits
+        (price bits below 24: no tags, sort by ``lexsort``)."""
+        if self._tags is None:
+            n = len(self.owner)
+            index_bits = (n - 1).bit_length() if n else 0
+            bus_bits = max(int(self.bus.max()).bit_length(), 1) if n else 1
+            price_bits = 64 - index_bits - bus_bits
+            tag = np.arange(n, dtype=np.uint64)
+            if n and int(self.bus.min()) >= 0 and price_bits >= 24:
+                tag |= self.bus.astype(np.uint64) << np.uint64(price_bits + index_bits)
+            else:
+                price_bits = 0
+            self._tags = (tag, price_bits, index_bits)
+        return self._tags
 
     def of(self, groups: list[GroupOffer], dev_bus: IntArray) -> tuple[IntArray, IntArray]:
         same = len(self._arrays) == len(groups) and all(
@@ -80,6 +99,7 @@ class BlockOwners:
             ).astype(np.intp)
             self.bus = dev_bus[self.owner]
             self._arrays = [g.owner for g in groups]  # held, so no other array takes their ids
+            self._tags = None
         return self.owner, self.bus
 
 
@@ -94,17 +114,16 @@ def assemble(
     buses and their per-bus sums in ``bus_sums`` (and the blocks' owners kept
     in ``owners`` from one interval to the next)."""
     dev_bus, n_bus = bus_sums.bus, bus_sums.n_bus
-    all_owner, all_bus = (owners or BlockOwners()).of(groups, dev_bus)
+    owners = owners or BlockOwners()
+    all_owner, _ = owners.of(groups, dev_bus)
     dev_lo = np.concatenate([g.lo for g in groups])
     dev_hi = np.concatenate([g.hi for g in groups])
     dev_base = np.clip(np.concatenate([g.base for g in groups]), dev_lo, dev_hi)
     price = np.concatenate([g.price for g in groups])
     mw = np.concatenate([g.mw for g in groups])
-    kept = np.flatnonzero(mw > EPS_MW)
-    price = price[kept]
     np.clip(price, PRICE_FLOOR, PRICE_CAP, out=price)  # +inf (no later chance) -> the cap
-    order, price, per_bus = _bus_price_sort(all_bus[kept], price, n_bus)
-    kept = kept[order]  # the blocks kept, in order
+    # the blocks kept, in order (by bus, then price highest first), and their prices
+    kept, price, per_bus = _sort_kept(owners, np.flatnonzero(mw > EPS_MW), price, n_bus)
     mw, owner = mw[kept], all_owner[kept]
     # sorted by bus: the bus column is each bus repeated as often as it has blocks
     bus = np.repeat(np.arange(n_bus), per_bus)
@@ -112,11 +131,9 @@ def assemble(
     dev_hi = dev_lo + np.bincount(owner, mw, minlength=len(dev_lo))
     runs = None
     if len(mw):
-        first, new_price = _run_starts(bus, price)
-        c_bus, c_price, c_mw = _pool(
-            bus, price, mw, n_bus, max_blocks, first, new_price, per_bus, bus_sums.sparse
+        c_bus, c_price, c_mw, runs = _curves_and_runs(
+            bus, price, mw, per_bus, max_blocks, bus_sums.sparse
         )
-        runs = _price_runs(bus, mw, new_price)
     else:
         c_bus, c_price, c_mw = bus, price, mw
     return FleetOffer(
@@ -173,25 +190,66 @@ def _bus_price_sort(
         order = np.lexsort((-price, bus))
         per_bus = np.bincount(bus, minlength=n_bus) if n_bus is not None else np.zeros(0, np.intp)
         return order, price[order], per_bus
+    tag = np.arange(n, dtype=np.uint64)
+    tag |= bus.astype(np.uint64) << np.uint64(price_bits + index_bits)
+    top = int(bus.max())
+    order, ordered, per_bus = _tagged_sort(
+        neg, tag, (price_bits, index_bits), price, top, top + 1 if n_bus is None else n_bus
+    )
+    return order, ordered, per_bus if n_bus is not None else np.zeros(0, dtype=np.intp)
+
+
+def _sort_kept(
+    owners: BlockOwners, kept: IntArray, price: FloatArray, n_bus: int
+) -> tuple[IntArray, FloatArray, IntArray]:
+    """The blocks ``kept`` (indices in group order) by bus, then price
+    (``price[i]`` of block ``i``) highest first, ties in index order: the
+    sorted indices, their prices and the blocks per bus. The order of
+    ``lexsort((-price[kept], bus[kept]))``, by one sort of integer keys whose
+    low bits are the block's own index (:meth:`BlockOwners.tags`), so the
+    sorted keys give the indices without a gather through ``kept``."""
+    tag, price_bits, index_bits = owners.tags()
+    neg = np.negative(price[kept])
+    neg += 0.0  # -0.0 -> 0.0 (lexsort compares them equal)
+    if len(kept) < 4096 or price_bits == 0 or np.isnan(neg.max()):
+        bus = owners.bus[kept]
+        order = np.lexsort((neg, bus))
+        return kept[order], price[kept[order]], np.bincount(bus, minlength=n_bus)
+    top = int(owners.bus.max())  # buses above it have no blocks
+    return _tagged_sort(neg, tag[kept], (price_bits, index_bits), price, top, n_bus)
+
+
+def _tagged_sort(
+    neg: FloatArray,
+    tag: NDArray[np.uint64],
+    bits: tuple[int, int],
+    price: FloatArray,
+    top: int,
+    n_bus: int,
+) -> tuple[IntArray, FloatArray, IntArray]:
+    """Sort blocks of negated prices ``neg`` (no NaN, no -0.0) and tags
+    ``bus | 0 | index`` (``tag``, the price's bits left zero; ``bits``: the
+    price and index bits, buses at most ``top``): the indices in order,
+    ``price[index]`` in that order and the blocks per bus ``0 .. n_bus - 1``
+    (see :func:`bus_price_order`; ``neg`` is overwritten)."""
+    n = len(neg)
+    price_bits, index_bits = bits
     # order-preserving image: flip every bit of negative floats, only the sign of the others
-    bits = neg.view(np.int64)
-    image = bits >> 63
+    raw = neg.view(np.int64)
+    image = raw >> 63
     image |= np.int64(-(2**63))
-    image ^= bits
+    image ^= raw
     key = image.view(np.uint64)
     key >>= np.uint64(64 - price_bits)
-    key |= bus.astype(np.uint64) << np.uint64(price_bits)
     key <<= np.uint64(index_bits)
-    key |= np.arange(n, dtype=np.uint64)
+    key |= tag
     key.sort()
     order = (key & np.uint64((1 << index_bits) - 1)).view(np.int64).astype(np.intp, copy=False)
-    per_bus = np.zeros(0, dtype=np.intp)
-    if n_bus is not None:  # where each bus's keys start (buses < n_bus)
-        top = int(bus.max())
-        cuts = np.searchsorted(
-            key, np.arange(1, top + 1, dtype=np.uint64) << np.uint64(price_bits + index_bits)
-        )
-        per_bus = np.diff(np.concatenate(([0], cuts, np.full(n_bus - top, n))))
+    # where each bus's keys start
+    cuts = np.searchsorted(
+        key, np.arange(1, top + 1, dtype=np.uint64) << np.uint64(price_bits + index_bits)
+    )
+    per_bus = np.diff(np.concatenate(([0], cuts, np.full(n_bus - top, n))))
     # prices cut to the same top bits but not equal: re-sort those runs exactly
     key >>= np.uint64(index_bits)
     ordered = price[order]
@@ -228,82 +286,111 @@ def pool(
     per bus (see module docstring)."""
     if len(mw) == 0:
         return bus, price, mw
-    first, new_price = _run_starts(bus, price)
     per_bus = np.bincount(bus, minlength=n_bus)
-    return _pool(bus, price, mw, n_bus, max_blocks, first, new_price, per_bus, False)
+    c_bus, c_price, c_mw, _ = _curves_and_runs(bus, price, mw, per_bus, max_blocks, False)
+    return c_bus, c_price, c_mw
 
 
-def _run_starts(bus: IntArray, price: FloatArray) -> tuple[BoolArray, BoolArray]:
-    """Where a new bus starts, and where a new (bus, price) run starts, in
-    blocks sorted by bus then price (at least one block)."""
-    first = np.empty(len(bus), dtype=bool)
-    first[0] = True
-    np.not_equal(bus[1:], bus[:-1], out=first[1:])
-    new_price = np.empty(len(bus), dtype=bool)
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where each bus's blocks and each (bus, price) run start, in blocks
+    sorted by bus then price highest first."""
+
+    bus_at: IntArray
+    """Blocks before each bus (``n_bus + 1`` entries: bus ``b`` holds blocks
+    ``bus_at[b] .. bus_at[b + 1] - 1``)."""
+    firsts: IntArray
+    """The first block of each bus that has any."""
+    new_price: BoolArray
+    """True where a run starts (a bus's first block, or a new price)."""
+    starts: IntArray
+    """The block each run starts at."""
+    run_at: IntArray
+    """Runs before each bus (``n_bus + 1`` entries)."""
+
+
+def _layout(price: FloatArray, per_bus: IntArray) -> _Layout:
+    bus_at = np.zeros(len(per_bus) + 1, dtype=np.intp)
+    np.cumsum(per_bus, out=bus_at[1:])
+    firsts = bus_at[:-1][per_bus > 0]
+    new_price = np.empty(len(price), dtype=bool)
     new_price[0] = True
     np.not_equal(price[1:], price[:-1], out=new_price[1:])
-    new_price |= first
-    return first, new_price
+    new_price[firsts] = True
+    starts = np.flatnonzero(new_price)
+    return _Layout(bus_at, firsts, new_price, starts, np.searchsorted(starts, bus_at))
 
 
-def _pool(
+def _curves_and_runs(
     bus: IntArray,
     price: FloatArray,
     mw: FloatArray,
-    n_bus: int,
-    max_blocks: int,
-    first: BoolArray,
-    new_price: BoolArray,
     per_bus: IntArray,
-    sparse: bool,
-) -> tuple[IntArray, FloatArray, FloatArray]:
-    """:func:`pool` of blocks sorted by bus (``per_bus`` of them at each bus),
-    given where each bus and each price starts; with ``sparse``, each bus's
-    total by :class:`BusSums`' sparse product (the same sum)."""
-    start = np.flatnonzero(first)
-    distinct = np.zeros(n_bus, dtype=np.intp)  # distinct prices per bus
-    distinct[bus[start]] = np.add.reduceat(new_price.view(np.int8), start, dtype=np.intp)
+    max_blocks: int,
+    sliced: bool,
+) -> tuple[IntArray, FloatArray, FloatArray, PriceRuns]:
+    """The pooled bus curves (:func:`pool`: bus, price, MW of each pooled
+    block) and the price runs the fill shares (:class:`PriceRuns`) of blocks
+    sorted by bus then price, ``per_bus`` of them at each bus (at least one
+    block). With ``sliced`` (a utility-scale fleet: few buses, many blocks
+    each), values that are one per bus are applied bus by bus to slices
+    instead of repeated over the blocks, and each bus's total is summed by
+    :func:`sorted_bus_sums`; the same operations on the same values."""
+    at = _layout(price, per_bus)
+    runs = _price_runs(mw, at, sliced)
+    distinct = np.diff(at.run_at)  # distinct prices per bus
     big = distinct > max_blocks
-    if not big.any():  # every block of a price its own group, at every bus
-        new = new_price.copy()
+    if not big.any():  # every price its own pooled block, at every bus: the runs
+        starts, g_mw = at.starts, runs.mw
     else:
-        band = _bands(bus, mw, n_bus, max_blocks, start, per_bus, sparse)
-        # a new group at every new bus, and at a new price (small buses) or band (big ones)
-        new = first.copy()
+        band = _bands(bus, mw, max_blocks, per_bus, at, sliced)
+        # a new pooled block at every new bus, and at a new price (small buses) or band (big)
+        new = np.empty(len(mw), dtype=bool)
+        new[0] = True
         if big.all():
-            new[1:] |= band[1:] != band[:-1]
+            np.not_equal(band[1:], band[:-1], out=new[1:])
         else:
-            new[1:] |= np.where(np.repeat(big, per_bus)[1:], band[1:] != band[:-1], new_price[1:])
-    starts = np.flatnonzero(new)
-    g_mw = np.add.reduceat(mw, starts)
+            new[1:] = np.where(np.repeat(big, per_bus)[1:], band[1:] != band[:-1], at.new_price[1:])
+        new[at.firsts] = True
+        starts = np.flatnonzero(new)
+        g_mw = np.add.reduceat(mw, starts)
     g_price = np.add.reduceat(price * mw, starts) / g_mw
     hi, lo = np.maximum.reduceat(price, starts), np.minimum.reduceat(price, starts)
     g_price = np.where(hi == lo, hi, np.clip(g_price, lo, hi))
-    return bus[starts], g_price, g_mw
+    return bus[starts], g_price, g_mw, runs
 
 
 def _bands(
     bus: IntArray,
     mw: FloatArray,
-    n_bus: int,
     max_blocks: int,
-    start: IntArray,
     per_bus: IntArray,
-    sparse: bool,
+    at: _Layout,
+    sliced: bool,
 ) -> IntArray:
     """Each block's band: where the middle of its quantity falls along its bus's
-    total, in ``max_blocks`` equal parts (blocks sorted by bus, ``start`` the
-    first of each bus present)."""
+    total, in ``max_blocks`` equal parts (``sliced``: see :func:`_curves_and_runs`)."""
     cum = np.cumsum(mw)
-    before = np.repeat(cum[start] - mw[start], np.diff(np.append(start, len(mw))))
-    if sparse:
+    n_bus = len(per_bus)
+    if sliced:
         total = sorted_bus_sums(mw, per_bus)
+        within = np.empty_like(mw)
+        cuts = at.bus_at.tolist()
+        for b in np.flatnonzero(per_bus).tolist():
+            a, z = cuts[b], cuts[b + 1]
+            np.subtract(cum[a:z], cum[a] - mw[a], out=within[a:z])
     else:
         total = np.bincount(bus, mw, minlength=n_bus)
+        start = at.firsts
+        before = np.repeat(cum[start] - mw[start], per_bus[per_bus > 0])
+        within = np.subtract(cum, before, out=before)
     # quantity up to the middle of the block: cum - before - 0.5 * mw, in place
-    within = np.subtract(cum, before, out=before)
     within -= np.multiply(mw, 0.5, out=cum)
-    within /= np.repeat(total, per_bus)
+    if sliced:
+        for b in np.flatnonzero(per_bus).tolist():
+            within[cuts[b] : cuts[b + 1]] /= total[b]
+    else:
+        within /= np.repeat(total, per_bus)
     within *= max_blocks
     band = within.astype(np.intp)
     np.minimum(band, max_blocks - 1, out=band)
@@ -323,15 +410,22 @@ class PriceRuns:
     """MW of the bus's runs before this one (higher prices, taken first)."""
 
 
-def _price_runs(bus: IntArray, mw: FloatArray, new_price: BoolArray) -> PriceRuns:
-    starts = np.flatnonzero(new_price)
+def _price_runs(mw: FloatArray, at: _Layout, sliced: bool) -> PriceRuns:
+    starts = at.starts
     length = np.diff(np.append(starts, len(mw)))
     g_mw = np.add.reduceat(mw, starts)
-    g_bus = bus[starts]
+    per_bus = np.diff(at.run_at)
+    g_bus = np.repeat(np.arange(len(per_bus)), per_bus)
     before = np.cumsum(g_mw)
     before -= g_mw  # taken before the run, counted over all buses
-    first = np.flatnonzero(np.concatenate(([True], g_bus[1:] != g_bus[:-1])))
-    before -= np.repeat(before[first], np.diff(np.append(first, len(g_mw))))
+    has = np.flatnonzero(per_bus)
+    if sliced:  # less what the bus's first run had before it, bus by bus
+        cuts = at.run_at.tolist()
+        for b in has.tolist():
+            a = cuts[b]
+            before[a : cuts[b + 1]] -= before[a]  # a scalar, read before the slice changes
+    else:
+        before -= np.repeat(before[at.run_at[has]], per_bus[has])
     return PriceRuns(length, g_bus, g_mw, before)
 
 

@@ -61,7 +61,6 @@ from dsosim.federates.aggregator.group import (
     IntArray,
     Tick,
     per_bus_extreme,
-    tranches,
 )
 from dsosim.federates.aggregator.specs import HvacSpec, WaterHeaterSpec
 from dsosim.federates.aggregator.weather import Weather
@@ -141,6 +140,7 @@ class ThermalLoads:
         self._t_min, self._t_max = setpoint - band, setpoint + band
         self._steep = (comfort * sign / band)[:, None]
         self._owner = np.repeat(np.arange(len(bus), dtype=np.intp), blocks)
+        self._halves = (np.arange(blocks) + 0.5)[None, :]  # tranche midpoints, in tranches
         self._decay: tuple[FloatArray, FloatArray, FloatArray] | None = None
 
     # A subclass gives the environment of interval t: conductance G (kW/degC),
@@ -152,11 +152,19 @@ class ThermalLoads:
         g, t_src, ambient = self.environment(t)
         a, slope = self._response(g)
         free = end_temperature(self.temp, g, t_src, self.capacity, 0.0, self.dt_h, decay=a)
-        t_min, t_max = self._t_min, self._t_max
-        p1, p2 = (t_min - free) / slope, (t_max - free) / slope
-        lo_kw = np.clip(np.minimum(p1, p2), 0.0, self.p_kw)
-        hi_kw = np.maximum(np.clip(np.maximum(p1, p2), 0.0, self.p_kw), lo_kw)
-        base_kw = np.clip((self.setpoint - free) / slope, lo_kw, hi_kw)
+        # the least and most power that end in the band, and the no-market power
+        p1 = np.subtract(self._t_min, free)
+        p1 /= slope
+        p2 = np.subtract(self._t_max, free)
+        p2 /= slope
+        lo_kw = np.minimum(p1, p2)
+        np.clip(lo_kw, 0.0, self.p_kw, out=lo_kw)
+        hi_kw = np.maximum(p1, p2, out=p1)
+        np.clip(hi_kw, 0.0, self.p_kw, out=hi_kw)
+        np.maximum(hi_kw, lo_kw, out=hi_kw)
+        base_kw = np.subtract(self.setpoint, free, out=p2)
+        base_kw /= slope
+        np.clip(base_kw, lo_kw, hi_kw, out=base_kw)
         self._env = (free, slope, ambient)
         return lo_kw, hi_kw, base_kw, free, slope
 
@@ -166,8 +174,9 @@ class ThermalLoads:
         while ``environment`` returns the same array (a constant ``G``)."""
         if self._decay is not None and self._decay[0] is g:
             return self._decay[1], self._decay[2]
-        a = np.exp(-g * self.dt_h / self.capacity)
-        slope = self.sign * self.cop * -np.expm1(-g * self.dt_h / self.capacity) / g
+        x = -g * self.dt_h / self.capacity
+        a = np.exp(x)
+        slope = self.sign * self.cop * -np.expm1(x) / g
         self._decay = (g, a, slope)
         return a, slope
 
@@ -175,14 +184,24 @@ class ThermalLoads:
         lo_kw, hi_kw, base_kw, free, slope = self._bounds(tick.t)
         if len(lo_kw) == 0:
             return GroupOffer.fixed(np.zeros(0))
-        mid, size = tranches(lo_kw, hi_kw, self.blocks)
-        t_end = free[:, None] + slope[:, None] * mid
-        p_ref = tick.outlook.mean_ahead(self.bus, self.horizon)
-        price = p_ref[:, None] + self._steep * (self.setpoint[:, None] - t_end)
-        mw = np.repeat(size / 1000.0, self.blocks)
-        return GroupOffer(
-            lo_kw / 1000.0, hi_kw / 1000.0, base_kw / 1000.0, price.ravel(), mw, self._owner
-        )
+        # the range in equal tranches (block j of device i is entry i * blocks + j),
+        # each priced at the end temperature its midpoint gives, in one (n, blocks) array:
+        # p_ref + steep * (setpoint - (free + slope * (lo + size * (j + 0.5))))
+        size = np.subtract(hi_kw, lo_kw)
+        size /= self.blocks
+        price = np.multiply(size[:, None], self._halves)
+        price += lo_kw[:, None]  # the tranche's midpoint
+        price *= slope[:, None]
+        price += free[:, None]  # its end temperature
+        np.subtract(self.setpoint[:, None], price, out=price)
+        price *= self._steep
+        price += tick.outlook.mean_ahead(self.bus, self.horizon)[:, None]
+        size /= 1000.0
+        mw = np.repeat(size, self.blocks)
+        lo_kw /= 1000.0
+        hi_kw /= 1000.0
+        base_kw /= 1000.0
+        return GroupOffer(lo_kw, hi_kw, base_kw, price.ravel(), mw, self._owner)
 
     def apply(self, tick: Tick, offer: GroupOffer, net: FloatArray) -> FloatArray:
         if self._env is None:
