@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -515,6 +516,24 @@ _FALLBACKS: tuple[tuple[tuple[str, str | int], ...], ...] = (
 """Fresh solves tried in turn when the warm one is not optimal (see ``_Lp.solve``)."""
 
 
+_SPARE = threading.local()
+"""HiGHS instances done with, per thread (``_Lp.release``): making one takes
+longer than passing it a clearing's LP (0.4-1.3 ms against ~0.2, measured),
+and ``passModel`` replaces the model, basis and solution whole (the results
+are those of a new instance, bit for bit: ``dsosim bench lda``)."""
+
+
+def _take_highs() -> highspy.Highs:
+    spare: list[highspy.Highs] = _SPARE.__dict__.setdefault("highs", [])
+    if spare:
+        return spare.pop()
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    for option, setting in _WARM:
+        highs.setOptionValue(option, setting)
+    return highs
+
+
 class _Lp:
     """The HiGHS model: block columns, one slack per network row, optionally the
     head balance with two imbalance columns. Costs are for *minimisation*."""
@@ -547,29 +566,36 @@ class _Lp:
             dense[nr, :nb] = prob.weight
             dense[nr, nb + nr] = 1.0  # shortfall: demand below the award
             dense[nr, nb + nr + 1] = -1.0  # excess
-        lp = highspy.HighsLp()
-        lp.num_col_ = ncol
-        lp.num_row_ = nrow
-        lp.col_cost_ = cost
-        lp.col_lower_ = lower
-        lp.col_upper_ = upper
-        lp.row_lower_ = row_lo
-        lp.row_upper_ = row_hi
         start, index, value = _csc(dense)
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_ = start
-        lp.a_matrix_.index_ = index
-        lp.a_matrix_.value_ = value
-        self.highs = highspy.Highs()
-        self.highs.setOptionValue("output_flag", False)
-        for option, setting in _WARM:
-            self.highs.setOptionValue(option, setting)
-        self.highs.passModel(lp)
+        self.highs = _take_highs()
+        # the arrays as buffers (a HighsLp's vector fields convert element by
+        # element: 0.8 ms for the index and value arrays of a 31 x 470 LP)
+        self.highs.passModel(
+            ncol,
+            nrow,
+            len(value),
+            int(highspy.MatrixFormat.kColwise),
+            int(highspy.ObjSense.kMinimize),
+            0.0,
+            cost,
+            lower,
+            upper,
+            row_lo,
+            row_hi,
+            start[:-1],
+            index,
+            value,
+            np.zeros(ncol, dtype=np.int32),  # continuous
+        )
         self._block_idx = np.arange(nb, dtype=np.int32)
         self.dense = dense
         self.upper = upper
         self.cost_slope = np.zeros(ncol)
         self.cost_slope[:nb] = prob.weight  # d(cost)/d(lambda) of every column
+
+    def release(self) -> None:
+        """Done with the model: its HiGHS instance goes back for the next LP."""
+        _SPARE.__dict__.setdefault("highs", []).append(self.highs)
 
     def set_block_costs(self, cost: np.ndarray) -> None:
         if self.n_blocks:
@@ -729,6 +755,25 @@ def build_interface_bid(
     """
     prob = _build(curves, state, sens, fixed_mw, limits)
     sweep = _Sweep(prob, limits)
+    try:
+        points, base = _swept(prob, sweep)
+    finally:
+        if sweep.lp is not None:
+            sweep.lp.release()
+    curve, flattened = _curve_from_points(points, base)
+    return AggregatedBid(
+        curve=curve,
+        fixed_mw=float(fixed_mw),
+        relaxed=tuple(sweep.relaxed.values()) + prob.stuck,
+        n_rows=len(prob.rows.limit),
+        n_lp_solves=sweep.n_lp,
+        flattened_mw=flattened,
+    )
+
+
+def _swept(prob: _Problem, sweep: _Sweep) -> tuple[list[tuple[float, float]], float]:
+    """The sweep of :func:`build_interface_bid`: its (price, demand) points
+    and the demand above the price cap."""
     lam = PRICE_CAP + _EPS_PRICE
     slope, bottom = sweep.at(lam)
     base = prob.head0 + slope
@@ -744,16 +789,7 @@ def build_interface_bid(
             price = sweep.snap(min(max(bottom, PRICE_FLOOR), PRICE_CAP))
             points.append((price, prob.head0 + below))
         slope, bottom = below, next_bottom
-
-    curve, flattened = _curve_from_points(points, base)
-    return AggregatedBid(
-        curve=curve,
-        fixed_mw=float(fixed_mw),
-        relaxed=tuple(sweep.relaxed.values()) + prob.stuck,
-        n_rows=len(prob.rows.limit),
-        n_lp_solves=sweep.n_lp,
-        flattened_mw=flattened,
-    )
+    return points, base
 
 
 def _pivots(prob: _Problem, limits: Limits, cost: np.ndarray) -> ParametricLp:
@@ -1054,6 +1090,23 @@ def clear_lda(
         if price_taker or abs(taker_mw - target) <= tol:
             return _clearing(prob, award_mw, lmp, *separable, len(prob.price), 0, limits)
     lp = _Lp(prob, limits, balance=(-highspy.kHighsInf, highspy.kHighsInf))
+    try:
+        return _clear_lp(lp, award_mw, lmp, target, tol, limits, price_taker)
+    finally:
+        lp.release()
+
+
+def _clear_lp(
+    lp: _Lp,
+    award_mw: float,
+    lmp: float,
+    target: float,
+    tol: float,
+    limits: Limits,
+    price_taker: bool,
+) -> LdaClearing:
+    """The LPs of :func:`clear_lda` (see there) on the model ``lp``."""
+    prob = lp.prob
     lp.set_balance(-highspy.kHighsInf, highspy.kHighsInf, allow_imbalance=False)
     lp.set_block_costs(lmp * prob.weight - prob.price)
     nb, nr = lp.n_blocks, lp.n_rows

@@ -80,6 +80,7 @@ class ParametricLp:
             raise PivotError("not a basis")
         self.nonbasic = np.ones(self.n + self.m, dtype=bool)
         self.nonbasic[self.basic] = False
+        self._factored: tuple[np.ndarray, np.ndarray] | None = None
 
     def solve(self, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pivot from the current basis to one optimal at ``lam``; returns the
@@ -90,10 +91,12 @@ class ParametricLp:
         basic, at_upper, nonbasic = self.basic, self.at_upper, self.nonbasic
         iterations = 0
         while True:  # per basis: factorise, price, then bound flips until a pivot
-            lu, piv = self._factor()
+            if self._factored is None:  # a new basis (else the last solve's last)
+                self._factored = self._factor()
+            lu, piv = self._factored
             y = self._solve_t(lu, piv, c[basic])
             d = c - self._full_t @ y
-            turning = self._turning(lu, piv)
+            turning = self._turning_mask()
             # > 0: the column should enter (from its lower or its upper bound):
             # beyond the tolerance, or at all if it is turning (the fall of the
             # price only takes it further the wrong way: a column left there
@@ -152,6 +155,7 @@ class ParametricLp:
                 basic[p] = q
                 at_upper[q] = False
                 nonbasic[q] = False
+                self._factored = None
                 break
 
     def _zn(self) -> np.ndarray:
@@ -185,24 +189,22 @@ class ParametricLp:
         room = self._d[turning] / self._d1[turning]
         return -float(np.maximum(room, 0.0).min())
 
-    def _turning(self, lu: np.ndarray, piv: np.ndarray) -> np.ndarray:
-        """Non-basic columns whose reduced cost moves toward the wrong side as
-        ``lambda`` falls (``d1``, which depends on the basis only, is kept for
-        ``range_below``)."""
-        y1 = self._solve_t(lu, piv, self.c1[self.basic])
-        self._d1 = self.c1 - self._full_t @ y1
-        return self._turning_mask()
-
     def _turning_mask(self) -> np.ndarray:
+        """Non-basic columns whose reduced cost moves toward the wrong side as
+        ``lambda`` falls."""
         d1 = self._d1
         tol = 1e-12 * (1.0 + np.abs(d1[self.nonbasic]).max(initial=0.0))
         return self.nonbasic & np.where(self.at_upper, d1 < -tol, d1 > tol)
 
     def _factor(self) -> tuple[np.ndarray, np.ndarray]:
+        """The basis's LU factors, and ``d1`` (the reduced costs' change per
+        unit of ``lambda``, which depends on the basis only)."""
         lu, piv, info = dgetrf(self.full[:, self.basic])
         diag = np.abs(np.diag(lu))
         if info != 0 or diag.min() <= 1e-11 * max(1.0, float(diag.max())):
             raise PivotError("singular basis")
+        y1 = self._solve_t(lu, piv, self.c1[self.basic])
+        self._d1 = self.c1 - self._full_t @ y1
         return lu, piv
 
     @staticmethod
