@@ -1163,6 +1163,15 @@ class Feeder:
         """The voltage readings (pu) of the last solve (``FeederState.v_pu``)."""
         return self._read_voltages()
 
+    def solved_losses_mw(self) -> float:
+        """The losses (MW) of the last solve (``FeederState.losses_mw``)."""
+        return self._dss.Circuit.Losses()[0] / 1.0e6
+
+    def solved_flow_ok(self) -> bool:
+        """Whether the last solve's power flow converged
+        (``FeederState.power_flow_converged``)."""
+        return self._flow[3]
+
     def solved_flows(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Voltage readings (pu), branch loadings and substation MW of the last
         solve (as in :meth:`solved_state`)."""

@@ -250,6 +250,15 @@ class GridOperator:
         state, self._vv_last = self.volt_var.solve(controls=controls)
         return state
 
+    def _settle(self, *, controls: bool = True) -> bool:
+        """:meth:`_solve` without reading the state back (read what is needed
+        with the feeder's ``solved_*`` methods): whether the power flow
+        converged."""
+        if self.volt_var is None:
+            return self.feeder.solve_flow(controls=controls)
+        self._vv_last = self.volt_var.settle(controls=controls)
+        return self.feeder.solved_flow_ok()
+
     def _linearise(self, state: FeederState) -> Sensitivities:
         """The feeder's linearisation at ``state`` (the last solve), with the
         volt-var inverters' response folded in if there are any."""
@@ -668,10 +677,11 @@ class GridOperator:
             )
         )
         plan = self.planning_point
-        same = None
+        same: tuple[np.ndarray, float] | None = None  # its voltages and losses
         if plan is not None and plan.controls is not None:
             controls.apply(feeder, plan.controls)
-            same = self._solve(controls=False)
+            if self._settle(controls=False):
+                same = feeder.solved_voltages(), feeder.solved_losses_mw()
         controls.apply(feeder, saved)
         if self.volt_var is not None and saved_q is not None:
             self.volt_var.q_mvar = saved_q
@@ -696,9 +706,9 @@ class GridOperator:
         worst = int(np.argmax(gap))
         nodes = np.asarray(state.node_names, dtype=object)[mon]
         lin_v = lin_loss = nan
-        if same is not None and same.power_flow_converged:
-            lin_v = float(np.max(np.abs(v_pred[mon] - same.v_pu[mon])))
-            lin_loss = loss_pred - same.losses_mw
+        if same is not None:
+            lin_v = float(np.max(np.abs(v_pred[mon] - same[0][mon])))
+            lin_loss = loss_pred - same[1]
         return (
             *row,
             loss_pred,

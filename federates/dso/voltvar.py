@@ -156,6 +156,13 @@ class VoltVar:
         doc); the DERs' active power is whatever was set. Not converged
         (power flow diverged, or ``max_iterations`` reached) is reported in
         the result, never raised; the state is then the last power flow's."""
+        result = self.settle(controls=controls)
+        return self.feeder.solved_state(), result
+
+    def settle(self, *, controls: bool = True) -> VoltVarResult:
+        """:meth:`solve` without reading the state back: read what is needed
+        with the feeder's ``solved_*`` methods before the next solve (each
+        step of the fixed point reads only the voltages)."""
         feeder = self.feeder
         tol = np.maximum(self.tolerance_pu * self.ratings, 1e-9)
         q = np.where(self.active, self.q_mvar, 0.0)
@@ -163,16 +170,16 @@ class VoltVar:
         last: tuple[np.ndarray, np.ndarray] | None = None
         for iteration in range(1, self.max_iterations + 1):
             feeder.set_der_mvar(-q)
-            flow_ok = feeder.solve_flow(controls=controls)  # voltages only, until the last
+            flow_ok = feeder.solve_flow(controls=controls)
             v = self.local_voltages_of(feeder.solved_voltages())
             if not flow_ok:
-                return feeder.solved_state(), VoltVarResult(q, v, iteration, False, float("nan"))
+                return VoltVarResult(q, v, iteration, False, float("nan"))
             f = self.curve(v)
             h = f - q
             residual = float(np.abs(h).max()) if len(h) else 0.0
             if np.all(np.abs(h) <= tol):
                 self.q_mvar = q
-                return feeder.solved_state(), VoltVarResult(q, v, iteration, True, residual)
+                return VoltVarResult(q, v, iteration, True, residual)
             if last is not None:
                 dq, df = q - last[0], f - last[1]
                 moved = np.abs(dq) > 1e-9
@@ -182,8 +189,7 @@ class VoltVar:
             last = (q, f)
             q = np.where(self.active, q + h / (1.0 - gain), 0.0)
         self.q_mvar = last[0] if last is not None else q
-        state = feeder.solved_state()
-        return state, VoltVarResult(last[0] if last else q, v, self.max_iterations, False, residual)
+        return VoltVarResult(last[0] if last else q, v, self.max_iterations, False, residual)
 
     def slopes(self, v_pu: np.ndarray) -> np.ndarray:
         """dQ/dV (Mvar injected per pu) of every location's curve at ``v_pu``:

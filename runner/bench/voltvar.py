@@ -13,8 +13,8 @@ dispatch plus normal noise of sd ``--response-sd``) with its ex-post check
 (``measure``, which calls ``expost``).
 
 It prints, per interval summed over the LDAs, the CPU (this thread's) of
-the volt-var closed loop's power flows (every ``GridOperator._solve``: the
-fixed point of the inverters' reactive power, OpenDSS solves and the NumPy
+the volt-var closed loop's power flows (every ``GridOperator._solve`` and
+``_settle``: the fixed point of the inverters' reactive power, OpenDSS solves and the NumPy
 around them) by where they are solved, of the ex-post check (its two power
 flows and its row), and of the rest of the metering; the OpenDSS solves and
 closed-loop iterations per LDA and interval; the ratio reference / present;
@@ -112,6 +112,7 @@ def _grids(scenario: Path, folder: Path, start_hour: float, hours: float) -> lis
 
 def _instrument(grid: GridOperator, meter: _Meter) -> None:
     meter.wrap(grid, "_solve", "volt-var")
+    meter.wrap(grid, "_settle", "volt-var")
     meter.wrap(grid.feeder, "solve_flow", "solves")
     meter.wrap(grid, "expost", "expost", phase="expost")
     meter.wrap(grid, "measure", "measure", phase="measure")

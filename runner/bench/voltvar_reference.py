@@ -8,7 +8,9 @@ are set already), each DER's kW and reactive power likewise (the latter
 through OpenDSSDirect.py's checked calls), each
 DER element's power read one by one for the metered load, and the
 regulators and switched capacitors looked up again at every read of the
-control state. :func:`installed` puts them in place on one utility (its
+control state, and the ex-post check's frozen power flow read back as a
+whole state (loadings and metering included) where it needs its voltages
+and losses. :func:`installed` puts them in place on one utility (its
 feeder's methods, and ``controls.read`` while the block runs).
 """
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from dsosim.federates.dso import controls
 from dsosim.federates.dso.feeder import Feeder, FeederError
-from dsosim.federates.dso.grid import GridOperator
+from dsosim.federates.dso.grid import GridOperator, predict
 
 
 def set_load_multipliers(self: Feeder, m: np.ndarray | float) -> None:
@@ -108,6 +110,69 @@ def read(feeder: Feeder) -> controls.ControlState:
     return controls.ControlState(tuple(taps), tuple(caps))
 
 
+def expost(self: GridOperator, interval: int, setpoints: np.ndarray) -> tuple[object, ...]:
+    """The ex-post check as it was: its frozen power flow read back as a whole state."""
+    feeder = self.feeder
+    saved = controls.read(feeder)
+    saved_q = None if self.volt_var is None else self.volt_var.q_mvar
+    feeder.set_load_multipliers(self.profile[interval])
+    feeder.set_der_mw(setpoints)
+    controls.apply(feeder, feeder.compiled_controls)
+    state = self._solve()
+    q_expost = self._vv_columns()[0]
+    moved = sum(
+        round(abs(a[2] - b[2]) / r.step_pu)
+        for a, b, r in zip(
+            controls.read(feeder).taps, saved.taps, controls.regulators(feeder), strict=True
+        )
+    )
+    plan = self.planning_point
+    same = None
+    if plan is not None and plan.controls is not None:
+        controls.apply(feeder, plan.controls)
+        same = self._solve(controls=False)
+    controls.apply(feeder, saved)
+    if self.volt_var is not None and saved_q is not None:
+        self.volt_var.q_mvar = saved_q
+        feeder.set_der_mvar(-saved_q)
+    mon = state.monitored
+    v = state.v_pu[mon]
+    row: list[object] = [
+        interval,
+        self.name,
+        bool(state.converged),
+        float(v.min()),
+        float(v.max()),
+        int(state.n_voltage_violations),
+        int(state.n_thermal_violations),
+        state.losses_mw,
+    ]
+    nan = float("nan")
+    if plan is None:
+        return (*row, nan, nan, nan, nan, "", nan, nan, nan, moved, q_expost)
+    v_pred, loss_pred = predict(plan.state, plan.sens, setpoints)
+    gap = np.abs(v_pred[mon] - v)
+    worst = int(np.argmax(gap))
+    nodes = np.asarray(state.node_names, dtype=object)[mon]
+    lin_v = lin_loss = nan
+    if same is not None and same.power_flow_converged:
+        lin_v = float(np.max(np.abs(v_pred[mon] - same.v_pu[mon])))
+        lin_loss = loss_pred - same.losses_mw
+    return (
+        *row,
+        loss_pred,
+        float(v_pred[mon].min()),
+        float(v_pred[mon].max()),
+        float(gap[worst]),
+        str(nodes[worst]),
+        loss_pred - state.losses_mw,
+        lin_v,
+        lin_loss,
+        moved,
+        q_expost,
+    )
+
+
 def install(grid: GridOperator) -> None:
     """The reference methods on ``grid``'s feeder, for good (``controls.read``
     is put in place by :func:`installed` around each use)."""
@@ -119,6 +184,7 @@ def install(grid: GridOperator) -> None:
         ("_metered_load_mw", _metered_load_mw),
     ):
         setattr(feeder, name, types.MethodType(fn, feeder))
+    grid.expost = types.MethodType(expost, grid)
 
 
 @contextmanager
