@@ -449,8 +449,9 @@ def _network_rows(
         if len(bad):
             over, least = value[bad] - limit, reach_lo[bad] - limit
             stuck.extend(
-                map(
-                    NetworkConstraint._make,
+                map(  # tuple.__new__: NetworkConstraint._make's work without its Python frame
+                    tuple.__new__,
+                    repeat(NetworkConstraint),
                     zip(
                         repeat(kind),
                         map(str, element[bad].tolist()),
@@ -491,7 +492,7 @@ def _reach(
     base = grad @ offset
     hi = base + pos @ s_pos + neg @ s_neg
     lo = base + neg @ s_pos + pos @ s_neg
-    moves = np.any((grad != 0.0) & live, axis=1)
+    moves = (grad != 0.0) @ live  # a boolean product: any(nonzero and live) per row
     return hi, lo, moves
 
 
@@ -776,6 +777,7 @@ def _swept(prob: _Problem, sweep: _Sweep) -> tuple[list[tuple[float, float]], fl
     and the demand above the price cap."""
     lam = PRICE_CAP + _EPS_PRICE
     slope, bottom = sweep.at(lam)
+    steps = sweep.steps
     base = prob.head0 + slope
     points: list[tuple[float, float]] = []
     budget = 100 + 20 * (len(prob.price) + len(prob.rows.limit))
@@ -789,6 +791,29 @@ def _swept(prob: _Problem, sweep: _Sweep) -> tuple[list[tuple[float, float]], fl
             price = sweep.snap(min(max(bottom, PRICE_FLOOR), PRICE_CAP))
             points.append((price, prob.head0 + below))
         slope, bottom = below, next_bottom
+        k = steps.index.get(lam)
+        if k is None or k == 0 or not steps.feasible[k]:
+            continue
+        # Steps k-1, k-2, ..., m follow one another with no LP: each is at
+        # the price just below the candidate that bottoms the one before
+        # (bottom = candidate i, so the step's price is snapped to it exactly
+        # and is inside the admissible range), taken in one go with the
+        # same arithmetic as one by one.
+        m = int(steps.run_end[k - 1]) + 1
+        if m >= k or k - m > budget:
+            continue
+        budget -= k - m
+        demand = steps.demand_a[m:k][::-1]
+        taken = demand != np.concatenate(([slope], demand[:-1]))
+        points.extend(
+            zip(
+                sweep.candidates[m:k][::-1][taken].tolist(),
+                (prob.head0 + demand[taken]).tolist(),
+                strict=True,
+            )
+        )
+        lam = float(steps.prices[m])
+        slope, bottom = steps.demand[m], steps.bottom[m]
     return points, base
 
 
@@ -843,6 +868,13 @@ class _Sweep:
             if abs(self.candidates[k] - lam) <= 1e-7 * max(1.0, abs(lam)):
                 return float(self.candidates[k])
         return lam
+
+    @property
+    def steps(self) -> _Steps:
+        """The unconstrained dispatch at every step between block prices."""
+        if self._steps is None:
+            self._steps = _Steps(self.prob, self.candidates)
+        return self._steps
 
     def at(self, lam: float) -> tuple[float, float]:
         """(head demand minus ``head0``, lowest price where the dispatch is still
@@ -925,7 +957,16 @@ class _Steps:
     is evaluated as the general branch does.
     """
 
-    __slots__ = ("bottom", "demand", "feasible", "index", "n_exact")
+    __slots__ = (
+        "bottom",
+        "demand",
+        "demand_a",
+        "feasible",
+        "index",
+        "n_exact",
+        "prices",
+        "run_end",
+    )
 
     def __init__(self, prob: _Problem, candidates: np.ndarray) -> None:
         prices = candidates - _EPS_PRICE  # ascending, as the candidates
@@ -982,6 +1023,15 @@ class _Steps:
             x = np.where(entry > k, prob.size, 0.0)
             self.feasible[k] = not np.any(rows.const + rows.coef @ x > rows.limit + 1e-9)
             self.demand[k] = _round_mw(prob.weight @ x)
+        # Runs the sweep can take at once (``_swept``): step i follows step
+        # i + 1 when step i + 1's bottom is candidate i (and i is the index its
+        # price finds); ``chained[i]``: that holds and step i needs no LP.
+        # ``run_end[i]``: the highest j <= i where it fails (-1 if none).
+        self.prices = prices
+        self.demand_a = np.array(self.demand)
+        chained = np.array(self.feasible, dtype=bool)
+        chained[:-1] &= (below[1:] == np.arange(n - 1)) & (prices[:-1] != prices[1:])
+        self.run_end = np.maximum.accumulate(np.where(chained, -1, np.arange(n)))
 
 
 def _entries(prices: np.ndarray, weight: np.ndarray, price: np.ndarray) -> np.ndarray:
@@ -1017,6 +1067,16 @@ def _curve_from_points(points: list[tuple[float, float]], base_mw: float) -> tup
     falls (a fall is the LP's tolerance: flattened, and logged beyond
     ``_MONOTONE_TOL_MW``), drop noise steps and build the curve. Returns the
     curve and the largest fall flattened, MW."""
+    if points:
+        pq = np.array(points)
+        rise = pq[:, 1] > np.concatenate(([base_mw], pq[:-1, 1])) + _MW_TOL
+        if np.all(pq[1:, 0] <= pq[:-1, 0]) and np.all(rise):
+            # in price order already (the stable sort below keeps it), every
+            # point above the last by more than _MW_TOL: the loop below would
+            # keep them all and flatten nothing
+            curve = BidCurve.from_points(points, base_mw)
+            assert all(a[0] >= b[0] for a, b in zip(curve.blocks, curve.blocks[1:]))
+            return curve, 0.0
     ordered = sorted(points, key=lambda pq: -pq[0])
     cleaned: list[tuple[float, float]] = []
     level = base_mw
