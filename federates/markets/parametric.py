@@ -65,6 +65,7 @@ class ParametricLp:
         self._full_t = np.ascontiguousarray(self.full.T)
         self.b = np.asarray(b, dtype=float)
         self.upper = np.concatenate([upper, np.full(m, np.inf)])
+        self._unbounded = ~np.isfinite(self.upper)
         self.c0 = np.concatenate([c0, np.zeros(m)])
         self.c1 = np.concatenate([c1, np.zeros(m)])
         self.max_iter = 50 + 2 * (n + m)
@@ -108,6 +109,7 @@ class ParametricLp:
             if entering.any() and self._flip_all(entering, lu, piv):
                 wrong[entering] = 0.0
             xb = self._solve(lu, piv, self.b - full @ self._zn())
+            moved = False  # whether bound flips updated xb (by their steps)
             while True:
                 iterations += 1
                 if iterations > self.max_iter:
@@ -116,7 +118,7 @@ class ParametricLp:
                 if wrong[q] <= 0.0:
                     self._d = d
                     z = self._zn()
-                    z[basic] = xb
+                    z[basic] = self._solve(lu, piv, self.b - full @ z) if moved else xb
                     return z[: self.n], y, d
                 wrong[q] = 0.0
                 # the entering column moves by t >= 0 up from 0 or down from its
@@ -127,24 +129,23 @@ class ParametricLp:
                 ub = upper[basic]
                 down = delta < -_PIVOT_TOL
                 up = (delta > _PIVOT_TOL) & np.isfinite(ub)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    loose = np.where(
-                        down,
-                        (xb + PRIMAL_TOL) / -delta,
-                        np.where(up, (ub - xb + PRIMAL_TOL) / delta, np.inf),
-                    )
+                loose = np.full(len(xb), np.inf)
+                np.divide(xb + PRIMAL_TOL, -delta, out=loose, where=down)
+                np.divide(ub - xb + PRIMAL_TOL, delta, out=loose, where=up)
                 t_max = float(loose.min(initial=np.inf))
                 span = float(upper[q])
                 if span <= t_max:  # the entering column reaches its other bound first
                     if not np.isfinite(span):
                         raise PivotError("unbounded")
                     at_upper[q] = not at_upper[q]
-                    xb = self._solve(lu, piv, self.b - full @ self._zn())
+                    xb = xb + delta * span
+                    moved = True
                     continue
                 # Harris: among rows whose exact ratio is within the loose bound,
                 # the largest pivot
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    exact = np.where(down, xb / -delta, np.where(up, (ub - xb) / delta, np.inf))
+                exact = np.full(len(xb), np.inf)
+                np.divide(xb, -delta, out=exact, where=down)
+                np.divide(ub - xb, delta, out=exact, where=up)
                 eligible = (down | up) & (exact <= t_max)
                 if not eligible.any():
                     raise PivotError("no pivot row")
@@ -168,7 +169,7 @@ class ParametricLp:
         fall of the price past block prices the network rows do not stop);
         else change nothing and return False (one column at a time, with a
         ratio test)."""
-        if not np.all(np.isfinite(self.upper[entering])):
+        if self._unbounded[entering].any():
             return False
         self.at_upper[entering] = ~self.at_upper[entering]
         xb = self._solve(lu, piv, self.b - self.full @ self._zn())
