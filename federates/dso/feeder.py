@@ -1089,22 +1089,22 @@ class Feeder:
             )
         if not np.all(np.isfinite(mvar)):
             raise FeederError(f"feeder {self.name}: DER reactive powers must be finite")
+        # the engine's own calls (a few DERs move; a batch of every one with a
+        # reactive power costs more), its error state checked once at the end
         loads = self._circuit.Loads
         lib = loads._lib
-        moved = False
         for idx, value in zip(self._der_idx, mvar.tolist()):
             kvar = value * 1000.0
             if kvar:
-                if self._der_kvar.get(idx) != kvar:
-                    self._der_kvar[idx] = kvar
-                    moved = True
+                if self._der_kvar.get(idx) == kvar:
+                    continue  # set already (a volt-var iteration moves a few)
+                lib.Loads_Set_idx(idx)
+                lib.Loads_Set_kvar(kvar)
+                self._der_kvar[idx] = kvar
             elif self._der_kvar.pop(idx, None) is not None:
                 lib.Loads_Set_idx(idx)
                 lib.Loads_Set_PF(1.0)  # kvar 0; setting kvar=0 at kW=0 would leave pf=0
         loads._check_for_error(None)
-        if moved:  # every one set in one call (those that did not move to the same kvar)
-            with_q = [idx for idx in self._der_idx if idx in self._der_kvar]
-            self._batch(with_q).set("kvar", np.array([self._der_kvar[i] for i in with_q]))
 
     def _set_der_kw(self, idx: int, kw: float) -> None:
         loads = self._dss.Loads
