@@ -63,16 +63,29 @@ class LocalShell(FederateShell):
         self._index = index
         self._inbox: list[tuple[float, str, int, Any]] = []
         self._go = threading.Semaphore(0)
+        self._cpu_mark = 0.0  # this federate's thread CPU when it last got the bus
 
     def start(self) -> None:
         return
 
     def advance(self, t: float) -> float:
         self.send_rows()
+        self.charge()
         self._bus.yield_to_scheduler(self, t)
         self._go.acquire()
         self.time = t
+        self._cpu_mark = time.thread_time()
         return t
+
+    def charge(self) -> None:
+        """Book this thread's CPU since it got the bus to its current grant
+        (its set-up before the first grant is booked at time -1)."""
+        now = time.thread_time()
+        at = self.time if self._bus.started(self) else -1.0
+        self._bus.cpu[(at, self.name)] = (
+            self._bus.cpu.get((at, self.name), 0.0) + now - self._cpu_mark
+        )
+        self._cpu_mark = now
 
     def send(self, destination: str, message: msg.Message) -> None:
         self._bus.deliver(self, destination, message)
@@ -117,6 +130,15 @@ class LocalBus:
             )
         self.interval_cpu: dict[int, float] = {}
         self.interval_wall: dict[int, float] = {}
+        self.cpu: dict[tuple[float, str], float] = {}
+        """Thread CPU seconds of each federate's work at each of its grants
+        (federation time, name): what ``dsosim bench phases`` adds up. A
+        thread's own clock, so waiting and other threads do not count."""
+        self._granted: set[str] = set()
+
+    def started(self, shell: LocalShell) -> bool:
+        """Has ``shell`` had a grant yet?"""
+        return shell.name in self._granted
 
     def traffic_for(self, name: str) -> Traffic:
         return Traffic()
@@ -159,6 +181,7 @@ class LocalBus:
         while self._waiting:
             t, _, name = heapq.heappop(self._waiting)
             self._mark(int(t // time_settings.step))
+            self._granted.add(name)
             self.shells[name]._go.release()
             self._back.acquire()
             self._raise()
@@ -183,12 +206,14 @@ class LocalBus:
             self.interval_wall[interval] = time.perf_counter()
 
     def _body(self, shell: LocalShell, body: Callable[[LocalShell], None]) -> None:
+        shell._cpu_mark = time.thread_time()
         try:
             body(shell)
             shell.close()  # as run_federate does: the last rows go out
         except BaseException as exc:  # reported by the scheduler thread
             self._errors.append(exc)
         finally:
+            shell.charge()
             self._back.release()
 
     def _raise(self) -> None:

@@ -7,7 +7,19 @@ import argparse
 import importlib
 
 # subject -> module under dsosim.runner.bench (each gives add_arguments and handle)
-SUBJECTS = ("opf", "da", "ders", "iso", "hil", "scale", "feeder", "linearise", "lda", "voltvar")
+SUBJECTS = (
+    "opf",
+    "da",
+    "ders",
+    "iso",
+    "hil",
+    "scale",
+    "phases",
+    "feeder",
+    "linearise",
+    "lda",
+    "voltvar",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
