@@ -186,7 +186,8 @@ def _reference_order_stat_ahead(
 
 def _reference_available(self: pv.PvSystems, t: int) -> dict[str, FloatArray]:
     n = len(self.rating)
-    avail = self.rating * self.profile[:, t]
+    avail = np.zeros(n)  # profiles are kept for the systems that follow one
+    avail[self.profiled] = self.rating[self.profiled] * self.profile[:, t]
     poa, t_cell, clipped = np.zeros(n), np.full(n, np.nan), np.zeros(n)
     m = self.modelled
     if m.any() and self.weather is not None:

@@ -129,16 +129,18 @@ class PvSystems:
             )
         else:
             self.orient = np.zeros(n, dtype=np.intp)
-        self.profile = np.zeros((n, n_intervals))
-        for i, s in enumerate(specs):
-            if s.profile is None:
-                continue
+        self.profiled = np.flatnonzero(~self.modelled)
+        """The systems that follow a given profile (``profile`` has their rows)."""
+        self.profile = np.zeros((len(self.profiled), n_intervals))
+        for row, i in enumerate(self.profiled.tolist()):
+            s = specs[i]
+            assert s.profile is not None
             if len(s.profile) < n_intervals:
                 raise ValueError(
                     f"PvSpec(bus={s.bus!r}).profile: {len(s.profile)} values for "
                     f"{n_intervals} intervals"
                 )
-            self.profile[i] = s.profile[:n_intervals]
+            self.profile[row] = s.profile[:n_intervals]
         self._state: dict[str, FloatArray] = {}
         self._last: dict[str, FloatArray] = {}
         self._modelled_sums: BusSums | None = None
@@ -174,7 +176,8 @@ class PvSystems:
 
     def _available(self, t: int) -> dict[str, FloatArray]:
         n = len(self.rating)
-        avail = self.rating * self.profile[:, t]
+        avail = np.zeros(n)  # the modelled systems' entries are set below
+        avail[self.profiled] = self.rating[self.profiled] * self.profile[:, t]
         poa, t_cell, clipped = np.zeros(n), np.full(n, np.nan), np.zeros(n)
         m = self.modelled
         if m.any() and self.weather is not None:
