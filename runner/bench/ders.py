@@ -19,13 +19,16 @@ timed in the same run between intervals: ``np.lexsort`` and a cumulative sum
 over two random blocks per device (about what a 100,000-device interval
 offers), so a figure from a busy machine can be read against one from a
 quiet one. A fleet of ``group.SPARSE_FROM`` devices or more keeps freed
-memory, as its aggregator federate does (``aggregator.heap``). The last line
-gives the median wall time per interval.
+memory, as its aggregator federate does (``aggregator.heap``). A SHA-256 over
+every bus curve and dispatch outcome (hashed outside the timed calls) tells
+whether a change kept the results byte-identical. The last line gives the
+median wall time per interval.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import resource
 import statistics
 import sys
@@ -34,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dsosim.federates.aggregator.fleet import Fleet
+from dsosim.federates.aggregator.fleet import DispatchOutcome, Fleet
 from dsosim.federates.aggregator.heap import keep_freed_memory
 from dsosim.federates.aggregator.population import HomeMix, home_devices
 from dsosim.federates.aggregator.solar import sky_table
 from dsosim.federates.aggregator.specs import FleetSpec, InflexibleLoadSpec, SiteSpec
 from dsosim.federates.common.arrays import FloatArray, IntArray
+from dsosim.federates.common.curves import BidCurve
 
 MIX = HomeMix(pv=0.3, battery=0.1, ev=0.2, v2g=0.25, hvac=0.5, water_heater=0.3)
 DEVICES_PER_HOME = MIX.pv + MIX.battery + MIX.ev + MIX.hvac + MIX.water_heater
@@ -97,6 +101,21 @@ def _reference_work(bus: IntArray, price: FloatArray, mw: FloatArray) -> float:
     return float(np.cumsum(mw[order])[-1])
 
 
+def _digest(digest: hashlib._Hash, bids: dict[str, BidCurve], outcome: DispatchOutcome) -> None:
+    """Hash an interval's bus curves and outcome (per bus and per device type)."""
+    for curve in bids.values():
+        blocks = [x for block in curve.blocks for x in block]
+        digest.update(np.array([curve.base_mw, *blocks], dtype=float).tobytes())
+    for name in ("target_mw", "actual_mw", "baseline_mw", "expected_price"):
+        digest.update(np.ascontiguousarray(getattr(outcome, name), dtype=float).tobytes())
+    for kind in sorted(outcome.by_type):
+        t = outcome.by_type[kind]
+        for values in (t.baseline_mw, t.min_mw, t.max_mw, t.dispatched_mw, t.actual_mw):
+            digest.update(np.ascontiguousarray(values, dtype=float).tobytes())
+        for name in sorted(t.state):
+            digest.update(np.ascontiguousarray(t.state[name], dtype=float).tobytes())
+
+
 def _rss_mb() -> float:
     """This process's resident memory now (Linux ``/proc``; 0 elsewhere)."""
     try:
@@ -130,6 +149,7 @@ def handle(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     ref = _reference_blocks(2 * args.devices, len(fleet.buses), args.seed)
     times, cpu_times, ref_times, blocks = [], [], [], 0
+    digest = hashlib.sha256()
     for k in range(args.intervals):
         if k % REFERENCE_EVERY == 0:  # between intervals, so both see the same machine
             cpu = time.process_time()
@@ -142,9 +162,10 @@ def handle(args: argparse.Namespace) -> int:
         setpoints = {b: c.quantity_at(price) for b, c in bids.items()}
         prices = {b: float(price + 0.5 * i / len(bids)) for i, b in enumerate(bids)}
         start, cpu = time.perf_counter(), time.process_time()
-        fleet.dispatch(k, setpoints, prices)
+        outcome = fleet.dispatch(k, setpoints, prices)
         times.append(elapsed + time.perf_counter() - start)
         cpu_times.append(cpu_elapsed + time.process_time() - cpu)
+        _digest(digest, bids, outcome)
         blocks = max(blocks, max(len(c.blocks) for c in bids.values()))
     ms = sorted(t * 1000.0 for t in times)
     cpu_ms = sorted(t * 1000.0 for t in cpu_times)
@@ -168,6 +189,7 @@ def handle(args: argparse.Namespace) -> int:
         f"memory: fleet {fleet_mb:.0f} MB (resident growth while building it, {build_s:.1f} s), "
         f"{_rss_mb() - rss_before:.0f} MB after the run, process peak {peak_mb:.0f} MB"
     )
+    print(f"results: sha256 {digest.hexdigest()} over every bus curve and dispatch outcome")
     print(
         f"ders: median {statistics.median(ms):.2f} ms per interval (bids + dispatch, "
         f"{sum(counts.values())} devices, {len(fleet.buses)} buses, {args.intervals} intervals)"
