@@ -414,3 +414,22 @@ def test_price_windows_copy_what_indexing_gives_in_its_layout() -> None:
                 assert got.strides == want.strides
                 assert got.tobytes(order="A") == want.tobytes(order="A")
                 assert got.mean(axis=1).tobytes() == want.mean(axis=1).tobytes()
+
+
+def test_an_ev_past_its_last_prepared_session_is_an_error() -> None:
+    """EV sessions are read through flat indices; a car that leaves its last
+    prepared session raises instead of reading the next car's first one."""
+    from types import SimpleNamespace
+
+    from dsosim.federates.aggregator.ev import Evs
+
+    evs = _mixed_fleet().group("ev")
+    assert isinstance(evs, Evs)
+    last = evs.arrive.shape[1] - 1
+    evs.sess[:] = last
+    evs.plugged[:] = True
+    t = int(evs.depart[0, last]) - 1  # the first car leaves at the end of t
+    tick = SimpleNamespace(t=t)
+    net = np.zeros(len(evs.bus))
+    with pytest.raises(IndexError, match="past the last daily session"):
+        evs.apply(tick, None, net)  # type: ignore[arg-type]

@@ -90,6 +90,8 @@ class Evs:
             self.plugged, np.minimum(self.e_arrive[rows, self.sess] + charged, self.e_req), 0.0
         )
         self._last: dict[str, FloatArray] = {}
+        # each car's first session in the flattened (cars, sessions) arrays
+        self._row0 = np.arange(n, dtype=np.intp) * self.arrive.shape[1]
         # block owners of the offer: every car twice (discharge, then charge)
         self._owner = np.tile(np.arange(len(bus), dtype=np.intp), 2)
 
@@ -123,9 +125,13 @@ class Evs:
         self.arrive, self.depart = arrive, depart
         self.e_arrive = np.maximum(self.e_req[:, None] - use, 0.0)
 
+    def _session(self, values: np.ndarray) -> np.ndarray:
+        """Each car's entry of a ``(cars, sessions)`` array at its present session
+        (``values[rows, sess]``, by a flat ``take``: the same entries, faster)."""
+        return np.take(values, self._row0 + self.sess)
+
     def _state(self, t: int) -> tuple[FloatArray, ...]:
-        rows = np.arange(len(self.p_c))
-        n_rem = np.where(self.plugged, self.depart[rows, self.sess] - t, 0)
+        n_rem = np.where(self.plugged, self._session(self.depart) - t, 0)
         eta, dt = self.eta, self.dt_h
         per_full = self.p_c * eta * dt  # MWh stored by one full-power interval
         need = np.where(self.plugged, np.maximum(self.e_req - self.energy, 0.0), 0.0)
@@ -167,8 +173,7 @@ class Evs:
         self.energy = np.where(
             self.plugged, self.energy + (charge * self.eta - discharge / self.eta) * self.dt_h, 0.0
         )
-        rows = np.arange(len(self.p_c))
-        leaving = self.plugged & (self.depart[rows, self.sess] == t + 1)
+        leaving = self.plugged & (self._session(self.depart) == t + 1)
         shortfall = np.where(leaving, np.maximum(self.e_req - self.energy, 0.0), 0.0)
         self._last = {
             "plugged": self.plugged.copy(),
@@ -182,14 +187,16 @@ class Evs:
         # departures at the end of t, arrivals at the start of t + 1
         self.plugged = self.plugged & ~leaving
         self.sess = np.where(leaving, self.sess + 1, self.sess)
+        if len(self.sess) and int(self.sess.max()) >= self.arrive.shape[1]:  # flat reads need it
+            raise IndexError("an EV went past the last daily session prepared for the run")
         self.energy = np.where(self.plugged, self.energy, 0.0)
         arriving = (
             ~self.plugged
-            & (self.arrive[rows, self.sess] <= t + 1)
-            & (self.depart[rows, self.sess] > t + 1)
+            & (self._session(self.arrive) <= t + 1)
+            & (self._session(self.depart) > t + 1)
         )
         self.plugged = self.plugged | arriving
-        self.energy = np.where(arriving, self.e_arrive[rows, self.sess], self.energy)
+        self.energy = np.where(arriving, self._session(self.e_arrive), self.energy)
         return net
 
     def summary(self, sums: BusSums) -> dict[str, FloatArray]:

@@ -124,7 +124,7 @@ def assemble(
     np.clip(price, PRICE_FLOOR, PRICE_CAP, out=price)  # +inf (no later chance) -> the cap
     # the blocks kept, in order (by bus, then price highest first), and their prices
     kept, price, per_bus = _sort_kept(owners, np.flatnonzero(mw > EPS_MW), price, n_bus)
-    mw, owner = mw[kept], all_owner[kept]
+    mw, owner = np.take(mw, kept), np.take(all_owner, kept)  # take: a faster gather
     # sorted by bus: the bus column is each bus repeated as often as it has blocks
     bus = np.repeat(np.arange(n_bus), per_bus)
     # the device range is its least net demand plus the blocks kept
@@ -209,14 +209,14 @@ def _sort_kept(
     low bits are the block's own index (:meth:`BlockOwners.tags`), so the
     sorted keys give the indices without a gather through ``kept``."""
     tag, price_bits, index_bits = owners.tags()
-    neg = np.negative(price[kept])
+    neg = np.negative(np.take(price, kept))
     neg += 0.0  # -0.0 -> 0.0 (lexsort compares them equal)
     if len(kept) < 4096 or price_bits == 0 or np.isnan(neg.max()):
         bus = owners.bus[kept]
         order = np.lexsort((neg, bus))
         return kept[order], price[kept[order]], np.bincount(bus, minlength=n_bus)
     top = int(owners.bus.max())  # buses above it have no blocks
-    return _tagged_sort(neg, tag[kept], (price_bits, index_bits), price, top, n_bus)
+    return _tagged_sort(neg, np.take(tag, kept), (price_bits, index_bits), price, top, n_bus)
 
 
 def _tagged_sort(
@@ -252,7 +252,7 @@ def _tagged_sort(
     per_bus = np.diff(np.concatenate(([0], cuts, np.full(n_bus - top, n))))
     # prices cut to the same top bits but not equal: re-sort those runs exactly
     key >>= np.uint64(index_bits)
-    ordered = price[order]
+    ordered = np.take(price, order)
     suspect = key[1:] == key[:-1]
     suspect &= ordered[1:] != ordered[:-1]
     if suspect.any():
@@ -357,7 +357,7 @@ def _curves_and_runs(
     g_price = np.add.reduceat(price * mw, starts) / g_mw
     hi, lo = np.maximum.reduceat(price, starts), np.minimum.reduceat(price, starts)
     g_price = np.where(hi == lo, hi, np.clip(g_price, lo, hi))
-    return bus[starts], g_price, g_mw, runs
+    return np.take(bus, starts), g_price, g_mw, runs
 
 
 def _bands(
@@ -436,7 +436,7 @@ def fill(offer: FleetOffer, extra: FloatArray) -> FloatArray:
     runs = offer.runs
     if runs is None:
         return np.zeros(n_dev)
-    share = extra[runs.bus]
+    share = np.take(extra, runs.bus)
     share -= runs.before
     share /= runs.mw
     np.clip(share, 0.0, 1.0, out=share)

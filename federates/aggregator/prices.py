@@ -48,13 +48,20 @@ def order_stat(sorted_rows: FloatArray, rows: IntArray, position: FloatArray) ->
     width = sorted_rows.shape[1]
     x = np.clip(position, 0.0, width - 1)
     i0 = x.astype(np.intp)  # x >= 0: truncation is the floor
-    i1 = np.minimum(i0 + 1, width - 1)
-    w = x - i0
+    i1 = i0 + 1
+    np.minimum(i1, width - 1, out=i1)
+    w = np.subtract(x, i0, out=x)
     start = (rows * width).reshape(rows.shape + (1,) * (x.ndim - rows.ndim))
     i0 += start
     i1 += start
     flat = sorted_rows.ravel()
-    return flat[i0] * (1.0 - w) + flat[i1] * w
+    # flat[i0] * (1 - w) + flat[i1] * w, in place
+    upper = np.take(flat, i1)
+    upper *= w
+    out = np.take(flat, i0)
+    out *= np.subtract(1.0, w, out=w)
+    out += upper
+    return out
 
 
 class PriceEstimate:
