@@ -302,7 +302,10 @@ def _check_faulty(hil: pd.DataFrame, ders: pd.DataFrame, policy: str) -> None:
         answered = rows[~rows["status"].isin(["timeout", "disconnected"])]
         assert len(answered) >= len(rows) - 3, (device, rows["status"].tolist())
         before, after = answered.loc[: FAULTS_AFTER - 1], answered.loc[FAULTS_AFTER:]
-        assert (before["status"] == "ok").all(), (device, before["status"].tolist())
+        assert (before["status"] == "ok").all(), (
+            device,
+            before[["status", "reason", "measured_kw", "setpoint_kw"]].to_dict("index"),
+        )
         flagged = after[after["status"] == "implausible"]
         if device == "bat1":  # W reported as kW: implausible whenever the battery moves
             moving = after[after["measured_kw"].abs() > 5.25]
