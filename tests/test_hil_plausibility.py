@@ -100,7 +100,86 @@ def test_after_missed_readings_the_whole_rating_explains_the_change() -> None:
     assert not _check(BAT, 0.0, 0.5 + most + 0.05, previous).plausible
 
 
-def _loop(implausible: str, fallback: str = "hold") -> HardwareLoop:
+def test_a_federation_running_late_does_not_make_the_device_implausible() -> None:
+    """Readings 3 intervals apart on the wall clock (the federation fell
+    behind real time; the device stayed at its set-point): the energy it
+    stored in that time is explained, and the state of charge is taken as
+    read. Without the elapsed time (or with readings on time) the same change
+    is flagged, as before."""
+    previous = Accepted(9, 5.0, 0.5, 5.0)
+    moved = 5.0 * math.sqrt(0.9) * 3 * H / 20.0  # 0.0593: beyond 0.0198 + 0.02
+    late = check(
+        BAT,
+        5.0,
+        0.5 + moved,
+        interval=10,
+        interval_h=H,
+        previous=previous,
+        tol=TOL,
+        setpoint_kw=5.0,
+        elapsed_h=3 * H,
+    )
+    assert late.plausible and late.soc == pytest.approx(0.5 + moved)
+    assert not _check(BAT, 5.0, 0.5 + moved, previous).plausible
+    on_time = check(
+        BAT,
+        5.0,
+        0.5 + moved,
+        interval=10,
+        interval_h=H,
+        previous=previous,
+        tol=TOL,
+        setpoint_kw=5.0,
+        elapsed_h=1.02 * H,
+    )
+    assert not on_time.plausible and "h between the readings" not in on_time.reason
+    # a reading soon after a late one: less time passed, less energy moved
+    soon = 5.0 * math.sqrt(0.9) * 0.4 * H / 20.0
+    early = check(
+        BAT,
+        5.0,
+        0.5 + soon - 0.021,
+        interval=10,
+        interval_h=H,
+        previous=previous,
+        tol=TOL,
+        setpoint_kw=5.0,
+        elapsed_h=0.4 * H,
+    )
+    assert not early.plausible  # still beyond what even 0.4 intervals explain
+    assert "0.03333 h between the readings, not 0.08333" in early.reason
+    assert check(
+        BAT,
+        5.0,
+        0.5 + soon,
+        interval=10,
+        interval_h=H,
+        previous=previous,
+        tol=TOL,
+        setpoint_kw=5.0,
+        elapsed_h=0.4 * H,
+    ).plausible
+
+
+def test_the_loop_takes_the_time_between_readings_from_the_gateway_clock() -> None:
+    """300 simulated seconds per wall second: readings 3 s apart are 3
+    intervals apart for the device; without the time scale the loop judges
+    over the interval, as before."""
+    moved_kw = 5.0 * 3 * H  # kWh at the device's scale in 3 intervals
+    soc_after = 0.5 + moved_kw * math.sqrt(0.9) / (664.0 * 5.0 / 166.0)
+    timed = _loop("missing", time_scale=300.0)
+    timed.resolve("bat1", 0, 5.0, RANGE, *_answer(5.0, 0.5), read_wall_s=10.0)
+    late = timed.resolve("bat1", 1, 5.0, RANGE, *_answer(5.0, soc_after, 2), read_wall_s=13.0)
+    assert late.status == "ok", late.reason
+    untimed = _loop("missing")
+    untimed.resolve("bat1", 0, 5.0, RANGE, *_answer(5.0, 0.5), read_wall_s=10.0)
+    flagged = untimed.resolve("bat1", 1, 5.0, RANGE, *_answer(5.0, soc_after, 2), read_wall_s=13.0)
+    assert flagged.status == "implausible"
+
+
+def _loop(
+    implausible: str, fallback: str = "hold", time_scale: float | None = None
+) -> HardwareLoop:
     hil = HilConfig(
         fallback=fallback,
         implausible=implausible,
@@ -120,7 +199,7 @@ def _loop(implausible: str, fallback: str = "hold") -> HardwareLoop:
             ),
         ),
     )
-    return HardwareLoop(hil, 300.0)
+    return HardwareLoop(hil, 300.0, time_scale)
 
 
 def _answer(p: float, soc: float | None, seq: int = 1) -> tuple[Exchange, Exchange]:

@@ -31,7 +31,7 @@ from dsosim.federates.hil.loop import HIL_COLUMNS, Bounds, DeviceStep, HardwareL
 from dsosim.federates.hil.protocol import Setpoint
 from dsosim.federates.hil.replay import ANSWER_COLUMNS, ReplayGateway, answer_rows
 
-GATEWAY_COLUMNS = ("interval", "connected", *COUNTERS)
+GATEWAY_COLUMNS = ("interval", "connected", *COUNTERS, "read_wall_s")
 
 
 def make_gateway(config: FederationConfig, base: Path) -> Gateway:
@@ -93,7 +93,8 @@ def wait_for_devices(gateway: Gateway, hil: HilConfig, name: str) -> None:
 def run(shell: FederateShell, config: FederationConfig, gateway: Gateway | ReplayGateway) -> None:
     hil = config.hil
     assert hil is not None
-    loop = HardwareLoop(hil, config.time.interval_s)
+    loop = HardwareLoop(hil, config.time.interval_s, config.time.time_scale)
+    t0 = time.monotonic()
     owners = sorted({d.aggregator for d in hil.devices})
     last_status: dict[str, str] = {}
     for k in range(config.time.n_intervals):
@@ -135,6 +136,12 @@ def run(shell: FederateShell, config: FederationConfig, gateway: Gateway | Repla
 
         shell.advance(at(k, Phase.READBACK, config.time))
         read = gateway.read([(d, seq) for d in sorted(wanted)])
+        # when the devices were read (a replay: when they were read in the run)
+        read_wall_s = (
+            gateway.read_wall_s()
+            if isinstance(gateway, ReplayGateway)
+            else round(time.monotonic() - t0, 6)
+        )
         shell.record(
             k,
             "hil_answers",
@@ -142,7 +149,8 @@ def run(shell: FederateShell, config: FederationConfig, gateway: Gateway | Repla
             answer_rows(k, "setpoint", seq, sent) + answer_rows(k, "read", seq, read),
         )
         steps = {
-            d: loop.resolve(d, k, wanted[d][0], bounds[d], sent[d], read[d]) for d in sorted(wanted)
+            d: loop.resolve(d, k, wanted[d][0], bounds[d], sent[d], read[d], read_wall_s)
+            for d in sorted(wanted)
         }
         for owner in owners:
             _send_readings(
@@ -158,7 +166,14 @@ def run(shell: FederateShell, config: FederationConfig, gateway: Gateway | Repla
             k,
             "hil_gateway",
             GATEWAY_COLUMNS,
-            [(k, len(gateway.connected()), *(counters.get(c, 0) for c in COUNTERS))],
+            [
+                (
+                    k,
+                    len(gateway.connected()),
+                    *(counters.get(c, 0) for c in COUNTERS),
+                    read_wall_s,
+                )
+            ],
         )
         shell.end_interval(k)
 

@@ -109,7 +109,10 @@ class DeviceStep:
 class HardwareLoop:
     """Scaling, plausibility and fallback for the configured hardware DERs."""
 
-    def __init__(self, hil: HilConfig, interval_s: float) -> None:
+    def __init__(self, hil: HilConfig, interval_s: float, time_scale: float | None = None) -> None:
+        """``time_scale``: simulated seconds per wall second (the devices'
+        clock, from WELCOME); with it, readings that came further apart on the
+        wall clock than their intervals are judged over the time that passed."""
         if hil.fallback not in ("hold", "unavailable"):
             raise ValueError(f"fallback must be 'hold' or 'unavailable', got {hil.fallback!r}")
         if hil.implausible not in ("clip", "missing"):
@@ -119,6 +122,7 @@ class HardwareLoop:
         self.implausible = hil.implausible
         self.tolerances = Tolerances(hil.power_tolerance, hil.soc_tolerance)
         self.interval_h = interval_s / 3600.0
+        self.time_scale = time_scale
         self._last_mw: dict[str, float] = {}
         self._accepted: dict[str, Accepted] = {}
 
@@ -152,8 +156,10 @@ class HardwareLoop:
         bounds: Bounds,
         sent: Exchange,
         read: Exchange,
+        read_wall_s: float | None = None,
     ) -> DeviceStep:
-        """The interval's outcome for one device from its two exchanges."""
+        """The interval's outcome for one device from its two exchanges
+        (``read_wall_s``: when the read round ended, on the gateway's clock)."""
         failure = next((e.status for e in (sent, read) if e.status != "ok"), "ok")
         rtt = (sent.rtt_ms, read.rtt_ms)
         m = read.measurement if read.status == "ok" else None
@@ -163,21 +169,31 @@ class HardwareLoop:
                 "disconnected": "no session",
             }.get(read.status, read.status if failure == "ok" else failure)
             return self._fallback(device, setpoint_kw, bounds, failure, reason, None, rtt)
+        previous = self._accepted.get(device)
+        elapsed_h = None
+        if (
+            self.time_scale is not None
+            and read_wall_s is not None
+            and previous is not None
+            and previous.wall_s is not None
+        ):
+            elapsed_h = (read_wall_s - previous.wall_s) * self.time_scale / 3600.0
         verdict = check(
             self.envelope(device, bounds),
             m.p_kw,
             m.soc,
             interval=interval,
             interval_h=self.interval_h,
-            previous=self._accepted.get(device),
+            previous=previous,
             tol=self.tolerances,
             setpoint_kw=setpoint_kw,
+            elapsed_h=elapsed_h,
         )
         if not verdict.plausible and self.implausible == "missing":
             return self._fallback(
                 device, setpoint_kw, bounds, "implausible", verdict.reason, m, rtt
             )
-        self._accepted[device] = Accepted(interval, m.p_kw, verdict.soc, setpoint_kw)
+        self._accepted[device] = Accepted(interval, m.p_kw, verdict.soc, setpoint_kw, read_wall_s)
         used = min(max(self.sim_mw(device, verdict.p_kw), bounds.lo_mw), bounds.hi_mw)
         self._last_mw[device] = used
         plausible = verdict.plausible

@@ -21,8 +21,13 @@ device's scale (kW, kWh):
   and ``f(p) = p x sqrt(eta)`` charging,
   ``p / sqrt(eta)`` discharging (the simulated battery's round-trip
   efficiency; self-discharge neglected). After missed readings the envelope
-  is the full rating. The change may miss that range by ``soc_tolerance``
-  (of the capacity).
+  is the full rating. ``T`` is the intervals between the readings or, when
+  they were further apart (or closer) on the wall clock than that, either:
+  a federation that falls behind real time leaves the device at its
+  set-point longer, and the energy it moved is then the device's, not a
+  fault (``elapsed_h``, from the gateway's clock and the time scale; in a
+  replay, the recorded times). The change may miss that range by
+  ``soc_tolerance`` (of the capacity).
 
 A plausible reading is used clipped to the simulated DER's range for the
 interval ``[lo, hi]`` (from its fleet; 0 always inside) and SOC limits: the
@@ -37,6 +42,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+LATE_FRACTION = 0.05
+"""Readings further apart (or closer) on the wall clock than their intervals by
+more than this fraction are judged over the time that really passed too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,8 @@ class Accepted:
     soc: float | None
     setpoint_kw: float | None = None
     """The set-point of that interval (the device held it until the next)."""
+    wall_s: float | None = None
+    """When it was read, wall seconds on the gateway's clock (None: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +122,12 @@ def check(
     previous: Accepted | None,
     tol: Tolerances,
     setpoint_kw: float | None = None,
+    elapsed_h: float | None = None,
 ) -> Verdict:
     """Check one measurement; see the module docstring. ``p_kw`` and ``soc``
-    are finite (the protocol refuses anything else)."""
+    are finite (the protocol refuses anything else). ``elapsed_h``: the
+    simulated hours that really passed since ``previous`` was read (wall time
+    x the time scale), when known."""
     problems: list[str] = []
     rated, slack = env.rated_kw, tol.power * env.rated_kw
     if abs(p_kw) > rated + slack:
@@ -141,7 +155,9 @@ def check(
         )
     if previous is not None and previous.soc is not None and env.capacity_kwh:
         p_now = min(max(p_kw, -rated), rated)  # what moved the energy: the device's power
-        d_lo, d_hi, powers = _explained(env, previous, p_now, setpoint_kw, interval, interval_h)
+        d_lo, d_hi, powers = _explained(
+            env, previous, p_now, setpoint_kw, interval, interval_h, elapsed_h
+        )
         change = soc - previous.soc
         if not d_lo - tol.soc <= change <= d_hi + tol.soc:
             problems.append(
@@ -161,8 +177,11 @@ def _explained(
     setpoint_kw: float | None,
     interval: int,
     interval_h: float,
+    elapsed_h: float | None = None,
 ) -> tuple[float, float, str]:
-    """The change of state of charge the power can explain since ``previous``."""
+    """The change of state of charge the power can explain since ``previous``,
+    over the intervals' time or, when the readings were not those intervals
+    apart on the wall clock (a federation running late), over either."""
     assert env.capacity_kwh is not None
     gap = max(interval - previous.interval, 1)
     if gap == 1:
@@ -177,8 +196,16 @@ def _explained(
         p_lo, p_hi = -env.rated_kw, env.rated_kw
         powers = f"any within +-{env.rated_kw:g} kW over {gap} intervals"
     e = math.sqrt(env.efficiency)
+    hours = [gap * interval_h]
+    if elapsed_h is not None and abs(elapsed_h - hours[0]) > LATE_FRACTION * hours[0]:
+        hours.append(max(elapsed_h, 0.0))
+        powers += f", {elapsed_h:.4g} h between the readings, not {hours[0]:.4g}"
 
-    def stored(p: float) -> float:
-        return (p * e if p > 0 else p / e) * gap * interval_h / env.capacity_kwh  # type: ignore[operator]
+    def stored(p: float, h: float) -> float:
+        return (p * e if p > 0 else p / e) * h / env.capacity_kwh  # type: ignore[operator]
 
-    return stored(p_lo), stored(p_hi), powers
+    return (
+        min(stored(p_lo, h) for h in hours),
+        max(stored(p_hi, h) for h in hours),
+        powers,
+    )

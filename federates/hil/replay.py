@@ -118,12 +118,14 @@ class ReplayGateway:
             )
         self._counters: dict[int, dict[str, int]] = {}
         self._connected: dict[int, int] = {}
+        self._read_wall: dict[int, float | None] = {}
         gateway = folder / "hil_gateway"
         if gateway.is_dir():
             for rec in pd.read_parquet(gateway).to_dict("records"):
                 k = int(rec["interval"])
                 self._connected[k] = int(rec["connected"])
                 self._counters[k] = {c: int(rec.get(c, 0) or 0) for c in COUNTERS}
+                self._read_wall[k] = _none(rec.get("read_wall_s"))
         self.devices = tuple(devices)
         self._interval = -1
         self.endpoint = f"replay of {folder}"
@@ -151,6 +153,11 @@ class ReplayGateway:
         """As many entries as devices were connected in the recording (the
         ids are not recorded; only the number goes into the results)."""
         return ["(recorded)"] * self._connected.get(self._interval, 0)
+
+    def read_wall_s(self) -> float | None:
+        """When the run read its devices this interval (its gateway's clock;
+        None in recordings from before it was recorded)."""
+        return self._read_wall.get(self._interval)
 
     def take_counters(self) -> dict[str, int]:
         return dict(self._counters.get(self._interval, dict.fromkeys(COUNTERS, 0)))
