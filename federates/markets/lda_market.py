@@ -1266,7 +1266,7 @@ def _clearing(
     congestion = prob.rows.grad.T @ priced if nr else np.zeros(len(prob.der_names))
     if len(cols) > nb + nr and float(np.abs(cols[nb + nr :]).max()) > 1e-7:
         energy = lmp
-    scale = 1e-9 * (1.0 + max((abs(p) for p in prob.price), default=0.0))
+    scale = 1e-9 * (1.0 + np.abs(prob.price).max(initial=0.0))  # max is exact: as a loop
     return LdaClearing(
         award_mw=float(award_mw),
         lmp=float(lmp),
