@@ -420,7 +420,7 @@ class GridOperator:
     ) -> Sensitivities | None:
         """Interval ``interval``'s last fresh linearisation, to stand for one
         at ``state`` (the last :meth:`_solve`), if it may (the approximation
-        ``reuse_linearisation_kw`` allows, bounded in docs/linearisation.md
+        ``reuse_linearisation_kw`` allows, bounded in docs/models.md
         and checked by tests/test_reuse_linearisation.py): no DER location's
         active or reactive power moved by more than ``reuse_mw`` from where it
         was taken, the regulators' taps and the capacitors are where they
