@@ -28,8 +28,8 @@ from dsosim.federates.common.schedule import last_offset
 
 DEFAULT_START = datetime(2026, 7, 20, 0, 0)
 REUSE_LINEARISATION_KW = 10.0
-"""Default move (kW and kvar at every DER location) within which a utility
-reuses its last linearisation at the market's dispatch (docs/scenario.md)."""
+"""Default move (kW and kvar of every load and DER location) within which a
+utility reuses its last linearisation (docs/scenario.md)."""
 """Start of a run when the scenario gives none: a summer Monday, midnight."""
 
 
@@ -322,9 +322,9 @@ class DsoConfig(Strict):
     reuse_linearisation_kw: float = Field(
         REUSE_LINEARISATION_KW,
         ge=0,
-        description="the market's re-linearisation at its dispatch reuses the last one when "
-        "no DER location moved more (kW, kvar) and no control or volt-var segment changed; "
-        "0: always re-linearise",
+        description="a forecast or dispatch point reuses the last linearisation when no load "
+        "or DER location moved more (kW, kvar) and no control or volt-var segment changed; "
+        "0: never",
     )
 
 

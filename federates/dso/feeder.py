@@ -1683,6 +1683,12 @@ class Feeder:
             total -= (dv * np.conj(current)[:, None] + v[:, None] * np.conj(di)).real.sum(0)
         return total / 1.0e6
 
+    def load_powers(self) -> tuple[np.ndarray, np.ndarray]:
+        """P (W) and Q (var) of every load, the feeder's own and then the DERs
+        in attach order, as OpenDSS applies them and as :meth:`sensitivities`
+        takes them at the operating point."""
+        return self._load_powers_w()
+
     def _load_powers_w(self) -> tuple[np.ndarray, np.ndarray]:
         """P (W) and Q (var) of every load as OpenDSS applies them in a snapshot:
         the kW and kvar set, times the global load multiplier for loads of

@@ -115,12 +115,11 @@ DER_LOCATION_COLUMNS = (
 @dataclass(frozen=True)
 class _Linearised:
     """A linearisation computed afresh and the point it was taken at: what a
-    later one of the same interval compares with to reuse it."""
+    later one compares with to reuse it."""
 
-    interval: int
-    der_mw: np.ndarray
-    der_mvar: np.ndarray
-    """Reactive power of every DER location (volt-var; 0 without)."""
+    p_w: np.ndarray
+    q_var: np.ndarray
+    """Every load's and DER's P (W) and Q (var) (:meth:`Feeder.load_powers`)."""
     controls: controls.ControlState
     slopes: np.ndarray
     """Volt-var curve slope at every location (the segments it is on)."""
@@ -218,12 +217,14 @@ class GridOperator:
         self._forecast_reused = False
         self._points: list[Forecast] = []
         self.reuse_mw = config.reuse_linearisation_kw / 1000.0
-        """Move within which :meth:`linearise_at` reuses the interval's last
-        linearisation (0: never)."""
+        """Move (MW, Mvar) within which a forecast or a dispatch point reuses
+        the last linearisation computed afresh (0: never; :meth:`_reusable`)."""
         self._fresh: _Linearised | None = None
-        """The interval's last linearisation computed afresh."""
+        """The last linearisation computed afresh and where."""
         self.reused = 0
-        """Linearisations :meth:`linearise_at` reused (since the start)."""
+        """Linearisations reused (since the start)."""
+        self.linearised = 0
+        """Linearisations computed afresh at a forecast or dispatch point."""
         self.day_ahead_load_mw: list[float] = []
         """The feeder's load (feeder scale) per period of the last day-ahead bid."""
         self.measured_load_mw = 0.0
@@ -290,12 +291,9 @@ class GridOperator:
         self.feeder.set_der_mw(self.der_mw)
         state = self._solve()
         self._forecast_reused = not state.power_flow_converged and self.forecast_point is not None
-        self._fresh = None
         if not self._forecast_reused:
-            self.forecast_point = Forecast(
-                state, self._linearise(state), controls.read(self.feeder)
-            )
-            self._fresh = self._linearised(interval, self.forecast_point)
+            now = controls.read(self.feeder)
+            self.forecast_point = Forecast(state, self._linearisation(state, now), now)
         assert self.forecast_point is not None
         self.planning_point = self.forecast_point
         self._points = [self.forecast_point]
@@ -376,22 +374,9 @@ class GridOperator:
         if not state.power_flow_converged:
             return None
         now = controls.read(self.feeder)
-        sens = self._reusable(interval, state, now)
-        if sens is None:
-            self.planning_point = Forecast(state, self._linearise(state), now)
-            self._fresh = self._linearised(interval, self.planning_point)
-        else:
-            self.planning_point = Forecast(state, sens, now)
-            self.reused += 1
+        self.planning_point = Forecast(state, self._linearisation(state, now), now)
         self._points.append(self.planning_point)
         return self.planning_point.state, self.planning_point.sens
-
-    def _der_mvar(self) -> np.ndarray:
-        """Reactive power of every DER location at the last :meth:`_solve`."""
-        r = self._vv_last
-        if self.volt_var is None or r is None:
-            return np.zeros(len(self.locations))
-        return np.asarray(r.q_mvar, dtype=float)
 
     def _slopes(self, state: FeederState) -> np.ndarray:
         """The volt-var curve's slope at every location at ``state`` (as the
@@ -401,43 +386,48 @@ class GridOperator:
             return np.zeros(0)
         return np.where(vv.active, vv.slopes(vv.local_voltages(state)), 0.0)
 
-    def _linearised(self, interval: int, point: Forecast) -> _Linearised | None:
-        """``point`` (linearised afresh at the last :meth:`_solve`) as what a
-        later linearisation may reuse."""
-        if point.controls is None:
-            return None
-        return _Linearised(
-            interval,
-            np.asarray(point.state.der_mw, dtype=float).copy(),
-            self._der_mvar().copy(),
-            point.controls,
-            self._slopes(point.state),
-            point.sens,
-        )
+    def _linearisation(self, state: FeederState, now: controls.ControlState) -> Sensitivities:
+        """The feeder's linearisation at ``state`` (the last :meth:`_solve`,
+        at controls ``now``): the last one computed afresh if it may stand
+        for it (:meth:`_reusable`), else computed afresh."""
+        powers = self.feeder.load_powers()
+        slopes = self._slopes(state)
+        sens = self._reusable(powers, now, slopes)
+        if sens is not None:
+            self.reused += 1
+            return sens
+        sens = self._linearise(state)
+        self.linearised += 1
+        self._fresh = _Linearised(powers[0], powers[1], now, slopes, sens)
+        return sens
 
     def _reusable(
-        self, interval: int, state: FeederState, now: controls.ControlState
+        self,
+        powers: tuple[np.ndarray, np.ndarray],
+        now: controls.ControlState,
+        slopes: np.ndarray,
     ) -> Sensitivities | None:
-        """Interval ``interval``'s last fresh linearisation, to stand for one
-        at ``state`` (the last :meth:`_solve`), if it may (the approximation
-        ``reuse_linearisation_kw`` allows, bounded in docs/models.md
-        and checked by tests/test_reuse_linearisation.py): no DER location's
-        active or reactive power moved by more than ``reuse_mw`` from where it
-        was taken, the regulators' taps and the capacitors are where they
-        were, and every volt-var inverter is on the same segment of its curve.
-        A copy (the same arrays, another object: the point the market priced
+        """The last linearisation computed afresh, to stand for one at an
+        operating point with every load's and DER's P and Q ``powers`` (W,
+        var; :meth:`Feeder.load_powers`), controls ``now`` and volt-var slopes
+        ``slopes``, if the approximation ``reuse_linearisation_kw`` allows
+        it (bounded in docs/models.md, "Reusing a linearisation", and checked
+        by tests/test_reuse_linearisation.py): no load's or DER's active or
+        reactive power moved by more than ``reuse_mw`` from where it was
+        taken, the regulators' taps and the capacitors are where they were,
+        and every volt-var inverter is on the same segment of its curve. A
+        copy (the same arrays, another object: the point the market priced
         on is found by identity). None: linearise afresh."""
         fresh = self._fresh
-        if fresh is None or fresh.interval != interval or not self.reuse_mw > 0.0:
+        if fresh is None or not self.reuse_mw > 0.0 or now != fresh.controls:
             return None
-        if now != fresh.controls:
+        tol = self.reuse_mw * 1.0e6
+        p_w, q_var = powers
+        if p_w.shape != fresh.p_w.shape or not np.array_equal(slopes, fresh.slopes):
             return None
-        tol = self.reuse_mw
-        p_move = np.abs(np.asarray(state.der_mw, dtype=float) - fresh.der_mw)
-        q_move = np.abs(self._der_mvar() - fresh.der_mvar)
-        if p_move.max(initial=0.0) > tol or q_move.max(initial=0.0) > tol:
+        if np.abs(p_w - fresh.p_w).max(initial=0.0) > tol:
             return None
-        if not np.array_equal(self._slopes(state), fresh.slopes):
+        if np.abs(q_var - fresh.q_var).max(initial=0.0) > tol:
             return None
         return replace(fresh.sens)
 

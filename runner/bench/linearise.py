@@ -188,8 +188,9 @@ def _dispatch(grids: list[GridOperator], intervals: list[int], args: argparse.Na
             rng = np.random.default_rng([args.seed, i, k, 2])
             n = len(grid.locations)
             grid.der_mw = rng.normal(0.0, args.der_sd, n)
-            forecast = grid.forecast(k)
-            fresh, reuse_mw = grid._fresh, grid.reuse_mw
+            reuse_mw, grid.reuse_mw = grid.reuse_mw, 0.0
+            forecast = grid.forecast(k)  # linearised afresh
+            fresh = grid._fresh
             dispatch = grid.der_mw + rng.uniform(-1.0, 1.0, n) * args.move_kw / 1000.0
             got = {}
             for reuse in (False, True) if (k + i) % 2 == 0 else (True, False):

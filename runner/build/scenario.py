@@ -214,9 +214,9 @@ class Lda(_Section):
     reuse_linearisation_kw: float = Field(
         REUSE_LINEARISATION_KW,
         ge=0,
-        description="at the market's dispatch, the utility reuses its last linearisation if no "
-        "DER location moved by more than this (kW, and kvar), no regulator tap or capacitor "
-        "moved and no volt-var inverter changed segment; 0: always re-linearise",
+        description="the utility reuses its last linearisation (at a forecast or a dispatch "
+        "point) if no load or DER location moved by more than this (kW, and kvar), no regulator "
+        "tap or capacitor moved and no volt-var inverter changed segment; 0: never",
     )
     voltage_basis: Literal["ln", "ll"] = Field(
         "ln", description="read voltages line-to-neutral (ln) or line-to-line (ll, delta feeders)"
