@@ -2,9 +2,10 @@
 
 At every forecast and every dispatch point, the utility reuses its last
 linearisation computed afresh when no load's or DER location's active or
-reactive power moved by more than the threshold (default 10 kW, kvar) from
-where it was taken, no regulator tap or capacitor moved and every volt-var
-inverter is on the same segment of its curve (``GridOperator._reusable``).
+reactive power moved by more than the threshold (``reuse_linearisation_kw``:
+off by default, 10 kW bounded here) from where it was taken, no regulator
+tap or capacitor moved and every volt-var inverter is on the same segment of
+its curve (``GridOperator._reusable``).
 The bound, checked here on the eight study feeders and on IEEE 123 (with
 volt-var inverters), from night, midday and evening forecasts, at dispatch
 points moved by the threshold at every DER location (all up, all down,
@@ -43,7 +44,8 @@ from dsosim.federates.dso.grid import GridOperator, _Linearised
 from dsosim.runner.bench.linearise import DEFAULT_SCENARIO, _grids
 from tests.test_byof import ROOT, SHARED
 
-DELTA_MW = REUSE_LINEARISATION_KW / 1000.0
+DELTA_MW = 0.01
+"""The threshold bounded here (10 kW; the default is REUSE_LINEARISATION_KW, off)."""
 INTERVALS = (40, 144, 200)
 """03:20 (night), 12:00 (PV: volt-var inverters on their slopes), 16:40."""
 IEEE123_BUSES = (
@@ -76,7 +78,11 @@ def _ieee123() -> GridOperator:
 @pytest.fixture(scope="module")
 def grids(tmp_path_factory: pytest.TempPathFactory) -> list[GridOperator]:
     folder = tmp_path_factory.mktemp("study")
-    return [*_grids(ROOT / DEFAULT_SCENARIO, folder), _ieee123()]
+    made = [*_grids(ROOT / DEFAULT_SCENARIO, folder), _ieee123()]
+    for grid in made:
+        assert grid.reuse_mw == REUSE_LINEARISATION_KW / 1000.0  # the default: off
+        grid.reuse_mw = DELTA_MW
+    return made
 
 
 def _moves(rng: np.random.Generator, n: int) -> list[np.ndarray]:
