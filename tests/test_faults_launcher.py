@@ -154,8 +154,9 @@ def test_second_dsosim_run_on_the_same_folder_is_refused(out: Path) -> None:
 def test_second_helics_run_of_the_same_runner_never_joins(tmp_path: Path) -> None:
     """The issue's reproduction: the same runner launched twice, 4 s apart.
     The second launch is refused before any process contacts the broker, the
-    first run completes, and its results are intact."""
-    built = build_quickstart(tmp_path, hours=48)
+    first run completes, and its results are intact (72 h: the first run must
+    outlast the second launch's start-up even on a quiet machine)."""
+    built = build_quickstart(tmp_path, hours=72)
     folder = built.runner.parent
     first = helics_run(folder)
     try:
@@ -163,6 +164,7 @@ def test_second_helics_run_of_the_same_runner_never_joins(tmp_path: Path) -> Non
         assert first.poll() is None
         second = helics_run(folder)
         out2, _ = second.communicate(timeout=120)
+        assert first.poll() is None, "the first run ended before the second launch was refused"
         assert second.returncode != 0, out2
         # Read what the second launch wrote now: helics run truncates the
         # federates' log files it opens, which are the first run's too, and

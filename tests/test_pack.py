@@ -119,13 +119,17 @@ def test_second_launch_of_a_packed_runner_never_joins(tmp_path: Path) -> None:
     """The packed process takes every federate's lock before its HELICS core
     exists: a second launch of the same runner is refused without contacting
     the broker, and the first run completes."""
-    built = build(QUICKSTART, tmp_path, hours=24, port=free_port(), processes=1)
+    # 72 h: a packed quickstart day takes about 8 s on a quiet machine, and the
+    # first run must outlast the second launch's start-up (a day was once
+    # over before the second launch's processes took their locks)
+    built = build(QUICKSTART, tmp_path, hours=72, port=free_port(), processes=1)
     folder = built.runner.parent
     first = helics_run(folder)
     try:
         wait_running(folder, intervals=1)
         second = helics_run(folder)
         out2, _ = second.communicate(timeout=120)
+        assert first.poll() is None, "the first run ended before the second launch was refused"
         assert second.returncode != 0, out2
         out1, _ = first.communicate(timeout=300)
         assert first.returncode == 0, out1
