@@ -265,18 +265,17 @@ def _fix_near_ties(
 ) -> None:
     """Re-sort, by (-price, index), each run of equal ``run_key`` that holds a
     pair ``(i, i + 1)`` of ``pairs`` (arrays in sorted order; ``order`` and
-    ``ordered = price[order]`` in place)."""
-    done = -1
-    for i in pairs.tolist():
-        if i < done:
-            continue
-        k = run_key[i]
-        a = int(np.searchsorted(run_key, k, side="left"))
-        b = int(np.searchsorted(run_key, k, side="right"))
-        members = order[a:b]
-        order[a:b] = members[np.lexsort((members, -ordered[a:b]))]
-        ordered[a:b] = price[order[a:b]]
-        done = b
+    ``ordered = price[order]`` in place): the runs' entries gathered, one
+    ``lexsort`` of them all by (run, -price, index), written back."""
+    keys = np.unique(run_key[pairs])  # one per run to re-sort, ascending as the runs lie
+    start = np.searchsorted(run_key, keys, side="left")
+    length = np.searchsorted(run_key, keys, side="right") - start
+    # the runs' positions, run after run: start of each run plus 0 .. length - 1
+    run = np.repeat(np.arange(len(keys)), length)
+    at = np.arange(len(run)) - np.repeat(np.cumsum(length) - length, length) + start[run]
+    members = order[at]
+    order[at] = members[np.lexsort((members, -ordered[at], run))]
+    ordered[at] = price[order[at]]
 
 
 def pool(

@@ -230,10 +230,19 @@ class Outlook:
         """Expected price of interval ``t`` itself, per bus in ``buses``."""
         return self.est.forecast(buses, np.array([self.t]))[:, 0]
 
+    def _distinct_rows(self, buses: IntArray) -> tuple[IntArray, IntArray]:
+        """``np.unique(label[buses], return_inverse=True)`` without a sort: the
+        labels are row numbers, fewer than the buses."""
+        label = self.est.label[buses]
+        present = np.zeros(len(self.est.stats), dtype=bool)  # one per row
+        present[label] = True
+        renumber = np.cumsum(present) - 1
+        return np.flatnonzero(present), renumber[label]
+
     def sorted_ahead(self, buses: IntArray, n: int) -> tuple[FloatArray, IntArray]:
         """Next ``n`` expected prices sorted ascending, one row per distinct
         estimate among ``buses``, and each bus's row."""
-        rows, row_of = np.unique(self.est.label[buses], return_inverse=True)
+        rows, row_of = self._distinct_rows(buses)
         intervals = self.t + 1 + np.arange(n)
         if n == self.est.slots and self.est.published_at(intervals) is None:
             # With a one-day horizon the future is every slot once, in any order.
@@ -263,7 +272,7 @@ class Outlook:
         ``k - 1`` for the ``k``-th lowest) clamp to the window's extreme when
         the window is shorter.
         """
-        rows, row_of = np.unique(self.est.label[buses], return_inverse=True)
+        rows, row_of = self._distinct_rows(buses)
         f = self.ahead(n)[rows]
         col = np.arange(n)[None, :]
         valley, peak = np.argmin(f, axis=1), np.argmax(f, axis=1)
@@ -292,10 +301,11 @@ class Outlook:
 
         Each row of expected prices is sorted once (with the time index of
         every sorted entry). The first ``m`` of a row, sorted, are its sorted
-        entries whose time index is below ``m``, in order: they are laid out
-        once per distinct (row, ``m``) pair among the queries (one ``(pairs,
-        width)`` pass), and every query reads its two neighbours there. The
-        pairs are at most rows x width however many devices ask.
+        entries whose time index is below ``m``, in order. Per distinct (row,
+        ``m``) pair among the queries, one ``(pairs, width)`` pass marks those
+        entries; every query reads its two neighbours off the marked positions
+        (the entries are never laid out). The pairs are at most rows x width
+        however many devices ask.
         """
         out = np.full(len(m), np.inf)
         has = m > 0
@@ -315,13 +325,20 @@ class Outlook:
         pairs = np.flatnonzero(present)
         pair_of = np.cumsum(present) - 1
         p_row, p_m = np.divmod(pairs, width + 1)
-        inside = order[p_row] < p_m[:, None]  # (pairs, width): entries among the first m
-        rank = np.cumsum(inside, axis=1) - 1
-        prefix = np.empty((len(pairs), width))
-        which = np.nonzero(inside)
-        prefix[which[0], rank[inside]] = sorted_f[p_row][inside]
+        # (pairs, width), flattened: whether each sorted entry is among the pair's first m.
+        # A pair's row holds exactly m of them (the time indices are a permutation), so
+        # the marked entries, in order, are each pair's first m sorted, pair after pair.
+        inside = (order[p_row] < p_m[:, None]).ravel()
+        marked = np.flatnonzero(inside)
+        first = np.cumsum(p_m) - p_m  # where each pair's entries start among the marked
         q = pair_of[pair_key]
-        out[has] = prefix[q, i0] * (1.0 - w) + prefix[q, i1] * w
+        at = np.take(marked, np.tile(first[q], 2) + np.concatenate([i0, i1]))
+        # a marked position in pair q's row: the same column of q's estimate row, sorted
+        span = order.shape[1]  # at least width: a wider cache serves as well
+        at += np.tile((p_row[q] - q) * span, 2)
+        value = np.take(sorted_f, at)
+        n = len(q)
+        out[has] = value[:n] * (1.0 - w) + value[n:] * w
         return out
 
     def _sorted(self, width: int) -> tuple[IntArray, FloatArray]:
