@@ -582,3 +582,60 @@ def test_a_fall_of_the_swept_demand_is_flattened_and_a_large_one_logged(caplog) 
     assert [q for _, q in curve.blocks] == pytest.approx([0.2, 0.1])
     assert flattened == pytest.approx(0.1)
     assert "falls by 0.1 MW" in caplog.text and "-4.78 $/MWh" in caplog.text
+
+
+def _two_ders_under_one_vmax(v0: float) -> tuple[FeederState, Sensitivities, list[DerCurve]]:
+    """One node at ``v0`` above a vmax of 1.05; each DER's consumption of 1 MW
+    lowers it by 0.01 pu (at v0 = 1.07 the limit is met only with both at 1
+    MW, every block taken)."""
+    state, sens = linearised([v0], [[-0.01, -0.01]], dpsub=[1.0, 1.02], der_mw=[0.0, 0.0])
+    curves = [
+        PlacedCurve("d0", BidCurve(0.0, ((30.0, 0.5), (10.0, 0.5))), owner="a"),
+        PlacedCurve("d1", BidCurve(0.0, ((25.0, 0.4), (5.0, 0.6))), owner="a"),
+    ]
+    return state, sens, curves
+
+
+@pytest.mark.parametrize("v0", [1.07 - 1e-6, 1.07 - 1e-5, 1.09])
+@pytest.mark.parametrize("lmp", [20.0, 40.0])
+def test_an_award_the_network_cannot_take_is_priced_at_the_lmp_not_the_penalty(
+    v0: float, lmp: float
+) -> None:
+    """An award above what the bids can take with the vmax row met (it is
+    met only near every block taken, or not at all: 1.09 pu): the head
+    balance's dual is the imbalance penalty with no imbalance column taken.
+    The energy price was LMP - 100,000 $/MWh there (every DLMP with it);
+    it is the LMP, or where the row is out of reach and left to the DSO
+    (1.09 pu) the head price of the block that meets the award, and every
+    DLMP within the bids' and the LMP's prices."""
+    state, sens, curves = _two_ders_under_one_vmax(v0)
+    limits = Limits(vmin_pu=0.9, vmax_pu=1.05)
+    bid = build_interface_bid(curves, state, sens, 1.0, limits)
+    for award in (bid.curve.quantity_at(lmp), bid.curve.quantity_at(lmp) + 0.1):
+        clearing = clear_lda(award, lmp, curves, state, sens, 1.0, limits)
+        assert clearing.energy_price == lmp or (v0 > 1.08 and 5.0 <= clearing.energy_price <= 30.0)
+        assert np.all(clearing.dlmp >= 4.0) and np.all(clearing.dlmp <= 1.02 * max(lmp, 30.0))
+        # the limit is met wherever the bids can meet it
+        v = v0 + float(np.asarray(sens.dv_dp)[0] @ clearing.der_mw)
+        assert v <= 1.05 + 1e-9 or v0 > 1.07
+    if v0 < 1.08:  # the award is beyond what the row lets the bids take
+        above = clear_lda(bid.curve.quantity_at(lmp) + 0.1, lmp, curves, state, sens, 1.0, limits)
+        assert above.shortfall_mw == pytest.approx(0.1, abs=2e-3)
+        assert above.repriced  # the penalty's dual came up: the fix is what is tested
+
+
+def test_ders_that_can_fix_a_violation_still_do_and_price_it() -> None:
+    """At 1.06 pu half of the blocks' consumption meets the limit: the
+    clearing meets it, the row binds, and the block it splits sets its
+    location's DLMP; the energy price is the LMP (the award is the bid's)."""
+    state, sens, curves = _two_ders_under_one_vmax(1.06)
+    limits = Limits(vmin_pu=0.9, vmax_pu=1.05)
+    bid = build_interface_bid(curves, state, sens, 1.0, limits)
+    lmp = 40.0
+    clearing = clear_lda(bid.curve.quantity_at(lmp), lmp, curves, state, sens, 1.0, limits)
+    v = 1.06 + float(np.asarray(sens.dv_dp)[0] @ clearing.der_mw)
+    assert v == pytest.approx(1.05, abs=1e-9)
+    assert [c.element for c in clearing.binding] == ["n0"]
+    assert clearing.energy_price == lmp and not clearing.repriced
+    assert_dlmps_support_the_dispatch(clearing, curves)
+    assert np.all(clearing.dlmp_congestion < 0.0)  # consuming relieves the over-voltage

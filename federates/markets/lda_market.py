@@ -37,7 +37,9 @@ demand at DER ``i`` is
 
 ``lambda`` (energy) is the price of net demand at the head: the T-D LMP when
 the award is what the feeder's bids ask at that LMP, else the head price of the
-local block that is split to meet the award (the dual of the head balance).
+local block that is split to meet the award (the dual of the head balance);
+the LMP again where that dual is the imbalance penalty with no imbalance
+taken (no block is marginal: see ``clear_lda``).
 The loss component is ``lambda * (dPsub/dP_i - 1)`` and the congestion/voltage
 component is the sum. A DER that consumes where it relieves
 a binding limit (``dg/dP < 0``, e.g. consumption under an over-voltage) sees a
@@ -238,6 +240,10 @@ class LdaClearing:
     left violated (dual = the penalty: no market price)."""
     welfare: float
     """Sum of block prices times dispatched MW, $/h (bid value of the dispatch)."""
+    repriced: bool = False
+    """Whether the energy price was put at the LMP because the head
+    balance's dual was the imbalance penalty with no imbalance taken
+    (:func:`clear_lda`); the price before was LMP + that penalty."""
 
 
 def fixed_head_mw(state: FeederState) -> float:
@@ -544,7 +550,13 @@ class _Lp:
     """The HiGHS model: block columns, one slack per network row, optionally the
     head balance with two imbalance columns. Costs are for *minimisation*."""
 
-    def __init__(self, prob: _Problem, limits: Limits, balance: tuple[float, float] | None) -> None:
+    def __init__(
+        self,
+        prob: _Problem,
+        limits: Limits,
+        balance: tuple[float, float] | None,
+        slack_cost: np.ndarray | None = None,
+    ) -> None:
         self.prob = prob
         nb = len(prob.price)
         nr = len(prob.rows.limit)
@@ -557,7 +569,7 @@ class _Lp:
         cost = np.concatenate(
             [
                 np.zeros(nb),
-                np.full(nr, limits.violation_penalty),
+                np.full(nr, limits.violation_penalty) if slack_cost is None else slack_cost,
                 np.full(ncol - nb - nr, limits.imbalance_penalty),
             ]
         )
@@ -1156,6 +1168,12 @@ def clear_lda(
        deliverable head demand. That point is on a network limit, so the split
        of its marginal price between ``lambda`` and the ``mu_k`` is then not
        unique; HiGHS returns one vertex of it.
+
+    The prices are those of the solution, less the duals that are no price
+    (``_forced``: rows the LP broke, rows held at a dual near the violation
+    penalty or moving some DER's price by more than the price cap). The
+    energy price is the LMP where the head balance's dual is the imbalance
+    penalty with no imbalance taken (see ``_clearing``).
     """
     if not (math.isfinite(award_mw) and math.isfinite(lmp)):
         raise LdaError(f"award {award_mw} MW and LMP {lmp} $/MWh must be finite")
@@ -1169,21 +1187,39 @@ def clear_lda(
             return _clearing(prob, award_mw, lmp, *separable, len(prob.price), 0, limits)
     lp = _Lp(prob, limits, balance=(-highspy.kHighsInf, highspy.kHighsInf))
     try:
-        return _clear_lp(lp, award_mw, lmp, target, tol, limits, price_taker)
+        cols, duals = _clear_lp(lp, lmp, target, tol, price_taker)
     finally:
         lp.release()
+    nb, nr = len(prob.price), len(prob.rows.limit)
+    return _clearing(prob, award_mw, lmp, cols, duals, nb, nr, limits)
+
+
+def _forced(
+    prob: _Problem,
+    cols: np.ndarray,
+    duals: np.ndarray,
+    nb: int,
+    nr: int,
+    limits: Limits,
+) -> np.ndarray:
+    """Rows whose dual is no market price: one the LP broke (slack > 0: its
+    dual is the violation penalty), one whose dual comes near the penalty (a
+    degenerate vertex, or two rows pulling against each other: measured duals
+    of ~1e8 and DLMPs of +-3e7 $/MWh), and one whose dual alone moves some
+    DER's price by more than the price cap (no admissible bid is worth it)."""
+    if not nr:
+        return np.zeros(0, dtype=bool)
+    slack = cols[nb : nb + nr]
+    mu = -duals[:nr]
+    reach = mu * np.abs(prob.rows.grad).max(axis=1, initial=0.0)
+    return (slack > 1e-7) | (mu >= FORCED_DUAL * limits.violation_penalty) | (reach > PRICE_CAP)
 
 
 def _clear_lp(
-    lp: _Lp,
-    award_mw: float,
-    lmp: float,
-    target: float,
-    tol: float,
-    limits: Limits,
-    price_taker: bool,
-) -> LdaClearing:
-    """The LPs of :func:`clear_lda` (see there) on the model ``lp``."""
+    lp: _Lp, lmp: float, target: float, tol: float, price_taker: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The LPs of :func:`clear_lda` (see there) on the model ``lp``: the
+    columns and duals of the one that decides."""
     prob = lp.prob
     lp.set_balance(-highspy.kHighsInf, highspy.kHighsInf, allow_imbalance=False)
     lp.set_block_costs(lmp * prob.weight - prob.price)
@@ -1191,19 +1227,18 @@ def _clear_lp(
     taker = lp.solve()
     taker_mw = float(prob.weight @ taker[0][:nb])
     if price_taker or abs(taker_mw - target) <= tol:
-        return _clearing(prob, award_mw, lmp, taker[0], taker[1], nb, nr, limits)
+        return taker
     lp.set_balance(target, target, allow_imbalance=True)
     cols, duals = lp.solve()
     if abs(cols[nb + nr] - cols[nb + nr + 1]) <= tol:
-        return _clearing(prob, award_mw, lmp, cols, duals, nb, nr, limits)
+        return cols, duals
     deliverable = float(prob.weight @ cols[:nb])
     if abs(taker_mw - deliverable) <= tol:
         # The price taker already goes as far toward the award as the network
         # allows: its dispatch is the closest one, priced at the LMP.
-        return _clearing(prob, award_mw, lmp, taker[0], taker[1], nb, nr, limits)
+        return taker
     lp.set_balance(deliverable, deliverable, allow_imbalance=False)
-    cols, duals = lp.solve()
-    return _clearing(prob, award_mw, lmp, cols, duals, nb, nr, limits)
+    return lp.solve()
 
 
 _SEPARABLE_MARGIN = 1e-5
@@ -1270,20 +1305,25 @@ def _clearing(
     # are reported as relaxed, like those no dispatch can satisfy, and leave
     # the DLMPs, as does the imbalance penalty when the award cannot be met.
     # The same holds for rows held at their limit whose duals come near the
-    # penalty: one at a degenerate vertex (the slack basic at zero), or two
-    # that pull against each other (an over-voltage on one phase and an
-    # under-voltage on another that the same DERs move together: measured
-    # duals of ~1e8 and DLMPs of +-3e7 $/MWh). Above FORCED_DUAL x penalty
-    # ($/h per pu: 1e6, i.e. 1000 $/MWh through a 1e-3 pu/MW sensitivity,
-    # beyond any bid) a row is held "at any price", not priced.
-    # A row whose dual alone moves some DER's price by more than the price cap
-    # is no price either: no admissible bid is worth that much.
-    reach = mu * np.abs(prob.rows.grad).max(axis=1, initial=0.0) if nr else np.zeros(0)
-    forced = (slack > 1e-7) | (mu >= FORCED_DUAL * limits.violation_penalty) | (reach > PRICE_CAP)
+    # penalty (a degenerate vertex, or two rows pulling against each other)
+    # and rows whose dual alone moves some DER's price beyond the price cap
+    # (``_forced``).
+    forced = _forced(prob, cols, duals, nb, nr, limits)
     priced = np.where(forced, 0.0, mu)
     congestion = prob.rows.grad.T @ priced if nr else np.zeros(len(prob.der_names))
+    repriced = False
     if len(cols) > nb + nr and float(np.abs(cols[nb + nr :]).max()) > 1e-7:
         energy = lmp
+    elif len(duals) > nr and abs(float(duals[nr])) >= (1.0 - 1e-6) * limits.imbalance_penalty:
+        # The head balance's dual at the imbalance penalty with no imbalance
+        # taken: the award is the only head demand the network leaves the
+        # bids (the study's 07:30 in LDA 1: a vmax row that only every DER
+        # at its extreme meets; the award is that extreme's head demand), or
+        # the edge of what they can deliver, and the imbalance column is as
+        # good as any block at zero. No block is marginal there; the dual
+        # says "any price", and the head price is the LMP, as when the award
+        # cannot be met (before: LMP + 100,000 $/MWh, charged to every DER).
+        energy, repriced = lmp, True
     scale = 1e-9 * (1.0 + np.abs(prob.price).max(initial=0.0))  # max is exact: as a loop
     return LdaClearing(
         award_mw=float(award_mw),
@@ -1303,6 +1343,7 @@ def _clearing(
         ),
         relaxed=tuple(c for c, f in zip(constraints, forced, strict=True) if f) + prob.stuck,
         welfare=float(prob.price @ x),
+        repriced=repriced,
     )
 
 
