@@ -90,9 +90,14 @@ of demand away), and the pivots go on from its basis. Measured: at most
 1.9e-8 in its evening peak's bids table (3 h; every other table identical),
 8e-7 on 480 random feeders with prices on a coarse grid
 (``tests/test_lda_hot_path.py``)."""
-SWEEP_MW_BOUND = 1e-8
-"""MW: the same for the quantity of each block: ten units of the 1e-9 MW the
-sweep rounds demands to (``_round_mw``); measured: identical everywhere."""
+SWEEP_MW_BOUND = 1e-7
+"""MW: the same for the quantity of each block. Where rows are held by their
+slacks, the two methods' vertices agree only within the solvers' tolerances
+(the pivots' own start was 2.4e-8 MW of demand from HiGHS's, above): measured
+2.6e-8 MW on one of the 96 bids of the study's 07:00-08:00 (``dsosim bench
+lda --hours 1 --start-hour 7``), identical everywhere else; 0.1 W, a hundred
+units of the 1e-9 MW the sweep rounds demands to (``_round_mw``). It was
+1e-8, which that hour broke."""
 _log = logging.getLogger(__name__)
 _COEF_TOL = 1e-7
 """Sensitivities below this (pu/MW, loading/MW) are finite-difference noise."""
