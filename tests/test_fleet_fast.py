@@ -4,7 +4,8 @@ reference path gives: the block order from one integer sort against
 recomputed per fill, order statistics from sorted prefixes against the
 running-count search, PV irradiance per orientation against per device,
 thermal decay kept across intervals against recomputed, per-bus sums by
-sparse matrix against ``np.bincount``. The references
+sparse matrix against ``np.bincount``, per-bus extremes by ``reduceat``
+against ``ufunc.at``. The references
 below are the implementations the fast ones replaced (kept here verbatim)."""
 
 from __future__ import annotations
@@ -215,6 +216,10 @@ def _reference_response(self: thermal.ThermalLoads, g: FloatArray) -> tuple[Floa
     return a, self.sign * self.cop * -np.expm1(-g * self.dt_h / self.capacity) / g
 
 
+def _reference_extreme(sums: group.BusSums, values: FloatArray, *, largest: bool) -> FloatArray:
+    return group.per_bus_extreme(sums.bus, values, sums.n_bus, largest=largest)
+
+
 def _use_references(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(offers, "bus_price_order", _lexsort_order)
     monkeypatch.setattr(offers, "_bus_price_sort", _lexsort_sort)
@@ -225,6 +230,7 @@ def _use_references(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prices.Outlook, "order_stat_ahead", _reference_order_stat_ahead)
     monkeypatch.setattr(pv.PvSystems, "_available", _reference_available)
     monkeypatch.setattr(thermal.ThermalLoads, "_response", _reference_response)
+    monkeypatch.setattr(group.BusSums, "extreme", _reference_extreme)
     # the battery module imported order_stat by name
     from dsosim.federates.aggregator import battery
 
@@ -399,6 +405,42 @@ def test_a_utility_scale_fleet_is_told_apart_and_glibc_keeps_its_freed_memory(
     assert fleet.large and fleet._bus_sums._matrix is not None
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert heap.keep_freed_memory() is glibc
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_per_bus_sums_and_extremes_give_bincounts_and_ufunc_ats_bits(sparse: bool) -> None:
+    """Per-bus sums (the sparse product called without scipy's wrapper) are
+    ``np.bincount``'s bits, sorted or not, some buses without devices; per-bus
+    extremes are ``per_bus_extreme``'s with NaN, infinities and signed zeros."""
+    rng = np.random.default_rng(21)
+    for ordered in (True, False):
+        bus = rng.integers(0, 6, 5000).astype(np.intp)
+        bus[bus == 2] = 3  # bus 2 has no device
+        if ordered:
+            bus.sort()
+        sums = group.BusSums(bus, 7, sparse=sparse)
+        values = rng.normal(0.0, 1e3, len(bus)) * rng.random(len(bus)) ** 9
+        for v in (values, values[::-1], values.astype(np.float32)):
+            want = np.bincount(bus, v, minlength=7)
+            assert sums.sum(v).tobytes() == want.tobytes()
+        temp = rng.normal(22.0, 3.0, len(bus))
+        cases = [temp, np.where(bus == 3, -0.0, temp), temp.copy(), temp.copy()]
+        cases[2][[5, 900]] = np.nan
+        cases[3][bus == 5] = np.inf
+        for v in cases:
+            for largest in (False, True):
+                with np.errstate(invalid="ignore"):  # NaN
+                    got = sums.extreme(v, largest=largest)
+                    want = group.per_bus_extreme(bus, v, 7, largest=largest)
+                assert got.tobytes() == want.tobytes()
+        with pytest.raises(ValueError):
+            group.BusSums(bus, 7, sparse=True).sum(values[:-1])
+    # the second call reuses the buffers the first kept, the third grows them
+    for per_bus in ([0, 3000, 0, 2500, 1], [0, 1500, 0, 1250, 0], [7000, 0, 1]):
+        values = rng.random(sum(per_bus)) ** 7
+        bus = np.repeat(np.arange(len(per_bus)), per_bus)
+        got = group.sorted_bus_sums(values, np.array(per_bus))
+        assert got.tobytes() == np.bincount(bus, values, minlength=len(per_bus)).tobytes()
 
 
 def test_price_windows_copy_what_indexing_gives_in_its_layout() -> None:

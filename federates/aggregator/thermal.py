@@ -60,7 +60,6 @@ from dsosim.federates.aggregator.group import (
     GroupOffer,
     IntArray,
     Tick,
-    per_bus_extreme,
 )
 from dsosim.federates.aggregator.specs import HvacSpec, WaterHeaterSpec
 from dsosim.federates.aggregator.weather import Weather
@@ -225,11 +224,11 @@ class ThermalLoads:
         return actual
 
     def summary(self, sums: BusSums) -> dict[str, FloatArray]:
-        last, b, n_bus = self._last, self.bus, sums.n_bus
+        last = self._last
         return {
             "temp_mean_c": sums.mean(last["temp"]),
-            "temp_min_c": per_bus_extreme(b, last["temp"], n_bus, largest=False),
-            "temp_max_c": per_bus_extreme(b, last["temp"], n_bus, largest=True),
+            "temp_min_c": sums.extreme(last["temp"], largest=False),
+            "temp_max_c": sums.extreme(last["temp"], largest=True),
             "out_of_band": sums.count_true(last["out_of_band"]),
             "overrides": sums.count_true(last["overrides"]),
             "power_mw": sums.sum(last["power_mw"]),
