@@ -370,6 +370,33 @@ def test_block_order_resolves_prices_closer_than_its_key_keeps() -> None:
     assert np.array_equal(offers.bus_price_order(wide, price), np.lexsort((-price, wide)))
 
 
+def test_near_tie_runs_resort_alike_by_integer_keys_and_by_lexsort(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The near-tie runs re-sorted by one integer sort, and by the lexsort
+    it falls back to (forced here), both give lexsort's order."""
+    rng = np.random.default_rng(13)
+    n = 40000
+    bus = rng.integers(0, 9, n).astype(np.intp)
+    price = rng.choice([12.5, -3.25, 40.0], n) + rng.integers(-40, 41, n) * np.spacing(40.0)
+    price[::17] = -0.0
+    price[::19] = 0.0
+    want = np.lexsort((-price, bus))
+    calls: list[bool] = []
+    real = offers._fix_near_ties
+
+    def spy(*args: object, force_lexsort: bool = False) -> None:
+        calls.append(force_lexsort)
+        bits = None if force_lexsort else args[5]
+        real(*args[:5], bits)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(offers, "_fix_near_ties", spy)
+    assert np.array_equal(offers.bus_price_order(bus, price), want)
+    monkeypatch.setattr(offers, "_fix_near_ties", lambda *a: spy(*a, force_lexsort=True))
+    assert np.array_equal(offers.bus_price_order(bus, price), want)
+    assert calls == [False, True]  # both runs had near ties to re-sort
+
+
 def test_kept_blocks_sort_as_lexsort_with_near_ties_and_empty_buses() -> None:
     """The fleet's block order from keys tagged with each block's own index
     (only the blocks kept, some buses without any) is lexsort's, prices a few
@@ -411,7 +438,8 @@ def test_a_utility_scale_fleet_is_told_apart_and_glibc_keeps_its_freed_memory(
 def test_per_bus_sums_and_extremes_give_bincounts_and_ufunc_ats_bits(sparse: bool) -> None:
     """Per-bus sums (the sparse product called without scipy's wrapper) are
     ``np.bincount``'s bits, sorted or not, some buses without devices; per-bus
-    extremes are ``per_bus_extreme``'s with NaN, infinities and signed zeros."""
+    extremes are ``per_bus_extreme``'s with NaN, infinities and signed zeros;
+    per-bus counts are ``np.bincount``'s."""
     rng = np.random.default_rng(21)
     for ordered in (True, False):
         bus = rng.integers(0, 6, 5000).astype(np.intp)
@@ -433,6 +461,10 @@ def test_per_bus_sums_and_extremes_give_bincounts_and_ufunc_ats_bits(sparse: boo
                     got = sums.extreme(v, largest=largest)
                     want = group.per_bus_extreme(bus, v, 7, largest=largest)
                 assert got.tobytes() == want.tobytes()
+        for mask in (values > 0.0, np.zeros(len(bus), bool), np.ones(len(bus), bool)):
+            want_count = np.bincount(bus[mask], minlength=7)
+            assert sums.count_true(mask).tolist() == want_count.tolist()
+            assert sums.count_true(mask).dtype == np.int64
         with pytest.raises(ValueError):
             group.BusSums(bus, 7, sparse=True).sum(values[:-1])
     # the second call reuses the buffers the first kept, the third grows them

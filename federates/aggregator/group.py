@@ -100,7 +100,7 @@ class BusSums:
         self.sparse = sparse
         self.count = np.bincount(bus, minlength=n_bus).astype(np.int64)
         """Devices per bus (do not modify)."""
-        self._slices: tuple[bool, IntArray, IntArray] | None = None
+        self._slices: tuple[bool, IntArray, IntArray, list[tuple[int, int]]] | None = None
         self._matrix: Any = None
         self._matvec: Any = None
         if sparse:
@@ -132,13 +132,7 @@ class BusSums:
         bus's slice instead of ``ufunc.at`` (a minimum or maximum does not
         depend on the order it is taken in, but for signed zeros: values
         with a zero take the ``ufunc.at`` path)."""
-        if self._slices is None:
-            bus = self.bus
-            ordered = len(bus) > 0 and bool(np.all(bus[1:] >= bus[:-1]))
-            has = np.flatnonzero(self.count)
-            starts = np.searchsorted(bus, has) if ordered else EMPTY_INT
-            self._slices = (ordered, starts, has)
-        ordered, starts, has = self._slices
+        ordered, starts, has, _ = self._bus_slices()
         if not ordered or not np.all(values):  # np.all: no zero (NaN counts as nonzero)
             return per_bus_extreme(self.bus, values, self.n_bus, largest=largest)
         out = np.full(self.n_bus, np.nan)
@@ -146,8 +140,25 @@ class BusSums:
         out[~np.isfinite(out)] = np.nan
         return out
 
+    def _bus_slices(self) -> tuple[bool, IntArray, IntArray, list[tuple[int, int]]]:
+        """Whether the devices lie in bus order; if so, where each bus that has
+        devices starts, those buses, and every bus's ``(start, end)``."""
+        if self._slices is None:
+            bus = self.bus
+            ordered = len(bus) > 0 and bool(np.all(bus[1:] >= bus[:-1]))
+            has = np.flatnonzero(self.count)
+            starts = np.searchsorted(bus, has) if ordered else EMPTY_INT
+            ends = np.cumsum(self.count).tolist()
+            cuts = list(zip([0, *ends[:-1]], ends, strict=True)) if ordered else []
+            self._slices = (ordered, starts, has, cuts)
+        return self._slices
+
     def count_true(self, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
-        """Devices per bus where ``mask`` holds."""
+        """Devices per bus where ``mask`` holds (counted bus slice by bus
+        slice where the devices lie in bus order: the same integers)."""
+        ordered, _, _, cuts = self._bus_slices()
+        if ordered and mask.dtype == np.bool_:
+            return np.array([np.count_nonzero(mask[a:z]) for a, z in cuts], dtype=np.int64)
         if self._matrix is None:
             return per_bus_count(self.bus, mask, self.n_bus)
         return self.sum(mask.astype(float)).astype(np.int64)

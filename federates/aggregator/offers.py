@@ -256,25 +256,58 @@ def _tagged_sort(
     suspect = key[1:] == key[:-1]
     suspect &= ordered[1:] != ordered[:-1]
     if suspect.any():
-        _fix_near_ties(order, key, ordered, price, np.flatnonzero(suspect))
+        _fix_near_ties(order, key, ordered, price, np.flatnonzero(suspect), bits)
     return order, ordered, per_bus
 
 
 def _fix_near_ties(
-    order: IntArray, run_key: IntArray, ordered: FloatArray, price: FloatArray, pairs: IntArray
+    order: IntArray,
+    run_key: IntArray,
+    ordered: FloatArray,
+    price: FloatArray,
+    pairs: IntArray,
+    bits: tuple[int, int] | None,
 ) -> None:
     """Re-sort, by (-price, index), each run of equal ``run_key`` that holds a
     pair ``(i, i + 1)`` of ``pairs`` (arrays in sorted order; ``order`` and
-    ``ordered = price[order]`` in place): the runs' entries gathered, one
-    ``lexsort`` of them all by (run, -price, index), written back."""
-    keys = np.unique(run_key[pairs])  # one per run to re-sort, ascending as the runs lie
+    ``ordered = price[order]`` in place): the runs' entries gathered, sorted
+    by (run, -price, index) and written back.
+
+    With ``bits`` (the key's price and index bits, :func:`_tagged_sort`) the
+    entries of a run share the top price bits of their order-preserving
+    image, so the bits below them order the prices: one sort of integer keys
+    ``run | low image bits | index`` (where they fit in 64 bits), else one
+    ``lexsort`` of the three."""
+    at_pairs = run_key[pairs]  # ascending, as the runs lie
+    first = np.empty(len(at_pairs), dtype=bool)
+    first[:1] = True
+    np.not_equal(at_pairs[1:], at_pairs[:-1], out=first[1:])
+    keys = at_pairs[first]  # one per run to re-sort
     start = np.searchsorted(run_key, keys, side="left")
     length = np.searchsorted(run_key, keys, side="right") - start
     # the runs' positions, run after run: start of each run plus 0 .. length - 1
     run = np.repeat(np.arange(len(keys)), length)
     at = np.arange(len(run)) - np.repeat(np.cumsum(length) - length, length) + start[run]
     members = order[at]
-    order[at] = members[np.lexsort((members, -ordered[at], run))]
+    low_bits = 64 - bits[0] if bits is not None else 64
+    index_bits = bits[1] if bits is not None else 64
+    if low_bits + index_bits + max((len(keys) - 1).bit_length(), 1) <= 64:
+        neg = np.negative(np.take(price, members))
+        neg += 0.0  # -0.0 -> 0.0, as the sort's keys had it
+        raw = neg.view(np.int64)
+        image = raw >> 63
+        image |= np.int64(-(2**63))
+        image ^= raw
+        key = image.view(np.uint64)
+        key &= np.uint64((1 << low_bits) - 1)
+        key <<= np.uint64(index_bits)
+        key |= members.astype(np.uint64)
+        key |= run.astype(np.uint64) << np.uint64(low_bits + index_bits)
+        key.sort()
+        key &= np.uint64((1 << index_bits) - 1)
+        order[at] = key.view(np.int64)
+    else:
+        order[at] = members[np.lexsort((members, -ordered[at], run))]
     ordered[at] = price[order[at]]
 
 
