@@ -461,6 +461,15 @@ def test_per_bus_sums_and_extremes_give_bincounts_and_ufunc_ats_bits(sparse: boo
                     got = sums.extreme(v, largest=largest)
                     want = group.per_bus_extreme(bus, v, 7, largest=largest)
                 assert got.tobytes() == want.tobytes()
+        fixed = values.copy()
+        fixed.flags.writeable = False
+        first = sums.sum_fixed(fixed)
+        first[:] = 0.0  # a copy: the kept sums stay
+        assert sums.sum_fixed(fixed).tobytes() == np.bincount(bus, fixed, minlength=7).tobytes()
+        changing = values.copy()
+        for _ in range(2):  # writeable: summed anew
+            assert sums.sum_fixed(changing).tobytes() == sums.sum(changing).tobytes()
+            changing *= 2.0
         for mask in (values > 0.0, np.zeros(len(bus), bool), np.ones(len(bus), bool)):
             want_count = np.bincount(bus[mask], minlength=7)
             assert sums.count_true(mask).tolist() == want_count.tolist()

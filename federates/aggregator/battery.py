@@ -73,6 +73,7 @@ class Batteries:
 
         self.bus = bus
         self.power, self.capacity = col("power_mw"), col("energy_mwh")
+        self.capacity.flags.writeable = False  # a constant: its per-bus sums are kept
         self.e_min = col("soc_min") * self.capacity
         self.e_max = col("soc_max") * self.capacity
         self.eta = col("efficiency")
@@ -174,7 +175,7 @@ class Batteries:
     def summary(self, sums: BusSums) -> dict[str, FloatArray]:
         n_bus = sums.n_bus
         energy = sums.sum(self.energy)
-        capacity = sums.sum(self.capacity)
+        capacity = sums.sum_fixed(self.capacity)
         out = {
             "soc": np.divide(energy, capacity, out=np.full(n_bus, np.nan), where=capacity > 0),
             "energy_mwh": energy,

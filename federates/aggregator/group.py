@@ -100,6 +100,7 @@ class BusSums:
         self.sparse = sparse
         self.count = np.bincount(bus, minlength=n_bus).astype(np.int64)
         """Devices per bus (do not modify)."""
+        self._fixed: dict[int, tuple[FloatArray, FloatArray]] = {}
         self._slices: tuple[bool, IntArray, IntArray, list[tuple[int, int]]] | None = None
         self._matrix: Any = None
         self._matvec: Any = None
@@ -125,6 +126,16 @@ class BusSums:
         y = np.zeros(self.n_bus)
         self._matvec(self.n_bus, m.shape[1], m.indptr, m.indices, m.data, x, y)
         return y
+
+    def sum_fixed(self, values: FloatArray) -> FloatArray:
+        """:meth:`sum` of a read-only array (a constant such as a rating),
+        summed on the first call only; a writeable one is summed every call."""
+        hit = self._fixed.get(id(values))
+        if hit is None or hit[0] is not values or values.flags.writeable:
+            hit = (values, self.sum(values))
+            if not values.flags.writeable:
+                self._fixed[id(values)] = hit  # holds values: its id stays its own
+        return hit[1].copy()
 
     def extreme(self, values: FloatArray, *, largest: bool) -> FloatArray:
         """:func:`per_bus_extreme` of ``values`` (one per device), the same

@@ -440,11 +440,15 @@ class PriceRuns:
     mw: FloatArray
     before: FloatArray
     """MW of the bus's runs before this one (higher prices, taken first)."""
+    per_bus: IntArray | None = None
+    """Runs at each bus (``bus`` is each bus repeated as often), if known."""
 
 
 def _price_runs(mw: FloatArray, at: _Layout, sliced: bool) -> PriceRuns:
     starts = at.starts
-    length = np.diff(np.append(starts, len(mw)))
+    length = np.empty(len(starts), dtype=starts.dtype)  # np.diff(np.append(starts, len(mw)))
+    np.subtract(starts[1:], starts[:-1], out=length[:-1])
+    length[-1] = len(mw) - starts[-1]
     g_mw = np.add.reduceat(mw, starts)
     per_bus = np.diff(at.run_at)
     g_bus = np.repeat(np.arange(len(per_bus)), per_bus)
@@ -458,7 +462,7 @@ def _price_runs(mw: FloatArray, at: _Layout, sliced: bool) -> PriceRuns:
             before[a : cuts[b + 1]] -= before[a]  # a scalar, read before the slice changes
     else:
         before -= np.repeat(before[at.run_at[has]], per_bus[has])
-    return PriceRuns(length, g_bus, g_mw, before)
+    return PriceRuns(length, g_bus, g_mw, before, per_bus)
 
 
 def fill(offer: FleetOffer, extra: FloatArray) -> FloatArray:
@@ -468,7 +472,8 @@ def fill(offer: FleetOffer, extra: FloatArray) -> FloatArray:
     runs = offer.runs
     if runs is None:
         return np.zeros(n_dev)
-    share = np.take(extra, runs.bus)
+    # each run's bus's extra: repeated bus by bus (runs lie in bus order), or gathered
+    share = np.take(extra, runs.bus) if runs.per_bus is None else np.repeat(extra, runs.per_bus)
     share -= runs.before
     share /= runs.mw
     np.clip(share, 0.0, 1.0, out=share)

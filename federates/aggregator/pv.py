@@ -111,6 +111,7 @@ class PvSystems:
         n = len(specs)
         self.rating = np.array([s.rating_mw for s in specs], dtype=float)
         self.pdc0 = self.rating * np.array([s.dc_ac_ratio for s in specs], dtype=float)
+        self.rating.flags.writeable = False  # a constant: its per-bus sums are kept
         self.gamma = np.array([s.temp_coeff for s in specs], dtype=float)
         self.curtailable = np.array([s.curtailable for s in specs], dtype=bool)
         self.price = np.clip(
@@ -253,7 +254,7 @@ class PvSystems:
             self._last["curtailed_mw"][i] = self._last["available_mw"][i] + mw
 
     def summary(self, sums: BusSums) -> dict[str, FloatArray]:
-        out = {"rating_mw": sums.sum(self.rating)}
+        out = {"rating_mw": sums.sum_fixed(self.rating)}
         for name in ("available_mw", "output_mw", "curtailed_mw", "clipped_mw", "q_mvar"):
             out[name] = sums.sum(self._last[name])
         m = self.modelled
