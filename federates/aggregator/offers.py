@@ -276,8 +276,8 @@ def _fix_near_ties(
     With ``bits`` (the key's price and index bits, :func:`_tagged_sort`) the
     entries of a run share the top price bits of their order-preserving
     image, so the bits below them order the prices: one sort of integer keys
-    ``run | low image bits | index`` (where they fit in 64 bits), else one
-    ``lexsort`` of the three."""
+    ``run | low image bits | index`` (where they fit in 64 bits and the
+    entries are many), else one ``lexsort`` of the three."""
     at_pairs = run_key[pairs]  # ascending, as the runs lie
     first = np.empty(len(at_pairs), dtype=bool)
     first[:1] = True
@@ -291,7 +291,8 @@ def _fix_near_ties(
     members = order[at]
     low_bits = 64 - bits[0] if bits is not None else 64
     index_bits = bits[1] if bits is not None else 64
-    if low_bits + index_bits + max((len(keys) - 1).bit_length(), 1) <= 64:
+    fits = low_bits + index_bits + max((len(keys) - 1).bit_length(), 1) <= 64
+    if fits and len(at) >= 4096:  # (fewer: lexsort's three passes cost less than the steps)
         neg = np.negative(np.take(price, members))
         neg += 0.0  # -0.0 -> 0.0, as the sort's keys had it
         raw = neg.view(np.int64)
