@@ -69,6 +69,7 @@ class BlockOwners:
         self.owner: IntArray = np.zeros(0, dtype=np.intp)
         self.bus: IntArray = np.zeros(0, dtype=np.intp)
         self._tags: tuple[NDArray[np.uint64], int, int] | None = None
+        self._top: int | None = None
 
     def tags(self) -> tuple[NDArray[np.uint64], int, int]:
         """Each block's sort-key tag, ``bus | 0 | index`` from the high bits
@@ -88,6 +89,12 @@ class BlockOwners:
             self._tags = (tag, price_bits, index_bits)
         return self._tags
 
+    def top_bus(self) -> int:
+        """The highest bus of a block (kept with the tags)."""
+        if self._top is None:
+            self._top = int(self.bus.max())
+        return self._top
+
     def of(self, groups: list[GroupOffer], dev_bus: IntArray) -> tuple[IntArray, IntArray]:
         same = len(self._arrays) == len(groups) and all(
             a is g.owner for a, g in zip(self._arrays, groups, strict=True)
@@ -100,6 +107,7 @@ class BlockOwners:
             self.bus = dev_bus[self.owner]
             self._arrays = [g.owner for g in groups]  # held, so no other array takes their ids
             self._tags = None
+            self._top = None
         return self.owner, self.bus
 
 
@@ -215,7 +223,7 @@ def _sort_kept(
         bus = owners.bus[kept]
         order = np.lexsort((neg, bus))
         return kept[order], price[kept[order]], np.bincount(bus, minlength=n_bus)
-    top = int(owners.bus.max())  # buses above it have no blocks
+    top = owners.top_bus()  # buses above it have no blocks
     return _tagged_sort(neg, np.take(tag, kept), (price_bits, index_bits), price, top, n_bus)
 
 
