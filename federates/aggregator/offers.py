@@ -49,7 +49,7 @@ class FleetOffer:
     dev_base: FloatArray
     bus_lo: FloatArray
     bus_hi: FloatArray
-    blk_bus: IntArray  # blocks sorted by bus, then price descending
+    blk_per_bus: IntArray  # blocks at each bus; they are sorted by bus, then price descending
     blk_price: FloatArray
     blk_mw: FloatArray
     blk_owner: IntArray  # fleet-wide device index of each block
@@ -57,6 +57,11 @@ class FleetOffer:
     curve_mw: FloatArray
     curve_start: IntArray  # pooled blocks of bus i are [curve_start[i], curve_start[i + 1])
     runs: PriceRuns | None = None  # None when there are no blocks
+
+    @property
+    def blk_bus(self) -> IntArray:
+        """Each block's bus (each bus repeated as often as it has blocks)."""
+        return np.repeat(np.arange(len(self.blk_per_bus)), self.blk_per_bus)
 
 
 class BlockOwners:
@@ -134,7 +139,8 @@ def assemble(
     kept, price, per_bus = _sort_kept(owners, np.flatnonzero(mw > EPS_MW), price, n_bus)
     mw, owner = np.take(mw, kept), np.take(all_owner, kept)  # take: a faster gather
     # sorted by bus: the bus column is each bus repeated as often as it has blocks
-    bus = np.repeat(np.arange(n_bus), per_bus)
+    # (not needed to pool a utility-scale fleet's curves, see _curves_and_runs)
+    bus = None if bus_sums.sparse else np.repeat(np.arange(n_bus), per_bus)
     # the device range is its least net demand plus the blocks kept
     dev_hi = dev_lo + np.bincount(owner, mw, minlength=len(dev_lo))
     runs = None
@@ -143,7 +149,7 @@ def assemble(
             bus, price, mw, per_bus, max_blocks, bus_sums.sparse
         )
     else:
-        c_bus, c_price, c_mw = bus, price, mw
+        c_bus, c_price, c_mw = np.zeros(0, dtype=np.intp), price, mw
     return FleetOffer(
         interval=interval,
         groups=groups,
@@ -152,7 +158,7 @@ def assemble(
         dev_base=dev_base,
         bus_lo=bus_sums.sum(dev_lo),
         bus_hi=bus_sums.sum(dev_hi),
-        blk_bus=bus,
+        blk_per_bus=per_bus,
         blk_price=price,
         blk_mw=mw,
         blk_owner=owner,
@@ -363,7 +369,7 @@ def _layout(price: FloatArray, per_bus: IntArray) -> _Layout:
 
 
 def _curves_and_runs(
-    bus: IntArray,
+    bus: IntArray | None,
     price: FloatArray,
     mw: FloatArray,
     per_bus: IntArray,
@@ -376,7 +382,8 @@ def _curves_and_runs(
     block). With ``sliced`` (a utility-scale fleet: few buses, many blocks
     each), values that are one per bus are applied bus by bus to slices
     instead of repeated over the blocks, and each bus's total is summed by
-    :func:`sorted_bus_sums`; the same operations on the same values."""
+    :func:`sorted_bus_sums`; the same operations on the same values. ``bus``
+    (each block's) may be None when ``sliced``."""
     at = _layout(price, per_bus)
     runs = _price_runs(mw, at, sliced)
     distinct = np.diff(at.run_at)  # distinct prices per bus
@@ -384,6 +391,8 @@ def _curves_and_runs(
     if not big.any():  # every price its own pooled block, at every bus: the runs
         starts, g_mw = at.starts, runs.mw
     else:
+        if bus is None and not sliced:
+            bus = np.repeat(np.arange(len(per_bus)), per_bus)
         band = _bands(bus, mw, max_blocks, per_bus, at, sliced)
         # a new pooled block at every new bus, and at a new price (small buses) or band (big)
         new = np.empty(len(mw), dtype=bool)
@@ -398,11 +407,13 @@ def _curves_and_runs(
     g_price = np.add.reduceat(price * mw, starts) / g_mw
     hi, lo = np.maximum.reduceat(price, starts), np.minimum.reduceat(price, starts)
     g_price = np.where(hi == lo, hi, np.clip(g_price, lo, hi))
-    return np.take(bus, starts), g_price, g_mw, runs
+    # each pooled block's bus: pooled blocks lie within a bus, in bus order
+    c_bus = np.repeat(np.arange(len(per_bus)), np.diff(np.searchsorted(starts, at.bus_at)))
+    return c_bus, g_price, g_mw, runs
 
 
 def _bands(
-    bus: IntArray,
+    bus: IntArray | None,
     mw: FloatArray,
     max_blocks: int,
     per_bus: IntArray,
@@ -421,6 +432,7 @@ def _bands(
             a, z = cuts[b], cuts[b + 1]
             np.subtract(cum[a:z], cum[a] - mw[a], out=within[a:z])
     else:
+        assert bus is not None
         total = np.bincount(bus, mw, minlength=n_bus)
         start = at.firsts
         before = np.repeat(cum[start] - mw[start], per_bus[per_bus > 0])
