@@ -25,6 +25,7 @@ import helics as h
 from helics.capi import ffi as _ffi
 
 from dsosim.federates.common import messages as msg
+from dsosim.federates.common.collector import tune_collector
 from dsosim.federates.common.config import FederationConfig, HelicsSettings, load_federation
 from dsosim.federates.common.lifecycle import (
     AlreadyRunning,
@@ -348,6 +349,7 @@ def run_federate(
     writes its verdict there, so that the reason survives whatever happens to
     the process next)."""
     log = federate_log(name)
+    tune_collector()
     shared = stops is not None
     if stops is None:
         die_with_parent()

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from dsosim.federates.common import messages as msg
+from dsosim.federates.common.collector import tune_collector
 from dsosim.federates.common.config import FederationConfig, load_federation
 from dsosim.federates.common.shell import FederateShell, Traffic
 
@@ -168,6 +169,7 @@ class LocalBus:
     def run(self, bodies: Sequence[tuple[str, Callable[[LocalShell], None]]]) -> float:
         """Run every federate body to its end; returns the set-up wall seconds
         (until every federate first asked for time)."""
+        tune_collector()  # as every federate's process does (run_federate)
         t0 = time.perf_counter()
         for index, (name, body) in enumerate(bodies):
             shell = LocalShell(self, name, index)
