@@ -17,6 +17,7 @@ A group holds every device of one type as arrays. Per interval it
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -222,6 +223,7 @@ def _unit_row(n: int) -> tuple[FloatArray, NDArray[np.int32]]:
     return ones[:n], columns[:n]
 
 
+@functools.cache  # looked up once: sorted_bus_sums asks every interval
 def _csr_matvec() -> Any:
     """scipy's compiled CSR matrix-vector product, the routine ``csr_array @
     vector`` calls (``y += A x``, each row's entries added in order into

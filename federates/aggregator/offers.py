@@ -248,12 +248,7 @@ def _tagged_sort(
     (see :func:`bus_price_order`; ``neg`` is overwritten)."""
     n = len(neg)
     price_bits, index_bits = bits
-    # order-preserving image: flip every bit of negative floats, only the sign of the others
-    raw = neg.view(np.int64)
-    image = raw >> 63
-    image |= np.int64(-(2**63))
-    image ^= raw
-    key = image.view(np.uint64)
+    key = _order_image(neg)
     key >>= np.uint64(64 - price_bits)
     key <<= np.uint64(index_bits)
     key |= tag
@@ -272,6 +267,16 @@ def _tagged_sort(
     if suspect.any():
         _fix_near_ties(order, key, ordered, price, np.flatnonzero(suspect), bits)
     return order, ordered, per_bus
+
+
+def _order_image(values: FloatArray) -> NDArray[np.uint64]:
+    """Floats (no NaN, no -0.0) as unsigned integers that compare as they do:
+    every bit of a negative float flipped, only the sign bit of the others."""
+    raw = values.view(np.int64)
+    image = raw >> 63
+    image |= np.int64(-(2**63))
+    image ^= raw
+    return image.view(np.uint64)
 
 
 def _fix_near_ties(
@@ -309,11 +314,7 @@ def _fix_near_ties(
     if fits and len(at) >= 4096:  # (fewer: lexsort's three passes cost less than the steps)
         neg = np.negative(np.take(price, members))
         neg += 0.0  # -0.0 -> 0.0, as the sort's keys had it
-        raw = neg.view(np.int64)
-        image = raw >> 63
-        image |= np.int64(-(2**63))
-        image ^= raw
-        key = image.view(np.uint64)
+        key = _order_image(neg)
         key &= np.uint64((1 << low_bits) - 1)
         key <<= np.uint64(index_bits)
         key |= members.astype(np.uint64)

@@ -64,16 +64,9 @@ def run(shell: FederateShell, config: FederationConfig, name: str, base_dir: Pat
     # 10,000 buses on a busy 2-core machine).
     threadpool_limits(limits=1)
     cfg = config.dso(name)
-    fleets = {a: config.aggregator(a).buses for a in cfg.aggregators}
-    volt_var_mva = {a: _volt_var_ratings(config.aggregator(a).fleet) for a in cfg.aggregators}
-    volt_var_fleets = sorted(a for a, ratings in volt_var_mva.items() if ratings)
-    grid = GridOperator(
-        cfg,
-        fleets,
-        config.time,
-        seed=config.seed,
-        base_dir=base_dir,
-        volt_var_mva=volt_var_mva,
+    grid = utility_grid(config, name, base_dir)
+    volt_var_fleets = sorted(
+        a for a in cfg.aggregators if _volt_var_ratings(config.aggregator(a).fleet)
     )
     in_market = [a for a in cfg.aggregators if routes.bids_in_market(config, config.aggregator(a))]
     dmo = (
@@ -269,6 +262,20 @@ def _physical(limits: LimitsConfig) -> Limits:
     """The feeder's own limits, without the margins a market plans within:
     what it can carry."""
     return Limits(vmin_pu=limits.vmin_pu, vmax_pu=limits.vmax_pu, max_loading=limits.max_loading)
+
+
+def utility_grid(config: FederationConfig, name: str, base_dir: Path) -> GridOperator:
+    """The utility ``name``'s feeder role, set up from the federation's
+    config as its federate does (the benches build theirs here too)."""
+    cfg = config.dso(name)
+    return GridOperator(
+        cfg,
+        {a: config.aggregator(a).buses for a in cfg.aggregators},
+        config.time,
+        seed=config.seed,
+        base_dir=base_dir,
+        volt_var_mva={a: _volt_var_ratings(config.aggregator(a).fleet) for a in cfg.aggregators},
+    )
 
 
 def _volt_var_ratings(fleet: dict[str, Any]) -> dict[str, float]:

@@ -555,13 +555,7 @@ class _Lp:
     """The HiGHS model: block columns, one slack per network row, optionally the
     head balance with two imbalance columns. Costs are for *minimisation*."""
 
-    def __init__(
-        self,
-        prob: _Problem,
-        limits: Limits,
-        balance: tuple[float, float] | None,
-        slack_cost: np.ndarray | None = None,
-    ) -> None:
+    def __init__(self, prob: _Problem, limits: Limits, balance: tuple[float, float] | None) -> None:
         self.prob = prob
         nb = len(prob.price)
         nr = len(prob.rows.limit)
@@ -574,7 +568,7 @@ class _Lp:
         cost = np.concatenate(
             [
                 np.zeros(nb),
-                np.full(nr, limits.violation_penalty) if slack_cost is None else slack_cost,
+                np.full(nr, limits.violation_penalty),
                 np.full(ncol - nb - nr, limits.imbalance_penalty),
             ]
         )

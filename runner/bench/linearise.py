@@ -47,7 +47,7 @@ from threadpoolctl import threadpool_limits
 
 from dsosim.federates.common.config import load_federation
 from dsosim.federates.dso import controls
-from dsosim.federates.dso.__main__ import _volt_var_ratings
+from dsosim.federates.dso.__main__ import utility_grid
 from dsosim.federates.dso.feeder import Sensitivities
 from dsosim.federates.dso.grid import GridOperator
 from dsosim.runner.bench import linearise_reference
@@ -90,16 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _grids(scenario: Path, folder: Path) -> list[GridOperator]:
     build(scenario, folder)
     config, base = load_federation(folder / "federation.json")
-    grids = []
-    for cfg in config.dsos:
-        fleets = {a: config.aggregator(a).buses for a in cfg.aggregators}
-        volt_var = {a: _volt_var_ratings(config.aggregator(a).fleet) for a in cfg.aggregators}
-        grids.append(
-            GridOperator(
-                cfg, fleets, config.time, seed=config.seed, base_dir=base, volt_var_mva=volt_var
-            )
-        )
-    return grids
+    return [utility_grid(config, cfg.name, base) for cfg in config.dsos]
 
 
 def _set(grid: GridOperator, interval: int, der_sd: float, seed: int, index: int) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dsosim.federates.common.config import load_federation
-from dsosim.federates.dso.__main__ import _volt_var_ratings
+from dsosim.federates.dso.__main__ import utility_grid
 from dsosim.federates.dso.grid import GridOperator
 from dsosim.runner.bench import voltvar_reference
 from dsosim.runner.build.federation import build
@@ -98,16 +98,7 @@ class _Meter:
 def _grids(scenario: Path, folder: Path, start_hour: float, hours: float) -> list[GridOperator]:
     build(scenario, folder, hours=hours, start_hour=start_hour)
     config, base = load_federation(folder / "federation.json")
-    grids = []
-    for cfg in config.dsos:
-        fleets = {a: config.aggregator(a).buses for a in cfg.aggregators}
-        volt_var = {a: _volt_var_ratings(config.aggregator(a).fleet) for a in cfg.aggregators}
-        grids.append(
-            GridOperator(
-                cfg, fleets, config.time, seed=config.seed, base_dir=base, volt_var_mva=volt_var
-            )
-        )
-    return grids
+    return [utility_grid(config, cfg.name, base) for cfg in config.dsos]
 
 
 def _instrument(grid: GridOperator, meter: _Meter) -> None:
